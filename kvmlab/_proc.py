@@ -1,0 +1,44 @@
+"""Run host tools with an argument list (never a shell) and turn failures into ToolError."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Sequence
+
+from .errors import ToolError
+
+
+def which(tool: str) -> str:
+    """Absolute path of *tool*, or ToolError naming the missing program."""
+    found = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin:/usr/bin:/bin")
+    if not found:
+        raise ToolError(f"{tool} not found on PATH (install it, e.g. 'make setup')")
+    return found
+
+
+def run(cmd: Sequence[str | Path], *, input: bytes | None = None, cwd: Path | None = None,
+        timeout: float = 600) -> str:
+    """Run *cmd*; return its stdout as text; raise ToolError with its stderr on failure."""
+    args = [str(c) for c in cmd]
+    args[0] = which(args[0])
+    try:
+        proc = subprocess.run(args, input=input, cwd=cwd, capture_output=True, timeout=timeout,
+                              check=False)
+    except subprocess.TimeoutExpired as err:
+        raise ToolError(f"{Path(args[0]).name} timed out after {timeout:.0f} s",
+                        command=args) from err
+    if proc.returncode != 0:
+        err_text = proc.stderr.decode(errors="replace").strip()
+        last = err_text.splitlines()[-1] if err_text else f"exit code {proc.returncode}"
+        raise ToolError(f"{Path(args[0]).name} failed: {last}", command=args, output=err_text)
+    return proc.stdout.decode(errors="replace")
+
+
+def run_rc(cmd: Sequence[str | Path], timeout: float = 600) -> tuple[int, str, str]:
+    """Run *cmd* and return (exit code, stdout, stderr) without judging the exit code."""
+    args = [str(c) for c in cmd]
+    args[0] = which(args[0])
+    proc = subprocess.run(args, capture_output=True, timeout=timeout, check=False)
+    return proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")

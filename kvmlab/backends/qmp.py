@@ -1,0 +1,164 @@
+"""Direct QMP backend, on qemu.qmp's asyncio client run in a private loop thread."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from qemu.qmp import EventListener, QMPClient, QMPError
+from qemu.qmp.qmp_client import ExecuteError
+
+from .._aio import LoopThread
+from ..errors import BackendError, LaunchError, StateError
+from ..events import Record, RecordLog
+from ..model import DriveInfo, JobInfo, MirrorSpec
+
+log = logging.getLogger(__name__)
+
+
+class QMPBackend:
+    """A QMP connection to one QEMU.
+
+    Either :meth:`listen` on a socket QEMU will connect to (the embedded lab,
+    as QEMUMachine does, so there is no connect race), or :meth:`connect` to
+    the QMP socket of a QEMU someone else started.
+    """
+
+    name = "qmp"
+
+    def __init__(self) -> None:
+        self._aio = LoopThread("kvmlab-qmp")
+        self._qmp = QMPClient("kvmlab")
+        self._listener = EventListener()
+        self._qmp.register_listener(self._listener)
+        self._pump: concurrent.futures.Future[Any] | None = None
+        self.events = RecordLog()
+        self._closed = False
+
+    # -- connection ---------------------------------------------------------------
+    @classmethod
+    def listen(cls, socket_path: Path) -> "QMPBackend":
+        """Bind *socket_path* and return; call :meth:`accept` after starting QEMU."""
+        be = cls()
+        try:
+            be._aio.run(be._qmp.start_server(str(socket_path)), timeout=10)
+        except BaseException:
+            be.close()
+            raise
+        return be
+
+    def accept(self, timeout: float, abort: Callable[[], str | None]) -> None:
+        """Wait for QEMU to connect; give up early when *abort* returns a reason."""
+        fut = self._aio.spawn(self._qmp.accept())
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fut.result(0.1)
+                break
+            except concurrent.futures.TimeoutError:
+                why = abort()
+                if why or time.monotonic() > deadline:
+                    fut.cancel()
+                    raise LaunchError(f"QMP connection not made: {why or 'timed out'}") from None
+            except QMPError as err:
+                raise LaunchError(f"QMP handshake failed: {err}") from err
+        self._start_pump()
+
+    @classmethod
+    def connect(cls, socket_path: str | Path, timeout: float = 10) -> "QMPBackend":
+        """Connect to an existing QEMU's QMP socket."""
+        be = cls()
+        try:
+            be._aio.run(be._qmp.connect(str(socket_path)), timeout=timeout)
+        except (QMPError, OSError) as err:
+            be.close()
+            raise BackendError(f"cannot connect to QMP at {socket_path}: {err}") from err
+        except BaseException:
+            be.close()
+            raise
+        be._start_pump()
+        return be
+
+    def _start_pump(self) -> None:
+        async def pump() -> None:
+            async for ev in self._listener:
+                ts = ev.get("timestamp") or {}
+                src = ts.get("seconds", 0) + ts.get("microseconds", 0) / 1e6 if ts else None
+                self.events.append(Record(str(ev["event"]), dict(ev.get("data", {})),
+                                          source=src))
+
+        self._pump = self._aio.spawn(pump())
+
+    def close(self) -> None:
+        """Disconnect and stop the loop thread.  Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._aio.alive:
+                self._aio.run(self._qmp.disconnect(), timeout=5)
+        except Exception:  # noqa: BLE001 - QEMU may already be gone
+            log.debug("QMP disconnect failed", exc_info=True)
+        self._aio.close()
+        self.events.close()
+
+    # -- commands -----------------------------------------------------------------
+    def execute(self, cmd: str, args: dict[str, Any] | None = None, timeout: float = 60) -> Any:
+        """Run one QMP command; QMP errors become BackendError (one line)."""
+        if self._closed:
+            raise StateError(f"QMP connection closed; cannot run {cmd}")
+        try:
+            return self._aio.run(self._qmp.execute(cmd, args), timeout=timeout)
+        except ExecuteError as err:
+            raise BackendError(f"{cmd}: {err}", command={"execute": cmd, "arguments": args},
+                               reply=str(err)) from err
+        except (QMPError, asyncio.CancelledError, EOFError, OSError) as err:
+            raise BackendError(f"{cmd}: connection lost ({err.__class__.__name__})",
+                               command={"execute": cmd, "arguments": args}) from err
+
+    def block_jobs(self) -> list[JobInfo]:
+        return [JobInfo.from_qmp(d) for d in self.execute("query-block-jobs")]
+
+    def block_info(self) -> list[DriveInfo]:
+        return [DriveInfo.from_qmp(d) for d in self.execute("query-block")]
+
+    def start_mirror(self, spec: MirrorSpec) -> str:
+        self.execute("drive-mirror", spec.qmp_arguments())
+        return spec.job_id or spec.device
+
+    def job_cancel(self, job_id: str, force: bool = False) -> None:
+        self.execute("block-job-cancel", {"device": job_id, "force": force})
+
+    def job_complete(self, job_id: str) -> None:
+        self.execute("block-job-complete", {"device": job_id})
+
+    def job_pause(self, job_id: str) -> None:
+        self.execute("block-job-pause", {"device": job_id})
+
+    def job_resume(self, job_id: str) -> None:
+        self.execute("block-job-resume", {"device": job_id})
+
+    def job_set_speed(self, job_id: str, speed: int) -> None:
+        self.execute("block-job-set-speed", {"device": job_id, "speed": speed})
+
+    def stop(self) -> None:
+        self.execute("stop")
+
+    def cont(self) -> None:
+        self.execute("cont")
+
+    def run_state(self) -> str:
+        return str(self.execute("query-status")["status"])
+
+    def hmp(self, command_line: str) -> str:
+        """Run an HMP command line verbatim (as ``virsh qemu-monitor-command --hmp``)."""
+        return str(self.execute("human-monitor-command", {"command-line": command_line}))
+
+    def versions(self) -> dict[str, str]:
+        v = self.execute("query-version")
+        q = v["qemu"]
+        return {"qemu": f"{q['major']}.{q['minor']}.{q['micro']}", "qemu_package": v.get("package", "").strip()}

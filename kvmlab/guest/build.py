@@ -1,0 +1,179 @@
+"""Build the guest: a Debian cloud kernel and a busybox initramfs with kvmlab's init.
+
+The kernel comes from Debian's ``linux-image-cloud-amd64`` (fetched with
+``apt-get download``, unpacked with ``dpkg -x``).  Its virtio drivers are
+modules; they go into the initramfs with their dependencies, resolved from a
+``modules.dep`` made by ``depmod``, and are loaded in dependency order by init.
+ext4 is built into that kernel.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .. import _proc, paths
+from ..errors import GuestBuildError, GuestNotBuilt, ToolError
+
+log = logging.getLogger(__name__)
+
+#: Modules the guest needs, by name; their dependencies are added.
+WANTED_MODULES = ("virtio_pci", "virtio_blk", "virtio_console", "qemu_fw_cfg")
+KERNEL_META = "linux-image-cloud-amd64"
+
+
+@dataclass(frozen=True)
+class Guest:
+    """A built guest: what :class:`kvmlab.machine.Machine` boots."""
+
+    kernel: Path
+    initrd: Path
+    info: dict[str, object]
+
+    @property
+    def kernel_version(self) -> str:
+        return str(self.info.get("kernel_version", "unknown"))
+
+
+def load_guest(directory: Path | None = None) -> Guest:
+    """The guest built in *directory* (default ``data/guest``), or GuestNotBuilt."""
+    d = Path(directory) if directory else paths.guest_dir()
+    kernel, initrd, meta = d / "vmlinuz", d / "initrd.img", d / "guest.json"
+    if not (kernel.is_file() and initrd.is_file() and meta.is_file()):
+        raise GuestNotBuilt(f"guest not built in {d}: run 'kvmlab guest build'")
+    return Guest(kernel, initrd, json.loads(meta.read_text()))
+
+
+def _resolve_modules(moddir: Path, wanted: tuple[str, ...]) -> list[str]:
+    """Module paths (relative to *moddir*, without .ko) in load order, deps first."""
+    deps: dict[str, list[str]] = {}
+    for line in (moddir / "modules.dep").read_text().splitlines():
+        mod, _, rest = line.partition(":")
+        deps[mod] = rest.split()
+    by_name = {Path(m).name.split(".ko")[0].replace("-", "_"): m for m in deps}
+    order: list[str] = []
+
+    def visit(mod: str) -> None:
+        for dep in deps.get(mod, []):
+            visit(dep)
+        if mod not in order:
+            order.append(mod)
+
+    for name in wanted:
+        if name in by_name:
+            visit(by_name[name])
+        else:
+            log.warning("module %s not found in %s (built in?)", name, moddir)
+    for m in order:
+        if not m.endswith(".ko"):
+            raise GuestBuildError(f"compressed module {m} is not supported; use an uncompressed one")
+    return [m[: -len(".ko")] for m in order]
+
+
+def _fetch_debian_kernel(work: Path) -> tuple[Path, Path, str]:
+    """Download and unpack the cloud kernel; return (vmlinuz, modules dir, version)."""
+    depends = _proc.run(["apt-cache", "depends", KERNEL_META])
+    pkg = next((ln.split(":", 1)[1].strip() for ln in depends.splitlines()
+                if ln.strip().startswith("Depends: linux-image-")), None)
+    if not pkg:
+        raise GuestBuildError(f"cannot resolve {KERNEL_META} (run 'apt-get update' first?)")
+    _proc.run(["apt-get", "download", pkg], cwd=work, timeout=900)
+    debs = sorted(work.glob(f"{pkg}_*.deb"))
+    if not debs:
+        raise GuestBuildError(f"apt-get download {pkg} left no .deb")
+    root = work / "root"
+    _proc.run(["dpkg", "-x", debs[0], root])
+    kernels = sorted((root / "boot").glob("vmlinuz-*"))
+    if not kernels:
+        raise GuestBuildError(f"no vmlinuz in {debs[0].name}")
+    version = kernels[0].name[len("vmlinuz-"):]
+    _proc.run(["depmod", "-b", root, version])
+    return kernels[0], root / "lib" / "modules" / version, version
+
+
+def _pack_initramfs(tree: Path, out: Path) -> None:
+    """cpio (newc) + gzip of *tree* into *out*."""
+    names = sorted(str(p.relative_to(tree)) for p in tree.rglob("*"))
+    listing = ("\n".join(["."] + names) + "\n").encode()
+    proc = subprocess.run([_proc.which("cpio"), "-o", "-H", "newc", "--quiet", "-R", "0:0"],
+                          input=listing, cwd=tree, capture_output=True, check=False)
+    if proc.returncode != 0:
+        raise GuestBuildError(f"cpio failed: {proc.stderr.decode(errors='replace').strip()}")
+    with gzip.open(out, "wb", compresslevel=6) as fh:
+        fh.write(proc.stdout)
+
+
+def _busybox_version(busybox: Path) -> str:
+    proc = subprocess.run([busybox], capture_output=True, check=False)
+    first = (proc.stdout or proc.stderr).decode(errors="replace").splitlines()
+    return first[0].strip() if first else "busybox"
+
+
+def build_guest(out: Path | None = None, *, kernel: Path | None = None,
+                modules: Path | None = None, force: bool = False) -> Guest:
+    """Build the guest into *out* (default ``data/guest``); idempotent unless *force*.
+
+    :param kernel: a kernel image the user already has (skips the Debian download).
+    :param modules: that kernel's ``lib/modules/<version>`` folder, if its virtio
+        drivers are modules (needs ``modules.dep``).
+    :raise GuestBuildError: on any failure; nothing half-built is left in *out*.
+    """
+    out = Path(out) if out else paths.guest_dir()
+    if not force:
+        try:
+            return load_guest(out)
+        except GuestNotBuilt:
+            pass
+    if kernel is not None and not Path(kernel).is_file():
+        raise GuestBuildError(f"kernel {kernel} does not exist")
+    busybox = Path("/bin/busybox")
+    if not busybox.is_file():
+        raise GuestBuildError("busybox not found at /bin/busybox (install busybox-static)")
+    if b"ld-linux" in busybox.read_bytes()[:8192]:
+        raise GuestBuildError("/bin/busybox is dynamically linked (install busybox-static)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="kvmlab-guest-", dir=out.parent) as tmp:
+        work = Path(tmp)
+        try:
+            if kernel is None:
+                vmlinuz, moddir, version = _fetch_debian_kernel(work)
+                source = KERNEL_META
+            else:
+                vmlinuz, moddir, version = Path(kernel), Path(modules) if modules else None, "user"
+                source = str(kernel)
+        except ToolError as err:
+            raise GuestBuildError(f"kernel fetch failed: {err}") from err
+        tree = work / "initramfs"
+        for d in ("bin", "dev", "proc", "sys", "mnt", "lib/modules"):
+            (tree / d).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(busybox, tree / "bin" / "busybox")
+        init = tree / "init"
+        init.write_text(resources.files("kvmlab.guest").joinpath("init.sh").read_text())
+        init.chmod(0o755)
+        mods: list[str] = []
+        if moddir is not None:
+            for rel in _resolve_modules(moddir, WANTED_MODULES):
+                name = Path(rel).name
+                shutil.copy2(moddir / f"{rel}.ko", tree / "lib" / "modules" / f"{name}.ko")
+                mods.append(name)
+        (tree / "modules.list").write_text("\n".join(mods) + "\n")
+        staged = work / "staged"
+        staged.mkdir()
+        _pack_initramfs(tree, staged / "initrd.img")
+        shutil.copy2(vmlinuz, staged / "vmlinuz")
+        info = {"kernel_version": version, "kernel_source": source, "modules": mods,
+                "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "busybox": _busybox_version(busybox)}
+        (staged / "guest.json").write_text(json.dumps(info, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        staged.rename(out)
+    return load_guest(out)

@@ -1,0 +1,105 @@
+#!/bin/busybox sh
+# kvmlab guest init (busybox initramfs).  PID 1.
+#
+# Modes, chosen on the kernel command line with kvmlab.mode=:
+#   workload  the seed's file operations on /dev/vda, one KVMLAB line per operation
+#   verify    check a manifest (from fw_cfg opt/kvmlab/manifest), print a verdict, power off
+#   idle      mount the disk and wait
+# Every line meant for the host starts with "KVMLAB " and is key=value separated by spaces.
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+
+say() { echo "KVMLAB $*" > /dev/console; }
+now() { cut -d' ' -f1 /proc/uptime; }
+halt_now() { sync; umount /mnt 2>/dev/null; poweroff -f; }
+
+# Parameters: kvmlab.key=value -> P_key
+P_mode=idle; P_dd_kib=1024; P_pause_ms=500; P_rounds=0; P_duration_s=0; P_max_files=0; P_dev=/dev/vda
+for x in $(cat /proc/cmdline); do
+  case "$x" in
+    kvmlab.*=*) k=${x#kvmlab.}; k=${k%%=*}; v=${x#*=}
+      case "$k" in *[!a-z_]*) continue;; esac
+      eval "P_$k=\$v";;
+  esac
+done
+
+for m in $(cat /modules.list 2>/dev/null); do insmod "/lib/modules/$m.ko" 2>/dev/null; done
+say boot t=$(now) mode=$P_mode
+
+i=0
+while [ ! -b "$P_dev" ] && [ $i -lt 100 ]; do usleep 50000; i=$((i+1)); done
+mkdir -p /mnt
+if ! mount -t ext4 "$P_dev" /mnt; then
+  say error=mount dev=$P_dev t=$(now)
+  [ "$P_mode" = verify ] && { say verdict=fail checked=0 bad=1 reason=mount; halt_now; }
+  while :; do sleep 3600; done
+fi
+say ready t=$(now)
+
+# op NAME PATH : report one completed (synced) operation.
+op() {
+  p="$2"; size=0; sum=-
+  if [ -f "/mnt$p" ]; then
+    size=$(stat -c %s "/mnt$p"); sum=$(sha256sum "/mnt$p" | cut -d' ' -f1)
+  fi
+  say op=$1 path=$p size=$size sha256=$sum n=$i t=$(now)
+}
+
+workload() {
+  mkdir -p /mnt/wl && sync
+  if [ $((P_dd_kib % 64)) -eq 0 ]; then bs=65536; cnt=$((P_dd_kib / 64)); else bs=1024; cnt=$P_dd_kib; fi
+  pause=$(awk "BEGIN{printf \"%.3f\", $P_pause_ms/1000}")
+  t0=$(now); t0=${t0%.*}
+  i=0; oldest=1
+  say workload_start t=$(now) dd_kib=$P_dd_kib pause_ms=$P_pause_ms
+  while :; do
+    i=$((i+1))
+    [ "$P_rounds" -gt 0 ] && [ $i -gt "$P_rounds" ] && break
+    if [ "$P_duration_s" -gt 0 ]; then t=$(now); [ $((${t%.*} - t0)) -ge "$P_duration_s" ] && break; fi
+    touch /mnt/wl/f$i && sync && op touch /wl/f$i
+    mkdir /mnt/wl/d$i && sync && op mkdir /wl/d$i
+    if [ "$cnt" -gt 0 ]; then
+      dd if=/dev/urandom of=/mnt/wl/w$i.bin bs=$bs count=$cnt conv=fsync 2>/dev/null && sync && op dd /wl/w$i.bin
+    fi
+    if [ $i -gt 1 ]; then rmdir /mnt/wl/d$((i-1)) && sync && op rmdir /wl/d$((i-1)); fi
+    if [ "$P_max_files" -gt 0 ] && [ $((i - oldest)) -ge "$P_max_files" ]; then
+      rm -f /mnt/wl/w$oldest.bin && sync && op rm /wl/w$oldest.bin
+      oldest=$((oldest+1))
+    fi
+    sleep "$pause"
+  done
+  say workload_done t=$(now) rounds=$((i-1))
+}
+
+verify() {
+  mf=/sys/firmware/qemu_fw_cfg/by_name/opt/kvmlab/manifest/raw
+  if [ ! -r "$mf" ]; then say verdict=fail checked=0 bad=1 reason=no-manifest; halt_now; fi
+  cp "$mf" /manifest
+  checked=0; bad=0
+  while read -r kind path sum; do
+    [ -z "$kind" ] && continue
+    checked=$((checked+1)); ok=1
+    case "$kind" in
+      F) if [ -f "/mnt$path" ]; then
+           got=$(sha256sum "/mnt$path" | cut -d' ' -f1)
+           [ "$got" = "$sum" ] || { ok=0; say check=bad kind=F path=$path why=checksum; }
+         else ok=0; say check=bad kind=F path=$path why=missing; fi;;
+      D) [ -d "/mnt$path" ] || { ok=0; say check=bad kind=D path=$path why=missing; };;
+      G) [ -e "/mnt$path" ] && { ok=0; say check=bad kind=G path=$path why=present; };;
+      *) ok=0; say check=bad kind=$kind path=$path why=unknown-kind;;
+    esac
+    [ $ok = 1 ] || bad=$((bad+1))
+  done < /manifest
+  if [ $bad -eq 0 ]; then v=pass; else v=fail; fi
+  say verdict=$v checked=$checked bad=$bad t=$(now)
+  halt_now
+}
+
+case "$P_mode" in
+  workload) workload; while :; do sleep 3600; done;;
+  verify) verify;;
+  *) while :; do sleep 3600; done;;
+esac

@@ -1,0 +1,110 @@
+"""Disk images on the host: make a guest disk, overlays, info, compare, sizes (the seed's ``ll``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import _proc
+from .errors import BadInput, ToolError
+from .guest.workload import Manifest
+
+FORMATS = ("qcow2", "raw")
+
+
+@dataclass(frozen=True)
+class FileSize:
+    """Apparent size (``ls -l``) and allocated size (``du``) of an image file."""
+
+    apparent: int
+    allocated: int
+
+
+def file_size(path: str | Path) -> FileSize | None:
+    """Sizes of *path*, or None when it does not exist (yet, or any more)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return FileSize(st.st_size, st.st_blocks * 512)
+
+
+def make_guest_disk(path: str | Path, size_mib: int = 64, fmt: str = "qcow2",
+                    fill_mib: int = 0) -> Manifest:
+    """Create an ext4 guest disk at *path*; optionally with ``/fill.bin`` of random data.
+
+    The file system is made on the host with mkfs.ext4 (no mount, no root) and
+    the fill file is written with debugfs, so the disk starts with allocated
+    data for the mirror to copy.  Returns the manifest of what it holds.
+
+    :raise BadInput: *path* exists, bad size or format; nothing is created.
+    """
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise BadInput(f"format={fmt!r} is not one of {', '.join(FORMATS)}")
+    if not isinstance(size_mib, int) or size_mib < 16:
+        raise BadInput(f"size_mib={size_mib!r} must be an integer of at least 16")
+    if not isinstance(fill_mib, int) or fill_mib < 0 or fill_mib > size_mib * 3 // 4:
+        raise BadInput(f"fill_mib={fill_mib!r} must be between 0 and 3/4 of the disk size")
+    if path.exists():
+        raise BadInput(f"{path} already exists")
+    if not path.parent.is_dir():
+        raise BadInput(f"directory {path.parent} does not exist")
+    manifest = Manifest()
+    with tempfile.TemporaryDirectory(prefix=".kvmlab-mk-", dir=path.parent) as tmp:
+        raw = Path(tmp) / "disk.raw"
+        with open(raw, "wb") as fh:
+            fh.truncate(size_mib * 1024 * 1024)
+        _proc.run(["mkfs.ext4", "-q", "-F", "-L", "kvmlab", "-E", "lazy_itable_init=0", raw])
+        if fill_mib:
+            fill = Path(tmp) / "fill.bin"
+            digest = hashlib.sha256()
+            with open(fill, "wb") as fh:
+                for _ in range(fill_mib):
+                    chunk = os.urandom(1024 * 1024)
+                    digest.update(chunk)
+                    fh.write(chunk)
+            _proc.run(["debugfs", "-w", "-R", f"write {fill} fill.bin", raw])
+            manifest.add_file("/fill.bin", digest.hexdigest())
+        if fmt == "raw":
+            os.replace(raw, path)
+        else:
+            _proc.run(["qemu-img", "convert", "-f", "raw", "-O", fmt, raw, path])
+    return manifest
+
+
+def create_overlay(path: str | Path, backing: str | Path, fmt: str = "qcow2") -> Path:
+    """``qemu-img create -f qcow2 -b BACKING -F <its format> PATH`` (the seed's overlays)."""
+    path, backing = Path(path), Path(backing)
+    if path.exists():
+        raise BadInput(f"{path} already exists")
+    if not backing.is_file():
+        raise BadInput(f"backing file {backing} does not exist")
+    bfmt = info(backing)["format"]
+    _proc.run(["qemu-img", "create", "-q", "-f", fmt, "-b", backing.resolve(), "-F", bfmt, path])
+    return path
+
+
+def info(path: str | Path, backing_chain: bool = False) -> Any:
+    """``qemu-img info --output=json`` (shared lock: works while QEMU has it open)."""
+    cmd = ["qemu-img", "info", "-U", "--output=json"]
+    if backing_chain:
+        cmd.append("--backing-chain")
+    return json.loads(_proc.run(cmd + [str(path)]))
+
+
+def compare(a: str | Path, b: str | Path, strict: bool = False) -> bool:
+    """``qemu-img compare``: True if the guest-visible contents are identical.
+
+    :raise ToolError: qemu-img could not compare (exit code 2 or more).
+    """
+    cmd = ["qemu-img", "compare", "-U"] + (["-s"] if strict else []) + [str(a), str(b)]
+    rc, _out, err = _proc.run_rc(cmd)
+    if rc > 1:
+        raise ToolError(f"qemu-img compare failed: {err.strip()}", command=cmd, output=err)
+    return rc == 0

@@ -1,0 +1,366 @@
+"""The embedded lab's QEMU: launch, talk to, and always clean up one VM.
+
+Lifecycle as QEMU's own ``QEMUMachine``: :meth:`Machine.launch` prepares a
+private 0700 temp dir (QMP socket, QEMU's stderr log), binds the QMP socket,
+starts QEMU, and accepts its connection; :meth:`Machine.shutdown` asks QMP
+``quit``, waits, kills if needed, and *always* removes the temp dir.  It is a
+context manager, safe to shut down twice, and a finalizer reaps QEMU if the
+object is dropped or the interpreter exits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from . import _proc, images, paths
+from .backends.qmp import QMPBackend
+from .errors import BadInput, LaunchError, StateError, WaitTimeout
+from .events import Record
+from .guest.build import Guest, load_guest
+from .guest.console import Console
+from .guest.workload import Manifest, Workload
+from .model import DriveInfo, MirrorSpec
+
+log = logging.getLogger(__name__)
+
+CACHE_MODES = ("none", "writeback", "writethrough", "directsync", "unsafe")
+GUEST_MODES = ("idle", "workload", "verify")
+ACCELS = ("auto", "kvm", "tcg")
+QEMU_BINARY = "qemu-system-x86_64"
+
+
+@dataclass(frozen=True)
+class Drive:
+    """One virtio-blk disk: its image, stable id (the seed's ``drive0``), format and cache mode."""
+
+    path: Path
+    id: str = "drive0"
+    format: str | None = None
+    cache: str = "none"
+    read_only: bool = False
+
+    def __post_init__(self) -> None:
+        if self.cache not in CACHE_MODES:
+            raise BadInput(f"cache={self.cache!r} is not one of {', '.join(CACHE_MODES)}")
+        if not self.id.replace("_", "").replace("-", "").isalnum():
+            raise BadInput(f"drive id {self.id!r} must be letters, digits, - and _")
+
+    def qemu_args(self, index: int) -> list[str]:
+        fmt = self.format or images.info(self.path)["format"]
+        opts = [f"file={self.path}", f"format={fmt}", "if=none", f"id={self.id}",
+                f"cache={self.cache}"]
+        if self.read_only:
+            opts.append("readonly=on")
+        return ["-drive", ",".join(opts),
+                "-device", f"virtio-blk-pci,drive={self.id},id=vd{index}"]
+
+
+def _reap(proc: subprocess.Popen[bytes] | None, tmpdir: str | None) -> None:
+    """Finalizer: kill QEMU and remove the temp dir (runs at GC or interpreter exit)."""
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+    if tmpdir:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+class Machine:
+    """One QEMU VM running the kvmlab guest.
+
+    :param disk: the primary image (``drive0``), or a :class:`Drive`; None boots diskless.
+    :param mode: guest mode: ``idle``, ``workload`` or ``verify``.
+    :param workload: parameters for ``workload`` mode.
+    :param manifest: what ``verify`` mode checks (passed by fw_cfg).
+    :param cache: cache mode of the primary disk (``none`` as in the seed).
+    :param accel: ``auto`` (KVM only if a guest really boots under it), ``kvm`` or ``tcg``.
+    :param console_log: file to append the raw serial console to.
+    """
+
+    def __init__(self, disk: str | Path | Drive | None = None, *, mode: str = "idle",
+                 workload: Workload | None = None, manifest: Manifest | None = None,
+                 cache: str = "none", disk_format: str | None = None,
+                 extra_drives: Sequence[Drive] = (), accel: str = "auto", memory_mib: int = 256,
+                 guest: Guest | None = None, qemu: str = QEMU_BINARY,
+                 console_log: str | Path | None = None, name: str = "kvmlab",
+                 extra_args: Sequence[str] = (), boot_timeout: float = 60) -> None:
+        if mode not in GUEST_MODES:
+            raise BadInput(f"mode={mode!r} is not one of {', '.join(GUEST_MODES)}")
+        if accel not in ACCELS:
+            raise BadInput(f"accel={accel!r} is not one of {', '.join(ACCELS)}")
+        if mode == "verify" and manifest is None:
+            raise BadInput("verify mode needs a manifest")
+        drives: list[Drive] = []
+        if disk is not None:
+            drives.append(disk if isinstance(disk, Drive) else
+                          Drive(Path(disk), format=disk_format, cache=cache))
+        drives.extend(extra_drives)
+        for d in drives:
+            if not Path(d.path).is_file():
+                raise BadInput(f"disk image {d.path} does not exist")
+        if len({d.id for d in drives}) != len(drives):
+            raise BadInput("drive ids must be unique")
+        self.drives = drives
+        self.mode = mode
+        self.workload = workload or Workload()
+        self.manifest = manifest
+        self.guest = guest or load_guest()
+        self.qemu = qemu
+        self.requested_accel = accel
+        self.accel: str | None = None
+        self.memory_mib = memory_mib
+        self.name = name
+        self.extra_args = list(extra_args)
+        self.console_log = Path(console_log) if console_log else None
+        self.boot_timeout = boot_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._tmpdir: str | None = None
+        self._backend: QMPBackend | None = None
+        self._console: Console | None = None
+        self._finalizer: weakref.finalize | None = None
+        self.exitcode: int | None = None
+        self.command: list[str] = []
+
+    # -- lifecycle ----------------------------------------------------------------
+    def __enter__(self) -> "Machine":
+        self.launch()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def tmpdir(self) -> Path | None:
+        return Path(self._tmpdir) if self._tmpdir else None
+
+    @property
+    def backend(self) -> QMPBackend:
+        if self._backend is None:
+            raise StateError("machine is not running: call launch() first")
+        return self._backend
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            raise StateError("machine is not running: call launch() first")
+        return self._console
+
+    def kernel_cmdline(self) -> str:
+        args = ["console=ttyS0", "quiet", "loglevel=3", "panic=-1", f"kvmlab.mode={self.mode}"]
+        if self.mode == "workload":
+            args += self.workload.kernel_args()
+        return " ".join(args)
+
+    def _command(self, accel: str, qmp_sock: Path, manifest_file: Path | None) -> list[str]:
+        binary = _proc.which(self.qemu)
+        cmd = [binary, "-name", self.name, "-accel", accel, "-m", str(self.memory_mib),
+               "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none",
+               "-no-reboot", "-kernel", str(self.guest.kernel), "-initrd", str(self.guest.initrd),
+               "-append", self.kernel_cmdline(),
+               "-chardev", f"socket,id=qmp0,path={qmp_sock}", "-mon", "chardev=qmp0,mode=control",
+               "-chardev", "stdio,id=ser0,signal=off", "-serial", "chardev:ser0"]
+        for i, d in enumerate(self.drives):
+            cmd += d.qemu_args(i)
+        if manifest_file is not None:
+            cmd += ["-fw_cfg", f"name=opt/kvmlab/manifest,file={manifest_file}"]
+        return cmd + self.extra_args
+
+    def launch(self) -> None:
+        """Start QEMU and connect QMP.  On any failure nothing is left running.
+
+        :raise LaunchError: QEMU exited or did not connect (with its exit code and output).
+        """
+        if self._proc is not None:
+            raise StateError("machine already launched")
+        accel = resolve_accel(self.requested_accel, self.qemu, self.guest)
+        self._tmpdir = tempfile.mkdtemp(prefix="kvmlab-vm-")
+        os.chmod(self._tmpdir, 0o700)
+        tmp = Path(self._tmpdir)
+        try:
+            manifest_file = self.manifest.write(tmp / "manifest") if self.manifest else None
+            qmp_sock = tmp / "qmp.sock"
+            self._backend = QMPBackend.listen(qmp_sock)
+            self.command = self._command(accel, qmp_sock, manifest_file)
+            errlog = open(tmp / "qemu.err", "wb")
+            try:
+                self._proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL,
+                                              stdout=subprocess.PIPE, stderr=errlog,
+                                              start_new_session=True)
+            finally:
+                errlog.close()
+            self._finalizer = weakref.finalize(self, _reap, self._proc, self._tmpdir)
+            assert self._proc.stdout is not None
+            self._console = Console(self._proc.stdout, self.console_log)
+            self._backend.accept(30, self._exit_reason)
+            self.accel = accel
+        except BaseException as err:
+            output = self._stderr_text()
+            code = self._proc.poll() if self._proc else None
+            self.shutdown(hard=True)
+            if isinstance(err, LaunchError):
+                raise LaunchError(str(err.args[0]), exitcode=code, command=self.command,
+                                  output=output) from err
+            raise
+
+    def _exit_reason(self) -> str | None:
+        if self._proc is not None and self._proc.poll() is not None:
+            return f"QEMU exited with code {self._proc.returncode}"
+        return None
+
+    def _stderr_text(self) -> str:
+        if self._tmpdir and (Path(self._tmpdir) / "qemu.err").exists():
+            return (Path(self._tmpdir) / "qemu.err").read_text(errors="replace")
+        return ""
+
+    def shutdown(self, timeout: float = 10, hard: bool = False) -> None:
+        """Stop QEMU (QMP ``quit``, then SIGKILL) and remove everything it used.  Idempotent."""
+        try:
+            if self._proc is not None and self._proc.poll() is None:
+                if not hard and self._backend is not None:
+                    try:
+                        self._backend.execute("quit", timeout=timeout)
+                    except Exception:  # noqa: BLE001 - fall through to kill
+                        log.debug("QMP quit failed", exc_info=True)
+                try:
+                    self._proc.wait(timeout if not hard else 0.1)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait(10)
+        finally:
+            if self._proc is not None:
+                self.exitcode = self._proc.poll()
+            if self._backend is not None:
+                self._backend.close()
+            if self._console is not None:
+                self._console.join()
+            if self._proc is not None and self._proc.stdout:
+                self._proc.stdout.close()
+            if self._tmpdir:
+                self._stderr_saved = self._stderr_text()
+                shutil.rmtree(self._tmpdir, ignore_errors=True)
+            if self._finalizer is not None:
+                self._finalizer.detach()
+            self._tmpdir = None
+            self._finalizer = None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send *sig* to QEMU (tests use it to check cleanup after QEMU dies)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(sig)
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        """Wait for QEMU to exit by itself (the verify guest powers off)."""
+        if self._proc is None:
+            raise StateError("machine was not launched")
+        try:
+            return self._proc.wait(timeout)
+        except subprocess.TimeoutExpired as err:
+            raise WaitTimeout(f"QEMU did not exit within {timeout:.0f} s") from err
+
+    # -- guest ---------------------------------------------------------------------
+    def wait_guest(self, name: str, match: Mapping[str, Any] | None = None, *,
+                   timeout: float | None = None, since: int = 0) -> Record:
+        """Wait for a console record from the guest (``ready``, ``op``, ``verdict``...)."""
+        return self.console.records.wait(name, match, since=since,
+                                         timeout=timeout or self.boot_timeout,
+                                         abort=self._exit_reason)
+
+    def guest_ops(self) -> list[Record]:
+        return [r for r in self.console.records.snapshot() if r.name == "op"]
+
+    # -- convenience: the seed's verbs, delegated to the job API --------------------
+    def hmp(self, command_line: str, check: bool = True) -> str:
+        from .jobs import hmp
+        return hmp(self.backend, command_line, check=check)
+
+    def mirror(self, device: str, target: str | Path, format: str | None = None,
+               **kwargs: Any) -> "Any":
+        from .jobs import mirror
+        return mirror(self.backend, MirrorSpec(device, str(target), format, **kwargs))
+
+    def stop(self) -> None:
+        self.backend.stop()
+
+    def cont(self) -> None:
+        self.backend.cont()
+
+    def block_info(self) -> list[DriveInfo]:
+        return self.backend.block_info()
+
+
+# -- accelerator detection ------------------------------------------------------------
+_ACCEL_CACHE: dict[str, str] = {}
+
+
+def _accel_key(qemu: str, guest: Guest) -> str:
+    try:
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot_id = "?"
+    return "|".join([boot_id, os.uname().release, _proc.which(qemu), guest.kernel_version])
+
+
+def resolve_accel(accel: str, qemu: str = QEMU_BINARY, guest: Guest | None = None,
+                  probe_timeout: float = 15) -> str:
+    """The accelerator to use: ``auto`` boots a probe guest under KVM and falls back to TCG.
+
+    /dev/kvm existing is not enough (a nested guest can hang with no output),
+    so the probe must see the guest's first console line.  The answer is
+    cached in memory and in ``data/guest/accel.json`` per host boot.
+    """
+    if accel != "auto":
+        return accel
+    env = os.environ.get("KVMLAB_ACCEL")
+    if env in ("kvm", "tcg"):
+        return env
+    guest = guest or load_guest()
+    key = _accel_key(qemu, guest)
+    if key in _ACCEL_CACHE:
+        return _ACCEL_CACHE[key]
+    cache_file = paths.guest_dir() / "accel.json"
+    try:
+        cached = json.loads(cache_file.read_text())
+        if cached.get("key") == key and cached.get("accel") in ("kvm", "tcg"):
+            _ACCEL_CACHE[key] = cached["accel"]
+            return str(cached["accel"])
+    except (OSError, ValueError):
+        pass
+    result = "tcg"
+    if os.access("/dev/kvm", os.R_OK | os.W_OK):
+        probe = Machine(None, accel="kvm", guest=guest, qemu=qemu, name="kvmlab-accel-probe")
+        try:
+            probe.launch()
+            probe.wait_guest("boot", timeout=probe_timeout)
+            result = "kvm"
+        except (LaunchError, WaitTimeout) as err:
+            log.info("KVM probe failed (%s); using TCG", err)
+        finally:
+            probe.shutdown(hard=True)
+    _ACCEL_CACHE[key] = result
+    try:
+        cache_file.write_text(json.dumps({"key": key, "accel": result,
+                                          "probed": time.time()}) + "\n")
+    except OSError:
+        pass
+    return result
