@@ -1,0 +1,92 @@
+"""Notebook runs through papermill: one run = one folder with the executed notebook,
+its HTML export and the run's data.  (Sweeps build on :func:`run_notebook`.)"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import papermill as pm
+from nbconvert import HTMLExporter
+
+from . import paths
+from .errors import BadInput, KvmlabError
+from .runs import new_run_id
+
+log = logging.getLogger(__name__)
+
+#: The parameter through which a notebook is told which folder its run goes to.
+RUN_PATH_PARAM = "run_path"
+
+
+class NotebookFailed(KvmlabError):
+    """The notebook raised; the executed notebook (with the traceback) is kept."""
+
+
+def notebook_parameters(notebook: str | Path) -> dict[str, dict[str, Any]]:
+    """The notebook's ``parameters`` cell as papermill infers it: name -> {default, type}."""
+    nb = Path(notebook)
+    if not nb.is_file():
+        raise BadInput(f"notebook {nb} does not exist")
+    return {name: dict(p) for name, p in pm.inspect_notebook(str(nb)).items()}
+
+
+def check_parameters(notebook: str | Path, params: dict[str, Any]) -> None:
+    """Reject names the notebook's parameters cell does not define (before anything runs)."""
+    known = notebook_parameters(notebook)
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise BadInput(f"unknown parameter(s) {', '.join(unknown)} for {Path(notebook).name} "
+                       f"(known: {', '.join(sorted(known))})")
+
+
+def export_html(executed: Path) -> Path:
+    """nbconvert's HTML export of *executed*, next to it."""
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+    out = executed.with_suffix(".html")
+    out.write_text(body, encoding="utf-8")
+    return out
+
+
+def run_notebook(notebook: str | Path, params: dict[str, Any] | None = None, *,
+                 out: str | Path | None = None, kernel: str = "python3",
+                 progress: bool = False) -> Path:
+    """Execute *notebook* with papermill into a run folder and export it to HTML.
+
+    The folder (default ``data/runs/<run-id>/``, or *out*) receives
+    ``<name>.ipynb``, ``<name>.html`` and the run's data: the notebook gets
+    ``run_path`` pointing there.  Returns the folder.
+
+    :raise BadInput: unknown notebook or parameter; nothing is created.
+    :raise NotebookFailed: a cell raised (the executed notebook and HTML are kept).
+    """
+    nb = Path(notebook)
+    params = dict(params or {})
+    check_parameters(nb, params)
+    known = notebook_parameters(nb)
+    if out is not None:
+        folder = Path(out).resolve()
+    else:
+        folder = paths.runs_dir() / new_run_id(nb.stem)
+    if folder.exists() and any(folder.iterdir()):
+        raise BadInput(f"output folder {folder} is not empty")
+    folder.mkdir(parents=True, exist_ok=True)
+    if RUN_PATH_PARAM in known:
+        params.setdefault(RUN_PATH_PARAM, str(folder))
+    executed = folder / nb.name
+    try:
+        pm.execute_notebook(str(nb), str(executed), parameters=params, kernel_name=kernel,
+                            progress_bar=progress, cwd=str(nb.resolve().parent))
+    except pm.PapermillExecutionError as err:
+        export_html(executed)
+        raise NotebookFailed(f"{nb.name} failed in cell {err.exec_count}: {err.ename}: "
+                             f"{err.evalue}") from err
+    finally:
+        if executed.exists() and not executed.with_suffix(".html").exists():
+            try:
+                export_html(executed)
+            except Exception:  # noqa: BLE001 - the notebook itself is the record
+                log.warning("HTML export of %s failed", executed, exc_info=True)
+    return folder

@@ -1,0 +1,83 @@
+"""The ``kvmlab`` command: thin click commands that call the library."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from .errors import KvmlabError
+
+
+def _fail(err: KvmlabError) -> None:
+    click.echo(f"kvmlab: error: {err}", err=True)
+    sys.exit(2)
+
+
+@click.group()
+@click.version_option(package_name="kvmlab")
+def main() -> None:
+    """Reproducible QEMU block-mirror experiments."""
+
+
+@main.group()
+def guest() -> None:
+    """The lab guest (kernel + busybox initramfs)."""
+
+
+@guest.command("build")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Folder for the guest (default data/guest).")
+@click.option("--kernel", type=click.Path(path_type=Path), default=None,
+              help="Use this kernel image instead of Debian's cloud kernel.")
+@click.option("--modules", type=click.Path(path_type=Path), default=None,
+              help="That kernel's lib/modules/<version> folder (with modules.dep).")
+@click.option("--force", is_flag=True, help="Rebuild even if a guest is there.")
+def guest_build(out: Path | None, kernel: Path | None, modules: Path | None, force: bool) -> None:
+    """Build the guest into data/guest (idempotent)."""
+    from .guest.build import build_guest
+    try:
+        g = build_guest(out, kernel=kernel, modules=modules, force=force)
+    except KvmlabError as err:
+        _fail(err)
+    click.echo(f"guest: {g.kernel.parent} (kernel {g.kernel_version})")
+
+
+def _parse_params(pairs: tuple[tuple[str, str], ...], files: tuple[Path, ...]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for f in files:
+        loaded = yaml.safe_load(Path(f).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise click.BadParameter(f"{f} must hold a mapping of parameters")
+        params.update(loaded)
+    for name, raw in pairs:
+        params[name] = yaml.safe_load(raw)
+    return params
+
+
+@main.command("run")
+@click.argument("notebook", type=click.Path(path_type=Path))
+@click.option("-p", "--param", "pairs", nargs=2, multiple=True, metavar="NAME VALUE",
+              help="A parameter (value parsed as YAML).")
+@click.option("-f", "--params-file", "files", multiple=True, type=click.Path(path_type=Path),
+              help="YAML file of parameters.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Run folder (default data/runs/<run-id>).")
+def run_cmd(notebook: Path, pairs: tuple[tuple[str, str], ...], files: tuple[Path, ...],
+            out: Path | None) -> None:
+    """Execute NOTEBOOK with papermill into a run folder (notebook, HTML, data)."""
+    from .batch import run_notebook
+    try:
+        folder = run_notebook(notebook, _parse_params(pairs, files), out=out)
+    except KvmlabError as err:
+        _fail(err)
+    click.echo(f"run folder: {folder}")
+    for item in sorted(folder.iterdir()):
+        click.echo(f"  {item.name}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Scaffolding shared by experiments: run folder + recorder + scratch dir, and verification."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import paths
+from ..errors import KvmlabError
+from ..guest.workload import Manifest
+from ..machine import Machine
+from ..record import Recorder
+from ..runs import RunData, RunDir, load_run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExperimentResult:
+    """What an experiment returns: where its run is, the verdict, and the data."""
+
+    run_path: Path
+    verdict: dict[str, Any]
+    data: RunData
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.verdict.get("pass"))
+
+
+class LabRun:
+    """Context manager: a run folder, a started recorder and a scratch folder for images.
+
+    On exit the recorder is stopped (parquet written), ``run.json`` finished
+    with the verdict (or the error), and the scratch folder removed unless
+    *keep_images*.  Experiments set :attr:`verdict` before leaving the block.
+    """
+
+    def __init__(self, experiment: str, params: dict[str, Any], *,
+                 runs_dir: str | Path | None = None, run_path: str | Path | None = None,
+                 sample_interval: float = 0.1,
+                 keep_images: bool = False, scratch: str | Path | None = None) -> None:
+        self.experiment = experiment
+        self.params = params
+        self.runs_parent = Path(runs_dir) if runs_dir else None
+        self.run_path = Path(run_path) if run_path else None
+        self.sample_interval = sample_interval
+        self.keep_images = keep_images
+        self.scratch_parent = Path(scratch) if scratch else paths.scratch_dir()
+        self.verdict: dict[str, Any] | None = None
+        self.extra: dict[str, Any] = {}
+
+    def __enter__(self) -> "LabRun":
+        self.run = RunDir.create(self.experiment, self.params, self.runs_parent, self.run_path)
+        self.workdir = self.scratch_parent / self.run.meta["run_id"]
+        try:
+            self.workdir.mkdir(parents=True)
+            self.recorder = Recorder(self.run.path, interval=self.sample_interval)
+            self.recorder.start()
+        except BaseException:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.run.finish("error", error="could not start the recorder")
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> None:
+        try:
+            self.recorder.stop()
+        finally:
+            if not self.keep_images:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            if exc is None:
+                status = "done"
+            elif isinstance(exc, KeyboardInterrupt):
+                status = "interrupted"
+            else:
+                status = "error"
+            fields: dict[str, Any] = dict(self.extra)
+            if exc is not None:
+                fields["error"] = f"{type(exc).__name__}: {exc}"
+            if self.keep_images:
+                fields["images"] = str(self.workdir)
+            self.run.finish(status, self.verdict, **fields)
+
+    def result(self) -> ExperimentResult:
+        return ExperimentResult(self.run.path, self.verdict or {}, load_run(self.run.path))
+
+    def machine(self, disk: Path, label: str, **kwargs: Any) -> Machine:
+        """A Machine whose console goes to ``console-<label>.log`` in the run folder."""
+        return Machine(disk, console_log=self.run.path / f"console-{label}.log",
+                       name=f"kvmlab-{label}", **kwargs)
+
+    def note_machine(self, vm: Machine, label: str) -> None:
+        """Attach the recorder to *vm* and remember its accel/guest in run.json."""
+        self.recorder.attach_machine(vm, label)
+        machines = self.extra.setdefault("machines", {})
+        machines[label] = {"accel": vm.accel, "command": vm.command,
+                           "kernel": vm.guest.kernel_version, "cache": vm.drives[0].cache
+                           if vm.drives else None}
+        self.extra["accel"] = vm.accel
+        self.extra["guest_kernel"] = vm.guest.kernel_version
+
+
+def verify_image(lab: LabRun, image: Path, manifest: Manifest, *, label: str = "verify",
+                 cache: str = "none", accel: str = "auto", timeout: float = 180) -> dict[str, Any]:
+    """Boot a new VM from *image* in verify mode; return the guest's verdict as a dict.
+
+    The manifest (files with sha256, directories present, paths gone) reaches
+    the guest through fw_cfg; the guest checks each entry and powers off.
+    """
+    manifest.write(lab.run.path / f"manifest-{label}.txt")
+    t0 = time.monotonic()
+    with lab.machine(image, label, mode="verify", manifest=manifest, cache=cache,
+                     accel=accel) as vm:
+        lab.note_machine(vm, label)
+        rec = vm.wait_guest("verdict", timeout=timeout)
+        bad = [dict(r.data) for r in vm.console.records.snapshot() if r.name == "check"]
+        vm.wait_exit(30)
+    return {"verify_pass": rec.data.get("verdict") == "pass",
+            "checked": int(rec.data.get("checked", 0)), "bad": int(rec.data.get("bad", 0)),
+            "bad_items": bad[:50], "verify_s": round(time.monotonic() - t0, 3),
+            "manifest_entries": len(manifest)}

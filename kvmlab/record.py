@@ -1,0 +1,263 @@
+"""The recorder: job samples, QMP events, image sizes and guest operations, as they happen.
+
+Four streams, each a journal (JSON lines, flushed per row, so a killed
+process loses at most the row being written) that becomes a parquet file
+when the recorder stops:
+
+- ``samples``: ``query-block-jobs`` every *interval* seconds (default 0.1; 0.01 works);
+- ``events``: every QMP event, guest console record and experiment mark;
+- ``sizes``: apparent and allocated size of tracked image files (the seed's ``ll``),
+  on change and at least once a second;
+- ``guest_ops``: the guest's operation lines (op, path, size, sha256).
+
+Times: ``t`` is seconds since the recorder's start on the host's monotonic
+clock, comparable across streams; ``wall`` is Unix time.  Recording is never
+best effort: a sampling failure is recorded as an event, not swallowed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from .backends.base import Backend
+from .errors import BadInput, KvmlabError
+from .events import Record
+from .guest.console import Console
+from .images import file_size
+from .runs import STREAMS
+
+log = logging.getLogger(__name__)
+
+SAMPLE_COLUMNS = ["t", "wall", "job", "type", "len", "offset", "remaining", "speed", "busy",
+                  "paused", "ready", "status", "io_status"]
+EVENT_COLUMNS = ["t", "wall", "source", "name", "job", "status", "qemu_time", "data"]
+SIZE_COLUMNS = ["t", "wall", "label", "path", "exists", "apparent", "allocated"]
+OP_COLUMNS = ["t", "wall", "op", "path", "size", "sha256", "round", "guest_t", "machine"]
+COLUMNS = {"samples": SAMPLE_COLUMNS, "events": EVENT_COLUMNS, "sizes": SIZE_COLUMNS,
+           "guest_ops": OP_COLUMNS}
+
+
+class _Stream:
+    """One journal file plus its rows in memory."""
+
+    def __init__(self, path: Path) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self._fh = open(path, "a", encoding="utf-8", buffering=1)
+        self._lock = threading.Lock()
+
+    def add(self, row: dict[str, Any]) -> None:
+        line = json.dumps(row, default=str)
+        with self._lock:
+            self.rows.append(row)
+            if self._fh is not None:
+                self._fh.write(line + "\n")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
+
+
+class Recorder:
+    """Records one run into *run_path*.  Start it, attach machines, mark steps, stop it.
+
+    :param interval: seconds between ``query-block-jobs`` samples.
+    :param size_every: longest gap between two size rows of an unchanged file.
+    """
+
+    def __init__(self, run_path: str | Path, *, interval: float = 0.1,
+                 size_every: float = 1.0) -> None:
+        if not (0.001 <= interval <= 60):
+            raise BadInput(f"sample interval {interval!r} must be between 0.001 and 60 s")
+        self.path = Path(run_path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.interval = interval
+        self.size_every = size_every
+        self.t0 = time.monotonic()
+        self._streams = {s: _Stream(self.path / f"{s}.jsonl") for s in STREAMS}
+        self._backend: Backend | None = None
+        self._console: Console | None = None
+        self._machine_label = ""
+        self._files: dict[str, Path] = {}
+        self._last_size: dict[str, tuple[float, Any]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.sample_count = 0
+        self.late_ticks = 0
+        self._stopped = False
+
+    # -- wiring ----------------------------------------------------------------------
+    def __enter__(self) -> "Recorder":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def attach(self, backend: Backend | None, console: Console | None = None,
+               label: str = "vm") -> None:
+        """Record this VM's events, console and jobs (replacing any previous VM)."""
+        self.detach()
+        with self._lock:
+            self._backend = backend
+            self._console = console
+            self._machine_label = label
+        if backend is not None:
+            backend.events.subscribe(self._on_qmp_event, replay_since=len(backend.events))
+        if console is not None:
+            console.records.subscribe(self._on_console, replay_since=0)
+        self.mark("attach", machine=label)
+
+    def attach_machine(self, vm: Any, label: str = "vm") -> None:
+        """:meth:`attach` a :class:`~kvmlab.machine.Machine`, and track its disk files."""
+        self.attach(vm.backend, vm.console, label)
+        for d in vm.drives:
+            self.track(f"{label}:{d.id}", d.path)
+
+    def detach(self) -> None:
+        with self._lock:
+            be, con = self._backend, self._console
+            self._backend = self._console = None
+        if be is not None:
+            be.events.unsubscribe(self._on_qmp_event)
+        if con is not None:
+            con.records.unsubscribe(self._on_console)
+
+    def track(self, label: str, path: str | Path) -> None:
+        """Record the size of the image file at *path* under *label*."""
+        with self._lock:
+            self._files[label] = Path(path)
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def mark(self, name: str, **data: Any) -> float:
+        """Record an experiment step (``cancel``, ``fault_start``...) as an event; returns its t."""
+        t = self.now()
+        self._streams["events"].add({"t": t, "wall": time.time(), "source": "kvmlab",
+                                     "name": name, "job": data.get("job"),
+                                     "status": data.get("status"), "qemu_time": None,
+                                     "data": json.dumps(data, default=str)})
+        return t
+
+    # -- producers -------------------------------------------------------------------
+    def _on_qmp_event(self, rec: Record) -> None:
+        d = rec.data
+        self._streams["events"].add({
+            "t": rec.mono - self.t0, "wall": rec.wall, "source": "qmp", "name": rec.name,
+            "job": d.get("device") or d.get("id"), "status": d.get("status"),
+            "qemu_time": rec.source, "data": json.dumps(dict(d), default=str)})
+
+    def _on_console(self, rec: Record) -> None:
+        d = rec.data
+        if rec.name == "op":
+            self._streams["guest_ops"].add({
+                "t": rec.mono - self.t0, "wall": rec.wall, "op": d.get("op"),
+                "path": d.get("path"), "size": d.get("size"), "sha256": d.get("sha256"),
+                "round": d.get("n"), "guest_t": d.get("t"), "machine": self._machine_label})
+        else:
+            self._streams["events"].add({
+                "t": rec.mono - self.t0, "wall": rec.wall, "source": "guest",
+                "name": f"guest_{rec.name}", "job": None, "status": None,
+                "qemu_time": None, "data": json.dumps(dict(d), default=str)})
+
+    def sample(self) -> None:
+        """Take one sample of every block job and every tracked file now."""
+        with self._lock:
+            be = self._backend
+            files = dict(self._files)
+        t, wall = self.now(), time.time()
+        if be is not None:
+            try:
+                jobs = be.block_jobs()
+            except KvmlabError as err:
+                jobs = []
+                if not getattr(be.events, "closed", False):
+                    self.mark("sample_error", error=str(err))
+            for j in jobs:
+                row = j.as_row()
+                row["job"] = row.pop("id")
+                row.update(t=t, wall=wall)
+                self._streams["samples"].add({k: row[k] for k in SAMPLE_COLUMNS})
+        for label, path in files.items():
+            fs = file_size(path)
+            val = (fs.apparent, fs.allocated) if fs else None
+            last = self._last_size.get(label)
+            if last is None or last[1] != val or t - last[0] >= self.size_every:
+                self._last_size[label] = (t, val)
+                self._streams["sizes"].add({
+                    "t": t, "wall": wall, "label": label, "path": str(path),
+                    "exists": fs is not None, "apparent": fs.apparent if fs else None,
+                    "allocated": fs.allocated if fs else None})
+        self.sample_count += 1
+
+    def _loop(self) -> None:
+        k = 0
+        while not self._stop.is_set():
+            self.sample()
+            k += 1
+            due = k * self.interval
+            left = due - self.now()
+            if left < 0:
+                self.late_ticks += 1
+                k = int(self.now() / self.interval) + 1
+                left = k * self.interval - self.now()
+            self._stop.wait(max(left, 0))
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self.mark("recorder_start", interval=self.interval)
+        self._thread = threading.Thread(target=self._loop, name="kvmlab-recorder", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> dict[str, pd.DataFrame]:
+        """Stop sampling, write parquet files, remove the journals; returns the frames."""
+        if self._stopped:
+            return self.frames()
+        self._stopped = True
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self.sample()
+        self.mark("recorder_stop", samples=self.sample_count, late_ticks=self.late_ticks)
+        self.detach()
+        frames = self.frames()
+        for name, stream in self._streams.items():
+            stream.close()
+            frames[name].to_parquet(self.path / f"{name}.parquet", index=False)
+            os.remove(self.path / f"{name}.jsonl")
+        return frames
+
+    def frames(self) -> dict[str, pd.DataFrame]:
+        """The streams so far as DataFrames (typed, even when empty)."""
+        out = {}
+        for name, stream in self._streams.items():
+            df = pd.DataFrame(list(stream.rows), columns=COLUMNS[name])
+            out[name] = _typed(name, df)
+        return out
+
+
+def _typed(name: str, df: pd.DataFrame) -> pd.DataFrame:
+    ints = {"samples": ["len", "offset", "remaining", "speed"],
+            "sizes": ["apparent", "allocated"], "guest_ops": ["size", "round"]}.get(name, [])
+    bools = {"samples": ["busy", "paused", "ready"], "sizes": ["exists"]}.get(name, [])
+    for c in ints:
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
+    for c in bools:
+        df[c] = df[c].astype("boolean")
+    for c in ("t", "wall", "guest_t", "qemu_time"):
+        if c in df:
+            df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
+    return df
+

@@ -1,0 +1,184 @@
+"""Run folders: ``data/runs/<run-id>/`` with ``run.json`` (metadata, provenance, verdict)
+and one parquet file per recorded stream; :func:`load_run` reads any saved run back."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import secrets
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import _proc, paths
+from .errors import BadInput
+
+STREAMS = ("samples", "events", "sizes", "guest_ops")
+
+
+def new_run_id(experiment: str) -> str:
+    """``YYYYmmdd-HHMMSS-<experiment>-<6 hex>``: sortable and unique."""
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in experiment)[:40]
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}-{secrets.token_hex(3)}"
+
+
+def _git_revision() -> str | None:
+    checkout = Path(__file__).resolve().parent.parent
+    if not (checkout / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(checkout), "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def _qemu_version(binary: str = "qemu-system-x86_64") -> str | None:
+    try:
+        out = _proc.run([binary, "--version"], timeout=20)
+    except Exception:  # noqa: BLE001 - provenance is best effort
+        return None
+    return out.splitlines()[0].strip() if out else None
+
+
+def provenance(**extra: Any) -> dict[str, Any]:
+    """Where and with what a run was made: versions, host, revision."""
+    from . import __version__
+    info: dict[str, Any] = {
+        "kvmlab_version": __version__, "git_revision": _git_revision(),
+        "python": platform.python_version(), "host": socket.gethostname(),
+        "host_kernel": platform.release(), "cpus": os.cpu_count(),
+        "qemu_version": _qemu_version(),
+    }
+    info.update(extra)
+    return info
+
+
+def _to_jsonable(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {str(k): _to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [_to_jsonable(v) for v in obj]
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    return obj
+
+
+class RunDir:
+    """One run's folder and its ``run.json``, rewritten atomically on each update."""
+
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+        self.path = path
+        self.meta = meta
+
+    @classmethod
+    def create(cls, experiment: str, params: dict[str, Any], parent: Path | None = None,
+               run_path: Path | None = None) -> "RunDir":
+        """Make a new run folder under *parent* (default ``data/runs``), or use *run_path*.
+
+        *run_path* may exist already (a batch run puts the executed notebook
+        there) but must not hold a run yet.
+        """
+        if run_path is not None:
+            path = Path(run_path).resolve()
+            if (path / "run.json").exists():
+                raise BadInput(f"{path} already holds a run")
+            run_id = path.name
+        else:
+            run_id = new_run_id(experiment)
+            path = (Path(parent) if parent else paths.runs_dir()) / run_id
+            if path.exists():
+                raise BadInput(f"run folder {path} already exists")
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {"run_id": run_id, "experiment": experiment, "params": _to_jsonable(params),
+                "status": "running", "started": time.time(),
+                "started_iso": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "provenance": provenance()}
+        rd = cls(path, meta)
+        rd.save()
+        return rd
+
+    def save(self) -> None:
+        tmp = self.path / ".run.json.tmp"
+        tmp.write_text(json.dumps(_to_jsonable(self.meta), indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, self.path / "run.json")
+
+    def update(self, **fields: Any) -> None:
+        self.meta.update(_to_jsonable(fields))
+        self.save()
+
+    def finish(self, status: str, verdict: dict[str, Any] | None = None, **fields: Any) -> None:
+        self.meta.update(_to_jsonable(fields))
+        self.meta["status"] = status
+        self.meta["ended"] = time.time()
+        self.meta["ended_iso"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.meta["duration_s"] = round(self.meta["ended"] - self.meta["started"], 3)
+        if verdict is not None:
+            self.meta["verdict"] = _to_jsonable(verdict)
+        self.save()
+
+
+@dataclass
+class RunData:
+    """A saved run read back: metadata and one DataFrame per stream."""
+
+    path: Path
+    meta: dict[str, Any]
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    @property
+    def samples(self) -> pd.DataFrame:
+        return self.frames["samples"]
+
+    @property
+    def events(self) -> pd.DataFrame:
+        return self.frames["events"]
+
+    @property
+    def sizes(self) -> pd.DataFrame:
+        return self.frames["sizes"]
+
+    @property
+    def guest_ops(self) -> pd.DataFrame:
+        return self.frames["guest_ops"]
+
+    @property
+    def verdict(self) -> dict[str, Any] | None:
+        return self.meta.get("verdict")
+
+
+def read_stream(path: Path, stream: str) -> pd.DataFrame:
+    """A stream's DataFrame: the parquet file, or the journal a killed run left."""
+    pq = path / f"{stream}.parquet"
+    if pq.exists():
+        return pd.read_parquet(pq)
+    journal = path / f"{stream}.jsonl"
+    if journal.exists() and journal.stat().st_size:
+        rows = []
+        with open(journal, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    break  # a torn last line from a killed process
+        return pd.DataFrame(rows)
+    return pd.DataFrame()
+
+
+def load_run(path: str | Path) -> RunData:
+    """Read a run folder (complete, or left by a killed process)."""
+    path = Path(path)
+    meta_file = path / "run.json"
+    if not meta_file.is_file():
+        raise BadInput(f"{path} is not a kvmlab run folder (no run.json)")
+    meta = json.loads(meta_file.read_text())
+    return RunData(path, meta, {s: read_stream(path, s) for s in STREAMS})
