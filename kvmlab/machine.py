@@ -66,6 +66,37 @@ class Drive:
                 "-device", f"virtio-blk-pci,drive={self.id},id=vd{index}"]
 
 
+TMP_PREFIX = "kvmlab-vm-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_stale_tmpdirs() -> list[Path]:
+    """Remove VM temp dirs whose owning process is gone (it was killed with SIGKILL).
+
+    A killed Python cannot clean up after itself; its QEMU dies with it
+    (pdeathsig) and the next launch removes what was left.  Returns what it removed.
+    """
+    removed = []
+    for d in Path(tempfile.gettempdir()).glob(TMP_PREFIX + "*"):
+        try:
+            owner = int((d / "owner.pid").read_text())
+        except (OSError, ValueError):
+            continue
+        if not _alive(owner):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
 def _reap(proc: subprocess.Popen[bytes] | None, tmpdir: str | None) -> None:
     """Finalizer: kill QEMU and remove the temp dir (runs at GC or interpreter exit)."""
     if proc is not None and proc.poll() is None:
@@ -88,6 +119,9 @@ class Machine:
     :param cache: cache mode of the primary disk (``none`` as in the seed).
     :param accel: ``auto`` (KVM only if a guest really boots under it), ``kvm`` or ``tcg``.
     :param console_log: file to append the raw serial console to.
+    :param die_with_parent: QEMU gets SIGKILL if the thread that launched it dies
+        (``setpriv --pdeathsig``), so even a ``kill -9`` of Python leaves no VM
+        behind.  Launch from a thread that outlives the VM, or pass False.
     """
 
     def __init__(self, disk: str | Path | Drive | None = None, *, mode: str = "idle",
@@ -96,11 +130,14 @@ class Machine:
                  extra_drives: Sequence[Drive] = (), accel: str = "auto", memory_mib: int = 256,
                  guest: Guest | None = None, qemu: str = QEMU_BINARY,
                  console_log: str | Path | None = None, name: str = "kvmlab",
-                 extra_args: Sequence[str] = (), boot_timeout: float = 60) -> None:
+                 extra_args: Sequence[str] = (), boot_timeout: float = 60,
+                 die_with_parent: bool = True) -> None:
         if mode not in GUEST_MODES:
             raise BadInput(f"mode={mode!r} is not one of {', '.join(GUEST_MODES)}")
         if accel not in ACCELS:
             raise BadInput(f"accel={accel!r} is not one of {', '.join(ACCELS)}")
+        if cache not in CACHE_MODES:
+            raise BadInput(f"cache={cache!r} is not one of {', '.join(CACHE_MODES)}")
         if mode == "verify" and manifest is None:
             raise BadInput("verify mode needs a manifest")
         drives: list[Drive] = []
@@ -126,6 +163,7 @@ class Machine:
         self.extra_args = list(extra_args)
         self.console_log = Path(console_log) if console_log else None
         self.boot_timeout = boot_timeout
+        self.die_with_parent = die_with_parent
         self._proc: subprocess.Popen[bytes] | None = None
         self._tmpdir: str | None = None
         self._backend: QMPBackend | None = None
@@ -194,17 +232,22 @@ class Machine:
         if self._proc is not None:
             raise StateError("machine already launched")
         accel = resolve_accel(self.requested_accel, self.qemu, self.guest)
-        self._tmpdir = tempfile.mkdtemp(prefix="kvmlab-vm-")
+        reap_stale_tmpdirs()
+        self._tmpdir = tempfile.mkdtemp(prefix=TMP_PREFIX)
         os.chmod(self._tmpdir, 0o700)
         tmp = Path(self._tmpdir)
+        (tmp / "owner.pid").write_text(f"{os.getpid()}\n")
         try:
             manifest_file = self.manifest.write(tmp / "manifest") if self.manifest else None
             qmp_sock = tmp / "qmp.sock"
             self._backend = QMPBackend.listen(qmp_sock)
             self.command = self._command(accel, qmp_sock, manifest_file)
+            prefix: list[str] = []
+            if self.die_with_parent:
+                prefix = [_proc.which("setpriv"), "--pdeathsig", "KILL", "--"]
             errlog = open(tmp / "qemu.err", "wb")
             try:
-                self._proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL,
+                self._proc = subprocess.Popen(prefix + self.command, stdin=subprocess.DEVNULL,
                                               stdout=subprocess.PIPE, stderr=errlog,
                                               start_new_session=True)
             finally:

@@ -1,0 +1,52 @@
+"""The kvmlab command, through click's CliRunner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from kvmlab.cli import main
+from kvmlab.guest.build import Guest
+
+NB = Path(__file__).resolve().parent.parent / "notebooks" / "01_mirror_basic.ipynb"
+
+
+def test_guest_build_reports_existing_guest(guest: Guest) -> None:
+    res = CliRunner().invoke(main, ["guest", "build"])
+    assert res.exit_code == 0, res.output
+    assert str(guest.kernel.parent) in res.output and guest.kernel_version in res.output
+
+
+def test_guest_build_bad_kernel(tmp_path: Path) -> None:
+    res = CliRunner().invoke(main, ["guest", "build", "--out", str(tmp_path / "g"),
+                                    "--kernel", str(tmp_path / "missing"), "--force"])
+    assert res.exit_code == 2
+    assert res.output.strip().startswith("kvmlab: error:") and "does not exist" in res.output
+    assert not (tmp_path / "g").exists()
+
+
+def test_run_rejects_unknown_parameter(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    res = CliRunner().invoke(main, ["run", str(NB), "-p", "no_such_param", "1", "--out", str(out)])
+    assert res.exit_code == 2
+    assert "unknown parameter(s) no_such_param" in res.output
+    assert not out.exists()
+
+
+def test_run_executes_notebook_into_one_folder(tmp_path: Path) -> None:
+    """What 'make demo' does: papermill run, HTML export, the run's data, one folder."""
+    out = tmp_path / "r"
+    res = CliRunner().invoke(main, ["run", str(NB), "-p", "image_mib", "48", "-p", "fill_mib",
+                                    "8", "-p", "accel", "tcg", "-p", "after_ready_s", "1",
+                                    "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    names = {p.name for p in out.iterdir()}
+    assert {"01_mirror_basic.ipynb", "01_mirror_basic.html", "run.json", "samples.parquet",
+            "events.parquet", "sizes.parquet", "guest_ops.parquet", "progress.png"} <= names
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["status"] == "done" and meta["verdict"]["pass"] is True
+    assert meta["params"]["image_mib"] == 48
+    html = (out / "01_mirror_basic.html").read_text()
+    assert "VERDICT: PASS" in html

@@ -1,0 +1,56 @@
+"""Parsing the guest's serial lines and building the manifest they imply."""
+
+import pytest
+
+from kvmlab.errors import BadInput
+from kvmlab.guest.console import parse_line
+from kvmlab.guest.workload import Manifest, Workload
+
+# Lines as the real guest printed them (from a recorded run's console log).
+LINES = """\
+[    3.1] random kernel noise
+KVMLAB boot t=3.60 mode=workload
+KVMLAB op=touch path=/wl/f1 size=0 sha256=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 n=1 t=3.89
+KVMLAB op=mkdir path=/wl/d1 size=0 sha256=- n=1 t=3.93
+KVMLAB op=dd path=/wl/w1.bin size=1048576 sha256=5a1e2dc0bf15978552a7c2060c6b295e86cf9eaac2917f171ff72d4fd16a24fc n=1 t=5.18
+KVMLAB op=mkdir path=/wl/d2 size=0 sha256=- n=2 t=5.40
+KVMLAB op=rmdir path=/wl/d1 size=0 sha256=- n=2 t=5.63
+KVMLAB verdict=pass checked=12 bad=0 t=9.1
+""".splitlines()
+
+
+def test_parse_lines() -> None:
+    parsed = [parse_line(x) for x in LINES]
+    assert parsed[0] is None
+    assert parsed[1] == ("boot", {"t": 3.60, "mode": "workload"})
+    name, op = parsed[4]  # type: ignore[misc]
+    assert name == "op" and op["op"] == "dd" and op["size"] == 1048576 and op["n"] == 1
+    assert op["sha256"].startswith("5a1e2d")
+    assert parsed[-1] == ("verdict", {"verdict": "pass", "checked": 12, "bad": 0, "t": 9.1})
+
+
+def test_manifest_replays_operations() -> None:
+    ops = [p[1] for p in map(parse_line, LINES) if p and p[0] == "op"]
+    m = Manifest.from_ops(ops)
+    assert m.files["/wl/w1.bin"].startswith("5a1e2d")
+    assert "/wl/f1" in m.files
+    assert m.dirs == {"/wl/d2"} and m.gone == {"/wl/d1"}
+    text = m.text()
+    assert "G /wl/d1" in text and "D /wl/d2" in text and text.count("\n") == len(m)
+
+
+def test_manifest_rejects_odd_paths() -> None:
+    with pytest.raises(BadInput):
+        Manifest().apply("touch", "relative/path", "x")
+    with pytest.raises(BadInput):
+        Manifest().apply("touch", "/a b", "x")
+
+
+def test_workload_rate_sets_pause() -> None:
+    w = Workload(dd_kib=512, rate_kib_s=1024)
+    assert w.pause_ms == 500
+    assert "kvmlab.dd_kib=512" in w.kernel_args()
+    with pytest.raises(BadInput):
+        Workload(dd_kib=-1)
+    with pytest.raises(BadInput):
+        Workload(rate_kib_s=0)

@@ -1,0 +1,157 @@
+"""Launch and shutdown of the embedded lab's QEMU, and cleanup on every exit path."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kvmlab import images, paths
+from kvmlab.errors import BadInput, GuestNotBuilt, KvmlabError, LaunchError
+from kvmlab.guest.build import Guest
+from kvmlab.machine import Machine, reap_stale_tmpdirs, resolve_accel
+
+
+def _gone(vm: Machine, pid: int, tmp: Path) -> None:
+    assert not vm.running
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert not tmp.exists(), "temp dir (QMP socket, logs) left behind"
+
+
+@pytest.fixture
+def disk(scratch: Path) -> Path:
+    images.make_guest_disk(scratch / "disk.qcow2", 32)
+    return scratch / "disk.qcow2"
+
+
+def test_launch_boot_and_shutdown(disk: Path) -> None:
+    vm = Machine(disk, accel="tcg")
+    vm.launch()
+    pid, tmp = vm.pid, vm.tmpdir
+    assert pid and tmp and (tmp / "qmp.sock").exists()
+    assert oct(tmp.stat().st_mode & 0o777) == "0o700"
+    vm.wait_guest("ready", timeout=60)
+    assert vm.backend.run_state() == "running"
+    assert vm.accel == "tcg"
+    vm.shutdown()
+    vm.shutdown()  # twice is fine
+    _gone(vm, pid, tmp)
+    assert vm.exitcode == 0
+
+
+def test_exception_inside_with_cleans_up(disk: Path) -> None:
+    with pytest.raises(RuntimeError):
+        with Machine(disk, accel="tcg") as vm:
+            pid, tmp = vm.pid, vm.tmpdir
+            raise RuntimeError("boom")
+    _gone(vm, pid, tmp)
+
+
+def test_keyboard_interrupt_cleans_up(disk: Path) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        with Machine(disk, accel="tcg") as vm:
+            pid, tmp = vm.pid, vm.tmpdir
+            vm.wait_guest("boot", timeout=60)
+            raise KeyboardInterrupt
+    _gone(vm, pid, tmp)
+
+
+def test_qemu_killed_by_sigkill(disk: Path) -> None:
+    with Machine(disk, accel="tcg") as vm:
+        pid, tmp = vm.pid, vm.tmpdir
+        vm.wait_guest("boot", timeout=60)
+        vm.kill(signal.SIGKILL)
+        with pytest.raises(KvmlabError):
+            for _ in range(50):  # a QMP command soon fails (it does not hang)
+                vm.backend.block_jobs()
+                time.sleep(0.1)
+    _gone(vm, pid, tmp)
+    assert vm.exitcode == -signal.SIGKILL
+
+
+def test_python_killed_takes_qemu_with_it(disk: Path, tmp_path: Path) -> None:
+    """kill -9 of the Python process that launched QEMU leaves no QEMU (pdeathsig)."""
+    script = tmp_path / "child.py"
+    script.write_text(
+        "import sys, time\n"
+        "from kvmlab.machine import Machine\n"
+        f"vm = Machine({str(disk)!r}, accel='tcg')\n"
+        "vm.launch()\n"
+        "print(vm.pid, flush=True)\n"
+        "time.sleep(600)\n")
+    child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        qemu_pid = int(child.stdout.readline())  # type: ignore[union-attr]
+        os.kill(qemu_pid, 0)
+    finally:
+        child.kill()
+        child.wait()
+    for _ in range(50):
+        try:
+            os.kill(qemu_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("QEMU outlived the killed Python process")
+    # what the killed process could not remove, the next launch (or this call) reaps
+    assert any(p.name.startswith("kvmlab-vm-") for p in reap_stale_tmpdirs())
+
+
+def test_launch_failure_reports_exit_code_and_output(disk: Path) -> None:
+    vm = Machine(disk, accel="tcg", extra_args=["-bogus-option"])
+    with pytest.raises(LaunchError) as info:
+        vm.launch()
+    err = info.value
+    assert err.exitcode == 1
+    assert "bogus" in err.output and "bogus" in str(err)
+    assert "\n" not in str(err)
+    assert err.command[0].endswith("qemu-system-x86_64")
+    assert not vm.running and vm.tmpdir is None
+
+
+def test_missing_qemu_binary(disk: Path) -> None:
+    vm = Machine(disk, accel="tcg", qemu="qemu-system-nonexistent")
+    with pytest.raises(KvmlabError, match="qemu-system-nonexistent not found"):
+        vm.launch()
+    assert vm.tmpdir is None and not vm.running
+
+
+def test_guest_not_built(disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KVMLAB_DATA", str(tmp_path))
+    with pytest.raises(GuestNotBuilt, match="kvmlab guest build"):
+        Machine(disk, accel="tcg")
+
+
+def test_bad_machine_arguments(scratch: Path) -> None:
+    with pytest.raises(BadInput, match="does not exist"):
+        Machine(scratch / "nope.qcow2")
+    with pytest.raises(BadInput, match="cache"):
+        Machine(None, cache="fast")  # type: ignore[arg-type]
+    with pytest.raises(BadInput, match="accel"):
+        Machine(None, accel="hvf")
+
+
+def test_accel_auto_probes_and_records(guest: Guest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto boots a probe guest under KVM; the answer is cached per host boot."""
+    from kvmlab import machine
+    monkeypatch.delenv("KVMLAB_ACCEL", raising=False)
+    monkeypatch.setattr(machine, "_ACCEL_CACHE", {})
+    cache = paths.guest_dir() / "accel.json"
+    cache.unlink(missing_ok=True)
+    got = resolve_accel("auto", guest=guest)
+    assert got in ("kvm", "tcg")
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        assert got == "tcg"
+    assert json.loads(cache.read_text())["accel"] == got
+    with Machine(None, accel="auto") as vm:
+        vm.wait_guest("boot", timeout=60)
+        assert vm.accel == got
+        assert f"-accel {got}" in " ".join(vm.command)

@@ -1,0 +1,51 @@
+"""Seed experiment 1 end to end: mirror during the guest's workload, cancel, boot the copy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kvmlab import images, paths
+from kvmlab.experiments import mirror_basic
+from kvmlab.experiments.common import LabRun, verify_image
+from kvmlab.guest.workload import Manifest
+
+
+def test_e1_mirror_during_workload_verifies(runs: Path) -> None:
+    res = mirror_basic(image_mib=64, fill_mib=16, workload_kib=256, workload_rate_kib_s=1024,
+                       speed=8 * 1024 * 1024, after_ready_s=2.0, accel="tcg", runs_dir=runs)
+    v = res.verdict
+    assert res.passed, v
+    assert v["verify_pass"] and v["bad"] == 0
+    assert v["job_end"] == "BLOCK_JOB_COMPLETED"
+    assert v["ops_during_mirror"] >= 4, "the guest was not busy while the mirror ran"
+    assert v["checked"] == v["manifest_entries"] >= 5
+    meta = json.loads((res.run_path / "run.json").read_text())
+    assert meta["status"] == "done" and meta["accel"] == "tcg"
+    assert meta["params"]["speed"] == 8 * 1024 * 1024
+    assert meta["provenance"]["qemu_version"].startswith("QEMU emulator version")
+    assert meta["guest_kernel"] and meta["verdict"]["pass"] is True
+    d = res.data
+    assert not d.samples.empty and d.samples.ready.any()
+    assert set(d.guest_ops.op) >= {"touch", "mkdir", "dd", "rmdir"}
+    assert (d.guest_ops.machine == "source").all()
+    assert "BLOCK_JOB_READY" in set(d.events.name)
+    assert (res.run_path / "console-verify.log").read_text().count("KVMLAB verdict=pass") == 1
+    # scratch images removed (no QEMU left: checked by the autouse fixture)
+    assert not (paths.scratch_dir() / meta["run_id"]).exists()
+
+
+def test_verifier_detects_a_missing_change(runs: Path) -> None:
+    """Negative control: the same verification fails when the manifest names a lost write."""
+    with LabRun("verify_negative", {}, runs_dir=runs) as lab:
+        disk = lab.workdir / "disk.qcow2"
+        base = images.make_guest_disk(disk, 32, fill_mib=2)
+        m = Manifest.from_ops([{"op": "dd", "path": "/wl/w99.bin", "sha256": "0" * 64},
+                               {"op": "mkdir", "path": "/wl/d1"}], base=base)
+        m.add_file("/fill.bin", "f" * 64)
+        out = verify_image(lab, disk, m, accel="tcg")
+        lab.verdict = {"pass": out["verify_pass"]}
+    assert not out["verify_pass"]
+    assert out["bad"] == 3 and out["checked"] == 3
+    whys = {(b["path"], b["why"]) for b in out["bad_items"]}
+    assert whys == {("/wl/w99.bin", "missing"), ("/wl/d1", "missing"), ("/fill.bin", "checksum")}
