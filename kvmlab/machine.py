@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from . import _proc, images, paths
+from . import _proc, images, jobs, paths
 from .backends.qmp import QMPBackend
 from .errors import BadInput, LaunchError, StateError, WaitTimeout
 from .events import Record
@@ -334,13 +334,13 @@ class Machine:
 
     # -- convenience: the seed's verbs, delegated to the job API --------------------
     def hmp(self, command_line: str, check: bool = True) -> str:
-        from .jobs import hmp
-        return hmp(self.backend, command_line, check=check)
+        """The seed's HMP command lines, verbatim (see :func:`kvmlab.jobs.hmp`)."""
+        return jobs.hmp(self.backend, command_line, check=check)
 
     def mirror(self, device: str, target: str | Path, format: str | None = None,
-               **kwargs: Any) -> "Any":
-        from .jobs import mirror
-        return mirror(self.backend, MirrorSpec(device, str(target), format, **kwargs))
+               **kwargs: Any) -> jobs.Job:
+        """Start a drive-mirror (keyword arguments as :class:`~kvmlab.model.MirrorSpec`)."""
+        return jobs.mirror(self.backend, MirrorSpec(device, str(target), format, **kwargs))
 
     def stop(self) -> None:
         self.backend.stop()
