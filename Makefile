@@ -45,6 +45,7 @@ demo: setup
 	$(PY) -m kvmlab run notebooks/01_mirror_basic.ipynb
 
 test: setup
+	$(PY) -m mypy kvmlab
 	$(PY) -m pytest -v --durations=15 $(PYTEST_ARGS)
 
 clean:

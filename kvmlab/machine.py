@@ -168,7 +168,7 @@ class Machine:
         self._tmpdir: str | None = None
         self._backend: QMPBackend | None = None
         self._console: Console | None = None
-        self._finalizer: weakref.finalize | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
         self.exitcode: int | None = None
         self.command: list[str] = []
 

@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import IO, Any
 
 import pandas as pd
 
@@ -50,7 +50,7 @@ class _Stream:
 
     def __init__(self, path: Path) -> None:
         self.rows: list[dict[str, Any]] = []
-        self._fh = open(path, "a", encoding="utf-8", buffering=1)
+        self._fh: IO[str] | None = open(path, "a", encoding="utf-8", buffering=1)
         self._lock = threading.Lock()
 
     def add(self, row: dict[str, Any]) -> None:

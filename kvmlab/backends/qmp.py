@@ -85,7 +85,8 @@ class QMPBackend:
 
     def _start_pump(self) -> None:
         async def pump() -> None:
-            async for ev in self._listener:
+            async for msg in self._listener:
+                ev: dict[str, Any] = dict(msg)
                 ts = ev.get("timestamp") or {}
                 src = ts.get("seconds", 0) + ts.get("microseconds", 0) / 1e6 if ts else None
                 self.events.append(Record(str(ev["event"]), dict(ev.get("data", {})),

@@ -142,6 +142,7 @@ def build_guest(out: Path | None = None, *, kernel: Path | None = None,
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="kvmlab-guest-", dir=out.parent) as tmp:
         work = Path(tmp)
+        moddir: Path | None
         try:
             if kernel is None:
                 vmlinuz, moddir, version = _fetch_debian_kernel(work)

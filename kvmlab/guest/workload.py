@@ -107,7 +107,8 @@ class Manifest:
         return Path(path)
 
     def to_frame(self) -> pd.DataFrame:
-        rows = [{"kind": "F", "path": p, "sha256": s} for p, s in sorted(self.files.items())]
+        rows: list[dict[str, str | None]] = [
+            {"kind": "F", "path": p, "sha256": s} for p, s in sorted(self.files.items())]
         rows += [{"kind": "D", "path": p, "sha256": None} for p in sorted(self.dirs)]
         rows += [{"kind": "G", "path": p, "sha256": None} for p in sorted(self.gone)]
         return pd.DataFrame(rows, columns=["kind", "path", "sha256"])
