@@ -79,5 +79,33 @@ def run_cmd(notebook: Path, pairs: tuple[tuple[str, str], ...], files: tuple[Pat
         click.echo(f"  {item.name}")
 
 
+@main.command("analyze")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--plots/--no-plots", default=True, help="Write dashboard.png and panels.")
+@click.option("--stall-min", type=float, default=2.0, show_default=True,
+              help="Shortest stall (s).")
+@click.option("--log", "log_scale", is_flag=True, help="Remaining bytes on a log scale.")
+def analyze_cmd(run_dir: Path, plots: bool, stall_min: float, log_scale: bool) -> None:
+    """Summarize a saved run (convergence, rates, stalls) and plot it."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from . import analysis
+    from . import plots as plotting
+    from .runs import load_run
+    try:
+        run = load_run(run_dir)
+    except KvmlabError as err:
+        _fail(err)
+    row = analysis.summarize(run, stall_min=stall_min)
+    width = max(len(k) for k in row)
+    for key, value in row.items():
+        if isinstance(value, float):
+            value = f"{value:.4g}"
+        click.echo(f"{key:<{width}}  {value}")
+    if plots and not run.samples.empty:
+        names = plotting.save_all(run, log=log_scale)
+        click.echo(f"plots: {', '.join(names)} in {run.path}")
+
+
 if __name__ == "__main__":
     main()

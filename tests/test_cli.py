@@ -44,9 +44,26 @@ def test_run_executes_notebook_into_one_folder(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     names = {p.name for p in out.iterdir()}
     assert {"01_mirror_basic.ipynb", "01_mirror_basic.html", "run.json", "samples.parquet",
-            "events.parquet", "sizes.parquet", "guest_ops.parquet", "progress.png"} <= names
+            "events.parquet", "sizes.parquet", "guest_ops.parquet", "progress.png",
+            "dashboard.png"} <= names
     meta = json.loads((out / "run.json").read_text())
     assert meta["status"] == "done" and meta["verdict"]["pass"] is True
     assert meta["params"]["image_mib"] == 48
     html = (out / "01_mirror_basic.html").read_text()
     assert "VERDICT: PASS" in html
+
+
+def test_analyze_a_saved_run(tmp_path: Path) -> None:
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).parent / "data" / "runs" / "stall-set-speed", run)
+    res = CliRunner().invoke(main, ["analyze", str(run), "--stall-min", "1"])
+    assert res.exit_code == 0, res.output
+    assert "convergence" in res.output and "converged" in res.output
+    assert any(line.split()[:2] == ["stall_count", "1"] for line in res.output.splitlines())
+    assert (run / "dashboard.png").exists()
+
+
+def test_analyze_not_a_run(tmp_path: Path) -> None:
+    res = CliRunner().invoke(main, ["analyze", str(tmp_path)])
+    assert res.exit_code == 2 and "not a kvmlab run folder" in res.output

@@ -1,0 +1,366 @@
+"""Analysis of recorded runs: pure functions over the recorder's DataFrames.
+
+Why a mirror took long, or never became ready:
+
+- **remaining** (len - offset) is QEMU's dirty backlog plus bytes in flight: the
+  convergence metric;
+- **copy rate** (d offset/dt) against **dirtying rate** (d len/dt, the guest's
+  writes as the job sees them) and the guest's own write rate from its dd lines;
+- **stalls**: the job is not paused, not done, has work left, and its offset
+  does not advance -- what a hung NFS server looks like while QEMU still says
+  ``running``.  A paused job is reported as paused, never as a stall;
+- a **convergence verdict** per job: converged / converging / diverging /
+  stalled / failed.
+
+Times are the recorder's ``t`` (seconds since recording started).
+Nothing here talks to QEMU; everything works on a saved run (:func:`kvmlab.load_run`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .runs import RunData
+
+ACTIVE_STATUSES = ("running", "ready")
+PAUSED_STATUSES = ("paused", "standby")
+MIB = 1024 * 1024
+
+
+# -- selection -----------------------------------------------------------------------
+def jobs(samples: pd.DataFrame) -> list[str]:
+    """Job ids in the order they first appear."""
+    if samples.empty:
+        return []
+    return list(dict.fromkeys(samples["job"].dropna().astype(str)))
+
+
+def job_samples(samples: pd.DataFrame, job: str | None = None) -> pd.DataFrame:
+    """Samples of one job (default: the first one recorded), sorted by time."""
+    if samples.empty:
+        return samples
+    job = job or jobs(samples)[0]
+    return samples[samples["job"] == job].sort_values("t").reset_index(drop=True)
+
+
+def _job_events(events: pd.DataFrame, job: str | None, names: tuple[str, ...]) -> pd.DataFrame:
+    if events is None or events.empty:
+        return pd.DataFrame(columns=["t", "name", "job", "data"])
+    ev = events[events["name"].isin(names)]
+    if job is not None:
+        ev = ev[ev["job"] == job]
+    return ev.sort_values("t")
+
+
+# -- series --------------------------------------------------------------------------
+def remaining(samples: pd.DataFrame, job: str | None = None) -> pd.Series:
+    """Remaining bytes (len - offset) indexed by time."""
+    s = job_samples(samples, job)
+    return pd.Series((s["len"] - s["offset"]).astype("float64").to_numpy(),
+                     index=s["t"].to_numpy(), name="remaining")
+
+
+def _trailing_rate(t: np.ndarray, y: np.ndarray, window: float) -> np.ndarray:
+    """d y/dt over the trailing *window* seconds (interpolated at t - window)."""
+    if len(t) < 2:
+        return np.full(len(t), np.nan)
+    start = np.maximum(t - window, t[0])
+    y0 = np.interp(start, t, y)
+    span = t - start
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = np.where(span > 0, (y - y0) / span, np.nan)
+    return rate
+
+
+def rates(samples: pd.DataFrame, job: str | None = None, window: float = 2.0) -> pd.DataFrame:
+    """Copy rate (d offset/dt) and dirtying rate (d len/dt), bytes/s, over a trailing window.
+
+    The window should span several of QEMU's copy bursts: with a speed limit
+    and the default buffer, mirror copies a buffer-full and then sleeps.
+    """
+    s = job_samples(samples, job)
+    t = s["t"].to_numpy(dtype="float64")
+    return pd.DataFrame({
+        "t": t,
+        "copy_rate": _trailing_rate(t, s["offset"].to_numpy(dtype="float64"), window),
+        "dirty_rate": _trailing_rate(t, s["len"].to_numpy(dtype="float64"), window),
+    })
+
+
+def guest_write_rate(guest_ops: pd.DataFrame, window: float = 2.0,
+                     machine: str | None = None) -> pd.DataFrame:
+    """The guest's own data write rate (bytes/s) from its ``dd`` lines, trailing window."""
+    if guest_ops is None or guest_ops.empty:
+        return pd.DataFrame(columns=["t", "write_rate"])
+    g = guest_ops[guest_ops["op"] == "dd"]
+    if machine is not None:
+        g = g[g["machine"] == machine]
+    if g.empty:
+        return pd.DataFrame(columns=["t", "write_rate"])
+    g = g.sort_values("t")
+    t = g["t"].to_numpy(dtype="float64")
+    total = g["size"].astype("float64").cumsum().to_numpy()
+    t_all = np.concatenate([[t[0] - window], t])
+    y_all = np.concatenate([[0.0], total])
+    rate = _trailing_rate(t_all, y_all, window)[1:]
+    return pd.DataFrame({"t": t, "write_rate": rate})
+
+
+# -- periods -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Period:
+    """A time interval [start, end] (seconds), with what happened in it."""
+
+    start: float
+    end: float
+    kind: str
+    job: str
+    offset: int = 0
+    speed: int = 0
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+def _periods_frame(periods: list[Period]) -> pd.DataFrame:
+    cols = ["start", "end", "duration", "kind", "job", "offset", "speed"]
+    return pd.DataFrame([{**p.__dict__, "duration": p.duration} for p in periods], columns=cols)
+
+
+def _is_paused(s: pd.DataFrame) -> pd.Series:
+    return s["paused"].fillna(False).astype(bool) | s["status"].isin(PAUSED_STATUSES)
+
+
+def paused_periods(samples: pd.DataFrame, job: str | None = None) -> pd.DataFrame:
+    """Intervals where the job was paused (block-job-pause, or on-*-error=stop)."""
+    s = job_samples(samples, job)
+    if s.empty:
+        return _periods_frame([])
+    name = str(s["job"].iloc[0])
+    flag = _is_paused(s).to_numpy()
+    t = s["t"].to_numpy(dtype="float64")
+    out: list[Period] = []
+    i = 0
+    while i < len(s):
+        if flag[i]:
+            j = i
+            while j + 1 < len(s) and flag[j + 1]:
+                j += 1
+            out.append(Period(float(t[i]), float(t[j]), "paused", name,
+                              int(s["offset"].iloc[i])))
+            i = j + 1
+        else:
+            i += 1
+    return _periods_frame(out)
+
+
+def stalls(samples: pd.DataFrame, job: str | None = None, *, min_duration: float = 2.0,
+           threshold: int = 64 * 1024) -> pd.DataFrame:
+    """Stall periods: not paused, active, remaining > 0, offset advancing < *threshold*
+    bytes for at least *min_duration* seconds.
+
+    A stall starts at the first sample of the flat stretch and ends at its last
+    sample, so each edge is within one sample interval of the truth.  ``speed``
+    is the job's limit during the stall (a stall under a tiny limit is throttling).
+    """
+    s = job_samples(samples, job)
+    if s.empty:
+        return _periods_frame([])
+    name = str(s["job"].iloc[0])
+    t = s["t"].to_numpy(dtype="float64")
+    off = s["offset"].to_numpy(dtype="int64")
+    rem = (s["len"] - s["offset"]).to_numpy(dtype="int64")
+    eligible = (~_is_paused(s) & s["status"].isin(ACTIVE_STATUSES)).to_numpy() & (rem > 0)
+    speed = s["speed"].fillna(0).to_numpy(dtype="int64")
+    out: list[Period] = []
+    anchor: int | None = None
+    last = -1
+
+    def close(anchor_i: int, last_i: int) -> None:
+        if last_i >= 0 and t[last_i] - t[anchor_i] >= min_duration:
+            out.append(Period(float(t[anchor_i]), float(t[last_i]), "stall", name,
+                              int(off[anchor_i]), int(speed[last_i])))
+
+    for i in range(len(s)):
+        if not eligible[i]:
+            if anchor is not None:
+                close(anchor, last)
+            anchor, last = None, -1
+            continue
+        if anchor is None:
+            anchor, last = i, i
+        elif off[i] - off[anchor] >= threshold:
+            close(anchor, last)
+            anchor, last = i, i
+        else:
+            last = i
+    if anchor is not None:
+        close(anchor, last)
+    return _periods_frame(out)
+
+
+# -- milestones ----------------------------------------------------------------------
+def job_start(events: pd.DataFrame, job: str) -> float | None:
+    """When the job was created (JOB_STATUS_CHANGE created), else the first 'mirror_start' mark."""
+    ev = _job_events(events, job, ("JOB_STATUS_CHANGE",))
+    created = ev[ev["status"] == "created"] if "status" in ev else ev.iloc[0:0]
+    if not created.empty:
+        return float(created["t"].iloc[0])
+    marks = _job_events(events, None, ("mirror_start",))
+    return float(marks["t"].iloc[0]) if not marks.empty else None
+
+
+def time_of(events: pd.DataFrame, job: str | None, names: tuple[str, ...],
+            after: float | None = None) -> float | None:
+    ev = _job_events(events, job, names)
+    if after is not None:
+        ev = ev[ev["t"] >= after]
+    return float(ev["t"].iloc[0]) if not ev.empty else None
+
+
+def job_error(events: pd.DataFrame, job: str) -> str | None:
+    """The error a job ended with (BLOCK_JOB_COMPLETED carrying 'error'), if any."""
+    for _, ev in _job_events(events, job, ("BLOCK_JOB_COMPLETED",)).iterrows():
+        data = _data(ev)
+        if data.get("error"):
+            return str(data["error"])
+    return None
+
+
+# -- verdicts ------------------------------------------------------------------------
+def convergence(samples: pd.DataFrame, events: pd.DataFrame | None = None,
+                job: str | None = None, *, window: float = 8.0,
+                min_duration: float = 2.0, threshold: int = 64 * 1024) -> dict[str, Any]:
+    """The job's convergence verdict.
+
+    ``failed`` (ended with an error) > ``converged`` (READY reached) >
+    ``stalled`` (in a stall at the end) > ``converging`` (remaining trending
+    down over the last *window* seconds; with an estimated time to ready) >
+    ``diverging`` (not trending down: the guest dirties at least as fast as
+    the job copies).
+    """
+    s = job_samples(samples, job)
+    ev = events if events is not None else pd.DataFrame()
+    name = job or (str(s["job"].iloc[0]) if not s.empty else None)
+    out: dict[str, Any] = {"job": name, "verdict": None, "slope": None, "eta_s": None}
+    if name is None:
+        out["verdict"] = "no-job"
+        return out
+    err = job_error(ev, name) if not ev.empty else None
+    if err:
+        out.update(verdict="failed", error=err)
+        return out
+    if not ev.empty and time_of(ev, name, ("BLOCK_JOB_READY",)) is not None:
+        out["verdict"] = "converged"
+        return out
+    if not s.empty and bool(s["ready"].fillna(False).any()):
+        out["verdict"] = "converged"
+        return out
+    st = stalls(s, name, min_duration=min_duration, threshold=threshold)
+    if not st.empty and st["end"].iloc[-1] >= float(s["t"].iloc[-1]) - 1e-9:
+        out["verdict"] = "stalled"
+        return out
+    active = s[~_is_paused(s)]
+    tail = active[active["t"] >= float(s["t"].iloc[-1]) - window]
+    if len(tail) < 3:
+        out["verdict"] = "converging"  # too short to tell a trend; not ready yet
+        return out
+    x = tail["t"].to_numpy(dtype="float64")
+    y = (tail["len"] - tail["offset"]).to_numpy(dtype="float64")
+    slope = float(np.polyfit(x, y, 1)[0])
+    out["slope"] = slope
+    if slope < 0:
+        out.update(verdict="converging", eta_s=float(y[-1] / -slope))
+    else:
+        out["verdict"] = "diverging"
+    return out
+
+
+def summarize(run: RunData, job: str | None = None, *, rate_window: float = 2.0,
+              stall_min: float = 2.0, stall_threshold: int = 64 * 1024) -> dict[str, Any]:
+    """One flat row of everything above for a run (for sweep tables)."""
+    s, ev, ops = run.samples, run.events, run.guest_ops
+    meta = run.meta
+    row: dict[str, Any] = {"run_id": meta.get("run_id"), "experiment": meta.get("experiment"),
+                           "status": meta.get("status"), "accel": meta.get("accel")}
+    verdict = meta.get("verdict") or {}
+    row["pass"] = verdict.get("pass")
+    for k, v in (meta.get("params") or {}).items():
+        if isinstance(v, (int, float, str, bool)) or v is None:
+            row[f"param_{k}"] = v
+    names = jobs(s) if not s.empty else []
+    job = job or (names[0] if names else None)
+    row["job"] = job
+    row["jobs"] = len(names)
+    if job is None:
+        return row
+    js = job_samples(s, job)
+    conv = convergence(s, ev, job, min_duration=stall_min, threshold=stall_threshold)
+    start = job_start(ev, job)
+    ready = time_of(ev, job, ("BLOCK_JOB_READY",))
+    end = time_of(ev, job, ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"))
+    cut = time_of(ev, None, ("cancel", "complete"), after=ready) if ready is not None else None
+    st = stalls(s, job, min_duration=stall_min, threshold=stall_threshold)
+    pa = paused_periods(s, job)
+    r = rates(s, job, rate_window)
+    first_len = int(js["len"].iloc[0]) if not js.empty else 0
+    final_off = int(js["offset"].max()) if not js.empty else 0
+    final_len = int(js["len"].max()) if not js.empty else 0
+    end_off = _event_field(ev, job, ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"), "offset")
+    if end_off is not None:
+        final_off = max(final_off, end_off)
+    size = _image_len(run)
+    gw = guest_write_rate(ops, rate_window)
+    active_t = js["t"].iloc[-1] - js["t"].iloc[0] if len(js) > 1 else float("nan")
+    row.update({
+        "convergence": conv["verdict"], "eta_s": conv.get("eta_s"),
+        "remaining_slope": conv.get("slope"),
+        "time_to_ready_s": _span(start, ready),
+        "ready_to_end_s": _span(ready, cut if cut is not None else end),
+        "job_duration_s": _span(start, end),
+        "bytes_copied": final_off, "final_len": final_len, "first_len": first_len,
+        "image_bytes": size,
+        "copy_ratio": final_off / size if size else None,
+        "recopied_bytes": max(final_off - first_len, 0),
+        "stall_count": len(st), "stall_time_s": float(st["duration"].sum()) if len(st) else 0.0,
+        "paused_time_s": float(pa["duration"].sum()) if len(pa) else 0.0,
+        "mean_copy_rate": final_off / active_t if active_t and active_t > 0 else None,
+        "peak_copy_rate": float(np.nanmax(r["copy_rate"])) if len(r) and r["copy_rate"].notna().any() else None,
+        "mean_dirty_rate": float(np.nanmean(r["dirty_rate"])) if len(r) and r["dirty_rate"].notna().any() else None,
+        "guest_write_rate": float(np.nanmean(gw["write_rate"])) if len(gw) else None,
+        "samples": len(js),
+    })
+    return row
+
+
+def _span(a: float | None, b: float | None) -> float | None:
+    return b - a if a is not None and b is not None else None
+
+
+def _data(ev: pd.Series) -> dict[str, Any]:
+    raw = ev["data"]
+    if isinstance(raw, str):
+        return dict(json.loads(raw))
+    return dict(raw or {})
+
+
+def _event_field(events: pd.DataFrame, job: str, names: tuple[str, ...], field: str) -> int | None:
+    for _, e in _job_events(events, job, names).iterrows():
+        data = _data(e)
+        if field in data:
+            return int(data[field])
+    return None
+
+
+def _image_len(run: RunData) -> int | None:
+    """The guest disk's size from the run's parameters (``image_mib``), if recorded."""
+    p = run.meta.get("params") or {}
+    if "image_mib" in p and isinstance(p["image_mib"], (int, float)):
+        return int(p["image_mib"] * MIB)
+    return None
