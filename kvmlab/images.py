@@ -78,6 +78,15 @@ def make_guest_disk(path: str | Path, size_mib: int = 64, fmt: str = "qcow2",
     return manifest
 
 
+def sha256(path: str | Path) -> str:
+    """sha256 of a whole file (to show an image did not change)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(4 * 1024 * 1024), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def create_overlay(path: str | Path, backing: str | Path, fmt: str = "qcow2") -> Path:
     """``qemu-img create -f qcow2 -b BACKING -F <its format> PATH`` (the seed's overlays)."""
     path, backing = Path(path), Path(backing)

@@ -69,6 +69,22 @@ def mirror(backend: Backend, spec: MirrorSpec) -> "Job":
     return Job(backend, job_id, spec, since)
 
 
+def commit(backend: Backend, device: str, *, top: str | None = None, base: str | None = None,
+           speed: int = 0, job_id: str | None = None) -> "Job":
+    """Start QMP ``block-commit`` on *device*; returns its :class:`Job`.
+
+    Committing the active layer (no *top*) behaves like a mirror: the job
+    becomes ready and :meth:`Job.complete` pivots the drive onto *base*.
+    """
+    check_speed(speed)
+    drives = {d.device for d in backend.block_info()}
+    if device not in drives:
+        raise BadInput(f"unknown drive {device!r} (drives: {', '.join(sorted(drives)) or 'none'})")
+    since = len(backend.events)
+    jid = backend.start_commit(device, top=top, base=base, speed=speed, job_id=job_id)
+    return Job(backend, jid, None, since)
+
+
 class Job:
     """A running (or finished) block job, as QEMU knows it by *job_id*."""
 

@@ -329,8 +329,31 @@ class Machine:
                                          timeout=timeout or self.boot_timeout,
                                          abort=self._exit_reason)
 
-    def guest_ops(self) -> list[Record]:
-        return [r for r in self.console.records.snapshot() if r.name == "op"]
+    def guest_ops(self, since: float | None = None, until: float | None = None) -> list[Record]:
+        """The guest's operation records, optionally those that arrived in [since, until)."""
+        return [r for r in self.console.records.snapshot() if r.name == "op"
+                and (since is None or r.mono >= since) and (until is None or r.mono < until)]
+
+    def wait_ops(self, count: int, op: str | None = "dd", *, after: float | None = None,
+                 timeout: float = 120) -> list[Record]:
+        """Wait until *count* operations (of kind *op*) have arrived after time *after*."""
+        after = time.monotonic() if after is None else after
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = len(self.console.records)
+            got = [r for r in self.guest_ops(since=after) if op is None or r.data.get("op") == op]
+            if len(got) >= count:
+                return got
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WaitTimeout(f"guest made {len(got)} of {count} {op or ''} operations "
+                                  f"in {timeout:.0f} s")
+            try:
+                self.console.records.wait("op", since=seen, timeout=min(left, 5),
+                                          abort=self._exit_reason)
+            except WaitTimeout:
+                if self._exit_reason():
+                    raise
 
     # -- convenience: the seed's verbs, delegated to the job API --------------------
     def hmp(self, command_line: str, check: bool = True) -> str:
@@ -341,6 +364,10 @@ class Machine:
                **kwargs: Any) -> jobs.Job:
         """Start a drive-mirror (keyword arguments as :class:`~kvmlab.model.MirrorSpec`)."""
         return jobs.mirror(self.backend, MirrorSpec(device, str(target), format, **kwargs))
+
+    def commit(self, device: str = "drive0", **kwargs: Any) -> jobs.Job:
+        """Start QMP ``block-commit`` (see :func:`kvmlab.jobs.commit`)."""
+        return jobs.commit(self.backend, device, **kwargs)
 
     def stop(self) -> None:
         self.backend.stop()

@@ -131,6 +131,19 @@ class QMPBackend:
         self.execute("drive-mirror", spec.qmp_arguments())
         return spec.job_id or spec.device
 
+    def start_commit(self, device: str, *, top: str | None = None, base: str | None = None,
+                     speed: int = 0, job_id: str | None = None) -> str:
+        """QMP ``block-commit``: merge *top* (default: the active layer) down into *base*."""
+        args: dict[str, Any] = {"device": device, "speed": speed}
+        if job_id:
+            args["job-id"] = job_id
+        if top:
+            args["top"] = top
+        if base:
+            args["base"] = base
+        self.execute("block-commit", args)
+        return job_id or device
+
     def job_cancel(self, job_id: str, force: bool = False) -> None:
         self.execute("block-job-cancel", {"device": job_id, "force": force})
 

@@ -11,7 +11,9 @@ from typing import Any
 
 from .. import paths
 from ..errors import KvmlabError
+from ..events import Record
 from ..guest.workload import Manifest
+from ..images import file_size, sha256
 from ..machine import Machine
 from ..record import Recorder
 from ..runs import RunData, RunDir, load_run
@@ -119,9 +121,43 @@ def verify_image(lab: LabRun, image: Path, manifest: Manifest, *, label: str = "
                      accel=accel) as vm:
         lab.note_machine(vm, label)
         rec = vm.wait_guest("verdict", timeout=timeout)
-        bad = [dict(r.data) for r in vm.console.records.snapshot() if r.name == "check"]
+        records = vm.console.records.snapshot()
+        bad = [dict(r.data) for r in records if r.name == "check"]
+        states = [dict(r.data) for r in records if r.name == "state"]
         vm.wait_exit(30)
     return {"verify_pass": rec.data.get("verdict") == "pass",
             "checked": int(rec.data.get("checked", 0)), "bad": int(rec.data.get("bad", 0)),
             "bad_items": bad[:50], "verify_s": round(time.monotonic() - t0, 3),
-            "manifest_entries": len(manifest)}
+            "manifest_entries": len(manifest), "in_flight_found": states}
+
+
+def synced_manifest(vm: Machine, base: Manifest | None = None,
+                    until: float | None = None) -> tuple[Manifest, list[dict[str, Any]]]:
+    """What a copy cut at host time *until* (default: now) must hold, and the ops in flight.
+
+    An ``op`` line is printed after the guest's ``sync`` returned, so every op
+    that arrived before *until* is on the image.  An operation that had begun
+    (``begin`` line) but was not confirmed is in flight: its path may be in
+    either state, so the manifest expects nothing of it and the verifier
+    reports what it finds there.
+    """
+    records = [r for r in vm.console.records.snapshot() if until is None or r.mono < until]
+    done = [dict(r.data) for r in records if r.name == "op"]
+    begun = [dict(r.data) for r in records if r.name == "begin"]
+    confirmed = {(o["op"], o["path"], o.get("n")) for o in done}
+    in_flight = [b for b in begun if (b["op"], b["path"], b.get("n")) not in confirmed]
+    return Manifest.from_ops(done, base=base, in_flight=in_flight), in_flight
+
+
+def snapshot_image(path: Path) -> dict[str, Any]:
+    """Size and content hash of an image file now (to show it no longer changes)."""
+    fs = file_size(path)
+    return {"path": str(path), "exists": fs is not None,
+            "apparent": fs.apparent if fs else None, "allocated": fs.allocated if fs else None,
+            "sha256": sha256(path) if fs else None}
+
+
+def unchanged(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Same size and content in two :func:`snapshot_image` results."""
+    return bool(a["exists"] and b["exists"] and a["sha256"] == b["sha256"]
+                and a["apparent"] == b["apparent"])

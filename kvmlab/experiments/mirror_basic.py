@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..guest.workload import Manifest, Workload
+from ..guest.workload import Workload
 from ..images import make_guest_disk
-from .common import ExperimentResult, LabRun, verify_image
+from .common import ExperimentResult, LabRun, synced_manifest, verify_image
 
 
 def mirror_basic(*, image_mib: int = 64, fill_mib: int = 16, disk_format: str = "qcow2",
@@ -65,14 +65,15 @@ def mirror_basic(*, image_mib: int = 64, fill_mib: int = 16, disk_format: str = 
             job.cancel()
             outcome = job.wait_done(60)
             ops = vm.guest_ops()
-        synced = [dict(r.data) for r in ops if r.mono < t_cut]
-        manifest = Manifest.from_ops(synced, base=base)
+        manifest, in_flight = synced_manifest(vm, base, until=t_cut)
+        synced = [r for r in ops if r.mono < t_cut]
         checked = verify_image(lab, target, manifest, cache=cache, accel=accel)
         lab.verdict = {
             "pass": checked["verify_pass"] and outcome.event == "BLOCK_JOB_COMPLETED"
             and outcome.ok,
             "job_end": outcome.event, "job_error": outcome.error,
             "ops_before_cancel": len(synced), "ops_after_cancel": len(ops) - len(synced),
+            "ops_in_flight_at_cancel": len(in_flight),
             "ops_during_mirror": sum(1 for r in ops if t_start <= r.mono < t_cut),
             "time_to_ready_s": round(ready.mono - t_start, 3), "bytes_len": outcome.len,
             **checked,

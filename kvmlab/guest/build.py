@@ -10,6 +10,7 @@ ext4 is built into that kernel.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import logging
 import shutil
@@ -43,13 +44,28 @@ class Guest:
         return str(self.info.get("kernel_version", "unknown"))
 
 
+def _init_script() -> str:
+    return resources.files("kvmlab.guest").joinpath("init.sh").read_text()
+
+
+def init_digest() -> str:
+    """sha256 of the init script this kvmlab ships (a guest built from another is stale)."""
+    return hashlib.sha256(_init_script().encode()).hexdigest()
+
+
 def load_guest(directory: Path | None = None) -> Guest:
-    """The guest built in *directory* (default ``data/guest``), or GuestNotBuilt."""
+    """The guest built in *directory* (default ``data/guest``), or GuestNotBuilt.
+
+    A guest whose init script differs from this kvmlab's counts as not built.
+    """
     d = Path(directory) if directory else paths.guest_dir()
     kernel, initrd, meta = d / "vmlinuz", d / "initrd.img", d / "guest.json"
     if not (kernel.is_file() and initrd.is_file() and meta.is_file()):
         raise GuestNotBuilt(f"guest not built in {d}: run 'kvmlab guest build'")
-    return Guest(kernel, initrd, json.loads(meta.read_text()))
+    info = json.loads(meta.read_text())
+    if info.get("init_sha256") != init_digest():
+        raise GuestNotBuilt(f"guest in {d} is out of date: run 'kvmlab guest build'")
+    return Guest(kernel, initrd, info)
 
 
 def _resolve_modules(moddir: Path, wanted: tuple[str, ...]) -> list[str]:
@@ -157,7 +173,7 @@ def build_guest(out: Path | None = None, *, kernel: Path | None = None,
             (tree / d).mkdir(parents=True, exist_ok=True)
         shutil.copy2(busybox, tree / "bin" / "busybox")
         init = tree / "init"
-        init.write_text(resources.files("kvmlab.guest").joinpath("init.sh").read_text())
+        init.write_text(_init_script())
         init.chmod(0o755)
         mods: list[str] = []
         if moddir is not None:
@@ -171,6 +187,7 @@ def build_guest(out: Path | None = None, *, kernel: Path | None = None,
         _pack_initramfs(tree, staged / "initrd.img")
         shutil.copy2(vmlinuz, staged / "vmlinuz")
         info = {"kernel_version": version, "kernel_source": source, "modules": mods,
+                "init_sha256": init_digest(),
                 "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "busybox": _busybox_version(busybox)}
         (staged / "guest.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -39,6 +39,9 @@ if ! mount -t ext4 "$P_dev" /mnt; then
 fi
 say ready t=$(now)
 
+# begin NAME PATH : an operation starts (it is "in flight" until its op line).
+begin() { say begin op=$1 path=$2 n=$i t=$(now); }
+
 # op NAME PATH : report one completed (synced) operation.
 op() {
   p="$2"; size=0; sum=-
@@ -59,14 +62,17 @@ workload() {
     i=$((i+1))
     [ "$P_rounds" -gt 0 ] && [ $i -gt "$P_rounds" ] && break
     if [ "$P_duration_s" -gt 0 ]; then t=$(now); [ $((${t%.*} - t0)) -ge "$P_duration_s" ] && break; fi
-    touch /mnt/wl/f$i && sync && op touch /wl/f$i
-    mkdir /mnt/wl/d$i && sync && op mkdir /wl/d$i
+    begin touch /wl/f$i; touch /mnt/wl/f$i && sync && op touch /wl/f$i
+    begin mkdir /wl/d$i; mkdir /mnt/wl/d$i && sync && op mkdir /wl/d$i
     if [ "$cnt" -gt 0 ]; then
+      begin dd /wl/w$i.bin
       dd if=/dev/urandom of=/mnt/wl/w$i.bin bs=$bs count=$cnt conv=fsync 2>/dev/null && sync && op dd /wl/w$i.bin
     fi
-    if [ $i -gt 1 ]; then rmdir /mnt/wl/d$((i-1)) && sync && op rmdir /wl/d$((i-1)); fi
+    if [ $i -gt 1 ]; then
+      begin rmdir /wl/d$((i-1)); rmdir /mnt/wl/d$((i-1)) && sync && op rmdir /wl/d$((i-1))
+    fi
     if [ "$P_max_files" -gt 0 ] && [ $((i - oldest)) -ge "$P_max_files" ]; then
-      rm -f /mnt/wl/w$oldest.bin && sync && op rm /wl/w$oldest.bin
+      begin rm /wl/w$oldest.bin; rm -f /mnt/wl/w$oldest.bin && sync && op rm /wl/w$oldest.bin
       oldest=$((oldest+1))
     fi
     sleep "$pause"
@@ -89,6 +95,11 @@ verify() {
          else ok=0; say check=bad kind=F path=$path why=missing; fi;;
       D) [ -d "/mnt$path" ] || { ok=0; say check=bad kind=D path=$path why=missing; };;
       G) [ -e "/mnt$path" ] && { ok=0; say check=bad kind=G path=$path why=present; };;
+      U) checked=$((checked-1))   # in flight at the cut-off: report what is there
+         if [ -f "/mnt$path" ]; then
+           say state=file path=$path size=$(stat -c %s "/mnt$path") sha256=$(sha256sum "/mnt$path" | cut -d' ' -f1)
+         elif [ -d "/mnt$path" ]; then say state=dir path=$path
+         else say state=absent path=$path; fi;;
       *) ok=0; say check=bad kind=$kind path=$path why=unknown-kind;;
     esac
     [ $ok = 1 ] || bad=$((bad+1))

@@ -60,6 +60,8 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)
     dirs: set[str] = field(default_factory=set)
     gone: set[str] = field(default_factory=set)
+    #: paths of operations in flight at the cut-off: either state is right
+    unknown: set[str] = field(default_factory=set)
 
     def add_file(self, path: str, sha256: str) -> None:
         self._check(path)
@@ -81,11 +83,24 @@ class Manifest:
         else:
             raise BadInput(f"unknown guest operation {op!r}")
 
+    def mark_unknown(self, path: str) -> None:
+        """An operation on *path* was in flight at the cut-off: expect nothing of it."""
+        self._check(path)
+        self.files.pop(path, None)
+        self.dirs.discard(path)
+        self.gone.discard(path)
+        self.unknown.add(path)
+
     @classmethod
-    def from_ops(cls, ops: Iterable[Mapping[str, Any]], base: "Manifest | None" = None) -> "Manifest":
-        m = cls(dict(base.files), set(base.dirs), set(base.gone)) if base else cls()
+    def from_ops(cls, ops: Iterable[Mapping[str, Any]], base: "Manifest | None" = None,
+                 in_flight: Iterable[Mapping[str, Any]] = ()) -> "Manifest":
+        """Replay confirmed *ops* over *base*; paths of *in_flight* ops become unknown."""
+        m = (cls(dict(base.files), set(base.dirs), set(base.gone), set(base.unknown))
+             if base else cls())
         for o in ops:
             m.apply(str(o["op"]), str(o["path"]), o.get("sha256"))
+        for o in in_flight:
+            m.mark_unknown(str(o["path"]))
         return m
 
     @staticmethod
@@ -94,12 +109,14 @@ class Manifest:
             raise BadInput(f"manifest path {path!r} must be absolute and plain")
 
     def __len__(self) -> int:
+        """Entries the verifier checks (unknown paths are reported, not checked)."""
         return len(self.files) + len(self.dirs) + len(self.gone)
 
     def text(self) -> str:
         lines = [f"F {p} {s}" for p, s in sorted(self.files.items())]
         lines += [f"D {p}" for p in sorted(self.dirs)]
         lines += [f"G {p}" for p in sorted(self.gone)]
+        lines += [f"U {p}" for p in sorted(self.unknown)]
         return "\n".join(lines) + "\n"
 
     def write(self, path: Path) -> Path:
@@ -111,4 +128,5 @@ class Manifest:
             {"kind": "F", "path": p, "sha256": s} for p, s in sorted(self.files.items())]
         rows += [{"kind": "D", "path": p, "sha256": None} for p in sorted(self.dirs)]
         rows += [{"kind": "G", "path": p, "sha256": None} for p in sorted(self.gone)]
+        rows += [{"kind": "U", "path": p, "sha256": None} for p in sorted(self.unknown)]
         return pd.DataFrame(rows, columns=["kind", "path", "sha256"])
