@@ -262,6 +262,9 @@ def convergence(samples: pd.DataFrame, events: pd.DataFrame | None = None,
     if not s.empty and bool(s["ready"].fillna(False).any()):
         out["verdict"] = "converged"
         return out
+    if s.empty:
+        out["verdict"] = "unknown"  # no samples and no READY: nothing to judge
+        return out
     st = stalls(s, name, min_duration=min_duration, threshold=threshold)
     if not st.empty and st["end"].iloc[-1] >= float(s["t"].iloc[-1]) - 1e-9:
         out["verdict"] = "stalled"
@@ -282,9 +285,35 @@ def convergence(samples: pd.DataFrame, events: pd.DataFrame | None = None,
     return out
 
 
-def summarize(run: RunData, job: str | None = None, *, rate_window: float = 2.0,
-              stall_min: float = 2.0, stall_threshold: int = 64 * 1024) -> dict[str, Any]:
-    """One flat row of everything above for a run (for sweep tables)."""
+def job_instances(samples: pd.DataFrame, events: pd.DataFrame) -> list[tuple[str, float, float]]:
+    """Each job run as (id, start, end): one id can run twice (E5 mirrors drive0 twice).
+
+    From JOB_STATUS_CHANGE ``created`` events and the end events that follow;
+    a run recorded without events falls back to one instance per id in the samples.
+    """
+    out: list[tuple[str, float, float]] = []
+    if events is not None and not events.empty:
+        created = events[(events["name"] == "JOB_STATUS_CHANGE")
+                         & (events["status"] == "created")].sort_values("t")
+        for _, c in created.iterrows():
+            job, start = str(c["job"]), float(c["t"])
+            end = time_of(events, job, ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"), after=start)
+            out.append((job, start, end if end is not None else float("inf")))
+    if not out and samples is not None and not samples.empty:
+        for job in jobs(samples):
+            t = samples.loc[samples["job"] == job, "t"]
+            out.append((job, float(t.min()), float(t.max())))
+    return out
+
+
+def summarize(run: RunData, job: str | None = None, *, instance: int = 0,
+              rate_window: float = 2.0, stall_min: float = 2.0,
+              stall_threshold: int = 64 * 1024) -> dict[str, Any]:
+    """One flat row of everything above for a run (for sweep tables).
+
+    :param job: which job id (default: the first that ran).
+    :param instance: which run of that id (0 = the first), when an id ran more than once.
+    """
     s, ev, ops = run.samples, run.events, run.guest_ops
     meta = run.meta
     row: dict[str, Any] = {"run_id": meta.get("run_id"), "experiment": meta.get("experiment"),
@@ -294,49 +323,59 @@ def summarize(run: RunData, job: str | None = None, *, rate_window: float = 2.0,
     for k, v in (meta.get("params") or {}).items():
         if isinstance(v, (int, float, str, bool)) or v is None:
             row[f"param_{k}"] = v
-    names = jobs(s) if not s.empty else []
-    job = job or (names[0] if names else None)
-    row["job"] = job
-    row["jobs"] = len(names)
-    if job is None:
+    runs = job_instances(s, ev)
+    row["jobs"] = len(runs)
+    mine = [r for r in runs if job is None or r[0] == job]
+    if len(mine) <= instance:
+        row["job"] = job
         return row
+    job, start, end_t = mine[instance]
+    row["job"] = job
+    window_end = end_t + 1e-6  # the end event itself, not the next run of the same id
     js = job_samples(s, job)
-    conv = convergence(s, ev, job, min_duration=stall_min, threshold=stall_threshold)
-    start = job_start(ev, job)
-    ready = time_of(ev, job, ("BLOCK_JOB_READY",))
-    end = time_of(ev, job, ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"))
-    cut = time_of(ev, None, ("cancel", "complete"), after=ready) if ready is not None else None
-    st = stalls(s, job, min_duration=stall_min, threshold=stall_threshold)
-    pa = paused_periods(s, job)
-    r = rates(s, job, rate_window)
-    first_len = int(js["len"].iloc[0]) if not js.empty else 0
+    js = js[(js["t"] >= start) & (js["t"] <= window_end)] if not js.empty else js
+    evi = ev[(ev["t"] >= start) & (ev["t"] <= window_end)] if not ev.empty else ev
+    conv = convergence(js, evi, job, min_duration=stall_min, threshold=stall_threshold)
+    ready = time_of(evi, job, ("BLOCK_JOB_READY",))
+    end = end_t if end_t != float("inf") else None
+    cut = time_of(evi, None, ("cancel", "complete"), after=ready) if ready is not None else None
+    st = stalls(js, job, min_duration=stall_min, threshold=stall_threshold)
+    pa = paused_periods(js, job)
+    r = rates(js, job, rate_window)
+    ready_len = _event_field(evi, job, ("BLOCK_JOB_READY",), "len")
+    first_len = int(js["len"].iloc[0]) if not js.empty else (ready_len or 0)
     final_off = int(js["offset"].max()) if not js.empty else 0
-    final_len = int(js["len"].max()) if not js.empty else 0
-    end_off = _event_field(ev, job, ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"), "offset")
+    final_len = int(js["len"].max()) if not js.empty else (ready_len or 0)
+    end_off = _event_field(evi, job, ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"), "offset")
     if end_off is not None:
         final_off = max(final_off, end_off)
     size = _image_len(run)
     gw = guest_write_rate(ops, rate_window)
-    active_t = js["t"].iloc[-1] - js["t"].iloc[0] if len(js) > 1 else float("nan")
+    span = _span(start, end)
     row.update({
         "convergence": conv["verdict"], "eta_s": conv.get("eta_s"),
         "remaining_slope": conv.get("slope"),
         "time_to_ready_s": _span(start, ready),
         "ready_to_end_s": _span(ready, cut if cut is not None else end),
-        "job_duration_s": _span(start, end),
+        "job_duration_s": span,
         "bytes_copied": final_off, "final_len": final_len, "first_len": first_len,
         "image_bytes": size,
         "copy_ratio": final_off / size if size else None,
         "recopied_bytes": max(final_off - first_len, 0),
         "stall_count": len(st), "stall_time_s": float(st["duration"].sum()) if len(st) else 0.0,
         "paused_time_s": float(pa["duration"].sum()) if len(pa) else 0.0,
-        "mean_copy_rate": final_off / active_t if active_t and active_t > 0 else None,
-        "peak_copy_rate": float(np.nanmax(r["copy_rate"])) if len(r) and r["copy_rate"].notna().any() else None,
-        "mean_dirty_rate": float(np.nanmean(r["dirty_rate"])) if len(r) and r["dirty_rate"].notna().any() else None,
-        "guest_write_rate": float(np.nanmean(gw["write_rate"])) if len(gw) else None,
+        "mean_copy_rate": final_off / span if span else None,
+        "peak_copy_rate": _nan_stat(np.nanmax, r["copy_rate"]),
+        "mean_dirty_rate": _nan_stat(np.nanmean, r["dirty_rate"]),
+        "guest_write_rate": _nan_stat(np.nanmean, gw["write_rate"]) if len(gw) else None,
         "samples": len(js),
     })
     return row
+
+
+def _nan_stat(fn: Any, series: pd.Series) -> float | None:
+    vals = series.to_numpy(dtype="float64")
+    return float(fn(vals)) if len(vals) and not np.isnan(vals).all() else None
 
 
 def _span(a: float | None, b: float | None) -> float | None:

@@ -20,13 +20,25 @@ from kvmlab import paths
 from kvmlab.guest.build import Guest, build_guest
 
 
+# Every process this test session starts inherits this token in its environment, so the
+# leak check sees this session's QEMUs (even orphaned ones) and not another user's.
+SESSION_TOKEN = f"KVMLAB_TEST_SESSION={uuid.uuid4().hex}"
+os.environ["KVMLAB_TEST_SESSION"] = SESSION_TOKEN.split("=", 1)[1]
+
+
 def qemu_pids() -> set[int]:
-    """PIDs of QEMU processes started by kvmlab (their -name starts with kvmlab)."""
+    """PIDs of QEMU processes started by this test session."""
     out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
     pids = set()
     for line in out.splitlines():
         pid, _, args = line.strip().partition(" ")
-        if "qemu-system" in args and "-name kvmlab" in args:
+        if "qemu-system" not in args:
+            continue
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if SESSION_TOKEN.encode() in env:
             pids.add(int(pid))
     return pids
 

@@ -159,3 +159,17 @@ def test_plot_into_callers_axes() -> None:
     assert plots.convergence(run.samples, run.events, ax=ax) is fig
     assert ax.get_title().startswith("Convergence")
     plt.close(fig)
+
+
+def test_one_job_id_run_twice_is_split_into_instances() -> None:
+    """E7 recorded from QEMU 7.2: a shallow mirror of drive0, then a full one, same id."""
+    run = load_run(Path(__file__).parent / "data" / "runs" / "shallow-then-full")
+    inst = analysis.job_instances(run.samples, run.events)
+    assert [j for j, _, _ in inst] == ["drive0", "drive0"]
+    assert inst[0][2] < inst[1][1]
+    v = run.verdict
+    first, second = (analysis.summarize(run, instance=i) for i in (0, 1))
+    assert first["bytes_copied"] == v["shallow_bytes_copied"]
+    assert second["bytes_copied"] == v["full_bytes_copied"]
+    assert first["convergence"] == second["convergence"] == "converged"
+    assert analysis.summarize(run, instance=2)["jobs"] == 2

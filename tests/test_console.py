@@ -54,3 +54,17 @@ def test_workload_rate_sets_pause() -> None:
         Workload(dd_kib=-1)
     with pytest.raises(BadInput):
         Workload(rate_kib_s=0)
+
+
+def test_in_flight_operations_are_not_judged() -> None:
+    done = [{"op": "mkdir", "path": "/wl/d3", "n": 3}, {"op": "dd", "path": "/wl/w3.bin",
+                                                         "sha256": "ab" * 32, "n": 3}]
+    in_flight = [{"op": "rmdir", "path": "/wl/d3", "n": 4}]
+    m = Manifest.from_ops(done, in_flight=in_flight)
+    assert "/wl/d3" not in m.dirs and "/wl/d3" in m.unknown
+    assert "U /wl/d3" in m.text() and len(m) == 1
+
+
+def test_begin_line_parses() -> None:
+    assert parse_line("KVMLAB begin op=rmdir path=/wl/d3 n=4 t=9.5") == (
+        "begin", {"op": "rmdir", "path": "/wl/d3", "n": 4, "t": 9.5})

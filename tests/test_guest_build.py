@@ -55,3 +55,18 @@ def test_missing_kernel_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(GuestBuildError, match="does not exist"):
         build_guest(tmp_path / "g", kernel=tmp_path / "nope", force=True)
     assert not (tmp_path / "g").exists()
+
+
+def test_stale_guest_is_rebuilt(guest: Guest, tmp_path: Path) -> None:
+    import json
+    import shutil
+    stale = tmp_path / "g"
+    shutil.copytree(guest.kernel.parent, stale)
+    meta = json.loads((stale / "guest.json").read_text())
+    meta["init_sha256"] = "0" * 64
+    (stale / "guest.json").write_text(json.dumps(meta))
+    from kvmlab.errors import GuestNotBuilt
+    with pytest.raises(GuestNotBuilt, match="out of date"):
+        load_guest(stale)
+    rebuilt = build_guest(stale, kernel=guest.kernel)
+    assert rebuilt.info["init_sha256"] != "0" * 64

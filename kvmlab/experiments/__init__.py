@@ -2,9 +2,35 @@
 
 Every experiment records a run (``data/runs/<run-id>/``) and ends in a
 machine-checked verdict.  Experiments never draw: plots read the saved run.
+
+=====  ==========================  ===============================================
+seed   function                    what it shows
+=====  ==========================  ===============================================
+E1     :func:`mirror_basic`        mirror during guest file operations, cancel, verify
+E3     :func:`commit_stopped`      commit an overlay into its base while stopped
+E4     :func:`pivot`               block_job_complete switches the VM's image
+E5     :func:`double_pivot`        two pivots in a row
+E6     :func:`remove_source`       the old image can be moved/deleted after a pivot
+E7     :func:`shallow_existing`    ``-n`` mirror onto an overlay of the same base
+=====  ==========================  ===============================================
 """
 
+from .commit_stopped import commit_stopped
 from .common import ExperimentResult, LabRun, verify_image
 from .mirror_basic import mirror_basic
+from .pivot import double_pivot, pivot, remove_source
+from .shallow import shallow_existing
 
-__all__ = ["ExperimentResult", "LabRun", "verify_image", "mirror_basic"]
+#: the seed's conclusion for each experiment, as the summary notebook prints it
+SEED_CONCLUSIONS = {
+    "E1": "the mirror holds every change the guest made during it",
+    "E2": "a mirror survives an NFS outage and resumes, losing nothing",
+    "E3": "commit works while the VM is stopped; the data lands in the base",
+    "E4": "block_job_complete switches the VM to the mirror, paused or not",
+    "E5": "completes can be chained; only the last image grows",
+    "E6": "after complete the old image can be moved away",
+    "E7": "-n onto an overlay of the same base copies the least data, fastest",
+}
+
+__all__ = ["ExperimentResult", "LabRun", "verify_image", "mirror_basic", "commit_stopped",
+           "pivot", "double_pivot", "remove_source", "shallow_existing", "SEED_CONCLUSIONS"]

@@ -1,0 +1,94 @@
+"""Seed experiment 7: ``drive_mirror -n`` onto an existing overlay of the same base.
+
+The seed: a base image; two overlays on it made with
+``qemu-img create -f qcow2 -o backing_file=base.img`` -- the VM's disk and the
+future mirror; the guest writes; ``drive_mirror -n <drive> mirror.img``
+(reuse the target; without ``-f`` only the top layer is copied, sync=top);
+file operations during the mirror; cancel when synced; boot the mirror.
+Its claim: with ``-n`` and a shared base, the mirror copies the least data and
+is ready fastest.  Here the same VM then runs a full mirror of the same disk,
+so the claim is shown as ratios measured side by side.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from ..guest.workload import Workload
+from ..images import create_overlay, make_guest_disk
+from ..jobs import job_for
+from .common import ExperimentResult, LabRun, synced_manifest, verify_image
+
+
+def shallow_existing(*, image_mib: int = 64, base_fill_mib: int = 24, pre_writes: int = 4,
+                     workload_kib: int = 512, workload_rate_kib_s: float = 2048,
+                     after_ready_s: float = 1.0, sample_interval: float = 0.1,
+                     cache: str = "none", accel: str = "auto", ready_timeout: float = 300,
+                     runs_dir: str | Path | None = None, run_path: str | Path | None = None,
+                     keep_images: bool = False) -> ExperimentResult:
+    """Run E7 and compare a shallow ``-n`` mirror with a full mirror of the same disk.
+
+    :param base_fill_mib: data in the shared base (what the shallow mirror need not copy).
+    :param pre_writes: guest dd writes into the overlay before the mirror starts.
+    """
+    params: dict[str, Any] = {k: v for k, v in locals().items()
+                              if k not in ("runs_dir", "run_path")}
+    wl = Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s)
+    with LabRun("shallow_existing", params, runs_dir=runs_dir, run_path=run_path,
+                sample_interval=sample_interval, keep_images=keep_images) as lab:
+        rec = lab.recorder
+        base = lab.workdir / "base.img"
+        base_manifest = make_guest_disk(base, image_mib, "qcow2", base_fill_mib)
+        src = create_overlay(lab.workdir / "disk.img", base)
+        tgt = create_overlay(lab.workdir / "mirror.img", base)
+        full = lab.workdir / "full-mirror.img"
+        rec.track("base", base)
+        rec.track("mirror", tgt)
+        rec.track("full-mirror", full)
+        with lab.machine(src, "vm", mode="workload", workload=wl, cache=cache,
+                         accel=accel) as vm:
+            lab.note_machine(vm, "vm")
+            vm.wait_ops(pre_writes, "dd", after=0, timeout=180)
+            # the seed's command line, verbatim: -n = reuse the target, no -f = sync=top
+            since = len(vm.backend.events)
+            rec.mark("mirror_start", job="drive0", kind="shallow")
+            t0 = time.monotonic()
+            vm.hmp(f"drive_mirror -n drive0 {tgt}")
+            job = job_for(vm.backend, "drive0", since)
+            ready = job.wait_ready(ready_timeout)
+            time.sleep(after_ready_s)
+            t_cut = time.monotonic()
+            rec.mark("cancel", job="drive0")
+            vm.hmp("block_job_cancel drive0")
+            shallow = job.wait_done(60)
+            shallow_ttr = ready.mono - t0
+            # the same disk mirrored in full, for comparison
+            rec.mark("mirror_start", job="drive0", kind="full")
+            t1 = time.monotonic()
+            job2 = vm.mirror("drive0", full, sync="full")
+            ready2 = job2.wait_ready(ready_timeout)
+            rec.mark("cancel", job="drive0")
+            job2.cancel()
+            full_out = job2.wait_done(60)
+            full_ttr = ready2.mono - t1
+        manifest, in_flight = synced_manifest(vm, base_manifest, until=t_cut)
+        checked = verify_image(lab, tgt, manifest, cache=cache, accel=accel)
+        bytes_ratio = full_out.offset / shallow.offset if shallow.offset else None
+        time_ratio = full_ttr / shallow_ttr if shallow_ttr > 0 else None
+        lab.verdict = {
+            "pass": bool(checked["verify_pass"] and shallow.ok
+                         and shallow.event == "BLOCK_JOB_COMPLETED"
+                         and shallow.offset < full_out.offset),
+            "shallow_bytes_copied": shallow.offset, "full_bytes_copied": full_out.offset,
+            "bytes_ratio_full_over_shallow": bytes_ratio,
+            "shallow_time_to_ready_s": round(shallow_ttr, 3),
+            "full_time_to_ready_s": round(full_ttr, 3),
+            "time_ratio_full_over_shallow": time_ratio,
+            "seed_claim_least_data": shallow.offset < full_out.offset,
+            "seed_claim_fastest": shallow_ttr < full_ttr,
+            "time_to_ready_s": round(shallow_ttr, 3), "bytes_copied": shallow.offset,
+            "ops_in_flight_at_cancel": len(in_flight), **checked,
+        }
+    return lab.result()

@@ -1,0 +1,302 @@
+"""Regenerates the experiment notebooks in notebooks/ (run from the repository root).
+
+The notebooks are data; this script is their source, so they stay consistent:
+each one has a papermill ``parameters`` cell, runs one experiment function,
+shows the verdict, the analysis summary and the dashboard, and saves PNGs in
+the run folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat as nbf
+
+md = nbf.v4.new_markdown_cell
+code = nbf.v4.new_code_cell
+OUT = Path("notebooks")
+
+IMPORTS = '''import pandas as pd
+import matplotlib.pyplot as plt
+from IPython.display import display
+from kvmlab import analysis, plots
+from kvmlab import experiments as ex
+
+def show_verdict(result):
+    v = {k: v for k, v in result.verdict.items() if k not in ("bad_items", "info_block", "in_flight_found")}
+    print(result.run_path.name, "->", "PASS" if result.passed else "FAIL")
+    display(pd.Series(v, name="value", dtype=object).to_frame())
+
+def show_run(result, log=False):
+    run = result.data
+    print("accelerator:", run.meta.get("accel"), "| guest kernel:", run.meta.get("guest_kernel"))
+    if not run.samples.empty:
+        display(pd.Series(analysis.summarize(run), name="value", dtype=object).to_frame())
+        plots.save_all(run, log=log)
+        plots.dashboard(run, log=log)
+        plt.show()'''
+
+
+def params_cell(text: str) -> nbf.NotebookNode:
+    cell = code("# Parameters (papermill injects overrides below this cell)\n" + text.strip()
+                + "\nrun_path = None           # kvmlab run sets it; None: data/runs/<run-id>")
+    cell.metadata["tags"] = ["parameters"]
+    return cell
+
+
+def notebook(name: str, cells: list[nbf.NotebookNode]) -> None:
+    nb = nbf.v4.new_notebook()
+    nb.cells = cells
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbf.write(nb, OUT / f"{name}.ipynb")
+
+
+COMMON = '''sample_interval = 0.1     # seconds between query-block-jobs samples
+cache = "none"            # the seed's cache mode
+accel = "auto"            # auto: KVM only if a guest really boots under it, else TCG'''
+
+# -- E1 -------------------------------------------------------------------------------------
+notebook("01_mirror_basic", [
+    md('''# E1 — basic `drive_mirror`, guest busy, then cancel
+
+The seed's first experiment: on a running VM, `drive_mirror -f drive0 /data/x-mirror.img`, watch
+`info block-jobs` while the guest touches files, creates and deletes directories and writes with
+`dd`; when the mirror is "as big as the source", `block_job_cancel drive0`; boot a new VM from the
+mirror and check that every change is there.
+
+**How this differs from the seed's manual rule.** The seed cancelled when `ls -l` showed the mirror
+file as big as the source. File size is a poor signal (qcow2 preallocation, sparse files); the
+condition it approximates is the job's *ready* state (source and target in sync, QEMU's
+`BLOCK_JOB_READY` event). kvmlab waits for that event, lets the guest keep working for
+`after_ready_s` seconds, then cancels. A cancel after ready leaves a point-in-time copy, so the
+verification expects exactly the operations the guest had **synced** before the cancel was sent
+(each guest line is printed after `sync` returns, and its host arrival time is recorded);
+an operation in flight at the cancel may be in either state and is reported, not judged.'''),
+    params_cell('''image_mib = 64            # guest disk size
+fill_mib = 16             # random data already on the disk (copied by the mirror)
+disk_format = "qcow2"     # source image format
+workload_kib = 256        # size of each guest dd write (KiB)
+workload_rate_kib_s = 1024  # guest write rate (KiB/s): the dirty rate
+speed = 8 * 1024 * 1024   # mirror speed limit, bytes/s (0 = unlimited); limited so progress is visible
+sync = "full"             # HMP -f = full; top; none
+target_format = None      # None: same as the source
+after_ready_s = 2.0       # guest keeps working this long in the ready state
+''' + COMMON),
+    code(IMPORTS),
+    code('''result = ex.mirror_basic(image_mib=image_mib, fill_mib=fill_mib, disk_format=disk_format,
+                         workload_kib=workload_kib, workload_rate_kib_s=workload_rate_kib_s,
+                         speed=speed, sync=sync, target_format=target_format,
+                         sample_interval=sample_interval, cache=cache, after_ready_s=after_ready_s,
+                         accel=accel, run_path=run_path)
+run = result.data
+print("run folder:", result.run_path)
+print("VERDICT:", "PASS" if result.passed else "FAIL")
+show_verdict(result)'''),
+    md("## Progress (`info block-jobs`, sampled)"),
+    code('''s = run.samples
+table = s.assign(offset_mib=s.offset / 2**20, len_mib=s.len / 2**20, remaining_mib=s.remaining / 2**20)
+step = max(1, len(table) // 20)
+display(table.iloc[::step][["t", "job", "status", "offset_mib", "len_mib", "remaining_mib", "speed", "busy", "ready", "io_status"]].round(2))'''),
+    md("## Analysis: convergence, rates, stalls"),
+    code('''show_run(result)
+display(analysis.stalls(run.samples))'''),
+    md("## Guest operations and events"),
+    code('''ops = run.guest_ops
+display(ops.groupby(["machine", "op"]).size().rename("count").to_frame())
+ev = run.events
+display(ev[ev.source != "guest"][["t", "source", "name", "job", "status"]].round(3))'''),
+])
+
+# -- E3 -------------------------------------------------------------------------------------
+notebook("03_commit_stopped", [
+    md('''# E3 — commit an overlay into its base while the VM is stopped
+
+Seed: the VM's disk is a qcow2 overlay (`disk.img`) on a backing file (`base/base.img`); the guest
+writes; `stop`; sizes and `qemu-img info`; `commit drive0`; sizes again; `c`.
+
+kvmlab runs it twice: with the seed's HMP `commit drive0` (synchronous; the overlay stays the
+active image and is emptied) and with the QMP equivalent, `block-commit` of the active layer
+followed by `block-job-complete` (the drive then runs on the base). The verdict boots a new VM
+on **the base alone** and checks every change the guest made.'''),
+    params_cell('''image_mib = 64
+fill_mib = 8              # data in the base before the overlay is made
+rounds = 4                # guest workload rounds written into the overlay
+workload_kib = 512
+''' + COMMON),
+    code(IMPORTS),
+    code('''results = {}
+for method in ("hmp", "qmp"):
+    results[method] = ex.commit_stopped(method=method, image_mib=image_mib, fill_mib=fill_mib,
+                                        rounds=rounds, workload_kib=workload_kib,
+                                        sample_interval=sample_interval, cache=cache, accel=accel,
+                                        runs_dir=run_path)
+    show_verdict(results[method])'''),
+    md("## Sizes before and after the commit, and the backing chain"),
+    code('''rows = []
+for method, r in results.items():
+    v = r.verdict
+    for when in ("before", "after"):
+        for f, s in v[f"sizes_{when}"].items():
+            rows.append({"method": method, "when": when, "file": f, "apparent_mib": s["apparent"] / 2**20,
+                         "allocated_mib": s["allocated"] / 2**20})
+display(pd.DataFrame(rows).round(2))
+for method, r in results.items():
+    print(method, "chain before:", r.verdict["chain_before"])
+    print(method, "chain after: ", r.verdict["chain_after"])'''),
+    code('''for r in results.values():
+    show_run(r)'''),
+])
+
+# -- E4 -------------------------------------------------------------------------------------
+notebook("04_pivot", [
+    md('''# E4 — `block_job_complete`: switch the VM's image at run time
+
+Seed: mirror; `stop`; when synced, `block_job_complete drive0`; `c`. `info block-jobs` shows no
+job; the notes say `info block` "still points to the original image", yet a dd in the guest grows
+the mirror and not the original. Repeated without pausing: same outcome.
+
+kvmlab runs both variants and checks: `query-block` shows drive0 on the mirror; the old image's
+size **and content hash** do not change after the pivot while the guest keeps writing; the mirror
+grows; a new VM booted from the mirror verifies every change.'''),
+    params_cell('''image_mib = 64
+fill_mib = 16
+workload_kib = 512
+post_pivot_writes = 4     # guest dd writes awaited after the pivot
+''' + COMMON),
+    code(IMPORTS),
+    code('''results = {}
+for paused in (True, False):
+    results[paused] = ex.pivot(paused=paused, image_mib=image_mib, fill_mib=fill_mib,
+                               workload_kib=workload_kib, post_pivot_writes=post_pivot_writes,
+                               sample_interval=sample_interval, cache=cache, accel=accel,
+                               runs_dir=run_path)
+    show_verdict(results[paused])'''),
+    md('''## What `info block` reports after the pivot (QEMU 7.2)
+
+The seed wrote that `info block` "still points to the original image". The cell below prints what
+this QEMU reports right after `block_job_complete`.'''),
+    code('''for paused, r in results.items():
+    print(f"paused={paused}:", r.verdict["info_block"].splitlines()[0])
+    print("   shows the original image:", r.verdict["info_block_shows_original"])'''),
+    code('''for r in results.values():
+    show_run(r)'''),
+])
+
+# -- E5 -------------------------------------------------------------------------------------
+notebook("05_double_pivot", [
+    md('''# E5 — two mirrors and two completes in a row
+
+Seed: from E4's state, mirror again to a second file and complete; dd; reboot: only the second
+mirror grows. kvmlab: disk → mirror1 (complete) → mirror2 (complete); after the second pivot the
+first two images must not change (hash), the third must grow, and it must boot and verify.'''),
+    params_cell('''image_mib = 64
+fill_mib = 16
+workload_kib = 512
+post_pivot_writes = 4
+''' + COMMON),
+    code(IMPORTS),
+    code('''result = ex.double_pivot(image_mib=image_mib, fill_mib=fill_mib, workload_kib=workload_kib,
+                         post_pivot_writes=post_pivot_writes, sample_interval=sample_interval,
+                         cache=cache, accel=accel, run_path=run_path)
+show_verdict(result)
+show_run(result)'''),
+])
+
+# -- E6 -------------------------------------------------------------------------------------
+notebook("06_remove_source", [
+    md('''# E6 — move (or delete) the old image after the pivot
+
+Seed: after complete, `mv` the old image to another file system. kvmlab moves it (to `move_to`,
+default a folder beside it) and, in a variant, deletes it, while the guest keeps writing.
+Verdict: the guest keeps working, no I/O error events, the moved file is unchanged, the active
+image verifies. (To move across file systems as the seed did, pass a `move_to` on another one.)'''),
+    params_cell('''image_mib = 64
+fill_mib = 16
+move_to = None            # a directory (another file system, as in the seed); None: beside the image
+post_remove_writes = 4
+''' + COMMON),
+    code(IMPORTS),
+    code('''results = {}
+for action in ("move", "delete"):
+    results[action] = ex.remove_source(action=action, move_to=move_to, image_mib=image_mib,
+                                       fill_mib=fill_mib, post_remove_writes=post_remove_writes,
+                                       sample_interval=sample_interval, cache=cache, accel=accel,
+                                       runs_dir=run_path)
+    show_verdict(results[action])'''),
+    code('''for r in results.values():
+    show_run(r)'''),
+])
+
+# -- E7 -------------------------------------------------------------------------------------
+notebook("07_shallow_existing", [
+    md('''# E7 — `drive_mirror -n` onto an existing overlay of the same base
+
+Seed: base.img; two overlays on it (`qemu-img create -f qcow2 -o backing_file=base.img`): the VM's
+disk and the future mirror; the guest writes; `drive_mirror -n drive0 mirror.img`; file
+operations during the mirror; cancel when synced; boot the mirror. Claim: with `-n` and a shared
+base this copies the least data and is created fastest.
+
+kvmlab runs the seed's command line verbatim (`-n`, no `-f`: sync=top, mode=existing), then a full
+mirror of the same disk in the same VM, and reports both as ratios.'''),
+    params_cell('''image_mib = 64
+base_fill_mib = 24        # data in the shared base: what the shallow mirror need not copy
+pre_writes = 4            # guest dd writes into the overlay before the mirror
+workload_kib = 512
+''' + COMMON),
+    code(IMPORTS),
+    code('''result = ex.shallow_existing(image_mib=image_mib, base_fill_mib=base_fill_mib,
+                             pre_writes=pre_writes, workload_kib=workload_kib,
+                             sample_interval=sample_interval, cache=cache, accel=accel,
+                             run_path=run_path)
+show_verdict(result)
+v = result.verdict
+print(f"full mirror copied {v['bytes_ratio_full_over_shallow']:.1f}x the bytes of the shallow one, "
+      f"and took {v['time_ratio_full_over_shallow']:.1f}x as long to be ready")'''),
+    code('''show_run(result)'''),
+])
+
+# -- summary --------------------------------------------------------------------------------
+notebook("08_seed_summary", [
+    md('''# The seed's experiments, all in one run
+
+Runs E1 and E3–E7 at small sizes and prints one table: experiment, verdict, time to ready,
+bytes copied, the seed's conclusion and whether this run agrees with it. E2 (mirror through an
+NFS outage) needs the NFS fault-injection work and is listed as not run until it exists.'''),
+    params_cell('''image_mib = 48
+fill_mib = 8
+''' + COMMON),
+    code(IMPORTS),
+    code('''common = dict(sample_interval=sample_interval, cache=cache, accel=accel, runs_dir=run_path)
+small = dict(image_mib=image_mib, fill_mib=fill_mib)
+runs = {
+    "E1": lambda: ex.mirror_basic(**small, after_ready_s=1.0, **common),
+    "E2": None,
+    "E3": lambda: ex.commit_stopped(**small, method="hmp", **common),
+    "E4": lambda: ex.pivot(**small, paused=True, **common),
+    "E5": lambda: ex.double_pivot(**small, **common),
+    "E6": lambda: ex.remove_source(**small, action="move", **common),
+    "E7": lambda: ex.shallow_existing(image_mib=image_mib, base_fill_mib=fill_mib * 2, **common),
+}
+rows = []
+for name, fn in runs.items():
+    row = {"experiment": name, "seed_conclusion": ex.SEED_CONCLUSIONS[name]}
+    if fn is None:
+        row.update(verdict="not run", agrees=None)
+    else:
+        r = fn()
+        s = analysis.summarize(r.data)
+        row.update(verdict="PASS" if r.passed else "FAIL", agrees=r.passed,
+                   time_to_ready_s=s.get("time_to_ready_s"), bytes_copied=s.get("bytes_copied"),
+                   run=r.run_path.name)
+    rows.append(row)
+summary = pd.DataFrame(rows)
+pd.set_option("display.max_colwidth", 80)
+display(summary)'''),
+    code('''import pathlib
+out = pathlib.Path(run_path) if run_path else None
+if out:
+    summary.to_csv(out / "seed_summary.csv", index=False)
+ran = summary[summary.verdict != "not run"]
+print(f"{(ran.agrees == True).sum()} of {len(ran)} experiments agree with the seed")'''),
+])
