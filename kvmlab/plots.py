@@ -27,7 +27,8 @@ EVENT_LABELS = {
     "resume": "resume", "set_speed": "speed", "fault_start": "fault", "fault_end": "fault end",
     "cancel": "cancel", "complete": "complete", "BLOCK_JOB_COMPLETED": "completed",
     "BLOCK_JOB_CANCELLED": "cancelled", "BLOCK_JOB_ERROR": "error", "stop": "stop",
-    "cont": "cont",
+    "cont": "cont", "commit": "commit", "source_moved": "old image moved",
+    "source_deleted": "old image deleted", "BLOCK_IO_ERROR": "I/O error",
 }
 STALL_COLOR = "tab:red"
 PAUSE_COLOR = "0.6"

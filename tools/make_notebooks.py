@@ -30,11 +30,12 @@ def show_verdict(result):
 def show_run(result, log=False):
     run = result.data
     print("accelerator:", run.meta.get("accel"), "| guest kernel:", run.meta.get("guest_kernel"))
-    if not run.samples.empty:
-        display(pd.Series(analysis.summarize(run), name="value", dtype=object).to_frame())
-        plots.save_all(run, log=log)
-        plots.dashboard(run, log=log)
-        plt.show()'''
+    # a job quicker than one sample interval leaves no samples; the events, sizes and
+    # the summary still tell the story, so always summarize and plot
+    display(pd.Series(analysis.summarize(run), name="value", dtype=object).to_frame())
+    plots.save_all(run, log=log)
+    plots.dashboard(run, log=log)
+    plt.show()'''
 
 
 def params_cell(text: str) -> nbf.NotebookNode:

@@ -1,0 +1,46 @@
+"""Every experiment notebook runs headless through papermill against the real lab."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kvmlab.batch import notebook_parameters, run_notebook
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+SMALL = {"image_mib": 48, "accel": "tcg"}
+
+
+def _runs(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.rglob("run.json"))]
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("03_commit_stopped", 2), ("04_pivot", 2), ("05_double_pivot", 1),
+    ("06_remove_source", 2), ("07_shallow_existing", 1)])
+def test_experiment_notebook(name: str, expected: int, tmp_path: Path) -> None:
+    nb = NOTEBOOKS / f"{name}.ipynb"
+    assert "run_path" in notebook_parameters(nb)
+    out = run_notebook(nb, SMALL, out=tmp_path / name)
+    assert (out / f"{name}.ipynb").exists() and (out / f"{name}.html").exists()
+    runs = _runs(out)
+    assert len(runs) == expected
+    for meta in runs:
+        assert meta["status"] == "done" and meta["verdict"]["pass"] is True, meta["verdict"]
+        assert meta["accel"] == "tcg"
+    pngs = list(out.rglob("dashboard.png"))
+    assert len(pngs) == expected
+
+
+def test_seed_summary_notebook(tmp_path: Path) -> None:
+    out = run_notebook(NOTEBOOKS / "08_seed_summary.ipynb", {"image_mib": 48, "accel": "tcg"},
+                       out=tmp_path / "summary")
+    table = pd.read_csv(out / "seed_summary.csv")
+    assert list(table.experiment) == ["E1", "E2", "E3", "E4", "E5", "E6", "E7"]
+    ran = table[table.verdict != "not run"]
+    assert len(ran) == 6 and (ran.verdict == "PASS").all() and ran.agrees.all()
+    assert table.set_index("experiment").loc["E2", "verdict"] == "not run"
+    assert "agree with the seed" in (out / "08_seed_summary.html").read_text()
