@@ -68,3 +68,16 @@ def test_in_flight_operations_are_not_judged() -> None:
 def test_begin_line_parses() -> None:
     assert parse_line("KVMLAB begin op=rmdir path=/wl/d3 n=4 t=9.5") == (
         "begin", {"op": "rmdir", "path": "/wl/d3", "n": 4, "t": 9.5})
+
+
+def test_line_cut_off_at_exit_is_not_a_record() -> None:
+    """QEMU can stop mid-line; a line without its newline is kept as text, never parsed."""
+    import io
+    from kvmlab.guest.console import Console
+    stream = io.BytesIO(b"KVMLAB op=touch path=/wl/f1 size=0 sha256=- n=1 t=1.0\n"
+                        b"KVMLAB begin op=dd path=/wl/w1.bin n=1 t=1.1\n"
+                        b"KVMLAB begin op=d")
+    con = Console(stream)
+    con.join()
+    assert [r.name for r in con.records.snapshot()] == ["op", "begin"]
+    assert con.lines[-1][1] == "KVMLAB begin op=d"

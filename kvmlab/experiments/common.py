@@ -141,8 +141,9 @@ def synced_manifest(vm: Machine, base: Manifest | None = None,
     either state, so the manifest expects nothing of it and the verifier
     reports what it finds there.
     """
-    records = [r for r in vm.console.records.snapshot() if until is None or r.mono < until]
-    done = [dict(r.data) for r in records if r.name == "op"]
+    records = [r for r in vm.console.records.snapshot()
+               if (until is None or r.mono < until) and {"op", "path", "n", "t"} <= set(r.data)]
+    done = [dict(r.data) for r in records if r.name == "op" and "sha256" in r.data]
     begun = [dict(r.data) for r in records if r.name == "begin"]
     confirmed = {(o["op"], o["path"], o.get("n")) for o in done}
     in_flight = [b for b in begun if (b["op"], b["path"], b.get("n")) not in confirmed]

@@ -73,7 +73,8 @@ class Console:
                 if self._log:
                     self._log.write(text + "\n")
                     self._log.flush()
-                parsed = parse_line(text)
+                # a line cut off when QEMU stopped has no newline: keep it as text only
+                parsed = parse_line(text) if raw.endswith(b"\n") else None
                 if parsed:
                     self.records.append(Record(parsed[0], parsed[1], mono=now))
         except (OSError, ValueError):
