@@ -3,6 +3,7 @@ its HTML export and the run's data.  (Sweeps build on :func:`run_notebook`.)"""
 
 from __future__ import annotations
 
+import ast
 import logging
 from pathlib import Path
 from typing import Any
@@ -33,13 +34,39 @@ def notebook_parameters(notebook: str | Path) -> dict[str, dict[str, Any]]:
     return {name: dict(p) for name, p in pm.inspect_notebook(str(nb)).items()}
 
 
+def _default(spec: dict[str, Any]) -> Any:
+    try:
+        return ast.literal_eval(str(spec.get("default")))
+    except (ValueError, SyntaxError):
+        return None
+
+
+def _type_ok(value: Any, default: Any) -> bool:
+    """Is *value* acceptable where the notebook's default is *default*?"""
+    if default is None or value is None:
+        return True  # a None default accepts anything; None means "QEMU's default"
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, type(default))
+
+
 def check_parameters(notebook: str | Path, params: dict[str, Any]) -> None:
-    """Reject names the notebook's parameters cell does not define (before anything runs)."""
+    """Reject names the notebook's parameters cell does not define, and values whose type
+    does not match the default's (before anything runs)."""
     known = notebook_parameters(notebook)
     unknown = sorted(set(params) - set(known))
     if unknown:
         raise BadInput(f"unknown parameter(s) {', '.join(unknown)} for {Path(notebook).name} "
                        f"(known: {', '.join(sorted(known))})")
+    for name, value in params.items():
+        default = _default(known[name])
+        if not _type_ok(value, default):
+            raise BadInput(f"parameter {name}={value!r} should be {type(default).__name__} "
+                           f"like its default {default!r}")
 
 
 def export_html(executed: Path) -> Path:

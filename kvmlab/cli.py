@@ -9,7 +9,7 @@ from typing import Any
 import click
 import yaml
 
-from .errors import KvmlabError
+from .errors import BadInput, KvmlabError
 
 
 def _fail(err: KvmlabError) -> None:
@@ -77,6 +77,55 @@ def run_cmd(notebook: Path, pairs: tuple[tuple[str, str], ...], files: tuple[Pat
     click.echo(f"run folder: {folder}")
     for item in sorted(folder.iterdir()):
         click.echo(f"  {item.name}")
+
+
+@main.command("sweep")
+@click.argument("notebook", type=click.Path(path_type=Path), required=False)
+@click.option("--grid", "grids", multiple=True, metavar="NAME=V1,V2,...",
+              help="A parameter and its values (values parsed as YAML); repeatable.")
+@click.option("-p", "--param", "pairs", nargs=2, multiple=True, metavar="NAME VALUE",
+              help="A fixed parameter for every point.")
+@click.option("-f", "--file", "sweep_file", type=click.Path(path_type=Path), default=None,
+              help="Sweep YAML: notebook, params, grid or points, repeat.")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Points run in parallel on this machine.")
+@click.option("--repeat", type=int, default=None, help="Runs per point.")
+@click.option("--dask", "dask_address", default=None, metavar="ADDRESS",
+              help="Submit points to this Dask scheduler instead.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Sweep folder (default data/sweeps/<notebook>-<time>); re-use to resume.")
+@click.option("--no-report", is_flag=True, help="Skip the report notebook.")
+def sweep_cmd(notebook: Path | None, grids: tuple[str, ...], pairs: tuple[tuple[str, str], ...],
+              sweep_file: Path | None, workers: int, repeat: int | None,
+              dask_address: str | None, out: Path | None, no_report: bool) -> None:
+    """Run NOTEBOOK over a parameter grid (each point one papermill run), then report."""
+    from .sweep import SweepSpec, parse_grid, run_sweep
+    try:
+        if sweep_file is not None:
+            spec = SweepSpec.from_yaml(sweep_file, notebook)
+        elif notebook is not None:
+            spec = SweepSpec(notebook.resolve())
+        else:
+            raise BadInput("give a NOTEBOOK or a sweep file (-f)")
+        if not spec.notebook.is_file():
+            raise BadInput(f"notebook {spec.notebook} does not exist")
+        spec.params.update(_parse_params(pairs, ()))
+        if grids:
+            spec.grid.update(parse_grid(grids))
+        if repeat is not None:
+            spec.repeat = repeat
+        folder = run_sweep(spec, out, workers=workers, dask=dask_address,
+                           report=not no_report)
+    except KvmlabError as err:
+        _fail(err)
+    except KeyboardInterrupt:
+        click.echo("kvmlab: interrupted; finished points are kept, run the same command "
+                   "again to resume", err=True)
+        sys.exit(130)
+    click.echo(f"sweep folder: {folder}")
+    results = folder / "results.csv"
+    if results.exists():
+        click.echo(f"results: {results}")
 
 
 @main.command("analyze")

@@ -40,6 +40,11 @@ ACCELS = ("auto", "kvm", "tcg")
 QEMU_BINARY = "qemu-system-x86_64"
 
 
+def qemu_opt(value: str | Path) -> str:
+    """A value inside a QEMU option string: commas are doubled (``a,b`` -> ``a,,b``)."""
+    return str(value).replace(",", ",,")
+
+
 @dataclass(frozen=True)
 class Drive:
     """One virtio-blk disk: its image, stable id (the seed's ``drive0``), format and cache mode."""
@@ -58,7 +63,7 @@ class Drive:
 
     def qemu_args(self, index: int) -> list[str]:
         fmt = self.format or images.info(self.path)["format"]
-        opts = [f"file={self.path}", f"format={fmt}", "if=none", f"id={self.id}",
+        opts = [f"file={qemu_opt(self.path)}", f"format={fmt}", "if=none", f"id={self.id}",
                 f"cache={self.cache}"]
         if self.read_only:
             opts.append("readonly=on")
@@ -216,12 +221,13 @@ class Machine:
                "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none",
                "-no-reboot", "-kernel", str(self.guest.kernel), "-initrd", str(self.guest.initrd),
                "-append", self.kernel_cmdline(),
-               "-chardev", f"socket,id=qmp0,path={qmp_sock}", "-mon", "chardev=qmp0,mode=control",
+               "-chardev", f"socket,id=qmp0,path={qemu_opt(qmp_sock)}",
+               "-mon", "chardev=qmp0,mode=control",
                "-chardev", "stdio,id=ser0,signal=off", "-serial", "chardev:ser0"]
         for i, d in enumerate(self.drives):
             cmd += d.qemu_args(i)
         if manifest_file is not None:
-            cmd += ["-fw_cfg", f"name=opt/kvmlab/manifest,file={manifest_file}"]
+            cmd += ["-fw_cfg", f"name=opt/kvmlab/manifest,file={qemu_opt(manifest_file)}"]
         return cmd + self.extra_args
 
     def launch(self) -> None:

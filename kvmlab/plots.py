@@ -211,3 +211,46 @@ def save_all(run: RunData, **kw: Any) -> list[str]:
         plt.close(fig)
         out.append(name)
     return out
+
+
+# -- sweep figures -------------------------------------------------------------------------
+CONVERGENCE_COLORS = {"converged": "tab:green", "converging": "tab:olive",
+                      "diverging": "tab:red", "stalled": "tab:orange", "failed": "black",
+                      "unknown": "0.6"}
+
+
+def metric_vs_param(frame: pd.DataFrame, x: str, y: str, *, hue: str | None = None,
+                    ax: Axes | None = None, xscale: str = "linear",
+                    ylabel: str | None = None) -> Figure:
+    """Median of *y* against parameter *x* (one line per value of *hue*), points for each run."""
+    fig, ax = _axes(ax)
+    data = frame.dropna(subset=[x, y]) if x in frame and y in frame else frame.iloc[0:0]
+    groups = data.groupby(hue, dropna=False) if hue and hue in data else [(None, data)]
+    for key, g in groups:
+        med = g.groupby(x)[y].median().sort_index()
+        label = f"{hue}={key!s}" if hue and key is not None else y
+        line, = ax.plot(med.index, med.to_numpy(), marker="o", label=label)
+        ax.scatter(g[x], g[y], color=line.get_color(), alpha=0.35, s=12)
+    ax.set_xscale(xscale)
+    ax.set_xlabel(x)
+    ax.set_ylabel(ylabel or y)
+    ax.set_title(f"{ylabel or y} vs {x}")
+    if len(data):
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def convergence_map(frame: pd.DataFrame, x: str, y: str, *, ax: Axes | None = None) -> Figure:
+    """Each run at (x, y) coloured by its convergence verdict (e.g. speed x dirty rate)."""
+    fig, ax = _axes(ax, figsize=(7, 5))
+    if x in frame and y in frame and "convergence" in frame:
+        for verdict, g in frame.groupby("convergence", dropna=False):
+            ax.scatter(g[x], g[y], s=120, label=str(verdict), alpha=0.8,
+                       color=CONVERGENCE_COLORS.get(str(verdict), "0.3"), edgecolor="k")
+        ax.legend(title="verdict", fontsize=8)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(f"Convergence map: {x} x {y}")
+    ax.grid(alpha=0.3)
+    return fig

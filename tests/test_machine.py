@@ -155,3 +155,13 @@ def test_accel_auto_probes_and_records(guest: Guest, monkeypatch: pytest.MonkeyP
         vm.wait_guest("boot", timeout=60)
         assert vm.accel == got
         assert f"-accel {got}" in " ".join(vm.command)
+
+
+def test_paths_with_commas_reach_qemu(scratch: Path) -> None:
+    """QEMU option strings split on commas; kvmlab doubles them in every path it passes."""
+    odd = scratch / "a,b=c"
+    odd.mkdir()
+    images.make_guest_disk(odd / "disk,1.qcow2", 32)
+    with Machine(odd / "disk,1.qcow2", accel="tcg") as vm:
+        vm.wait_guest("ready", timeout=60)
+        assert vm.block_info()[0].file == str(odd / "disk,1.qcow2")

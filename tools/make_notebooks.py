@@ -40,7 +40,7 @@ def show_run(result, log=False):
 
 def params_cell(text: str) -> nbf.NotebookNode:
     cell = code("# Parameters (papermill injects overrides below this cell)\n" + text.strip()
-                + "\nrun_path = None           # kvmlab run sets it; None: data/runs/<run-id>")
+                + "\nrun_path = None           # kvmlab run sets it, None for data/runs/<run-id>")
     cell.metadata["tags"] = ["parameters"]
     return cell
 
@@ -79,17 +79,21 @@ fill_mib = 16             # random data already on the disk (copied by the mirro
 disk_format = "qcow2"     # source image format
 workload_kib = 256        # size of each guest dd write (KiB)
 workload_rate_kib_s = 1024  # guest write rate (KiB/s): the dirty rate
-speed = 8 * 1024 * 1024   # mirror speed limit, bytes/s (0 = unlimited); limited so progress is visible
-sync = "full"             # HMP -f = full; top; none
+speed = 8388608           # mirror speed limit, bytes/s (0 for unlimited), 8 MiB/s so progress is visible
+sync = "full"             # "full" (HMP -f), "top" or "none"
 target_format = None      # None: same as the source
+granularity = None        # dirty-bitmap granularity, bytes (power of two, 512 B..64 MiB), None for QEMU's
+buf_size = None           # copy buffer, bytes, None for QEMU's default
 after_ready_s = 2.0       # guest keeps working this long in the ready state
+ready_timeout = 300.0     # give up (verdict "not ready") if the job is not ready by then
 ''' + COMMON),
     code(IMPORTS),
     code('''result = ex.mirror_basic(image_mib=image_mib, fill_mib=fill_mib, disk_format=disk_format,
                          workload_kib=workload_kib, workload_rate_kib_s=workload_rate_kib_s,
                          speed=speed, sync=sync, target_format=target_format,
+                         granularity=granularity, buf_size=buf_size,
                          sample_interval=sample_interval, cache=cache, after_ready_s=after_ready_s,
-                         accel=accel, run_path=run_path)
+                         ready_timeout=ready_timeout, accel=accel, run_path=run_path)
 run = result.data
 print("run folder:", result.run_path)
 print("VERDICT:", "PASS" if result.passed else "FAIL")
@@ -214,7 +218,7 @@ Verdict: the guest keeps working, no I/O error events, the moved file is unchang
 image verifies. (To move across file systems as the seed did, pass a `move_to` on another one.)'''),
     params_cell('''image_mib = 64
 fill_mib = 16
-move_to = None            # a directory (another file system, as in the seed); None: beside the image
+move_to = None            # a directory (another file system, as in the seed), None for beside the image
 post_remove_writes = 4
 ''' + COMMON),
     code(IMPORTS),
@@ -300,4 +304,72 @@ if out:
     summary.to_csv(out / "seed_summary.csv", index=False)
 ran = summary[summary.verdict != "not run"]
 print(f"{(ran.agrees == True).sum()} of {len(ran)} experiments agree with the seed")'''),
+])
+
+# -- sweep report ---------------------------------------------------------------------------
+report_params = code('''# Parameters (papermill injects overrides below this cell)
+sweep_dir = "data/sweeps/latest"   # the sweep folder to report on''')
+report_params.metadata["tags"] = ["parameters"]
+notebook("20_sweep_report", [
+    md('''# Sweep report
+
+Metrics of every run of a sweep against its parameters: time to ready against the speed limit and
+the guest's write rate, a convergence map over speed x dirty rate, copy throughput against
+buf-size and granularity, and the parameters that made the mirror fastest without diverging.
+Run by `kvmlab sweep` at the end of a sweep; its figures are saved in the sweep folder.'''),
+    report_params,
+    code('''import json
+from pathlib import Path
+import pandas as pd
+import matplotlib.pyplot as plt
+from IPython.display import display
+from kvmlab import plots
+from kvmlab.sweep import collect
+
+folder = Path(sweep_dir)
+frame = collect(folder)
+meta = json.loads((folder / "sweep.json").read_text())
+print(f"{len(frame)} runs from {frame['point'].nunique() if len(frame) else 0} points of {Path(meta['plan']['notebook']).name}")
+for s in meta.get("sessions", []):
+    print(f"session: {s['points_run']} points, {s['failed']} failed, {s['workers']} worker(s), "
+          f"wall {s['wall_s']} s, speed-up over serial {s['speedup_vs_serial']}")
+swept = [k for k in (meta["plan"].get("grid") or {})] or [c for c in ("speed", "workload_rate_kib_s", "buf_size", "granularity") if c in frame]
+cols = ["point", "point_status"] + swept + [c for c in ("convergence", "time_to_ready_s", "bytes_copied", "mean_copy_rate", "stall_time_s", "pass", "point_error") if c in frame]
+display(frame[[c for c in cols if c in frame]])'''),
+    md("## Time to ready"),
+    code('''MIB = 2**20
+ok = frame[frame.get("point_status", pd.Series(dtype=str)) == "done"].copy() if len(frame) else frame
+if "speed" in ok:
+    ok["speed_mib_s"] = ok["speed"].astype(float) / MIB
+figs = {}
+if {"speed_mib_s", "time_to_ready_s"} <= set(ok.columns):
+    figs["sweep_ttr_vs_speed.png"] = plots.metric_vs_param(ok, "speed_mib_s", "time_to_ready_s",
+        hue="workload_rate_kib_s" if "workload_rate_kib_s" in ok else None, ylabel="time to ready (s)")
+if {"workload_rate_kib_s", "time_to_ready_s"} <= set(ok.columns):
+    figs["sweep_ttr_vs_dirty_rate.png"] = plots.metric_vs_param(ok, "workload_rate_kib_s", "time_to_ready_s",
+        hue="speed_mib_s" if "speed_mib_s" in ok else None, ylabel="time to ready (s)")
+if {"speed_mib_s", "workload_rate_kib_s", "convergence"} <= set(ok.columns):
+    figs["sweep_convergence_map.png"] = plots.convergence_map(ok, "speed_mib_s", "workload_rate_kib_s")
+if "mean_copy_rate" in ok:
+    ok["copy_mib_s"] = ok["mean_copy_rate"].astype(float) / MIB
+    for p in ("buf_size", "granularity"):
+        if p in ok and ok[p].notna().any():
+            figs[f"sweep_throughput_vs_{p}.png"] = plots.metric_vs_param(
+                ok, p, "copy_mib_s", hue=("granularity" if p == "buf_size" else "buf_size") if {"buf_size", "granularity"} <= set(ok.columns) else None,
+                xscale="log", ylabel="mean copy rate (MiB/s)")
+for name, fig in figs.items():
+    fig.savefig(folder / name, dpi=100, bbox_inches="tight")
+print("figures:", ", ".join(figs) or "none (no swept metric to plot)")
+plt.show()'''),
+    md("## Recommendation"),
+    code('''good = ok[ok.get("convergence", pd.Series(dtype=str)) == "converged"] if len(ok) else ok
+if len(good) and "time_to_ready_s" in good and good["time_to_ready_s"].notna().any():
+    best = good.sort_values("time_to_ready_s").iloc[0]
+    print("fastest without diverging:", ", ".join(f"{k}={best[k]}" for k in swept if k in best),
+          f"-> ready in {best['time_to_ready_s']:.2f} s")
+else:
+    print("no run converged: no recommendation (raise the speed limit or lower the dirty rate)")
+diverging = ok[ok.get("convergence", pd.Series(dtype=str)).isin(["diverging", "stalled"])] if len(ok) else ok
+if len(diverging):
+    print("did not converge:", "; ".join(", ".join(f"{k}={r[k]}" for k in swept if k in r) for _, r in diverging.iterrows()))'''),
 ])

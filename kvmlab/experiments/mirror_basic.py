@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import WaitTimeout
+from ..events import Record
 from ..guest.workload import Workload
 from ..images import make_guest_disk
 from .common import ExperimentResult, LabRun, synced_manifest, verify_image
@@ -57,25 +59,38 @@ def mirror_basic(*, image_mib: int = 64, fill_mib: int = 16, disk_format: str = 
             t_start = time.monotonic()
             job = vm.mirror("drive0", target, target_format, sync=sync, speed=speed,
                             granularity=granularity, buf_size=buf_size)
-            ready = job.wait_ready(ready_timeout)
-            rec.mark("ready_seen", job=job.id)
-            time.sleep(after_ready_s)                 # guest keeps writing while in sync
+            try:
+                ready: Record | None = job.wait_ready(ready_timeout)
+            except WaitTimeout:
+                ready = None                          # diverging or stalled: a result, not a crash
+            if ready is None:
+                rec.mark("cancel", job=job.id, reason="not ready in time")
+                job.cancel(force=True)
+            else:
+                rec.mark("ready_seen", job=job.id)
+                time.sleep(after_ready_s)             # guest keeps writing while in sync
+                rec.mark("cancel", job=job.id)
             t_cut = time.monotonic()
-            rec.mark("cancel", job=job.id)
-            job.cancel()
+            if ready is not None:
+                job.cancel()
             outcome = job.wait_done(60)
             ops = vm.guest_ops()
-        manifest, in_flight = synced_manifest(vm, base, until=t_cut)
-        synced = [r for r in ops if r.mono < t_cut]
-        checked = verify_image(lab, target, manifest, cache=cache, accel=accel)
-        lab.verdict = {
-            "pass": checked["verify_pass"] and outcome.event == "BLOCK_JOB_COMPLETED"
-            and outcome.ok,
-            "job_end": outcome.event, "job_error": outcome.error,
-            "ops_before_cancel": len(synced), "ops_after_cancel": len(ops) - len(synced),
-            "ops_in_flight_at_cancel": len(in_flight),
-            "ops_during_mirror": sum(1 for r in ops if t_start <= r.mono < t_cut),
-            "time_to_ready_s": round(ready.mono - t_start, 3), "bytes_len": outcome.len,
-            **checked,
-        }
+        if ready is None:
+            lab.verdict = {"pass": False, "ready": False, "job_end": outcome.event,
+                           "reason": f"not ready within {ready_timeout:g} s",
+                           "bytes_len": outcome.len, "bytes_offset": outcome.offset}
+        else:
+            manifest, in_flight = synced_manifest(vm, base, until=t_cut)
+            synced = [r for r in ops if r.mono < t_cut]
+            checked = verify_image(lab, target, manifest, cache=cache, accel=accel)
+            lab.verdict = {
+                "pass": checked["verify_pass"] and outcome.event == "BLOCK_JOB_COMPLETED"
+                and outcome.ok, "ready": True,
+                "job_end": outcome.event, "job_error": outcome.error,
+                "ops_before_cancel": len(synced), "ops_after_cancel": len(ops) - len(synced),
+                "ops_in_flight_at_cancel": len(in_flight),
+                "ops_during_mirror": sum(1 for r in ops if t_start <= r.mono < t_cut),
+                "time_to_ready_s": round(ready.mono - t_start, 3), "bytes_len": outcome.len,
+                **checked,
+            }
     return lab.result()

@@ -1,0 +1,165 @@
+"""Sweeps: planning and validation, a real sweep with 2 workers, resume, a failing point,
+Ctrl-C, and the Dask path on a LocalCluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from kvmlab.cli import main
+from kvmlab.errors import BadInput
+from kvmlab.sweep import SweepSpec, collect, parse_grid, run_sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+NB = ROOT / "notebooks" / "01_mirror_basic.ipynb"
+# small and quick: a 48 MiB disk, 4 MiB of data, a short wait in the ready state
+TINY = {"image_mib": 48, "fill_mib": 4, "workload_kib": 128, "after_ready_s": 0.3,
+        "accel": "tcg", "ready_timeout": 60.0}
+
+
+def test_grid_is_a_cartesian_product() -> None:
+    spec = SweepSpec(NB, {"image_mib": 48}, parse_grid(["speed=0,1048576", "sync=full,top"]),
+                     repeat=2)
+    pts = spec.plan()
+    assert len(pts) == 8
+    assert {p.params["sync"] for p in pts} == {"full", "top"}
+    assert len({p.name for p in pts}) == 8          # distinct folders
+    assert all(p.params["image_mib"] == 48 for p in pts)
+
+
+@pytest.mark.parametrize("spec,msg", [
+    (SweepSpec(NB, grid={"no_such": [1, 2]}), "unknown parameter"),
+    (SweepSpec(NB, grid={"speed": ["fast"]}), "should be int"),
+    (SweepSpec(NB, params={"after_ready_s": "soon"}), "should be float"),
+    (SweepSpec(NB, grid={"speed": []}), "non-empty list"),
+    (SweepSpec(NB, grid={"speed": [0]}, points=[{"speed": 0}]), "either a grid"),
+    (SweepSpec(NB, repeat=0), "repeat"),
+])
+def test_bad_sweeps_rejected_before_anything_runs(spec: SweepSpec, msg: str,
+                                                  tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match=msg):
+        run_sweep(spec, tmp_path / "sw", progress=False)
+    assert not (tmp_path / "sw").exists()
+
+
+def test_cli_sweep_errors_are_one_line(tmp_path: Path) -> None:
+    res = CliRunner().invoke(main, ["sweep", str(NB), "--grid", "speed", "--out",
+                                    str(tmp_path / "x")])
+    assert res.exit_code == 2 and res.output.startswith("kvmlab: error: --grid")
+    res = CliRunner().invoke(main, ["sweep"])
+    assert res.exit_code == 2 and "NOTEBOOK or a sweep file" in res.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("notebook: ../x.ipynb\ngird: {}\n")
+    res = CliRunner().invoke(main, ["sweep", "-f", str(bad)])
+    assert res.exit_code == 2 and "unknown key(s) gird" in res.output
+
+
+def test_shipped_sweeps_are_valid() -> None:
+    for name, n in (("speed_vs_dirty_rate.yaml", 6), ("buffers.yaml", 6)):
+        spec = SweepSpec.from_yaml(ROOT / "notebooks" / "sweeps" / name)
+        assert spec.notebook == NB
+        assert len(spec.plan()) == n
+
+
+def test_sweep_two_workers_failing_point_resume_and_report(tmp_path: Path) -> None:
+    """>= 4 points against real QEMU with 2 workers, one failing point, then a resume."""
+    points = [{"speed": 0, "workload_rate_kib_s": 256},
+              {"speed": 0, "workload_rate_kib_s": 1024},
+              {"speed": 4194304, "workload_rate_kib_s": 256},
+              {"speed": 4194304, "workload_rate_kib_s": 1024},
+              {"speed": 0, "granularity": 3000}]       # rejected by kvmlab inside the notebook
+    spec = SweepSpec(NB, dict(TINY), points=points)
+    out = tmp_path / "sweep"
+    folder = run_sweep(spec, out, workers=2, progress=False)
+    frame = pd.read_parquet(folder / "results.parquet")
+    assert len(frame) == 5
+    done = frame[frame.point_status == "done"]
+    failed = frame[frame.point_status == "failed"]
+    assert len(done) == 4 and len(failed) == 1
+    assert "granularity=3000 must be a power of two" in failed.point_error.iloc[0]
+    assert set(done.convergence) == {"converged"} and done["pass"].astype(str).eq("True").all()
+    assert {"speed", "workload_rate_kib_s", "time_to_ready_s", "bytes_copied"} <= set(frame)
+    assert (folder / "results.csv").exists()
+    meta = json.loads((folder / "sweep.json").read_text())
+    s0 = meta["sessions"][0]
+    assert s0["points_run"] == 5 and s0["failed"] == 1 and s0["workers"] == 2
+    assert s0["speedup_vs_serial"] > 1.2     # two points really ran side by side
+    assert (folder / "report.html").exists()
+    assert (folder / "sweep_ttr_vs_speed.png").exists()
+    assert (folder / "sweep_convergence_map.png").exists()
+    # resume: nothing done is run again; the failed point is retried; an interrupted point
+    # (no point.json) starts afresh
+    victim = next(p for p in sorted((folder / "points").iterdir())
+                  if json.loads((p / "point.json").read_text())["status"] == "done")
+    (victim / "point.json").unlink()
+    run_sweep(spec, out, workers=2, progress=False, report=False)
+    s1 = json.loads((folder / "sweep.json").read_text())["sessions"][1]
+    assert s1["points_run"] == 2 and s1["failed"] == 1
+    assert len(collect(folder)) == 5
+    # a different sweep cannot reuse the folder
+    with pytest.raises(BadInput, match="different sweep"):
+        run_sweep(SweepSpec(NB, dict(TINY), points=points[:2]), out, progress=False)
+
+
+def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "kvmlab", "sweep", str(NB), "--out", str(out), "--workers", "2",
+           "--grid", "speed=0,4194304", "--grid", "workload_rate_kib_s=256,512", "--no-report"]
+    for k, v in TINY.items():
+        cmd += ["-p", k, str(v)]
+    from kvmlab import paths
+    scratch_before = set(paths.scratch_dir().glob("*")) if paths.scratch_dir().exists() else set()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # wait until points are really running (their QEMU exists), then Ctrl-C
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            qemus = subprocess.run(["pgrep", "-f", "qemu-system.*kvmlab-source"],
+                                   capture_output=True, text=True).stdout.split()
+            if qemus:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("no point started")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert "interrupted" in err
+    for _ in range(50):   # every QEMU the points started is gone
+        left = [p for p in qemus if Path(f"/proc/{p}").exists()]
+        if not left:
+            break
+        time.sleep(0.2)
+    assert not left
+    assert set(paths.scratch_dir().glob("*")) <= scratch_before, "images left in scratch"
+    assert (out / "sweep.json").exists()
+    assert not [p for p in (out / "points").iterdir() if (p / "point.json").exists()
+                and json.loads((p / "point.json").read_text())["status"] == "done"
+                and not list(p.rglob("run.json"))]
+
+
+def test_dask_local_cluster(tmp_path: Path) -> None:
+    from distributed import Client, LocalCluster
+    spec = SweepSpec(NB, dict(TINY), grid={"speed": [0, 4194304]})
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        folder = run_sweep(spec, tmp_path / "sweep", dask=client, progress=False,
+                           report=False)
+        hosts = {json.loads(p.read_text())["host"] for p in folder.rglob("point.json")}
+    frame = collect(folder)
+    assert len(frame) == 2 and (frame.point_status == "done").all()
+    assert set(frame.convergence) == {"converged"}
+    assert hosts == {os.uname().nodename}
+    meta = json.loads((folder / "sweep.json").read_text())
+    assert meta["sessions"][0]["dask"] is not None
