@@ -353,7 +353,7 @@ if {"speed_mib_s", "workload_rate_kib_s", "convergence"} <= set(ok.columns):
 if "mean_copy_rate" in ok:
     ok["copy_mib_s"] = ok["mean_copy_rate"].astype(float) / MIB
     for p in ("buf_size", "granularity"):
-        if p in ok and ok[p].notna().any():
+        if p in ok and ok[p].nunique() > 1:
             figs[f"sweep_throughput_vs_{p}.png"] = plots.metric_vs_param(
                 ok, p, "copy_mib_s", hue=("granularity" if p == "buf_size" else "buf_size") if {"buf_size", "granularity"} <= set(ok.columns) else None,
                 xscale="log", ylabel="mean copy rate (MiB/s)")
