@@ -293,8 +293,11 @@ def job_instances(samples: pd.DataFrame, events: pd.DataFrame) -> list[tuple[str
     """
     out: list[tuple[str, float, float]] = []
     if events is not None and not events.empty:
+        block = set(events.loc[events["name"].str.startswith("BLOCK_JOB_"), "job"].dropna())
+        # only block jobs: libvirt also runs image-creation jobs ("create-libvirt-2-format")
         created = events[(events["name"] == "JOB_STATUS_CHANGE")
-                         & (events["status"] == "created")].sort_values("t")
+                         & (events["status"] == "created")
+                         & events["job"].isin(block)].sort_values("t")
         for _, c in created.iterrows():
             job, start = str(c["job"]), float(c["t"])
             end = time_of(events, job, ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"), after=start)

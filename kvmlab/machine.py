@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import _proc, images, jobs, paths
+from .backends.base import Backend
 from .backends.qmp import QMPBackend
 from .errors import BadInput, LaunchError, StateError, WaitTimeout
 from .events import Record
@@ -171,7 +172,7 @@ class Machine:
         self.die_with_parent = die_with_parent
         self._proc: subprocess.Popen[bytes] | None = None
         self._tmpdir: str | None = None
-        self._backend: QMPBackend | None = None
+        self._backend: Backend | None = None
         self._console: Console | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self.exitcode: int | None = None
@@ -186,6 +187,11 @@ class Machine:
         self.shutdown()
 
     @property
+    def disk_id(self) -> str:
+        """How the job API names the first disk: ``drive0`` here (the seed's name)."""
+        return self.drives[0].id if self.drives else "drive0"
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
@@ -198,7 +204,7 @@ class Machine:
         return Path(self._tmpdir) if self._tmpdir else None
 
     @property
-    def backend(self) -> QMPBackend:
+    def backend(self) -> Backend:
         if self._backend is None:
             raise StateError("machine is not running: call launch() first")
         return self._backend
@@ -246,7 +252,8 @@ class Machine:
         try:
             manifest_file = self.manifest.write(tmp / "manifest") if self.manifest else None
             qmp_sock = tmp / "qmp.sock"
-            self._backend = QMPBackend.listen(qmp_sock)
+            qmp = QMPBackend.listen(qmp_sock)
+            self._backend = qmp
             self.command = self._command(accel, qmp_sock, manifest_file)
             prefix: list[str] = []
             if self.die_with_parent:
@@ -261,7 +268,7 @@ class Machine:
             self._finalizer = weakref.finalize(self, _reap, self._proc, self._tmpdir)
             assert self._proc.stdout is not None
             self._console = Console(self._proc.stdout, self.console_log)
-            self._backend.accept(30, self._exit_reason)
+            qmp.accept(30, self._exit_reason)
             self.accel = accel
         except BaseException as err:
             output = self._stderr_text()
@@ -286,7 +293,7 @@ class Machine:
         """Stop QEMU (QMP ``quit``, then SIGKILL) and remove everything it used.  Idempotent."""
         try:
             if self._proc is not None and self._proc.poll() is None:
-                if not hard and self._backend is not None:
+                if not hard and isinstance(self._backend, QMPBackend):
                     try:
                         self._backend.execute("quit", timeout=timeout)
                     except Exception:  # noqa: BLE001 - fall through to kill

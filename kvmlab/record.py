@@ -145,8 +145,8 @@ class Recorder:
         """Record an experiment step (``cancel``, ``fault_start``...) as an event; returns its t."""
         t = self.now()
         self._streams["events"].add({"t": t, "wall": time.time(), "source": "kvmlab",
-                                     "name": name, "job": data.get("job"),
-                                     "status": data.get("status"), "qemu_time": None,
+                                     "name": name, "job": _text(data.get("job")),
+                                     "status": _text(data.get("status")), "qemu_time": None,
                                      "data": json.dumps(data, default=str)})
         return t
 
@@ -154,8 +154,10 @@ class Recorder:
     def _on_qmp_event(self, rec: Record) -> None:
         d = rec.data
         self._streams["events"].add({
-            "t": rec.mono - self.t0, "wall": rec.wall, "source": "qmp", "name": rec.name,
-            "job": d.get("device") or d.get("id"), "status": d.get("status"),
+            "t": rec.mono - self.t0, "wall": rec.wall,
+            "source": "libvirt" if rec.name.startswith("libvirt:") else "qmp", "name": rec.name,
+            "job": _text(d.get("device") or d.get("id") or d.get("disk")),
+            "status": _text(d.get("status")),
             "qemu_time": rec.source, "data": json.dumps(dict(d), default=str)})
 
     def _on_console(self, rec: Record) -> None:
@@ -246,6 +248,11 @@ class Recorder:
             df = pd.DataFrame(list(stream.rows), columns=COLUMNS[name])
             out[name] = _typed(name, df)
         return out
+
+
+def _text(value: Any) -> str | None:
+    """Event columns hold text (libvirt's own events carry numbers where QMP has words)."""
+    return None if value is None else str(value)
 
 
 def _typed(name: str, df: pd.DataFrame) -> pd.DataFrame:

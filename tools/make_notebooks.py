@@ -53,6 +53,9 @@ def notebook(name: str, cells: list[nbf.NotebookNode]) -> None:
     nbf.write(nb, OUT / f"{name}.ipynb")
 
 
+BACKEND = '''
+backend = "qmp"           # "qmp" (kvmlab launches QEMU) or "libvirt" (a transient libvirt domain)
+libvirt_uri = "qemu:///system"'''
 COMMON = '''sample_interval = 0.1     # seconds between query-block-jobs samples
 cache = "none"            # the seed's cache mode
 accel = "auto"            # auto: KVM only if a guest really boots under it, else TCG'''
@@ -86,14 +89,15 @@ granularity = None        # dirty-bitmap granularity, bytes (power of two, 512 B
 buf_size = None           # copy buffer, bytes, None for QEMU's default
 after_ready_s = 2.0       # guest keeps working this long in the ready state
 ready_timeout = 300.0     # give up (verdict "not ready") if the job is not ready by then
-''' + COMMON),
+''' + COMMON + BACKEND),
     code(IMPORTS),
     code('''result = ex.mirror_basic(image_mib=image_mib, fill_mib=fill_mib, disk_format=disk_format,
                          workload_kib=workload_kib, workload_rate_kib_s=workload_rate_kib_s,
                          speed=speed, sync=sync, target_format=target_format,
                          granularity=granularity, buf_size=buf_size,
                          sample_interval=sample_interval, cache=cache, after_ready_s=after_ready_s,
-                         ready_timeout=ready_timeout, accel=accel, run_path=run_path)
+                         ready_timeout=ready_timeout, accel=accel, run_path=run_path,
+                         backend=backend, libvirt_uri=libvirt_uri)
 run = result.data
 print("run folder:", result.run_path)
 print("VERDICT:", "PASS" if result.passed else "FAIL")
@@ -122,20 +126,22 @@ writes; `stop`; sizes and `qemu-img info`; `commit drive0`; sizes again; `c`.
 
 kvmlab runs it twice: with the seed's HMP `commit drive0` (synchronous; the overlay stays the
 active image and is emptied) and with the QMP equivalent, `block-commit` of the active layer
-followed by `block-job-complete` (the drive then runs on the base). The verdict boots a new VM
+followed by `block-job-complete` (the drive then runs on the base). On a libvirt domain
+(`backend="libvirt"`) QEMU's HMP `commit` cannot name a `-blockdev` disk, so kvmlab carries the
+seed's `commit vda` out as libvirt's `blockCommit` (active) + pivot, synchronously like HMP. The verdict boots a new VM
 on **the base alone** and checks every change the guest made.'''),
     params_cell('''image_mib = 64
 fill_mib = 8              # data in the base before the overlay is made
 rounds = 4                # guest workload rounds written into the overlay
 workload_kib = 512
-''' + COMMON),
+''' + COMMON + BACKEND),
     code(IMPORTS),
     code('''results = {}
 for method in ("hmp", "qmp"):
     results[method] = ex.commit_stopped(method=method, image_mib=image_mib, fill_mib=fill_mib,
                                         rounds=rounds, workload_kib=workload_kib,
                                         sample_interval=sample_interval, cache=cache, accel=accel,
-                                        runs_dir=run_path)
+                                        runs_dir=run_path, backend=backend, libvirt_uri=libvirt_uri)
     show_verdict(results[method])'''),
     md("## Sizes before and after the commit, and the backing chain"),
     code('''rows = []
@@ -168,14 +174,14 @@ grows; a new VM booted from the mirror verifies every change.'''),
 fill_mib = 16
 workload_kib = 512
 post_pivot_writes = 4     # guest dd writes awaited after the pivot
-''' + COMMON),
+''' + COMMON + BACKEND),
     code(IMPORTS),
     code('''results = {}
 for paused in (True, False):
     results[paused] = ex.pivot(paused=paused, image_mib=image_mib, fill_mib=fill_mib,
                                workload_kib=workload_kib, post_pivot_writes=post_pivot_writes,
                                sample_interval=sample_interval, cache=cache, accel=accel,
-                               runs_dir=run_path)
+                               runs_dir=run_path, backend=backend, libvirt_uri=libvirt_uri)
     show_verdict(results[paused])'''),
     md('''## What `info block` reports after the pivot (QEMU 7.2)
 

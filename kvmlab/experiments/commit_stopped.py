@@ -31,7 +31,8 @@ def commit_stopped(*, method: str = "hmp", image_mib: int = 64, fill_mib: int = 
                    rounds: int = 4, workload_kib: int = 512, workload_rate_kib_s: float = 2048,
                    sample_interval: float = 0.1, cache: str = "none", accel: str = "auto",
                    runs_dir: str | Path | None = None, run_path: str | Path | None = None,
-                   keep_images: bool = False) -> ExperimentResult:
+                   keep_images: bool = False, backend: str = "qmp", libvirt_uri: str = "qemu:///system"
+                   ) -> ExperimentResult:
     """Run E3: ``stop``; commit the overlay (HMP ``commit drive0`` or QMP block-commit); ``c``.
 
     :param method: ``hmp`` (the seed's synchronous ``commit``) or ``qmp``
@@ -45,7 +46,8 @@ def commit_stopped(*, method: str = "hmp", image_mib: int = 64, fill_mib: int = 
         params.pop(key)
     workload = Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s, rounds=rounds)
     with LabRun("commit_stopped", params, runs_dir=runs_dir, run_path=run_path,
-                sample_interval=sample_interval, keep_images=keep_images) as lab:
+                sample_interval=sample_interval, keep_images=keep_images,
+                backend=backend, libvirt_uri=libvirt_uri) as lab:
         rec = lab.recorder
         (lab.workdir / "base").mkdir()
         base = lab.workdir / "base" / "base.img"
@@ -64,10 +66,10 @@ def commit_stopped(*, method: str = "hmp", image_mib: int = 64, fill_mib: int = 
             state_during = vm.backend.run_state()
             if method == "hmp":
                 rec.mark("commit", method="hmp")
-                vm.hmp("commit drive0")
+                vm.hmp(f"commit {vm.disk_id}")
             else:
                 rec.mark("commit", method="qmp")
-                job = vm.commit("drive0")
+                job = vm.commit(vm.disk_id)
                 job.wait_ready(120)
                 rec.mark("complete", job=job.id)
                 job.complete()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import paths
-from ..errors import KvmlabError
+from ..errors import BadInput, KvmlabError
 from ..events import Record
 from ..guest.workload import Manifest
 from ..images import file_size, sha256
@@ -19,6 +19,8 @@ from ..record import Recorder
 from ..runs import RunData, RunDir, load_run
 
 log = logging.getLogger(__name__)
+
+BACKENDS = ("qmp", "libvirt")
 
 
 @dataclass
@@ -45,7 +47,12 @@ class LabRun:
     def __init__(self, experiment: str, params: dict[str, Any], *,
                  runs_dir: str | Path | None = None, run_path: str | Path | None = None,
                  sample_interval: float = 0.1,
-                 keep_images: bool = False, scratch: str | Path | None = None) -> None:
+                 keep_images: bool = False, scratch: str | Path | None = None,
+                 backend: str = "qmp", libvirt_uri: str = "qemu:///system") -> None:
+        if backend not in BACKENDS:
+            raise BadInput(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
+        self.backend = backend
+        self.libvirt_uri = libvirt_uri
         self.experiment = experiment
         self.params = params
         self.runs_parent = Path(runs_dir) if runs_dir else None
@@ -93,7 +100,13 @@ class LabRun:
         return ExperimentResult(self.run.path, self.verdict or {}, load_run(self.run.path))
 
     def machine(self, disk: Path, label: str, **kwargs: Any) -> Machine:
-        """A Machine whose console goes to ``console-<label>.log`` in the run folder."""
+        """A lab VM on this run's backend (embedded QEMU, or a transient libvirt domain);
+        its console goes to ``console-<label>.log`` in the run folder."""
+        if self.backend == "libvirt":
+            from ..libvirt_lab import LibvirtMachine
+            kwargs.pop("accel", None)  # libvirt lab domains are type='qemu' (TCG)
+            return LibvirtMachine(disk, console_log=self.run.path / f"console-{label}.log",
+                                  name=f"kvmlab-{label}", uri=self.libvirt_uri, **kwargs)
         return Machine(disk, console_log=self.run.path / f"console-{label}.log",
                        name=f"kvmlab-{label}", **kwargs)
 
@@ -101,10 +114,11 @@ class LabRun:
         """Attach the recorder to *vm* and remember its accel/guest in run.json."""
         self.recorder.attach_machine(vm, label)
         machines = self.extra.setdefault("machines", {})
-        machines[label] = {"accel": vm.accel, "command": vm.command,
+        machines[label] = {"accel": vm.accel, "command": vm.command, "backend": self.backend,
                            "kernel": vm.guest.kernel_version, "cache": vm.drives[0].cache
                            if vm.drives else None}
         self.extra["accel"] = vm.accel
+        self.extra["backend"] = self.backend
         self.extra["guest_kernel"] = vm.guest.kernel_version
 
 

@@ -32,7 +32,8 @@ def mirror_basic(*, image_mib: int = 64, fill_mib: int = 16, disk_format: str = 
                  after_ready_s: float = 2.0, sample_interval: float = 0.1, cache: str = "none",
                  accel: str = "auto", ready_timeout: float = 300,
                  runs_dir: str | Path | None = None, run_path: str | Path | None = None,
-                 keep_images: bool = False) -> ExperimentResult:
+                 keep_images: bool = False, backend: str = "qmp", libvirt_uri: str = "qemu:///system"
+                 ) -> ExperimentResult:
     """Run E1 and return its result; the verdict passes when the copy holds every synced change.
 
     :param image_mib: guest disk size; :param fill_mib: random data already on it.
@@ -45,7 +46,8 @@ def mirror_basic(*, image_mib: int = 64, fill_mib: int = 16, disk_format: str = 
         params.pop(key)
     workload = Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s)
     with LabRun("mirror_basic", params, runs_dir=runs_dir, run_path=run_path,
-                sample_interval=sample_interval, keep_images=keep_images) as lab:
+                sample_interval=sample_interval, keep_images=keep_images,
+                backend=backend, libvirt_uri=libvirt_uri) as lab:
         rec = lab.recorder
         source = lab.workdir / f"disk.{disk_format}"
         target = lab.workdir / "x-mirror.img"
@@ -55,9 +57,9 @@ def mirror_basic(*, image_mib: int = 64, fill_mib: int = 16, disk_format: str = 
                          accel=accel) as vm:
             lab.note_machine(vm, "source")
             vm.wait_guest("op", timeout=120)          # the guest is busy: mirror now
-            rec.mark("mirror_start", job="drive0")
+            rec.mark("mirror_start", job=vm.disk_id)
             t_start = time.monotonic()
-            job = vm.mirror("drive0", target, target_format, sync=sync, speed=speed,
+            job = vm.mirror(vm.disk_id, target, target_format, sync=sync, speed=speed,
                             granularity=granularity, buf_size=buf_size)
             try:
                 ready: Record | None = job.wait_ready(ready_timeout)

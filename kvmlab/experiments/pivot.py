@@ -37,9 +37,9 @@ def mirror_and_complete(lab: LabRun, vm: Machine, target: Path, *, paused: bool 
     """Mirror drive0 to *target*, wait for ready, (stop), complete, (cont).  Returns facts."""
     rec = lab.recorder
     rec.track(target.stem, target)
-    rec.mark("mirror_start", job="drive0", target=str(target))
+    rec.mark("mirror_start", job=vm.disk_id, target=str(target))
     t0 = time.monotonic()
-    job = vm.mirror("drive0", target, sync=sync, speed=speed)
+    job = vm.mirror(vm.disk_id, target, sync=sync, speed=speed)
     ready = job.wait_ready(ready_timeout)
     if paused:
         rec.mark("stop")
@@ -66,7 +66,8 @@ def pivot(*, paused: bool = False, image_mib: int = 64, fill_mib: int = 16,
           disk_format: str = "qcow2", workload_kib: int = 512, workload_rate_kib_s: float = 2048,
           post_pivot_writes: int = 4, speed: int = 0, sample_interval: float = 0.1,
           cache: str = "none", accel: str = "auto", runs_dir: str | Path | None = None,
-          run_path: str | Path | None = None, keep_images: bool = False) -> ExperimentResult:
+          run_path: str | Path | None = None, keep_images: bool = False,
+          backend: str = "qmp", libvirt_uri: str = "qemu:///system") -> ExperimentResult:
     """Run E4: mirror, complete (with the VM paused or running), and check where writes go.
 
     :param paused: ``stop`` before ``block_job_complete`` and ``c`` after (the seed did both).
@@ -75,7 +76,8 @@ def pivot(*, paused: bool = False, image_mib: int = 64, fill_mib: int = 16,
     params = _params(dict(locals()))
     wl = Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s)
     with LabRun("pivot", params, runs_dir=runs_dir, run_path=run_path,
-                sample_interval=sample_interval, keep_images=keep_images) as lab:
+                sample_interval=sample_interval, keep_images=keep_images,
+                backend=backend, libvirt_uri=libvirt_uri) as lab:
         src = lab.workdir / "disk.img"
         tgt = lab.workdir / "x-mirror.img"
         base = make_guest_disk(src, image_mib, disk_format, fill_mib)

@@ -1,0 +1,185 @@
+"""A lab VM as a transient libvirt domain (TCG), for the libvirt backend's tests and demos.
+
+Same guest, same modes and the same :class:`~kvmlab.machine.Machine` interface as
+the embedded lab; only the launcher differs: ``virDomainCreateXML`` of a transient
+``type='qemu'`` domain, the serial console on a unix socket kvmlab reads, the
+verify manifest through ``<sysinfo type='fwcfg'>``.  ``shutdown`` destroys the
+domain; a transient domain leaves no definition behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+from . import _proc, images
+from .backends.libvirt import LibvirtBackend, _require_libvirt
+from .errors import BackendError, LaunchError, StateError, WaitTimeout
+from .guest.console import Console
+from .machine import TMP_PREFIX, Machine, reap_stale_tmpdirs
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URI = "qemu:///system"
+
+
+class LibvirtMachine(Machine):
+    """A :class:`Machine` run by libvirtd as a transient domain.  Disks are ``vda``, ``vdb``...
+
+    :param uri: the libvirt connection URI.
+    """
+
+    def __init__(self, *args: Any, uri: str = DEFAULT_URI, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.uri = uri
+        self.drives = [type(d)(d.path, f"vd{chr(ord('a') + i)}", d.format, d.cache, d.read_only)
+                       for i, d in enumerate(self.drives)]
+        self.domain_name = f"{self.name}-{secrets.token_hex(3)}"
+        self._dom: Any = None
+        self._sock: socket.socket | None = None
+
+    @property
+    def running(self) -> bool:
+        try:
+            return bool(self._dom is not None and self._dom.isActive())
+        except Exception:  # noqa: BLE001 - a destroyed transient domain is gone
+            return False
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    def domain_xml(self, manifest_file: Path | None, console_sock: Path) -> str:
+        dom = ET.Element("domain", type="qemu")
+        ET.SubElement(dom, "name").text = self.domain_name
+        ET.SubElement(dom, "memory", unit="MiB").text = str(self.memory_mib)
+        ET.SubElement(dom, "vcpu").text = "1"
+        os_ = ET.SubElement(dom, "os")
+        ET.SubElement(os_, "type", arch="x86_64", machine="pc").text = "hvm"
+        ET.SubElement(os_, "kernel").text = str(self.guest.kernel)
+        ET.SubElement(os_, "initrd").text = str(self.guest.initrd)
+        ET.SubElement(os_, "cmdline").text = self.kernel_cmdline()
+        feats = ET.SubElement(dom, "features")
+        ET.SubElement(feats, "acpi")  # the verify guest powers off through ACPI
+        if manifest_file is not None:
+            si = ET.SubElement(dom, "sysinfo", type="fwcfg")
+            ET.SubElement(si, "entry", name="opt/kvmlab/manifest", file=str(manifest_file))
+        for ev in ("on_poweroff", "on_reboot", "on_crash"):
+            ET.SubElement(dom, ev).text = "destroy"
+        dev = ET.SubElement(dom, "devices")
+        ET.SubElement(dev, "emulator").text = _proc.which(self.qemu)
+        for d in self.drives:
+            disk = ET.SubElement(dev, "disk", type="file", device="disk")
+            fmt = d.format or images.info(d.path)["format"]
+            ET.SubElement(disk, "driver", name="qemu", type=fmt, cache=d.cache)
+            ET.SubElement(disk, "source", file=str(d.path))
+            ET.SubElement(disk, "target", dev=d.id, bus="virtio")
+            if d.read_only:
+                ET.SubElement(disk, "readonly")
+        serial = ET.SubElement(dev, "serial", type="unix")
+        ET.SubElement(serial, "source", mode="bind", path=str(console_sock))
+        ET.SubElement(serial, "target", port="0")
+        ET.SubElement(dev, "memballoon", model="none")
+        return ET.tostring(dom, encoding="unicode")
+
+    def launch(self) -> None:
+        """Create the transient domain, attach the console and the libvirt backend."""
+        _require_libvirt()
+        import libvirt
+        if self._dom is not None:
+            raise StateError("machine already launched")
+        reap_stale_tmpdirs()
+        self._tmpdir = tempfile.mkdtemp(prefix=TMP_PREFIX)
+        tmp = Path(self._tmpdir)
+        os.chmod(tmp, 0o711)  # libvirt's QEMU must reach the console socket
+        (tmp / "owner.pid").write_text(f"{os.getpid()}\n")
+        try:
+            manifest_file = self.manifest.write(tmp / "manifest") if self.manifest else None
+            sock_path = tmp / "console.sock"
+            xml = self.domain_xml(manifest_file, sock_path)
+            self.command = ["virsh", "-c", self.uri, "create", f"<{self.domain_name}.xml>"]
+            (tmp / "domain.xml").write_text(xml)
+            try:
+                conn = libvirt.open(self.uri)
+            except libvirt.libvirtError as err:
+                raise BackendError(f"cannot connect to {self.uri}: {err}") from err
+            try:
+                self._dom = conn.createXML(xml, 0)
+            except libvirt.libvirtError as err:
+                raise LaunchError(f"libvirt could not start {self.domain_name}",
+                                  output=str(err)) from err
+            finally:
+                conn.close()
+            self.accel = "tcg"
+            self._sock = _connect_unix(sock_path, 10)
+            self._console = Console(self._sock.makefile("rb"), self.console_log)
+            self._backend = LibvirtBackend(self.uri, self.domain_name)
+        except BaseException:
+            self.shutdown(hard=True)
+            raise
+
+    def _exit_reason(self) -> str | None:
+        if self._dom is not None and not self.running:
+            return "the libvirt domain is no longer running"
+        return None
+
+    def shutdown(self, timeout: float = 10, hard: bool = False) -> None:
+        """Destroy the domain (it is transient: nothing stays defined) and clean up."""
+        try:
+            if self.running:
+                try:
+                    self._dom.destroy()
+                except Exception:  # noqa: BLE001 - it may have just powered off
+                    log.debug("destroy failed", exc_info=True)
+        finally:
+            self.exitcode = 0 if self._dom is not None else None
+            if self._backend is not None:
+                self._backend.close()
+            if self._sock is not None:
+                try:
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                self._sock.close()
+                self._sock = None
+            if self._console is not None:
+                self._console.join()
+            if self._tmpdir:
+                shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+            self._dom = None if not self.running else self._dom
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.running:
+            self._dom.destroy()
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        deadline = time.monotonic() + timeout
+        while self.running:
+            if time.monotonic() > deadline:
+                raise WaitTimeout(f"domain {self.domain_name} did not stop within {timeout:.0f} s")
+            time.sleep(0.2)
+        return 0
+
+
+def _connect_unix(path: Path, timeout: float) -> socket.socket:
+    deadline = time.monotonic() + timeout
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(str(path))
+            return s
+        except OSError:
+            s.close()
+            if time.monotonic() > deadline:
+                raise LaunchError(f"console socket {path} did not appear") from None
+            time.sleep(0.05)
