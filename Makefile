@@ -10,7 +10,7 @@ APT_PKGS := qemu-system-x86 qemu-utils qemu-block-extra busybox-static cpio e2fs
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: all setup apt venv guest libvirtd demo test clean
+.PHONY: all setup apt venv guest libvirtd demo test bench clean
 
 all: demo
 
@@ -54,6 +54,10 @@ demo: setup
 test: setup libvirtd
 	$(PY) -m mypy kvmlab
 	$(PY) -m pytest -v --durations=15 $(PYTEST_ARGS)
+
+# side-by-side measurements -> benchmarks/RESULTS.md and results.json (~15 min)
+bench: setup libvirtd
+	$(PY) benchmarks/run.py
 
 clean:
 	rm -rf data/scratch data/runs
