@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import images
-from ..errors import BadInput, JobError
+from ..errors import BadInput
 from ..guest.workload import Workload
 from ..images import FileSize, create_overlay, file_size, make_guest_disk
-from .common import ExperimentResult, LabRun, synced_manifest, verify_image
+from .common import ExperimentResult, LabRun, complete_and_wait, synced_manifest, verify_image
 
 METHODS = ("hmp", "qmp")
 
@@ -71,11 +71,7 @@ def commit_stopped(*, method: str = "hmp", image_mib: int = 64, fill_mib: int = 
                 rec.mark("commit", method="qmp")
                 job = vm.commit(vm.disk_id)
                 job.wait_ready(120)
-                rec.mark("complete", job=job.id)
-                job.complete()
-                outcome = job.wait_done(60)
-                if not outcome.ok:
-                    raise JobError(f"block-commit failed: {outcome.error}")
+                complete_and_wait(lab, job, "block-commit")
             drive_after = vm.block_info()[0]
             info_block = vm.hmp("info block")
             rec.mark("cont")

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import shutil
+from contextlib import contextmanager
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .. import paths
-from ..errors import BadInput, KvmlabError
+from ..errors import BadInput, JobError, KvmlabError
 from ..events import Record
-from ..guest.workload import Manifest
+from ..guest.workload import Manifest, Workload
+from ..jobs import Job
+from ..model import JobOutcome
 from ..images import file_size, sha256
 from ..machine import Machine
 from ..record import Recorder
@@ -176,3 +179,24 @@ def unchanged(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Same size and content in two :func:`snapshot_image` results."""
     return bool(a["exists"] and b["exists"] and a["sha256"] == b["sha256"]
                 and a["apparent"] == b["apparent"])
+
+
+@contextmanager
+def busy_vm(lab: LabRun, disk: Path, workload: Workload, *, cache: str, accel: str,
+            label: str = "vm") -> Iterator[Machine]:
+    """A lab VM in workload mode, recorded, once the guest has made its first operation."""
+    with lab.machine(disk, label, mode="workload", workload=workload, cache=cache,
+                     accel=accel) as vm:
+        lab.note_machine(vm, label)
+        vm.wait_guest("op", timeout=120)
+        yield vm
+
+
+def complete_and_wait(lab: LabRun, job: Job, what: str, timeout: float = 60) -> JobOutcome:
+    """``block-job-complete`` (marked in the recording); raise JobError if the job failed."""
+    lab.recorder.mark("complete", job=job.id)
+    job.complete()
+    outcome = job.wait_done(timeout)
+    if not outcome.ok:
+        raise JobError(f"{what} ended with {outcome.error}")
+    return outcome

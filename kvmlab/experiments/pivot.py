@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInput, JobError
+from ..errors import BadInput
 from ..guest.workload import Workload
 from ..images import make_guest_disk
 from ..machine import Machine
-from .common import (ExperimentResult, LabRun, snapshot_image, synced_manifest, unchanged,
-                     verify_image)
+from .common import (ExperimentResult, LabRun, busy_vm, complete_and_wait, snapshot_image,
+                     synced_manifest, unchanged, verify_image)
 
 
 def _params(loc: dict[str, Any]) -> dict[str, Any]:
@@ -44,11 +44,7 @@ def mirror_and_complete(lab: LabRun, vm: Machine, target: Path, *, paused: bool 
     if paused:
         rec.mark("stop")
         vm.hmp("stop")
-    rec.mark("complete", job=job.id)
-    job.complete()
-    outcome = job.wait_done(60)
-    if not outcome.ok:
-        raise JobError(f"mirror to {target} ended with {outcome.error}")
+    outcome = complete_and_wait(lab, job, f"mirror to {target}")
     drive = vm.block_info()[0]
     info_block = vm.hmp("info block")
     state = vm.backend.run_state()
@@ -81,10 +77,7 @@ def pivot(*, paused: bool = False, image_mib: int = 64, fill_mib: int = 16,
         src = lab.workdir / "disk.img"
         tgt = lab.workdir / "x-mirror.img"
         base = make_guest_disk(src, image_mib, disk_format, fill_mib)
-        with lab.machine(src, "vm", mode="workload", workload=wl, cache=cache,
-                         accel=accel) as vm:
-            lab.note_machine(vm, "vm")
-            vm.wait_guest("op", timeout=120)
+        with busy_vm(lab, src, wl, cache=cache, accel=accel) as vm:
             facts = mirror_and_complete(lab, vm, tgt, paused=paused, speed=speed)
             src_at_pivot, tgt_at_pivot = snapshot_image(src), snapshot_image(tgt)
             after = vm.wait_ops(post_pivot_writes, "dd", after=facts["t_pivot"])
@@ -120,10 +113,7 @@ def double_pivot(*, image_mib: int = 64, fill_mib: int = 16, disk_format: str = 
         second = lab.workdir / "mirror1.img"
         third = lab.workdir / "mirror2.img"
         base = make_guest_disk(first, image_mib, disk_format, fill_mib)
-        with lab.machine(first, "vm", mode="workload", workload=wl, cache=cache,
-                         accel=accel) as vm:
-            lab.note_machine(vm, "vm")
-            vm.wait_guest("op", timeout=120)
+        with busy_vm(lab, first, wl, cache=cache, accel=accel) as vm:
             p1 = mirror_and_complete(lab, vm, second)
             first_at_p1 = snapshot_image(first)
             vm.wait_ops(2, "dd", after=p1["t_pivot"])       # writes go to the second image
@@ -179,10 +169,7 @@ def remove_source(*, action: str = "move", move_to: str | Path | None = None,
         base = make_guest_disk(src, image_mib, disk_format, fill_mib)
         moved: Path | None = None
         try:
-            with lab.machine(src, "vm", mode="workload", workload=wl, cache=cache,
-                             accel=accel) as vm:
-                lab.note_machine(vm, "vm")
-                vm.wait_guest("op", timeout=120)
+            with busy_vm(lab, src, wl, cache=cache, accel=accel) as vm:
                 facts = mirror_and_complete(lab, vm, tgt)
                 src_at_pivot = snapshot_image(src)
                 t_remove = time.monotonic()
