@@ -145,3 +145,14 @@ def test_seed_experiments_through_libvirt(name: str, runs: Path) -> None:
     assert r.passed, r.verdict
     assert r.data.meta["backend"] == "libvirt"
     assert r.data.meta["params"]["backend"] == "libvirt"
+
+
+def test_notebook_parameter_selects_libvirt(tmp_path: Path) -> None:
+    import json
+    from kvmlab.batch import run_notebook
+    nb = Path(__file__).resolve().parent.parent / "notebooks" / "01_mirror_basic.ipynb"
+    out = run_notebook(nb, {"backend": "libvirt", "image_mib": 48, "fill_mib": 4,
+                            "after_ready_s": 0.5}, out=tmp_path / "r")
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["backend"] == "libvirt" and meta["verdict"]["pass"] is True
+    assert meta["machines"]["source"]["backend"] == "libvirt"
