@@ -313,7 +313,6 @@ class Machine:
             if self._proc is not None and self._proc.stdout:
                 self._proc.stdout.close()
             if self._tmpdir:
-                self._stderr_saved = self._stderr_text()
                 shutil.rmtree(self._tmpdir, ignore_errors=True)
             if self._finalizer is not None:
                 self._finalizer.detach()
