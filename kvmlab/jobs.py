@@ -141,11 +141,6 @@ class Job:
                 raise JobError(f"{self.id}: {why} before ready") from err
             raise
 
-    def errors(self) -> list[Record]:
-        """BLOCK_JOB_ERROR events of this job so far (action ``report``/``ignore``/``stop``)."""
-        return [r for r in self.backend.events.snapshot(self.since)
-                if r.name == "BLOCK_JOB_ERROR" and r.data.get("device") == self.id]
-
     def wait_done(self, timeout: float = 300) -> JobOutcome:
         """Wait for the job to end (COMPLETED or CANCELLED) and return how it ended."""
         rec = self.backend.events.wait(END_EVENTS, {"device": self.id}, since=self.since,

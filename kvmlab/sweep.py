@@ -83,7 +83,7 @@ class SweepSpec:
                 if not isinstance(values, list) or not values:
                     raise BadInput(f"grid {k} must be a non-empty list of values")
             keys = list(self.grid)
-            combos = [dict(zip(keys, vals)) for vals in itertools.product(*self.grid.values())]
+            combos = [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*self.grid.values())]
         else:
             combos = [{}]
         out: list[Point] = []

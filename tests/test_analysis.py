@@ -56,7 +56,7 @@ def test_known_stalls_found_within_one_interval() -> None:
     truth = [(3.0, 6.0), (10.0, 12.5)]
     st = analysis.stalls(synth(flat=truth), min_duration=1.0)
     assert len(st) == 2
-    for (a, b), (_, row) in zip(truth, st.iterrows()):
+    for (a, b), (_, row) in zip(truth, st.iterrows(), strict=True):
         assert abs(row["start"] - a) <= DT + 1e-9
         assert abs(row["end"] - b) <= DT + 1e-9
         assert row["kind"] == "stall"

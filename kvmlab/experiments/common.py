@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .. import paths
-from ..errors import BadInput, JobError, KvmlabError
-from ..events import Record
+from ..errors import BadInput, JobError
 from ..guest.workload import Manifest, Workload
 from ..jobs import Job
 from ..model import JobOutcome

@@ -82,9 +82,6 @@ class Console:
         finally:
             self.records.close()
 
-    def text(self) -> str:
-        return "\n".join(t for _, t in self.lines)
-
     def join(self, timeout: float = 5) -> None:
         self._thread.join(timeout)
         if self._log:

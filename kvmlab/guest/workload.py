@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import pandas as pd
 
 from ..errors import BadInput
 
@@ -122,11 +121,3 @@ class Manifest:
     def write(self, path: Path) -> Path:
         Path(path).write_text(self.text())
         return Path(path)
-
-    def to_frame(self) -> pd.DataFrame:
-        rows: list[dict[str, str | None]] = [
-            {"kind": "F", "path": p, "sha256": s} for p, s in sorted(self.files.items())]
-        rows += [{"kind": "D", "path": p, "sha256": None} for p in sorted(self.dirs)]
-        rows += [{"kind": "G", "path": p, "sha256": None} for p in sorted(self.gone)]
-        rows += [{"kind": "U", "path": p, "sha256": None} for p in sorted(self.unknown)]
-        return pd.DataFrame(rows, columns=["kind", "path", "sha256"])
