@@ -28,6 +28,8 @@ import pandas as pd
 from .runs import RunData
 
 ACTIVE_STATUSES = ("running", "ready")
+#: ``<name>_start`` marks that are steps, not fault windows
+NOT_FAULTS = ("recorder", "mirror", "workload")
 PAUSED_STATUSES = ("paused", "standby")
 MIB = 1024 * 1024
 
@@ -231,6 +233,81 @@ def job_error(events: pd.DataFrame, job: str) -> str | None:
         if data.get("error"):
             return str(data["error"])
     return None
+
+
+# -- faults --------------------------------------------------------------------------
+def fault_windows(events: pd.DataFrame) -> pd.DataFrame:
+    """Fault windows from kvmlab's marks: each ``<name>_start`` paired with the next
+    ``<name>_end`` (an unmatched start runs to the last event).  Columns: name, start,
+    end, duration, data (the start mark's fields)."""
+    cols = ["name", "start", "end", "duration", "data"]
+    if events is None or events.empty:
+        return pd.DataFrame(columns=cols)
+    ev = events[events["source"] == "kvmlab"].sort_values("t", kind="stable")
+    t_last = float(events["t"].max())
+    out: list[dict[str, Any]] = []
+    open_: dict[str, tuple[float, dict[str, Any]]] = {}
+    for _, e in ev.iterrows():
+        name = str(e["name"])
+        if name.endswith("_start") and name[: -len("_start")] not in NOT_FAULTS:
+            open_.setdefault(name[: -len("_start")], (float(e["t"]), _data(e)))
+        elif name.endswith("_end") and name[: -len("_end")] in open_:
+            base = name[: -len("_end")]
+            start, data = open_.pop(base)
+            out.append({"name": base, "start": start, "end": float(e["t"]),
+                        "duration": float(e["t"]) - start, "data": data})
+    for base, (start, data) in open_.items():
+        out.append({"name": base, "start": start, "end": t_last, "duration": t_last - start,
+                    "data": data})
+    return pd.DataFrame(out, columns=cols).sort_values("start", ignore_index=True)
+
+
+def progress_after(samples: pd.DataFrame, t: float, job: str | None = None,
+                   threshold: int = 1) -> float | None:
+    """Seconds from *t* to the first sample whose offset is at least *threshold* bytes past
+    the offset at *t* (the job's first progress after a fault ended); None if never."""
+    s = job_samples(samples, job)
+    if s.empty:
+        return None
+    before = s[s["t"] <= t]
+    base = int(before["offset"].iloc[-1]) if not before.empty else int(s["offset"].iloc[0])
+    later = s[(s["t"] > t) & (s["offset"] >= base + threshold)]
+    return float(later["t"].iloc[0]) - t if not later.empty else None
+
+
+def during(periods: pd.DataFrame, start: float, end: float) -> pd.DataFrame:
+    """The rows of a periods frame (stalls, paused periods) overlapping [start, end]."""
+    if periods.empty:
+        return periods
+    return periods[(periods["start"] <= end) & (periods["end"] >= start)]
+
+
+def fault_effect(samples: pd.DataFrame, events: pd.DataFrame, start: float, end: float,
+                 job: str | None = None) -> dict[str, Any]:
+    """What the job did in the fault window [start, end]: the statuses and io-statuses it
+    reported, the bytes it copied, error events, the longest stall overlapping the window,
+    and the seconds from *end* to its first progress (None: none recorded)."""
+    s = job_samples(samples, job)
+    w = s[(s["t"] >= start) & (s["t"] <= end)]
+    ev = events[(events["t"] >= start) & (events["t"] <= end + 1.0)] if not events.empty \
+        else events
+    st = during(stalls(samples, job, min_duration=min(2.0, max(0.5, (end - start) / 2))),
+                start, end)
+    copied = int(w["offset"].max() - w["offset"].min()) if len(w) else 0
+    return {
+        "window_s": round(end - start, 3),
+        "statuses": sorted(set(w["status"].dropna().astype(str))) if len(w) else [],
+        "io_statuses": sorted(set(w["io_status"].dropna().astype(str))) if len(w) else [],
+        "bytes_copied_in_window": copied,
+        "samples_in_window": int(len(w)),
+        "job_errors": int((ev["name"] == "BLOCK_JOB_ERROR").sum()) if len(ev) else 0,
+        "stall_s": round(float(st["duration"].max()), 3) if len(st) else 0.0,
+        "first_progress_after_s": _round(progress_after(samples, end, job)),
+    }
+
+
+def _round(x: float | None, nd: int = 3) -> float | None:
+    return None if x is None else round(x, nd)
 
 
 # -- verdicts ------------------------------------------------------------------------

@@ -92,7 +92,8 @@ def reap_stale_tmpdirs() -> list[Path]:
     (pdeathsig) and the next launch removes what was left.  Returns what it removed.
     """
     removed = []
-    for d in Path(tempfile.gettempdir()).glob(TMP_PREFIX + "*"):
+    tmp = Path(tempfile.gettempdir())
+    for d in [*tmp.glob(TMP_PREFIX + "*"), *tmp.glob("kvmlab-fault-*")]:
         try:
             owner = int((d / "owner.pid").read_text())
         except (OSError, ValueError):

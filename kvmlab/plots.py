@@ -29,8 +29,10 @@ EVENT_LABELS = {
     "BLOCK_JOB_CANCELLED": "cancelled", "BLOCK_JOB_ERROR": "error", "stop": "stop",
     "cont": "cont", "commit": "commit", "source_moved": "old image moved",
     "source_deleted": "old image deleted", "BLOCK_IO_ERROR": "I/O error",
+    "resume_after_error": "resume", "remirror": "mirror again",
 }
 STALL_COLOR = "tab:red"
+FAULT_COLOR = "tab:purple"
 PAUSE_COLOR = "0.6"
 
 
@@ -61,9 +63,14 @@ def _event_label(ev: pd.Series) -> str:
 
 
 def mark_events(ax: Axes, events: pd.DataFrame | None, label: bool = True) -> None:
-    """Labelled vertical lines for the run's milestones."""
+    """Labelled vertical lines for the run's milestones; fault windows shaded."""
     if events is None or events.empty:
         return
+    for i, (_, f) in enumerate(analysis.fault_windows(events).iterrows()):
+        seen = {h.get_label() for h in ax.patches}
+        name = f"fault: {f['name']}"
+        ax.axvspan(f["start"], f["end"], color=FAULT_COLOR, alpha=0.12, linewidth=0,
+                   label=name if name not in seen and i < 6 else None)
     ev = events[events["name"].isin(list(EVENT_LABELS))]
     for _, e in ev.iterrows():
         color = "tab:red" if e["name"] in ("BLOCK_JOB_ERROR", "fault_start") else "0.35"

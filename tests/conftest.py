@@ -26,13 +26,17 @@ SESSION_TOKEN = f"KVMLAB_TEST_SESSION={uuid.uuid4().hex}"
 os.environ["KVMLAB_TEST_SESSION"] = SESSION_TOKEN.split("=", 1)[1]
 
 
+#: the programs kvmlab starts: QEMU, and the fault injectors' daemons
+DAEMONS = ("qemu-system", "qemu-storage-daemon", "ganesha.nfsd", "rpcbind")
+
+
 def qemu_pids() -> set[int]:
-    """PIDs of QEMU processes started by this test session."""
+    """PIDs of QEMU (and fault daemon) processes started by this test session."""
     out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
     pids = set()
     for line in out.splitlines():
         pid, _, args = line.strip().partition(" ")
-        if "qemu-system" not in args:
+        if not any(d in args for d in DAEMONS):
             continue
         try:
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
@@ -44,7 +48,8 @@ def qemu_pids() -> set[int]:
 
 
 def vm_tmpdirs() -> set[str]:
-    return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("kvmlab-vm-")}
+    return {p for p in os.listdir(tempfile.gettempdir())
+            if p.startswith(("kvmlab-vm-", "kvmlab-fault-"))}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -66,7 +71,7 @@ def nothing_left_behind() -> Iterator[None]:
             os.kill(pid, 9)
         except ProcessLookupError:
             pass
-    assert not left, f"QEMU processes left running: {sorted(left)}"
+    assert not left, f"QEMU or fault daemon processes left running: {sorted(left)}"
     assert not (vm_tmpdirs() - before_dirs), "VM temp dirs left behind"
 
 

@@ -41,6 +41,5 @@ def test_seed_summary_notebook(tmp_path: Path) -> None:
     table = pd.read_csv(out / "seed_summary.csv")
     assert list(table.experiment) == ["E1", "E2", "E3", "E4", "E5", "E6", "E7"]
     ran = table[table.verdict != "not run"]
-    assert len(ran) == 6 and (ran.verdict == "PASS").all() and ran.agrees.all()
-    assert table.set_index("experiment").loc["E2", "verdict"] == "not run"
+    assert len(ran) == 7 and (ran.verdict == "PASS").all() and ran.agrees.all()
     assert "agree with the seed" in (out / "08_seed_summary.html").read_text()

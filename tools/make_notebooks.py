@@ -47,6 +47,8 @@ def params_cell(text: str) -> nbf.NotebookNode:
 
 def notebook(name: str, cells: list[nbf.NotebookNode]) -> None:
     nb = nbf.v4.new_notebook()
+    for i, cell in enumerate(cells):
+        cell.id = f"{name.split('_')[0]}-{i:02d}"     # stable ids: regenerating changes nothing
     nb.cells = cells
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
@@ -115,6 +117,66 @@ display(analysis.stalls(run.samples))'''),
 display(ops.groupby(["machine", "op"]).size().rename("count").to_frame())
 ev = run.events
 display(ev[ev.source != "guest"][["t", "source", "name", "job", "status"]].round(3))'''),
+])
+
+# -- E2 -------------------------------------------------------------------------------------
+notebook("02_mirror_nfs_outage", [
+    md('''# E2 — mirror to NFS, stop the NFS server mid-mirror, start it again
+
+Seed: host1 exports `/data/mirror` over NFS, host2 mirrors the VM's disk into it; mid-mirror
+`service nfs stop` on host1; `info block-jobs` shows the job no longer progressing while the
+guest keeps working; `service nfs start`; after a while the job progresses again; cancel when
+synced; boot the copy; all changes present.
+
+Here the NFS server is a real **nfs-ganesha** on 127.0.0.1 (NFSv3, VFS backend, with rpcbind),
+and QEMU writes through its own NFS client (libnfs, `nfs://127.0.0.1/<export>/x-mirror.img`).
+kvmlab starts and stops the server itself. Two outage modes:
+
+- `stop`: the server process ends (as `service nfs stop`); a new one starts on the same export;
+- `freeze`: the server is SIGSTOPped, then SIGCONTed — a hard-mounted server that hangs.
+
+The outage window is shaded on every plot, the stall analysis is applied to it, and the time from
+the server's return to the job's first progress is measured. If the job fails or pauses on the
+error (depending on `on_target_error`), the documented recovery step is taken and recorded:
+`block-job-resume` for a paused job, or a new mirror onto the same image (`mode=existing`).'''),
+    params_cell('''outage = "stop"           # "stop" (server process ends, then a new one) or "freeze" (SIGSTOP then SIGCONT)
+outage_after_s = 2.0      # seconds after the mirror starts when the server goes away
+outage_s = 5.0            # how long the server stays away
+on_target_error = "report"  # the mirror's policy: report, ignore, enospc or stop
+image_mib = 64
+fill_mib = 24
+speed = 4194304           # bytes/s, so that the outage falls mid-copy
+workload_kib = 256
+workload_rate_kib_s = 512
+''' + COMMON),
+    code(IMPORTS),
+    code('''result = ex.mirror_nfs_outage(outage=outage, outage_after_s=outage_after_s, outage_s=outage_s,
+                              on_target_error=on_target_error, image_mib=image_mib, fill_mib=fill_mib,
+                              speed=speed, workload_kib=workload_kib,
+                              workload_rate_kib_s=workload_rate_kib_s, sample_interval=sample_interval,
+                              cache=cache, accel=accel, run_path=run_path)
+run = result.data
+v = result.verdict
+print("run folder:", result.run_path)
+print("VERDICT:", "PASS" if result.passed else "FAIL")
+show_verdict(result)'''),
+    md("## The outage window: what QEMU reported"),
+    code('''display(analysis.fault_windows(run.events).round(3))
+print(f"during the {v['outage_window_s']} s outage ({outage}) the job reported status {v['outage_statuses']} "
+      f"and io-status {v['outage_io_statuses']}, copied {v['outage_bytes_copied_in_window']} bytes, "
+      f"raised {v['outage_job_errors']} BLOCK_JOB_ERROR events; longest stall {v['outage_stall_s']} s")
+print("behaviour:", v["behaviour"], "| recovery steps:", v["recovery_steps"] or "none needed")
+print("first progress after the server came back:", v["outage_first_progress_after_s"], "s")
+print("guest operations completed during the outage:", v["ops_during_outage"])'''),
+    md("## Analysis and dashboard (outage shaded)"),
+    code('''show_run(result)
+display(analysis.stalls(run.samples))'''),
+    md('''## Compared with the seed
+
+The seed saw the job "no longer progressing", then progressing again "after a while", and a copy
+holding every change. The verdict above checks the last part by booting the copy; the `behaviour`
+line says whether QEMU 7.2 stalled with status `running` (the seed's observation), paused, or failed,
+under this run's `on_target_error` policy.'''),
 ])
 
 # -- E3 -------------------------------------------------------------------------------------
@@ -271,9 +333,9 @@ print(f"full mirror copied {v['bytes_ratio_full_over_shallow']:.1f}x the bytes o
 notebook("08_seed_summary", [
     md('''# The seed's experiments, all in one run
 
-Runs E1 and E3–E7 at small sizes and prints one table: experiment, verdict, time to ready,
-bytes copied, the seed's conclusion and whether this run agrees with it. E2 (mirror through an
-NFS outage) needs the NFS fault-injection work and is listed as not run until it exists.'''),
+Runs E1–E7 at small sizes and prints one table: experiment, verdict, time to ready,
+bytes copied, the seed's conclusion and whether this run agrees with it. E2 runs against a real
+NFS server (nfs-ganesha on loopback) stopped for 3 s mid-mirror.'''),
     params_cell('''image_mib = 48
 fill_mib = 8
 ''' + COMMON),
@@ -282,7 +344,7 @@ fill_mib = 8
 small = dict(image_mib=image_mib, fill_mib=fill_mib)
 runs = {
     "E1": lambda: ex.mirror_basic(**small, after_ready_s=1.0, **common),
-    "E2": None,
+    "E2": lambda: ex.mirror_nfs_outage(**small, outage="stop", outage_after_s=0.5, outage_s=3.0, **common),
     "E3": lambda: ex.commit_stopped(**small, method="hmp", **common),
     "E4": lambda: ex.pivot(**small, paused=True, **common),
     "E5": lambda: ex.double_pivot(**small, **common),

@@ -7,6 +7,7 @@ machine-checked verdict.  Experiments never draw: plots read the saved run.
 seed   function                    what it shows
 =====  ==========================  ===============================================
 E1     :func:`mirror_basic`        mirror during guest file operations, cancel, verify
+E2     :func:`mirror_nfs_outage`   mirror to NFS through a server outage, verify
 E3     :func:`commit_stopped`      commit an overlay into its base while stopped
 E4     :func:`pivot`               block_job_complete switches the VM's image
 E5     :func:`double_pivot`        two pivots in a row
@@ -18,6 +19,7 @@ E7     :func:`shallow_existing`    ``-n`` mirror onto an overlay of the same bas
 from .commit_stopped import commit_stopped
 from .common import ExperimentResult, LabRun, verify_image
 from .mirror_basic import mirror_basic
+from .nfs_outage import mirror_nfs_outage
 from .pivot import double_pivot, pivot, remove_source
 from .shallow import shallow_existing
 
@@ -32,5 +34,6 @@ SEED_CONCLUSIONS = {
     "E7": "-n onto an overlay of the same base copies the least data, fastest",
 }
 
-__all__ = ["ExperimentResult", "LabRun", "verify_image", "mirror_basic", "commit_stopped",
+__all__ = ["ExperimentResult", "LabRun", "verify_image", "mirror_basic", "mirror_nfs_outage",
+           "commit_stopped",
            "pivot", "double_pivot", "remove_source", "shallow_existing", "SEED_CONCLUSIONS"]

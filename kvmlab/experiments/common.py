@@ -8,10 +8,10 @@ from contextlib import contextmanager
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .. import paths
-from ..errors import BadInput, JobError
+from ..errors import BadInput, JobError, WaitTimeout
 from ..guest.workload import Manifest, Workload
 from ..jobs import Job
 from ..model import JobOutcome
@@ -199,3 +199,44 @@ def complete_and_wait(lab: LabRun, job: Job, what: str, timeout: float = 60) -> 
     if not outcome.ok:
         raise JobError(f"{what} ended with {outcome.error}")
     return outcome
+
+
+def drive_to_ready(lab: LabRun, job: Job, timeout: float,
+                   restart: Callable[[], Job] | None = None, max_restarts: int = 3,
+                   poll: float = 0.1) -> tuple[Job, list[dict[str, Any]]]:
+    """Bring *job* to ready after a fault, by the documented recovery steps; return the
+    (possibly new) job and the steps taken (each also marked in the recording).
+
+    - a job paused by an error (``on-target-error=stop``/``enospc``: status ``paused``,
+      io-status ``failed`` or ``nospace``) is resumed (``block-job-resume``);
+    - a job that ended with an error is started again by *restart* (a new mirror onto
+      the same target, ``mode=existing``), at most *max_restarts* times.
+
+    :raise WaitTimeout: not ready within *timeout* seconds.
+    :raise JobError: the job ended with an error and there is no *restart* left.
+    """
+    steps: list[dict[str, Any]] = []
+    rec = lab.recorder
+    deadline = time.monotonic() + timeout
+    while True:
+        end = job.ended
+        if end is not None:
+            err = end.data.get("error")
+            if not err or restart is None or max_restarts <= 0:
+                raise JobError(f"{job.id} ended ({end.name}{': ' + err if err else ''}) "
+                               "before it was ready")
+            max_restarts -= 1
+            t = rec.mark("remirror", job=job.id, after_error=err)
+            steps.append({"step": "remirror", "t": t, "after_error": err})
+            job = restart()
+        elif job.is_ready:
+            return job, steps
+        else:
+            info = job.info()
+            if info is not None and info.paused and info.io_status != "ok":
+                t = rec.mark("resume_after_error", job=job.id, io_status=info.io_status)
+                steps.append({"step": "resume", "t": t, "io_status": info.io_status})
+                job.resume()
+        if time.monotonic() > deadline:
+            raise WaitTimeout(f"{job.id} not ready {timeout:g} s after the fault")
+        time.sleep(poll)

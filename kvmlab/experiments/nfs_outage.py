@@ -1,0 +1,139 @@
+"""Seed experiment 2: mirror to NFS, stop the NFS server mid-mirror, start it again.
+
+The seed's steps, automated against a real NFS server (nfs-ganesha on
+loopback) and QEMU's own NFS client (libnfs):
+
+1. a running VM whose guest is busy with its file operations;
+2. ``drive_mirror -f drive0 nfs://127.0.0.1/<export>/x-mirror.img``, rate
+   limited so that the copy is still under way when
+3. the server goes away (``stop``: the process ends, as ``service nfs stop``;
+   ``freeze``: SIGSTOP, a hung server) for *outage_s* seconds while the guest
+   keeps working -- the recorder sees what QEMU reports meanwhile;
+4. the server comes back (a new process on the same export, or SIGCONT);
+   the time to the job's first progress after that is measured;
+5. if the job failed or paused on the error (depending on *on_target_error*),
+   the documented recovery step: ``block-job-resume``, or a new mirror onto
+   the same image (``mode=existing``);
+6. once ready, ``block_job_cancel``; a fresh VM boots the copy and checks
+   every operation the guest had synced before the cancel, including those
+   made during the outage.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import analysis
+from ..faults.nfs import OUTAGE_MODES, NfsServer
+from ..errors import BadInput
+from ..guest.workload import Workload
+from ..images import make_guest_disk
+from ..jobs import Job
+from ..model import ERROR_POLICIES_TARGET
+from .common import (ExperimentResult, LabRun, busy_vm, drive_to_ready, synced_manifest,
+                     verify_image)
+
+
+def mirror_nfs_outage(*, outage: str = "stop", outage_after_s: float = 2.0,
+                      outage_s: float = 5.0, on_target_error: str = "report",
+                      image_mib: int = 64, fill_mib: int = 24, disk_format: str = "qcow2",
+                      target_format: str = "qcow2", speed: int = 4 * 1024 * 1024,
+                      buf_size: int | None = 256 * 1024, workload_kib: int = 256,
+                      workload_rate_kib_s: float = 512, after_ready_s: float = 1.0,
+                      recover_timeout: float = 180, sample_interval: float = 0.1,
+                      cache: str = "none", accel: str = "auto",
+                      runs_dir: str | Path | None = None, run_path: str | Path | None = None,
+                      keep_images: bool = False) -> ExperimentResult:
+    """Run E2; the verdict passes when the copy holds every synced change, outage included.
+
+    :param outage: ``stop`` (server process ends, a new one starts) or ``freeze``
+        (SIGSTOP/SIGCONT).
+    :param outage_after_s: seconds after the mirror starts when the server goes away.
+    :param speed: copy limit (bytes/s) so the outage falls mid-copy.
+    :param on_target_error: the mirror's policy: report, ignore, enospc or stop.
+    """
+    if outage not in OUTAGE_MODES:
+        raise BadInput(f"outage={outage!r} is not one of {', '.join(OUTAGE_MODES)}")
+    if on_target_error not in ERROR_POLICIES_TARGET:
+        raise BadInput(f"on_target_error={on_target_error!r} is not one of "
+                       f"{', '.join(ERROR_POLICIES_TARGET)}")
+    if outage_s <= 0 or outage_after_s < 0:
+        raise BadInput("outage_s must be > 0 and outage_after_s >= 0")
+    params: dict[str, Any] = {k: v for k, v in locals().items()
+                              if k not in ("runs_dir", "run_path")}
+    workload = Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s)
+    with LabRun("mirror_nfs_outage", params, runs_dir=runs_dir, run_path=run_path,
+                sample_interval=sample_interval, keep_images=keep_images) as lab:
+        rec = lab.recorder
+        source = lab.workdir / f"disk.{disk_format}"
+        export = lab.workdir / "nfs-export"
+        export.mkdir()
+        local_copy = export / "x-mirror.img"
+        base = make_guest_disk(source, image_mib, disk_format, fill_mib)
+        rec.track("target (NFS export)", local_copy)
+        with NfsServer(export, mark=rec.mark) as nfs, \
+                busy_vm(lab, source, workload, cache=cache, accel=accel, label="source") as vm:
+            url = nfs.url(local_copy.name)
+            lab.extra["nfs"] = {"url": url, "server": "nfs-ganesha (VFS), NFSv3/TCP"}
+
+            def start(mode: str) -> Job:
+                rec.mark("mirror_start", job=vm.disk_id, target=url, mode=mode)
+                return vm.mirror(vm.disk_id, url, target_format, mode=mode, speed=speed,
+                                 buf_size=buf_size, on_target_error=on_target_error)
+
+            job = start("absolute-paths")
+            t_mirror = time.monotonic()
+            time.sleep(outage_after_s)
+            before = job.info()
+            ops_before = len(vm.guest_ops())
+            with nfs.outage(outage):
+                time.sleep(outage_s)
+            ops_during = len(vm.guest_ops()) - ops_before
+            t_back = rec.now()
+            job, steps = drive_to_ready(lab, job, recover_timeout,
+                                        restart=lambda: start("existing"))
+            t_ready = time.monotonic()
+            time.sleep(after_ready_s)
+            rec.mark("cancel", job=job.id)
+            t_cut = time.monotonic()
+            job.cancel()
+            outcome = job.wait_done(60)
+        frames = rec.frames()
+        windows = analysis.fault_windows(frames["events"])
+        w = windows[windows["name"] == "nfs_outage"].iloc[0]
+        effect = analysis.fault_effect(frames["samples"], frames["events"], float(w["start"]),
+                                       float(w["end"]), job.id)
+        manifest, in_flight = synced_manifest(vm, base, until=t_cut)
+        checked = verify_image(lab, local_copy, manifest, cache=cache, accel=accel)
+        lab.verdict = {
+            "pass": bool(checked["verify_pass"] and outcome.ok
+                         and outcome.event == "BLOCK_JOB_COMPLETED"),
+            "outage": outage, "on_target_error": on_target_error,
+            "mid_copy_at_outage": bool(before is not None and not before.ready
+                                       and before.offset < before.len),
+            "behaviour": _behaviour(effect, steps),
+            **{f"outage_{k}": v for k, v in effect.items()},
+            "recovery_steps": [s["step"] for s in steps],
+            "outage_end_t": round(t_back, 3),
+            "ops_during_outage": ops_during, "ops_in_flight_at_cancel": len(in_flight),
+            "job_end": outcome.event, "job_error": outcome.error,
+            "time_to_ready_s": round(t_ready - t_mirror, 3),
+            **checked,
+        }
+    return lab.result()
+
+
+def _behaviour(effect: dict[str, Any], steps: list[dict[str, Any]]) -> str:
+    """One word for what QEMU did during the outage: stalled, paused, failed or unaffected.
+
+    Stalled: no progress for at least half the window (the window ends once the server
+    serves again, so the job may resume just before its end)."""
+    if any(s["step"] == "remirror" for s in steps):
+        return "failed"
+    if any(s["step"] == "resume" for s in steps) or "paused" in effect["statuses"]:
+        return "paused"
+    if effect["statuses"] and effect["stall_s"] >= effect["window_s"] / 2:
+        return "stalled"
+    return "unaffected"

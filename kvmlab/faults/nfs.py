@@ -1,0 +1,224 @@
+"""A real NFS server on loopback: nfs-ganesha (VFS backend) with rpcbind.
+
+There is no kernel NFS server on these machines; the userspace server
+``ganesha.nfsd`` exports one folder over NFSv3 on 127.0.0.1, and QEMU's own
+NFS client (libnfs, from ``qemu-block-extra``) opens
+``nfs://127.0.0.1/<folder>/<file>`` -- NFSv3 mounts by the export's *Path*.
+
+The seed's experiment 2 stops the NFS service mid-mirror and starts it again:
+:meth:`NfsServer.outage` does that in two modes,
+
+- ``stop``: the server process ends (SIGTERM, as ``service nfs stop``), and a
+  new one starts on the same export when the outage ends;
+- ``freeze``: SIGSTOP, then SIGCONT -- a hard-mounted server that hangs.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from .. import _proc
+from ..errors import BadInput, LaunchError, StateError
+from .base import Mark, ProcessGroup, marked, no_mark, private_tmpdir, remove_tree, wait_until
+
+OUTAGE_MODES = ("stop", "freeze")
+RPCBIND_SOCK = Path("/run/rpcbind.sock")
+
+CONFIG = """\
+NFS_CORE_PARAM {{
+    Protocols = 3;
+    Bind_addr = 127.0.0.1;
+    NFS_Port = {port};
+    Enable_NLM = false;
+    Enable_RQUOTA = false;
+}}
+NFSv4 {{
+    Graceless = true;
+    RecoveryBackend = fs;
+    RecoveryRoot = "{tmp}/recovery";
+}}
+EXPORT_DEFAULTS {{
+    Access_Type = RW;
+    Squash = No_Root_Squash;
+}}
+EXPORT {{
+    Export_Id = 1;
+    Path = "{export}";
+    Pseudo = "/kvmlab";
+    Protocols = 3;
+    Transports = TCP;
+    SecType = sys;
+    Access_Type = RW;
+    Squash = No_Root_Squash;
+    FSAL {{ Name = VFS; }}
+}}
+LOG {{
+    Default_Log_Level = EVENT;
+}}
+"""
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _registered(program: str) -> bool:
+    rc, out, _ = _proc.run_rc(["rpcinfo", "-p", "127.0.0.1"], timeout=10)
+    return rc == 0 and any(program in line.split() for line in out.splitlines())
+
+
+class NfsServer:
+    """nfs-ganesha exporting *export_dir* on 127.0.0.1 (NFSv3 over TCP).
+
+    A context manager: on exit the server, and the rpcbind it started (if
+    none was running), are stopped and its temp dir removed.
+
+    :param export_dir: an existing folder on a local file system.
+    :param mark: records fault events (``Recorder.mark``).
+    """
+
+    def __init__(self, export_dir: str | Path, *, mark: Mark | None = None,
+                 port: int = 2049) -> None:
+        self.export_dir = Path(export_dir).resolve()
+        if not self.export_dir.is_dir():
+            raise BadInput(f"NFS export folder {self.export_dir} does not exist")
+        if "," in str(self.export_dir) or '"' in str(self.export_dir):
+            raise BadInput(f"NFS export folder {self.export_dir} may not contain ',' or '\"'")
+        self.port = port
+        self.mark = mark or no_mark
+        self.tmp: Path | None = None
+        self.rpcbind: ProcessGroup | None = None
+        self.server: ProcessGroup | None = None
+        self.starts = 0
+
+    def __enter__(self) -> "NfsServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def url(self, name: str) -> str:
+        """The ``nfs://`` URL QEMU opens for file *name* in the export."""
+        if "/" in name or not name:
+            raise BadInput(f"NFS file name {name!r} must be a plain file name")
+        return f"nfs://127.0.0.1{self.export_dir}/{name}"
+
+    def start(self) -> None:
+        """Start rpcbind (if none runs) and the server; return once it serves."""
+        if _port_open(self.port) and (self.server is None or not self.server.running):
+            raise LaunchError(f"port {self.port} on 127.0.0.1 is taken: another NFS server runs")
+        try:
+            if self.tmp is None:
+                self.tmp = private_tmpdir()
+                (self.tmp / "recovery").mkdir()
+                (self.tmp / "ganesha.conf").write_text(CONFIG.format(
+                    port=self.port, tmp=self.tmp, export=self.export_dir))
+            self._ensure_rpcbind()
+            self._start_server()
+        except BaseException:
+            self.close()
+            raise
+
+    def _ensure_rpcbind(self) -> None:
+        assert self.tmp is not None
+        if self.rpcbind is not None or _registered("portmapper"):
+            return
+        if RPCBIND_SOCK.exists():
+            RPCBIND_SOCK.unlink()           # a stale socket from a killed rpcbind
+        Path("/run/rpcbind").mkdir(exist_ok=True)
+        self.rpcbind = ProcessGroup("rpcbind", ["rpcbind", "-f", "-w"], self.tmp / "rpcbind.log")
+        self.rpcbind.start()
+        wait_until(lambda: _registered("portmapper"), 15, "rpcbind", self.rpcbind.check_alive)
+
+    def _start_server(self) -> None:
+        assert self.tmp is not None
+        self.server = ProcessGroup(
+            "ganesha.nfsd",
+            ["ganesha.nfsd", "-F", "-f", self.tmp / "ganesha.conf", "-L",
+             self.tmp / f"ganesha-{self.starts}.log", "-p", self.tmp / "ganesha.pid",
+             "-N", "NIV_EVENT"],
+            self.tmp / f"ganesha-{self.starts}.out")
+        self.starts += 1
+        self.server.start()
+        wait_until(lambda: _port_open(self.port) and _registered("mountd"), 60,
+                   "ganesha.nfsd", self._server_alive)
+
+    def _server_alive(self) -> None:
+        if self.server is not None and self.server.proc is not None \
+                and self.server.proc.poll() is not None:
+            log = self.tmp / f"ganesha-{self.starts - 1}.log" if self.tmp else None
+            tail = log.read_text(errors="replace")[-300:] if log and log.exists() else ""
+            raise LaunchError(f"ganesha.nfsd exited with code {self.server.proc.returncode}: "
+                              f"{tail.strip()}", exitcode=self.server.proc.returncode)
+
+    @property
+    def running(self) -> bool:
+        return self.server is not None and self.server.running
+
+    def stop_server(self) -> None:
+        """End the server process, as ``service nfs stop`` (rpcbind stays)."""
+        if self.server is not None:
+            self.server.stop()
+
+    def restart_server(self) -> None:
+        """Start a new server process on the same export."""
+        if self.running:
+            raise StateError("the NFS server is running")
+        self._start_server()
+
+    def freeze(self) -> None:
+        """SIGSTOP the server: it keeps its sockets but answers nothing."""
+        if not self.running:
+            raise StateError("the NFS server is not running")
+        assert self.server is not None
+        self.server.signal(19)
+
+    def thaw(self) -> None:
+        if self.server is not None:
+            self.server.signal(18)
+
+    @contextmanager
+    def outage(self, mode: str = "stop") -> Iterator[None]:
+        """The server is away for the duration of the block, in *mode* ``stop`` or ``freeze``.
+
+        Marks ``nfs_outage_start`` when the server is gone and ``nfs_outage_end``
+        once it serves again (for ``stop``: after the new server is up).
+        """
+        if mode not in OUTAGE_MODES:
+            raise BadInput(f"outage mode {mode!r} is not one of {', '.join(OUTAGE_MODES)}")
+        if mode == "stop":
+            self.stop_server()
+        else:
+            self.freeze()
+        self.mark("nfs_outage_start", mode=mode)
+        try:
+            yield
+        finally:
+            t0 = time.monotonic()
+            if mode == "stop":
+                self._start_server()
+            else:
+                self.thaw()
+            self.mark("nfs_outage_end", mode=mode, restart_s=round(time.monotonic() - t0, 3))
+
+    def close(self) -> None:
+        """Stop everything this server started and remove its temp dir.  Idempotent."""
+        try:
+            if self.server is not None:
+                self.server.stop()
+            if self.rpcbind is not None:
+                self.rpcbind.stop()
+                self.rpcbind = None
+        finally:
+            remove_tree(self.tmp)
+            self.tmp = None
+
+
+__all__ = ["NfsServer", "OUTAGE_MODES", "marked"]
