@@ -87,6 +87,15 @@ def sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def create(path: str | Path, size: int, fmt: str = "raw") -> Path:
+    """An empty image of *size* bytes (a target for ``mode=existing``)."""
+    path = Path(path)
+    if path.exists():
+        raise BadInput(f"{path} already exists")
+    _proc.run(["qemu-img", "create", "-q", "-f", fmt, path, str(size)])
+    return path
+
+
 def create_overlay(path: str | Path, backing: str | Path, fmt: str = "qcow2") -> Path:
     """``qemu-img create -f qcow2 -b BACKING -F <its format> PATH`` (the seed's overlays)."""
     path, backing = Path(path), Path(backing)

@@ -43,3 +43,26 @@ def test_seed_summary_notebook(tmp_path: Path) -> None:
     ran = table[table.verdict != "not run"]
     assert len(ran) == 7 and (ran.verdict == "PASS").all() and ran.agrees.all()
     assert "agree with the seed" in (out / "08_seed_summary.html").read_text()
+
+
+def test_nfs_outage_notebook(tmp_path: Path) -> None:
+    out = run_notebook(NOTEBOOKS / "02_mirror_nfs_outage.ipynb",
+                       {"outage": "freeze", "outage_s": 3.0, "fill_mib": 16, "accel": "tcg"},
+                       out=tmp_path / "e2")
+    (meta,) = _runs(out)
+    assert meta["status"] == "done" and meta["verdict"]["pass"] is True, meta["verdict"]
+    assert meta["verdict"]["behaviour"] == "stalled"
+    html = (out / "02_mirror_nfs_outage.html").read_text()
+    assert "first progress after the server came back" in html
+    assert list(out.rglob("dashboard.png"))
+
+
+def test_target_faults_notebook(tmp_path: Path) -> None:
+    out = run_notebook(NOTEBOOKS / "09_target_faults.ipynb",
+                       {"cases": "eio:stop nbd_suspend:report", "verify": False, "accel": "tcg"},
+                       out=tmp_path / "faults")
+    table = pd.read_csv(out / "target_faults.csv")
+    assert list(table.fault) == ["eio", "nbd_suspend"]
+    assert list(table.behaviour) == ["paused", "stalled"] and table["pass"].all()
+    assert (out / "target_faults.png").exists()
+    assert "2 of 2 cases recovered" in (out / "09_target_faults.html").read_text()

@@ -329,6 +329,58 @@ print(f"full mirror copied {v['bytes_ratio_full_over_shallow']:.1f}x the bytes o
     code('''show_run(result)'''),
 ])
 
+# -- target faults --------------------------------------------------------------------------
+notebook("09_target_faults", [
+    md('''# Target faults: what a mirror does when its target misbehaves
+
+Each case mirrors a busy VM's disk onto a target that fails in one way, records what QEMU reports,
+takes the documented recovery step, and (with `verify`) boots the copy to check every operation the
+guest synced before the cancel.
+
+| fault | how | recovery if the job fails or pauses |
+|---|---|---|
+| `nbd_suspend` | target is a `qemu-storage-daemon` NBD export on a unix socket; SIGSTOP, then SIGCONT (tp-qemu's "remote server down") | none needed if it only stalls |
+| `nbd_down` | the same daemon killed; a new one starts on the same image after `fault_s` | a new mirror onto the image (`mode=existing`) |
+| `eio` | QEMU's `blkdebug` makes the target's first write fail with EIO | `block-job-resume` (policy `stop`) or a new mirror onto the plain image |
+| `enospc` | the target sits on a small tmpfs and runs out of space | grow the tmpfs, then resume (policy `enospc`/`stop`) or mirror again |
+| `throttle` | `block-job-set-speed` drops to `throttle_speed` for `fault_s` | none |
+
+Every fault window is marked in the recording and shaded on the plots.'''),
+    params_cell('''cases = "nbd_suspend:report nbd_down:report eio:report eio:ignore eio:stop enospc:enospc enospc:report throttle:report"  # fault:policy pairs
+fault_after_s = 1.0       # when the timed faults start, after the mirror
+fault_s = 3.0             # how long the timed faults last
+fill_mib = 16             # data on the guest disk
+verify = True             # boot each copy and check the guest's synced operations
+''' + COMMON),
+    code(IMPORTS),
+    code('''results = []
+for case in cases.split():
+    fault, policy = case.split(":")
+    r = ex.target_fault(fault=fault, on_target_error=policy, fault_after_s=fault_after_s,
+                        fault_s=fault_s, fill_mib=fill_mib, verify=verify,
+                        sample_interval=sample_interval, cache=cache, accel=accel, runs_dir=run_path)
+    results.append(r)
+    print(f"{case:22s} -> {r.verdict['behaviour']:9s} {'PASS' if r.passed else 'FAIL'}  {r.run_path.name}")
+cols = ["fault", "on_target_error", "behaviour", "error_events", "error_actions", "paused_io_status",
+        "recovery_steps", "fault_window_s", "fault_stall_s", "fault_first_progress_after_s",
+        "time_to_ready_s", "job_end", "verify_pass", "checked", "pass"]
+table = pd.DataFrame([{c: r.verdict.get(c) for c in cols} for r in results])
+display(table)'''),
+    md("## Each case: remaining bytes, fault window shaded"),
+    code('''fig, axes = plt.subplots(len(results), 1, figsize=(10, 2.8 * len(results)), squeeze=False)
+for ax, r in zip(axes[:, 0], results):
+    plots.convergence(r.data.samples, r.data.events, ax=ax)
+    ax.set_title(f"{r.verdict['fault']} / on-target-error={r.verdict['on_target_error']}: {r.verdict['behaviour']}")
+    plots.save_all(r.data)
+fig.tight_layout()
+import pathlib
+if run_path:
+    table.to_csv(pathlib.Path(run_path) / "target_faults.csv", index=False)
+    fig.savefig(pathlib.Path(run_path) / "target_faults.png", dpi=90)
+plt.show()
+print(f"{int(table['pass'].sum())} of {len(table)} cases recovered with a verified copy")'''),
+])
+
 # -- summary --------------------------------------------------------------------------------
 notebook("08_seed_summary", [
     md('''# The seed's experiments, all in one run

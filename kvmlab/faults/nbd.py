@@ -1,2 +1,128 @@
-"""placeholder"""
-class NbdServer: ...
+"""A mirror target served over NBD by ``qemu-storage-daemon`` on a unix socket.
+
+The remote-server-down cases of tp-qemu, on one host: the daemon exports an
+image; the mirror writes to ``nbd+unix:///<name>?socket=<path>`` (with
+``mode=existing``).  :meth:`NbdServer.suspend` SIGSTOPs the daemon (the socket
+stays up, requests hang); :meth:`NbdServer.down` kills it and starts a new one
+on the same image when the block ends (requests fail meanwhile).
+"""
+
+from __future__ import annotations
+
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import BadInput, StateError
+from .base import Mark, ProcessGroup, no_mark, private_tmpdir, remove_tree, wait_until
+from ..machine import qemu_opt
+
+EXPORT = "target"
+
+
+def _listening(sock: Path) -> bool:
+    if not sock.exists():
+        return False
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(0.2)
+        return s.connect_ex(str(sock)) == 0
+
+
+class NbdServer:
+    """``qemu-storage-daemon`` exporting *image* (format *fmt*) writable over NBD.
+
+    A context manager; on exit the daemon is stopped and its temp dir removed.
+    """
+
+    def __init__(self, image: str | Path, fmt: str = "qcow2", *, mark: Mark | None = None) -> None:
+        self.image = Path(image).resolve()
+        if not self.image.is_file():
+            raise BadInput(f"NBD image {self.image} does not exist")
+        if fmt not in ("raw", "qcow2"):
+            raise BadInput(f"NBD image format {fmt!r} must be raw or qcow2")
+        self.fmt = fmt
+        self.mark = mark or no_mark
+        self.tmp: Path | None = None
+        self.daemon: ProcessGroup | None = None
+        self.starts = 0
+
+    @property
+    def socket(self) -> Path:
+        if self.tmp is None:
+            raise StateError("NBD server not started")
+        return self.tmp / "nbd.sock"
+
+    @property
+    def url(self) -> str:
+        """The target QEMU opens (format ``raw``: the daemon serves the guest-visible data)."""
+        return f"nbd+unix:///{EXPORT}?socket={self.socket}"
+
+    def __enter__(self) -> "NbdServer":
+        try:
+            self.tmp = private_tmpdir()
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start(self) -> None:
+        assert self.tmp is not None
+        sock = self.socket
+        if sock.exists():
+            sock.unlink()
+        cmd = ["qemu-storage-daemon",
+               "--blockdev", f"driver=file,node-name=file0,filename={qemu_opt(self.image)},"
+                             "cache.direct=on,aio=threads",
+               "--blockdev", f"driver={self.fmt},node-name=fmt0,file=file0",
+               "--nbd-server", f"addr.type=unix,addr.path={qemu_opt(sock)}",
+               "--export", f"type=nbd,id=exp0,node-name=fmt0,name={EXPORT},writable=on"]
+        self.daemon = ProcessGroup("qemu-storage-daemon", cmd, self.tmp / f"qsd-{self.starts}.log")
+        self.starts += 1
+        self.daemon.start()
+        wait_until(lambda: _listening(sock), 30, "qemu-storage-daemon", self.daemon.check_alive)
+
+    @property
+    def running(self) -> bool:
+        return self.daemon is not None and self.daemon.running
+
+    @contextmanager
+    def suspend(self) -> Iterator[None]:
+        """SIGSTOP the daemon for the block (marked ``nbd_suspend``)."""
+        if not self.running:
+            raise StateError("the NBD server is not running")
+        assert self.daemon is not None
+        self.daemon.signal(19)
+        self.mark("nbd_suspend_start")
+        try:
+            yield
+        finally:
+            self.daemon.signal(18)
+            self.mark("nbd_suspend_end")
+
+    @contextmanager
+    def down(self) -> Iterator[None]:
+        """Kill the daemon for the block, then start a new one (marked ``nbd_down``)."""
+        if not self.running:
+            raise StateError("the NBD server is not running")
+        assert self.daemon is not None
+        self.daemon.signal(9)
+        self.daemon.stop()
+        self.mark("nbd_down_start")
+        try:
+            yield
+        finally:
+            self._start()
+            self.mark("nbd_down_end")
+
+    def close(self) -> None:
+        try:
+            if self.daemon is not None:
+                self.daemon.stop()
+        finally:
+            remove_tree(self.tmp)
+            self.tmp = None

@@ -1,0 +1,245 @@
+"""Target faults during a mirror: what QEMU does, how the job recovers, and the copy.
+
+One function, :func:`target_fault`, for each *fault*:
+
+===============  ===========================================================================
+``nbd_suspend``  the target is an NBD export of ``qemu-storage-daemon``; SIGSTOP, SIGCONT
+``nbd_down``     the same daemon killed, then a new one started on the same image
+``eio``          the target's first writes fail with EIO (QEMU's ``blkdebug``)
+``enospc``       the target sits on a small tmpfs and runs out of space; recovery grows it
+``throttle``     the copy limit drops (``block-job-set-speed``) for the fault window
+===============  ===========================================================================
+
+Each run records the fault window (shaded on the plots), what the job
+reported in it, the recovery steps (``block-job-resume`` for a job paused on
+the error, a new mirror onto the same, repaired target for a failed one), and,
+once the job is ready and cancelled, boots the copy to check every synced
+operation.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .. import analysis, images
+from ..errors import BadInput, WaitTimeout
+from ..faults import NbdServer, SmallTmpfs, blkdebug_target
+from ..guest.workload import Workload
+from ..images import make_guest_disk
+from ..jobs import Job
+from ..machine import Machine
+from ..model import ERROR_POLICIES_TARGET
+from .common import (ExperimentResult, LabRun, busy_vm, drive_to_ready, synced_manifest,
+                     verify_image)
+
+FAULTS = ("nbd_suspend", "nbd_down", "eio", "enospc", "throttle")
+
+
+def target_fault(*, fault: str = "eio", on_target_error: str = "report",
+                 fault_after_s: float = 1.0, fault_s: float = 3.0, errors: int = 1,
+                 tmpfs_mib: int = 8, throttle_speed: int = 256 * 1024,
+                 image_mib: int = 64, fill_mib: int = 16, disk_format: str = "qcow2",
+                 speed: int = 8 * 1024 * 1024, buf_size: int | None = 256 * 1024,
+                 workload_kib: int = 256, workload_rate_kib_s: float = 512,
+                 after_ready_s: float = 1.0, recover_timeout: float = 120,
+                 verify: bool = True, sample_interval: float = 0.1, cache: str = "none",
+                 accel: str = "auto", runs_dir: str | Path | None = None,
+                 run_path: str | Path | None = None,
+                 keep_images: bool = False) -> ExperimentResult:
+    """Mirror a busy VM's disk onto a faulty target; return the recorded outcome.
+
+    :param fault: one of :data:`FAULTS`.
+    :param on_target_error: the mirror's policy (report, ignore, enospc, stop).
+    :param fault_after_s, fault_s: when the timed faults (nbd_*, throttle) start, and how long.
+    :param errors: how many target writes fail, for ``eio``.
+    :param tmpfs_mib: size of the tmpfs the ``enospc`` target lives on (less than the data).
+    :param verify: boot the copy and check the guest's synced operations.
+    """
+    if fault not in FAULTS:
+        raise BadInput(f"fault={fault!r} is not one of {', '.join(FAULTS)}")
+    if on_target_error not in ERROR_POLICIES_TARGET:
+        raise BadInput(f"on_target_error={on_target_error!r} is not one of "
+                       f"{', '.join(ERROR_POLICIES_TARGET)}")
+    if fault == "enospc" and tmpfs_mib >= fill_mib:
+        raise BadInput(f"tmpfs_mib={tmpfs_mib} must be below fill_mib={fill_mib} to run out")
+    params: dict[str, Any] = {k: v for k, v in locals().items()
+                              if k not in ("runs_dir", "run_path")}
+    workload = Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s)
+    with LabRun("target_fault", params, runs_dir=runs_dir, run_path=run_path,
+                sample_interval=sample_interval, keep_images=keep_images) as lab, \
+            ExitStack() as keep, ExitStack() as stack:
+        rec = lab.recorder
+        source = lab.workdir / f"disk.{disk_format}"
+        base = make_guest_disk(source, image_mib, disk_format, fill_mib)
+        vsize = int(images.info(source)["virtual-size"])
+        target = _Target.make(fault, lab, stack, keep, vsize, errors=errors, tmpfs_mib=tmpfs_mib)
+        rec.track("target", target.file)
+        vm = stack.enter_context(busy_vm(lab, source, workload, cache=cache, accel=accel,
+                                         label="source"))
+
+        def start(url: str) -> Job:
+            rec.mark("mirror_start", job=vm.disk_id, target=url)
+            fmt = None if url.startswith("json:") else target.format
+            return vm.mirror(vm.disk_id, url, fmt, mode="existing", speed=speed,
+                             buf_size=buf_size, on_target_error=on_target_error)
+
+        job = start(target.faulty)
+        t0 = time.monotonic()
+        with target.window(lab, vm, job, fault_after_s, fault_s, throttle_speed):
+            pass
+        job, steps = drive_to_ready(lab, job, recover_timeout,
+                                    restart=lambda: start(target.repair(lab)))
+        t_ready = time.monotonic()
+        time.sleep(after_ready_s)
+        rec.mark("cancel", job=job.id)
+        t_cut = time.monotonic()
+        job.cancel()
+        outcome = job.wait_done(60)
+        stack.close()                 # VM down, NBD daemon stopped (the tmpfs stays to verify)
+        frames = rec.frames()
+        windows = analysis.fault_windows(frames["events"])
+        w = windows[windows["name"] == fault].iloc[0]
+        effect = analysis.fault_effect(frames["samples"], frames["events"], float(w["start"]),
+                                       float(w["end"]), job.id)
+        ev = frames["events"]
+        errs = [analysis._data(e) for _, e in ev[ev["name"] == "BLOCK_JOB_ERROR"].iterrows()]
+        lab.verdict = {
+            "fault": fault, "on_target_error": on_target_error,
+            "behaviour": _behaviour(effect, steps, errs),
+            **{f"fault_{k}": v for k, v in effect.items()},
+            "error_events": len(errs),
+            "error_actions": sorted({str(e.get("action")) for e in errs}),
+            "recovery_steps": [s["step"] for s in steps],
+            "paused_io_status": next((s["io_status"] for s in steps if s["step"] == "resume"),
+                                     None),
+            "job_end": outcome.event, "job_error": outcome.error,
+            "time_to_ready_s": round(t_ready - t0, 3),
+        }
+        ok = outcome.ok and outcome.event == "BLOCK_JOB_COMPLETED"
+        if verify:
+            manifest, in_flight = synced_manifest(vm, base, until=t_cut)
+            checked = verify_image(lab, target.file, manifest, cache=cache, accel=accel)
+            lab.verdict.update(checked, ops_in_flight_at_cancel=len(in_flight))
+            ok = ok and checked["verify_pass"]
+        lab.verdict["pass"] = bool(ok)
+    return lab.result()
+
+
+def _behaviour(effect: dict[str, Any], steps: list[dict[str, Any]],
+               errors: list[dict[str, Any]]) -> str:
+    """failed (job ended on the error) / paused (stopped on it) / ignored (errors reported,
+    job went on) / stalled (no progress for half the window) / slowed / unaffected."""
+    if any(s["step"] == "remirror" for s in steps):
+        return "failed"
+    if any(s["step"] == "resume" for s in steps):
+        return "paused"
+    if errors:
+        return "ignored"
+    if effect["statuses"] and effect["stall_s"] >= effect["window_s"] / 2:
+        return "stalled"
+    return "slowed" if effect["samples_in_window"] else "unaffected"
+
+
+class _Target:
+    """Where the copy goes for one fault: the faulty URL, the file behind it, the repair."""
+
+    def __init__(self, file: Path, faulty: str, fmt: str, kind: str) -> None:
+        self.file = file
+        self.faulty = faulty
+        self.format = fmt
+        self.kind = kind
+        self.nbd: NbdServer | None = None
+        self.tmpfs: SmallTmpfs | None = None
+
+    @classmethod
+    def make(cls, fault: str, lab: LabRun, stack: ExitStack, keep: ExitStack, vsize: int, *,
+             errors: int, tmpfs_mib: int) -> "_Target":
+        """The target for *fault*; daemons go on *stack*, mounts on *keep* (closed later)."""
+        mark = lab.recorder.mark
+        if fault.startswith("nbd"):
+            file = lab.workdir / "target.qcow2"
+            images.create(file, vsize, "qcow2")
+            t = cls(file, "", "raw", fault)
+            t.nbd = stack.enter_context(NbdServer(file, "qcow2", mark=mark))
+            t.faulty = t.nbd.url
+            return t
+        if fault == "enospc":
+            t = cls(Path(), "", "raw", fault)
+            t.tmpfs = SmallTmpfs(tmpfs_mib, mark=mark)
+            folder = keep.enter_context(t.tmpfs)
+            t.file = folder / "target.raw"
+            images.create(t.file, vsize, "raw")
+            t.faulty = str(t.file)
+            return t
+        file = lab.workdir / "target.raw"
+        images.create(file, vsize, "raw")
+        faulty = blkdebug_target(file, errors=errors) if fault == "eio" else str(file)
+        return cls(file, faulty, "raw", fault)
+
+    def repair(self, lab: LabRun) -> str:
+        """The documented fix before mirroring again; returns the healthy target."""
+        if self.tmpfs is not None and self.tmpfs.path is not None:
+            self.tmpfs.grow(self.tmpfs.size_mib * 16)
+            return str(self.file)
+        if self.nbd is not None:
+            return self.nbd.url
+        return str(self.file)                  # eio: the plain image, without blkdebug
+
+    @contextmanager
+    def window(self, lab: LabRun, vm: Machine, job: Job, after: float, length: float,
+               throttle_speed: int) -> Iterator[None]:
+        """Run the fault window (marked ``<fault>_start`` / ``<fault>_end``)."""
+        mark = lab.recorder.mark
+        if self.kind in ("eio", "enospc"):
+            # the fault is the target itself: the window is from the start to the first error
+            mark(f"{self.kind}_start")
+            try:
+                _wait_error(job, 60)
+                if self.tmpfs is not None and _paused_on_error(job):
+                    self.tmpfs.grow(self.tmpfs.size_mib * 16)
+            finally:
+                mark(f"{self.kind}_end")
+            yield
+            return
+        time.sleep(after)
+        if self.kind == "throttle":
+            mark("throttle_start", speed=throttle_speed)
+            mark("set_speed", job=job.id, speed=throttle_speed)
+            job.set_speed(throttle_speed)
+            time.sleep(length)
+            speed = job.spec.speed if job.spec else 0
+            mark("set_speed", job=job.id, speed=speed)
+            job.set_speed(speed)
+            mark("throttle_end")
+        else:
+            assert self.nbd is not None
+            ctx: Callable[[], Any] = self.nbd.suspend if self.kind == "nbd_suspend" \
+                else self.nbd.down
+            with ctx():
+                time.sleep(length)
+        yield
+
+
+def _wait_error(job: Job, timeout: float) -> None:
+    """Until the job reports an error (BLOCK_JOB_ERROR, or it ended) or becomes ready."""
+    deadline = time.monotonic() + timeout
+    while job.backend.events.find("BLOCK_JOB_ERROR", {"device": job.id}, since=job.since) is None \
+            and job.ended is None and not job.is_ready:
+        if time.monotonic() > deadline:
+            raise WaitTimeout(f"{job.id}: no target error within {timeout:g} s")
+        time.sleep(0.05)
+
+
+def _paused_on_error(job: Job) -> bool:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        info = job.info()
+        if info is None:
+            return False
+        if info.paused and info.io_status != "ok":
+            return True
+        time.sleep(0.05)
+    return False

@@ -1,0 +1,87 @@
+"""Target faults against real QEMU: NBD daemon suspended or killed, EIO, ENOSPC, throttle."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kvmlab import analysis, images
+from kvmlab.errors import BadInput
+from kvmlab.experiments import target_fault
+from kvmlab.faults import NbdServer, SmallTmpfs, blkdebug_target
+
+
+def _mounted(path: Path) -> bool:
+    return str(path) in Path("/proc/mounts").read_text()
+
+
+def test_nbd_server_and_tmpfs_leave_nothing(scratch: Path) -> None:
+    img = images.create(scratch / "t.qcow2", 8 << 20, "qcow2")
+    with NbdServer(img, "qcow2") as nbd:
+        out = subprocess.run(["qemu-img", "info", "--output=json", nbd.url], capture_output=True,
+                             text=True, check=True, timeout=30).stdout
+        assert '"virtual-size": 8388608' in out
+        with nbd.down():
+            assert not nbd.running
+        assert nbd.running
+        sock = nbd.socket
+    assert not sock.exists()
+    with SmallTmpfs(2) as folder:
+        with pytest.raises(OSError):        # really 2 MiB
+            (folder / "big").write_bytes(b"x" * (3 << 20))
+        mnt = folder
+    assert not _mounted(mnt) and not mnt.exists()
+
+
+def test_fault_bad_input(scratch: Path, runs: Path) -> None:
+    with pytest.raises(BadInput, match="fault="):
+        target_fault(fault="unplug", runs_dir=runs)
+    with pytest.raises(BadInput, match="tmpfs_mib"):
+        target_fault(fault="enospc", tmpfs_mib=64, fill_mib=16, runs_dir=runs)
+    with pytest.raises(BadInput, match="does not exist"):
+        blkdebug_target(scratch / "missing.raw")
+    with pytest.raises(BadInput, match="size"):
+        SmallTmpfs(0)
+    assert list(runs.iterdir()) == []
+
+
+# (fault, policy) -> what QEMU 7.2 was recorded doing, and the recovery step it needed
+CASES = [
+    ("eio", "report", "failed", ["remirror"], True),
+    ("eio", "stop", "paused", ["resume"], False),
+    ("eio", "ignore", "ignored", [], False),
+    ("enospc", "enospc", "paused", ["resume"], True),
+    ("nbd_suspend", "report", "stalled", [], False),
+    ("nbd_down", "report", "failed", ["remirror"], True),
+    ("throttle", "report", "slowed", [], False),
+]
+
+
+@pytest.mark.parametrize("fault,policy,behaviour,steps,verify", CASES,
+                         ids=[f"{c[0]}-{c[1]}" for c in CASES])
+def test_target_fault(fault: str, policy: str, behaviour: str, steps: list[str], verify: bool,
+                      runs: Path) -> None:
+    r = target_fault(fault=fault, on_target_error=policy, fault_after_s=1.0, fault_s=3.0,
+                     fill_mib=16, verify=verify, accel="tcg", runs_dir=runs)
+    v = r.verdict
+    assert r.passed, v
+    assert v["behaviour"] == behaviour, v
+    assert v["recovery_steps"] == steps, v
+    assert v["job_end"] == "BLOCK_JOB_COMPLETED" and v["job_error"] is None
+    if fault in ("eio", "enospc"):
+        assert v["error_events"] >= 1
+        assert v["error_actions"] == [{"report": "report", "ignore": "ignore"}.get(policy, "stop")]
+    if behaviour == "paused":
+        assert v["paused_io_status"] == ("nospace" if fault == "enospc" else "failed")
+    if verify:
+        assert v["verify_pass"] and v["checked"] > 0
+    windows = analysis.fault_windows(r.data.events)
+    assert fault in set(windows["name"])
+    if fault == "throttle":
+        # the copy rate inside the window is near the 256 KiB/s limit, well below outside it
+        assert v["fault_bytes_copied_in_window"] <= 3 * 256 * 1024 * 1.5
+        assert v["fault_samples_in_window"] > 10
+    assert not _mounted(Path("kvmlab-tmpfs"))
+    assert "kvmlab-tmpfs" not in Path("/proc/mounts").read_text()
