@@ -126,3 +126,27 @@ def compare(a: str | Path, b: str | Path, strict: bool = False) -> bool:
     if rc > 1:
         raise ToolError(f"qemu-img compare failed: {err.strip()}", command=cmd, output=err)
     return rc == 0
+
+
+def fsck(path: str | Path) -> dict[str, Any]:
+    """Read-only check of the ext4 file system in the raw image *path* (``e2fsck -fn``).
+
+    ``clean`` means e2fsck found nothing to fix (exit code 0).  ``needs_recovery``
+    means the journal holds transactions not yet written home: the copy was cut
+    while the file system was live (an fsfreeze clears it).  Nothing is changed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"image {path} does not exist")
+    rc, out, err = _proc.run_rc(["e2fsck", "-f", "-n", str(path)], timeout=300)
+    if rc >= 8:
+        raise ToolError(f"e2fsck could not check {path}: {(err or out).strip()[-200:]}",
+                        command=["e2fsck", "-f", "-n", str(path)], output=err)
+    _rc, head, _err = _proc.run_rc(["dumpe2fs", "-h", str(path)], timeout=60)
+    features = next((ln.split(":", 1)[1].split() for ln in head.splitlines()
+                     if ln.startswith("Filesystem features:")), [])
+    problems = [ln.strip() for ln in out.splitlines()
+                if ln.strip() and not ln.startswith(("Pass ", "e2fsck", str(path)))
+                and "skipping journal recovery" not in ln]
+    return {"fsck_rc": rc, "clean": rc == 0, "needs_recovery": "needs_recovery" in features,
+            "problems": problems[:20]}

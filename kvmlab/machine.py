@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import _proc, images, jobs, paths
+from .agent import PORT_NAME as AGENT_PORT, GuestAgent
 from .backends.base import Backend
 from .backends.qmp import QMPBackend
 from .errors import BadInput, LaunchError, StateError, WaitTimeout
@@ -138,7 +139,7 @@ class Machine:
                  guest: Guest | None = None, qemu: str = QEMU_BINARY,
                  console_log: str | Path | None = None, name: str = "kvmlab",
                  extra_args: Sequence[str] = (), boot_timeout: float = 60,
-                 die_with_parent: bool = True) -> None:
+                 die_with_parent: bool = True, agent: bool = False) -> None:
         if mode not in GUEST_MODES:
             raise BadInput(f"mode={mode!r} is not one of {', '.join(GUEST_MODES)}")
         if accel not in ACCELS:
@@ -171,6 +172,11 @@ class Machine:
         self.console_log = Path(console_log) if console_log else None
         self.boot_timeout = boot_timeout
         self.die_with_parent = die_with_parent
+        self.with_agent = agent
+        if agent and not self.guest.has_agent:
+            raise BadInput("this guest has no qemu-ga: install qemu-guest-agent, then "
+                           "'kvmlab guest build --force'")
+        self._agent: GuestAgent | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._tmpdir: str | None = None
         self._backend: Backend | None = None
@@ -220,6 +226,8 @@ class Machine:
         args = ["console=ttyS0", "quiet", "loglevel=3", "panic=-1", f"kvmlab.mode={self.mode}"]
         if self.mode == "workload":
             args += self.workload.kernel_args()
+        if self.with_agent:
+            args.append("kvmlab.qga=1")
         return " ".join(args)
 
     def _command(self, accel: str, qmp_sock: Path, manifest_file: Path | None) -> list[str]:
@@ -233,6 +241,11 @@ class Machine:
                "-chardev", "stdio,id=ser0,signal=off", "-serial", "chardev:ser0"]
         for i, d in enumerate(self.drives):
             cmd += d.qemu_args(i)
+        if self.with_agent:
+            sock = qmp_sock.parent / "qga.sock"
+            cmd += ["-device", "virtio-serial-pci,id=vser0",
+                    "-chardev", f"socket,id=qga0,path={qemu_opt(sock)},server=on,wait=off",
+                    "-device", f"virtserialport,bus=vser0.0,chardev=qga0,name={AGENT_PORT}"]
         if manifest_file is not None:
             cmd += ["-fw_cfg", f"name=opt/kvmlab/manifest,file={qemu_opt(manifest_file)}"]
         return cmd + self.extra_args
@@ -309,6 +322,9 @@ class Machine:
                 self.exitcode = self._proc.poll()
             if self._backend is not None:
                 self._backend.close()
+            if self._agent is not None:
+                self._agent.close()
+                self._agent = None
             if self._console is not None:
                 self._console.join()
             if self._proc is not None and self._proc.stdout:
@@ -319,6 +335,22 @@ class Machine:
                 self._finalizer.detach()
             self._tmpdir = None
             self._finalizer = None
+
+    def agent(self, timeout: float = 60) -> GuestAgent:
+        """The guest agent, connected (launch with ``agent=True``)."""
+        if not self.with_agent:
+            raise StateError("this machine was launched without the guest agent (agent=True)")
+        if self._agent is None:
+            if self._tmpdir is None:
+                raise StateError("machine is not running: call launch() first")
+            ga = GuestAgent(Path(self._tmpdir) / "qga.sock")
+            try:
+                ga.connect(timeout)
+            except BaseException:
+                ga.close()
+                raise
+            self._agent = ga
+        return self._agent
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send *sig* to QEMU (tests use it to check cleanup after QEMU dies)."""

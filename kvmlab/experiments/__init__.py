@@ -14,6 +14,7 @@ E5     :func:`double_pivot`        two pivots in a row
 E6     :func:`remove_source`       the old image can be moved/deleted after a pivot
 E7     :func:`shallow_existing`    ``-n`` mirror onto an overlay of the same base
 --     :func:`target_fault`        NBD suspend/down, EIO, ENOSPC, throttle on the target
+C2/3   :func:`consistency_study`   copy consistency: nothing vs pause vs fsfreeze
 =====  ==========================  ===============================================
 """
 
@@ -24,6 +25,7 @@ from .nfs_outage import mirror_nfs_outage
 from .pivot import double_pivot, pivot, remove_source
 from .shallow import shallow_existing
 from .target_faults import FAULTS, target_fault
+from .consistency import STRATEGIES, consistency_study
 
 #: the seed's conclusion for each experiment, as the summary notebook prints it
 SEED_CONCLUSIONS = {
@@ -39,4 +41,4 @@ SEED_CONCLUSIONS = {
 __all__ = ["ExperimentResult", "LabRun", "verify_image", "mirror_basic", "mirror_nfs_outage",
            "commit_stopped",
            "pivot", "double_pivot", "remove_source", "shallow_existing", "SEED_CONCLUSIONS",
-           "target_fault", "FAULTS"]
+           "target_fault", "FAULTS", "consistency_study", "STRATEGIES"]

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 #: Modules the guest needs, by name; their dependencies are added.
 WANTED_MODULES = ("virtio_pci", "virtio_blk", "virtio_console", "qemu_fw_cfg")
 KERNEL_META = "linux-image-cloud-amd64"
+#: the guest agent and where Debian's qemu-guest-agent puts it (optional: fsfreeze studies)
+QGA_BINARY = Path("/usr/sbin/qemu-ga")
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,11 @@ class Guest:
     @property
     def kernel_version(self) -> str:
         return str(self.info.get("kernel_version", "unknown"))
+
+    @property
+    def has_agent(self) -> bool:
+        """The initramfs holds qemu-ga (built where qemu-guest-agent was installed)."""
+        return bool(self.info.get("qemu_ga"))
 
 
 def _init_script() -> str:
@@ -127,6 +134,33 @@ def _pack_initramfs(tree: Path, out: Path) -> None:
         fh.write(proc.stdout)
 
 
+def _add_binary(tree: Path, binary: Path) -> None:
+    """Copy a dynamically linked *binary* and every library ``ldd`` lists into *tree*,
+    at the same paths (the loader included)."""
+    out = _proc.run(["ldd", binary])
+    files = [binary]
+    for line in out.splitlines():
+        parts = line.split()
+        if "=>" in parts and len(parts) > parts.index("=>") + 1:
+            target = parts[parts.index("=>") + 1]
+            if target.startswith("/"):
+                files.append(Path(target))
+        elif parts and parts[0].startswith("/"):
+            files.append(Path(parts[0]))
+    for f in files:
+        dest = tree / str(f).lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f.resolve(), dest)
+
+
+def _qga_version() -> str | None:
+    if not QGA_BINARY.is_file():
+        return None
+    proc = subprocess.run([QGA_BINARY, "--version"], capture_output=True, check=False)
+    text = proc.stdout.decode(errors="replace").strip().splitlines()
+    return text[0] if text else "qemu-ga"
+
+
 def _busybox_version(busybox: Path) -> str:
     proc = subprocess.run([busybox], capture_output=True, check=False)
     first = (proc.stdout or proc.stderr).decode(errors="replace").splitlines()
@@ -182,6 +216,12 @@ def build_guest(out: Path | None = None, *, kernel: Path | None = None,
                 shutil.copy2(moddir / f"{rel}.ko", tree / "lib" / "modules" / f"{name}.ko")
                 mods.append(name)
         (tree / "modules.list").write_text("\n".join(mods) + "\n")
+        qga = _qga_version()
+        if qga:
+            try:
+                _add_binary(tree, QGA_BINARY)
+            except (ToolError, OSError) as err:
+                raise GuestBuildError(f"cannot add qemu-ga to the guest: {err}") from err
         staged = work / "staged"
         staged.mkdir()
         _pack_initramfs(tree, staged / "initrd.img")
@@ -189,7 +229,7 @@ def build_guest(out: Path | None = None, *, kernel: Path | None = None,
         info = {"kernel_version": version, "kernel_source": source, "modules": mods,
                 "init_sha256": init_digest(),
                 "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "busybox": _busybox_version(busybox)}
+                "busybox": _busybox_version(busybox), "qemu_ga": qga}
         (staged / "guest.json").write_text(json.dumps(info, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)

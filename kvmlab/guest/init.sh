@@ -17,7 +17,7 @@ now() { cut -d' ' -f1 /proc/uptime; }
 halt_now() { sync; umount /mnt 2>/dev/null; poweroff -f; }
 
 # Parameters: kvmlab.key=value -> P_key
-P_mode=idle; P_dd_kib=1024; P_pause_ms=500; P_rounds=0; P_duration_s=0; P_max_files=0; P_dev=/dev/vda
+P_mode=idle; P_qga=0; P_dd_kib=1024; P_pause_ms=500; P_rounds=0; P_duration_s=0; P_max_files=0; P_dev=/dev/vda
 for x in $(cat /proc/cmdline); do
   case "$x" in
     kvmlab.*=*) k=${x#kvmlab.}; k=${k%%=*}; v=${x#*=}
@@ -36,6 +36,21 @@ if ! mount -t ext4 "$P_dev" /mnt; then
   say error=mount dev=$P_dev t=$(now)
   [ "$P_mode" = verify ] && { say verdict=fail checked=0 bad=1 reason=mount; halt_now; }
   while :; do sleep 3600; done
+fi
+# the guest agent, when the host gave the VM its virtio-serial port (kvmlab.qga=1)
+if [ "$P_qga" = 1 ] && [ -x /usr/sbin/qemu-ga ]; then
+  port=; i=0
+  while [ -z "$port" ] && [ $i -lt 100 ]; do
+    for p in /sys/class/virtio-ports/*; do
+      [ "$(cat "$p/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] && port=/dev/${p##*/}
+    done
+    [ -z "$port" ] && usleep 50000; i=$((i+1))
+  done
+  mkdir -p /run /var/run /tmp
+  if [ -n "$port" ] && [ -c "$port" ]; then
+    /usr/sbin/qemu-ga -m virtio-serial -p "$port" -t /run -f /run/qemu-ga.pid -l /run/qemu-ga.log &
+    say qga port=$port t=$(now)
+  else say error=qga-port t=$(now); fi
 fi
 say ready t=$(now)
 
