@@ -40,6 +40,21 @@ def _check_target(spec: MirrorSpec) -> bool:
     return exists
 
 
+def check_mirror(backend: Backend, spec: MirrorSpec) -> bool:
+    """The checks :func:`mirror` makes before sending anything; True if the target exists.
+
+    :raise BadInput: unknown drive, a job already on it, or a target that does not fit.
+    """
+    drives = {d.device for d in backend.block_info()}
+    if spec.device not in drives:
+        known = ", ".join(sorted(x for x in drives if x)) or "none"
+        raise BadInput(f"unknown drive {spec.device!r} (drives: {known})")
+    job_id = spec.job_id or spec.device
+    if any(j.id == job_id for j in backend.block_jobs()):
+        raise BadInput(f"a block job {job_id!r} is already running")
+    return _check_target(spec)
+
+
 def mirror(backend: Backend, spec: MirrorSpec) -> "Job":
     """Start a drive-mirror and return its :class:`Job`.
 
@@ -51,14 +66,7 @@ def mirror(backend: Backend, spec: MirrorSpec) -> "Job":
     :raise BadInput: a check failed; nothing was created or changed.
     :raise BackendError: QEMU refused the command.
     """
-    drives = {d.device for d in backend.block_info()}
-    if spec.device not in drives:
-        known = ", ".join(sorted(x for x in drives if x)) or "none"
-        raise BadInput(f"unknown drive {spec.device!r} (drives: {known})")
-    job_id = spec.job_id or spec.device
-    if any(j.id == job_id for j in backend.block_jobs()):
-        raise BadInput(f"a block job {job_id!r} is already running")
-    existed = _check_target(spec)
+    existed = check_mirror(backend, spec)
     since = len(backend.events)
     try:
         job_id = backend.start_mirror(spec)

@@ -1,0 +1,109 @@
+"""The control panel driven from Python against a real lab VM (the browser test is separate)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from kvmlab import load_run, widgets
+from kvmlab.widgets import MirrorPanel
+
+
+def _until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def _enabled(p: MirrorPanel) -> set[str]:
+    return {k for k, b in p.buttons.items() if not b.disabled}
+
+
+@pytest.fixture
+def panel(runs: Path):
+    p = MirrorPanel.lab(accel="tcg", fill_mib=16, runs_dir=runs, refresh=0.25)
+    yield p
+    scratch = p.session.scratch if p.session else None
+    p.close()
+    assert scratch is None or not scratch.exists()
+
+
+def test_panel_drives_a_mirror_through_every_state(panel: MirrorPanel, runs: Path) -> None:
+    p = panel
+    _until(lambda: _enabled(p) == {"start", "stop_vm"}, 10, "start enabled")
+    p.speed.value = 1                                  # MiB/s: slow enough to steer
+    p.buf_size.value = 256 << 10
+    p.click("start")
+    _until(lambda: "running" in p.status.value, 10, "running")
+    assert _enabled(p) == {"pause", "cancel", "stop_vm"}
+    _until(lambda: 0 < p.progress.value < 1 and "remaining" in p.numbers.value, 10, "progress")
+    p.click("pause")
+    _until(lambda: "paused" in p.status.value, 10, "paused")
+    assert _enabled(p) == {"resume", "cancel", "stop_vm"}
+    p.click("resume")
+    p.click("stop_vm")
+    _until(lambda: "cont_vm" in _enabled(p) and "VM paused" in p.status.value, 10, "VM paused")
+    p.click("cont_vm")
+    time.sleep(4)                                      # watch it run for a while
+    for times in (p.update_times, p.plot_times):       # numbers and plot: >= twice a second
+        gaps = [b - a for a, b in zip(times, times[1:])][-8:]
+        assert len(gaps) >= 6 and statistics.median(gaps) <= 0.5, gaps
+    p.speed.value = 0                                  # unlimited, while the job runs
+    _until(lambda: "ready" in p.status.value, 60, "ready")
+    assert "complete" in _enabled(p) and p.progress.value == pytest.approx(1.0)
+    assert p.plot.value[:4] == b"\x89PNG"             # the live plot of remaining bytes
+    p.click("cancel")
+    fin = p.session.wait_finished(30)
+    _until(lambda: "run saved" in p.summary.value, 10, "summary shown")
+    assert fin.outcome == "BLOCK_JOB_COMPLETED" and fin.error is None
+    assert p.dashboard.value[:4] == b"\x89PNG" and (fin.run_path / "dashboard.png").exists()
+    assert _enabled(p) == {"start", "stop_vm"}
+    run = load_run(fin.run_path)
+    assert run.meta["status"] == "done" and run.meta["verdict"]["job_end"] == "BLOCK_JOB_COMPLETED"
+    assert {"running", "paused", "ready"} <= set(run.samples["status"])
+    marks = set(run.events[run.events.source == "kvmlab"]["name"])
+    assert {"mirror_start", "pause", "resume", "stop", "cont", "set_speed", "cancel"} <= marks
+    assert fin.summary["time_to_ready_s"] > 0
+    assert p.display_errors == 0
+
+
+def test_display_failure_never_touches_the_recording(panel: MirrorPanel,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    p = panel
+
+    def broken(fig: object) -> bytes:
+        raise RuntimeError("display broke")
+
+    monkeypatch.setattr(widgets, "_png", broken)
+    _until(lambda: "start" in _enabled(p), 10, "start enabled")
+    p.speed.value = 0
+    p.click("start")
+    _until(lambda: p.session.job is not None and p.session.job.is_ready, 60, "ready")
+    _until(lambda: p.display_errors > 0, 10, "a display error")
+    p.session.cancel()
+    fin = p.session.wait_finished(30)
+    run = load_run(fin.run_path)
+    assert run.meta["status"] == "done" and len(run.samples) > 0
+    assert fin.failures and "display broke" in fin.failures[0]   # the dashboard callback
+    assert "recording unaffected" in p.status.value or p.display_errors > 0
+
+
+def test_panel_bad_input_creates_nothing(panel: MirrorPanel, runs: Path) -> None:
+    p = panel
+    _until(lambda: "start" in _enabled(p), 10, "start enabled")
+    existing = p.session.default_target("qcow2")
+    existing.write_bytes(b"")
+    p.target.value = str(existing)
+    p.click("start")
+    assert "already exists" in p.message.value and p.session.job is None
+    p.target.value = str(existing) + ".new"
+    p.drive.value = "nosuch"
+    p.click("start")
+    assert "drive" in p.message.value
+    assert list(runs.iterdir()) == []
+    assert _enabled(p) == {"start", "stop_vm"}
