@@ -23,8 +23,9 @@ def guest_dir() -> Path:
 
 
 def runs_dir() -> Path:
-    """Folder holding one sub-folder per recorded run."""
-    return data_dir() / "runs"
+    """Folder holding one sub-folder per recorded run: ``$KVMLAB_RUNS``, else ``data/runs``."""
+    env = os.environ.get("KVMLAB_RUNS")
+    return Path(env).resolve() if env else data_dir() / "runs"
 
 
 def scratch_dir() -> Path:

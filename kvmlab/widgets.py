@@ -30,7 +30,7 @@ from .session import Finished, Session
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
-SIZES = [("QEMU default", None), ("64 KiB", 64 << 10), ("256 KiB", 256 << 10),
+SIZES = [("QEMU default", 0), ("64 KiB", 64 << 10), ("256 KiB", 256 << 10),
          ("1 MiB", 1 << 20), ("8 MiB", 8 << 20)]
 
 
@@ -171,8 +171,9 @@ class MirrorPanel(w.VBox):
         """The mirror the form describes (BadInput if it is not valid)."""
         return MirrorSpec(self.drive.value.strip(), self.target.value.strip(), self.format.value,
                           sync=self.sync.value, mode=self.mode.value,
-                          speed=int(self.speed.value * MIB), granularity=self.granularity.value,
-                          buf_size=self.buf_size.value)
+                          speed=int(self.speed.value * MIB),
+                          granularity=self.granularity.value or None,
+                          buf_size=self.buf_size.value or None)
 
     def _do(self, key: str) -> None:
         s = self._require_session()
@@ -308,7 +309,7 @@ class MirrorPanel(w.VBox):
 
     def _events(self, events: Any) -> None:
         ev = events[events["source"] != "guest"].tail(12)
-        lines = [f"{row.t:8.2f}s {row.source:7s} {row.name} {row.job or ''} {row.status or ''}"
+        lines = [f"{row.t:8.2f}s {row.source:7s} {row.name} {_text(row.job)} {_text(row.status)}"
                  for row in ev.itertuples()]
         self.log_view.value = "<pre style='font-size:11px;margin:0'>" + \
             html.escape("\n".join(lines)) + "</pre>"
@@ -354,3 +355,7 @@ class MirrorPanel(w.VBox):
 
 def _fmt(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _text(v: Any) -> str:
+    return "" if v is None or (isinstance(v, float) and v != v) else str(v)

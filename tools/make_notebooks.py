@@ -62,6 +62,33 @@ COMMON = '''sample_interval = 0.1     # seconds between query-block-jobs samples
 cache = "none"            # the seed's cache mode
 accel = "auto"            # auto: KVM only if a guest really boots under it, else TCG'''
 
+# -- control panel --------------------------------------------------------------------------
+notebook("00_control_panel", [
+    md('''# Mirror control panel
+
+A lab VM starts (its guest busy with the seed's file operations) and the panel below drives
+`drive-mirror` on its disk: choose the target, format, sync mode, mode (`existing` is HMP `-n`),
+speed, granularity and buffer size, then **Start**. While the job runs the panel shows the
+progress bar, remaining bytes and rates, the job's status and io-status, the event log and a live
+plot of remaining bytes with stalls shaded, refreshed in the background (this notebook stays
+usable). The speed slider changes a running job's limit. **Pause / Resume / Cancel / Complete
+(pivot)** steer the job; **Stop VM / Continue VM** pause the guest (the seed's `stop` and `c`).
+Buttons are enabled only when the action is valid for the job's state.
+
+Every job is recorded like the experiments: when it ends, the run is saved under
+`data/runs/<run-id>/` and the panel shows its analysis summary and dashboard.
+For an existing libvirt domain instead: `MirrorPanel.libvirt("qemu:///system", "mydomain")`.'''),
+    params_cell('''accel = "auto"            # auto: KVM only if a guest really boots under it, else TCG
+fill_mib = 16             # random data on the lab VM's disk
+workload_rate_kib_s = 512 # the guest's write rate'''),
+    code('''from kvmlab.widgets import MirrorPanel
+
+panel = MirrorPanel.lab(accel=accel, fill_mib=fill_mib, workload_rate_kib_s=workload_rate_kib_s)
+panel'''),
+    md("When done: `panel.close()` stops the lab VM and removes its scratch images "
+       "(shutting the kernel down does the same)."),
+])
+
 # -- E1 -------------------------------------------------------------------------------------
 notebook("01_mirror_basic", [
     md('''# E1 — basic `drive_mirror`, guest busy, then cancel

@@ -1,0 +1,132 @@
+"""The control panel in a real JupyterLab, clicked in a real headless Chromium (Debian's).
+
+The test starts JupyterLab on localhost, opens ``00_control_panel.ipynb``, runs it, clicks
+Start, waits for the progress bar to reach ready, clicks Cancel, waits for the summary and
+saves a screenshot in ``data/test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from kvmlab import load_run, paths
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "00_control_panel.ipynb"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
+if not Path(CHROMIUM).exists():
+    pytest.skip("Debian's chromium is not installed (apt-get install chromium)",
+                allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def jupyterlab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A JupyterLab server on 127.0.0.1 serving a copy of the notebook; yields (url, runs)."""
+    root = tmp_path / "lab"
+    root.mkdir()
+    shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
+    runs = tmp_path / "runs"
+    token, port = secrets.token_hex(16), _free_port()
+    env = dict(os.environ, KVMLAB_RUNS=str(runs), KVMLAB_DATA=str(paths.data_dir()),
+               JUPYTER_CONFIG_DIR=str(tmp_path / "jcfg"), JUPYTER_RUNTIME_DIR=str(tmp_path / "jrt"))
+    log = open(tmp_path / "jupyterlab.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
+         f"--ServerApp.port={port}", "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}",
+         f"--ServerApp.root_dir={root}", "--LabApp.news_url=", "--LabApp.check_for_updates_class="
+         "jupyterlab.NeverCheckForUpdate"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, (tmp_path / "jupyterlab.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "JupyterLab did not start"
+            time.sleep(0.3)
+        yield f"{base}/lab/tree/{NOTEBOOK.name}?token={token}", runs
+    finally:
+        # a clean server shutdown stops the kernel, whose exit stops the lab VM
+        try:
+            req = urllib.request.Request(f"{base}/api/shutdown?token={token}", method="POST")
+            urllib.request.urlopen(req, timeout=10).close()
+        except OSError:
+            pass
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(10)
+        log.close()
+
+
+def test_control_panel_in_jupyterlab(jupyterlab: tuple[str, Path]) -> None:
+    url, runs = jupyterlab
+    shots = paths.data_dir() / "test-artifacts"
+    shots.mkdir(parents=True, exist_ok=True)
+    with playwright_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            page.goto(url)
+            page.wait_for_selector(".jp-Notebook", timeout=60_000)
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator, #jp-main-statusbar",
+                                   timeout=60_000)
+            time.sleep(2)                                # let the kernel connect
+            page.get_by_role("menuitem", name="Run", exact=True).click()
+            page.get_by_text("Run All Cells", exact=True).click()
+            start = page.locator("button.kvmlab-start:not([disabled])")
+            start.wait_for(timeout=180_000)              # the lab VM is up and busy
+            page.locator("button.kvmlab-start").click()
+            status = page.locator(".kvmlab-status")
+            page.wait_for_function(
+                "() => (document.querySelector('.kvmlab-status')||{}).textContent"
+                "?.includes('ready')", timeout=180_000)
+            bar = page.locator(".kvmlab-progress .progress-bar")
+            width = bar.evaluate("el => el.style.width")
+            assert width in ("100%", "100.0%"), width
+            page.locator("button.kvmlab-cancel:not([disabled])").click()
+            summary = page.locator(".kvmlab-summary")
+            page.wait_for_function(
+                "() => (document.querySelector('.kvmlab-summary')||{}).textContent"
+                "?.includes('run saved')", timeout=120_000)
+            text = summary.inner_text()
+            assert "BLOCK_JOB_COMPLETED" in text and "time_to_ready_s" in text
+            assert "BLOCK_JOB_COMPLETED" in status.inner_text() or "run saved" in status.inner_text()
+            page.locator(".kvmlab-panel").scroll_into_view_if_needed()
+            page.screenshot(path=str(shots / "control_panel.png"), full_page=True)
+        finally:
+            browser.close()
+    (run_dir,) = [p for p in runs.iterdir() if (p / "run.json").exists()]
+    run = load_run(run_dir)
+    assert run.meta["status"] == "done" and "ready" in set(run.samples["status"])
+    assert (run_dir / "dashboard.png").exists()
+    assert json.loads((run_dir / "run.json").read_text())["verdict"]["job_end"] == \
+        "BLOCK_JOB_COMPLETED"
