@@ -98,7 +98,7 @@ class MirrorPanel(w.VBox):
         self.drive = w.Text(description="drive", style=style)
         self.target = w.Text(description="target", style=style, layout=wide)
         self.format = w.Dropdown(options=[("qcow2", "qcow2"), ("raw", "raw"),
-                                          ("same as source", None)], description="format",
+                                          ("same as source", "")], description="format",
                                  style=style)
         self.sync = w.Dropdown(options=list(SYNC_MODES), description="sync", style=style)
         self.mode = w.Dropdown(options=list(MIRROR_MODES), description="mode", style=style)
@@ -142,7 +142,7 @@ class MirrorPanel(w.VBox):
         self.session = session
         session.on_finish.append(self._on_finish)
         self.drive.value = session.drive
-        self.target.value = str(session.default_target(self.format.value))
+        self.target.value = str(session.default_target(self.format.value or None))
         self.connect_row.layout.display = "none"
         self._say(f"connected: {html.escape(session.label)} ({session.backend.name}), "
                   f"drive {html.escape(session.drive)}")
@@ -169,7 +169,8 @@ class MirrorPanel(w.VBox):
 
     def spec(self) -> MirrorSpec:
         """The mirror the form describes (BadInput if it is not valid)."""
-        return MirrorSpec(self.drive.value.strip(), self.target.value.strip(), self.format.value,
+        return MirrorSpec(self.drive.value.strip(), self.target.value.strip(),
+                          self.format.value or None,
                           sync=self.sync.value, mode=self.mode.value,
                           speed=int(self.speed.value * MIB),
                           granularity=self.granularity.value or None,

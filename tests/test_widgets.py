@@ -107,3 +107,33 @@ def test_panel_bad_input_creates_nothing(panel: MirrorPanel, runs: Path) -> None
     assert "drive" in p.message.value
     assert list(runs.iterdir()) == []
     assert _enabled(p) == {"start", "stop_vm"}
+
+
+def test_panel_on_a_libvirt_domain(scratch: Path, runs: Path) -> None:
+    from kvmlab.images import make_guest_disk
+    from kvmlab.libvirt_lab import LibvirtMachine
+    make_guest_disk(scratch / "disk.qcow2", 48, fill_mib=8)
+    with LibvirtMachine(scratch / "disk.qcow2", mode="workload") as vm:
+        vm.wait_guest("op", timeout=90)
+        p = MirrorPanel(refresh=0.25)
+        try:
+            assert _enabled(p) == set()                # nothing to steer before connecting
+            p.backend.value = "libvirt"
+            p.domain.value = "no-such-domain"
+            p.connect.click()
+            assert "no-such-domain" in p.message.value and p.session is None
+            p.domain.value = vm.domain_name
+            p.connect.click()
+            assert p.session is not None and p.drive.value == "vda"
+            p.session.runs_dir = runs
+            p.target.value = str(scratch / "copy.qcow2")
+            p.speed.value = 0
+            p.click("start")
+            _until(lambda: "ready" in p.status.value, 90, "ready")
+            assert "complete" in _enabled(p)
+            p.click("cancel")
+            fin = p.session.wait_finished(30)
+            assert fin.outcome == "BLOCK_JOB_COMPLETED" and fin.error is None
+            assert load_run(fin.run_path).meta["backend"] == "libvirt"
+        finally:
+            p.close()
