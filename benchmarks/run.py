@@ -12,6 +12,7 @@ Nothing here is a timed test; CI runs ``--smoke`` only to check that it executes
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -62,22 +63,47 @@ def _per_call(fn: Callable[[], Any], n: int) -> tuple[float, float]:
     return (t1 - t0) / n, cpu / n
 
 
-def _recorder_cpu_share(vm: Machine, hz: float, seconds: float, tmp: Path) -> float:
-    """CPU share of one core used by the recorder at *hz* (minus the idle process baseline)."""
-    def cpu() -> float:
-        t = os.times()
-        return t.user + t.system
-    c0 = cpu()
+def _threads_cpu() -> float:
+    """CPU seconds of every thread of this process, from the scheduler (ns-exact)."""
+    total = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            total += int(Path(f"/proc/self/task/{tid}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total / 1e9
+
+
+def _recorder_cpu_share(vm: Machine, hz: float, seconds: float, tmp: Path) -> tuple[float, float]:
+    """(CPU share of one core, CPU s per sample) of the recorder at *hz*, minus the idle
+    process baseline measured just before."""
+    c0 = _threads_cpu()
     time.sleep(seconds)
-    idle = cpu() - c0
+    idle = _threads_cpu() - c0
     rec = Recorder(tmp / f"rec-{hz:g}", interval=1 / hz)
     rec.attach_machine(vm)
-    c0 = cpu()
     rec.start()
+    time.sleep(1)                        # past start-up (thread, first sizes)
+    n0, c0 = rec.sample_count, _threads_cpu()
     time.sleep(seconds)
-    rec.stop()
-    busy = cpu() - c0
-    return max(busy - idle, 0.0) / seconds
+    busy = max(_threads_cpu() - c0 - idle, 0.0)
+    n = rec.sample_count - n0
+    rec.stop()                           # parquet writing is not the watch's cost
+    return busy / seconds, busy / max(n, 1)
+
+
+def _wake_floor(hz: float, n: int) -> float:
+    """CPU s of one empty asyncio timer tick at *hz*: what any paced watch pays per wake here."""
+    async def tick() -> None:
+        for _ in range(n):
+            await asyncio.sleep(1 / hz)
+    loop = asyncio.new_event_loop()
+    try:
+        c0 = _threads_cpu()
+        loop.run_until_complete(tick())
+        return (_threads_cpu() - c0) / n
+    finally:
+        loop.close()
 
 
 def bench_sample_cost(tmp: Path, smoke: bool) -> dict[str, Any]:
@@ -91,8 +117,11 @@ def bench_sample_cost(tmp: Path, smoke: bool) -> dict[str, Any]:
         be = vm.backend
         out["qmp_wall_s"], out["qmp_cpu_s"] = _per_call(be.block_jobs, n_fast)
         secs = 2.0 if smoke else 10.0
-        out["recorder_cpu_share_10hz"] = _recorder_cpu_share(vm, 10, secs, tmp)
-        out["recorder_cpu_share_100hz"] = _recorder_cpu_share(vm, 100, secs, tmp)
+        out["recorder_cpu_share_10hz"], out["recorder_cpu_per_sample_10hz_s"] = \
+            _recorder_cpu_share(vm, 10, secs, tmp)
+        out["recorder_cpu_share_100hz"], out["recorder_cpu_per_sample_100hz_s"] = \
+            _recorder_cpu_share(vm, 100, secs, tmp)
+        out["floor_empty_asyncio_tick_100hz_cpu_s"] = _wake_floor(100, 50 if smoke else 500)
         job.cancel(force=True)
         job.wait_done(30)
     src2 = tmp / "s2.qcow2"

@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp import QMPClient, QMPError
+from qemu.qmp import QMPError
 from qemu.qmp.qmp_client import ExecuteError
 
 from ._aio import LoopThread
+from .backends.qmp import LazyLogQMPClient
 from .errors import BackendError, StateError, WaitTimeout
 
 #: the virtio-serial port name qemu-ga looks for
@@ -29,7 +30,7 @@ class GuestAgent:
     def __init__(self, socket_path: str | Path) -> None:
         self.socket_path = Path(socket_path)
         self._aio = LoopThread("kvmlab-qga")
-        self._client = QMPClient("kvmlab-qga")
+        self._client = LazyLogQMPClient("kvmlab-qga")
         self._client.await_greeting = False
         self._client.negotiate = False
         self._connected = False

@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 import pandas as pd
 
@@ -95,6 +95,8 @@ class Recorder:
         self.sample_count = 0
         self.late_ticks = 0
         self._stopped = False
+        self._sampler_stop: Callable[[], None] | None = None
+        self._next_sizes = 0.0
 
     # -- wiring ----------------------------------------------------------------------
     def __enter__(self) -> "Recorder":
@@ -117,6 +119,8 @@ class Recorder:
         if console is not None:
             console.records.subscribe(self._on_console, replay_since=0)
         self.mark("attach", machine=label)
+        if self._thread is not None and not self._stopped:
+            self._start_job_sampler()
 
     def attach_machine(self, vm: Any, label: str = "vm") -> None:
         """:meth:`attach` a :class:`~kvmlab.machine.Machine`, and track its disk files."""
@@ -125,6 +129,7 @@ class Recorder:
             self.track(f"{label}:{d.id}", d.path)
 
     def detach(self) -> None:
+        self._stop_job_sampler()
         with self._lock:
             be, con = self._backend, self._console
             self._backend = self._console = None
@@ -173,24 +178,54 @@ class Recorder:
                 "name": f"guest_{rec.name}", "job": None, "status": None,
                 "qemu_time": None, "data": json.dumps(dict(d), default=str)})
 
+    def _start_job_sampler(self) -> None:
+        """Sample jobs inside the backend's own loop thread when it can (the QMP backend:
+        no thread hand-off per sample); otherwise the recorder thread polls."""
+        self._stop_job_sampler()
+        be = self._backend
+        start = getattr(be, "start_sampler", None)
+        if start is not None:
+            self._sampler_stop = start(self.interval, self._on_jobs, self._on_sample_error)
+
+    def _stop_job_sampler(self) -> None:
+        stop, self._sampler_stop = self._sampler_stop, None
+        if stop is not None:
+            stop()
+
+    def _on_jobs(self, mono: float, wall: float, jobs: list[Any], late: int) -> None:
+        t = mono - self.t0
+        add = self._streams["samples"].add
+        for j in jobs:
+            add({"t": t, "wall": wall, "job": j.id, "type": j.type, "len": j.len,
+                 "offset": j.offset, "remaining": j.len - j.offset, "speed": j.speed,
+                 "busy": j.busy, "paused": j.paused, "ready": j.ready, "status": j.status,
+                 "io_status": j.io_status})
+        self.sample_count += 1
+        self.late_ticks = late
+
+    def _on_sample_error(self, error: str) -> None:
+        be = self._backend
+        if be is not None and not getattr(be.events, "closed", False):
+            self.mark("sample_error", error=error)
+
     def sample(self) -> None:
         """Take one sample of every block job and every tracked file now."""
         with self._lock:
             be = self._backend
-            files = dict(self._files)
-        t, wall = self.now(), time.time()
         if be is not None:
             try:
                 jobs = be.block_jobs()
             except KvmlabError as err:
                 jobs = []
-                if not getattr(be.events, "closed", False):
-                    self.mark("sample_error", error=str(err))
-            for j in jobs:
-                row = j.as_row()
-                row["job"] = row.pop("id")
-                row.update(t=t, wall=wall)
-                self._streams["samples"].add({k: row[k] for k in SAMPLE_COLUMNS})
+                self._on_sample_error(str(err))
+            self._on_jobs(time.monotonic(), time.time(), jobs, self.late_ticks)
+        self.sample_sizes()
+
+    def sample_sizes(self) -> None:
+        """Record the size of each tracked file if it changed (or every *size_every* s)."""
+        with self._lock:
+            files = dict(self._files)
+        t, wall = self.now(), time.time()
         for label, path in files.items():
             fs = file_size(path)
             val = (fs.apparent, fs.allocated) if fs else None
@@ -201,15 +236,31 @@ class Recorder:
                     "t": t, "wall": wall, "label": label, "path": str(path),
                     "exists": fs is not None, "apparent": fs.apparent if fs else None,
                     "allocated": fs.allocated if fs else None})
-        self.sample_count += 1
 
     def _loop(self) -> None:
+        """The recorder thread: job samples for backends without an in-loop sampler, and
+        file sizes (at most every 0.1 s: ``ll`` needs no more)."""
         k = 0
+        size_every = max(self.interval, 0.1)
         while not self._stop.is_set():
-            self.sample()
-            k += 1
-            due = k * self.interval
-            left = due - self.now()
+            if self._sampler_stop is None:
+                with self._lock:
+                    be = self._backend
+                if be is not None:
+                    try:
+                        jobs = be.block_jobs()
+                    except KvmlabError as err:
+                        jobs = []
+                        self._on_sample_error(str(err))
+                    self._on_jobs(time.monotonic(), time.time(), jobs, self.late_ticks)
+            if self.now() >= self._next_sizes:
+                self._next_sizes = self.now() + size_every
+                self.sample_sizes()
+            if self._sampler_stop is not None:      # jobs are sampled elsewhere: sizes only
+                self._stop.wait(max(self._next_sizes - self.now(), 0))
+                continue
+            k = max(k + 1, int(self.now() / self.interval))
+            left = k * self.interval - self.now()
             if left < 0:
                 self.late_ticks += 1
                 k = int(self.now() / self.interval) + 1
@@ -221,6 +272,8 @@ class Recorder:
             return
         self.mark("recorder_start", interval=self.interval)
         self._thread = threading.Thread(target=self._loop, name="kvmlab-recorder", daemon=True)
+        if self._backend is not None:
+            self._start_job_sampler()
         self._thread.start()
 
     def stop(self) -> dict[str, pd.DataFrame]:
@@ -228,6 +281,7 @@ class Recorder:
         if self._stopped:
             return self.frames()
         self._stopped = True
+        self._stop_job_sampler()
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
