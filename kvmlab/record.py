@@ -210,16 +210,21 @@ class Recorder:
 
     def sample(self) -> None:
         """Take one sample of every block job and every tracked file now."""
+        self._sample_jobs()
+        self.sample_sizes()
+
+    def _sample_jobs(self) -> None:
+        """One ``query-block-jobs`` from this thread (a failure is recorded, not raised)."""
         with self._lock:
             be = self._backend
-        if be is not None:
-            try:
-                jobs = be.block_jobs()
-            except KvmlabError as err:
-                jobs = []
-                self._on_sample_error(str(err))
-            self._on_jobs(time.monotonic(), time.time(), jobs, self.late_ticks)
-        self.sample_sizes()
+        if be is None:
+            return
+        try:
+            jobs = be.block_jobs()
+        except KvmlabError as err:
+            jobs = []
+            self._on_sample_error(str(err))
+        self._on_jobs(time.monotonic(), time.time(), jobs, self.late_ticks)
 
     def sample_sizes(self) -> None:
         """Record the size of each tracked file if it changed (or every *size_every* s)."""
@@ -244,15 +249,7 @@ class Recorder:
         size_every = max(self.interval, 0.1)
         while not self._stop.is_set():
             if self._sampler_stop is None:
-                with self._lock:
-                    be = self._backend
-                if be is not None:
-                    try:
-                        jobs = be.block_jobs()
-                    except KvmlabError as err:
-                        jobs = []
-                        self._on_sample_error(str(err))
-                    self._on_jobs(time.monotonic(), time.time(), jobs, self.late_ticks)
+                self._sample_jobs()
             if self.now() >= self._next_sizes:
                 self._next_sizes = self.now() + size_every
                 self.sample_sizes()

@@ -240,3 +240,13 @@ def drive_to_ready(lab: LabRun, job: Job, timeout: float,
         if time.monotonic() > deadline:
             raise WaitTimeout(f"{job.id} not ready {timeout:g} s after the fault")
         time.sleep(poll)
+
+
+def cancel_after(lab: LabRun, job: Job, seconds: float) -> tuple[float, JobOutcome]:
+    """Let the guest work *seconds* more in the ready state, then ``block-job-cancel``
+    (marked); returns the cut-off (host monotonic time) and how the job ended."""
+    time.sleep(seconds)
+    lab.recorder.mark("cancel", job=job.id)
+    t_cut = time.monotonic()
+    job.cancel()
+    return t_cut, job.wait_done(60)

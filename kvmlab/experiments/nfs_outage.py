@@ -32,8 +32,8 @@ from ..guest.workload import Workload
 from ..images import make_guest_disk
 from ..jobs import Job
 from ..model import ERROR_POLICIES_TARGET
-from .common import (ExperimentResult, LabRun, busy_vm, drive_to_ready, synced_manifest,
-                     verify_image)
+from .common import (ExperimentResult, LabRun, busy_vm, cancel_after, drive_to_ready,
+                     synced_manifest, verify_image)
 
 
 def mirror_nfs_outage(*, outage: str = "stop", outage_after_s: float = 2.0,
@@ -95,11 +95,7 @@ def mirror_nfs_outage(*, outage: str = "stop", outage_after_s: float = 2.0,
             job, steps = drive_to_ready(lab, job, recover_timeout,
                                         restart=lambda: start("existing"))
             t_ready = time.monotonic()
-            time.sleep(after_ready_s)
-            rec.mark("cancel", job=job.id)
-            t_cut = time.monotonic()
-            job.cancel()
-            outcome = job.wait_done(60)
+            t_cut, outcome = cancel_after(lab, job, after_ready_s)
         frames = rec.frames()
         windows = analysis.fault_windows(frames["events"])
         w = windows[windows["name"] == "nfs_outage"].iloc[0]

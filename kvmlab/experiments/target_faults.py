@@ -32,8 +32,8 @@ from ..images import make_guest_disk
 from ..jobs import Job
 from ..machine import Machine
 from ..model import ERROR_POLICIES_TARGET
-from .common import (ExperimentResult, LabRun, busy_vm, drive_to_ready, synced_manifest,
-                     verify_image)
+from .common import (ExperimentResult, LabRun, busy_vm, cancel_after, drive_to_ready,
+                     synced_manifest, verify_image)
 
 FAULTS = ("nbd_suspend", "nbd_down", "eio", "enospc", "throttle")
 
@@ -93,11 +93,7 @@ def target_fault(*, fault: str = "eio", on_target_error: str = "report",
         job, steps = drive_to_ready(lab, job, recover_timeout,
                                     restart=lambda: start(target.repair(lab)))
         t_ready = time.monotonic()
-        time.sleep(after_ready_s)
-        rec.mark("cancel", job=job.id)
-        t_cut = time.monotonic()
-        job.cancel()
-        outcome = job.wait_done(60)
+        t_cut, outcome = cancel_after(lab, job, after_ready_s)
         stack.close()                 # VM down, NBD daemon stopped (the tmpfs stays to verify)
         frames = rec.frames()
         windows = analysis.fault_windows(frames["events"])
