@@ -64,9 +64,10 @@ def test_cli_sweep_errors_are_one_line(tmp_path: Path) -> None:
 
 
 def test_shipped_sweeps_are_valid() -> None:
-    for name, n in (("speed_vs_dirty_rate.yaml", 6), ("buffers.yaml", 6)):
+    for name, n, nb in (("speed_vs_dirty_rate.yaml", 6, NB), ("buffers.yaml", 6, NB),
+                        ("nfs_outage.yaml", 8, NB.parent / "02_mirror_nfs_outage.ipynb")):
         spec = SweepSpec.from_yaml(ROOT / "notebooks" / "sweeps" / name)
-        assert spec.notebook == NB
+        assert spec.notebook == nb
         assert len(spec.plan()) == n
 
 
