@@ -17,6 +17,7 @@ any widget so it can be used and tested from plain Python:
 from __future__ import annotations
 
 import logging
+import secrets
 import shutil
 import threading
 import time
@@ -90,8 +91,8 @@ class Session:
             runs_dir: str | Path | None = None, sample_interval: float = 0.1,
             boot_timeout: float = 120) -> "Session":
         """Launch a lab VM whose guest works on its disk; return once it is busy."""
-        scratch = paths.scratch_dir() / f"session-{time.strftime('%Y%m%d-%H%M%S')}-" \
-            f"{id(object()) & 0xffffff:06x}"
+        scratch = paths.scratch_dir() / \
+            f"session-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         scratch.mkdir(parents=True)
         vm: Machine | None = None
         try:

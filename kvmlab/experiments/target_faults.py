@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 
 from .. import analysis, images
 from ..errors import BadInput, WaitTimeout
-from ..faults import NbdServer, SmallTmpfs, blkdebug_target
+from ..faults import NbdServer, SmallTmpfs, blkdebug_target, marked
 from ..guest.workload import Workload
 from ..images import make_guest_disk
 from ..jobs import Job
@@ -202,14 +202,13 @@ class _Target:
             return
         time.sleep(after)
         if self.kind == "throttle":
-            mark("throttle_start", speed=throttle_speed)
-            mark("set_speed", job=job.id, speed=throttle_speed)
-            job.set_speed(throttle_speed)
-            time.sleep(length)
-            speed = job.spec.speed if job.spec else 0
-            mark("set_speed", job=job.id, speed=speed)
-            job.set_speed(speed)
-            mark("throttle_end")
+            with marked(mark, "throttle", speed=throttle_speed):
+                mark("set_speed", job=job.id, speed=throttle_speed)
+                job.set_speed(throttle_speed)
+                time.sleep(length)
+                speed = job.spec.speed if job.spec else 0
+                mark("set_speed", job=job.id, speed=speed)
+                job.set_speed(speed)
         else:
             assert self.nbd is not None
             ctx: Callable[[], Any] = self.nbd.suspend if self.kind == "nbd_suspend" \

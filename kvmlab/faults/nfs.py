@@ -23,7 +23,7 @@ from typing import Iterator
 
 from .. import _proc
 from ..errors import BadInput, LaunchError, StateError
-from .base import Mark, ProcessGroup, marked, no_mark, private_tmpdir, remove_tree, wait_until
+from .base import Mark, ProcessGroup, no_mark, private_tmpdir, remove_tree, wait_until
 
 OUTAGE_MODES = ("stop", "freeze")
 RPCBIND_SOCK = Path("/run/rpcbind.sock")
@@ -220,5 +220,3 @@ class NfsServer:
             remove_tree(self.tmp)
             self.tmp = None
 
-
-__all__ = ["NfsServer", "OUTAGE_MODES", "marked"]
