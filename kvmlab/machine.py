@@ -86,6 +86,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _unmount_below(folder: Path) -> None:
+    """Lazily unmount every mount point inside *folder* (deepest first)."""
+    try:
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return
+    inside = [m for m in mounts if m.startswith(f"{folder}/")]
+    for m in sorted(inside, key=len, reverse=True):
+        _proc.run_rc(["umount", "-l", m], timeout=30)
+
+
 def reap_stale_tmpdirs() -> list[Path]:
     """Remove VM temp dirs whose owning process is gone (it was killed with SIGKILL).
 
@@ -100,6 +111,7 @@ def reap_stale_tmpdirs() -> list[Path]:
         except (OSError, ValueError):
             continue
         if not _alive(owner):
+            _unmount_below(d)            # a fault's tmpfs left mounted by the killed owner
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d)
     return removed

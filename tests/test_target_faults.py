@@ -85,3 +85,23 @@ def test_target_fault(fault: str, policy: str, behaviour: str, steps: list[str],
         assert v["fault_samples_in_window"] > 10
     assert not _mounted(Path("kvmlab-tmpfs"))
     assert "kvmlab-tmpfs" not in Path("/proc/mounts").read_text()
+
+
+def test_tmpfs_of_a_killed_owner_is_reaped() -> None:
+    """A process killed with SIGKILL leaves its tmpfs mounted; the next kvmlab run unmounts it."""
+    import signal
+    import sys
+    import time
+    from kvmlab.machine import reap_stale_tmpdirs
+    code = ("from kvmlab.faults import SmallTmpfs; import sys, time\n"
+            "t = SmallTmpfs(1); p = t.__enter__(); print(p, flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    mnt = Path(proc.stdout.readline().strip())
+    assert _mounted(mnt)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    time.sleep(0.2)
+    assert _mounted(mnt)                     # nobody could clean up
+    reaped = reap_stale_tmpdirs()
+    assert mnt.parent in reaped and not _mounted(mnt) and not mnt.parent.exists()

@@ -90,7 +90,6 @@ def test_display_failure_never_touches_the_recording(panel: MirrorPanel,
     run = load_run(fin.run_path)
     assert run.meta["status"] == "done" and len(run.samples) > 0
     assert fin.failures and "display broke" in fin.failures[0]   # the dashboard callback
-    assert "recording unaffected" in p.status.value or p.display_errors > 0
 
 
 def test_panel_bad_input_creates_nothing(panel: MirrorPanel, runs: Path) -> None:
