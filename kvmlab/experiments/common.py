@@ -250,3 +250,24 @@ def cancel_after(lab: LabRun, job: Job, seconds: float) -> tuple[float, JobOutco
     t_cut = time.monotonic()
     job.cancel()
     return t_cut, job.wait_done(60)
+
+
+def fault_behaviour(effect: dict[str, Any], steps: list[dict[str, Any]],
+                    error_events: int = 0) -> str:
+    """One word for what the job did in a fault window (*effect* from
+    :func:`kvmlab.analysis.fault_effect`, *steps* from :func:`drive_to_ready`):
+
+    failed (it ended on the error: a new mirror was needed) / paused (it stopped on the
+    error, or was seen paused) / ignored (errors reported, the copy went on) / stalled (no
+    progress for at least half the window; a window ends once the fault is gone, so the job
+    may resume just before its end) / slowed (it progressed) / unaffected (never sampled).
+    """
+    if any(s["step"] == "remirror" for s in steps):
+        return "failed"
+    if any(s["step"] == "resume" for s in steps) or "paused" in effect["statuses"]:
+        return "paused"
+    if error_events:
+        return "ignored"
+    if effect["statuses"] and effect["stall_s"] >= effect["window_s"] / 2:
+        return "stalled"
+    return "slowed" if effect["samples_in_window"] else "unaffected"

@@ -33,7 +33,7 @@ from ..images import make_guest_disk
 from ..jobs import Job
 from ..model import ERROR_POLICIES_TARGET
 from .common import (ExperimentResult, LabRun, busy_vm, cancel_after, drive_to_ready,
-                     synced_manifest, verify_image)
+                     fault_behaviour, synced_manifest, verify_image)
 
 
 def mirror_nfs_outage(*, outage: str = "stop", outage_after_s: float = 2.0,
@@ -109,7 +109,7 @@ def mirror_nfs_outage(*, outage: str = "stop", outage_after_s: float = 2.0,
             "outage": outage, "on_target_error": on_target_error,
             "mid_copy_at_outage": bool(before is not None and not before.ready
                                        and before.offset < before.len),
-            "behaviour": _behaviour(effect, steps),
+            "behaviour": fault_behaviour(effect, steps, effect["job_errors"]),
             **{f"outage_{k}": v for k, v in effect.items()},
             "recovery_steps": [s["step"] for s in steps],
             "outage_end_t": round(t_back, 3),
@@ -119,17 +119,3 @@ def mirror_nfs_outage(*, outage: str = "stop", outage_after_s: float = 2.0,
             **checked,
         }
     return lab.result()
-
-
-def _behaviour(effect: dict[str, Any], steps: list[dict[str, Any]]) -> str:
-    """One word for what QEMU did during the outage: stalled, paused, failed or unaffected.
-
-    Stalled: no progress for at least half the window (the window ends once the server
-    serves again, so the job may resume just before its end)."""
-    if any(s["step"] == "remirror" for s in steps):
-        return "failed"
-    if any(s["step"] == "resume" for s in steps) or "paused" in effect["statuses"]:
-        return "paused"
-    if effect["statuses"] and effect["stall_s"] >= effect["window_s"] / 2:
-        return "stalled"
-    return "unaffected"

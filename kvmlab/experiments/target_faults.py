@@ -33,7 +33,7 @@ from ..jobs import Job
 from ..machine import Machine
 from ..model import ERROR_POLICIES_TARGET
 from .common import (ExperimentResult, LabRun, busy_vm, cancel_after, drive_to_ready,
-                     synced_manifest, verify_image)
+                     fault_behaviour, synced_manifest, verify_image)
 
 FAULTS = ("nbd_suspend", "nbd_down", "eio", "enospc", "throttle")
 
@@ -104,7 +104,7 @@ def target_fault(*, fault: str = "eio", on_target_error: str = "report",
         errs = [analysis._data(e) for _, e in ev[ev["name"] == "BLOCK_JOB_ERROR"].iterrows()]
         lab.verdict = {
             "fault": fault, "on_target_error": on_target_error,
-            "behaviour": _behaviour(effect, steps, errs),
+            "behaviour": fault_behaviour(effect, steps, len(errs)),
             **{f"fault_{k}": v for k, v in effect.items()},
             "error_events": len(errs),
             "error_actions": sorted({str(e.get("action")) for e in errs}),
@@ -123,20 +123,6 @@ def target_fault(*, fault: str = "eio", on_target_error: str = "report",
         lab.verdict["pass"] = bool(ok)
     return lab.result()
 
-
-def _behaviour(effect: dict[str, Any], steps: list[dict[str, Any]],
-               errors: list[dict[str, Any]]) -> str:
-    """failed (job ended on the error) / paused (stopped on it) / ignored (errors reported,
-    job went on) / stalled (no progress for half the window) / slowed / unaffected."""
-    if any(s["step"] == "remirror" for s in steps):
-        return "failed"
-    if any(s["step"] == "resume" for s in steps):
-        return "paused"
-    if errors:
-        return "ignored"
-    if effect["statuses"] and effect["stall_s"] >= effect["window_s"] / 2:
-        return "stalled"
-    return "slowed" if effect["samples_in_window"] else "unaffected"
 
 
 class _Target:
