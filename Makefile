@@ -53,7 +53,7 @@ demo: setup
 	$(PY) -m kvmlab run notebooks/01_mirror_basic.ipynb
 
 test: setup libvirtd
-	$(PY) -m mypy kvmlab
+	$(PY) -m mypy kvmlab benchmarks
 	$(PY) -m pytest -v --durations=15 $(PYTEST_ARGS)
 
 # side-by-side measurements -> benchmarks/RESULTS.md and results.json (~15 min)

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from qemu.qmp import Message
+
 from kvmlab import __version__, images, paths
 from kvmlab.jobs import Job
 from kvmlab.libvirt_lab import LibvirtMachine
@@ -63,15 +65,38 @@ def _per_call(fn: Callable[[], Any], n: int) -> tuple[float, float]:
     return (t1 - t0) / n, cpu / n
 
 
-def _threads_cpu() -> float:
-    """CPU seconds of every thread of this process, from the scheduler (ns-exact)."""
+def _threads_cpu(pid: int | str = "self") -> float:
+    """CPU seconds of every thread of process *pid*, from the scheduler (ns-exact)."""
     total = 0
-    for tid in os.listdir("/proc/self/task"):
+    task = Path(f"/proc/{pid}/task")
+    for tid in os.listdir(task):
         try:
-            total += int(Path(f"/proc/self/task/{tid}/schedstat").read_text().split()[0])
+            total += int((task / tid / "schedstat").read_text().split()[0])
         except (OSError, ValueError, IndexError):
             pass
     return total / 1e9
+
+
+class _Others:
+    """CPU that other processes (QEMU, libvirtd) spend on our samples: their CPU over a
+    measured stretch minus their idle rate, measured over an equal stretch just before."""
+
+    def __init__(self, pids: list[int], baseline_s: float) -> None:
+        self.pids = pids
+        c0 = self._cpu()
+        time.sleep(baseline_s)
+        self.idle_rate = (self._cpu() - c0) / baseline_s
+
+    def _cpu(self) -> float:
+        return sum(_threads_cpu(p) for p in self.pids)
+
+    def __enter__(self) -> "_Others":
+        self.c0, self.t0 = self._cpu(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy = self._cpu() - self.c0
+        self.spent = max(busy - self.idle_rate * (time.perf_counter() - self.t0), 0.0)
 
 
 def _recorder_cpu_share(vm: Machine, hz: float, seconds: float, tmp: Path) -> tuple[float, float]:
@@ -92,9 +117,9 @@ def _recorder_cpu_share(vm: Machine, hz: float, seconds: float, tmp: Path) -> tu
     return busy / seconds, busy / max(n, 1)
 
 
-def _watch_back_to_back(vm: Machine, seconds: float) -> tuple[float, float]:
-    """(wall s, CPU s) per sample of the recorder's own path, the in-loop sampler, run back
-    to back: QEMU's QMP round trip plus kvmlab's work, with no pacing."""
+def _watch_back_to_back(vm: Machine, seconds: float) -> tuple[float, float, int]:
+    """(wall s, CPU s, samples) per sample of the recorder's own path, the in-loop
+    sampler, run back to back: QEMU's QMP round trip plus kvmlab's work, with no pacing."""
     n = [0]
 
     def count(*_: Any) -> None:
@@ -104,7 +129,32 @@ def _watch_back_to_back(vm: Machine, seconds: float) -> tuple[float, float]:
     stop = vm.backend.start_sampler(1e-6, count, lambda err: None)  # type: ignore[attr-defined]
     time.sleep(seconds)
     stop()
-    return (time.perf_counter() - t0) / max(n[0], 1), (_threads_cpu() - c0) / max(n[0], 1)
+    k = max(n[0], 1)
+    return (time.perf_counter() - t0) / k, (_threads_cpu() - c0) / k, n[0]
+
+
+def _qmp_per_byte(vm: Machine, n: int, rounds: int) -> tuple[float, float]:
+    """(wall s per byte, wall s of the shortest command) of QEMU's QMP round trip.
+
+    The same ``query-block-jobs`` is sent through qemu.qmp's raw path with an id of 1 and
+    of 201 characters, interleaved; the slope is what each byte of a command costs.
+    """
+    qmp = vm.backend._qmp  # type: ignore[attr-defined]
+
+    async def batch(idlen: int) -> float:
+        msg = Message({"execute": "query-block-jobs", "id": "b" * idlen})
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await qmp._raw(msg, assign_id=False)
+        return (time.perf_counter() - t0) / n
+
+    short: list[float] = []
+    long: list[float] = []
+    for _ in range(rounds):
+        short.append(vm.backend._aio.run(batch(1), timeout=60))  # type: ignore[attr-defined]
+        long.append(vm.backend._aio.run(batch(201), timeout=60))  # type: ignore[attr-defined]
+    per_byte = (median(long) - median(short)) / 200
+    return per_byte, median(short) - per_byte * len(b'{"execute":"query-block-jobs","id":"b"}')
 
 
 def _wake_floor(hz: float, n: int) -> float:
@@ -121,8 +171,17 @@ def _wake_floor(hz: float, n: int) -> float:
         loop.close()
 
 
+def _libvirt_pids(domain: str) -> list[int]:
+    """libvirtd's pid and the pid of *domain*'s QEMU (from libvirt's pid file)."""
+    pids = [int(p) for p in subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True,
+                                           text=True, check=True).stdout.split()]
+    pids.append(int(Path(f"/run/libvirt/qemu/{domain}.pid").read_text()))
+    return pids
+
+
 def bench_sample_cost(tmp: Path, smoke: bool) -> dict[str, Any]:
     n_fast, n_virsh = (50, 5) if smoke else (2000, 60)
+    base_s = 1.0 if smoke else 5.0
     out: dict[str, Any] = {}
     src = tmp / "s1.qcow2"
     images.make_guest_disk(src, 64, fill_mib=32)
@@ -130,6 +189,7 @@ def bench_sample_cost(tmp: Path, smoke: bool) -> dict[str, Any]:
         vm.wait_guest("ready", timeout=120)
         job = vm.mirror("drive0", tmp / "s1-t.qcow2", speed=256 * 1024, buf_size=256 * 1024)
         be = vm.backend
+        assert vm.pid is not None
         out["qmp_wall_s"], out["qmp_cpu_s"] = _per_call(be.block_jobs, n_fast)
         secs = 2.0 if smoke else 10.0
         out["recorder_cpu_share_10hz"], out["recorder_cpu_per_sample_10hz_s"] = \
@@ -137,7 +197,12 @@ def bench_sample_cost(tmp: Path, smoke: bool) -> dict[str, Any]:
         out["recorder_cpu_share_100hz"], out["recorder_cpu_per_sample_100hz_s"] = \
             _recorder_cpu_share(vm, 100, secs, tmp)
         out["floor_empty_asyncio_tick_100hz_cpu_s"] = _wake_floor(100, 50 if smoke else 500)
-        out["watch_wall_s"], out["watch_cpu_s"] = _watch_back_to_back(vm, 0.5 if smoke else 3.0)
+        with _Others([vm.pid], base_s) as qemu:
+            out["watch_wall_s"], out["watch_cpu_s"], n = \
+                _watch_back_to_back(vm, 0.5 if smoke else 3.0)
+        out["watch_qemu_cpu_s"] = qemu.spent / max(n, 1)
+        out["qemu_qmp_wall_per_byte_s"], out["qemu_qmp_wall_intercept_s"] = \
+            _qmp_per_byte(vm, 20 if smoke else 300, 1 if smoke else 5)
         job.cancel(force=True)
         job.wait_done(30)
     src2 = tmp / "s2.qcow2"
@@ -149,12 +214,18 @@ def bench_sample_cost(tmp: Path, smoke: bool) -> dict[str, Any]:
         out["libvirt_wall_s"], out["libvirt_cpu_s"] = _per_call(lbe.block_jobs, n_fast // 4)
         virsh = ["virsh", "-c", lvm.uri, "qemu-monitor-command", "--hmp", lvm.domain_name,
                  "info block-jobs"]
-        out["virsh_wall_s"], out["virsh_cpu_s"] = _per_call(
-            lambda: subprocess.run(virsh, capture_output=True, check=True), n_virsh)
+        with _Others(_libvirt_pids(lvm.domain_name), base_s) as server:
+            out["virsh_wall_s"], out["virsh_cpu_s"] = _per_call(
+                lambda: subprocess.run(virsh, capture_output=True, check=True), n_virsh)
+        out["virsh_libvirtd_qemu_cpu_s"] = server.spent / n_virsh
         ljob.cancel(force=True)
         ljob.wait_done(30)
+    out["watch_system_cpu_s"] = out["watch_cpu_s"] + out["watch_qemu_cpu_s"]
+    out["virsh_system_cpu_s"] = out["virsh_cpu_s"] + out["virsh_libvirtd_qemu_cpu_s"]
     out["ratio_virsh_over_watch_wall"] = out["virsh_wall_s"] / out["watch_wall_s"]
     out["ratio_virsh_over_watch_cpu"] = out["virsh_cpu_s"] / out["watch_cpu_s"]
+    out["ratio_virsh_over_watch_system_cpu"] = \
+        out["virsh_system_cpu_s"] / out["watch_system_cpu_s"]
     out["ratio_virsh_over_qmp_wall"] = out["virsh_wall_s"] / out["qmp_wall_s"]
     out["ratio_virsh_over_qmp_cpu"] = out["virsh_cpu_s"] / out["qmp_cpu_s"]
     out["ratio_virsh_over_libvirt_wall"] = out["virsh_wall_s"] / out["libvirt_wall_s"]
@@ -264,7 +335,7 @@ def bench_sweep(tmp: Path, smoke: bool) -> dict[str, Any]:
     nb = ROOT / "notebooks" / "01_mirror_basic.ipynb"
     params = {"image_mib": 48, "fill_mib": 4, "workload_kib": 128, "after_ready_s": 0.3,
               "ready_timeout": 60.0, "speed": 0}
-    grid = {"workload_rate_kib_s": [256, 512]} if smoke else \
+    grid: dict[str, list[Any]] = {"workload_rate_kib_s": [256, 512]} if smoke else \
         {"workload_rate_kib_s": [256, 512, 768, 1024], "sync": ["full", "top"]}
     out: dict[str, Any] = {"points": 2 if smoke else 8}
     for workers in (1, 2):
@@ -303,14 +374,15 @@ def write_report(results: dict[str, Any], out: Path) -> None:
              f"- date: {results['date']}", f"- machine: {m['cpus']} cores, {m['cpu']}, "
              f"accel {m['accel']}", f"- versions: kvmlab {m['kvmlab']} ({m['git']}), "
              f"{m['qemu']}, Python {m['python']}"]
-    if results.get("sample_cost_date"):
-        lines.append(f"- sample cost re-measured on {results['sample_cost_date']} "
-                     "(with the watch's own back-to-back path added)")
     lines.append("")
     for name, data in results["benchmarks"].items():
-        lines += [f"## {name.replace('_', ' ')}", "", f"Target: {TARGETS[name]}.", "",
-                  "| measure | value |", "| --- | --- |"]
+        lines += [f"## {name.replace('_', ' ')}", "", f"Target: {TARGETS[name]}.", ""]
+        if data.get("measured"):
+            lines += [f"Measured {data['measured']}.", ""]
+        lines += ["| measure | value |", "| --- | --- |"]
         for k, v in data.items():
+            if k == "measured":
+                continue
             if isinstance(v, dict):
                 v = ", ".join(f"{a}: {b}" for a, b in v.items())
             lines.append(f"| {k} | {fmt(v, k)} |")
@@ -319,11 +391,24 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
 
 
+def _previous(path: Path, smoke: bool) -> dict[str, Any]:
+    """The benchmark tables of an earlier run of the same kind (full or smoke), if any."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if old.get("smoke") != smoke:
+        return {}
+    return {k: v for k, v in old.get("benchmarks", {}).items() if k in TARGETS}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, one repetition")
     ap.add_argument("--out", type=Path, default=HERE)
-    ap.add_argument("--only", nargs="*", choices=list(TARGETS), default=list(TARGETS))
+    ap.add_argument("--only", nargs="*", choices=list(TARGETS), default=list(TARGETS),
+                    help="run only these; the others keep their figures from --out's "
+                         "results.json (each table says when it was measured)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
@@ -332,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
                     "kvmlab": __version__, "git": _git_revision(), "qemu": _qemu_version(),
                     "python": platform.python_version()},
         "benchmarks": {}}
+    previous = _previous(args.out / "results.json", args.smoke)
+    results["benchmarks"] = {k: v for k, v in previous.items() if k not in args.only}
     fns = {"sample_cost": bench_sample_cost, "recording_overhead": bench_recording_overhead,
            "throughput": bench_throughput, "end_to_end": bench_end_to_end,
            "sweep": bench_sweep}
@@ -341,7 +428,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.only:
             t0 = time.monotonic()
             print(f"[bench] {name} ...", flush=True)
-            results["benchmarks"][name] = fns[name](tmp, args.smoke)
+            measured = f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')} at {_git_revision()}"
+            results["benchmarks"][name] = {"measured": measured, **fns[name](tmp, args.smoke)}
+            results["benchmarks"] = {k: results["benchmarks"][k] for k in TARGETS
+                                     if k in results["benchmarks"]}
             print(f"[bench] {name} done in {time.monotonic() - t0:.0f} s", flush=True)
             write_report(results, args.out)
     finally:

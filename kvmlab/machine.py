@@ -21,7 +21,7 @@ import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Self, Sequence
 
 from . import _proc, images, jobs, paths
 from .agent import PORT_NAME as AGENT_PORT, GuestAgent
@@ -198,7 +198,7 @@ class Machine:
         self.command: list[str] = []
 
     # -- lifecycle ----------------------------------------------------------------
-    def __enter__(self) -> "Machine":
+    def __enter__(self) -> Self:
         self.launch()
         return self
 

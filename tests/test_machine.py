@@ -46,6 +46,25 @@ def test_launch_boot_and_shutdown(disk: Path) -> None:
     assert vm.exitcode == 0
 
 
+def test_qmp_short_form(disk: Path) -> None:
+    """The watch's id-less query: answers, reports QEMU's errors, and a second concurrent
+    one (qemu.qmp allows one id-less command at a time) takes the normal path."""
+    import asyncio
+
+    from qemu.qmp.qmp_client import ExecuteError
+
+    with Machine(disk, accel="tcg") as vm:
+        qmp, aio = vm.backend._qmp, vm.backend._aio  # type: ignore[attr-defined]
+        assert aio.run(qmp.execute_short("query-block-jobs"), timeout=10) == []
+        with pytest.raises(ExecuteError, match="has not been found"):
+            aio.run(qmp.execute_short("query-no-such-thing"), timeout=10)
+
+        async def two() -> list[object]:
+            return list(await asyncio.gather(qmp.execute_short("query-status"),
+                                             qmp.execute_short("query-status")))
+        assert [r["status"] for r in aio.run(two(), timeout=10)] == ["running", "running"]
+
+
 def test_exception_inside_with_cleans_up(disk: Path) -> None:
     with pytest.raises(RuntimeError):
         with Machine(disk, accel="tcg") as vm:
