@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import uvloop
 from qemu.qmp import Message
 
 from kvmlab import __version__, images, paths
@@ -117,16 +118,17 @@ def _recorder_cpu_share(vm: Machine, hz: float, seconds: float, tmp: Path) -> tu
     return busy / seconds, busy / max(n, 1)
 
 
-def _watch_back_to_back(vm: Machine, seconds: float) -> tuple[float, float, int]:
-    """(wall s, CPU s, samples) per sample of the recorder's own path, the in-loop
-    sampler, run back to back: QEMU's QMP round trip plus kvmlab's work, with no pacing."""
+def _sampler_alone(vm: Machine, interval: float, seconds: float) -> tuple[float, float, int]:
+    """(wall s, CPU s, samples) per sample of the in-loop sampler with a callback that only
+    counts: QEMU's QMP round trip and the loop's wake-ups, with nothing recorded.  With a
+    tiny *interval* it runs back to back; at 0.01 it is a 100 Hz watch's floor."""
     n = [0]
 
     def count(*_: Any) -> None:
         n[0] += 1
 
     c0, t0 = _threads_cpu(), time.perf_counter()
-    stop = vm.backend.start_sampler(1e-6, count, lambda err: None)  # type: ignore[attr-defined]
+    stop = vm.backend.start_sampler(interval, count, lambda err: None)  # type: ignore[attr-defined]
     time.sleep(seconds)
     stop()
     k = max(n[0], 1)
@@ -158,11 +160,12 @@ def _qmp_per_byte(vm: Machine, n: int, rounds: int) -> tuple[float, float]:
 
 
 def _wake_floor(hz: float, n: int) -> float:
-    """CPU s of one empty asyncio timer tick at *hz*: what any paced watch pays per wake here."""
+    """CPU s of one empty timer tick at *hz* on the loop kind the watch runs on (uvloop):
+    what any paced watch pays per wake-up here, before doing anything."""
     async def tick() -> None:
         for _ in range(n):
             await asyncio.sleep(1 / hz)
-    loop = asyncio.new_event_loop()
+    loop = uvloop.new_event_loop()
     try:
         c0 = _threads_cpu()
         loop.run_until_complete(tick())
@@ -180,56 +183,71 @@ def _libvirt_pids(domain: str) -> list[int]:
 
 
 def bench_sample_cost(tmp: Path, smoke: bool) -> dict[str, Any]:
-    n_fast, n_virsh = (50, 5) if smoke else (2000, 60)
+    """Per-sample wall and CPU of kvmlab's watch, the libvirt backend and the seed's virsh
+    subprocess, measured in interleaved rounds against two live guests (one lab VM, one
+    libvirt domain), so that the host's drifting noise hits both sides of every ratio."""
+    rounds = 1 if smoke else 7
+    n_fast, n_virsh, b2b_s = (50, 5, 0.5) if smoke else (300, 10, 1.0)
     base_s = 1.0 if smoke else 5.0
-    out: dict[str, Any] = {}
-    src = tmp / "s1.qcow2"
-    images.make_guest_disk(src, 64, fill_mib=32)
-    with Machine(src) as vm:
+    for name in ("s1", "s2"):
+        images.make_guest_disk(tmp / f"{name}.qcow2", 64, fill_mib=32)
+    per: dict[str, list[float]] = {}
+
+    def put(**kw: float) -> None:
+        for k, v in kw.items():
+            per.setdefault(k, []).append(v)
+
+    out: dict[str, Any] = {"rounds": rounds}
+    with Machine(tmp / "s1.qcow2") as vm, \
+            LibvirtMachine(tmp / "s2.qcow2", name="kvmlab-bench") as lvm:
         vm.wait_guest("ready", timeout=120)
+        lvm.wait_guest("ready", timeout=120)
         job = vm.mirror("drive0", tmp / "s1-t.qcow2", speed=256 * 1024, buf_size=256 * 1024)
-        be = vm.backend
+        ljob = lvm.mirror("vda", tmp / "s2-t.qcow2", speed=256 * 1024, buf_size=256 * 1024)
         assert vm.pid is not None
-        out["qmp_wall_s"], out["qmp_cpu_s"] = _per_call(be.block_jobs, n_fast)
+        virsh = ["virsh", "-c", lvm.uri, "qemu-monitor-command", "--hmp", lvm.domain_name,
+                 "info block-jobs"]
+        qemu = _Others([vm.pid], base_s)
+        server = _Others(_libvirt_pids(lvm.domain_name), base_s)
+        for _ in range(rounds):
+            qmp_wall, qmp_cpu = _per_call(vm.backend.block_jobs, n_fast)
+            with qemu:
+                watch_wall, watch_cpu, n = _sampler_alone(vm, 1e-6, b2b_s)
+            lib_wall, lib_cpu = _per_call(lvm.backend.block_jobs, max(n_fast // 10, 5))
+            with server:
+                virsh_wall, virsh_cpu = _per_call(
+                    lambda: subprocess.run(virsh, capture_output=True, check=True), n_virsh)
+            watch_sys = watch_cpu + qemu.spent / max(n, 1)
+            virsh_sys = virsh_cpu + server.spent / n_virsh
+            put(qmp_wall_s=qmp_wall, qmp_cpu_s=qmp_cpu, watch_wall_s=watch_wall,
+                watch_cpu_s=watch_cpu, watch_qemu_cpu_s=qemu.spent / max(n, 1),
+                libvirt_wall_s=lib_wall, libvirt_cpu_s=lib_cpu, virsh_wall_s=virsh_wall,
+                virsh_cpu_s=virsh_cpu, virsh_libvirtd_qemu_cpu_s=server.spent / n_virsh,
+                watch_system_cpu_s=watch_sys, virsh_system_cpu_s=virsh_sys,
+                ratio_virsh_over_watch_wall=virsh_wall / watch_wall,
+                ratio_virsh_over_watch_cpu=virsh_cpu / watch_cpu,
+                ratio_virsh_over_watch_system_cpu=virsh_sys / watch_sys,
+                ratio_virsh_over_qmp_wall=virsh_wall / qmp_wall,
+                ratio_virsh_over_qmp_cpu=virsh_cpu / qmp_cpu,
+                ratio_virsh_over_libvirt_wall=virsh_wall / lib_wall,
+                ratio_virsh_over_libvirt_cpu=virsh_cpu / lib_cpu)
+        out.update({k: median(v) for k, v in per.items()})
+        walls = per["ratio_virsh_over_watch_wall"]
+        out["ratio_virsh_over_watch_wall_range"] = f"{min(walls):.1f} to {max(walls):.1f}"
         secs = 2.0 if smoke else 10.0
         out["recorder_cpu_share_10hz"], out["recorder_cpu_per_sample_10hz_s"] = \
             _recorder_cpu_share(vm, 10, secs, tmp)
         out["recorder_cpu_share_100hz"], out["recorder_cpu_per_sample_100hz_s"] = \
             _recorder_cpu_share(vm, 100, secs, tmp)
-        out["floor_empty_asyncio_tick_100hz_cpu_s"] = _wake_floor(100, 50 if smoke else 500)
-        with _Others([vm.pid], base_s) as qemu:
-            out["watch_wall_s"], out["watch_cpu_s"], n = \
-                _watch_back_to_back(vm, 0.5 if smoke else 3.0)
-        out["watch_qemu_cpu_s"] = qemu.spent / max(n, 1)
+        out["floor_empty_loop_tick_100hz_cpu_s"] = _wake_floor(100, 50 if smoke else 500)
+        out["floor_sampler_alone_100hz_cpu_s"] = _sampler_alone(vm, 0.01, secs / 2)[1]
+        out["recorder_own_work_100hz_s"] = \
+            out["recorder_cpu_per_sample_100hz_s"] - out["floor_sampler_alone_100hz_cpu_s"]
         out["qemu_qmp_wall_per_byte_s"], out["qemu_qmp_wall_intercept_s"] = \
             _qmp_per_byte(vm, 20 if smoke else 300, 1 if smoke else 5)
-        job.cancel(force=True)
-        job.wait_done(30)
-    src2 = tmp / "s2.qcow2"
-    images.make_guest_disk(src2, 64, fill_mib=32)
-    with LibvirtMachine(src2, name="kvmlab-bench") as lvm:
-        lvm.wait_guest("ready", timeout=120)
-        ljob = lvm.mirror("vda", tmp / "s2-t.qcow2", speed=256 * 1024, buf_size=256 * 1024)
-        lbe = lvm.backend
-        out["libvirt_wall_s"], out["libvirt_cpu_s"] = _per_call(lbe.block_jobs, n_fast // 4)
-        virsh = ["virsh", "-c", lvm.uri, "qemu-monitor-command", "--hmp", lvm.domain_name,
-                 "info block-jobs"]
-        with _Others(_libvirt_pids(lvm.domain_name), base_s) as server:
-            out["virsh_wall_s"], out["virsh_cpu_s"] = _per_call(
-                lambda: subprocess.run(virsh, capture_output=True, check=True), n_virsh)
-        out["virsh_libvirtd_qemu_cpu_s"] = server.spent / n_virsh
-        ljob.cancel(force=True)
-        ljob.wait_done(30)
-    out["watch_system_cpu_s"] = out["watch_cpu_s"] + out["watch_qemu_cpu_s"]
-    out["virsh_system_cpu_s"] = out["virsh_cpu_s"] + out["virsh_libvirtd_qemu_cpu_s"]
-    out["ratio_virsh_over_watch_wall"] = out["virsh_wall_s"] / out["watch_wall_s"]
-    out["ratio_virsh_over_watch_cpu"] = out["virsh_cpu_s"] / out["watch_cpu_s"]
-    out["ratio_virsh_over_watch_system_cpu"] = \
-        out["virsh_system_cpu_s"] / out["watch_system_cpu_s"]
-    out["ratio_virsh_over_qmp_wall"] = out["virsh_wall_s"] / out["qmp_wall_s"]
-    out["ratio_virsh_over_qmp_cpu"] = out["virsh_cpu_s"] / out["qmp_cpu_s"]
-    out["ratio_virsh_over_libvirt_wall"] = out["virsh_wall_s"] / out["libvirt_wall_s"]
-    out["ratio_virsh_over_libvirt_cpu"] = out["virsh_cpu_s"] / out["libvirt_cpu_s"]
+        for j in (job, ljob):
+            j.cancel(force=True)
+            j.wait_done(30)
     return out
 
 
@@ -428,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.only:
             t0 = time.monotonic()
             print(f"[bench] {name} ...", flush=True)
-            measured = f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')} at {_git_revision()}"
+            measured = f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')} at {results['machine']['git']}"
             results["benchmarks"][name] = {"measured": measured, **fns[name](tmp, args.smoke)}
             results["benchmarks"] = {k: results["benchmarks"][k] for k in TARGETS
                                      if k in results["benchmarks"]}
