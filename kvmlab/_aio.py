@@ -6,7 +6,7 @@ asyncio) runs on this thread's own loop and the caller blocks on a
 ``concurrent.futures.Future``.
 
 The loop is uvloop's (libuv under the asyncio API): measured side by side on
-the lab machines (benchmarks/), it took 12-16 % off the CPU and the round trip
+the lab machines (benchmarks/), it took 12-17 % off the CPU and the round trip
 of every QMP exchange against the standard loop, which matters for a 100 Hz
 ``query-block-jobs`` watch.  qemu.qmp only uses the asyncio API, so it runs on
 it unchanged.

@@ -26,7 +26,8 @@ JobsCallback = Callable[[float, float, list[JobInfo], int], None]
 
 
 class LazyLogQMPClient(QMPClient):
-    """qemu.qmp's client, with its message hooks logging lazily.
+    """qemu.qmp's client, with its message hooks logging lazily and a short form for
+    argument-less commands (:meth:`execute_short`).
 
     The base hooks (``_cb_outbound``/``_cb_inbound``, documented as the place for
     subclasses to hook message I/O) pretty-print every message with ``str(msg)``
@@ -49,7 +50,7 @@ class LazyLogQMPClient(QMPClient):
         """Run the argument-less command *cmd* as the shortest message QEMU accepts.
 
         QEMU 7.2's monitor reads a command one byte per event-loop cycle (about
-        8 µs a byte on the lab machines, see benchmarks/), and the ``"id"``
+        6 µs a byte on the lab machines, see benchmarks/), and the ``"id"``
         qemu.qmp adds to every command is 19 of the 50 bytes of a
         ``query-block-jobs``.  Sent without it, through qemu.qmp's raw path, the
         command comes back sooner and costs QEMU less.  qemu.qmp allows one id-less
