@@ -174,7 +174,10 @@ class LibvirtBackend:
         for key in ("device", "id"):
             if isinstance(data.get(key), str):
                 data["qemu_job"] = data[key]
-                data[key] = self._job_disk(data[key])
+                try:
+                    data[key] = self._job_disk(data[key])
+                except BackendError:    # the domain went away under us: keep QEMU's name
+                    pass
         self.events.append(Record(event, data, source=seconds + micros / 1e6))
 
     def _on_block_job(self, conn: Any, dom: Any, disk: str, typ: int, status: int,
