@@ -55,7 +55,13 @@ def test_qmp_short_form(disk: Path) -> None:
 
     with Machine(disk, accel="tcg") as vm:
         qmp, aio = vm.backend._qmp, vm.backend._aio  # type: ignore[attr-defined]
+        sent: list[dict[str, object]] = []
+        hook = qmp._cb_outbound
+        qmp._cb_outbound = lambda msg: (sent.append(dict(msg)), hook(msg))[1]
         assert aio.run(qmp.execute_short("query-block-jobs"), timeout=10) == []
+        assert sent == [{"execute": "query-block-jobs"}]      # no id: 30 bytes, not 50
+        vm.backend.execute("query-status")                     # the backend's path too
+        assert sent[-1] == {"execute": "query-status"}
         with pytest.raises(ExecuteError, match="has not been found"):
             aio.run(qmp.execute_short("query-no-such-thing"), timeout=10)
 
