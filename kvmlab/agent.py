@@ -17,7 +17,7 @@ from qemu.qmp import QMPError
 from qemu.qmp.qmp_client import ExecuteError
 
 from ._aio import LoopThread
-from .backends.qmp import LazyLogQMPClient
+from .backends.qmp_client import LazyLogQMPClient
 from .errors import BackendError, StateError, WaitTimeout
 
 #: the virtio-serial port name qemu-ga looks for

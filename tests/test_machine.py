@@ -47,13 +47,15 @@ def test_launch_boot_and_shutdown(disk: Path) -> None:
 
 
 def test_qmp_short_form(disk: Path) -> None:
-    """The watch's id-less query: answers, reports QEMU's errors, and a second concurrent
-    one (qemu.qmp allows one id-less command at a time) takes the normal path."""
+    """The watch's id-less query: answers, reports QEMU's errors, a second concurrent one
+    (qemu.qmp allows one id-less command at a time) takes the normal path, and a lost
+    connection ends a pending one with qemu.qmp's error (and the lab VM still goes)."""
     import asyncio
 
-    from qemu.qmp.qmp_client import ExecuteError
+    from qemu.qmp.qmp_client import ExecInterruptedError, ExecuteError
 
     with Machine(disk, accel="tcg") as vm:
+        pid, tmp = vm.pid, vm.tmpdir
         qmp, aio = vm.backend._qmp, vm.backend._aio  # type: ignore[attr-defined]
         sent: list[dict[str, object]] = []
         hook = qmp._cb_outbound
@@ -69,6 +71,100 @@ def test_qmp_short_form(disk: Path) -> None:
             return list(await asyncio.gather(qmp.execute_short("query-status"),
                                              qmp.execute_short("query-status")))
         assert [r["status"] for r in aio.run(two(), timeout=10)] == ["running", "running"]
+        assert None not in qmp._pending                        # the id-less slot is free again
+
+        async def cut() -> list[object]:                       # connection lost mid-command
+            return list(await asyncio.gather(qmp.execute_short("query-status"),
+                                             qmp.disconnect(), return_exceptions=True))
+        lost, _ = aio.run(cut(), timeout=10)
+        assert isinstance(lost, ExecInterruptedError)
+        assert not qmp._pending
+    _gone(vm, pid, tmp)
+
+
+def test_job_sampler_paths(disk: Path) -> None:
+    """The recorder's in-loop sampler against a real QEMU: paced samples; a busy id-less
+    slot falls back to qemu.qmp's normal path; a failing callback is reported and
+    sampling goes on with the connection intact; QEMU's error for a query is reported;
+    nothing is delivered after stop; a killed QEMU ends it with "connection lost"."""
+    import asyncio
+
+    from kvmlab.backends.qmp_client import JobSampler, _Slot
+
+    got: list[tuple[float, int]] = []
+    errors: list[str] = []
+    boom = [False]
+
+    def on_jobs(mono: float, wall: float, jobs: list[object], late: int) -> None:
+        if boom[0]:
+            boom[0] = False
+            raise ValueError("callback bug")
+        got.append((mono, len(jobs)))
+
+    with Machine(disk, accel="tcg") as vm:
+        pid, tmp = vm.pid, vm.tmpdir
+        be = vm.backend
+        qmp, aio = be._qmp, be._aio  # type: ignore[attr-defined]
+        job = vm.mirror("drive0", tmp / "t.qcow2", speed=64 * 1024, buf_size=64 * 1024)
+        stop = be.start_sampler(0.01, on_jobs, errors.append)  # type: ignore[attr-defined]
+        time.sleep(1)
+        paced = [t for t, _ in got]
+        assert len(paced) >= 80 and all(n == 1 for _, n in got)
+        gaps = sorted(b - a for a, b in zip(paced, paced[1:]))
+        assert 0.007 <= gaps[len(gaps) // 2] <= 0.013
+
+        async def hold() -> None:                   # another id-less command in flight
+            while None in qmp._pending:             # (once the sampler's own is answered)
+                await asyncio.sleep(0.001)
+            qmp._pending[None] = _Slot(qmp, lambda reply: None)
+
+        async def free() -> None:
+            del qmp._pending[None]
+        aio.run(hold(), timeout=5)
+        n = len(got)
+        time.sleep(0.5)
+        aio.run(free(), timeout=5)
+        assert len(got) - n >= 30, "no samples while the id-less slot was taken"
+
+        boom[0] = True
+        n = len(got)
+        time.sleep(0.3)
+        assert errors == ["query-block-jobs: ValueError: callback bug"]
+        assert len(got) - n >= 15 and be.execute("query-status")["status"] == "running"
+        stop()
+        n = len(got)
+        time.sleep(0.2)
+        assert len(got) == n, "samples delivered after stop()"
+
+        bad: list[str] = []
+
+        async def start_bad() -> JobSampler:
+            sampler = JobSampler(qmp, 0.01, on_jobs, bad.append)
+            sampler.CMD = "query-no-such-thing"
+            sampler.start()
+            return sampler
+        sampler = aio.run(start_bad(), timeout=5)
+        time.sleep(0.3)
+
+        async def halt() -> None:
+            sampler.stop()
+        aio.run(halt(), timeout=5)
+        assert len(bad) >= 10 and all("has not been found" in e for e in bad)
+
+        errors.clear()
+        stop = be.start_sampler(0.01, on_jobs, errors.append)  # type: ignore[attr-defined]
+        time.sleep(0.2)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(50):
+            if errors:
+                break
+            time.sleep(0.1)
+        # in flight (ExecInterruptedError) or at the next tick (StateError): reported once
+        assert len(errors) == 1 and errors[0].startswith("query-block-jobs: connection lost")
+        stop()
+        del job
+    _gone(vm, pid, tmp)
 
 
 def test_exception_inside_with_cleans_up(disk: Path) -> None:

@@ -4,66 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, cast
+from typing import Any, Callable
 
-from qemu.qmp import EventListener, Message, QMPClient, QMPError
-from qemu.qmp.models import ErrorResponse
+from qemu.qmp import EventListener, QMPError
 from qemu.qmp.qmp_client import ExecuteError
 
 from .._aio import LoopThread
 from ..errors import BackendError, LaunchError, StateError
 from ..events import Record, RecordLog
 from ..model import DriveInfo, JobInfo, MirrorSpec
+from .qmp_client import JobsCallback, JobSampler, LazyLogQMPClient
 
 log = logging.getLogger(__name__)
-
-#: ``on_jobs(monotonic, wall, jobs, late_ticks)``, called on the QMP loop thread
-JobsCallback = Callable[[float, float, list[JobInfo], int], None]
-
-
-class LazyLogQMPClient(QMPClient):
-    """qemu.qmp's client, with its message hooks logging lazily and a short form for
-    argument-less commands (:meth:`execute_short`).
-
-    The base hooks (``_cb_outbound``/``_cb_inbound``, documented as the place for
-    subclasses to hook message I/O) pretty-print every message with ``str(msg)``
-    even when debug logging is off: two indented JSON dumps per command, most of
-    the CPU cost of a 100 Hz ``query-block-jobs`` watch.  These log the same
-    text, only when debug logging is on.
-    """
-
-    def _cb_outbound(self, msg: Message) -> Message:
-        if self.logger.isEnabledFor(logging.DEBUG):
-            self.logger.debug("--> %s", str(msg))
-        return msg
-
-    def _cb_inbound(self, msg: Message) -> Message:
-        if self.logger.isEnabledFor(logging.DEBUG):
-            self.logger.debug("<-- %s", str(msg))
-        return msg
-
-    async def execute_short(self, cmd: str) -> object:
-        """Run the argument-less command *cmd* as the shortest message QEMU accepts.
-
-        QEMU 7.2's monitor reads a command one byte per event-loop cycle (about
-        6 µs a byte on the lab machines, see benchmarks/), and the ``"id"``
-        qemu.qmp adds to every command is 19 of the 50 bytes of a
-        ``query-block-jobs``.  Sent without it, through qemu.qmp's raw path, the
-        command comes back sooner and costs QEMU less.  qemu.qmp allows one id-less
-        execution at a time; a concurrent one takes the normal path.
-        """
-        msg = Message({"execute": cmd})
-        try:
-            reply = await self._raw(msg, assign_id=False)
-        except ValueError:                  # another id-less execution is pending
-            return await self.execute(cmd)
-        if "error" in reply:
-            raise ExecuteError(ErrorResponse(reply), msg, reply)
-        return reply["return"]
 
 
 class QMPBackend:
@@ -176,50 +131,28 @@ class QMPBackend:
 
     def start_sampler(self, interval: float, on_jobs: JobsCallback,
                       on_error: Callable[[str], None]) -> Callable[[], None]:
-        """Poll ``query-block-jobs`` every *interval* s from inside the QMP loop thread.
+        """Poll ``query-block-jobs`` every *interval* s from inside the QMP loop thread
+        (:class:`~kvmlab.backends.qmp_client.JobSampler`).
 
         Each reply goes to ``on_jobs(monotonic, wall, jobs, late)`` on that thread;
-        no thread hand-off per sample (the recorder's cheap path).  Ticks are due
-        every *interval* from the start; a late tick is skipped and counted.
-        Returns a function that stops the sampler and waits for it.
+        no thread hand-off per sample (the recorder's cheap path).  Returns a
+        function that stops the sampler; no *on_jobs* call follows its return.
         """
-        loop = self._aio.loop
+        async def start() -> JobSampler:
+            sampler = JobSampler(self._qmp, interval, on_jobs, on_error)
+            sampler.start()
+            return sampler
 
-        async def sample_forever() -> None:
-            t0 = loop.time()
-            k = late = 0
-            while True:
-                k += 1
-                delay = t0 + k * interval - loop.time()
-                if delay < 0:
-                    late += 1
-                    k = int((loop.time() - t0) / interval) + 1
-                    delay = t0 + k * interval - loop.time()
-                await asyncio.sleep(delay)
-                try:
-                    reply = await self._qmp.execute_short("query-block-jobs")
-                except ExecuteError as err:
-                    on_error(f"query-block-jobs: {err}")
-                    continue
-                except (QMPError, EOFError, OSError) as err:
-                    on_error(f"query-block-jobs: connection lost ({err.__class__.__name__})")
-                    return
-                jobs = [JobInfo.from_qmp(d) for d in cast(list[dict[str, Any]], reply)]
-                on_jobs(time.monotonic(), time.time(), jobs, late)
-
-        async def spawn() -> asyncio.Task[None]:
-            return asyncio.ensure_future(sample_forever())
-
-        task = self._aio.run(spawn(), timeout=5)
+        sampler = self._aio.run(start(), timeout=5)
 
         def stop() -> None:
-            async def cancel() -> None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            async def halt() -> None:
+                sampler.stop()
 
-            if self._aio.alive and not task.done():
-                self._aio.run(cancel(), timeout=5)
+            if self._aio.alive:
+                self._aio.run(halt(), timeout=5)
+            else:
+                sampler.stopped = True
         return stop
 
     def start_mirror(self, spec: MirrorSpec) -> str:
