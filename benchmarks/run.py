@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -22,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -256,25 +258,64 @@ def bench_sample_cost(tmp: Path, smoke: bool) -> dict[str, Any]:
 
 
 # -- 2. recording overhead -------------------------------------------------------------------
-def _time_to_ready(vm: Machine, target: Path, hz: float | None, tmp: Path,
-                   **mirror_kw: Any) -> float:
-    rec = None
-    if hz:
-        rec = Recorder(tmp / f"ovh-{time.time_ns()}", interval=1 / hz)
-        rec.attach_machine(vm)
-        rec.start()
+class _CpuStandIn:
+    """Stands in for the recorder with its CPU and none of its QMP: a thread that every
+    *interval* s burns *cpu_s* of CPU.  Set against the real recorder, it splits the
+    recording overhead into what the watch's own CPU costs the mirror and what QEMU's
+    answering costs it."""
+
+    def __init__(self, interval: float, cpu_s: float) -> None:
+        self.interval, self.cpu_s = interval, cpu_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            end = time.thread_time() + self.cpu_s
+            while time.thread_time() < end:
+                pass
+
+    def __enter__(self) -> "_CpuStandIn":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _time_to_ready(vm: Machine, target: Path, watch: str, tmp: Path, burn_s: float) -> float:
+    """Time from ``drive-mirror`` to BLOCK_JOB_READY of a full mirror of drive0 onto the
+    existing raw *target*, under *watch*: ``none``, ``10hz``/``100hz`` (the recorder) or
+    ``cpu_100hz`` (:class:`_CpuStandIn` burning *burn_s* per tick)."""
+    with contextlib.ExitStack() as stack:
+        if watch.endswith("hz"):
+            hz = float(watch.split("_")[-1][:-2])
+            if watch.startswith("cpu_"):
+                stack.enter_context(_CpuStandIn(1 / hz, burn_s))
+            else:
+                rec = stack.enter_context(Recorder(tmp / f"ovh-{time.time_ns()}",
+                                                   interval=1 / hz))
+                rec.attach_machine(vm)
+        return _mirror_to_ready(vm, target, format="raw", mode="existing")
+
+
+def _mirror_to_ready(vm: Machine, target: Path, **mirror_kw: Any) -> float:
+    """Seconds from ``drive-mirror`` of drive0 to its BLOCK_JOB_READY; then cancels it."""
+    t0 = time.monotonic()
+    job: Job = vm.mirror("drive0", target, **mirror_kw)
+    ready = job.wait_ready(600)
+    job.cancel()
+    job.wait_done(60)
+    return ready.mono - t0
+
+
+def _fresh_mirror(vm: Machine, target: Path, **mirror_kw: Any) -> float:
+    """:func:`_mirror_to_ready` onto a new image QEMU creates, removed afterwards."""
     try:
-        t0 = time.monotonic()
-        job: Job = vm.mirror("drive0", target, **mirror_kw)
-        ready = job.wait_ready(600)
-        dt = ready.mono - t0
-        job.cancel()
-        job.wait_done(60)
+        return _mirror_to_ready(vm, target, **mirror_kw)
     finally:
-        if rec:
-            rec.stop()
         target.unlink(missing_ok=True)
-    return dt
 
 
 def _paired(times: dict[str, list[float]], key: str, base: str,
@@ -286,38 +327,46 @@ def _paired(times: dict[str, list[float]], key: str, base: str,
 
 
 def bench_recording_overhead(tmp: Path, smoke: bool) -> dict[str, Any]:
-    """Time to ready with no recorder, the recorder at 10 Hz and at 100 Hz, and no recorder
+    """Time to ready with no recorder, the recorder at 10 Hz and at 100 Hz, a stand-in
+    burning the recorder's CPU at 100 Hz without asking QEMU anything, and no recorder
     again (an A/A pair: how far two identical configurations differ, the noise any overhead
     figure must be read against).  Interleaved with the order rotated every rep, compared
     per rep (so drift cancels), with a bootstrap interval.
 
-    Source and target live in RAM (tmpfs, cache=writeback): the host disk's run-to-run
-    spread (about 25 % here) would swamp a 2 % effect, and a RAM-to-RAM mirror is the
-    fastest there is, so CPU contention from the recorder shows most here."""
+    Source and target live in RAM (tmpfs, cache=writeback), the target a preallocated raw
+    image mirrored onto in place (HMP ``-n``): the host disk's run-to-run spread (about
+    25 % here) and tmpfs page allocation would swamp a 2 % effect.  A RAM-to-RAM mirror
+    is the fastest there is and keeps QEMU on 1.6 of the 2 cores, so contention from the
+    watch shows most here: the worst case."""
     reps = 1 if smoke else 25
-    fill = 16 if smoke else 512
+    fill = 16 if smoke else 1024
     ram = Path(tempfile.mkdtemp(prefix="kvmlab-bench-", dir="/dev/shm"))
-    configs: list[tuple[str, float | None]] = [("none", None), ("10hz", 10.0),
-                                               ("100hz", 100.0), ("none_again", None)]
-    times: dict[str, list[float]] = {key: [] for key, _ in configs}
+    configs = ["none", "10hz", "100hz", "cpu_100hz", "none_again"]
+    times: dict[str, list[float]] = {key: [] for key in configs}
     try:
-        src = ram / "o.qcow2"
+        src, target = ram / "o.qcow2", ram / "o-t.raw"
         images.make_guest_disk(src, fill * 2, fill_mib=fill)
+        subprocess.run(["qemu-img", "create", "-q", "-f", "raw", "-o", "preallocation=full",
+                        str(target), f"{fill * 2}M"], check=True)
         with Machine(src, cache="writeback") as vm:
             vm.wait_guest("ready", timeout=120)
+            burn_s = _recorder_cpu_share(vm, 100, 1.0 if smoke else 3.0, tmp)[1]
             for i in range(reps):
-                for key, hz in configs[i % 4:] + configs[:i % 4]:
-                    times[key].append(_time_to_ready(vm, ram / "o-t.qcow2", hz, tmp))
+                k = i % len(configs)
+                for key in configs[k:] + configs[:k]:
+                    times[key].append(_time_to_ready(vm, target, key, tmp, burn_s))
     finally:
         shutil.rmtree(ram, ignore_errors=True)
     rng = random.Random(0)
     out: dict[str, Any] = {f"ttr_{k}_s": median(v) for k, v in times.items()}
     for key, name in (("10hz", "overhead_10hz"), ("100hz", "overhead_100hz"),
+                      ("cpu_100hz", "overhead_cpu_standin_100hz"),
                       ("none_again", "noise_none_again_vs_none")):
         out[name], out[f"{name}_ci95"] = _paired(times, key, "none", rng)
+    out["standin_cpu_per_tick_s"] = burn_s
     out["reps"] = reps
     out["image_fill_mib"] = fill
-    out["storage"] = "tmpfs, cache=writeback"
+    out["storage"] = "tmpfs, cache=writeback, onto a preallocated raw target (-n)"
     return out
 
 
@@ -344,14 +393,14 @@ def bench_throughput(tmp: Path, smoke: bool) -> dict[str, Any]:
         vm.wait_guest("ready", timeout=120)
         search = {}
         for buf, gran in BUFFER_GRID:  # the buffers sweep's grid, one run each, to pick from
-            search[(buf, gran)] = _time_to_ready(vm, tmp / "t.qcow2", None, tmp,
-                                                 buf_size=buf, granularity=gran)
+            search[(buf, gran)] = _fresh_mirror(vm, tmp / "t.qcow2", buf_size=buf,
+                                                granularity=gran)
         best = min(search, key=lambda k: search[k])
         default, tuned = [], []
         for _ in range(reps):
-            default.append(_time_to_ready(vm, tmp / "t.qcow2", None, tmp))
-            tuned.append(_time_to_ready(vm, tmp / "t.qcow2", None, tmp,
-                                        buf_size=best[0], granularity=best[1]))
+            default.append(_fresh_mirror(vm, tmp / "t.qcow2"))
+            tuned.append(_fresh_mirror(vm, tmp / "t.qcow2", buf_size=best[0],
+                                       granularity=best[1]))
     out["buffer_search_s"] = {f"buf={b // MIB}MiB,gran={g // 1024}KiB": round(v, 3)
                               for (b, g), v in search.items()}
     out["recommended_buf_size"], out["recommended_granularity"] = best
