@@ -1,8 +1,9 @@
 """The recorder: job samples, QMP events, image sizes and guest operations, as they happen.
 
-Four streams, each a journal (JSON lines, flushed per row, so a killed
-process loses at most the row being written) that becomes a parquet file
-when the recorder stops:
+Four streams, each a journal (JSON lines, written out by the recorder's thread every
+:data:`JOURNAL_EVERY` seconds, so a killed process loses at most that much; rows are
+kept, not written, where they arrive: a 100 Hz watch pays no JSON or write there)
+that becomes a parquet file when the recorder stops:
 
 - ``samples``: ``query-block-jobs`` every *interval* seconds (default 0.1; 0.01 works);
 - ``events``: every QMP event, guest console record and experiment mark;
@@ -45,22 +46,37 @@ COLUMNS = {"samples": SAMPLE_COLUMNS, "events": EVENT_COLUMNS, "sizes": SIZE_COL
            "guest_ops": OP_COLUMNS}
 
 
+#: longest time a row waits before its journal has it (what a killed recorder can lose);
+#: the recorder thread wakes this often anyway, for the file sizes
+JOURNAL_EVERY = 0.1
+
+_JSON = json.JSONEncoder(default=str)
+
+
 class _Stream:
-    """One journal file plus its rows in memory."""
+    """One journal file plus its rows in memory.  :meth:`add` only keeps the row;
+    :meth:`flush` writes the rows not yet in the journal, as whole lines."""
 
     def __init__(self, path: Path) -> None:
         self.rows: list[dict[str, Any]] = []
-        self._fh: IO[str] | None = open(path, "a", encoding="utf-8", buffering=1)
+        self._written = 0
+        self._fh: IO[str] | None = open(path, "a", encoding="utf-8")
         self._lock = threading.Lock()
 
     def add(self, row: dict[str, Any]) -> None:
-        line = json.dumps(row, default=str)
+        self.rows.append(row)               # list.append is atomic: no lock on the hot path
+
+    def flush(self) -> None:
         with self._lock:
-            self.rows.append(row)
-            if self._fh is not None:
-                self._fh.write(line + "\n")
+            end = len(self.rows)
+            if self._fh is None or end == self._written:
+                return
+            self._fh.write("".join(_JSON.encode(r) + "\n" for r in self.rows[self._written:end]))
+            self._fh.flush()
+            self._written = end
 
     def close(self) -> None:
+        self.flush()
         with self._lock:
             if self._fh is not None:
                 self._fh.close()
@@ -153,7 +169,14 @@ class Recorder:
                                      "name": name, "job": _text(data.get("job")),
                                      "status": _text(data.get("status")), "qemu_time": None,
                                      "data": json.dumps(data, default=str)})
+        self._flush_unless_running()
         return t
+
+    def _flush_unless_running(self) -> None:
+        """Write the journals now when no recorder thread will (before start, after stop)."""
+        if self._thread is None or not self._thread.is_alive():
+            for stream in self._streams.values():
+                stream.flush()
 
     # -- producers -------------------------------------------------------------------
     def _on_qmp_event(self, rec: Record) -> None:
@@ -212,6 +235,7 @@ class Recorder:
         """Take one sample of every block job and every tracked file now."""
         self._sample_jobs()
         self.sample_sizes()
+        self._flush_unless_running()
 
     def _sample_jobs(self) -> None:
         """One ``query-block-jobs`` from this thread (a failure is recorded, not raised)."""
@@ -243,26 +267,30 @@ class Recorder:
                     "allocated": fs.allocated if fs else None})
 
     def _loop(self) -> None:
-        """The recorder thread: job samples for backends without an in-loop sampler, and
-        file sizes (at most every 0.1 s: ``ll`` needs no more)."""
+        """The recorder thread: job samples for backends without an in-loop sampler, file
+        sizes (at most every 0.1 s: ``ll`` needs no more), and the journals' writing."""
         k = 0
         size_every = max(self.interval, 0.1)
+        next_jobs = 0.0
         while not self._stop.is_set():
-            if self._sampler_stop is None:
+            now = self.now()
+            sampling_here = self._sampler_stop is None
+            if sampling_here and now >= next_jobs:
                 self._sample_jobs()
-            if self.now() >= self._next_sizes:
-                self._next_sizes = self.now() + size_every
+                k = max(k + 1, int(self.now() / self.interval))
+                if k * self.interval < self.now():
+                    self.late_ticks += 1
+                    k = int(self.now() / self.interval) + 1
+                next_jobs = k * self.interval
+            if now >= self._next_sizes:
+                self._next_sizes = now + size_every
                 self.sample_sizes()
-            if self._sampler_stop is not None:      # jobs are sampled elsewhere: sizes only
-                self._stop.wait(max(self._next_sizes - self.now(), 0))
-                continue
-            k = max(k + 1, int(self.now() / self.interval))
-            left = k * self.interval - self.now()
-            if left < 0:
-                self.late_ticks += 1
-                k = int(self.now() / self.interval) + 1
-                left = k * self.interval - self.now()
-            self._stop.wait(max(left, 0))
+            for stream in self._streams.values():
+                stream.flush()
+            due = min(self._next_sizes, self.now() + JOURNAL_EVERY)
+            if sampling_here:
+                due = min(due, next_jobs)
+            self._stop.wait(max(due - self.now(), 0))
 
     def start(self) -> None:
         if self._thread is not None:
