@@ -102,3 +102,24 @@ def test_killed_process_loses_at_most_one_interval(scratch: Path, tmp_path: Path
     # the journal's lines are whole JSON objects up to the kill
     lines = (run / "samples.jsonl").read_text().splitlines()
     json.loads(lines[-1])
+
+
+def test_journal_keeps_rows_until_the_thread_writes_them(tmp_path: Path) -> None:
+    """The hot path only appends; a flush writes the rows since the last one, as whole
+    lines in order (odd values as text); close writes what is left."""
+    from kvmlab.record import _Stream
+
+    path = tmp_path / "s.jsonl"
+    st = _Stream(path)
+    for i in range(3):
+        st.add({"i": i, "p": tmp_path})
+    assert path.read_text() == "" and len(st.rows) == 3
+    st.flush()
+    st.add({"i": 3, "p": None})
+    assert [json.loads(x)["i"] for x in path.read_text().splitlines()] == [0, 1, 2]
+    st.close()
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [x["i"] for x in lines] == [0, 1, 2, 3] and lines[0]["p"] == str(tmp_path)
+    st.add({"i": 4})                        # after close: kept in memory, no error
+    st.flush()
+    assert len(path.read_text().splitlines()) == 4
