@@ -145,12 +145,14 @@ class LibvirtBackend:
                 return d.file
         return None
 
-    def _job_disk(self, qemu_id: str) -> str:
-        """kvmlab's name (disk target) for a QEMU job id of this domain."""
+    def _job_disk(self, qemu_id: str, targets: list[str] | None = None) -> str:
+        """kvmlab's name (disk target) for a QEMU job id of this domain (*targets*: the
+        domain's disk targets, when the caller has just read them)."""
+        targets = self._targets() if targets is None else targets
         m = re.match(r"^(?:copy|commit|pull|backup)-([a-z]+\d*|[a-z]+)-", qemu_id)
-        if m and m.group(1) in self._targets():
+        if m and m.group(1) in targets:
             return m.group(1)
-        for disk in self._targets():
+        for disk in targets:
             try:
                 if self.node_name(disk) == qemu_id:
                     return disk
@@ -229,22 +231,24 @@ class LibvirtBackend:
         return out
 
     def block_jobs(self) -> list[JobInfo]:
+        """Every block job: QEMU's ``query-block-jobs`` through the monitor, named by disk
+        target, and ``blockJobInfo`` for a disk only when QEMU did not report it (each
+        call is a round trip through libvirtd: one sample reads the domain XML once)."""
+        targets = self._targets()
         details = {}
         try:
             for j in self.qmp("query-block-jobs"):
-                details[self._job_disk(str(j["device"]))] = j
+                details[self._job_disk(str(j["device"]), targets)] = j
         except BackendError:
             pass
         out = []
-        for disk in self._targets():
-            info = self._call("blockJobInfo", self.dom.blockJobInfo, disk, 0)
+        for disk in targets:
             q = details.pop(disk, None)
-            if not info and not q:
-                continue
             if q is not None:
-                q = dict(q, device=disk)
-                out.append(JobInfo.from_qmp(q))
-            else:
+                out.append(JobInfo.from_qmp(dict(q, device=disk)))
+                continue
+            info = self._call("blockJobInfo", self.dom.blockJobInfo, disk, 0)
+            if info:
                 out.append(JobInfo(id=disk, type=_JOB_TYPES.get(info.get("type", 0), "unknown"),
                                    len=int(info.get("end", 0)), offset=int(info.get("cur", 0)),
                                    speed=int(info.get("bandwidth", 0)), busy=False,
