@@ -97,15 +97,20 @@ def _unmount_below(folder: Path) -> None:
         _proc.run_rc(["umount", "-l", m], timeout=30)
 
 
+#: besides the temp dir, where kvmlab makes owned dirs (the benchmarks' RAM disk)
+REAPED_PARENTS = (Path("/dev/shm"),)
+
+
 def reap_stale_tmpdirs() -> list[Path]:
-    """Remove VM temp dirs whose owning process is gone (it was killed with SIGKILL).
+    """Remove kvmlab's owned temp dirs (VMs, faults, the benchmarks' RAM dirs) whose
+    owning process is gone (it was killed with SIGKILL).
 
     A killed Python cannot clean up after itself; its QEMU dies with it
     (pdeathsig) and the next launch removes what was left.  Returns what it removed.
     """
     removed = []
-    tmp = Path(tempfile.gettempdir())
-    for d in [*tmp.glob(TMP_PREFIX + "*"), *tmp.glob("kvmlab-fault-*")]:
+    for d in [d for parent in (Path(tempfile.gettempdir()), *REAPED_PARENTS)
+              for d in parent.glob("kvmlab-*")]:
         try:
             owner = int((d / "owner.pid").read_text())
         except (OSError, ValueError):

@@ -23,3 +23,55 @@ def test_benchmarks_smoke(tmp_path: Path) -> None:
     assert b["sweep"]["wall_1_workers_s"] > 0
     report = (tmp_path / "RESULTS.md").read_text()
     assert "## sample cost" in report and "Target:" in report and data["smoke"] is True
+
+
+def _cmdlines_with(text: str) -> list[int]:
+    """Pids of processes whose command line contains *text*."""
+    import os
+
+    pids = []
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if text in open(f"/proc/{p}/cmdline", "rb").read().decode(errors="replace"):
+                pids.append(int(p))
+        except OSError:
+            continue
+    return pids
+
+
+def test_killed_benchmark_leaves_its_ram_dir_to_be_reaped(tmp_path: Path) -> None:
+    """kill -9 of a benchmark while its QEMU runs from RAM: the QEMU dies with it, and the
+    /dev/shm dir it could not remove is reaped by the next kvmlab run (here: the call)."""
+    import signal
+    import time
+
+    from kvmlab.machine import reap_stale_tmpdirs
+
+    shm = Path("/dev/shm")
+    before = set(shm.glob("kvmlab-bench-*"))
+    child = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke",
+                              "--only", "recording_overhead", "--out", str(tmp_path)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ours: list[Path] = []
+    try:
+        for _ in range(600):
+            ours = [d for d in set(shm.glob("kvmlab-bench-*")) - before
+                    if _cmdlines_with(str(d / "o.qcow2"))]
+            if ours:
+                break
+            time.sleep(0.1)
+        assert ours, "no QEMU running from the benchmark's RAM dir"
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    finally:
+        child.kill()
+        child.wait()
+    for _ in range(50):
+        if not _cmdlines_with(str(ours[0])):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the killed benchmark's QEMU is still running")
+    assert ours[0].exists()                 # SIGKILL: nothing could clean up
+    assert ours[0] in reap_stale_tmpdirs()
+    assert not ours[0].exists()

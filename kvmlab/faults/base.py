@@ -43,11 +43,12 @@ def marked(mark: Mark | None, name: str, **data: Any) -> Iterator[None]:
         m(f"{name}_end", **data)
 
 
-def private_tmpdir() -> Path:
-    """A 0700 temp dir with ``owner.pid``, so a later run can reap it if we are killed."""
+def private_tmpdir(prefix: str = TMP_PREFIX, parent: Path | None = None) -> Path:
+    """A 0700 temp dir with ``owner.pid``, so a later run can reap it if we are killed
+    (in the temp dir, or *parent*: one of :data:`~kvmlab.machine.REAPED_PARENTS`)."""
     from ..machine import reap_stale_tmpdirs
     reap_stale_tmpdirs()
-    d = Path(tempfile.mkdtemp(prefix=TMP_PREFIX))
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     os.chmod(d, 0o700)
     (d / "owner.pid").write_text(f"{os.getpid()}\n")
     return d
