@@ -32,10 +32,9 @@ import uvloop
 from qemu.qmp import Message
 
 from kvmlab import __version__, images, paths
-from kvmlab.faults.base import private_tmpdir
 from kvmlab.jobs import Job
 from kvmlab.libvirt_lab import LibvirtMachine
-from kvmlab.machine import Machine, resolve_accel
+from kvmlab.machine import Machine, owned_tmpdir, resolve_accel
 from kvmlab.record import Recorder
 from kvmlab.runs import _git_revision, _qemu_version
 
@@ -341,7 +340,7 @@ def bench_recording_overhead(tmp: Path, smoke: bool) -> dict[str, Any]:
     watch shows most here: the worst case."""
     reps = 1 if smoke else 25
     fill = 16 if smoke else 1024
-    ram = private_tmpdir("kvmlab-bench-", Path("/dev/shm"))   # reaped if we are killed
+    ram = owned_tmpdir("kvmlab-bench-", Path("/dev/shm"))     # reaped if we are killed
     configs = ["none", "10hz", "100hz", "cpu_100hz", "none_again"]
     times: dict[str, list[float]] = {key: [] for key in configs}
     try:

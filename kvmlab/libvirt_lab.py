@@ -10,12 +10,10 @@ domain; a transient domain leaves no definition behind.
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import shutil
 import signal
 import socket
-import tempfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -25,7 +23,7 @@ from . import _proc, images
 from .backends.libvirt import LibvirtBackend, _require_libvirt
 from .errors import BackendError, LaunchError, StateError, WaitTimeout
 from .guest.console import Console
-from .machine import TMP_PREFIX, Machine, reap_stale_tmpdirs
+from .machine import Machine, owned_tmpdir
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +95,8 @@ class LibvirtMachine(Machine):
         import libvirt
         if self._dom is not None:
             raise StateError("machine already launched")
-        reap_stale_tmpdirs()
-        self._tmpdir = tempfile.mkdtemp(prefix=TMP_PREFIX)
-        tmp = Path(self._tmpdir)
-        os.chmod(tmp, 0o711)  # libvirt's QEMU must reach the console socket
-        (tmp / "owner.pid").write_text(f"{os.getpid()}\n")
+        tmp = owned_tmpdir(mode=0o711)  # libvirt's QEMU must reach the console socket
+        self._tmpdir = str(tmp)
         try:
             manifest_file = self.manifest.write(tmp / "manifest") if self.manifest else None
             sock_path = tmp / "console.sock"

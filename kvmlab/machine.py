@@ -122,6 +122,18 @@ def reap_stale_tmpdirs() -> list[Path]:
     return removed
 
 
+def owned_tmpdir(prefix: str = TMP_PREFIX, parent: Path | None = None,
+                 mode: int = 0o700) -> Path:
+    """A new temp dir (in the temp dir, or *parent*: one of :data:`REAPED_PARENTS`) with
+    ``owner.pid``, so that :func:`reap_stale_tmpdirs` removes it if we are killed; stale
+    ones of killed runs are reaped first."""
+    reap_stale_tmpdirs()
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(d, mode)
+    (d / "owner.pid").write_text(f"{os.getpid()}\n")
+    return d
+
+
 def _reap(proc: subprocess.Popen[bytes] | None, tmpdir: str | None) -> None:
     """Finalizer: kill QEMU and remove the temp dir (runs at GC or interpreter exit)."""
     if proc is not None and proc.poll() is None:
@@ -275,11 +287,8 @@ class Machine:
         if self._proc is not None:
             raise StateError("machine already launched")
         accel = resolve_accel(self.requested_accel, self.qemu, self.guest)
-        reap_stale_tmpdirs()
-        self._tmpdir = tempfile.mkdtemp(prefix=TMP_PREFIX)
-        os.chmod(self._tmpdir, 0o700)
-        tmp = Path(self._tmpdir)
-        (tmp / "owner.pid").write_text(f"{os.getpid()}\n")
+        tmp = owned_tmpdir()
+        self._tmpdir = str(tmp)
         try:
             manifest_file = self.manifest.write(tmp / "manifest") if self.manifest else None
             qmp_sock = tmp / "qmp.sock"

@@ -33,6 +33,7 @@ from .errors import BadInput, KvmlabError
 from .events import Record
 from .guest.console import Console
 from .images import file_size
+from .pacing import Pacer
 from .runs import STREAMS
 
 log = logging.getLogger(__name__)
@@ -269,7 +270,7 @@ class Recorder:
     def _loop(self) -> None:
         """The recorder thread: job samples for backends without an in-loop sampler, file
         sizes (at most every 0.1 s: ``ll`` needs no more), and the journals' writing."""
-        k = 0
+        pacer = Pacer(self.interval, 0.0)           # on the recorder's clock (now())
         size_every = max(self.interval, 0.1)
         next_jobs = 0.0
         while not self._stop.is_set():
@@ -277,11 +278,8 @@ class Recorder:
             sampling_here = self._sampler_stop is None
             if sampling_here and now >= next_jobs:
                 self._sample_jobs()
-                k = max(k + 1, int(self.now() / self.interval))
-                if k * self.interval < self.now():
-                    self.late_ticks += 1
-                    k = int(self.now() / self.interval) + 1
-                next_jobs = k * self.interval
+                next_jobs = pacer.next(self.now())
+                self.late_ticks = pacer.late
             if now >= self._next_sizes:
                 self._next_sizes = now + size_every
                 self.sample_sizes()

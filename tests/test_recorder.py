@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from kvmlab import images
 from kvmlab.machine import Machine, reap_stale_tmpdirs
 from kvmlab.record import JOURNAL_EVERY, SAMPLE_COLUMNS, Recorder
@@ -123,3 +125,17 @@ def test_journal_keeps_rows_until_the_thread_writes_them(tmp_path: Path) -> None
     st.add({"i": 4})                        # after close: kept in memory, no error
     st.flush()
     assert len(path.read_text().splitlines()) == 4
+
+
+def test_pacer_keeps_the_grid_and_counts_skipped_ticks() -> None:
+    """Ticks stay on t0 + k*interval (no drift from late wake-ups); a tick already past
+    is skipped for the next one on the grid and counted late."""
+    from kvmlab.pacing import Pacer
+
+    p = Pacer(0.01, 100.0)
+    assert p.next(100.0) == pytest.approx(100.01)
+    assert p.next(100.0109) == pytest.approx(100.02)     # woke 0.9 ms late: no drift
+    assert p.late == 0
+    assert p.next(100.0451) == pytest.approx(100.05)     # 100.03, 100.04 passed: skipped
+    assert p.late == 1
+    assert p.next(100.05) == pytest.approx(100.06)

@@ -18,6 +18,7 @@ from qemu.qmp.models import ErrorResponse
 from qemu.qmp.qmp_client import ExecInterruptedError, ExecuteError
 
 from ..model import JobInfo
+from ..pacing import Pacer
 
 log = logging.getLogger(__name__)
 
@@ -139,12 +140,10 @@ class JobSampler:
     def __init__(self, client: LazyLogQMPClient, interval: float, on_jobs: JobsCallback,
                  on_error: Callable[[str], None]) -> None:
         self.client = client
-        self.interval = interval
         self.on_jobs = on_jobs
         self.on_error = on_error
         self.loop = asyncio.get_running_loop()
-        self.t0 = self.loop.time()
-        self.k = self.late = 0
+        self.pacer = Pacer(interval, self.loop.time())
         self.timer: asyncio.TimerHandle | None = None
         self.stopped = False
 
@@ -158,14 +157,7 @@ class JobSampler:
             self.timer.cancel()
 
     def _next(self) -> None:
-        self.k += 1
-        when = self.t0 + self.k * self.interval
-        now = self.loop.time()
-        if when < now:
-            self.late += 1
-            self.k = int((now - self.t0) / self.interval) + 1
-            when = self.t0 + self.k * self.interval
-        self.timer = self.loop.call_at(when, self._tick)
+        self.timer = self.loop.call_at(self.pacer.next(self.loop.time()), self._tick)
 
     def _tick(self) -> None:
         self.timer = None
@@ -200,7 +192,7 @@ class JobSampler:
             return
         try:
             jobs = [JobInfo.from_qmp(d) for d in cast(list[dict[str, Any]], value)]
-            self.on_jobs(time.monotonic(), time.time(), jobs, self.late)
+            self.on_jobs(time.monotonic(), time.time(), jobs, self.pacer.late)
         except Exception as err:                    # pylint: disable=broad-except
             # never into qemu.qmp's reader: a raise there would drop the connection
             self._failed(f"{self.CMD}: {err.__class__.__name__}: {err}")

@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import weakref
 from contextlib import contextmanager
@@ -43,15 +42,10 @@ def marked(mark: Mark | None, name: str, **data: Any) -> Iterator[None]:
         m(f"{name}_end", **data)
 
 
-def private_tmpdir(prefix: str = TMP_PREFIX, parent: Path | None = None) -> Path:
-    """A 0700 temp dir with ``owner.pid``, so a later run can reap it if we are killed
-    (in the temp dir, or *parent*: one of :data:`~kvmlab.machine.REAPED_PARENTS`)."""
-    from ..machine import reap_stale_tmpdirs
-    reap_stale_tmpdirs()
-    d = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    os.chmod(d, 0o700)
-    (d / "owner.pid").write_text(f"{os.getpid()}\n")
-    return d
+def private_tmpdir() -> Path:
+    """A 0700 temp dir with ``owner.pid``, so a later run can reap it if we are killed."""
+    from ..machine import owned_tmpdir
+    return owned_tmpdir(TMP_PREFIX)
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
