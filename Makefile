@@ -1,5 +1,7 @@
-# kvmlab: two commands on a fresh Debian 12 -- `make demo` and `make test`.
-# Both install what is missing (Debian packages, a virtualenv, the guest) idempotently.
+# kvmlab on a fresh Debian 12: `make demo`, `make check` and `make test`.
+# Each installs what it needs (Debian packages, a virtualenv, the guest) idempotently.
+#   make check  the pure tier: linters, mypy, tests on recorded runs; no QEMU needed (< 60 s)
+#   make test   check, then the integration tier against real QEMU, libvirtd and NFS
 
 PYTHON  ?= python3
 VENV    ?= .venv
@@ -11,15 +13,18 @@ APT_PKGS := qemu-system-x86 qemu-utils qemu-block-extra busybox-static cpio e2fs
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: all setup apt venv guest libvirtd demo test bench clean
+.PHONY: all setup apt pyapt venv venv-libvirt guest libvirtd demo lint check integration test bench notebooks clean
 
 all: demo
 
-setup: apt venv guest
+setup: apt venv venv-libvirt guest
 
 # Debian packages: install only those missing.  As root directly, otherwise through sudo.
-apt:
-	@missing=""; for p in $(APT_PKGS); do \
+# (pyapt: only what the virtualenv needs, for `make check` on a machine without QEMU)
+apt: APT_WANT = $(APT_PKGS)
+pyapt: APT_WANT =
+apt pyapt:
+	@missing=""; for p in $(APT_WANT); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then missing="$$missing python3-venv"; fi; \
@@ -32,15 +37,22 @@ apt:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	else echo "kvmlab: Debian packages present"; fi
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml | pyapt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "kvmlab needs Python >= 3.11"'
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,libvirt]'
+	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
+# libvirt-python builds against libvirt-dev (an apt package): only for the integration tier
+$(VENV)/.libvirt: $(VENV)/.installed | apt
+	$(PY) -m pip install -q -e '.[libvirt]'
+	touch $@
+
 venv: $(VENV)/.installed
+
+venv-libvirt: $(VENV)/.libvirt
 
 guest: venv
 	$(PY) -m kvmlab guest build
@@ -52,9 +64,23 @@ libvirtd: apt
 demo: setup
 	$(PY) -m kvmlab run notebooks/01_mirror_basic.ipynb
 
-test: setup libvirtd
-	$(PY) -m mypy kvmlab benchmarks
-	$(PY) -m pytest -v --durations=15 $(PYTEST_ARGS)
+# linters and mypy over the package, the benchmarks and the notebook sources
+lint: venv
+	$(PY) -m ruff check kvmlab benchmarks notebooks tests
+	$(PY) -m mypy kvmlab benchmarks notebooks
+
+# the pure tier: QEMU's programs are shadowed by failing shims (tests/conftest.py)
+check: lint
+	KVMLAB_TIER=pure $(PY) -m pytest -m "not qemu" -q -p no:cacheprovider --durations=5 $(PYTEST_ARGS)
+
+integration: setup venv-libvirt libvirtd
+	$(PY) -m pytest -m qemu -v --durations=15 $(PYTEST_ARGS)
+
+test: check integration
+
+# after editing notebooks/NN_name.py: refresh the paired .ipynb that papermill runs
+notebooks: venv
+	$(PY) -m jupytext --sync notebooks/[0-9]*.py
 
 # side-by-side measurements -> benchmarks/RESULTS.md and results.json (~15 min)
 bench: setup libvirtd

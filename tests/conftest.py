@@ -1,7 +1,14 @@
-"""Shared fixtures.  Integration tests use a real QEMU (TCG) and the real guest.
+"""Shared fixtures and the two tiers of the suite.
 
-There is deliberately no skip when QEMU or the guest is missing: ``make test``
-installs and builds them, and a suite that passes without QEMU proves nothing.
+- The **pure** tier (``make check``, ``pytest -m "not qemu"``): model, analysis and plots on
+  runs recorded from real QEMU, sweep specs, CLI argument errors, notebook pairing.  It
+  runs without QEMU installed: with ``KVMLAB_TIER=pure`` the QEMU programs are shadowed on
+  PATH by shims that fail loudly, so a pure test that starts QEMU fails.
+- The **integration** tier (``pytest -m qemu``): a real QEMU (TCG), the real guest,
+  libvirtd, nfs-ganesha.  Every test marked ``qemu`` gets the session's ``guest`` fixture,
+  which builds the guest.  There is deliberately no skip when QEMU or the guest is
+  missing: ``make test`` installs and builds them, and a suite that passes without QEMU
+  proves nothing.
 """
 
 from __future__ import annotations
@@ -52,9 +59,43 @@ def vm_tmpdirs() -> set[str]:
             if p.startswith(("kvmlab-vm-", "kvmlab-fault-"))}
 
 
-@pytest.fixture(scope="session", autouse=True)
+#: what the pure tier shadows on PATH
+QEMU_PROGRAMS = ("qemu-system-x86_64", "qemu-img", "qemu-io", "qemu-nbd",
+                 "qemu-storage-daemon", "virsh", "libvirtd", "ganesha.nfsd")
+
+
+def _shadow_qemu(folder: Path) -> None:
+    """PATH shims for the pure tier: every QEMU program fails with one line."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for prog in QEMU_PROGRAMS:
+        shim = folder / prog
+        shim.write_text(f"#!/bin/sh\necho 'pure test tier: {prog} must not run here' >&2\n"
+                        "exit 127\n")
+        shim.chmod(0o755)
+    os.environ["PATH"] = f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+if os.environ.get("KVMLAB_TIER") == "pure":
+    _shadow_qemu(Path(tempfile.mkdtemp(prefix="kvmlab-pure-shims-")))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A pure test (not marked ``qemu``) must not ask for the guest."""
+    for item in items:
+        if item.get_closest_marker("qemu") is None and "guest" in getattr(item, "fixturenames", ()):
+            raise pytest.UsageError(f"{item.nodeid} uses the guest but is not marked qemu")
+
+
+@pytest.fixture(autouse=True)
+def _integration_needs_guest(request: pytest.FixtureRequest) -> None:
+    """Every test marked ``qemu`` gets the built guest (and fails without QEMU)."""
+    if request.node.get_closest_marker("qemu") is not None:
+        request.getfixturevalue("guest")
+
+
+@pytest.fixture(scope="session")
 def guest() -> Guest:
-    """The real guest, for every test: without QEMU and the guest the suite fails."""
+    """The real guest, for every integration test: without QEMU and the guest they fail."""
     assert shutil.which("qemu-system-x86_64"), "qemu-system-x86_64 missing: run 'make setup'"
     assert shutil.which("qemu-img"), "qemu-img missing: run 'make setup'"
     return build_guest()

@@ -9,6 +9,9 @@ from kvmlab import analysis, images
 from kvmlab.guest.workload import Workload
 from kvmlab.machine import Machine
 from kvmlab.record import Recorder
+import pytest
+
+pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
 
 MIB = 1024 * 1024
 

@@ -6,6 +6,9 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+import pytest
+
+pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
 
 ROOT = Path(__file__).resolve().parent.parent
 

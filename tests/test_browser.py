@@ -24,6 +24,8 @@ import pytest
 
 from kvmlab import load_run, paths
 
+pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
+
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "00_control_panel.ipynb"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

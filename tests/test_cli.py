@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from kvmlab.cli import main
@@ -13,6 +14,7 @@ from kvmlab.guest.build import Guest
 NB = Path(__file__).resolve().parent.parent / "notebooks" / "01_mirror_basic.ipynb"
 
 
+@pytest.mark.qemu
 def test_guest_build_reports_existing_guest(guest: Guest) -> None:
     res = CliRunner().invoke(main, ["guest", "build"])
     assert res.exit_code == 0, res.output
@@ -35,6 +37,7 @@ def test_run_rejects_unknown_parameter(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+@pytest.mark.qemu
 def test_run_executes_notebook_into_one_folder(tmp_path: Path) -> None:
     """What 'make demo' does: papermill run, HTML export, the run's data, one folder."""
     out = tmp_path / "r"

@@ -13,6 +13,8 @@ from kvmlab.experiments import consistency_study
 from kvmlab.images import fsck, make_guest_disk
 from kvmlab.machine import Machine
 
+pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
+
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 

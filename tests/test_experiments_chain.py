@@ -10,6 +10,8 @@ import pytest
 from kvmlab import experiments as ex
 from kvmlab.errors import BadInput
 
+pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
+
 SMALL = dict(image_mib=48, fill_mib=8, accel="tcg")
 
 

@@ -12,6 +12,8 @@ from kvmlab.errors import GuestBuildError
 from kvmlab.guest.build import Guest, build_guest, load_guest
 from kvmlab.machine import Machine
 
+pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
+
 VIRTIO_ORDER = ["virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev",
                 "virtio_pci", "virtio_blk"]
 

@@ -11,6 +11,8 @@ from kvmlab.errors import BackendError
 from kvmlab.jobs import job_for
 from kvmlab.machine import Machine
 
+pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
+
 
 def test_seed_hmp_commands(scratch: Path) -> None:
     src = scratch / "disk.qcow2"

@@ -18,6 +18,8 @@ from kvmlab.jobs import job_for
 from kvmlab.libvirt_lab import LibvirtMachine
 from kvmlab.record import COLUMNS
 
+pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
+
 URI = "qemu:///system"
 
 

@@ -17,6 +17,8 @@ from kvmlab.errors import BadInput, GuestNotBuilt, KvmlabError, LaunchError
 from kvmlab.guest.build import Guest
 from kvmlab.machine import Machine, reap_stale_tmpdirs, resolve_accel
 
+pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
+
 
 def _gone(vm: Machine, pid: int, tmp: Path) -> None:
     assert not vm.running
@@ -79,6 +81,32 @@ def test_qmp_short_form(disk: Path) -> None:
         lost, _ = aio.run(cut(), timeout=10)
         assert isinstance(lost, ExecInterruptedError)
         assert not qmp._pending
+    _gone(vm, pid, tmp)
+
+
+def test_qmp_public_path_when_qemu_qmp_is_untested(disk: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """With an untested qemu.qmp (FAST_PATH off) every command and the sampler go through
+    qemu.qmp's public execute(): each message carries an id, and sampling still works."""
+    from kvmlab.backends import qmp_client
+
+    monkeypatch.setattr(qmp_client, "FAST_PATH", False)
+    got: list[int] = []
+    errors: list[str] = []
+    with Machine(disk, accel="tcg") as vm:
+        pid, tmp = vm.pid, vm.tmpdir
+        qmp = vm.backend._qmp  # type: ignore[attr-defined]
+        sent: list[dict[str, object]] = []
+        hook = qmp._cb_outbound
+        qmp._cb_outbound = lambda msg: (sent.append(dict(msg)), hook(msg))[1]
+        assert vm.backend.execute("query-status")["status"] == "running"
+        assert sent and all("id" in m for m in sent)
+        stop = vm.backend.start_sampler(  # type: ignore[attr-defined]
+            0.02, lambda mono, wall, jobs, late: got.append(len(jobs)), errors.append)
+        time.sleep(0.5)
+        stop()
+        assert len(got) >= 15 and not errors
+        assert all("id" in m for m in sent if m.get("execute") == "query-block-jobs")
     _gone(vm, pid, tmp)
 
 

@@ -16,6 +16,8 @@ from kvmlab.errors import BadInput, StateError
 from kvmlab.machine import Machine
 from kvmlab.record import Recorder
 
+pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
+
 MIB = 1024 * 1024
 
 

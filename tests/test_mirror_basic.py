@@ -9,6 +9,9 @@ from kvmlab import images, paths
 from kvmlab.experiments import mirror_basic
 from kvmlab.experiments.common import LabRun, verify_image
 from kvmlab.guest.workload import Manifest
+import pytest
+
+pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
 
 
 def test_e1_mirror_during_workload_verifies(runs: Path) -> None:

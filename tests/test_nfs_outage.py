@@ -12,6 +12,8 @@ from kvmlab.errors import BadInput, LaunchError
 from kvmlab.experiments import mirror_nfs_outage
 from kvmlab.faults import NfsServer
 
+pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
+
 
 def _ganesha_running() -> bool:
     return subprocess.run(["pgrep", "-x", "ganesha.nfsd"], capture_output=True).returncode == 0

@@ -10,6 +10,8 @@ import pytest
 
 from kvmlab.batch import notebook_parameters, run_notebook
 
+pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
+
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 SMALL = {"image_mib": 48, "accel": "tcg"}
 

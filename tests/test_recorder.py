@@ -17,6 +17,8 @@ from kvmlab.machine import Machine, reap_stale_tmpdirs
 from kvmlab.record import JOURNAL_EVERY, SAMPLE_COLUMNS, Recorder
 from kvmlab.runs import read_stream
 
+pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
+
 MIB = 1024 * 1024
 
 

@@ -71,6 +71,7 @@ def test_shipped_sweeps_are_valid() -> None:
         assert len(spec.plan()) == n
 
 
+@pytest.mark.qemu
 def test_sweep_two_workers_failing_point_resume_and_report(tmp_path: Path) -> None:
     """>= 4 points against real QEMU with 2 workers, one failing point, then a resume."""
     points = [{"speed": 0, "workload_rate_kib_s": 256},
@@ -111,6 +112,7 @@ def test_sweep_two_workers_failing_point_resume_and_report(tmp_path: Path) -> No
         run_sweep(SweepSpec(NB, dict(TINY), points=points[:2]), out, progress=False)
 
 
+@pytest.mark.qemu
 def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "kvmlab", "sweep", str(NB), "--out", str(out), "--workers", "2",
@@ -150,6 +152,7 @@ def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
                 and not list(p.rglob("run.json"))]
 
 
+@pytest.mark.qemu
 def test_dask_local_cluster(tmp_path: Path) -> None:
     from distributed import Client, LocalCluster
     spec = SweepSpec(NB, dict(TINY), grid={"speed": [0, 4194304]})

@@ -12,6 +12,8 @@ from kvmlab.errors import BadInput
 from kvmlab.experiments import target_fault
 from kvmlab.faults import NbdServer, SmallTmpfs, blkdebug_target
 
+pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
+
 
 def _mounted(path: Path) -> bool:
     return str(path) in Path("/proc/mounts").read_text()

@@ -12,6 +12,8 @@ import pytest
 from kvmlab import load_run, widgets
 from kvmlab.widgets import MirrorPanel
 
+pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
+
 
 def _until(cond: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout

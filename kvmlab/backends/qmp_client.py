@@ -4,13 +4,23 @@ Both ride on qemu.qmp itself: its reader task, message parsing, reply routing th
 the pending-execution table, disconnect handling and the ``_cb_outbound`` hook.  What
 they leave out is qemu.qmp's per-command machinery (an asyncio queue per reply, a
 queue and a task hop per send), which is most of a 100 Hz watch's CPU on our side.
+
+**This module is the only place that touches qemu.qmp's private members** (``_pending``,
+``_writer``, ``_do_send``; qemu.qmp is 0.0.x and promises nothing about them).  The lean
+path is taken only when the installed qemu.qmp is a version kvmlab's tests ran on
+(:data:`TESTED_QMP_VERSIONS`, checked at import) and still has those members; otherwise
+:data:`FAST_PATH` is False and every command, the sampler's included, goes through
+qemu.qmp's public ``execute`` -- slower (about twice the CPU per sample, see
+``benchmarks/RESULTS.md``), never wrong.  ``KVMLAB_QMP_PUBLIC=1`` forces the public path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Callable, Union, cast
 
 from qemu.qmp import Message, QMPClient, Runstate
@@ -21,6 +31,30 @@ from ..model import JobInfo
 from ..pacing import Pacer
 
 log = logging.getLogger(__name__)
+
+#: qemu.qmp releases whose private members the lean path was tested against
+TESTED_QMP_VERSIONS = ("0.0.6",)
+
+
+def _qmp_version() -> str:
+    try:
+        return version("qemu.qmp")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _private_members_present() -> bool:
+    probe = QMPClient("kvmlab-probe")
+    return all(hasattr(probe, name) for name in ("_pending", "_writer", "_do_send"))
+
+
+QMP_VERSION = _qmp_version()
+#: True: the id-less short form and the callback sampler; False: qemu.qmp's public path only
+FAST_PATH = (QMP_VERSION in TESTED_QMP_VERSIONS and _private_members_present()
+             and os.environ.get("KVMLAB_QMP_PUBLIC") != "1")
+if not FAST_PATH:
+    log.info("qemu.qmp %s: using its public execute() only (lean path tested on %s)",
+             QMP_VERSION, ", ".join(TESTED_QMP_VERSIONS))
 
 #: what the id-less slot receives: QEMU's reply, or qemu.qmp's disconnect error
 Reply = Union[Message, ExecInterruptedError]
@@ -68,10 +102,12 @@ class LazyLogQMPClient(QMPClient):
         are matched by id, so skipping the writer's queue cannot mix them up.
 
         Returns False, having sent nothing, when the id-less slot is taken (qemu.qmp
-        allows one id-less command at a time) or the session is not running.
+        allows one id-less command at a time), the session is not running, or
+        :data:`FAST_PATH` is off: the caller then takes qemu.qmp's public path.
         *deliver* must not raise: it runs inside qemu.qmp's reader task.
         """
-        if None in self._pending or self._writer is None or self.runstate != Runstate.RUNNING:
+        if (not FAST_PATH or None in self._pending or self._writer is None
+                or self.runstate != Runstate.RUNNING):
             return False
         msg = self._short.get(cmd)
         if msg is None:
