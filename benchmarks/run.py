@@ -34,7 +34,8 @@ from qemu.qmp import Message
 from kvmlab import __version__, images, paths
 from kvmlab.jobs import Job
 from kvmlab.libvirt_lab import LibvirtMachine
-from kvmlab.machine import Machine, owned_tmpdir, resolve_accel
+from kvmlab.machine import Machine, resolve_accel
+from kvmlab.tmpdirs import owned_tmpdir
 from kvmlab.record import Recorder
 from kvmlab.runs import _git_revision, _qemu_version
 

@@ -10,6 +10,11 @@ from typing import Sequence
 from .errors import ToolError
 
 
+def qemu_opt(value: str | Path) -> str:
+    """A value inside a QEMU option string: commas are doubled (``a,b`` -> ``a,,b``)."""
+    return str(value).replace(",", ",,")
+
+
 def which(tool: str) -> str:
     """Absolute path of *tool*, or ToolError naming the missing program."""
     found = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin:/usr/bin:/bin")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import shutil
 import signal
 import socket
 import time
@@ -23,7 +22,7 @@ from . import _proc, images
 from .backends.libvirt import LibvirtBackend, _require_libvirt
 from .errors import BackendError, LaunchError, StateError, WaitTimeout
 from .guest.console import Console
-from .machine import Machine, owned_tmpdir
+from .machine import Machine
 
 log = logging.getLogger(__name__)
 
@@ -89,68 +88,74 @@ class LibvirtMachine(Machine):
         ET.SubElement(dev, "memballoon", model="none")
         return ET.tostring(dom, encoding="unicode")
 
-    def launch(self) -> None:
-        """Create the transient domain, attach the console and the libvirt backend."""
+    # QEMUMachine-style hooks (see Machine): the embedded lab's launch and shutdown, with
+    # libvirtd starting and destroying QEMU.  libvirt's QEMU must reach the console socket
+    # in the temp dir, hence 0711 (its files are not readable by others).
+    tmpdir_mode = 0o711
+
+    def _resolve_accel(self) -> str:
+        return "tcg"                  # lab domains are type='qemu'
+
+    def _pre_launch(self) -> None:
         _require_libvirt()
+        super()._pre_launch()
+
+    def _launch(self) -> None:
+        """Create the transient domain and connect to its serial console."""
         import libvirt
-        if self._dom is not None:
-            raise StateError("machine already launched")
-        tmp = owned_tmpdir(mode=0o711)  # libvirt's QEMU must reach the console socket
-        self._tmpdir = str(tmp)
+        assert self._tmpdir is not None
+        tmp = Path(self._tmpdir)
+        sock_path = tmp / "console.sock"
+        xml = self.domain_xml(self._manifest_file, sock_path)
+        self.command = ["virsh", "-c", self.uri, "create", f"<{self.domain_name}.xml>"]
+        (tmp / "domain.xml").write_text(xml)
         try:
-            manifest_file = self.manifest.write(tmp / "manifest") if self.manifest else None
-            sock_path = tmp / "console.sock"
-            xml = self.domain_xml(manifest_file, sock_path)
-            self.command = ["virsh", "-c", self.uri, "create", f"<{self.domain_name}.xml>"]
-            (tmp / "domain.xml").write_text(xml)
-            try:
-                conn = libvirt.open(self.uri)
-            except libvirt.libvirtError as err:
-                raise BackendError(f"cannot connect to {self.uri}: {err}") from err
-            try:
-                self._dom = conn.createXML(xml, 0)
-            except libvirt.libvirtError as err:
-                raise LaunchError(f"libvirt could not start {self.domain_name}",
-                                  output=str(err)) from err
-            finally:
-                conn.close()
-            self.accel = "tcg"
-            self._sock = _connect_unix(sock_path, 10)
-            self._console = Console(self._sock.makefile("rb"), self.console_log)
-            self._backend = LibvirtBackend(self.uri, self.domain_name)
-        except BaseException:
-            self.shutdown(hard=True)
-            raise
+            conn = libvirt.open(self.uri)
+        except libvirt.libvirtError as err:
+            raise BackendError(f"cannot connect to {self.uri}: {err}") from err
+        try:
+            self._dom = conn.createXML(xml, 0)
+        except libvirt.libvirtError as err:
+            raise LaunchError(f"libvirt could not start {self.domain_name}",
+                              output=str(err)) from err
+        finally:
+            conn.close()
+        self._sock = _connect_unix(sock_path, 10)
+        self._attach(Console(self._sock.makefile("rb"), self.console_log),
+                     LibvirtBackend(self.uri, self.domain_name))
+
+    def _post_launch(self) -> None:
+        self.accel = "tcg"
 
     def _exit_reason(self) -> str | None:
         if self._dom is not None and not self.running:
             return "the libvirt domain is no longer running"
         return None
 
-    def shutdown(self, timeout: float = 10, hard: bool = False) -> None:
-        """Destroy the domain (it is transient: nothing stays defined) and clean up."""
+    def _soft_shutdown(self, timeout: float) -> None:
+        self._hard_shutdown()        # a lab domain has nothing to flush: destroy it
+
+    def _hard_shutdown(self) -> None:
+        """Destroy the domain (it is transient: nothing stays defined)."""
         try:
-            if self.running:
-                try:
-                    self._dom.destroy()
-                except Exception:  # noqa: BLE001 - it may have just powered off
-                    log.debug("destroy failed", exc_info=True)
+            self._dom.destroy()
+        except Exception:  # noqa: BLE001 - it may have just powered off
+            log.debug("destroy failed", exc_info=True)
+
+    def _post_shutdown(self) -> None:
+        self.exitcode = 0 if self._dom is not None else None
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        try:
+            super()._post_shutdown()
         finally:
-            self.exitcode = 0 if self._dom is not None else None
-            if self._backend is not None:
-                self._backend.close()
             if self._sock is not None:
-                try:
-                    self._sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 self._sock.close()
                 self._sock = None
-            if self._console is not None:
-                self._console.join()
-            if self._tmpdir:
-                shutil.rmtree(self._tmpdir, ignore_errors=True)
-            self._tmpdir = None
+            self.exitcode = 0 if self._dom is not None else None
             self._dom = None if not self.running else self._dom
 
     def kill(self, sig: int = signal.SIGKILL) -> None:

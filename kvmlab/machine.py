@@ -16,7 +16,6 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import weakref
 from dataclasses import dataclass
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any, Mapping, Self, Sequence
 
 from . import _proc, images, jobs, paths
+from ._proc import qemu_opt
+from .tmpdirs import owned_tmpdir
 from .agent import PORT_NAME as AGENT_PORT, GuestAgent
 from .backends.base import Backend
 from .backends.qmp import QMPBackend
@@ -40,11 +41,6 @@ CACHE_MODES = ("none", "writeback", "writethrough", "directsync", "unsafe")
 GUEST_MODES = ("idle", "workload", "verify")
 ACCELS = ("auto", "kvm", "tcg")
 QEMU_BINARY = "qemu-system-x86_64"
-
-
-def qemu_opt(value: str | Path) -> str:
-    """A value inside a QEMU option string: commas are doubled (``a,b`` -> ``a,,b``)."""
-    return str(value).replace(",", ",,")
 
 
 @dataclass(frozen=True)
@@ -74,64 +70,6 @@ class Drive:
 
 
 TMP_PREFIX = "kvmlab-vm-"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _unmount_below(folder: Path) -> None:
-    """Lazily unmount every mount point inside *folder* (deepest first)."""
-    try:
-        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
-    except OSError:
-        return
-    inside = [m for m in mounts if m.startswith(f"{folder}/")]
-    for m in sorted(inside, key=len, reverse=True):
-        _proc.run_rc(["umount", "-l", m], timeout=30)
-
-
-#: besides the temp dir, where kvmlab makes owned dirs (the benchmarks' RAM disk)
-REAPED_PARENTS = (Path("/dev/shm"),)
-
-
-def reap_stale_tmpdirs() -> list[Path]:
-    """Remove kvmlab's owned temp dirs (VMs, faults, the benchmarks' RAM dirs) whose
-    owning process is gone (it was killed with SIGKILL).
-
-    A killed Python cannot clean up after itself; its QEMU dies with it
-    (pdeathsig) and the next launch removes what was left.  Returns what it removed.
-    """
-    removed = []
-    for d in [d for parent in (Path(tempfile.gettempdir()), *REAPED_PARENTS)
-              for d in parent.glob("kvmlab-*")]:
-        try:
-            owner = int((d / "owner.pid").read_text())
-        except (OSError, ValueError):
-            continue
-        if not _alive(owner):
-            _unmount_below(d)            # a fault's tmpfs left mounted by the killed owner
-            shutil.rmtree(d, ignore_errors=True)
-            removed.append(d)
-    return removed
-
-
-def owned_tmpdir(prefix: str = TMP_PREFIX, parent: Path | None = None,
-                 mode: int = 0o700) -> Path:
-    """A new temp dir (in the temp dir, or *parent*: one of :data:`REAPED_PARENTS`) with
-    ``owner.pid``, so that :func:`reap_stale_tmpdirs` removes it if we are killed; stale
-    ones of killed runs are reaped first."""
-    reap_stale_tmpdirs()
-    d = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    os.chmod(d, mode)
-    (d / "owner.pid").write_text(f"{os.getpid()}\n")
-    return d
 
 
 def _reap(proc: subprocess.Popen[bytes] | None, tmpdir: str | None) -> None:
@@ -209,7 +147,11 @@ class Machine:
         self._proc: subprocess.Popen[bytes] | None = None
         self._tmpdir: str | None = None
         self._backend: Backend | None = None
+        self._qmp: QMPBackend | None = None
         self._console: Console | None = None
+        self._launched = False
+        self._accel_wanted = "tcg"
+        self._manifest_file: Path | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self.exitcode: int | None = None
         self.command: list[str] = []
@@ -279,37 +221,24 @@ class Machine:
             cmd += ["-fw_cfg", f"name=opt/kvmlab/manifest,file={qemu_opt(manifest_file)}"]
         return cmd + self.extra_args
 
+    # Lifecycle hooks, as QEMU's QEMUMachine: launch() = _pre_launch -> _launch ->
+    # _post_launch; shutdown() = _soft_shutdown (unless hard) -> _hard_shutdown, and always
+    # _post_shutdown.  Another launcher (kvmlab.libvirt_lab) overrides the hooks and hands
+    # its console and backend over through _attach(); it never rewrites this class's state.
+    tmpdir_mode = 0o700
+
     def launch(self) -> None:
         """Start QEMU and connect QMP.  On any failure nothing is left running.
 
         :raise LaunchError: QEMU exited or did not connect (with its exit code and output).
         """
-        if self._proc is not None:
+        if self._launched:
             raise StateError("machine already launched")
-        accel = resolve_accel(self.requested_accel, self.qemu, self.guest)
-        tmp = owned_tmpdir()
-        self._tmpdir = str(tmp)
+        self._launched = True
         try:
-            manifest_file = self.manifest.write(tmp / "manifest") if self.manifest else None
-            qmp_sock = tmp / "qmp.sock"
-            qmp = QMPBackend.listen(qmp_sock)
-            self._backend = qmp
-            self.command = self._command(accel, qmp_sock, manifest_file)
-            prefix: list[str] = []
-            if self.die_with_parent:
-                prefix = [_proc.which("setpriv"), "--pdeathsig", "KILL", "--"]
-            errlog = open(tmp / "qemu.err", "wb")
-            try:
-                self._proc = subprocess.Popen(prefix + self.command, stdin=subprocess.DEVNULL,
-                                              stdout=subprocess.PIPE, stderr=errlog,
-                                              start_new_session=True)
-            finally:
-                errlog.close()
-            self._finalizer = weakref.finalize(self, _reap, self._proc, self._tmpdir)
-            assert self._proc.stdout is not None
-            self._console = Console(self._proc.stdout, self.console_log)
-            qmp.accept(30, self._exit_reason)
-            self.accel = accel
+            self._pre_launch()
+            self._launch()
+            self._post_launch()
         except BaseException as err:
             output = self._stderr_text()
             code = self._proc.poll() if self._proc else None
@@ -318,6 +247,48 @@ class Machine:
                 raise LaunchError(str(err.args[0]), exitcode=code, command=self.command,
                                   output=output) from err
             raise
+
+    def _resolve_accel(self) -> str:
+        return resolve_accel(self.requested_accel, self.qemu, self.guest)
+
+    def _pre_launch(self) -> None:
+        """Choose the accelerator, make the private temp dir, write the manifest."""
+        self._accel_wanted = self._resolve_accel()
+        self._tmpdir = str(owned_tmpdir(TMP_PREFIX, mode=self.tmpdir_mode))
+        tmp = Path(self._tmpdir)
+        self._manifest_file = self.manifest.write(tmp / "manifest") if self.manifest else None
+
+    def _launch(self) -> None:
+        """Bind the QMP socket, start QEMU with its console on a pipe."""
+        assert self._tmpdir is not None
+        tmp = Path(self._tmpdir)
+        qmp_sock = tmp / "qmp.sock"
+        self._qmp = QMPBackend.listen(qmp_sock)
+        self.command = self._command(self._accel_wanted, qmp_sock, self._manifest_file)
+        prefix: list[str] = []
+        if self.die_with_parent:
+            prefix = [_proc.which("setpriv"), "--pdeathsig", "KILL", "--"]
+        errlog = open(tmp / "qemu.err", "wb")
+        try:
+            self._proc = subprocess.Popen(prefix + self.command, stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.PIPE, stderr=errlog,
+                                          start_new_session=True)
+        finally:
+            errlog.close()
+        self._finalizer = weakref.finalize(self, _reap, self._proc, self._tmpdir)
+        assert self._proc.stdout is not None
+        self._attach(Console(self._proc.stdout, self.console_log), self._qmp)
+
+    def _post_launch(self) -> None:
+        """Accept QEMU's QMP connection."""
+        assert self._qmp is not None
+        self._qmp.accept(30, self._exit_reason)
+        self.accel = self._accel_wanted
+
+    def _attach(self, console: Console, backend: Backend) -> None:
+        """The launched VM's serial console and backend (for launcher hooks)."""
+        self._console = console
+        self._backend = backend
 
     def _exit_reason(self) -> str | None:
         if self._proc is not None and self._proc.poll() is not None:
@@ -330,37 +301,54 @@ class Machine:
         return ""
 
     def shutdown(self, timeout: float = 10, hard: bool = False) -> None:
-        """Stop QEMU (QMP ``quit``, then SIGKILL) and remove everything it used.  Idempotent."""
+        """Stop the VM (QMP ``quit``, then SIGKILL) and remove everything it used.  Idempotent."""
         try:
-            if self._proc is not None and self._proc.poll() is None:
-                if not hard and isinstance(self._backend, QMPBackend):
+            if self.running:
+                if not hard:
                     try:
-                        self._backend.execute("quit", timeout=timeout)
-                    except Exception:  # noqa: BLE001 - fall through to kill
-                        log.debug("QMP quit failed", exc_info=True)
-                try:
-                    self._proc.wait(timeout if not hard else 0.1)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait(10)
+                        self._soft_shutdown(timeout)
+                    except Exception:  # noqa: BLE001 - fall through to the hard way
+                        log.debug("soft shutdown failed", exc_info=True)
+                if self.running:
+                    self._hard_shutdown()
         finally:
-            if self._proc is not None:
-                self.exitcode = self._proc.poll()
-            if self._backend is not None:
-                self._backend.close()
-            if self._agent is not None:
-                self._agent.close()
-                self._agent = None
-            if self._console is not None:
-                self._console.join()
-            if self._proc is not None and self._proc.stdout:
-                self._proc.stdout.close()
-            if self._tmpdir:
-                shutil.rmtree(self._tmpdir, ignore_errors=True)
-            if self._finalizer is not None:
-                self._finalizer.detach()
-            self._tmpdir = None
-            self._finalizer = None
+            self._post_shutdown()
+
+    def _soft_shutdown(self, timeout: float) -> None:
+        """QMP ``quit`` and wait for QEMU to exit."""
+        assert self._proc is not None
+        if self._qmp is not None:
+            self._qmp.execute("quit", timeout=timeout)
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def _hard_shutdown(self) -> None:
+        """SIGKILL QEMU and reap it."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(10)
+
+    def _post_shutdown(self) -> None:
+        """Close the backend, agent and console; remove the temp dir.  Always runs."""
+        if self._proc is not None:
+            self.exitcode = self._proc.poll()
+        if self._backend is not None:
+            self._backend.close()
+        if self._agent is not None:
+            self._agent.close()
+            self._agent = None
+        if self._console is not None:
+            self._console.join()
+        if self._proc is not None and self._proc.stdout:
+            self._proc.stdout.close()
+        if self._tmpdir:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self._tmpdir = None
+        self._finalizer = None
 
     def agent(self, timeout: float = 60) -> GuestAgent:
         """The guest agent, connected (launch with ``agent=True``)."""

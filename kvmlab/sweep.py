@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from . import analysis, paths
 from .batch import check_parameters
 from .errors import BadInput, KvmlabError
-from .machine import reap_stale_tmpdirs
+from .tmpdirs import reap_stale_tmpdirs
 from .runs import load_run
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,8 @@ import pytest
 from kvmlab import images, paths
 from kvmlab.errors import BadInput, GuestNotBuilt, KvmlabError, LaunchError
 from kvmlab.guest.build import Guest
-from kvmlab.machine import Machine, reap_stale_tmpdirs, resolve_accel
+from kvmlab.machine import Machine, resolve_accel
+from kvmlab.tmpdirs import reap_stale_tmpdirs
 
 pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
 

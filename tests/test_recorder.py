@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from kvmlab import images
-from kvmlab.machine import Machine, reap_stale_tmpdirs
+from kvmlab.machine import Machine
+from kvmlab.tmpdirs import reap_stale_tmpdirs
 from kvmlab.record import JOURNAL_EVERY, SAMPLE_COLUMNS, Recorder
 from kvmlab.runs import read_stream
 

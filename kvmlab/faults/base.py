@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from .. import _proc
 from ..errors import LaunchError, StateError
+from ..tmpdirs import owned_tmpdir
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ def marked(mark: Mark | None, name: str, **data: Any) -> Iterator[None]:
 
 def private_tmpdir() -> Path:
     """A 0700 temp dir with ``owner.pid``, so a later run can reap it if we are killed."""
-    from ..machine import owned_tmpdir
     return owned_tmpdir(TMP_PREFIX)
 
 

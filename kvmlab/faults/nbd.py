@@ -16,7 +16,7 @@ from typing import Iterator
 
 from ..errors import BadInput, StateError
 from .base import Mark, ProcessGroup, no_mark, private_tmpdir, remove_tree, wait_until
-from ..machine import qemu_opt
+from .._proc import qemu_opt
 
 EXPORT = "target"
 
