@@ -25,8 +25,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import uvloop
 from qemu.qmp import Message
@@ -35,9 +36,9 @@ from kvmlab import __version__, images, paths
 from kvmlab.jobs import Job
 from kvmlab.libvirt_lab import LibvirtMachine
 from kvmlab.machine import Machine, resolve_accel
-from kvmlab.tmpdirs import owned_tmpdir
 from kvmlab.record import Recorder
 from kvmlab.runs import _git_revision, _qemu_version
+from kvmlab.tmpdirs import owned_tmpdir
 
 MIB = 1024 * 1024
 HERE = Path(__file__).resolve().parent
@@ -98,7 +99,7 @@ class _Others:
     def _cpu(self) -> float:
         return sum(_threads_cpu(p) for p in self.pids)
 
-    def __enter__(self) -> "_Others":
+    def __enter__(self) -> _Others:
         self.c0, self.t0 = self._cpu(), time.perf_counter()
         return self
 
@@ -276,7 +277,7 @@ class _CpuStandIn:
             while time.thread_time() < end:
                 pass
 
-    def __enter__(self) -> "_CpuStandIn":
+    def __enter__(self) -> _CpuStandIn:
         self._thread.start()
         return self
 

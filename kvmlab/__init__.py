@@ -7,8 +7,17 @@ from __future__ import annotations
 
 import logging
 
-from .errors import (BackendError, BadInput, GuestNotBuilt, JobError, KvmlabError, LaunchError,
-                     StateError, ToolError, WaitTimeout)
+from .errors import (
+                     BackendError,
+                     BadInput,
+                     GuestNotBuilt,
+                     JobError,
+                     KvmlabError,
+                     LaunchError,
+                     StateError,
+                     ToolError,
+                     WaitTimeout,
+)
 from .guest.workload import Manifest, Workload
 from .jobs import Job, hmp, job_for, mirror
 from .machine import Drive, Machine, resolve_accel

@@ -35,7 +35,7 @@ class GuestAgent:
         self._client.negotiate = False
         self._connected = False
 
-    def __enter__(self) -> "GuestAgent":
+    def __enter__(self) -> GuestAgent:
         return self
 
     def __exit__(self, *exc: object) -> None:

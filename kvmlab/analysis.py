@@ -19,17 +19,18 @@ Nothing here talks to QEMU; everything works on a saved run (:func:`kvmlab.load_
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from . import marks
 from .runs import RunData
 
 ACTIVE_STATUSES = ("running", "ready")
 #: ``<name>_start`` marks that are steps, not fault windows
-NOT_FAULTS = ("recorder", "mirror", "workload")
 PAUSED_STATUSES = ("paused", "standby")
 MIB = 1024 * 1024
 
@@ -214,8 +215,8 @@ def job_start(events: pd.DataFrame, job: str) -> float | None:
     created = ev[ev["status"] == "created"] if "status" in ev else ev.iloc[0:0]
     if not created.empty:
         return float(created["t"].iloc[0])
-    marks = _job_events(events, None, ("mirror_start",))
-    return float(marks["t"].iloc[0]) if not marks.empty else None
+    starts = _job_events(events, None, (marks.MIRROR_START,))
+    return float(starts["t"].iloc[0]) if not starts.empty else None
 
 
 def time_of(events: pd.DataFrame, job: str | None, names: tuple[str, ...],
@@ -228,7 +229,7 @@ def time_of(events: pd.DataFrame, job: str | None, names: tuple[str, ...],
 
 def job_error(events: pd.DataFrame, job: str) -> str | None:
     """The error a job ended with (BLOCK_JOB_COMPLETED carrying 'error'), if any."""
-    for _, ev in _job_events(events, job, ("BLOCK_JOB_COMPLETED",)).iterrows():
+    for _, ev in _job_events(events, job, (marks.BLOCK_JOB_COMPLETED,)).iterrows():
         data = _data(ev)
         if data.get("error"):
             return str(data["error"])
@@ -237,9 +238,14 @@ def job_error(events: pd.DataFrame, job: str) -> str | None:
 
 # -- faults --------------------------------------------------------------------------
 def fault_windows(events: pd.DataFrame) -> pd.DataFrame:
-    """Fault windows from kvmlab's marks: each ``<name>_start`` paired with the next
-    ``<name>_end`` (an unmatched start runs to the last event).  Columns: name, start,
-    end, duration, data (the start mark's fields)."""
+    """Fault windows (:data:`kvmlab.marks.FAULT_WINDOWS`) from kvmlab's marks."""
+    return windows(events, marks.FAULT_WINDOWS)
+
+
+def windows(events: pd.DataFrame, names: Sequence[str] = marks.WINDOWS) -> pd.DataFrame:
+    """Windows from kvmlab's marks: each ``<name>_start`` of a window in *names* paired
+    with the next ``<name>_end`` (an unmatched start runs to the last event).  Columns:
+    name, start, end, duration, data (the start mark's fields)."""
     cols = ["name", "start", "end", "duration", "data"]
     if events is None or events.empty:
         return pd.DataFrame(columns=cols)
@@ -249,10 +255,12 @@ def fault_windows(events: pd.DataFrame) -> pd.DataFrame:
     open_: dict[str, tuple[float, dict[str, Any]]] = {}
     for _, e in ev.iterrows():
         name = str(e["name"])
-        if name.endswith("_start") and name[: -len("_start")] not in NOT_FAULTS:
-            open_.setdefault(name[: -len("_start")], (float(e["t"]), _data(e)))
-        elif name.endswith("_end") and name[: -len("_end")] in open_:
-            base = name[: -len("_end")]
+        base, _, edge = name.rpartition("_")
+        if base not in names:
+            continue
+        if edge == "start":
+            open_.setdefault(base, (float(e["t"]), _data(e)))
+        elif edge == "end" and base in open_:
             start, data = open_.pop(base)
             out.append({"name": base, "start": start, "end": float(e["t"]),
                         "duration": float(e["t"]) - start, "data": data})
@@ -300,7 +308,7 @@ def fault_effect(samples: pd.DataFrame, events: pd.DataFrame, start: float, end:
         "io_statuses": sorted(set(w["io_status"].dropna().astype(str))) if len(w) else [],
         "bytes_copied_in_window": copied,
         "samples_in_window": int(len(w)),
-        "job_errors": int((ev["name"] == "BLOCK_JOB_ERROR").sum()) if len(ev) else 0,
+        "job_errors": int((ev["name"] == marks.BLOCK_JOB_ERROR).sum()) if len(ev) else 0,
         "stall_s": round(float(st["duration"].max()), 3) if len(st) else 0.0,
         "first_progress_after_s": _round(progress_after(samples, end, job)),
     }
@@ -333,7 +341,7 @@ def convergence(samples: pd.DataFrame, events: pd.DataFrame | None = None,
     if err:
         out.update(verdict="failed", error=err)
         return out
-    if not ev.empty and time_of(ev, name, ("BLOCK_JOB_READY",)) is not None:
+    if not ev.empty and time_of(ev, name, (marks.BLOCK_JOB_READY,)) is not None:
         out["verdict"] = "converged"
         return out
     if not s.empty and bool(s["ready"].fillna(False).any()):
@@ -377,7 +385,7 @@ def job_instances(samples: pd.DataFrame, events: pd.DataFrame) -> list[tuple[str
                          & events["job"].isin(block)].sort_values("t")
         for _, c in created.iterrows():
             job, start = str(c["job"]), float(c["t"])
-            end = time_of(events, job, ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"), after=start)
+            end = time_of(events, job, marks.JOB_ENDED, after=start)
             out.append((job, start, end if end is not None else float("inf")))
     if not out and samples is not None and not samples.empty:
         for job in jobs(samples):
@@ -416,17 +424,17 @@ def summarize(run: RunData, job: str | None = None, *, instance: int = 0,
     js = js[(js["t"] >= start) & (js["t"] <= window_end)] if not js.empty else js
     evi = ev[(ev["t"] >= start) & (ev["t"] <= window_end)] if not ev.empty else ev
     conv = convergence(js, evi, job, min_duration=stall_min, threshold=stall_threshold)
-    ready = time_of(evi, job, ("BLOCK_JOB_READY",))
+    ready = time_of(evi, job, (marks.BLOCK_JOB_READY,))
     end = end_t if end_t != float("inf") else None
-    cut = time_of(evi, None, ("cancel", "complete"), after=ready) if ready is not None else None
+    cut = time_of(evi, None, (marks.CANCEL, marks.COMPLETE), after=ready) if ready is not None else None
     st = stalls(js, job, min_duration=stall_min, threshold=stall_threshold)
     pa = paused_periods(js, job)
     r = rates(js, job, rate_window)
-    ready_len = _event_field(evi, job, ("BLOCK_JOB_READY",), "len")
+    ready_len = _event_field(evi, job, (marks.BLOCK_JOB_READY,), "len")
     first_len = int(js["len"].iloc[0]) if not js.empty else (ready_len or 0)
     final_off = int(js["offset"].max()) if not js.empty else 0
     final_len = int(js["len"].max()) if not js.empty else (ready_len or 0)
-    end_off = _event_field(evi, job, ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"), "offset")
+    end_off = _event_field(evi, job, marks.JOB_ENDED, "offset")
     if end_off is not None:
         final_off = max(final_off, end_off)
     size = _image_len(run)

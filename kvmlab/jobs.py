@@ -12,12 +12,13 @@ import os
 import re
 from pathlib import Path
 
+from . import marks
 from .backends.base import Backend
 from .errors import BackendError, BadInput, JobError, StateError, WaitTimeout
 from .events import Record
 from .model import JobInfo, JobOutcome, MirrorSpec, check_speed
 
-END_EVENTS = ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED")
+END_EVENTS = marks.JOB_ENDED
 
 
 def _check_target(spec: MirrorSpec) -> bool:
@@ -55,7 +56,7 @@ def check_mirror(backend: Backend, spec: MirrorSpec) -> bool:
     return _check_target(spec)
 
 
-def mirror(backend: Backend, spec: MirrorSpec) -> "Job":
+def mirror(backend: Backend, spec: MirrorSpec) -> Job:
     """Start a drive-mirror and return its :class:`Job`.
 
     Checked before anything is sent: the drive exists, the target fits the mode
@@ -78,7 +79,7 @@ def mirror(backend: Backend, spec: MirrorSpec) -> "Job":
 
 
 def commit(backend: Backend, device: str, *, top: str | None = None, base: str | None = None,
-           speed: int = 0, job_id: str | None = None) -> "Job":
+           speed: int = 0, job_id: str | None = None) -> Job:
     """Start QMP ``block-commit`` on *device*; returns its :class:`Job`.
 
     Committing the active layer (no *top*) behaves like a mirror: the job
@@ -122,7 +123,7 @@ class Job:
         """Ready per the READY event (or ``ready`` in query-block-jobs) and not ended."""
         if self.ended is not None:
             return False
-        if self._event("BLOCK_JOB_READY") is not None:
+        if self._event(marks.BLOCK_JOB_READY) is not None:
             return True
         info = self.info()
         return bool(info and info.ready)
@@ -141,7 +142,7 @@ class Job:
         :raise WaitTimeout: not ready in *timeout* seconds.
         """
         try:
-            return self.backend.events.wait("BLOCK_JOB_READY", {"device": self.id},
+            return self.backend.events.wait(marks.BLOCK_JOB_READY, {"device": self.id},
                                             since=self.since, timeout=timeout, abort=self._abort)
         except WaitTimeout as err:
             why = self._abort()

@@ -20,7 +20,7 @@ from typing import Any
 
 from . import _proc, images
 from .backends.libvirt import LibvirtBackend, _require_libvirt
-from .errors import BackendError, LaunchError, StateError, WaitTimeout
+from .errors import BackendError, LaunchError, WaitTimeout
 from .guest.console import Console
 from .machine import Machine
 

@@ -18,14 +18,15 @@ import signal
 import subprocess
 import time
 import weakref
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Self, Sequence
+from typing import Any, Self
 
 from . import _proc, images, jobs, paths
 from ._proc import qemu_opt
-from .tmpdirs import owned_tmpdir
-from .agent import PORT_NAME as AGENT_PORT, GuestAgent
+from .agent import PORT_NAME as AGENT_PORT
+from .agent import GuestAgent
 from .backends.base import Backend
 from .backends.qmp import QMPBackend
 from .errors import BadInput, LaunchError, StateError, WaitTimeout
@@ -34,6 +35,7 @@ from .guest.build import Guest, load_guest
 from .guest.console import Console
 from .guest.workload import Manifest, Workload
 from .model import DriveInfo, MirrorSpec
+from .tmpdirs import owned_tmpdir
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,9 @@ in :mod:`kvmlab.jobs`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import BadInput
 
@@ -124,7 +125,7 @@ class JobInfo:
         return self.len - self.offset
 
     @classmethod
-    def from_qmp(cls, d: Mapping[str, Any]) -> "JobInfo":
+    def from_qmp(cls, d: Mapping[str, Any]) -> JobInfo:
         return cls(id=str(d["device"]), type=str(d.get("type", "")), len=int(d.get("len", 0)),
                    offset=int(d.get("offset", 0)), speed=int(d.get("speed", 0)),
                    busy=bool(d.get("busy", False)), paused=bool(d.get("paused", False)),
@@ -149,7 +150,7 @@ class DriveInfo:
     read_only: bool = False
 
     @classmethod
-    def from_qmp(cls, d: Mapping[str, Any]) -> "DriveInfo":
+    def from_qmp(cls, d: Mapping[str, Any]) -> DriveInfo:
         ins = d.get("inserted") or {}
         chain: list[str] = []
         img = (ins.get("image") or {}).get("backing-image")

@@ -17,20 +17,14 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from . import analysis
+from . import analysis, marks
 from .runs import RunData
 
 MIB = 1024 * 1024
 #: event name -> label drawn on the plots
-EVENT_LABELS = {
-    "mirror_start": "job start", "BLOCK_JOB_READY": "READY", "pause": "pause",
-    "resume": "resume", "set_speed": "speed", "fault_start": "fault", "fault_end": "fault end",
-    "cancel": "cancel", "complete": "complete", "BLOCK_JOB_COMPLETED": "completed",
-    "BLOCK_JOB_CANCELLED": "cancelled", "BLOCK_JOB_ERROR": "error", "stop": "stop",
-    "cont": "cont", "commit": "commit", "source_moved": "old image moved",
-    "source_deleted": "old image deleted", "BLOCK_IO_ERROR": "I/O error",
-    "resume_after_error": "resume", "remirror": "mirror again",
-}
+EVENT_LABELS = marks.LABELS
+#: events drawn in red
+ALARMS = {marks.BLOCK_JOB_ERROR, *(marks.start(w) for w in marks.FAULT_WINDOWS)}
 STALL_COLOR = "tab:red"
 FAULT_COLOR = "tab:purple"
 PAUSE_COLOR = "0.6"
@@ -73,7 +67,7 @@ def mark_events(ax: Axes, events: pd.DataFrame | None, label: bool = True) -> No
                    label=name if name not in seen and i < 6 else None)
     ev = events[events["name"].isin(list(EVENT_LABELS))]
     for _, e in ev.iterrows():
-        color = "tab:red" if e["name"] in ("BLOCK_JOB_ERROR", "fault_start") else "0.35"
+        color = "tab:red" if e["name"] in ALARMS else "0.35"
         ax.axvline(e["t"], color=color, linestyle=":", linewidth=1)
         if label:
             ax.annotate(_event_label(e), (e["t"], 0.98), xycoords=("data", "axes fraction"),

@@ -23,12 +23,14 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 import pandas as pd
 
-from .backends.base import Backend
+from . import marks
+from .backends.base import Backend, InLoopSampling
 from .errors import BadInput, KvmlabError
 from .events import Record
 from .guest.console import Console
@@ -116,7 +118,7 @@ class Recorder:
         self._next_sizes = 0.0
 
     # -- wiring ----------------------------------------------------------------------
-    def __enter__(self) -> "Recorder":
+    def __enter__(self) -> Recorder:
         self.start()
         return self
 
@@ -135,7 +137,7 @@ class Recorder:
             backend.events.subscribe(self._on_qmp_event, replay_since=len(backend.events))
         if console is not None:
             console.records.subscribe(self._on_console, replay_since=0)
-        self.mark("attach", machine=label)
+        self.mark(marks.ATTACH, machine=label)
         if self._thread is not None and not self._stopped:
             self._start_job_sampler()
 
@@ -207,9 +209,9 @@ class Recorder:
         no thread hand-off per sample); otherwise the recorder thread polls."""
         self._stop_job_sampler()
         be = self._backend
-        start = getattr(be, "start_sampler", None)
-        if start is not None:
-            self._sampler_stop = start(self.interval, self._on_jobs, self._on_sample_error)
+        if isinstance(be, InLoopSampling):
+            self._sampler_stop = be.start_sampler(self.interval, self._on_jobs,
+                                                  self._on_sample_error)
 
     def _stop_job_sampler(self) -> None:
         stop, self._sampler_stop = self._sampler_stop, None
@@ -229,8 +231,8 @@ class Recorder:
 
     def _on_sample_error(self, error: str) -> None:
         be = self._backend
-        if be is not None and not getattr(be.events, "closed", False):
-            self.mark("sample_error", error=error)
+        if be is not None and not be.events.closed:
+            self.mark(marks.SAMPLE_ERROR, error=error)
 
     def sample(self) -> None:
         """Take one sample of every block job and every tracked file now."""
@@ -293,7 +295,7 @@ class Recorder:
     def start(self) -> None:
         if self._thread is not None:
             return
-        self.mark("recorder_start", interval=self.interval)
+        self.mark(marks.RECORDER_START, interval=self.interval)
         self._thread = threading.Thread(target=self._loop, name="kvmlab-recorder", daemon=True)
         if self._backend is not None:
             self._start_job_sampler()
@@ -309,7 +311,7 @@ class Recorder:
         if self._thread is not None:
             self._thread.join(10)
         self.sample()
-        self.mark("recorder_stop", samples=self.sample_count, late_ticks=self.late_ticks)
+        self.mark(marks.RECORDER_STOP, samples=self.sample_count, late_ticks=self.late_ticks)
         self.detach()
         frames = self.frames()
         for name, stream in self._streams.items():

@@ -82,7 +82,7 @@ class RunDir:
 
     @classmethod
     def create(cls, experiment: str, params: dict[str, Any], parent: Path | None = None,
-               run_path: Path | None = None) -> "RunDir":
+               run_path: Path | None = None) -> RunDir:
         """Make a new run folder under *parent* (default ``data/runs``), or use *run_path*.
 
         *run_path* may exist already (a batch run puts the executed notebook

@@ -22,11 +22,12 @@ import shutil
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from . import analysis, paths
+from . import analysis, marks, paths
 from .backends.base import Backend
 from .errors import BadInput, StateError
 from .guest.workload import Workload
@@ -89,7 +90,7 @@ class Session:
     def lab(cls, *, image_mib: int = 64, fill_mib: int = 16, workload_kib: int = 256,
             workload_rate_kib_s: float = 512, accel: str = "auto", cache: str = "none",
             runs_dir: str | Path | None = None, sample_interval: float = 0.1,
-            boot_timeout: float = 120) -> "Session":
+            boot_timeout: float = 120) -> Session:
         """Launch a lab VM whose guest works on its disk; return once it is busy."""
         scratch = paths.scratch_dir() / \
             f"session-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
@@ -110,7 +111,7 @@ class Session:
                    runs_dir=runs_dir, sample_interval=sample_interval)
 
     @classmethod
-    def libvirt(cls, uri: str, domain: str, drive: str = "vda", **kw: Any) -> "Session":
+    def libvirt(cls, uri: str, domain: str, drive: str = "vda", **kw: Any) -> Session:
         """Attach to the running libvirt domain *domain* at *uri* (nothing is started)."""
         from .backends.libvirt import LibvirtBackend
         be = LibvirtBackend(uri, domain)
@@ -186,7 +187,7 @@ class Session:
                     rec.attach(self.backend, None, self.label)
                 if not spec.is_remote:
                     rec.track("target", spec.target)
-                rec.mark("mirror_start", job=spec.device, target=spec.target)
+                rec.mark(marks.MIRROR_START, job=spec.device, target=spec.target)
                 job = mirror(self.backend, spec)
             except BaseException as err:
                 rec.stop()
@@ -206,39 +207,39 @@ class Session:
 
     def pause(self) -> None:
         job = self._require("pause")
-        self._mark("pause", job=job.id)
+        self._mark(marks.PAUSE, job=job.id)
         job.pause()
 
     def resume(self) -> None:
         job = self._require("resume")
-        self._mark("resume", job=job.id)
+        self._mark(marks.RESUME, job=job.id)
         job.resume()
 
     def cancel(self) -> None:
         job = self._require("cancel")
-        self._mark("cancel", job=job.id)
+        self._mark(marks.CANCEL, job=job.id)
         job.cancel()
 
     def complete(self) -> None:
         job = self._require("complete")
-        self._mark("complete", job=job.id)
+        self._mark(marks.COMPLETE, job=job.id)
         job.complete()
 
     def set_speed(self, speed: int) -> None:
         """Change the running job's limit (bytes/s, 0 = unlimited)."""
         if not self.active or self.job is None:
             raise StateError("no job is running")
-        self._mark("set_speed", job=self.job.id, speed=speed)
+        self._mark(marks.SET_SPEED, job=self.job.id, speed=speed)
         self.job.set_speed(speed)
 
     def stop_vm(self) -> None:
         self._require("stop_vm")
-        self._mark("stop")
+        self._mark(marks.STOP)
         self.backend.stop()
 
     def cont_vm(self) -> None:
         self._require("cont_vm")
-        self._mark("cont")
+        self._mark(marks.CONT)
         self.backend.cont()
 
     # -- the end of a job ---------------------------------------------------------------
@@ -289,7 +290,7 @@ class Session:
         try:
             if self.active and self.job is not None:
                 try:
-                    self._mark("cancel", job=self.job.id, reason="session closed")
+                    self._mark(marks.CANCEL, job=self.job.id, reason="session closed")
                     self.job.cancel(force=True)
                     self.job.wait_done(30)
                 except Exception:  # noqa: BLE001 - VM may be gone; still save the run

@@ -24,10 +24,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -36,8 +37,8 @@ from tqdm.auto import tqdm
 from . import analysis, paths
 from .batch import check_parameters
 from .errors import BadInput, KvmlabError
-from .tmpdirs import reap_stale_tmpdirs
 from .runs import load_run
+from .tmpdirs import reap_stale_tmpdirs
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class SweepSpec:
         return out
 
     @classmethod
-    def from_yaml(cls, path: str | Path, notebook: str | Path | None = None) -> "SweepSpec":
+    def from_yaml(cls, path: str | Path, notebook: str | Path | None = None) -> SweepSpec:
         """Read a sweep file: ``notebook`` (relative to the file), ``params``, ``grid`` or
         ``points``, ``repeat``.  A *notebook* argument overrides the file's."""
         path = Path(path)
@@ -383,6 +384,7 @@ REPORT_NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "20_swe
 def make_report(folder: str | Path, notebook: Path | None = None) -> Path:
     """Execute the sweep report notebook on *folder* (executed copy + HTML + figures there)."""
     import papermill as pm
+
     from .batch import export_html
     folder = Path(folder)
     nb = notebook or REPORT_NOTEBOOK

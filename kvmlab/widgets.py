@@ -17,7 +17,8 @@ import io
 import logging
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import ipywidgets as w
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -75,13 +76,13 @@ class MirrorPanel(w.VBox):
 
     # -- construction --------------------------------------------------------------------
     @classmethod
-    def lab(cls, **kw: Any) -> "MirrorPanel":
+    def lab(cls, **kw: Any) -> MirrorPanel:
         """Launch a lab VM (see :meth:`Session.lab` for the options) and open the panel."""
         refresh = kw.pop("refresh", 0.4)
         return cls(Session.lab(**kw), refresh=refresh)
 
     @classmethod
-    def libvirt(cls, uri: str, domain: str, drive: str = "vda", **kw: Any) -> "MirrorPanel":
+    def libvirt(cls, uri: str, domain: str, drive: str = "vda", **kw: Any) -> MirrorPanel:
         refresh = kw.pop("refresh", 0.4)
         return cls(Session.libvirt(uri, domain, drive, **kw), refresh=refresh)
 

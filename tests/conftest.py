@@ -18,14 +18,13 @@ import shutil
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from kvmlab import paths
 from kvmlab.guest.build import Guest, build_guest
-
 
 # Every process this test session starts inherits this token in its environment, so the
 # leak check sees this session's QEMUs (even orphaned ones) and not another user's.

@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from kvmlab import analysis, images
 from kvmlab.guest.workload import Workload
 from kvmlab.machine import Machine
 from kvmlab.record import Recorder
-import pytest
 
 pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
 

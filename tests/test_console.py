@@ -73,6 +73,7 @@ def test_begin_line_parses() -> None:
 def test_line_cut_off_at_exit_is_not_a_record() -> None:
     """QEMU can stop mid-line; a line without its newline is kept as text, never parsed."""
     import io
+
     from kvmlab.guest.console import Console
     stream = io.BytesIO(b"KVMLAB op=touch path=/wl/f1 size=0 sha256=- n=1 t=1.0\n"
                         b"KVMLAB begin op=dd path=/wl/w1.bin n=1 t=1.1\n"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -151,6 +151,7 @@ def test_seed_experiments_through_libvirt(name: str, runs: Path) -> None:
 
 def test_notebook_parameter_selects_libvirt(tmp_path: Path) -> None:
     import json
+
     from kvmlab.batch import run_notebook
     nb = Path(__file__).resolve().parent.parent / "notebooks" / "01_mirror_basic.ipynb"
     out = run_notebook(nb, {"backend": "libvirt", "image_mib": 48, "fill_mib": 4,

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from kvmlab import images, paths
 from kvmlab.experiments import mirror_basic
 from kvmlab.experiments.common import LabRun, verify_image
 from kvmlab.guest.workload import Manifest
-import pytest
 
 pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
 

@@ -14,9 +14,9 @@ import pytest
 
 from kvmlab import images
 from kvmlab.machine import Machine
-from kvmlab.tmpdirs import reap_stale_tmpdirs
 from kvmlab.record import JOURNAL_EVERY, SAMPLE_COLUMNS, Recorder
 from kvmlab.runs import read_stream
+from kvmlab.tmpdirs import reap_stale_tmpdirs
 
 pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
 

@@ -94,6 +94,7 @@ def test_tmpfs_of_a_killed_owner_is_reaped() -> None:
     import signal
     import sys
     import time
+
     from kvmlab.tmpdirs import reap_stale_tmpdirs
     code = ("from kvmlab.faults import SmallTmpfs; import sys, time\n"
             "t = SmallTmpfs(1); p = t.__enter__(); print(p, flush=True); time.sleep(60)\n")

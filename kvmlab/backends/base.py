@@ -1,7 +1,14 @@
-"""The one small interface every backend implements (QMP now, libvirt later)."""
+"""The small interface every backend implements, and the optional abilities some have.
+
+:class:`Backend` is what both backends (:class:`~kvmlab.backends.qmp.QMPBackend`,
+:class:`~kvmlab.backends.libvirt.LibvirtBackend`) offer.  An ability only some backends
+have is a runtime-checkable protocol of its own (as bluesky declares device abilities):
+callers ask ``isinstance(backend, InLoopSampling)``, never ``getattr``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from ..events import RecordLog
@@ -35,3 +42,19 @@ class Backend(Protocol):
     def hmp(self, command_line: str) -> str: ...
     def versions(self) -> dict[str, str]: ...
     def close(self) -> None: ...
+
+
+#: ``on_jobs(monotonic, wall, jobs, late_ticks)``: one sample of every block job
+JobsCallback = Callable[[float, float, list[JobInfo], int], None]
+
+
+@runtime_checkable
+class InLoopSampling(Protocol):
+    """A backend that samples ``query-block-jobs`` inside its own event loop, with no
+    thread hand-off per sample (the QMP backend); others are polled by the recorder."""
+
+    def start_sampler(self, interval: float, on_jobs: JobsCallback,
+                      on_error: Callable[[str], None]) -> Callable[[], None]:
+        """Start sampling every *interval* s; return the function that stops it (no
+        *on_jobs* call follows its return)."""
+        ...

@@ -33,8 +33,10 @@ import logging
 import re
 import threading
 import xml.etree.ElementTree as ET
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+from .. import marks
 from ..errors import BackendError, BadInput, StateError
 from ..events import Record, RecordLog
 from ..model import DriveInfo, JobInfo, MirrorSpec
@@ -405,9 +407,9 @@ class LibvirtBackend:
             disk = self.disk(device)
             since = len(self.events)
             self.start_commit(disk)
-            self.events.wait("BLOCK_JOB_READY", {"device": disk}, since=since, timeout=600)
+            self.events.wait(marks.BLOCK_JOB_READY, {"device": disk}, since=since, timeout=600)
             self.job_complete(disk)
-            end = self.events.wait(("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"),
+            end = self.events.wait(marks.JOB_ENDED,
                                    {"device": disk}, since=since, timeout=600)
         except (BackendError, BadInput) as err:
             return f"Error: {err}"

@@ -6,8 +6,9 @@ import asyncio
 import concurrent.futures
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from qemu.qmp import EventListener, QMPError
 from qemu.qmp.qmp_client import ExecuteError
@@ -16,7 +17,8 @@ from .._aio import LoopThread
 from ..errors import BackendError, LaunchError, StateError
 from ..events import Record, RecordLog
 from ..model import DriveInfo, JobInfo, MirrorSpec
-from .qmp_client import JobsCallback, JobSampler, LazyLogQMPClient
+from .base import JobsCallback
+from .qmp_client import JobSampler, LazyLogQMPClient
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ class QMPBackend:
 
     # -- connection ---------------------------------------------------------------
     @classmethod
-    def listen(cls, socket_path: Path) -> "QMPBackend":
+    def listen(cls, socket_path: Path) -> QMPBackend:
         """Bind *socket_path* and return; call :meth:`accept` after starting QEMU."""
         be = cls()
         try:
@@ -70,7 +72,7 @@ class QMPBackend:
         self._start_pump()
 
     @classmethod
-    def connect(cls, socket_path: str | Path, timeout: float = 10) -> "QMPBackend":
+    def connect(cls, socket_path: str | Path, timeout: float = 10) -> QMPBackend:
         """Connect to an existing QEMU's QMP socket."""
         be = cls()
         try:
@@ -203,4 +205,5 @@ class QMPBackend:
     def versions(self) -> dict[str, str]:
         v = self.execute("query-version")
         q = v["qemu"]
-        return {"qemu": f"{q['major']}.{q['minor']}.{q['micro']}", "qemu_package": v.get("package", "").strip()}
+        return {"qemu": f"{q['major']}.{q['minor']}.{q['micro']}",
+                "qemu_package": v.get("package", "").strip()}

@@ -20,8 +20,9 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Callable, Union, cast
+from typing import Any, Union, cast
 
 from qemu.qmp import Message, QMPClient, Runstate
 from qemu.qmp.models import ErrorResponse
@@ -29,6 +30,7 @@ from qemu.qmp.qmp_client import ExecInterruptedError, ExecuteError
 
 from ..model import JobInfo
 from ..pacing import Pacer
+from .base import JobsCallback
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +61,6 @@ if not FAST_PATH:
 #: what the id-less slot receives: QEMU's reply, or qemu.qmp's disconnect error
 Reply = Union[Message, ExecInterruptedError]
 
-#: ``on_jobs(monotonic, wall, jobs, late_ticks)``, called on the QMP loop thread
-JobsCallback = Callable[[float, float, list[JobInfo], int], None]
 
 
 class LazyLogQMPClient(QMPClient):

@@ -20,12 +20,12 @@ C2/3   :func:`consistency_study`   copy consistency: nothing vs pause vs fsfreez
 
 from .commit_stopped import commit_stopped
 from .common import ExperimentResult, LabRun, verify_image
+from .consistency import STRATEGIES, consistency_study
 from .mirror_basic import mirror_basic
 from .nfs_outage import mirror_nfs_outage
 from .pivot import double_pivot, pivot, remove_source
 from .shallow import shallow_existing
 from .target_faults import FAULTS, target_fault
-from .consistency import STRATEGIES, consistency_study
 
 #: the seed's conclusion for each experiment, as the summary notebook prints it
 SEED_CONCLUSIONS = {

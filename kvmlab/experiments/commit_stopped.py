@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .. import images
+from .. import images, marks
 from ..errors import BadInput
 from ..guest.workload import Workload
 from ..images import FileSize, create_overlay, file_size, make_guest_disk
@@ -61,20 +61,20 @@ def commit_stopped(*, method: str = "hmp", image_mib: int = 64, fill_mib: int = 
             vm.wait_guest("workload_done", timeout=180)
             ops = vm.guest_ops()
             before = {"overlay": _size(overlay), "base": _size(base)}
-            rec.mark("stop")
+            rec.mark(marks.STOP)
             vm.hmp("stop")
             state_during = vm.backend.run_state()
             if method == "hmp":
-                rec.mark("commit", method="hmp")
+                rec.mark(marks.COMMIT, method="hmp")
                 vm.hmp(f"commit {vm.disk_id}")
             else:
-                rec.mark("commit", method="qmp")
+                rec.mark(marks.COMMIT, method="qmp")
                 job = vm.commit(vm.disk_id)
                 job.wait_ready(120)
                 complete_and_wait(lab, job, "block-commit")
             drive_after = vm.block_info()[0]
             info_block = vm.hmp("info block")
-            rec.mark("cont")
+            rec.mark(marks.CONT)
             vm.hmp("c")
             state_after = vm.backend.run_state()
         after = {"overlay": _size(overlay), "base": _size(base)}

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import logging
 import shutil
-from contextlib import contextmanager
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-from .. import paths
+from .. import marks, paths
 from ..errors import BadInput, JobError, WaitTimeout
 from ..guest.workload import Manifest, Workload
-from ..jobs import Job
-from ..model import JobOutcome
 from ..images import file_size, sha256
+from ..jobs import Job
 from ..machine import Machine
+from ..model import JobOutcome
 from ..record import Recorder
 from ..runs import RunData, RunDir, load_run
 
@@ -65,7 +66,7 @@ class LabRun:
         self.verdict: dict[str, Any] | None = None
         self.extra: dict[str, Any] = {}
 
-    def __enter__(self) -> "LabRun":
+    def __enter__(self) -> LabRun:
         self.run = RunDir.create(self.experiment, self.params, self.runs_parent, self.run_path)
         self.workdir = self.scratch_parent / self.run.meta["run_id"]
         try:
@@ -193,7 +194,7 @@ def busy_vm(lab: LabRun, disk: Path, workload: Workload, *, cache: str, accel: s
 
 def complete_and_wait(lab: LabRun, job: Job, what: str, timeout: float = 60) -> JobOutcome:
     """``block-job-complete`` (marked in the recording); raise JobError if the job failed."""
-    lab.recorder.mark("complete", job=job.id)
+    lab.recorder.mark(marks.COMPLETE, job=job.id)
     job.complete()
     outcome = job.wait_done(timeout)
     if not outcome.ok:
@@ -226,7 +227,7 @@ def drive_to_ready(lab: LabRun, job: Job, timeout: float,
                 raise JobError(f"{job.id} ended ({end.name}{': ' + err if err else ''}) "
                                "before it was ready")
             max_restarts -= 1
-            t = rec.mark("remirror", job=job.id, after_error=err)
+            t = rec.mark(marks.REMIRROR, job=job.id, after_error=err)
             steps.append({"step": "remirror", "t": t, "after_error": err})
             job = restart()
         elif job.is_ready:
@@ -234,7 +235,7 @@ def drive_to_ready(lab: LabRun, job: Job, timeout: float,
         else:
             info = job.info()
             if info is not None and info.paused and info.io_status != "ok":
-                t = rec.mark("resume_after_error", job=job.id, io_status=info.io_status)
+                t = rec.mark(marks.RESUME_AFTER_ERROR, job=job.id, io_status=info.io_status)
                 steps.append({"step": "resume", "t": t, "io_status": info.io_status})
                 job.resume()
         if time.monotonic() > deadline:
@@ -246,7 +247,7 @@ def cancel_after(lab: LabRun, job: Job, seconds: float) -> tuple[float, JobOutco
     """Let the guest work *seconds* more in the ready state, then ``block-job-cancel``
     (marked); returns the cut-off (host monotonic time) and how the job ended."""
     time.sleep(seconds)
-    lab.recorder.mark("cancel", job=job.id)
+    lab.recorder.mark(marks.CANCEL, job=job.id)
     t_cut = time.monotonic()
     job.cancel()
     return t_cut, job.wait_done(60)

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 
+from .. import marks
 from ..errors import BadInput
 from ..guest.workload import Workload
 from ..images import fsck, make_guest_disk
@@ -130,27 +132,27 @@ def _trial(lab: LabRun, n: int, trial: int, strategy: str, cache: str, workload:
         lab.note_machine(vm, label)
         agent = vm.agent()
         vm.wait_guest("op", timeout=120)
-        rec.mark("mirror_start", job=vm.disk_id, trial=label)
+        rec.mark(marks.MIRROR_START, job=vm.disk_id, trial=label)
         job = vm.mirror(vm.disk_id, copy, "raw")
         job.wait_ready(120)
         time.sleep(extra_s)
         t_down = time.monotonic()
         if strategy == "pause":
-            rec.mark("stop")
+            rec.mark(marks.STOP)
             vm.hmp("stop")
         elif strategy == "fsfreeze":
-            rec.mark("fsfreeze_start")
+            rec.mark(marks.start(marks.FSFREEZE))
             frozen = agent.fsfreeze_freeze()
-        rec.mark("cancel", job=job.id, strategy=strategy)
+        rec.mark(marks.CANCEL, job=job.id, strategy=strategy)
         t_cut = time.monotonic()
         job.cancel()
         outcome = job.wait_done(60)
         if strategy == "pause":
             vm.hmp("c")
-            rec.mark("cont")
+            rec.mark(marks.CONT)
         elif strategy == "fsfreeze":
             agent.fsfreeze_thaw()
-            rec.mark("fsfreeze_end")
+            rec.mark(marks.end(marks.FSFREEZE))
         downtime = time.monotonic() - t_down if strategy != "nothing" else 0.0
         time.sleep(0.3)                 # the guest's lines for ops finished before the cut
     manifest, in_flight = synced_manifest(vm, base, until=t_cut)

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import marks
 from ..errors import WaitTimeout
 from ..events import Record
 from ..guest.workload import Workload
@@ -57,7 +58,7 @@ def mirror_basic(*, image_mib: int = 64, fill_mib: int = 16, disk_format: str = 
                          accel=accel) as vm:
             lab.note_machine(vm, "source")
             vm.wait_guest("op", timeout=120)          # the guest is busy: mirror now
-            rec.mark("mirror_start", job=vm.disk_id)
+            rec.mark(marks.MIRROR_START, job=vm.disk_id)
             t_start = time.monotonic()
             job = vm.mirror(vm.disk_id, target, target_format, sync=sync, speed=speed,
                             granularity=granularity, buf_size=buf_size)
@@ -66,12 +67,12 @@ def mirror_basic(*, image_mib: int = 64, fill_mib: int = 16, disk_format: str = 
             except WaitTimeout:
                 ready = None                          # diverging or stalled: a result, not a crash
             if ready is None:
-                rec.mark("cancel", job=job.id, reason="not ready in time")
+                rec.mark(marks.CANCEL, job=job.id, reason="not ready in time")
                 job.cancel(force=True)
             else:
-                rec.mark("ready_seen", job=job.id)
+                rec.mark(marks.READY_SEEN, job=job.id)
                 time.sleep(after_ready_s)             # guest keeps writing while in sync
-                rec.mark("cancel", job=job.id)
+                rec.mark(marks.CANCEL, job=job.id)
             t_cut = time.monotonic()
             if ready is not None:
                 job.cancel()
@@ -86,7 +87,7 @@ def mirror_basic(*, image_mib: int = 64, fill_mib: int = 16, disk_format: str = 
             synced = [r for r in ops if r.mono < t_cut]
             checked = verify_image(lab, target, manifest, cache=cache, accel=accel)
             lab.verdict = {
-                "pass": checked["verify_pass"] and outcome.event == "BLOCK_JOB_COMPLETED"
+                "pass": checked["verify_pass"] and outcome.event == marks.BLOCK_JOB_COMPLETED
                 and outcome.ok, "ready": True,
                 "job_end": outcome.event, "job_error": outcome.error,
                 "ops_before_cancel": len(synced), "ops_after_cancel": len(ops) - len(synced),

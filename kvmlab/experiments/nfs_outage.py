@@ -25,15 +25,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import analysis
-from ..faults.nfs import OUTAGE_MODES, NfsServer
+from .. import analysis, marks
 from ..errors import BadInput
+from ..faults.nfs import OUTAGE_MODES, NfsServer
 from ..guest.workload import Workload
 from ..images import make_guest_disk
 from ..jobs import Job
 from ..model import ERROR_POLICIES_TARGET
-from .common import (ExperimentResult, LabRun, busy_vm, cancel_after, drive_to_ready,
-                     fault_behaviour, synced_manifest, verify_image)
+from .common import (
+    ExperimentResult,
+    LabRun,
+    busy_vm,
+    cancel_after,
+    drive_to_ready,
+    fault_behaviour,
+    synced_manifest,
+    verify_image,
+)
 
 
 def mirror_nfs_outage(*, outage: str = "stop", outage_after_s: float = 2.0,
@@ -79,7 +87,7 @@ def mirror_nfs_outage(*, outage: str = "stop", outage_after_s: float = 2.0,
             lab.extra["nfs"] = {"url": url, "server": "nfs-ganesha (VFS), NFSv3/TCP"}
 
             def start(mode: str) -> Job:
-                rec.mark("mirror_start", job=vm.disk_id, target=url, mode=mode)
+                rec.mark(marks.MIRROR_START, job=vm.disk_id, target=url, mode=mode)
                 return vm.mirror(vm.disk_id, url, target_format, mode=mode, speed=speed,
                                  buf_size=buf_size, on_target_error=on_target_error)
 
@@ -105,7 +113,7 @@ def mirror_nfs_outage(*, outage: str = "stop", outage_after_s: float = 2.0,
         checked = verify_image(lab, local_copy, manifest, cache=cache, accel=accel)
         lab.verdict = {
             "pass": bool(checked["verify_pass"] and outcome.ok
-                         and outcome.event == "BLOCK_JOB_COMPLETED"),
+                         and outcome.event == marks.BLOCK_JOB_COMPLETED),
             "outage": outage, "on_target_error": on_target_error,
             "mid_copy_at_outage": bool(before is not None and not before.ready
                                        and before.offset < before.len),

@@ -19,12 +19,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import marks
 from ..errors import BadInput
 from ..guest.workload import Workload
 from ..images import make_guest_disk
 from ..machine import Machine
-from .common import (ExperimentResult, LabRun, busy_vm, complete_and_wait, snapshot_image,
-                     synced_manifest, unchanged, verify_image)
+from .common import (
+    ExperimentResult,
+    LabRun,
+    busy_vm,
+    complete_and_wait,
+    snapshot_image,
+    synced_manifest,
+    unchanged,
+    verify_image,
+)
 
 
 def _params(loc: dict[str, Any]) -> dict[str, Any]:
@@ -37,19 +46,19 @@ def mirror_and_complete(lab: LabRun, vm: Machine, target: Path, *, paused: bool 
     """Mirror drive0 to *target*, wait for ready, (stop), complete, (cont).  Returns facts."""
     rec = lab.recorder
     rec.track(target.stem, target)
-    rec.mark("mirror_start", job=vm.disk_id, target=str(target))
+    rec.mark(marks.MIRROR_START, job=vm.disk_id, target=str(target))
     t0 = time.monotonic()
     job = vm.mirror(vm.disk_id, target, sync=sync, speed=speed)
     ready = job.wait_ready(ready_timeout)
     if paused:
-        rec.mark("stop")
+        rec.mark(marks.STOP)
         vm.hmp("stop")
     outcome = complete_and_wait(lab, job, f"mirror to {target}")
     drive = vm.block_info()[0]
     info_block = vm.hmp("info block")
     state = vm.backend.run_state()
     if paused:
-        rec.mark("cont")
+        rec.mark(marks.CONT)
         vm.hmp("c")
     return {"target": str(target), "job_end": outcome.event, "paused": paused,
             "vm_state_at_complete": state, "drive_file_after": drive.file,
@@ -177,16 +186,16 @@ def remove_source(*, action: str = "move", move_to: str | Path | None = None,
                     dest_dir = Path(move_to) if move_to else lab.workdir / "elsewhere"
                     dest_dir.mkdir(exist_ok=True)
                     moved = dest_dir / f"{lab.run.meta['run_id']}-{src.name}"
-                    lab.recorder.mark("source_moved", to=str(moved))
+                    lab.recorder.mark(marks.SOURCE_MOVED, to=str(moved))
                     shutil.move(src, moved)
                     lab.recorder.track("moved", moved)
                 else:
-                    lab.recorder.mark("source_deleted")
+                    lab.recorder.mark(marks.SOURCE_DELETED)
                     os.unlink(src)
                 after = vm.wait_ops(post_remove_writes, "dd", after=t_remove)
                 state = vm.backend.run_state()
                 io_errors = [r.name for r in vm.backend.events.snapshot()
-                             if r.name in ("BLOCK_IO_ERROR", "BLOCK_JOB_ERROR")]
+                             if r.name in (marks.BLOCK_IO_ERROR, marks.BLOCK_JOB_ERROR)]
                 moved_end = snapshot_image(moved) if moved else None
                 manifest, in_flight = synced_manifest(vm, base)
             checked = verify_image(lab, tgt, manifest, cache=cache, accel=accel)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import marks
 from ..guest.workload import Workload
 from ..images import create_overlay, make_guest_disk
 from ..jobs import job_for
@@ -53,23 +54,23 @@ def shallow_existing(*, image_mib: int = 64, base_fill_mib: int = 24, pre_writes
             vm.wait_ops(pre_writes, "dd", after=0, timeout=180)
             # the seed's command line, verbatim: -n = reuse the target, no -f = sync=top
             since = len(vm.backend.events)
-            rec.mark("mirror_start", job="drive0", kind="shallow")
+            rec.mark(marks.MIRROR_START, job="drive0", kind="shallow")
             t0 = time.monotonic()
             vm.hmp(f"drive_mirror -n drive0 {tgt}")
             job = job_for(vm.backend, "drive0", since)
             ready = job.wait_ready(ready_timeout)
             time.sleep(after_ready_s)
             t_cut = time.monotonic()
-            rec.mark("cancel", job="drive0")
+            rec.mark(marks.CANCEL, job="drive0")
             vm.hmp("block_job_cancel drive0")
             shallow = job.wait_done(60)
             shallow_ttr = ready.mono - t0
             # the same disk mirrored in full, for comparison
-            rec.mark("mirror_start", job="drive0", kind="full")
+            rec.mark(marks.MIRROR_START, job="drive0", kind="full")
             t1 = time.monotonic()
             job2 = vm.mirror("drive0", full, sync="full")
             ready2 = job2.wait_ready(ready_timeout)
-            rec.mark("cancel", job="drive0")
+            rec.mark(marks.CANCEL, job="drive0")
             job2.cancel()
             full_out = job2.wait_done(60)
             full_ttr = ready2.mono - t1
@@ -79,7 +80,7 @@ def shallow_existing(*, image_mib: int = 64, base_fill_mib: int = 24, pre_writes
         time_ratio = full_ttr / shallow_ttr if shallow_ttr > 0 else None
         lab.verdict = {
             "pass": bool(checked["verify_pass"] and shallow.ok
-                         and shallow.event == "BLOCK_JOB_COMPLETED"
+                         and shallow.event == marks.BLOCK_JOB_COMPLETED
                          and shallow.offset < full_out.offset),
             "shallow_bytes_copied": shallow.offset, "full_bytes_copied": full_out.offset,
             "bytes_ratio_full_over_shallow": bytes_ratio,

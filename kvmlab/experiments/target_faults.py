@@ -20,11 +20,12 @@ operation.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-from .. import analysis, images
+from .. import analysis, images, marks
 from ..errors import BadInput, WaitTimeout
 from ..faults import NbdServer, SmallTmpfs, blkdebug_target, marked
 from ..guest.workload import Workload
@@ -32,8 +33,16 @@ from ..images import make_guest_disk
 from ..jobs import Job
 from ..machine import Machine
 from ..model import ERROR_POLICIES_TARGET
-from .common import (ExperimentResult, LabRun, busy_vm, cancel_after, drive_to_ready,
-                     fault_behaviour, synced_manifest, verify_image)
+from .common import (
+    ExperimentResult,
+    LabRun,
+    busy_vm,
+    cancel_after,
+    drive_to_ready,
+    fault_behaviour,
+    synced_manifest,
+    verify_image,
+)
 
 FAULTS = ("nbd_suspend", "nbd_down", "eio", "enospc", "throttle")
 
@@ -81,7 +90,7 @@ def target_fault(*, fault: str = "eio", on_target_error: str = "report",
                                          label="source"))
 
         def start(url: str) -> Job:
-            rec.mark("mirror_start", job=vm.disk_id, target=url)
+            rec.mark(marks.MIRROR_START, job=vm.disk_id, target=url)
             fmt = None if url.startswith("json:") else target.format
             return vm.mirror(vm.disk_id, url, fmt, mode="existing", speed=speed,
                              buf_size=buf_size, on_target_error=on_target_error)
@@ -101,7 +110,7 @@ def target_fault(*, fault: str = "eio", on_target_error: str = "report",
         effect = analysis.fault_effect(frames["samples"], frames["events"], float(w["start"]),
                                        float(w["end"]), job.id)
         ev = frames["events"]
-        errs = [analysis._data(e) for _, e in ev[ev["name"] == "BLOCK_JOB_ERROR"].iterrows()]
+        errs = [analysis._data(e) for _, e in ev[ev["name"] == marks.BLOCK_JOB_ERROR].iterrows()]
         lab.verdict = {
             "fault": fault, "on_target_error": on_target_error,
             "behaviour": fault_behaviour(effect, steps, len(errs)),
@@ -114,7 +123,7 @@ def target_fault(*, fault: str = "eio", on_target_error: str = "report",
             "job_end": outcome.event, "job_error": outcome.error,
             "time_to_ready_s": round(t_ready - t0, 3),
         }
-        ok = outcome.ok and outcome.event == "BLOCK_JOB_COMPLETED"
+        ok = outcome.ok and outcome.event == marks.BLOCK_JOB_COMPLETED
         if verify:
             manifest, in_flight = synced_manifest(vm, base, until=t_cut)
             checked = verify_image(lab, target.file, manifest, cache=cache, accel=accel)
@@ -138,7 +147,7 @@ class _Target:
 
     @classmethod
     def make(cls, fault: str, lab: LabRun, stack: ExitStack, keep: ExitStack, vsize: int, *,
-             errors: int, tmpfs_mib: int) -> "_Target":
+             errors: int, tmpfs_mib: int) -> _Target:
         """The target for *fault*; daemons go on *stack*, mounts on *keep* (closed later)."""
         mark = lab.recorder.mark
         if fault.startswith("nbd"):
@@ -177,23 +186,23 @@ class _Target:
         mark = lab.recorder.mark
         if self.kind in ("eio", "enospc"):
             # the fault is the target itself: the window is from the start to the first error
-            mark(f"{self.kind}_start")
+            mark(marks.start(self.kind))
             try:
                 _wait_error(job, 60)
                 if self.tmpfs is not None and _paused_on_error(job):
                     self.tmpfs.grow(self.tmpfs.size_mib * 16)
             finally:
-                mark(f"{self.kind}_end")
+                mark(marks.end(self.kind))
             yield
             return
         time.sleep(after)
         if self.kind == "throttle":
-            with marked(mark, "throttle", speed=throttle_speed):
-                mark("set_speed", job=job.id, speed=throttle_speed)
+            with marked(mark, marks.THROTTLE, speed=throttle_speed):
+                mark(marks.SET_SPEED, job=job.id, speed=throttle_speed)
                 job.set_speed(throttle_speed)
                 time.sleep(length)
                 speed = job.spec.speed if job.spec else 0
-                mark("set_speed", job=job.id, speed=speed)
+                mark(marks.SET_SPEED, job=job.id, speed=speed)
                 job.set_speed(speed)
         else:
             assert self.nbd is not None
@@ -207,7 +216,7 @@ class _Target:
 def _wait_error(job: Job, timeout: float) -> None:
     """Until the job reports an error (BLOCK_JOB_ERROR, or it ended) or becomes ready."""
     deadline = time.monotonic() + timeout
-    while job.backend.events.find("BLOCK_JOB_ERROR", {"device": job.id}, since=job.since) is None \
+    while job.backend.events.find(marks.BLOCK_JOB_ERROR, {"device": job.id}, since=job.since) is None \
             and job.ended is None and not job.is_ready:
         if time.monotonic() > deadline:
             raise WaitTimeout(f"{job.id}: no target error within {timeout:g} s")

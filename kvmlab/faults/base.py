@@ -9,9 +9,10 @@ import signal
 import subprocess
 import time
 import weakref
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from .. import _proc
 from ..errors import LaunchError, StateError

@@ -10,13 +10,14 @@ on the same image when the block ends (requests fail meanwhile).
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
+from .. import marks
+from .._proc import qemu_opt
 from ..errors import BadInput, StateError
 from .base import Mark, ProcessGroup, no_mark, private_tmpdir, remove_tree, wait_until
-from .._proc import qemu_opt
 
 EXPORT = "target"
 
@@ -58,7 +59,7 @@ class NbdServer:
         """The target QEMU opens (format ``raw``: the daemon serves the guest-visible data)."""
         return f"nbd+unix:///{EXPORT}?socket={self.socket}"
 
-    def __enter__(self) -> "NbdServer":
+    def __enter__(self) -> NbdServer:
         try:
             self.tmp = private_tmpdir()
             self._start()
@@ -97,12 +98,12 @@ class NbdServer:
             raise StateError("the NBD server is not running")
         assert self.daemon is not None
         self.daemon.signal(19)
-        self.mark("nbd_suspend_start")
+        self.mark(marks.start(marks.NBD_SUSPEND))
         try:
             yield
         finally:
             self.daemon.signal(18)
-            self.mark("nbd_suspend_end")
+            self.mark(marks.end(marks.NBD_SUSPEND))
 
     @contextmanager
     def down(self) -> Iterator[None]:
@@ -112,12 +113,12 @@ class NbdServer:
         assert self.daemon is not None
         self.daemon.signal(9)
         self.daemon.stop()
-        self.mark("nbd_down_start")
+        self.mark(marks.start(marks.NBD_DOWN))
         try:
             yield
         finally:
             self._start()
-            self.mark("nbd_down_end")
+            self.mark(marks.end(marks.NBD_DOWN))
 
     def close(self) -> None:
         try:

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
-from .. import _proc
+from .. import _proc, marks
 from ..errors import BadInput, LaunchError, StateError
 from .base import Mark, ProcessGroup, no_mark, private_tmpdir, remove_tree, wait_until
 
@@ -97,7 +97,7 @@ class NfsServer:
         self.server: ProcessGroup | None = None
         self.starts = 0
 
-    def __enter__(self) -> "NfsServer":
+    def __enter__(self) -> NfsServer:
         self.start()
         return self
 
@@ -197,7 +197,7 @@ class NfsServer:
             self.stop_server()
         else:
             self.freeze()
-        self.mark("nfs_outage_start", mode=mode)
+        self.mark(marks.start(marks.NFS_OUTAGE), mode=mode)
         try:
             yield
         finally:
@@ -206,7 +206,7 @@ class NfsServer:
                 self._start_server()
             else:
                 self.thaw()
-            self.mark("nfs_outage_end", mode=mode, restart_s=round(time.monotonic() - t0, 3))
+            self.mark(marks.end(marks.NFS_OUTAGE), mode=mode, restart_s=round(time.monotonic() - t0, 3))
 
     def close(self) -> None:
         """Stop everything this server started and remove its temp dir.  Idempotent."""

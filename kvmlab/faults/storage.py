@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from .. import _proc
+from .. import _proc, marks
 from ..errors import BadInput, StateError, ToolError
 from .base import Mark, no_mark, private_tmpdir, remove_tree
 
@@ -74,7 +74,7 @@ class SmallTmpfs:
         if self.path is None:
             raise StateError("tmpfs is not mounted")
         _proc.run(["mount", "-o", f"remount,size={size_mib}m", self.path])
-        self.mark("grow_tmpfs", size_mib=size_mib, was_mib=self.size_mib)
+        self.mark(marks.GROW_TMPFS, size_mib=size_mib, was_mib=self.size_mib)
         self.size_mib = size_mib
 
     def close(self) -> None:

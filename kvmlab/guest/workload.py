@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
-
+from typing import Any
 
 from ..errors import BadInput
 
@@ -91,8 +91,8 @@ class Manifest:
         self.unknown.add(path)
 
     @classmethod
-    def from_ops(cls, ops: Iterable[Mapping[str, Any]], base: "Manifest | None" = None,
-                 in_flight: Iterable[Mapping[str, Any]] = ()) -> "Manifest":
+    def from_ops(cls, ops: Iterable[Mapping[str, Any]], base: Manifest | None = None,
+                 in_flight: Iterable[Mapping[str, Any]] = ()) -> Manifest:
         """Replay confirmed *ops* over *base*; paths of *in_flight* ops become unknown."""
         m = (cls(dict(base.files), set(base.dirs), set(base.gone), set(base.unknown))
              if base else cls())

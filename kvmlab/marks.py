@@ -1,0 +1,85 @@
+"""The names of everything kvmlab writes into a run's events, in one place.
+
+A run's ``events`` stream holds QEMU's events (``BLOCK_JOB_READY``...), the guest's lines
+(``guest_*``) and kvmlab's own **marks**: the steps an experiment or a session took
+(``cancel``, ``stop``...) and the **windows** it opened and closed (``<window>_start`` /
+``<window>_end``).  Recorders, experiments and fault injectors write these names;
+:mod:`kvmlab.analysis` and :mod:`kvmlab.plots` read them.  A name used anywhere else as a
+bare string is a bug (``tests/test_marks.py`` checks the package for it).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# -- steps (one mark each) ---------------------------------------------------------------
+RECORDER_START: Final = "recorder_start"
+RECORDER_STOP: Final = "recorder_stop"
+ATTACH: Final = "attach"                    #: the recorder attached to a machine
+SAMPLE_ERROR: Final = "sample_error"        #: a query-block-jobs sample failed
+MIRROR_START: Final = "mirror_start"
+READY_SEEN: Final = "ready_seen"
+CANCEL: Final = "cancel"
+COMPLETE: Final = "complete"
+COMMIT: Final = "commit"
+PAUSE: Final = "pause"
+RESUME: Final = "resume"
+SET_SPEED: Final = "set_speed"
+STOP: Final = "stop"                        #: the VM's vCPUs stopped (HMP ``stop``)
+CONT: Final = "cont"
+RESUME_AFTER_ERROR: Final = "resume_after_error"
+REMIRROR: Final = "remirror"                #: a new mirror onto the target after a failure
+GROW_TMPFS: Final = "grow_tmpfs"
+SOURCE_MOVED: Final = "source_moved"
+SOURCE_DELETED: Final = "source_deleted"
+
+STEPS: Final = (RECORDER_START, RECORDER_STOP, ATTACH, SAMPLE_ERROR, MIRROR_START, READY_SEEN,
+                CANCEL, COMPLETE, COMMIT, PAUSE, RESUME, SET_SPEED, STOP, CONT,
+                RESUME_AFTER_ERROR, REMIRROR, GROW_TMPFS, SOURCE_MOVED, SOURCE_DELETED)
+
+# -- windows (a start and an end mark) ---------------------------------------------------
+NFS_OUTAGE: Final = "nfs_outage"
+NBD_SUSPEND: Final = "nbd_suspend"
+NBD_DOWN: Final = "nbd_down"
+EIO: Final = "eio"
+ENOSPC: Final = "enospc"
+THROTTLE: Final = "throttle"
+FSFREEZE: Final = "fsfreeze"                #: the guest's file systems frozen: not a fault
+
+#: windows in which the target misbehaves: :func:`kvmlab.analysis.fault_windows`
+FAULT_WINDOWS: Final = (NFS_OUTAGE, NBD_SUSPEND, NBD_DOWN, EIO, ENOSPC, THROTTLE)
+WINDOWS: Final = (*FAULT_WINDOWS, FSFREEZE)
+
+
+def start(window: str) -> str:
+    """The mark that opens *window*: ``<window>_start``."""
+    return f"{window}_start"
+
+
+def end(window: str) -> str:
+    """The mark that closes *window*: ``<window>_end``."""
+    return f"{window}_end"
+
+
+# -- QEMU's events that the analysis reads ------------------------------------------------
+BLOCK_JOB_READY: Final = "BLOCK_JOB_READY"
+BLOCK_JOB_COMPLETED: Final = "BLOCK_JOB_COMPLETED"
+BLOCK_JOB_CANCELLED: Final = "BLOCK_JOB_CANCELLED"
+BLOCK_JOB_ERROR: Final = "BLOCK_JOB_ERROR"
+BLOCK_IO_ERROR: Final = "BLOCK_IO_ERROR"
+JOB_ENDED: Final = (BLOCK_JOB_COMPLETED, BLOCK_JOB_CANCELLED)
+
+#: the label drawn on plots for each event (windows are labelled by their name)
+LABELS: Final = {
+    MIRROR_START: "job start", BLOCK_JOB_READY: "READY", PAUSE: "pause", RESUME: "resume",
+    SET_SPEED: "speed", CANCEL: "cancel", COMPLETE: "complete",
+    BLOCK_JOB_COMPLETED: "completed", BLOCK_JOB_CANCELLED: "cancelled",
+    BLOCK_JOB_ERROR: "error", STOP: "stop", CONT: "cont", COMMIT: "commit",
+    SOURCE_MOVED: "old image moved", SOURCE_DELETED: "old image deleted",
+    BLOCK_IO_ERROR: "I/O error", RESUME_AFTER_ERROR: "resume", REMIRROR: "mirror again",
+    **{start(w): w.replace("_", " ") for w in FAULT_WINDOWS},
+    **{end(w): f"{w.replace('_', ' ')} end" for w in FAULT_WINDOWS},
+}
+
+#: every name kvmlab itself writes
+ALL_MARKS: Final = frozenset(STEPS) | {start(w) for w in WINDOWS} | {end(w) for w in WINDOWS}
