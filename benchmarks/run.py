@@ -36,6 +36,7 @@ from kvmlab import __version__, images, paths
 from kvmlab.jobs import Job
 from kvmlab.libvirt_lab import LibvirtMachine
 from kvmlab.machine import Machine, resolve_accel
+from kvmlab.options import RunOptions
 from kvmlab.record import Recorder
 from kvmlab.runs import _git_revision, _qemu_version
 from kvmlab.tmpdirs import owned_tmpdir
@@ -421,7 +422,7 @@ def bench_end_to_end(tmp: Path, smoke: bool) -> dict[str, Any]:
     for _ in range(reps):
         t0 = time.monotonic()
         r = mirror_basic(image_mib=64, fill_mib=16, speed=0, after_ready_s=1.0,
-                         runs_dir=tmp / "e2e")
+                         options=RunOptions(runs_dir=tmp / "e2e"))
         walls.append(time.monotonic() - t0)
         verdicts.append(bool(r.passed))
     return {"e1_wall_s": median(walls), "reps": reps, "all_passed": all(verdicts)}

@@ -41,31 +41,43 @@ def _default(spec: dict[str, Any]) -> Any:
         return None
 
 
-def _type_ok(value: Any, default: Any) -> bool:
-    """Is *value* acceptable where the notebook's default is *default*?"""
-    if default is None or value is None:
-        return True  # a None default accepts anything; None means "QEMU's default"
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, type(default))
+#: the parameter types a notebook's parameters cell may declare, and what each accepts
+_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,),
+                                       "bool": (bool,), "list": (list,), "dict": (dict,)}
+
+
+def _type_ok(value: Any, type_name: str, default: Any) -> bool:
+    """Is *value* acceptable for a parameter declared ``type_name`` (``int``,
+    ``Optional[str]``...; without a declared type, the default's type decides)?"""
+    optional = type_name.startswith("Optional[")
+    base = type_name[len("Optional["):-1] if optional else type_name
+    if value is None:
+        return optional or default is None
+    accepted = _TYPES.get(base)
+    if accepted is None:                       # undeclared: judge by the default
+        if default is None:
+            return True
+        accepted = (int, float) if isinstance(default, float) else (type(default),)
+    if isinstance(value, bool) and bool not in accepted:
+        return False
+    return isinstance(value, accepted)
 
 
 def check_parameters(notebook: str | Path, params: dict[str, Any]) -> None:
     """Reject names the notebook's parameters cell does not define, and values whose type
-    does not match the default's (before anything runs)."""
+    does not match the declared one (before anything runs)."""
     known = notebook_parameters(notebook)
     unknown = sorted(set(params) - set(known))
     if unknown:
         raise BadInput(f"unknown parameter(s) {', '.join(unknown)} for {Path(notebook).name} "
                        f"(known: {', '.join(sorted(known))})")
     for name, value in params.items():
-        default = _default(known[name])
-        if not _type_ok(value, default):
-            raise BadInput(f"parameter {name}={value!r} should be {type(default).__name__} "
+        spec = known[name]
+        default = _default(spec)
+        type_name = str(spec.get("inferred_type_name") or "None")
+        if not _type_ok(value, type_name, default):
+            shown = type_name if type_name != "None" else type(default).__name__
+            raise BadInput(f"parameter {name}={value!r} should be {shown} "
                            f"like its default {default!r}")
 
 

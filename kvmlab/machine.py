@@ -34,14 +34,12 @@ from .events import Record
 from .guest.build import Guest, load_guest
 from .guest.console import Console
 from .guest.workload import Manifest, Workload
-from .model import DriveInfo, MirrorSpec
+from .model import ACCELS, CACHE_MODES, DriveInfo, MirrorSpec
 from .tmpdirs import owned_tmpdir
 
 log = logging.getLogger(__name__)
 
-CACHE_MODES = ("none", "writeback", "writethrough", "directsync", "unsafe")
 GUEST_MODES = ("idle", "workload", "verify")
-ACCELS = ("auto", "kvm", "tcg")
 QEMU_BINARY = "qemu-system-x86_64"
 
 

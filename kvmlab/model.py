@@ -21,6 +21,11 @@ COPY_MODES = ("background", "write-blocking")
 MIN_GRANULARITY = 512
 MAX_GRANULARITY = 64 * 1024 * 1024
 
+#: QEMU's cache modes for a drive (the seed used ``none``)
+CACHE_MODES = ("none", "writeback", "writethrough", "directsync", "unsafe")
+#: ``auto``: KVM only if a guest really boots under it, else TCG
+ACCELS = ("auto", "kvm", "tcg")
+
 
 def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:

@@ -25,6 +25,7 @@ import pytest
 
 from kvmlab import paths
 from kvmlab.guest.build import Guest, build_guest
+from kvmlab.options import RunOptions
 
 # Every process this test session starts inherits this token in its environment, so the
 # leak check sees this session's QEMUs (even orphaned ones) and not another user's.
@@ -122,6 +123,12 @@ def scratch() -> Iterator[Path]:
     d.mkdir(parents=True)
     yield d
     shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def opts(runs: Path) -> RunOptions:
+    """Experiment options for tests: runs under *runs*, TCG."""
+    return RunOptions(runs_dir=runs, accel="tcg")
 
 
 @pytest.fixture

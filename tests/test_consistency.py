@@ -12,6 +12,7 @@ from kvmlab.errors import BadInput, StateError
 from kvmlab.experiments import consistency_study
 from kvmlab.images import fsck, make_guest_disk
 from kvmlab.machine import Machine
+from kvmlab.options import RunOptions
 
 pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
 
@@ -39,14 +40,14 @@ def test_guest_agent_freezes_and_thaws(scratch: Path) -> None:
     assert after["needs_recovery"]
 
 
-def test_consistency_bad_input(runs: Path) -> None:
+def test_consistency_bad_input(opts: RunOptions) -> None:
     with pytest.raises(BadInput, match="strategy"):
-        consistency_study(strategies=["hope"], runs_dir=runs)
+        consistency_study(strategies=["hope"], options=opts)
     with pytest.raises(BadInput, match="cache mode"):
-        consistency_study(cache_modes=["fast"], runs_dir=runs)
+        consistency_study(cache_modes=["fast"], options=opts)
     with pytest.raises(BadInput, match="trials"):
-        consistency_study(trials=0, runs_dir=runs)
-    assert list(runs.iterdir()) == []
+        consistency_study(trials=0, options=opts)
+    assert opts.runs_dir is not None and list(opts.runs_dir.iterdir()) == []
 
 
 def test_consistency_notebook(tmp_path: Path) -> None:

@@ -9,15 +9,16 @@ import pytest
 
 from kvmlab import experiments as ex
 from kvmlab.errors import BadInput
+from kvmlab.options import RunOptions
 
 pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
 
-SMALL = dict(image_mib=48, fill_mib=8, accel="tcg")
+SMALL = dict(image_mib=48, fill_mib=8)
 
 
 @pytest.mark.parametrize("method", ["hmp", "qmp"])
-def test_e3_commit_while_stopped(method: str, runs: Path) -> None:
-    r = ex.commit_stopped(method=method, rounds=3, runs_dir=runs, **SMALL)
+def test_e3_commit_while_stopped(method: str, opts: RunOptions) -> None:
+    r = ex.commit_stopped(method=method, rounds=3, options=opts, **SMALL)
     v = r.verdict
     assert r.passed, v
     assert v["vm_state_during_commit"] == "paused" and v["vm_state_after_c"] == "running"
@@ -33,8 +34,8 @@ def test_e3_commit_while_stopped(method: str, runs: Path) -> None:
 
 
 @pytest.mark.parametrize("paused", [True, False])
-def test_e4_pivot(paused: bool, runs: Path) -> None:
-    r = ex.pivot(paused=paused, runs_dir=runs, **SMALL)
+def test_e4_pivot(paused: bool, opts: RunOptions) -> None:
+    r = ex.pivot(paused=paused, options=opts, **SMALL)
     v = r.verdict
     assert r.passed, v
     assert v["on_target"] and v["drive_file_after"].endswith("x-mirror.img")
@@ -45,8 +46,8 @@ def test_e4_pivot(paused: bool, runs: Path) -> None:
     assert {"vm:drive0", "x-mirror"} <= set(sizes.label)
 
 
-def test_e5_double_pivot(runs: Path) -> None:
-    r = ex.double_pivot(runs_dir=runs, **SMALL)
+def test_e5_double_pivot(opts: RunOptions) -> None:
+    r = ex.double_pivot(options=opts, **SMALL)
     v = r.verdict
     assert r.passed, v
     assert v["drive_file_after"].endswith("mirror2.img")
@@ -57,11 +58,11 @@ def test_e5_double_pivot(runs: Path) -> None:
 
 
 @pytest.mark.parametrize("action", ["move", "delete"])
-def test_e6_remove_source(action: str, runs: Path, tmp_path: Path) -> None:
+def test_e6_remove_source(action: str, opts: RunOptions, tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     kwargs = {"move_to": elsewhere} if action == "move" else {}
-    r = ex.remove_source(action=action, runs_dir=runs, **kwargs, **SMALL)  # type: ignore[arg-type]
+    r = ex.remove_source(action=action, options=opts, **kwargs, **SMALL)  # type: ignore[arg-type]
     v = r.verdict
     assert r.passed, v
     assert v["io_error_events"] == 0 and v["vm_state_after"] == "running"
@@ -71,17 +72,16 @@ def test_e6_remove_source(action: str, runs: Path, tmp_path: Path) -> None:
         assert not list(elsewhere.iterdir()), "moved image outside scratch left behind"
 
 
-def test_e6_bad_input_creates_nothing(runs: Path) -> None:
+def test_e6_bad_input_creates_nothing(opts: RunOptions) -> None:
     with pytest.raises(BadInput, match="action"):
-        ex.remove_source(action="shred", runs_dir=runs)
+        ex.remove_source(action="shred", options=opts)
     with pytest.raises(BadInput, match="not a directory"):
-        ex.remove_source(move_to="/nonexistent/dir", runs_dir=runs)
-    assert not list(runs.iterdir())
+        ex.remove_source(move_to="/nonexistent/dir", options=opts)
+    assert not opts.runs_dir or not list(opts.runs_dir.iterdir())
 
 
-def test_e7_shallow_mirror_copies_least(runs: Path) -> None:
-    r = ex.shallow_existing(image_mib=48, base_fill_mib=16, pre_writes=3, accel="tcg",
-                            runs_dir=runs)
+def test_e7_shallow_mirror_copies_least(opts: RunOptions) -> None:
+    r = ex.shallow_existing(image_mib=48, base_fill_mib=16, pre_writes=3, options=opts)
     v = r.verdict
     assert r.passed, v
     assert v["seed_claim_least_data"]

@@ -16,6 +16,7 @@ from kvmlab.backends.libvirt import LibvirtBackend
 from kvmlab.errors import BackendError, BadInput
 from kvmlab.jobs import job_for
 from kvmlab.libvirt_lab import LibvirtMachine
+from kvmlab.options import RunOptions
 from kvmlab.record import COLUMNS
 
 pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
@@ -133,8 +134,8 @@ def test_recorded_columns_match_qmp(scratch: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["E1", "E3", "E4"])
-def test_seed_experiments_through_libvirt(name: str, runs: Path) -> None:
-    kw = dict(image_mib=48, fill_mib=8, backend="libvirt", runs_dir=runs)
+def test_seed_experiments_through_libvirt(name: str, opts: RunOptions) -> None:
+    kw = dict(image_mib=48, fill_mib=8, options=opts.replace(backend="libvirt", accel="auto"))
     if name == "E1":
         r = ex.mirror_basic(after_ready_s=1.0, **kw)  # type: ignore[arg-type]
     elif name == "E3":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -11,13 +10,14 @@ from kvmlab import images, paths
 from kvmlab.experiments import mirror_basic
 from kvmlab.experiments.common import LabRun, verify_image
 from kvmlab.guest.workload import Manifest
+from kvmlab.options import RunOptions
 
 pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
 
 
-def test_e1_mirror_during_workload_verifies(runs: Path) -> None:
+def test_e1_mirror_during_workload_verifies(opts: RunOptions) -> None:
     res = mirror_basic(image_mib=64, fill_mib=16, workload_kib=256, workload_rate_kib_s=1024,
-                       speed=8 * 1024 * 1024, after_ready_s=2.0, accel="tcg", runs_dir=runs)
+                       speed=8 * 1024 * 1024, after_ready_s=2.0, options=opts)
     v = res.verdict
     assert res.passed, v
     assert v["verify_pass"] and v["bad"] == 0
@@ -39,15 +39,15 @@ def test_e1_mirror_during_workload_verifies(runs: Path) -> None:
     assert not (paths.scratch_dir() / meta["run_id"]).exists()
 
 
-def test_verifier_detects_a_missing_change(runs: Path) -> None:
+def test_verifier_detects_a_missing_change(opts: RunOptions) -> None:
     """Negative control: the same verification fails when the manifest names a lost write."""
-    with LabRun("verify_negative", {}, runs_dir=runs) as lab:
+    with LabRun("verify_negative", {}, opts) as lab:
         disk = lab.workdir / "disk.qcow2"
         base = images.make_guest_disk(disk, 32, fill_mib=2)
         m = Manifest.from_ops([{"op": "dd", "path": "/wl/w99.bin", "sha256": "0" * 64},
                                {"op": "mkdir", "path": "/wl/d1"}], base=base)
         m.add_file("/fill.bin", "f" * 64)
-        out = verify_image(lab, disk, m, accel="tcg")
+        out = verify_image(lab, disk, m)
         lab.verdict = {"pass": out["verify_pass"]}
     assert not out["verify_pass"]
     assert out["bad"] == 3 and out["checked"] == 3

@@ -11,6 +11,7 @@ from kvmlab import analysis, plots
 from kvmlab.errors import BadInput, LaunchError
 from kvmlab.experiments import mirror_nfs_outage
 from kvmlab.faults import NfsServer
+from kvmlab.options import RunOptions
 
 pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
 
@@ -43,14 +44,14 @@ def test_nfs_server_serves_stops_and_returns(scratch: Path) -> None:
     assert not _ganesha_running()
 
 
-def test_nfs_bad_input(scratch: Path, runs: Path) -> None:
+def test_nfs_bad_input(scratch: Path, opts: RunOptions) -> None:
     with pytest.raises(BadInput, match="does not exist"):
         NfsServer(scratch / "missing")
     with pytest.raises(BadInput, match="outage="):
-        mirror_nfs_outage(outage="unplug", runs_dir=runs)
+        mirror_nfs_outage(outage="unplug", options=opts)
     with pytest.raises(BadInput, match="on_target_error="):
-        mirror_nfs_outage(on_target_error="retry", runs_dir=runs)
-    assert list(runs.iterdir()) == []
+        mirror_nfs_outage(on_target_error="retry", options=opts)
+    assert opts.runs_dir is not None and list(opts.runs_dir.iterdir()) == []
     with NfsServer(scratch) as nfs, pytest.raises(BadInput, match="outage mode"):
         with nfs.outage("unplug"):
             pass
@@ -58,9 +59,9 @@ def test_nfs_bad_input(scratch: Path, runs: Path) -> None:
 
 
 @pytest.mark.parametrize("outage,policy", [("stop", "report"), ("freeze", "stop")])
-def test_e2_mirror_survives_nfs_outage(outage: str, policy: str, runs: Path) -> None:
+def test_e2_mirror_survives_nfs_outage(outage: str, policy: str, opts: RunOptions) -> None:
     r = mirror_nfs_outage(outage=outage, on_target_error=policy, outage_after_s=1.5,
-                          outage_s=4.0, fill_mib=16, accel="tcg", runs_dir=runs)
+                          outage_s=4.0, fill_mib=16, options=opts)
     v = r.verdict
     assert r.passed, v
     assert v["mid_copy_at_outage"] and v["outage_window_s"] >= 4.0

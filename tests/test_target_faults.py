@@ -11,6 +11,7 @@ from kvmlab import analysis, images
 from kvmlab.errors import BadInput
 from kvmlab.experiments import target_fault
 from kvmlab.faults import NbdServer, SmallTmpfs, blkdebug_target
+from kvmlab.options import RunOptions
 
 pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
 
@@ -37,16 +38,16 @@ def test_nbd_server_and_tmpfs_leave_nothing(scratch: Path) -> None:
     assert not _mounted(mnt) and not mnt.exists()
 
 
-def test_fault_bad_input(scratch: Path, runs: Path) -> None:
+def test_fault_bad_input(scratch: Path, opts: RunOptions) -> None:
     with pytest.raises(BadInput, match="fault="):
-        target_fault(fault="unplug", runs_dir=runs)
+        target_fault(fault="unplug", options=opts)
     with pytest.raises(BadInput, match="tmpfs_mib"):
-        target_fault(fault="enospc", tmpfs_mib=64, fill_mib=16, runs_dir=runs)
+        target_fault(fault="enospc", tmpfs_mib=64, fill_mib=16, options=opts)
     with pytest.raises(BadInput, match="does not exist"):
         blkdebug_target(scratch / "missing.raw")
     with pytest.raises(BadInput, match="size"):
         SmallTmpfs(0)
-    assert list(runs.iterdir()) == []
+    assert opts.runs_dir is not None and list(opts.runs_dir.iterdir()) == []
 
 
 # (fault, policy) -> what QEMU 7.2 was recorded doing, and the recovery step it needed
@@ -64,9 +65,9 @@ CASES = [
 @pytest.mark.parametrize("fault,policy,behaviour,steps,verify", CASES,
                          ids=[f"{c[0]}-{c[1]}" for c in CASES])
 def test_target_fault(fault: str, policy: str, behaviour: str, steps: list[str], verify: bool,
-                      runs: Path) -> None:
+                      opts: RunOptions) -> None:
     r = target_fault(fault=fault, on_target_error=policy, fault_after_s=1.0, fault_s=3.0,
-                     fill_mib=16, verify=verify, accel="tcg", runs_dir=runs)
+                     fill_mib=16, verify=verify, options=opts)
     v = r.verdict
     assert r.passed, v
     assert v["behaviour"] == behaviour, v

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from .. import images, marks
 from ..errors import BadInput
 from ..guest.workload import Workload
 from ..images import FileSize, create_overlay, file_size, make_guest_disk
+from ..options import DEFAULT_OPTIONS, RunOptions
 from .common import ExperimentResult, LabRun, complete_and_wait, synced_manifest, verify_image
 
 METHODS = ("hmp", "qmp")
@@ -29,9 +29,7 @@ def _size(path: Path) -> FileSize:
 
 def commit_stopped(*, method: str = "hmp", image_mib: int = 64, fill_mib: int = 8,
                    rounds: int = 4, workload_kib: int = 512, workload_rate_kib_s: float = 2048,
-                   sample_interval: float = 0.1, cache: str = "none", accel: str = "auto",
-                   runs_dir: str | Path | None = None, run_path: str | Path | None = None,
-                   keep_images: bool = False, backend: str = "qmp", libvirt_uri: str = "qemu:///system"
+                   options: RunOptions = DEFAULT_OPTIONS
                    ) -> ExperimentResult:
     """Run E3: ``stop``; commit the overlay (HMP ``commit drive0`` or QMP block-commit); ``c``.
 
@@ -41,13 +39,9 @@ def commit_stopped(*, method: str = "hmp", image_mib: int = 64, fill_mib: int = 
     """
     if method not in METHODS:
         raise BadInput(f"method={method!r} is not one of {', '.join(METHODS)}")
-    params: dict[str, Any] = dict(locals())
-    for key in ("runs_dir", "run_path"):
-        params.pop(key)
+    params = dict(locals())
     workload = Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s, rounds=rounds)
-    with LabRun("commit_stopped", params, runs_dir=runs_dir, run_path=run_path,
-                sample_interval=sample_interval, keep_images=keep_images,
-                backend=backend, libvirt_uri=libvirt_uri) as lab:
+    with LabRun("commit_stopped", params, options) as lab:
         rec = lab.recorder
         (lab.workdir / "base").mkdir()
         base = lab.workdir / "base" / "base.img"
@@ -55,8 +49,7 @@ def commit_stopped(*, method: str = "hmp", image_mib: int = 64, fill_mib: int = 
         overlay = create_overlay(lab.workdir / "disk.img", base)
         rec.track("base", base)
         chain_before = images.info(overlay, backing_chain=True)
-        with lab.machine(overlay, "vm", mode="workload", workload=workload, cache=cache,
-                         accel=accel) as vm:
+        with lab.machine(overlay, "vm", mode="workload", workload=workload) as vm:
             lab.note_machine(vm, "vm")
             vm.wait_guest("workload_done", timeout=180)
             ops = vm.guest_ops()
@@ -83,7 +76,7 @@ def commit_stopped(*, method: str = "hmp", image_mib: int = 64, fill_mib: int = 
         (lab.run.path / "chain_after.json").write_text(json.dumps(chain_after, indent=2))
         (lab.run.path / "info_block_after_commit.txt").write_text(info_block)
         manifest, _ = synced_manifest(vm, base_manifest)
-        checked = verify_image(lab, base, manifest, label="verify-base", cache=cache, accel=accel)
+        checked = verify_image(lab, base, manifest, label="verify-base")
         written = sum(int(r.data.get("size", 0)) for r in ops if r.data.get("op") == "dd")
         grew = after["base"].allocated - before["base"].allocated
         lab.verdict = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +18,12 @@ from ..images import file_size, sha256
 from ..jobs import Job
 from ..machine import Machine
 from ..model import JobOutcome
+from ..options import DEFAULT_OPTIONS, RunOptions
 from ..record import Recorder
 from ..runs import RunData, RunDir, load_run
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("qmp", "libvirt")
 
 
 @dataclass
@@ -42,26 +42,32 @@ class ExperimentResult:
 class LabRun:
     """Context manager: a run folder, a started recorder and a scratch folder for images.
 
-    On exit the recorder is stopped (parquet written), ``run.json`` finished
-    with the verdict (or the error), and the scratch folder removed unless
-    *keep_images*.  Experiments set :attr:`verdict` before leaving the block.
+    *params* are the experiment's own parameters (an experiment passes its ``locals()``
+    taken first thing; ``options`` among them is dropped); *options* the shared plumbing,
+    recorded beside them in ``run.json``.  An experiment that cannot run on a backend says
+    why in *unsupported* (backend -> reason): asking for it fails before anything exists.
+
+    On exit the recorder is stopped (parquet written), ``run.json`` finished with the
+    verdict (or the error), and the scratch folder removed unless ``keep_images``.
+    Experiments set :attr:`verdict` before leaving the block.
     """
 
-    def __init__(self, experiment: str, params: dict[str, Any], *,
-                 runs_dir: str | Path | None = None, run_path: str | Path | None = None,
-                 sample_interval: float = 0.1,
-                 keep_images: bool = False, scratch: str | Path | None = None,
-                 backend: str = "qmp", libvirt_uri: str = "qemu:///system") -> None:
-        if backend not in BACKENDS:
-            raise BadInput(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
-        self.backend = backend
-        self.libvirt_uri = libvirt_uri
+    def __init__(self, experiment: str, params: Mapping[str, Any],
+                 options: RunOptions = DEFAULT_OPTIONS, *,
+                 unsupported: Mapping[str, str] | None = None,
+                 scratch: str | Path | None = None) -> None:
+        why = (unsupported or {}).get(options.backend)
+        if why:
+            raise BadInput(f"{experiment} cannot run on the {options.backend} backend: {why}")
+        self.options = options
+        self.backend = options.backend
         self.experiment = experiment
-        self.params = params
-        self.runs_parent = Path(runs_dir) if runs_dir else None
-        self.run_path = Path(run_path) if run_path else None
-        self.sample_interval = sample_interval
-        self.keep_images = keep_images
+        self.params = {**{k: v for k, v in params.items() if k != "options"},
+                       **options.recorded()}
+        self.runs_parent = options.runs_dir
+        self.run_path = options.run_path
+        self.sample_interval = options.sample_interval
+        self.keep_images = options.keep_images
         self.scratch_parent = Path(scratch) if scratch else paths.scratch_dir()
         self.verdict: dict[str, Any] | None = None
         self.extra: dict[str, Any] = {}
@@ -103,13 +109,17 @@ class LabRun:
         return ExperimentResult(self.run.path, self.verdict or {}, load_run(self.run.path))
 
     def machine(self, disk: Path, label: str, **kwargs: Any) -> Machine:
-        """A lab VM on this run's backend (embedded QEMU, or a transient libvirt domain);
-        its console goes to ``console-<label>.log`` in the run folder."""
+        """A lab VM on this run's backend (embedded QEMU, or a transient libvirt domain),
+        with the options' cache mode and accelerator unless *kwargs* say otherwise; its
+        console goes to ``console-<label>.log`` in the run folder."""
+        kwargs.setdefault("cache", self.options.cache)
+        kwargs.setdefault("accel", self.options.accel)
         if self.backend == "libvirt":
             from ..libvirt_lab import LibvirtMachine
-            kwargs.pop("accel", None)  # libvirt lab domains are type='qemu' (TCG)
+            kwargs.pop("accel")  # libvirt lab domains are type='qemu' (TCG)
             return LibvirtMachine(disk, console_log=self.run.path / f"console-{label}.log",
-                                  name=f"kvmlab-{label}", uri=self.libvirt_uri, **kwargs)
+                                  name=f"kvmlab-{label}", uri=self.options.libvirt_uri,
+                                  **kwargs)
         return Machine(disk, console_log=self.run.path / f"console-{label}.log",
                        name=f"kvmlab-{label}", **kwargs)
 
@@ -126,7 +136,7 @@ class LabRun:
 
 
 def verify_image(lab: LabRun, image: Path, manifest: Manifest, *, label: str = "verify",
-                 cache: str = "none", accel: str = "auto", timeout: float = 180) -> dict[str, Any]:
+                 cache: str | None = None, timeout: float = 180) -> dict[str, Any]:
     """Boot a new VM from *image* in verify mode; return the guest's verdict as a dict.
 
     The manifest (files with sha256, directories present, paths gone) reaches
@@ -134,8 +144,8 @@ def verify_image(lab: LabRun, image: Path, manifest: Manifest, *, label: str = "
     """
     manifest.write(lab.run.path / f"manifest-{label}.txt")
     t0 = time.monotonic()
-    with lab.machine(image, label, mode="verify", manifest=manifest, cache=cache,
-                     accel=accel) as vm:
+    with lab.machine(image, label, mode="verify", manifest=manifest,
+                     cache=cache or lab.options.cache) as vm:
         lab.note_machine(vm, label)
         rec = vm.wait_guest("verdict", timeout=timeout)
         records = vm.console.records.snapshot()
@@ -182,11 +192,10 @@ def unchanged(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 @contextmanager
-def busy_vm(lab: LabRun, disk: Path, workload: Workload, *, cache: str, accel: str,
-            label: str = "vm") -> Iterator[Machine]:
+def busy_vm(lab: LabRun, disk: Path, workload: Workload, *, label: str = "vm",
+            **kwargs: Any) -> Iterator[Machine]:
     """A lab VM in workload mode, recorded, once the guest has made its first operation."""
-    with lab.machine(disk, label, mode="workload", workload=workload, cache=cache,
-                     accel=accel) as vm:
+    with lab.machine(disk, label, mode="workload", workload=workload, **kwargs) as vm:
         lab.note_machine(vm, label)
         vm.wait_guest("op", timeout=120)
         yield vm

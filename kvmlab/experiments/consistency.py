@@ -25,7 +25,6 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -34,24 +33,24 @@ from .. import marks
 from ..errors import BadInput
 from ..guest.workload import Workload
 from ..images import fsck, make_guest_disk
-from ..machine import CACHE_MODES
+from ..model import CACHE_MODES
+from ..options import DEFAULT_OPTIONS, RunOptions
 from .common import ExperimentResult, LabRun, synced_manifest, verify_image
 
 STRATEGIES = ("nothing", "pause", "fsfreeze")
 
 
 def consistency_study(*, strategies: Sequence[str] = STRATEGIES,
-                      cache_modes: Sequence[str] = ("none", "writeback"), trials: int = 1,
+                      cache_modes: Sequence[str] = ("none", "writeback"), trials: int = 2,
                       image_mib: int = 64, fill_mib: int = 8, workload_kib: int = 128,
                       workload_rate_kib_s: float = 1024, cut_after_s: tuple[float, float] = (0.2, 1.5),
-                      seed: int = 1, sample_interval: float = 0.1, accel: str = "auto",
-                      runs_dir: str | Path | None = None, run_path: str | Path | None = None,
-                      keep_images: bool = False) -> ExperimentResult:
+                      seed: int = 1, options: RunOptions = DEFAULT_OPTIONS) -> ExperimentResult:
     """Run *trials* cuts per strategy and cache mode; the verdict holds the rates table.
 
     :param cut_after_s: the cut comes a random time in this range after ready
         (from *seed*), so trials fall at different points of the guest's work.
     """
+    params = dict(locals())
     strategies, cache_modes = tuple(strategies), tuple(cache_modes)
     for s in strategies:
         if s not in STRATEGIES:
@@ -66,20 +65,17 @@ def consistency_study(*, strategies: Sequence[str] = STRATEGIES,
     lo, hi = cut_after_s
     if not 0 <= lo <= hi:
         raise BadInput(f"cut_after_s={cut_after_s!r} must be (low, high) with 0 <= low <= high")
-    params: dict[str, Any] = {k: v for k, v in locals().items()
-                              if k not in ("runs_dir", "run_path", "s", "c", "lo", "hi")}
     rng = random.Random(seed)
     workload = Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s)
     rows: list[dict[str, Any]] = []
-    with LabRun("consistency", params, runs_dir=runs_dir, run_path=run_path,
-                sample_interval=sample_interval, keep_images=keep_images) as lab:
+    with LabRun("consistency", params, options) as lab:
         n = 0
         for trial in range(trials):
             for cache in cache_modes:
                 for strategy in strategies:
                     n += 1
                     rows.append(_trial(lab, n, trial, strategy, cache, workload, image_mib,
-                                       fill_mib, rng.uniform(lo, hi), accel))
+                                       fill_mib, rng.uniform(lo, hi)))
         frame = pd.DataFrame(rows)
         frame.drop(columns=["fsck_problems", "in_flight_states"]).to_csv(
             lab.run.path / "trials.csv", index=False)
@@ -119,7 +115,7 @@ def rates(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def _trial(lab: LabRun, n: int, trial: int, strategy: str, cache: str, workload: Workload,
-           image_mib: int, fill_mib: int, extra_s: float, accel: str) -> dict[str, Any]:
+           image_mib: int, fill_mib: int, extra_s: float) -> dict[str, Any]:
     """One cut: mirror to ready, wait *extra_s*, cut with *strategy*, check the copy."""
     rec = lab.recorder
     label = f"t{n}-{strategy}-{cache}"
@@ -128,7 +124,7 @@ def _trial(lab: LabRun, n: int, trial: int, strategy: str, cache: str, workload:
     base = make_guest_disk(source, image_mib, "qcow2", fill_mib)
     frozen: int | None = None
     with lab.machine(source, label, mode="workload", workload=workload, cache=cache,
-                     accel=accel, agent=True) as vm:
+                     agent=True) as vm:
         lab.note_machine(vm, label)
         agent = vm.agent()
         vm.wait_guest("op", timeout=120)
@@ -157,7 +153,7 @@ def _trial(lab: LabRun, n: int, trial: int, strategy: str, cache: str, workload:
         time.sleep(0.3)                 # the guest's lines for ops finished before the cut
     manifest, in_flight = synced_manifest(vm, base, until=t_cut)
     fs = fsck(copy)
-    checked = verify_image(lab, copy, manifest, label=f"verify-{n}", cache="none", accel=accel)
+    checked = verify_image(lab, copy, manifest, label=f"verify-{n}", cache="none")
     states = checked["in_flight_found"]
     for path in (source, copy):
         path.unlink(missing_ok=True)

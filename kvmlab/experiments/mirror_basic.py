@@ -15,47 +15,39 @@ The seed's steps, automated:
 from __future__ import annotations
 
 import time
-from pathlib import Path
-from typing import Any
 
 from .. import marks
 from ..errors import WaitTimeout
 from ..events import Record
 from ..guest.workload import Workload
 from ..images import make_guest_disk
+from ..options import DEFAULT_OPTIONS, RunOptions
 from .common import ExperimentResult, LabRun, synced_manifest, verify_image
 
 
 def mirror_basic(*, image_mib: int = 64, fill_mib: int = 16, disk_format: str = "qcow2",
                  workload_kib: int = 256, workload_rate_kib_s: float = 1024,
-                 speed: int = 0, sync: str = "full", target_format: str | None = None,
+                 speed: int = 8 * 1024 * 1024, sync: str = "full", target_format: str | None = None,
                  granularity: int | None = None, buf_size: int | None = None,
-                 after_ready_s: float = 2.0, sample_interval: float = 0.1, cache: str = "none",
-                 accel: str = "auto", ready_timeout: float = 300,
-                 runs_dir: str | Path | None = None, run_path: str | Path | None = None,
-                 keep_images: bool = False, backend: str = "qmp", libvirt_uri: str = "qemu:///system"
+                 after_ready_s: float = 2.0, ready_timeout: float = 300,
+                 options: RunOptions = DEFAULT_OPTIONS
                  ) -> ExperimentResult:
     """Run E1 and return its result; the verdict passes when the copy holds every synced change.
 
     :param image_mib: guest disk size; :param fill_mib: random data already on it.
     :param workload_kib: size of each guest dd write; :param workload_rate_kib_s: its rate.
-    :param speed: mirror speed limit in bytes/s (0 = unlimited).
+    :param speed: mirror speed limit in bytes/s (0 = unlimited); 8 MiB/s so that progress is visible.
     :param after_ready_s: how long the guest keeps working in the ready state before cancel.
     """
-    params: dict[str, Any] = dict(locals())
-    for key in ("runs_dir", "run_path"):
-        params.pop(key)
+    params = dict(locals())
     workload = Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s)
-    with LabRun("mirror_basic", params, runs_dir=runs_dir, run_path=run_path,
-                sample_interval=sample_interval, keep_images=keep_images,
-                backend=backend, libvirt_uri=libvirt_uri) as lab:
+    with LabRun("mirror_basic", params, options) as lab:
         rec = lab.recorder
         source = lab.workdir / f"disk.{disk_format}"
         target = lab.workdir / "x-mirror.img"
         base = make_guest_disk(source, image_mib, disk_format, fill_mib)
         rec.track("target", target)
-        with lab.machine(source, "source", mode="workload", workload=workload, cache=cache,
-                         accel=accel) as vm:
+        with lab.machine(source, "source", mode="workload", workload=workload) as vm:
             lab.note_machine(vm, "source")
             vm.wait_guest("op", timeout=120)          # the guest is busy: mirror now
             rec.mark(marks.MIRROR_START, job=vm.disk_id)
@@ -85,7 +77,7 @@ def mirror_basic(*, image_mib: int = 64, fill_mib: int = 16, disk_format: str = 
         else:
             manifest, in_flight = synced_manifest(vm, base, until=t_cut)
             synced = [r for r in ops if r.mono < t_cut]
-            checked = verify_image(lab, target, manifest, cache=cache, accel=accel)
+            checked = verify_image(lab, target, manifest)
             lab.verdict = {
                 "pass": checked["verify_pass"] and outcome.event == marks.BLOCK_JOB_COMPLETED
                 and outcome.ok, "ready": True,

@@ -22,8 +22,6 @@ loopback) and QEMU's own NFS client (libnfs):
 from __future__ import annotations
 
 import time
-from pathlib import Path
-from typing import Any
 
 from .. import analysis, marks
 from ..errors import BadInput
@@ -32,6 +30,7 @@ from ..guest.workload import Workload
 from ..images import make_guest_disk
 from ..jobs import Job
 from ..model import ERROR_POLICIES_TARGET
+from ..options import DEFAULT_OPTIONS, RunOptions
 from .common import (
     ExperimentResult,
     LabRun,
@@ -50,10 +49,8 @@ def mirror_nfs_outage(*, outage: str = "stop", outage_after_s: float = 2.0,
                       target_format: str = "qcow2", speed: int = 4 * 1024 * 1024,
                       buf_size: int | None = 256 * 1024, workload_kib: int = 256,
                       workload_rate_kib_s: float = 512, after_ready_s: float = 1.0,
-                      recover_timeout: float = 180, sample_interval: float = 0.1,
-                      cache: str = "none", accel: str = "auto",
-                      runs_dir: str | Path | None = None, run_path: str | Path | None = None,
-                      keep_images: bool = False) -> ExperimentResult:
+                      recover_timeout: float = 180,
+                      options: RunOptions = DEFAULT_OPTIONS) -> ExperimentResult:
     """Run E2; the verdict passes when the copy holds every synced change, outage included.
 
     :param outage: ``stop`` (server process ends, a new one starts) or ``freeze``
@@ -69,11 +66,9 @@ def mirror_nfs_outage(*, outage: str = "stop", outage_after_s: float = 2.0,
                        f"{', '.join(ERROR_POLICIES_TARGET)}")
     if outage_s <= 0 or outage_after_s < 0:
         raise BadInput("outage_s must be > 0 and outage_after_s >= 0")
-    params: dict[str, Any] = {k: v for k, v in locals().items()
-                              if k not in ("runs_dir", "run_path")}
+    params = dict(locals())
     workload = Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s)
-    with LabRun("mirror_nfs_outage", params, runs_dir=runs_dir, run_path=run_path,
-                sample_interval=sample_interval, keep_images=keep_images) as lab:
+    with LabRun("mirror_nfs_outage", params, options) as lab:
         rec = lab.recorder
         source = lab.workdir / f"disk.{disk_format}"
         export = lab.workdir / "nfs-export"
@@ -82,7 +77,7 @@ def mirror_nfs_outage(*, outage: str = "stop", outage_after_s: float = 2.0,
         base = make_guest_disk(source, image_mib, disk_format, fill_mib)
         rec.track("target (NFS export)", local_copy)
         with NfsServer(export, mark=rec.mark) as nfs, \
-                busy_vm(lab, source, workload, cache=cache, accel=accel, label="source") as vm:
+                busy_vm(lab, source, workload, label="source") as vm:
             url = nfs.url(local_copy.name)
             lab.extra["nfs"] = {"url": url, "server": "nfs-ganesha (VFS), NFSv3/TCP"}
 
@@ -110,7 +105,7 @@ def mirror_nfs_outage(*, outage: str = "stop", outage_after_s: float = 2.0,
         effect = analysis.fault_effect(frames["samples"], frames["events"], float(w["start"]),
                                        float(w["end"]), job.id)
         manifest, in_flight = synced_manifest(vm, base, until=t_cut)
-        checked = verify_image(lab, local_copy, manifest, cache=cache, accel=accel)
+        checked = verify_image(lab, local_copy, manifest)
         lab.verdict = {
             "pass": bool(checked["verify_pass"] and outcome.ok
                          and outcome.event == marks.BLOCK_JOB_COMPLETED),

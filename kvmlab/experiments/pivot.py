@@ -24,6 +24,7 @@ from ..errors import BadInput
 from ..guest.workload import Workload
 from ..images import make_guest_disk
 from ..machine import Machine
+from ..options import DEFAULT_OPTIONS, RunOptions
 from .common import (
     ExperimentResult,
     LabRun,
@@ -34,10 +35,6 @@ from .common import (
     unchanged,
     verify_image,
 )
-
-
-def _params(loc: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in loc.items() if k not in ("runs_dir", "run_path")}
 
 
 def mirror_and_complete(lab: LabRun, vm: Machine, target: Path, *, paused: bool = False,
@@ -69,30 +66,26 @@ def mirror_and_complete(lab: LabRun, vm: Machine, target: Path, *, paused: bool 
 
 def pivot(*, paused: bool = False, image_mib: int = 64, fill_mib: int = 16,
           disk_format: str = "qcow2", workload_kib: int = 512, workload_rate_kib_s: float = 2048,
-          post_pivot_writes: int = 4, speed: int = 0, sample_interval: float = 0.1,
-          cache: str = "none", accel: str = "auto", runs_dir: str | Path | None = None,
-          run_path: str | Path | None = None, keep_images: bool = False,
-          backend: str = "qmp", libvirt_uri: str = "qemu:///system") -> ExperimentResult:
+          post_pivot_writes: int = 4, speed: int = 0,
+          options: RunOptions = DEFAULT_OPTIONS) -> ExperimentResult:
     """Run E4: mirror, complete (with the VM paused or running), and check where writes go.
 
     :param paused: ``stop`` before ``block_job_complete`` and ``c`` after (the seed did both).
     :param post_pivot_writes: guest dd writes to wait for after the pivot.
     """
-    params = _params(dict(locals()))
+    params = dict(locals())
     wl = Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s)
-    with LabRun("pivot", params, runs_dir=runs_dir, run_path=run_path,
-                sample_interval=sample_interval, keep_images=keep_images,
-                backend=backend, libvirt_uri=libvirt_uri) as lab:
+    with LabRun("pivot", params, options) as lab:
         src = lab.workdir / "disk.img"
         tgt = lab.workdir / "x-mirror.img"
         base = make_guest_disk(src, image_mib, disk_format, fill_mib)
-        with busy_vm(lab, src, wl, cache=cache, accel=accel) as vm:
+        with busy_vm(lab, src, wl) as vm:
             facts = mirror_and_complete(lab, vm, tgt, paused=paused, speed=speed)
             src_at_pivot, tgt_at_pivot = snapshot_image(src), snapshot_image(tgt)
             after = vm.wait_ops(post_pivot_writes, "dd", after=facts["t_pivot"])
             src_end, tgt_end = snapshot_image(src), snapshot_image(tgt)
         manifest, in_flight = synced_manifest(vm, base)
-        checked = verify_image(lab, tgt, manifest, cache=cache, accel=accel)
+        checked = verify_image(lab, tgt, manifest)
         grew = (tgt_end["allocated"] or 0) - (tgt_at_pivot["allocated"] or 0)
         lab.verdict = {
             "pass": bool(facts["on_target"] and unchanged(src_at_pivot, src_end) and grew > 0
@@ -109,20 +102,17 @@ def pivot(*, paused: bool = False, image_mib: int = 64, fill_mib: int = 16,
 
 def double_pivot(*, image_mib: int = 64, fill_mib: int = 16, disk_format: str = "qcow2",
                  workload_kib: int = 512, workload_rate_kib_s: float = 2048,
-                 post_pivot_writes: int = 4, sample_interval: float = 0.1, cache: str = "none",
-                 accel: str = "auto", runs_dir: str | Path | None = None,
-                 run_path: str | Path | None = None, keep_images: bool = False
+                 post_pivot_writes: int = 4, options: RunOptions = DEFAULT_OPTIONS
                  ) -> ExperimentResult:
     """Run E5: mirror+complete to a second image, then to a third; writes land only in the third."""
-    params = _params(dict(locals()))
+    params = dict(locals())
     wl = Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s)
-    with LabRun("double_pivot", params, runs_dir=runs_dir, run_path=run_path,
-                sample_interval=sample_interval, keep_images=keep_images) as lab:
+    with LabRun("double_pivot", params, options) as lab:
         first = lab.workdir / "disk.img"
         second = lab.workdir / "mirror1.img"
         third = lab.workdir / "mirror2.img"
         base = make_guest_disk(first, image_mib, disk_format, fill_mib)
-        with busy_vm(lab, first, wl, cache=cache, accel=accel) as vm:
+        with busy_vm(lab, first, wl) as vm:
             p1 = mirror_and_complete(lab, vm, second)
             first_at_p1 = snapshot_image(first)
             vm.wait_ops(2, "dd", after=p1["t_pivot"])       # writes go to the second image
@@ -133,7 +123,7 @@ def double_pivot(*, image_mib: int = 64, fill_mib: int = 16, disk_format: str = 
             first_end, second_end = snapshot_image(first), snapshot_image(second)
             third_end = snapshot_image(third)
         manifest, in_flight = synced_manifest(vm, base)
-        checked = verify_image(lab, third, manifest, cache=cache, accel=accel)
+        checked = verify_image(lab, third, manifest)
         grew = (third_end["allocated"] or 0) - (third_at_p2["allocated"] or 0)
         lab.verdict = {
             "pass": bool(p1["on_target"] and p2["on_target"]
@@ -159,9 +149,7 @@ ACTIONS = ("move", "delete")
 def remove_source(*, action: str = "move", move_to: str | Path | None = None,
                   image_mib: int = 64, fill_mib: int = 16, disk_format: str = "qcow2",
                   workload_kib: int = 512, workload_rate_kib_s: float = 2048,
-                  post_remove_writes: int = 4, sample_interval: float = 0.1,
-                  cache: str = "none", accel: str = "auto", runs_dir: str | Path | None = None,
-                  run_path: str | Path | None = None, keep_images: bool = False
+                  post_remove_writes: int = 4, options: RunOptions = DEFAULT_OPTIONS
                   ) -> ExperimentResult:
     """Run E6: pivot, then move (to *move_to*, another directory or file system) or delete
     the old image while the guest keeps writing."""
@@ -169,16 +157,15 @@ def remove_source(*, action: str = "move", move_to: str | Path | None = None,
         raise BadInput(f"action={action!r} is not one of {', '.join(ACTIONS)}")
     if move_to is not None and not Path(move_to).is_dir():
         raise BadInput(f"move_to={move_to} is not a directory")
-    params = _params(dict(locals()))
+    params = dict(locals())
     wl = Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s)
-    with LabRun("remove_source", params, runs_dir=runs_dir, run_path=run_path,
-                sample_interval=sample_interval, keep_images=keep_images) as lab:
+    with LabRun("remove_source", params, options) as lab:
         src = lab.workdir / "disk.img"
         tgt = lab.workdir / "x-mirror.img"
         base = make_guest_disk(src, image_mib, disk_format, fill_mib)
         moved: Path | None = None
         try:
-            with busy_vm(lab, src, wl, cache=cache, accel=accel) as vm:
+            with busy_vm(lab, src, wl) as vm:
                 facts = mirror_and_complete(lab, vm, tgt)
                 src_at_pivot = snapshot_image(src)
                 t_remove = time.monotonic()
@@ -198,9 +185,9 @@ def remove_source(*, action: str = "move", move_to: str | Path | None = None,
                              if r.name in (marks.BLOCK_IO_ERROR, marks.BLOCK_JOB_ERROR)]
                 moved_end = snapshot_image(moved) if moved else None
                 manifest, in_flight = synced_manifest(vm, base)
-            checked = verify_image(lab, tgt, manifest, cache=cache, accel=accel)
+            checked = verify_image(lab, tgt, manifest)
         finally:
-            if moved is not None and move_to is not None and not keep_images:
+            if moved is not None and move_to is not None and not options.keep_images:
                 moved.unlink(missing_ok=True)   # it lives outside the scratch folder
         moved_ok = unchanged(src_at_pivot, moved_end) if moved_end else None
         lab.verdict = {

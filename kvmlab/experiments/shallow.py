@@ -13,32 +13,27 @@ so the claim is shown as ratios measured side by side.
 from __future__ import annotations
 
 import time
-from pathlib import Path
-from typing import Any
 
 from .. import marks
 from ..guest.workload import Workload
 from ..images import create_overlay, make_guest_disk
 from ..jobs import job_for
+from ..options import DEFAULT_OPTIONS, RunOptions
 from .common import ExperimentResult, LabRun, synced_manifest, verify_image
 
 
 def shallow_existing(*, image_mib: int = 64, base_fill_mib: int = 24, pre_writes: int = 4,
                      workload_kib: int = 512, workload_rate_kib_s: float = 2048,
-                     after_ready_s: float = 1.0, sample_interval: float = 0.1,
-                     cache: str = "none", accel: str = "auto", ready_timeout: float = 300,
-                     runs_dir: str | Path | None = None, run_path: str | Path | None = None,
-                     keep_images: bool = False) -> ExperimentResult:
+                     after_ready_s: float = 1.0, ready_timeout: float = 300,
+                     options: RunOptions = DEFAULT_OPTIONS) -> ExperimentResult:
     """Run E7 and compare a shallow ``-n`` mirror with a full mirror of the same disk.
 
     :param base_fill_mib: data in the shared base (what the shallow mirror need not copy).
     :param pre_writes: guest dd writes into the overlay before the mirror starts.
     """
-    params: dict[str, Any] = {k: v for k, v in locals().items()
-                              if k not in ("runs_dir", "run_path")}
+    params = dict(locals())
     wl = Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s)
-    with LabRun("shallow_existing", params, runs_dir=runs_dir, run_path=run_path,
-                sample_interval=sample_interval, keep_images=keep_images) as lab:
+    with LabRun("shallow_existing", params, options) as lab:
         rec = lab.recorder
         base = lab.workdir / "base.img"
         base_manifest = make_guest_disk(base, image_mib, "qcow2", base_fill_mib)
@@ -48,8 +43,7 @@ def shallow_existing(*, image_mib: int = 64, base_fill_mib: int = 24, pre_writes
         rec.track("base", base)
         rec.track("mirror", tgt)
         rec.track("full-mirror", full)
-        with lab.machine(src, "vm", mode="workload", workload=wl, cache=cache,
-                         accel=accel) as vm:
+        with lab.machine(src, "vm", mode="workload", workload=wl) as vm:
             lab.note_machine(vm, "vm")
             vm.wait_ops(pre_writes, "dd", after=0, timeout=180)
             # the seed's command line, verbatim: -n = reuse the target, no -f = sync=top
@@ -75,7 +69,7 @@ def shallow_existing(*, image_mib: int = 64, base_fill_mib: int = 24, pre_writes
             full_out = job2.wait_done(60)
             full_ttr = ready2.mono - t1
         manifest, in_flight = synced_manifest(vm, base_manifest, until=t_cut)
-        checked = verify_image(lab, tgt, manifest, cache=cache, accel=accel)
+        checked = verify_image(lab, tgt, manifest)
         bytes_ratio = full_out.offset / shallow.offset if shallow.offset else None
         time_ratio = full_ttr / shallow_ttr if shallow_ttr > 0 else None
         lab.verdict = {

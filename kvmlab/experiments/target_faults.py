@@ -33,6 +33,7 @@ from ..images import make_guest_disk
 from ..jobs import Job
 from ..machine import Machine
 from ..model import ERROR_POLICIES_TARGET
+from ..options import DEFAULT_OPTIONS, RunOptions
 from .common import (
     ExperimentResult,
     LabRun,
@@ -54,10 +55,7 @@ def target_fault(*, fault: str = "eio", on_target_error: str = "report",
                  speed: int = 8 * 1024 * 1024, buf_size: int | None = 256 * 1024,
                  workload_kib: int = 256, workload_rate_kib_s: float = 512,
                  after_ready_s: float = 1.0, recover_timeout: float = 120,
-                 verify: bool = True, sample_interval: float = 0.1, cache: str = "none",
-                 accel: str = "auto", runs_dir: str | Path | None = None,
-                 run_path: str | Path | None = None,
-                 keep_images: bool = False) -> ExperimentResult:
+                 verify: bool = True, options: RunOptions = DEFAULT_OPTIONS) -> ExperimentResult:
     """Mirror a busy VM's disk onto a faulty target; return the recorded outcome.
 
     :param fault: one of :data:`FAULTS`.
@@ -74,11 +72,9 @@ def target_fault(*, fault: str = "eio", on_target_error: str = "report",
                        f"{', '.join(ERROR_POLICIES_TARGET)}")
     if fault == "enospc" and tmpfs_mib >= fill_mib:
         raise BadInput(f"tmpfs_mib={tmpfs_mib} must be below fill_mib={fill_mib} to run out")
-    params: dict[str, Any] = {k: v for k, v in locals().items()
-                              if k not in ("runs_dir", "run_path")}
+    params = dict(locals())
     workload = Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s)
-    with LabRun("target_fault", params, runs_dir=runs_dir, run_path=run_path,
-                sample_interval=sample_interval, keep_images=keep_images) as lab, \
+    with LabRun("target_fault", params, options) as lab, \
             ExitStack() as keep, ExitStack() as stack:
         rec = lab.recorder
         source = lab.workdir / f"disk.{disk_format}"
@@ -86,8 +82,7 @@ def target_fault(*, fault: str = "eio", on_target_error: str = "report",
         vsize = int(images.info(source)["virtual-size"])
         target = _Target.make(fault, lab, stack, keep, vsize, errors=errors, tmpfs_mib=tmpfs_mib)
         rec.track("target", target.file)
-        vm = stack.enter_context(busy_vm(lab, source, workload, cache=cache, accel=accel,
-                                         label="source"))
+        vm = stack.enter_context(busy_vm(lab, source, workload, label="source"))
 
         def start(url: str) -> Job:
             rec.mark(marks.MIRROR_START, job=vm.disk_id, target=url)
@@ -126,7 +121,7 @@ def target_fault(*, fault: str = "eio", on_target_error: str = "report",
         ok = outcome.ok and outcome.event == marks.BLOCK_JOB_COMPLETED
         if verify:
             manifest, in_flight = synced_manifest(vm, base, until=t_cut)
-            checked = verify_image(lab, target.file, manifest, cache=cache, accel=accel)
+            checked = verify_image(lab, target.file, manifest)
             lab.verdict.update(checked, ops_in_flight_at_cancel=len(in_flight))
             ok = ok and checked["verify_pass"]
         lab.verdict["pass"] = bool(ok)

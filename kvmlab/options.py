@@ -1,0 +1,85 @@
+"""How a run is run and where it is recorded: the plumbing every experiment shares.
+
+Every experiment takes its own parameters (image size, speed, fault...) as keywords and
+one :class:`RunOptions` for the rest, which :class:`~kvmlab.experiments.common.LabRun`
+applies: where the run folder goes, how often jobs are sampled, which backend and
+accelerator run the VMs, the drives' cache mode, whether the images are kept.  Notebooks
+build it from their parameters with :meth:`RunOptions.from_params`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import BadInput
+from .model import ACCELS, CACHE_MODES
+
+#: the backends a lab VM can run on: kvmlab launches QEMU, or libvirtd does
+BACKENDS = ("qmp", "libvirt")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The options of one experiment run (validated on creation, so nothing starts on a
+    bad value).
+
+    :param runs_dir: parent folder of the new run folder (default ``data/runs``).
+    :param run_path: the run folder itself (``kvmlab run`` sets it); wins over *runs_dir*.
+    :param sample_interval: seconds between ``query-block-jobs`` samples.
+    :param keep_images: keep the run's scratch images (their folder goes into run.json).
+    :param backend: ``qmp`` (kvmlab launches QEMU) or ``libvirt`` (a transient domain).
+    :param libvirt_uri: the libvirt connection for ``backend="libvirt"``.
+    :param accel: ``auto``, ``kvm`` or ``tcg``.
+    :param cache: the lab VMs' drive cache mode (the seed's ``none``).
+    """
+
+    runs_dir: Path | None = None
+    run_path: Path | None = None
+    sample_interval: float = 0.1
+    keep_images: bool = False
+    backend: str = "qmp"
+    libvirt_uri: str = "qemu:///system"
+    accel: str = "auto"
+    cache: str = "none"
+
+    def __post_init__(self) -> None:
+        for name in ("runs_dir", "run_path"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+        if self.backend not in BACKENDS:
+            raise BadInput(f"backend={self.backend!r} is not one of {', '.join(BACKENDS)}")
+        if self.accel not in ACCELS:
+            raise BadInput(f"accel={self.accel!r} is not one of {', '.join(ACCELS)}")
+        if self.cache not in CACHE_MODES:
+            raise BadInput(f"cache={self.cache!r} is not one of {', '.join(CACHE_MODES)}")
+        if isinstance(self.sample_interval, bool) or not (
+                isinstance(self.sample_interval, (int, float)) and self.sample_interval > 0):
+            raise BadInput(f"sample_interval={self.sample_interval!r} must be a number of "
+                           "seconds above 0")
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], **overrides: Any) -> RunOptions:
+        """The options among *params* (a notebook's globals, a sweep point), others ignored."""
+        chosen = {k: params[k] for k in cls.names() if k in params}
+        chosen.update(overrides)
+        return cls(**chosen)
+
+    def replace(self, **changes: Any) -> RunOptions:
+        return dataclasses.replace(self, **changes)
+
+    def recorded(self) -> dict[str, Any]:
+        """What run.json keeps of the options (not where the run folder is)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("runs_dir", "run_path")}
+
+
+DEFAULT_OPTIONS = RunOptions()
