@@ -133,7 +133,7 @@ def test_recorded_columns_match_qmp(scratch: Path, tmp_path: Path) -> None:
     assert "libvirt:BLOCK_JOB_2" in set(ev.name)
 
 
-@pytest.mark.parametrize("name", ["E1", "E3", "E4"])
+@pytest.mark.parametrize("name", ["E1", "E3", "E4", "E5", "E6"])
 def test_seed_experiments_through_libvirt(name: str, opts: RunOptions) -> None:
     kw = dict(image_mib=48, fill_mib=8, options=opts.replace(backend="libvirt", accel="auto"))
     if name == "E1":
@@ -142,9 +142,13 @@ def test_seed_experiments_through_libvirt(name: str, opts: RunOptions) -> None:
         r = ex.commit_stopped(method="hmp", rounds=3, **kw)  # type: ignore[arg-type]
         assert r.verdict["vm_state_during_commit"] == "paused"
         assert r.verdict["drive_after"].endswith("base/base.img")
-    else:
+    elif name == "E4":
         r = ex.pivot(paused=True, **kw)  # type: ignore[arg-type]
         assert r.verdict["on_target"] and r.verdict["source_unchanged_after_pivot"]
+    elif name == "E5":
+        r = ex.double_pivot(**kw)  # type: ignore[arg-type]
+    else:
+        r = ex.remove_source(action="delete", **kw)  # type: ignore[arg-type]
     assert r.passed, r.verdict
     assert r.data.meta["backend"] == "libvirt"
     assert r.data.meta["params"]["backend"] == "libvirt"

@@ -21,6 +21,11 @@ from ..jobs import job_for
 from ..options import DEFAULT_OPTIONS, RunOptions
 from .common import ExperimentResult, LabRun, synced_manifest, verify_image
 
+#: why this experiment cannot run on the libvirt backend
+SHALLOW_LIBVIRT = (
+    "the seed's HMP block_job_cancel of a libvirt-owned copy job did not end it here "
+    "(QEMU 7.2, libvirt 9.0: no BLOCK_JOB_COMPLETED in 100 s)")
+
 
 def shallow_existing(*, image_mib: int = 64, base_fill_mib: int = 24, pre_writes: int = 4,
                      workload_kib: int = 512, workload_rate_kib_s: float = 2048,
@@ -33,7 +38,7 @@ def shallow_existing(*, image_mib: int = 64, base_fill_mib: int = 24, pre_writes
     """
     params = dict(locals())
     wl = Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s)
-    with LabRun("shallow_existing", params, options) as lab:
+    with LabRun("shallow_existing", params, options, unsupported={"libvirt": SHALLOW_LIBVIRT}) as lab:
         rec = lab.recorder
         base = lab.workdir / "base.img"
         base_manifest = make_guest_disk(base, image_mib, "qcow2", base_fill_mib)
