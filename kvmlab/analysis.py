@@ -69,22 +69,25 @@ def remaining(samples: pd.DataFrame, job: str | None = None) -> pd.Series:
 
 
 def _trailing_rate(t: np.ndarray, y: np.ndarray, window: float) -> np.ndarray:
-    """d y/dt over the trailing *window* seconds (interpolated at t - window)."""
-    if len(t) < 2:
+    """d y/dt over a true trailing time window: (y(t) - y(t - window)) / window.
+
+    Before the first sample *y* is taken as its first value (nothing happened before the
+    series began), so the rate ramps up over the first window instead of dividing an early
+    chunk by a tiny span; every value is an average over *window* seconds exactly.
+    """
+    if len(t) < 2 or window <= 0:
         return np.full(len(t), np.nan)
-    start = np.maximum(t - window, t[0])
-    y0 = np.interp(start, t, y)
-    span = t - start
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rate = np.where(span > 0, (y - y0) / span, np.nan)
-    return rate
+    y0 = np.interp(t - window, t, y, left=y[0])
+    return np.asarray((y - y0) / window, dtype="float64")
 
 
 def rates(samples: pd.DataFrame, job: str | None = None, window: float = 2.0) -> pd.DataFrame:
-    """Copy rate (d offset/dt) and dirtying rate (d len/dt), bytes/s, over a trailing window.
+    """Copy rate (d offset/dt) and dirtying rate (d len/dt), bytes/s, each averaged over
+    the trailing *window* seconds.
 
-    The window should span several of QEMU's copy bursts: with a speed limit
-    and the default buffer, mirror copies a buffer-full and then sleeps.
+    QEMU's mirror copies in chunks (a buffer-full, then it sleeps to keep to the speed
+    limit), so the offset rises in steps: over a window shorter than a few chunks the rate
+    swings around the limit.  The default 2 s spans several chunks at the lab's speeds.
     """
     s = job_samples(samples, job)
     t = s["t"].to_numpy(dtype="float64")
@@ -429,7 +432,10 @@ def summarize(run: RunData, job: str | None = None, *, instance: int = 0,
     cut = time_of(evi, None, (marks.CANCEL, marks.COMPLETE), after=ready) if ready is not None else None
     st = stalls(js, job, min_duration=stall_min, threshold=stall_threshold)
     pa = paused_periods(js, job)
-    r = rates(js, job, rate_window)
+    span = _span(start, end)
+    # a job shorter than the window: its rates are over the job itself (else every window
+    # would average in time before the job began, and the peak would fall below the mean)
+    r = rates(js, job, min(rate_window, span) if span else rate_window)
     ready_len = _event_field(evi, job, (marks.BLOCK_JOB_READY,), "len")
     first_len = int(js["len"].iloc[0]) if not js.empty else (ready_len or 0)
     final_off = int(js["offset"].max()) if not js.empty else 0
@@ -439,7 +445,10 @@ def summarize(run: RunData, job: str | None = None, *, instance: int = 0,
         final_off = max(final_off, end_off)
     size = _image_len(run)
     gw = guest_write_rate(ops, rate_window)
-    span = _span(start, end)
+    mean_rate = final_off / span if span else None
+    peak_rate = _nan_stat(np.nanmax, r["copy_rate"])
+    if peak_rate is not None and mean_rate is not None:
+        peak_rate = max(peak_rate, mean_rate)     # sampling can miss the busiest window
     row.update({
         "convergence": conv["verdict"], "eta_s": conv.get("eta_s"),
         "remaining_slope": conv.get("slope"),
@@ -452,8 +461,8 @@ def summarize(run: RunData, job: str | None = None, *, instance: int = 0,
         "recopied_bytes": max(final_off - first_len, 0),
         "stall_count": len(st), "stall_time_s": float(st["duration"].sum()) if len(st) else 0.0,
         "paused_time_s": float(pa["duration"].sum()) if len(pa) else 0.0,
-        "mean_copy_rate": final_off / span if span else None,
-        "peak_copy_rate": _nan_stat(np.nanmax, r["copy_rate"]),
+        "mean_copy_rate": mean_rate,
+        "peak_copy_rate": peak_rate,
         "mean_dirty_rate": _nan_stat(np.nanmean, r["dirty_rate"]),
         "guest_write_rate": _nan_stat(np.nanmean, gw["write_rate"]) if len(gw) else None,
         "samples": len(js),

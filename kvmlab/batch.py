@@ -31,7 +31,12 @@ def notebook_parameters(notebook: str | Path) -> dict[str, dict[str, Any]]:
     nb = Path(notebook)
     if not nb.is_file():
         raise BadInput(f"notebook {nb} does not exist")
-    return {name: dict(p) for name, p in pm.inspect_notebook(str(nb)).items()}
+    try:
+        found = pm.inspect_notebook(str(nb))
+    except Exception as err:  # noqa: BLE001 - nbformat and papermill raise many kinds
+        raise BadInput(f"{nb} is not a Jupyter notebook ({type(err).__name__}: "
+                       f"{str(err).splitlines()[0] if str(err) else ''})") from err
+    return {name: dict(p) for name, p in found.items()}
 
 
 def _default(spec: dict[str, Any]) -> Any:

@@ -47,14 +47,28 @@ def guest_build(out: Path | None, kernel: Path | None, modules: Path | None, for
 
 
 def _parse_params(pairs: tuple[tuple[str, str], ...], files: tuple[Path, ...]) -> dict[str, Any]:
+    """Parameters from YAML files, then ``-p NAME VALUE`` pairs (values parsed as YAML).
+
+    :raise BadInput: a file that cannot be read, or YAML that does not parse (one line).
+    """
     params: dict[str, Any] = {}
     for f in files:
-        loaded = yaml.safe_load(Path(f).read_text()) or {}
+        try:
+            loaded = yaml.safe_load(Path(f).read_text()) or {}
+        except OSError as err:
+            raise BadInput(f"cannot read parameters file {f}: {err.strerror}") from err
+        except yaml.YAMLError as err:
+            raise BadInput(f"parameters file {f} is not valid YAML: "
+                           f"{str(err).splitlines()[0]}") from err
         if not isinstance(loaded, dict):
-            raise click.BadParameter(f"{f} must hold a mapping of parameters")
+            raise BadInput(f"parameters file {f} must hold a mapping of parameters")
         params.update(loaded)
     for name, raw in pairs:
-        params[name] = yaml.safe_load(raw)
+        try:
+            params[name] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise BadInput(f"-p {name} {raw!r}: not a valid YAML value "
+                           f"({str(err).splitlines()[0]})") from err
     return params
 
 
@@ -74,6 +88,9 @@ def run_cmd(notebook: Path, pairs: tuple[tuple[str, str], ...], files: tuple[Pat
         folder = run_notebook(notebook, _parse_params(pairs, files), out=out)
     except KvmlabError as err:
         _fail(err)
+    except KeyboardInterrupt:
+        click.echo("kvmlab: interrupted", err=True)
+        sys.exit(130)
     click.echo(f"run folder: {folder}")
     for item in sorted(folder.iterdir()):
         click.echo(f"  {item.name}")
@@ -122,10 +139,17 @@ def sweep_cmd(notebook: Path | None, grids: tuple[str, ...], pairs: tuple[tuple[
         click.echo("kvmlab: interrupted; finished points are kept, run the same command "
                    "again to resume", err=True)
         sys.exit(130)
+    from .sweep import outcome
+    done, failed = outcome(folder)
     click.echo(f"sweep folder: {folder}")
     results = folder / "results.csv"
     if results.exists():
         click.echo(f"results: {results}")
+    click.echo(f"{done} done, {len(failed)} failed")
+    for name, error in failed:
+        click.echo(f"  FAILED {name}: {error}")
+    if failed:
+        sys.exit(1)
 
 
 @main.command("analyze")
@@ -143,9 +167,9 @@ def analyze_cmd(run_dir: Path, plots: bool, stall_min: float, log_scale: bool) -
     from .runs import load_run
     try:
         run = load_run(run_dir)
+        row = analysis.summarize(run, stall_min=stall_min)
     except KvmlabError as err:
         _fail(err)
-    row = analysis.summarize(run, stall_min=stall_min)
     width = max(len(k) for k in row)
     for key, value in row.items():
         if isinstance(value, float):

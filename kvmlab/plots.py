@@ -151,6 +151,11 @@ def rates(samples: pd.DataFrame, events: pd.DataFrame | None = None,
         r = analysis.rates(samples, name, window)
         ax.plot(r["t"], r["copy_rate"] / MIB, label=f"{name} copy rate")
         ax.plot(r["t"], r["dirty_rate"] / MIB, linestyle="--", label=f"{name} dirtying (d len/dt)")
+        limit = analysis.job_samples(samples, name)
+        if len(limit) and (limit["speed"] > 0).any():
+            speed = limit["speed"].astype("float64").where(limit["speed"] > 0)
+            ax.step(limit["t"], speed / MIB, where="post", color="0.3", linestyle=":",
+                    label=f"{name} speed limit")
     if guest_ops is not None and not guest_ops.empty:
         g = analysis.guest_write_rate(guest_ops, window)
         if len(g):
@@ -158,7 +163,8 @@ def rates(samples: pd.DataFrame, events: pd.DataFrame | None = None,
                     label="guest dd write rate")
     extra = shade_periods(ax, samples, job)
     mark_events(ax, events)
-    _finish(ax, f"Rates ({window:g} s window)", "MiB/s", extra, xlabel)
+    _finish(ax, f"Rates (averaged over {window:g} s; QEMU copies in chunks, so the copy rate "
+                "swings around the limit)", "MiB/s", extra, xlabel)
     return fig
 
 

@@ -160,7 +160,11 @@ def read_stream(path: Path, stream: str) -> pd.DataFrame:
     """A stream's DataFrame: the parquet file, or the journal a killed run left."""
     pq = path / f"{stream}.parquet"
     if pq.exists():
-        return pd.read_parquet(pq)
+        try:
+            return pd.read_parquet(pq)
+        except (OSError, ValueError) as err:     # pyarrow's ArrowInvalid is a ValueError
+            raise BadInput(f"{pq} is damaged and cannot be read ({type(err).__name__}: "
+                           f"{str(err).splitlines()[0] if str(err) else ''})") from err
     journal = path / f"{stream}.jsonl"
     if journal.exists() and journal.stat().st_size:
         rows = []
@@ -180,5 +184,10 @@ def load_run(path: str | Path) -> RunData:
     meta_file = path / "run.json"
     if not meta_file.is_file():
         raise BadInput(f"{path} is not a kvmlab run folder (no run.json)")
-    meta = json.loads(meta_file.read_text())
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, ValueError) as err:
+        raise BadInput(f"{meta_file} is damaged and cannot be read ({err})") from err
+    if not isinstance(meta, dict):
+        raise BadInput(f"{meta_file} is damaged: not a JSON object")
     return RunData(path, meta, {s: read_stream(path, s) for s in STREAMS})

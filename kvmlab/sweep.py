@@ -86,12 +86,15 @@ class SweepSpec:
             keys = list(self.grid)
             combos = [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*self.grid.values())]
         else:
-            combos = [{}]
+            combos = [{}]                          # one point (repeated, or rejected below)
         out: list[Point] = []
         for combo in combos:
             full = {**self.params, **combo}
             check_parameters(self.notebook, full)
             out.extend(Point(full, r) for r in range(self.repeat))
+        if len(out) == 1 and not self.points:
+            raise BadInput("nothing to sweep: give a grid (--grid NAME=V1,V2,...), points, "
+                           "or --repeat above 1")
         return out
 
     @classmethod
@@ -181,6 +184,23 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def outcome(folder: str | Path) -> tuple[int, list[tuple[str, str]]]:
+    """How the sweep in *folder* stands: the number of points done, and (point, error)
+    for each point that failed."""
+    done, failed = 0, []
+    for pj in sorted(Path(folder, "points").glob("*/point.json")):
+        try:
+            rec = json.loads(pj.read_text())
+        except (OSError, ValueError):
+            failed.append((pj.parent.name, "point.json unreadable"))
+            continue
+        if rec.get("status") == "done":
+            done += 1
+        else:
+            failed.append((pj.parent.name, str(rec.get("error") or rec.get("status"))))
+    return done, failed
 
 
 def point_done(folder: Path) -> bool:

@@ -173,3 +173,33 @@ def test_one_job_id_run_twice_is_split_into_instances() -> None:
     assert second["bytes_copied"] == v["full_bytes_copied"]
     assert first["convergence"] == second["convergence"] == "converged"
     assert analysis.summarize(run, instance=2)["jobs"] == 2
+
+
+def test_copy_rate_is_a_true_time_window_over_chunks() -> None:
+    """QEMU copies 4 MiB chunks once a second at a 4 MiB/s limit: no window may read the
+    first chunk as 40 MiB/s (the old span-of-samples rate did), and the rate keeps to the
+    limit once a window spans several chunks."""
+    t = np.round(np.arange(0, 20.01, DT), 6)
+    offset = (np.floor(t) * 4 * MIB).astype("int64")            # a chunk at every whole second
+    df = synth(20.0)
+    df["offset"], df["remaining"] = offset, df["len"] - offset
+    r = analysis.rates(df, window=2.0)
+    assert r["copy_rate"].max() <= 4 * MIB + 1                   # two chunks in any 2 s window
+    steady = r[r["t"] >= 4]["copy_rate"]
+    assert steady.min() >= 2 * MIB - 1 and abs(steady.mean() - 4 * MIB) < 0.5 * MIB
+
+
+def test_peak_copy_rate_is_never_below_the_mean() -> None:
+    """A job that is over in 0.5 s (speed 0), shorter than the 2 s rate window."""
+    df = synth(0.5, rate=64 * MIB)
+    ev = events((0.0, "JOB_STATUS_CHANGE", {"id": "drive0", "status": "created"}),
+                (0.5, "BLOCK_JOB_READY", {"device": "drive0", "len": 64 * MIB}),
+                (0.5, "BLOCK_JOB_COMPLETED", {"device": "drive0", "offset": 32 * MIB}))
+    from kvmlab.runs import RunData
+    ops = pd.DataFrame(columns=["t", "wall", "op", "path", "size", "sha256", "round", "guest_t",
+                                "machine"])
+    sizes = pd.DataFrame(columns=["t", "wall", "label", "path", "apparent", "allocated"])
+    run = RunData(Path("."), {"params": {}},
+                  {"samples": df, "events": ev, "guest_ops": ops, "sizes": sizes})
+    row = analysis.summarize(run)
+    assert row["peak_copy_rate"] >= row["mean_copy_rate"] > 0

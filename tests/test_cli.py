@@ -70,3 +70,45 @@ def test_analyze_a_saved_run(tmp_path: Path) -> None:
 def test_analyze_not_a_run(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["analyze", str(tmp_path)])
     assert res.exit_code == 2 and "not a kvmlab run folder" in res.output
+
+
+def _one_line_error(res: object, *needles: str) -> None:
+    out = res.output  # type: ignore[attr-defined]
+    assert res.exit_code == 2, out  # type: ignore[attr-defined]
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("kvmlab: error:"), out
+    assert "Traceback" not in out
+    for n in needles:
+        assert n in out, out
+
+
+def test_run_input_errors_are_one_line_and_create_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    text = tmp_path / "notes.ipynb"
+    text.write_text("not a notebook\n")
+    _one_line_error(CliRunner().invoke(main, ["run", str(text), "--out", str(out)]),
+                    "is not a Jupyter notebook")
+    _one_line_error(CliRunner().invoke(main, ["run", str(NB), "-f", str(tmp_path / "nope.yaml"),
+                                              "--out", str(out)]),
+                    "cannot read parameters file")
+    _one_line_error(CliRunner().invoke(main, ["run", str(NB), "-p", "speed", "[1",
+                                              "--out", str(out)]),
+                    "-p speed '[1': not a valid YAML value")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("speed: [1\n")
+    _one_line_error(CliRunner().invoke(main, ["run", str(NB), "-f", str(bad), "--out", str(out)]),
+                    "is not valid YAML")
+    assert not out.exists()
+
+
+def test_analyze_damaged_runs_are_one_line(tmp_path: Path) -> None:
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).parent / "data" / "runs" / "stall-set-speed", run)
+    pq = run / "samples.parquet"
+    pq.write_bytes(pq.read_bytes()[: pq.stat().st_size // 2])      # truncated
+    _one_line_error(CliRunner().invoke(main, ["analyze", str(run)]), "samples.parquet is damaged")
+    shutil.rmtree(run)
+    shutil.copytree(Path(__file__).parent / "data" / "runs" / "stall-set-speed", run)
+    (run / "run.json").write_text('{"run_id": ')
+    _one_line_error(CliRunner().invoke(main, ["analyze", str(run)]), "run.json is damaged")

@@ -43,6 +43,8 @@ def test_grid_is_a_cartesian_product() -> None:
     (SweepSpec(NB, grid={"speed": []}), "non-empty list"),
     (SweepSpec(NB, grid={"speed": [0]}, points=[{"speed": 0}]), "either a grid"),
     (SweepSpec(NB, repeat=0), "repeat"),
+    (SweepSpec(NB), "nothing to sweep"),
+    (SweepSpec(NB, params={"speed": 0}), "nothing to sweep"),
 ])
 def test_bad_sweeps_rejected_before_anything_runs(spec: SweepSpec, msg: str,
                                                   tmp_path: Path) -> None:
@@ -61,6 +63,17 @@ def test_cli_sweep_errors_are_one_line(tmp_path: Path) -> None:
     bad.write_text("notebook: ../x.ipynb\ngird: {}\n")
     res = CliRunner().invoke(main, ["sweep", "-f", str(bad)])
     assert res.exit_code == 2 and "unknown key(s) gird" in res.output
+
+
+def test_cli_sweep_reports_failed_points_and_exits_non_zero(tmp_path: Path) -> None:
+    """Both points fail in the notebook (a backend that does not exist): the sweep says
+    "0 done, 2 failed" with each point's error and exits 1."""
+    out = tmp_path / "sw"
+    res = CliRunner().invoke(main, ["sweep", str(NB), "--grid", "speed=0,1048576", "-p",
+                                    "backend", "nosuch", "--out", str(out), "--no-report"])
+    assert res.exit_code == 1, res.output
+    assert "0 done, 2 failed" in res.output
+    assert res.output.count("FAILED ") == 2 and "backend='nosuch'" in res.output
 
 
 def test_shipped_sweeps_are_valid() -> None:
