@@ -152,6 +152,34 @@ def sweep_cmd(notebook: Path | None, grids: tuple[str, ...], pairs: tuple[tuple[
         sys.exit(1)
 
 
+MIB = 1024 * 1024
+
+
+def with_unit(key: str, value: Any) -> str:
+    """A summary value as a person reads it: bytes in MiB, rates in MiB/s, times in s."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if key.endswith("_rate") or key == "remaining_slope":
+        return f"{value / MIB:.2f} MiB/s"
+    if key.startswith("bytes") or key.endswith(("_bytes", "_len")):
+        return f"{value / MIB:.2f} MiB"
+    if key.endswith("_s"):
+        return f"{value:.2f} s"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def run_folders(folder: Path) -> list[Path]:
+    """*folder* if it is a run, else the runs in its sub-folders (a notebook that recorded
+    several runs, such as 04_pivot, keeps each in a sub-folder)."""
+    if (folder / "run.json").is_file():
+        return [folder]
+    subs = sorted(p.parent for p in folder.glob("*/run.json"))
+    if not subs:
+        raise BadInput(f"{folder} is not a kvmlab run folder (no run.json in it or in its "
+                       "sub-folders)")
+    return subs
+
+
 @main.command("analyze")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--plots/--no-plots", default=True, help="Write dashboard.png and panels.")
@@ -159,25 +187,28 @@ def sweep_cmd(notebook: Path | None, grids: tuple[str, ...], pairs: tuple[tuple[
               help="Shortest stall (s).")
 @click.option("--log", "log_scale", is_flag=True, help="Remaining bytes on a log scale.")
 def analyze_cmd(run_dir: Path, plots: bool, stall_min: float, log_scale: bool) -> None:
-    """Summarize a saved run (convergence, rates, stalls) and plot it."""
+    """Summarize a saved run, or each run under RUN_DIR (convergence, rates, stalls), and
+    plot it."""
     import matplotlib
     matplotlib.use("Agg")
     from . import analysis
     from . import plots as plotting
     from .runs import load_run
     try:
-        run = load_run(run_dir)
-        row = analysis.summarize(run, stall_min=stall_min)
+        folders = run_folders(run_dir)
+        runs = [load_run(f) for f in folders]
+        rows = [analysis.summarize(run, stall_min=stall_min) for run in runs]
     except KvmlabError as err:
         _fail(err)
-    width = max(len(k) for k in row)
-    for key, value in row.items():
-        if isinstance(value, float):
-            value = f"{value:.4g}"
-        click.echo(f"{key:<{width}}  {value}")
-    if plots and not run.samples.empty:
-        names = plotting.save_all(run, log=log_scale)
-        click.echo(f"plots: {', '.join(names)} in {run.path}")
+    for run, row in zip(runs, rows, strict=True):
+        if len(runs) > 1:
+            click.echo(f"== {run.path.name} ({run.meta.get('experiment', '?')})")
+        width = max(len(k) for k in row)
+        for key, value in row.items():
+            click.echo(f"{key:<{width}}  {with_unit(key, value)}")
+        if plots:
+            names = plotting.save_all(run, log=log_scale)
+            click.echo(f"dashboard: {run.path / 'dashboard.png'} (and {', '.join(names[1:])})")
 
 
 if __name__ == "__main__":

@@ -112,3 +112,19 @@ def test_analyze_damaged_runs_are_one_line(tmp_path: Path) -> None:
     shutil.copytree(Path(__file__).parent / "data" / "runs" / "stall-set-speed", run)
     (run / "run.json").write_text('{"run_id": ')
     _one_line_error(CliRunner().invoke(main, ["analyze", str(run)]), "run.json is damaged")
+
+
+def test_analyze_a_notebook_folder_of_several_runs_with_units(tmp_path: Path) -> None:
+    """What `kvmlab run notebooks/04_pivot.ipynb` leaves: runs in sub-folders."""
+    import shutil
+    for name in ("stall-set-speed", "shallow-then-full"):
+        shutil.copytree(Path(__file__).parent / "data" / "runs" / name, tmp_path / "nb" / name)
+    res = CliRunner().invoke(main, ["analyze", str(tmp_path / "nb")])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("\n== ") + res.output.startswith("== ") == 2
+    lines = {ln.split()[0]: ln for ln in res.output.splitlines() if ln and not ln.startswith("==")}
+    assert lines["bytes_copied"].endswith(" MiB") and lines["mean_copy_rate"].endswith(" MiB/s")
+    assert lines["time_to_ready_s"].endswith(" s")
+    for name in ("stall-set-speed", "shallow-then-full"):
+        assert f"dashboard: {tmp_path / 'nb' / name / 'dashboard.png'}" in res.output
+        assert (tmp_path / "nb" / name / "dashboard.png").stat().st_size > 10_000
