@@ -195,16 +195,43 @@ class Job:
             raise StateError(f"{self.id}: cannot {what}, the job has ended ({end.name})")
 
 
-_HMP_ERROR = re.compile(r"^(Error|error|Could not|Device '.*' not found|Unknown command)", re.M)
+_HMP_ERROR = re.compile(r"^(Error|error|Could not|Device '.*' not found|[Uu]nknown command"
+                        r"|Parameter '.*' is missing)", re.M)
+
+
+def _check_hmp_mirror(command_line: str) -> None:
+    """The API's existing-target guard for the seed's ``drive_mirror`` lines: without
+    ``-n`` (reuse) QEMU creates the target and silently overwrites a file already there.
+
+    :raise BadInput: a local target that exists, on a line without ``-n``.
+    """
+    words = command_line.split()
+    if not words or words[0] != "drive_mirror":
+        return
+    flags = "".join(w[1:] for w in words[1:] if w.startswith("-"))
+    args = [w for w in words[1:] if not w.startswith("-")]
+    if "n" in flags or len(args) < 2:
+        return
+    target = args[1]
+    if "://" in target or target.startswith("json:"):
+        return
+    if Path(target).exists():
+        raise BadInput(f"drive_mirror target {target} already exists and would be overwritten "
+                       "(add -n to reuse it)")
 
 
 def hmp(backend: Backend, command_line: str, check: bool = True) -> str:
     """Run one HMP command line verbatim (``drive_mirror -f drive0 /x.img``, ``info block-jobs``...).
 
-    HMP reports errors as text; with *check* such text raises BackendError.
+    HMP reports errors as text (``Error: ...``, ``unknown command: 'x'``, a usage text after
+    ``Parameter 'x' is missing``); with *check* such text raises BackendError.  A
+    ``drive_mirror`` without ``-n`` onto an existing file is refused before it is sent.
+
+    :raise BadInput: an empty line, or a ``drive_mirror`` that would overwrite a file.
     """
     if not command_line.strip():
         raise BadInput("empty HMP command")
+    _check_hmp_mirror(command_line)
     out = backend.hmp(command_line)
     if check and _HMP_ERROR.search(out):
         raise BackendError(f"HMP {command_line.split()[0]}: {out.strip().splitlines()[0]}",

@@ -36,7 +36,7 @@ from .events import Record
 from .guest.console import Console
 from .images import file_size
 from .pacing import Pacer
-from .runs import STREAMS
+from .runs import STREAMS, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,7 @@ class Recorder:
         self._stopped = False
         self._sampler_stop: Callable[[], None] | None = None
         self._next_sizes = 0.0
+        self._own_run: RunDir | None = None
 
     # -- wiring ----------------------------------------------------------------------
     def __enter__(self) -> Recorder:
@@ -293,8 +294,14 @@ class Recorder:
             self._stop.wait(max(due - self.now(), 0))
 
     def start(self) -> None:
+        """Start sampling.  A folder without ``run.json`` (a Recorder used on its own, not
+        inside an experiment) becomes a run of its own, so that :func:`~kvmlab.runs.load_run`
+        and ``kvmlab analyze`` read it; :meth:`stop` finishes that ``run.json``."""
         if self._thread is not None:
             return
+        if not (self.path / "run.json").exists():
+            self._own_run = RunDir.create("recording", {"interval": self.interval},
+                                          run_path=self.path)
         self.mark(marks.RECORDER_START, interval=self.interval)
         self._thread = threading.Thread(target=self._loop, name="kvmlab-recorder", daemon=True)
         if self._backend is not None:
@@ -318,6 +325,8 @@ class Recorder:
             stream.close()
             frames[name].to_parquet(self.path / f"{name}.parquet", index=False)
             os.remove(self.path / f"{name}.jsonl")
+        if self._own_run is not None:
+            self._own_run.finish("done", samples=self.sample_count)
         return frames
 
     def frames(self) -> dict[str, pd.DataFrame]:

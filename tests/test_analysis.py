@@ -203,3 +203,18 @@ def test_peak_copy_rate_is_never_below_the_mean() -> None:
                   {"samples": df, "events": ev, "guest_ops": ops, "sizes": sizes})
     row = analysis.summarize(run)
     assert row["peak_copy_rate"] >= row["mean_copy_rate"] > 0
+
+
+def test_a_recorder_on_its_own_makes_a_run(tmp_path: Path) -> None:
+    """As the README shows it: Recorder("data/runs/mine") with no experiment around it."""
+    from click.testing import CliRunner
+
+    from kvmlab.cli import main
+    from kvmlab.record import Recorder
+    with Recorder(tmp_path / "mine", interval=0.05) as rec:
+        rec.mark("cancel")
+    run = load_run(tmp_path / "mine")
+    assert run.meta["status"] == "done" and run.meta["experiment"] == "recording"
+    assert "cancel" in set(run.events["name"])
+    res = CliRunner().invoke(main, ["analyze", str(tmp_path / "mine"), "--no-plots"])
+    assert res.exit_code == 0, res.output

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kvmlab import _proc, images
-from kvmlab.errors import BackendError
+from kvmlab.errors import BackendError, BadInput
 from kvmlab.jobs import job_for
 from kvmlab.machine import Machine
 
@@ -57,6 +57,15 @@ def test_seed_hmp_commands(scratch: Path) -> None:
             vm.hmp("block_job_cancel drive0")
         with pytest.raises(BackendError):
             vm.hmp("drive_mirror -f nosuchdrive /tmp/never.img")
+        with pytest.raises(BackendError, match="unknown command"):
+            vm.hmp("no_such_command drive0")
+        with pytest.raises(BackendError, match="is missing"):
+            vm.hmp("drive_mirror")
+        # the seed's line onto a file already there would overwrite it: refused, unchanged
+        before = mirror1.read_bytes()[:65536]
+        with pytest.raises(BadInput, match="already exists and would be overwritten"):
+            vm.hmp(f"drive_mirror -f drive0 {mirror1}")
+        assert mirror1.read_bytes()[:65536] == before and not vm.backend.block_jobs()
     assert not Path("/tmp/never.img").exists()
 
 
