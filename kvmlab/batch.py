@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,25 @@ from nbconvert import HTMLExporter
 from . import paths
 from .errors import BadInput, KvmlabError
 from .runs import new_run_id
+from .tmpdirs import owned_tmpdir
 
 log = logging.getLogger(__name__)
 
 #: The parameter through which a notebook is told which folder its run goes to.
 RUN_PATH_PARAM = "run_path"
+
+
+def ipc_kernel_manager(folder: Path) -> type:
+    """A kernel manager whose kernel talks over unix sockets in *folder* (a private 0700
+    dir): no TCP port, so no plain-text transport and no warning about it on every run."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import CaselessStrEnum, Unicode
+
+    class IPCKernelManager(AsyncKernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc")
+        ip = Unicode(str(folder / "kernel"))
+
+    return IPCKernelManager
 
 
 class NotebookFailed(KvmlabError):
@@ -120,14 +135,17 @@ def run_notebook(notebook: str | Path, params: dict[str, Any] | None = None, *,
     if RUN_PATH_PARAM in known:
         params.setdefault(RUN_PATH_PARAM, str(folder))
     executed = folder / nb.name
+    sockets = owned_tmpdir("kvmlab-kernel-")
     try:
         pm.execute_notebook(str(nb), str(executed), parameters=params, kernel_name=kernel,
-                            progress_bar=progress, cwd=str(nb.resolve().parent))
+                            progress_bar=progress, cwd=str(nb.resolve().parent),
+                            kernel_manager_class=ipc_kernel_manager(sockets))
     except pm.PapermillExecutionError as err:
         export_html(executed)
         raise NotebookFailed(f"{nb.name} failed in cell {err.exec_count}: {err.ename}: "
                              f"{err.evalue}") from err
     finally:
+        shutil.rmtree(sockets, ignore_errors=True)
         if executed.exists() and not executed.with_suffix(".html").exists():
             try:
                 export_html(executed)

@@ -65,6 +65,11 @@ class BackendError(KvmlabError):
         self.reply = reply
 
 
+class ConnectionLost(BackendError):
+    """The VM's monitor went away while kvmlab waited on it: QEMU exited (the message says
+    how, e.g. ``QEMU exited: killed by signal 9``) or the connection dropped."""
+
+
 class JobError(KvmlabError):
     """A block job ended in error, or did not reach the awaited state in time."""
 

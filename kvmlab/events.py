@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import WaitTimeout
+from .errors import ConnectionLost, WaitTimeout
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,8 @@ class RecordLog:
         self._cond = threading.Condition()
         self._subs: list[Subscriber] = []
         self.closed = False
+        #: why the producer went away unexpectedly (None: closed on purpose, or still open)
+        self.lost: str | None = None
 
     def __len__(self) -> int:
         with self._cond:
@@ -85,9 +87,12 @@ class RecordLog:
             except Exception:  # noqa: BLE001 - a subscriber must not break the producer
                 log.exception("record subscriber %r failed", sub)
 
-    def close(self) -> None:
-        """Mark the producer finished (wakes waiters, which then time out early)."""
+    def close(self, lost: str | None = None) -> None:
+        """Mark the producer finished (wakes waiters, which then time out early); *lost*
+        says why it went away unexpectedly, and waiters raise ConnectionLost with it."""
         with self._cond:
+            if lost and not self.closed:
+                self.lost = lost
             self.closed = True
             self._cond.notify_all()
 
@@ -122,6 +127,7 @@ class RecordLog:
             raises WaitTimeout with that reason (e.g. "QEMU exited").
         :raise WaitTimeout: nothing matched in *timeout* seconds, or *abort* fired,
             or the log was closed.
+        :raise ConnectionLost: the producer went away (QEMU exited), at once.
         """
         names_t = (names,) if isinstance(names, str) else names
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -137,6 +143,9 @@ class RecordLog:
                 if why:
                     raise WaitTimeout(f"gave up waiting for {'/'.join(names_t)}: {why}")
                 if self.closed:
+                    if self.lost:
+                        raise ConnectionLost(f"{self.lost} (while waiting for "
+                                             f"{'/'.join(names_t)})")
                     raise WaitTimeout(f"gave up waiting for {'/'.join(names_t)}: source closed")
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:

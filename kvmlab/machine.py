@@ -72,6 +72,17 @@ class Drive:
 TMP_PREFIX = "kvmlab-vm-"
 
 
+def exit_text(returncode: int) -> str:
+    """How QEMU ended, as one line: ``QEMU exited: killed by signal 9`` or ``... code 1``."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "?"
+        return f"QEMU exited: killed by signal {-returncode} ({name})"
+    return f"QEMU exited with code {returncode}"
+
+
 def _reap(proc: subprocess.Popen[bytes] | None, tmpdir: str | None) -> None:
     """Finalizer: kill QEMU and remove the temp dir (runs at GC or interpreter exit)."""
     if proc is not None and proc.poll() is None:
@@ -264,6 +275,7 @@ class Machine:
         tmp = Path(self._tmpdir)
         qmp_sock = tmp / "qmp.sock"
         self._qmp = QMPBackend.listen(qmp_sock)
+        self._qmp.lost_reason = self._death_cause
         self.command = self._command(self._accel_wanted, qmp_sock, self._manifest_file)
         prefix: list[str] = []
         if self.die_with_parent:
@@ -292,8 +304,18 @@ class Machine:
 
     def _exit_reason(self) -> str | None:
         if self._proc is not None and self._proc.poll() is not None:
-            return f"QEMU exited with code {self._proc.returncode}"
+            return exit_text(self._proc.returncode)
         return None
+
+    def _death_cause(self) -> str | None:
+        """Why the monitor went away: QEMU's exit (waited for up to 1 s, as the socket
+        closes a moment before the process is reaped), else None."""
+        if self._proc is None:
+            return None
+        try:
+            return exit_text(self._proc.wait(1.0))
+        except subprocess.TimeoutExpired:
+            return "QMP connection lost while QEMU still runs"
 
     def _stderr_text(self) -> str:
         if self._tmpdir and (Path(self._tmpdir) / "qemu.err").exists():

@@ -128,3 +128,20 @@ def test_analyze_a_notebook_folder_of_several_runs_with_units(tmp_path: Path) ->
     for name in ("stall-set-speed", "shallow-then-full"):
         assert f"dashboard: {tmp_path / 'nb' / name / 'dashboard.png'}" in res.output
         assert (tmp_path / "nb" / name / "dashboard.png").stat().st_size > 10_000
+
+
+def test_run_kernel_talks_over_unix_sockets_not_tcp(tmp_path: Path) -> None:
+    """No 'Kernel is running over TCP without encryption' on every run: the kernel's
+    sockets are unix sockets in a private dir that is removed afterwards."""
+    import subprocess
+    import sys
+    import tempfile
+    tiny = Path(__file__).parent / "notebooks" / "tiny.ipynb"
+    before = {p for p in Path(tempfile.gettempdir()).glob("kvmlab-kernel-*")}
+    res = subprocess.run([sys.executable, "-m", "kvmlab", "run", str(tiny), "-p", "x", "41",
+                          "--out", str(tmp_path / "r")], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "without encryption" not in res.stdout + res.stderr
+    assert "hello 42" in (tmp_path / "r" / "tiny.ipynb").read_text()
+    assert {p for p in Path(tempfile.gettempdir()).glob("kvmlab-kernel-*")} == before

@@ -315,3 +315,26 @@ def test_paths_with_commas_reach_qemu(scratch: Path) -> None:
     with Machine(odd / "disk,1.qcow2", accel="tcg") as vm:
         vm.wait_guest("ready", timeout=60)
         assert vm.block_info()[0].file == str(odd / "disk,1.qcow2")
+
+
+def test_waits_fail_at_once_when_qemu_dies(disk: Path) -> None:
+    """QEMU killed during wait_ready (and wait_done): the wait ends within a second with
+    the real cause, not after its timeout with 'connection lost'."""
+    import threading
+
+    from kvmlab.errors import ConnectionLost
+
+    with Machine(disk, accel="tcg") as vm:
+        pid, tmp = vm.pid, vm.tmpdir
+        assert pid is not None and tmp is not None
+        job = vm.mirror("drive0", tmp / "t.qcow2", speed=64 * 1024)     # far from ready
+        threading.Timer(0.5, os.kill, (pid, signal.SIGKILL)).start()
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionLost, match=r"QEMU exited: killed by signal 9 \(SIGKILL\)"):
+            job.wait_ready(300)
+        assert time.monotonic() - t0 < 1.5 + 0.5
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionLost, match="killed by signal 9"):
+            job.wait_done(300)
+        assert time.monotonic() - t0 < 0.5
+    _gone(vm, pid, tmp)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp import EventListener, QMPError
+from qemu.qmp import EventListener, QMPError, Runstate
 from qemu.qmp.qmp_client import ExecuteError
 
 from .._aio import LoopThread
@@ -41,6 +41,9 @@ class QMPBackend:
         self._pump: concurrent.futures.Future[Any] | None = None
         self.events = RecordLog()
         self._closed = False
+        #: asked (off the loop thread) why the connection was lost: the launcher's answer,
+        #: e.g. "QEMU exited: killed by signal 9"; waits on :attr:`events` then fail with it
+        self.lost_reason: Callable[[], str | None] | None = None
 
     # -- connection ---------------------------------------------------------------
     @classmethod
@@ -95,7 +98,19 @@ class QMPBackend:
                 self.events.append(Record(str(ev["event"]), dict(ev.get("data", {})),
                                           source=src))
 
+        async def watch() -> None:
+            """A lost connection ends every wait at once, with the cause."""
+            while self._qmp.runstate == Runstate.RUNNING:
+                await self._qmp.runstate_changed()
+            if self._closed:
+                return
+            why = None
+            if self.lost_reason is not None:
+                why = await asyncio.get_running_loop().run_in_executor(None, self.lost_reason)
+            self.events.close(lost=why or "QMP connection lost")
+
         self._pump = self._aio.spawn(pump())
+        self._watch = self._aio.spawn(watch())
 
     def close(self) -> None:
         """Disconnect and stop the loop thread.  Safe to call twice."""
