@@ -15,6 +15,7 @@ from nbconvert import HTMLExporter
 
 from . import paths
 from .errors import BadInput, KvmlabError
+from .experiments.checks import check_values
 from .runs import new_run_id
 from .tmpdirs import owned_tmpdir
 
@@ -125,6 +126,7 @@ def run_notebook(notebook: str | Path, params: dict[str, Any] | None = None, *,
     params = dict(params or {})
     check_parameters(nb, params)
     known = notebook_parameters(nb)
+    check_values({**{k: _default(v) for k, v in known.items()}, **params})
     if out is not None:
         folder = Path(out).resolve()
     else:

@@ -145,3 +145,21 @@ def test_run_kernel_talks_over_unix_sockets_not_tcp(tmp_path: Path) -> None:
     assert "without encryption" not in res.stdout + res.stderr
     assert "hello 42" in (tmp_path / "r" / "tiny.ipynb").read_text()
     assert {p for p in Path(tempfile.gettempdir()).glob("kvmlab-kernel-*")} == before
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("name,value,msg", [
+    ("speed", "-5", "speed=-5"), ("sync", "bogus", "sync='bogus'"),
+    ("granularity", "3000", "granularity=3000 must be a power of two"),
+    ("backend", "nosuch", "backend='nosuch' is not one of"),
+    ("image_mib", "0", "image_mib=0 must be an integer of at least 16"),
+    ("fill_mib", "60", "fill_mib=60 must be at most 3/4 of image_mib=64"),
+    ("sample_interval", "0", "sample_interval=0 must be")])
+def test_run_checks_values_before_anything_starts(name: str, value: str, msg: str,
+                                                  tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    _one_line_error(CliRunner().invoke(main, ["run", str(NB), "-p", name, value,
+                                              "--out", str(out)]), msg)
+    assert not out.exists()

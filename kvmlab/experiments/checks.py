@@ -1,0 +1,52 @@
+"""Parameter values checked before anything starts, named as the caller named them.
+
+``kvmlab run`` and sweeps call :func:`check_values` on a notebook's parameters (its
+defaults with the overrides) before a run folder exists or a VM boots: the run options
+(:class:`~kvmlab.options.RunOptions`), the mirror's own fields as QMP's ``drive-mirror``
+validates them (:class:`~kvmlab.model.MirrorSpec`), and the disk sizes.  The experiments
+check the same values again when called directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import BadInput
+from ..model import MirrorSpec
+from ..options import RunOptions
+
+#: parameters that are MirrorSpec fields of the same name
+MIRROR_FIELDS = ("sync", "speed", "granularity", "buf_size", "on_target_error")
+#: the smallest guest disk (an ext4 with the guest's files on it)
+MIN_IMAGE_MIB = 16
+
+
+def _int_at_least(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise BadInput(f"{name}={value!r} must be an integer of at least {low}")
+
+
+def check_values(params: Mapping[str, Any]) -> None:
+    """Check the values of *params* whose meaning kvmlab knows.
+
+    :raise BadInput: one line naming the parameter as given (``image_mib``, ``speed``...).
+    """
+    RunOptions.from_params(params)
+    fields = {k: params[k] for k in MIRROR_FIELDS if k in params}
+    if fields:
+        try:
+            MirrorSpec("drive0", "target", **fields)
+        except TypeError as err:                  # a value of the wrong kind
+            raise BadInput(f"bad mirror parameter: {err}") from err
+    if "image_mib" in params:
+        _int_at_least("image_mib", params["image_mib"], MIN_IMAGE_MIB)
+    for name in ("fill_mib", "base_fill_mib"):
+        if name in params:
+            _int_at_least(name, params[name], 0)
+            if "image_mib" in params and params[name] > params["image_mib"] * 3 // 4:
+                raise BadInput(f"{name}={params[name]} must be at most 3/4 of "
+                               f"image_mib={params['image_mib']}")
+    for name in ("workload_kib", "rounds", "trials"):
+        if name in params:
+            _int_at_least(name, params[name], 1)
