@@ -196,7 +196,8 @@ class Job:
 
 
 _HMP_ERROR = re.compile(r"^(Error|error|Could not|Device '.*' not found|[Uu]nknown command"
-                        r"|Parameter '.*' is missing)", re.M)
+                        r"|Parameter '.*' is missing|Try \"help \S+\" for more information)",
+                        re.M)
 
 
 def _check_hmp_mirror(command_line: str) -> None:
@@ -223,8 +224,9 @@ def _check_hmp_mirror(command_line: str) -> None:
 def hmp(backend: Backend, command_line: str, check: bool = True) -> str:
     """Run one HMP command line verbatim (``drive_mirror -f drive0 /x.img``, ``info block-jobs``...).
 
-    HMP reports errors as text (``Error: ...``, ``unknown command: 'x'``, a usage text after
-    ``Parameter 'x' is missing``); with *check* such text raises BackendError.  A
+    HMP reports errors as text (``Error: ...``, ``unknown command: 'x'``, or a complaint
+    about the arguments followed by ``Try "help x" for more information``); with *check*
+    such text raises BackendError.  A
     ``drive_mirror`` without ``-n`` onto an existing file is refused before it is sent.
 
     :raise BadInput: an empty line, or a ``drive_mirror`` that would overwrite a file.
