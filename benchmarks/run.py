@@ -22,7 +22,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -522,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
            "throughput": bench_throughput, "end_to_end": bench_end_to_end,
            "sweep": bench_sweep}
     paths.scratch_dir().mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-", dir=paths.scratch_dir()))
+    tmp = owned_tmpdir("bench-", paths.scratch_dir())        # reaped if we are killed
     try:
         for name in args.only:
             t0 = time.monotonic()

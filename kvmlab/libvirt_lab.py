@@ -23,6 +23,7 @@ from .backends.libvirt import LibvirtBackend, _require_libvirt
 from .errors import BackendError, LaunchError, WaitTimeout
 from .guest.console import Console
 from .machine import Machine
+from .tmpdirs import own
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,9 @@ class LibvirtMachine(Machine):
             conn = libvirt.open(self.uri)
         except libvirt.libvirtError as err:
             raise BackendError(f"cannot connect to {self.uri}: {err}") from err
+        # if we are killed, whoever reaps our temp dir destroys the domain (libvirtd's QEMU
+        # is not our child: pdeathsig cannot take it with us)
+        own(tmp, on_reap=["virsh", "-c", self.uri, "destroy", self.domain_name])
         try:
             self._dom = conn.createXML(xml, 0)
         except libvirt.libvirtError as err:

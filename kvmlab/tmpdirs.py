@@ -9,12 +9,16 @@ of them imports the VM launcher for it.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from . import _proc
+from . import _proc, paths
+
+log = logging.getLogger(__name__)
 
 
 def _alive(pid: int) -> bool:
@@ -40,38 +44,75 @@ def _unmount_below(folder: Path) -> None:
 
 #: besides the temp dir, where kvmlab makes owned dirs (the benchmarks' RAM disk)
 REAPED_PARENTS = (Path("/dev/shm"),)
+#: a command (JSON argv, never a shell line) the reaper runs before removing a dir: how to
+#: stop what its killed owner had started outside its own process tree (a libvirt domain)
+ON_REAP = "on-reap.json"
+OWNER = "owner.pid"
+
+
+def _candidates() -> list[Path]:
+    """kvmlab-* dirs in the system's temp dirs; any dir in kvmlab's own scratch folder."""
+    found = [d for parent in (Path(tempfile.gettempdir()), *REAPED_PARENTS)
+             for d in parent.glob("kvmlab-*")]
+    scratch = paths.scratch_dir()
+    return found + (list(scratch.iterdir()) if scratch.is_dir() else [])
 
 
 def reap_stale_tmpdirs() -> list[Path]:
-    """Remove kvmlab's owned temp dirs (VMs, faults, the benchmarks' RAM dirs) whose
-    owning process is gone (it was killed with SIGKILL).
+    """Remove kvmlab's owned dirs (VMs, faults, the benchmarks' RAM and scratch dirs,
+    experiments' scratch images) whose owning process is gone (it was killed).
 
-    A killed Python cannot clean up after itself; its QEMU dies with it
-    (pdeathsig) and the next launch removes what was left.  Returns what it removed.
+    A killed Python cannot clean up after itself; its QEMU dies with it (pdeathsig), and
+    what it started elsewhere is stopped by the dir's ``on-reap.json``.  The next launch
+    removes what was left.  Returns what it removed.
     """
     removed = []
-    for d in [d for parent in (Path(tempfile.gettempdir()), *REAPED_PARENTS)
-              for d in parent.glob("kvmlab-*")]:
+    for d in _candidates():
         try:
-            owner = int((d / "owner.pid").read_text())
+            owner = int((d / OWNER).read_text())
         except (OSError, ValueError):
             continue
         if not _alive(owner):
+            _run_on_reap(d)
             _unmount_below(d)            # a fault's tmpfs left mounted by the killed owner
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d)
     return removed
 
 
+def _run_on_reap(folder: Path) -> None:
+    try:
+        argv = json.loads((folder / ON_REAP).read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv):
+        try:
+            _proc.run_rc(argv, timeout=60)
+        except Exception:  # noqa: BLE001 - reaping is best effort; the dir still goes
+            log.warning("reaping %s: %s failed", folder, argv[0], exc_info=True)
+
+
+def own(folder: Path, on_reap: list[str] | None = None) -> None:
+    """Mark *folder* as this process's, to be reaped if it dies without removing it;
+    *on_reap* is run first then (an argv)."""
+    if on_reap is not None:
+        (folder / ON_REAP).write_text(json.dumps(on_reap) + "\n")
+    (folder / OWNER).write_text(f"{os.getpid()}\n")
+
+
+def disown(folder: Path) -> None:
+    """Keep *folder* after this process ends (scratch images the user asked to keep)."""
+    for name in (OWNER, ON_REAP):
+        (folder / name).unlink(missing_ok=True)
+
+
 def owned_tmpdir(prefix: str = "kvmlab-tmp-", parent: Path | None = None,
                  mode: int = 0o700) -> Path:
-    """A new temp dir (in the temp dir, or *parent*: one of :data:`REAPED_PARENTS`) with
+    """A new temp dir (in the temp dir, or *parent*: one of the reaped parents) with
     ``owner.pid``, so that :func:`reap_stale_tmpdirs` removes it if we are killed; stale
     ones of killed runs are reaped first."""
     reap_stale_tmpdirs()
     d = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     os.chmod(d, mode)
-    (d / "owner.pid").write_text(f"{os.getpid()}\n")
+    own(d)
     return d
-
-

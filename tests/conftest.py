@@ -75,8 +75,18 @@ def _shadow_qemu(folder: Path) -> None:
     os.environ["PATH"] = f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
-if os.environ.get("KVMLAB_TIER") == "pure":
-    _shadow_qemu(Path(tempfile.mkdtemp(prefix="kvmlab-pure-shims-")))
+_SHIMS: list[Path] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("KVMLAB_TIER") == "pure":
+        _SHIMS.append(Path(tempfile.mkdtemp(prefix="kvmlab-pure-shims-")))
+        _shadow_qemu(_SHIMS[0])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for folder in _SHIMS:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -51,8 +51,10 @@ def test_killed_benchmark_leaves_its_ram_dir_to_be_reaped(tmp_path: Path) -> Non
 
     from kvmlab.tmpdirs import reap_stale_tmpdirs
 
+    from kvmlab import paths
     shm = Path("/dev/shm")
     before = set(shm.glob("kvmlab-bench-*"))
+    scratch_before = set(paths.scratch_dir().glob("bench-*"))
     child = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke",
                               "--only", "recording_overhead", "--out", str(tmp_path)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -77,5 +79,8 @@ def test_killed_benchmark_leaves_its_ram_dir_to_be_reaped(tmp_path: Path) -> Non
     else:
         raise AssertionError("the killed benchmark's QEMU is still running")
     assert ours[0].exists()                 # SIGKILL: nothing could clean up
-    assert ours[0] in reap_stale_tmpdirs()
-    assert not ours[0].exists()
+    scratch = set(paths.scratch_dir().glob("bench-*")) - scratch_before
+    assert len(scratch) == 1                # its scratch dir too
+    reaped = reap_stale_tmpdirs()
+    assert ours[0] in reaped and scratch <= set(reaped)
+    assert not ours[0].exists() and not any(d.exists() for d in scratch)

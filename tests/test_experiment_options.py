@@ -3,6 +3,7 @@ say so in one line (pure: nothing starts)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,46 @@ def test_experiments_say_which_backend_they_cannot_use(fn, kwargs, tmp_path: Pat
         fn(**kwargs, options=opts)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "runs").exists()
+
+
+def test_killed_experiment_scratch_is_reaped(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run killed with SIGKILL leaves data/scratch/<run-id>/ (its images); the next
+    launch reaps it, while a run that asked to keep its images keeps them."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from kvmlab.tmpdirs import reap_stale_tmpdirs
+    monkeypatch.setenv("KVMLAB_SCRATCH", str(tmp_path / "scratch"))
+    script = ("import time\n"
+              "from kvmlab.experiments.common import LabRun\n"
+              "from kvmlab.options import RunOptions\n"
+              f"lab = LabRun('x', {{}}, RunOptions(runs_dir={str(tmp_path / 'runs')!r}))\n"
+              "lab.__enter__()\n"
+              "print(lab.workdir, flush=True)\n"
+              "time.sleep(600)\n")
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        workdir = Path(child.stdout.readline().strip())  # type: ignore[union-attr]
+        (workdir / "disk.qcow2").write_bytes(b"x" * 4096)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    assert workdir.exists()
+    assert workdir in reap_stale_tmpdirs() and not workdir.exists()
+    with ex.common.LabRun("y", {}, RunOptions(runs_dir=tmp_path / "runs",
+                                               keep_images=True)) as lab:
+        lab.verdict = {"pass": True}
+    assert lab.workdir.exists() and lab.workdir not in reap_stale_tmpdirs()
+
+
+def test_pure_tier_shims_fail_loudly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    from tests.conftest import _shadow_qemu  # type: ignore[import-not-found]
+    monkeypatch.setenv("PATH", os.environ["PATH"])
+    _shadow_qemu(tmp_path / "shims")
+    res = subprocess.run(["qemu-img", "--version"], capture_output=True, text=True)
+    assert res.returncode == 127 and "pure test tier: qemu-img must not run" in res.stderr

@@ -164,3 +164,33 @@ def test_notebook_parameter_selects_libvirt(tmp_path: Path) -> None:
     meta = json.loads((out / "run.json").read_text())
     assert meta["backend"] == "libvirt" and meta["verdict"]["pass"] is True
     assert meta["machines"]["source"]["backend"] == "libvirt"
+
+
+def test_killed_owner_domain_is_destroyed_by_the_next_reap(scratch: Path, tmp_path: Path) -> None:
+    """libvirtd's QEMU is not our child, so pdeathsig cannot take it with a killed kvmlab:
+    the lab VM's temp dir says how to stop it, and the next reap does."""
+    import os
+    import signal
+    import sys
+
+    from kvmlab.tmpdirs import reap_stale_tmpdirs
+    disk = scratch / "disk.qcow2"
+    images.make_guest_disk(disk, 32)
+    script = tmp_path / "child.py"
+    script.write_text(
+        "import time\n"
+        "from kvmlab.libvirt_lab import LibvirtMachine\n"
+        f"vm = LibvirtMachine({str(disk)!r})\n"
+        "vm.launch()\n"
+        "print(vm.domain_name, vm.tmpdir, flush=True)\n"
+        "time.sleep(600)\n")
+    child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        name, tmp = child.stdout.readline().split()  # type: ignore[union-attr]
+        assert name in kvmlab_domains()
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    assert name in kvmlab_domains()                  # nothing could clean up
+    assert Path(tmp) in reap_stale_tmpdirs()
+    assert name not in kvmlab_domains() and not Path(tmp).exists()

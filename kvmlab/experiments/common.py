@@ -21,6 +21,7 @@ from ..model import JobOutcome
 from ..options import DEFAULT_OPTIONS, RunOptions
 from ..record import Recorder
 from ..runs import RunData, RunDir, load_run
+from ..tmpdirs import disown, own
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class LabRun:
         self.workdir = self.scratch_parent / self.run.meta["run_id"]
         try:
             self.workdir.mkdir(parents=True)
+            own(self.workdir)                 # reaped by the next launch if we are killed
             self.recorder = Recorder(self.run.path, interval=self.sample_interval)
             self.recorder.start()
         except BaseException:
@@ -92,6 +94,8 @@ class LabRun:
         finally:
             if not self.keep_images:
                 shutil.rmtree(self.workdir, ignore_errors=True)
+            else:
+                disown(self.workdir)
             if exc is None:
                 status = "done"
             elif isinstance(exc, KeyboardInterrupt):
