@@ -85,8 +85,9 @@ def _type_ok(value: Any, type_name: str, default: Any) -> bool:
 
 
 def check_parameters(notebook: str | Path, params: dict[str, Any]) -> None:
-    """Reject names the notebook's parameters cell does not define, and values whose type
-    does not match the declared one (before anything runs)."""
+    """Reject names the notebook's parameters cell does not define, values whose type
+    does not match the declared one, and values kvmlab knows to be wrong
+    (:func:`~kvmlab.experiments.checks.check_values`), before anything runs."""
     known = notebook_parameters(notebook)
     unknown = sorted(set(params) - set(known))
     if unknown:
@@ -100,6 +101,7 @@ def check_parameters(notebook: str | Path, params: dict[str, Any]) -> None:
             shown = type_name if type_name != "None" else type(default).__name__
             raise BadInput(f"parameter {name}={value!r} should be {shown} "
                            f"like its default {default!r}")
+    check_values({**{k: _default(v) for k, v in known.items()}, **params})
 
 
 def export_html(executed: Path) -> Path:
@@ -126,7 +128,6 @@ def run_notebook(notebook: str | Path, params: dict[str, Any] | None = None, *,
     params = dict(params or {})
     check_parameters(nb, params)
     known = notebook_parameters(nb)
-    check_values({**{k: _default(v) for k, v in known.items()}, **params})
     if out is not None:
         folder = Path(out).resolve()
     else:

@@ -159,7 +159,6 @@ class LibvirtMachine(Machine):
             if self._sock is not None:
                 self._sock.close()
                 self._sock = None
-            self.exitcode = 0 if self._dom is not None else None
             self._dom = None if not self.running else self._dom
 
     def kill(self, sig: int = signal.SIGKILL) -> None:

@@ -35,9 +35,8 @@ import yaml
 from tqdm.auto import tqdm
 
 from . import analysis, paths
-from .batch import _default, check_parameters, notebook_parameters
+from .batch import check_parameters
 from .errors import BadInput, KvmlabError
-from .experiments.checks import check_values
 from .runs import load_run
 from .tmpdirs import reap_stale_tmpdirs
 
@@ -92,8 +91,6 @@ class SweepSpec:
         for combo in combos:
             full = {**self.params, **combo}
             check_parameters(self.notebook, full)
-            known = notebook_parameters(self.notebook)
-            check_values({**{k: _default(v) for k, v in known.items()}, **full})
             out.extend(Point(full, r) for r in range(self.repeat))
         if len(out) == 1 and not self.points:
             raise BadInput("nothing to sweep: give a grid (--grid NAME=V1,V2,...), points, "

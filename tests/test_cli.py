@@ -125,6 +125,10 @@ def test_analyze_a_notebook_folder_of_several_runs_with_units(tmp_path: Path) ->
     lines = {ln.split()[0]: ln for ln in res.output.splitlines() if ln and not ln.startswith("==")}
     assert lines["bytes_copied"].endswith(" MiB") and lines["mean_copy_rate"].endswith(" MiB/s")
     assert lines["time_to_ready_s"].endswith(" s")
+    assert "param_stall_speed      1 B/s" in res.output            # not "0.00 MiB/s"
+    assert "param_speed            4.00 MiB/s" in res.output
+    assert "param_buf_size         256 KiB" in res.output
+
     for name in ("stall-set-speed", "shallow-then-full"):
         assert f"dashboard: {tmp_path / 'nb' / name / 'dashboard.png'}" in res.output
         assert (tmp_path / "nb" / name / "dashboard.png").stat().st_size > 10_000
@@ -163,3 +167,12 @@ def test_run_checks_values_before_anything_starts(name: str, value: str, msg: st
     _one_line_error(CliRunner().invoke(main, ["run", str(NB), "-p", name, value,
                                               "--out", str(out)]), msg)
     assert not out.exists()
+
+
+def test_units_of_summary_values() -> None:
+    from kvmlab.cli import with_unit
+    assert with_unit("param_speed", 0) == "unlimited"
+    assert with_unit("mean_copy_rate", 3 * 2**20) == "3.00 MiB/s"
+    assert with_unit("mean_dirty_rate", -0.0) == "0 B/s"
+    assert with_unit("bytes_copied", 2**20) == "1.00 MiB"
+    assert with_unit("stall_time_s", 1.234) == "1.23 s" and with_unit("samples", 181) == "181"

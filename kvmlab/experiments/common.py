@@ -61,25 +61,21 @@ class LabRun:
         if why:
             raise BadInput(f"{experiment} cannot run on the {options.backend} backend: {why}")
         self.options = options
-        self.backend = options.backend
         self.experiment = experiment
         self.params = {**{k: v for k, v in params.items() if k != "options"},
                        **options.recorded()}
-        self.runs_parent = options.runs_dir
-        self.run_path = options.run_path
-        self.sample_interval = options.sample_interval
-        self.keep_images = options.keep_images
         self.scratch_parent = Path(scratch) if scratch else paths.scratch_dir()
         self.verdict: dict[str, Any] | None = None
         self.extra: dict[str, Any] = {}
 
     def __enter__(self) -> LabRun:
-        self.run = RunDir.create(self.experiment, self.params, self.runs_parent, self.run_path)
+        self.run = RunDir.create(self.experiment, self.params, self.options.runs_dir,
+                                 self.options.run_path)
         self.workdir = self.scratch_parent / self.run.meta["run_id"]
         try:
             self.workdir.mkdir(parents=True)
             own(self.workdir)                 # reaped by the next launch if we are killed
-            self.recorder = Recorder(self.run.path, interval=self.sample_interval)
+            self.recorder = Recorder(self.run.path, interval=self.options.sample_interval)
             self.recorder.start()
         except BaseException:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -92,7 +88,7 @@ class LabRun:
         try:
             self.recorder.stop()
         finally:
-            if not self.keep_images:
+            if not self.options.keep_images:
                 shutil.rmtree(self.workdir, ignore_errors=True)
             else:
                 disown(self.workdir)
@@ -105,7 +101,7 @@ class LabRun:
             fields: dict[str, Any] = dict(self.extra)
             if exc is not None:
                 fields["error"] = f"{type(exc).__name__}: {exc}"
-            if self.keep_images:
+            if self.options.keep_images:
                 fields["images"] = str(self.workdir)
             self.run.finish(status, self.verdict, **fields)
 
@@ -118,7 +114,7 @@ class LabRun:
         console goes to ``console-<label>.log`` in the run folder."""
         kwargs.setdefault("cache", self.options.cache)
         kwargs.setdefault("accel", self.options.accel)
-        if self.backend == "libvirt":
+        if self.options.backend == "libvirt":
             from ..libvirt_lab import LibvirtMachine
             kwargs.pop("accel")  # libvirt lab domains are type='qemu' (TCG)
             return LibvirtMachine(disk, console_log=self.run.path / f"console-{label}.log",
@@ -131,11 +127,11 @@ class LabRun:
         """Attach the recorder to *vm* and remember its accel/guest in run.json."""
         self.recorder.attach_machine(vm, label)
         machines = self.extra.setdefault("machines", {})
-        machines[label] = {"accel": vm.accel, "command": vm.command, "backend": self.backend,
+        machines[label] = {"accel": vm.accel, "command": vm.command, "backend": self.options.backend,
                            "kernel": vm.guest.kernel_version, "cache": vm.drives[0].cache
                            if vm.drives else None}
         self.extra["accel"] = vm.accel
-        self.extra["backend"] = self.backend
+        self.extra["backend"] = self.options.backend
         self.extra["guest_kernel"] = vm.guest.kernel_version
 
 
