@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -47,3 +48,31 @@ def run_rc(cmd: Sequence[str | Path], timeout: float = 600) -> tuple[int, str, s
     args[0] = which(args[0])
     proc = subprocess.run(args, capture_output=True, timeout=timeout, check=False)
     return proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When *pid* started (clock ticks since boot; None: no such process)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])   # field 22, after the command name
+
+
+def owner_token(pid: int | None = None) -> dict[str, object]:
+    """Who owns something (a run): host, pid and the pid's start time, so a reused pid is
+    not mistaken for the owner."""
+    pid = pid or os.getpid()
+    return {"host": os.uname().nodename, "pid": pid, "start": _start_ticks(pid)}
+
+
+def owner_dead(token: object) -> bool:
+    """Is the owner in *token* (from :func:`owner_token`) known to be gone?  False when it
+    cannot be told (another host, a malformed token)."""
+    if not isinstance(token, dict) or token.get("host") != os.uname().nodename:
+        return False
+    pid = token.get("pid")
+    if not isinstance(pid, int):
+        return False
+    start = _start_ticks(pid)
+    return start is None or (token.get("start") is not None and start != token.get("start"))

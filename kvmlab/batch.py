@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import ast
 import logging
+import os
 import shutil
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import papermill as pm
 from nbconvert import HTMLExporter
+from papermill.engines import papermill_engines
 
 from . import paths
 from .errors import BadInput, KvmlabError
@@ -25,17 +31,94 @@ log = logging.getLogger(__name__)
 RUN_PATH_PARAM = "run_path"
 
 
-def ipc_kernel_manager(folder: Path) -> type:
+def ipc_kernel_manager(folder: Path, started: list[Any] | None = None) -> type:
     """A kernel manager whose kernel talks over unix sockets in *folder* (a private 0700
-    dir): no TCP port, so no plain-text transport and no warning about it on every run."""
+    dir): no TCP port, so no plain-text transport and no warning about it on every run.
+    Its connection file goes there too (not a stray ``/tmp/tmp*.json`` if we are killed).
+    Each manager appends itself to *started* once its kernel runs."""
     from jupyter_client.manager import AsyncKernelManager
     from traitlets import CaselessStrEnum, Unicode
 
     class IPCKernelManager(AsyncKernelManager):
         transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc")
         ip = Unicode(str(folder / "kernel"))
+        connection_file = Unicode(str(folder / "kernel.json"))
+
+        async def _async_post_start_kernel(self, **kw: Any) -> None:
+            await super()._async_post_start_kernel(**kw)
+            if started is not None:
+                started.append(self)
 
     return IPCKernelManager
+
+
+class Execution:
+    """One notebook execution as seen from outside: which code cell runs, the kernel, and
+    a stop request (Ctrl-C or SIGTERM to us).
+
+    A stop interrupts the kernel's running cell (SIGINT to its process group: the cell gets
+    ``KeyboardInterrupt``, so its experiment stops QEMU, removes its scratch images and
+    finishes its run as ``interrupted``) and lets no further cell start.  A second stop
+    abandons the kernel at once (the next launch reaps what it leaves).
+    """
+
+    def __init__(self) -> None:
+        self.cell: tuple[int, int] | None = None
+        self.kernels: list[Any] = []
+        self.stopped: int | None = None          # the signal that stopped us
+
+    def request_stop(self, signum: int) -> None:
+        if self.stopped is not None:
+            raise KeyboardInterrupt
+        self.stopped = signum
+        for km in self.kernels:
+            pid = getattr(km.provisioner, "pid", None) if km.provisioner else None
+            if pid:
+                try:
+                    os.killpg(pid, signal.SIGINT)     # the kernel leads its own session
+                except ProcessLookupError:
+                    pass
+
+    def engine(self) -> type:
+        """papermill's nbclient engine, reporting each code cell and refusing to start
+        one after a stop."""
+        from papermill.engines import NBClientEngine
+
+        execution = self
+
+        class WatchedEngine(NBClientEngine):  # type: ignore[misc]
+            @classmethod
+            def execute_managed_notebook(cls, nb_man: Any, kernel_name: str,
+                                         **kwargs: Any) -> Any:
+                code = [i for i, c in enumerate(nb_man.nb.cells) if c.cell_type == "code"]
+                cell_start = nb_man.cell_start
+
+                def start(cell: Any, cell_index: int | None = None, **kw: Any) -> None:
+                    if execution.stopped is not None:
+                        raise KeyboardInterrupt
+                    if cell_index in code:
+                        execution.cell = (code.index(cell_index) + 1, len(code))
+                    cell_start(cell, cell_index, **kw)
+
+                nb_man.cell_start = start
+                return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+        return WatchedEngine
+
+    @contextmanager
+    def stop_on_signals(self) -> Iterator[None]:
+        """SIGINT and SIGTERM stop the execution (see the class) while in the block; in
+        the main thread only (elsewhere signals are not ours to handle)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {s: signal.signal(s, lambda signum, _frame: self.request_stop(signum))
+               for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
 
 
 class NotebookFailed(KvmlabError):
@@ -114,15 +197,21 @@ def export_html(executed: Path) -> Path:
 
 def run_notebook(notebook: str | Path, params: dict[str, Any] | None = None, *,
                  out: str | Path | None = None, kernel: str = "python3",
-                 progress: bool = False) -> Path:
+                 progress: bool = False, execution: Execution | None = None,
+                 on_folder: Callable[[Path], None] | None = None) -> Path:
     """Execute *notebook* with papermill into a run folder and export it to HTML.
 
     The folder (default ``data/runs/<run-id>/``, or *out*) receives
     ``<name>.ipynb``, ``<name>.html`` and the run's data: the notebook gets
     ``run_path`` pointing there.  Returns the folder.
 
+    *execution* is told the cell being run, and SIGINT/SIGTERM stop the run cleanly
+    (see :class:`Execution`); *on_folder* is called with the folder before the notebook
+    starts (to follow it).
+
     :raise BadInput: unknown notebook or parameter; nothing is created.
     :raise NotebookFailed: a cell raised (the executed notebook and HTML are kept).
+    :raise KeyboardInterrupt: stopped by SIGINT or SIGTERM (what ran is kept).
     """
     nb = Path(notebook)
     params = dict(params or {})
@@ -138,16 +227,27 @@ def run_notebook(notebook: str | Path, params: dict[str, Any] | None = None, *,
     if RUN_PATH_PARAM in known:
         params.setdefault(RUN_PATH_PARAM, str(folder))
     executed = folder / nb.name
+    execution = execution or Execution()
+    if on_folder is not None:
+        on_folder(folder)
     sockets = owned_tmpdir("kvmlab-kernel-")
+    engine = f"kvmlab-{id(execution)}"
+    papermill_engines.register(engine, execution.engine())
     try:
-        pm.execute_notebook(str(nb), str(executed), parameters=params, kernel_name=kernel,
-                            progress_bar=progress, cwd=str(nb.resolve().parent),
-                            kernel_manager_class=ipc_kernel_manager(sockets))
+        with execution.stop_on_signals():
+            pm.execute_notebook(str(nb), str(executed), parameters=params, kernel_name=kernel,
+                                progress_bar=progress, cwd=str(nb.resolve().parent),
+                                engine_name=engine,
+                                kernel_manager_class=ipc_kernel_manager(sockets,
+                                                                        execution.kernels))
     except pm.PapermillExecutionError as err:
         export_html(executed)
+        if execution.stopped is not None:
+            raise KeyboardInterrupt from err
         raise NotebookFailed(f"{nb.name} failed in cell {err.exec_count}: {err.ename}: "
                              f"{err.evalue}") from err
     finally:
+        papermill_engines._engines.pop(engine, None)
         shutil.rmtree(sockets, ignore_errors=True)
         if executed.exists() and not executed.with_suffix(".html").exists():
             try:

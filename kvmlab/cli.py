@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -82,18 +83,67 @@ def _parse_params(pairs: tuple[tuple[str, str], ...], files: tuple[Path, ...]) -
               help="Run folder (default data/runs/<run-id>).")
 def run_cmd(notebook: Path, pairs: tuple[tuple[str, str], ...], files: tuple[Path, ...],
             out: Path | None) -> None:
-    """Execute NOTEBOOK with papermill into a run folder (notebook, HTML, data)."""
-    from .batch import run_notebook
+    """Execute NOTEBOOK with papermill into a run folder (notebook, HTML, data).
+
+    While it runs: a live line (cell, job state, offset/len, copy rate, ETA) and a line per
+    step or job event; then PASS or FAIL per run and the run folder.  Exit status 0 on
+    PASS, 1 on FAIL, 2 on bad input, 130 when interrupted (Ctrl-C or SIGTERM: the running
+    cell is interrupted, so its experiment stops QEMU and cleans up first).
+    """
+    from tqdm import tqdm
+
+    from .batch import Execution, NotebookFailed, run_notebook
+    from .watch import RunWatcher, outcome
+
+    execution = Execution()
+    tty = sys.stderr.isatty()
+    # on a terminal one line rewritten in place; in a log, the line each time it changes
+    bar = tqdm(total=0, bar_format="{desc}", file=sys.stderr, dynamic_ncols=True,
+               mininterval=0, disable=not tty)
+    last = [""]
+
+    def show(line: str) -> None:
+        if tty:
+            bar.set_description_str(line)
+        elif line != last[0]:
+            click.echo(line, err=True)
+        last[0] = line
+
+    started: list[RunWatcher] = []
+
+    def follow(folder: Path) -> None:
+        click.echo(f"run folder: {folder}")
+        watcher = RunWatcher(folder, show=show, log=lambda s: tqdm.write(s, file=sys.stderr),
+                             cell=lambda: execution.cell)
+        started.append(watcher.__enter__())
+
+    folder, error = out, None
     try:
-        folder = run_notebook(notebook, _parse_params(pairs, files), out=out)
+        folder = run_notebook(notebook, _parse_params(pairs, files), out=out,
+                              execution=execution, on_folder=follow)
+    except NotebookFailed as err:
+        error = str(err)
     except KvmlabError as err:
+        _stop_watching(started, bar)
         _fail(err)
     except KeyboardInterrupt:
-        click.echo("kvmlab: interrupted", err=True)
+        _stop_watching(started, bar)
+        click.echo("kvmlab: interrupted" + (" (SIGTERM)" if execution.stopped ==
+                                            signal.SIGTERM else ""), err=True)
         sys.exit(130)
-    click.echo(f"run folder: {folder}")
-    for item in sorted(folder.iterdir()):
-        click.echo(f"  {item.name}")
+    _stop_watching(started, bar)
+    assert folder is not None and started
+    result = outcome(started[0].folder, error)
+    for line in result.lines:
+        click.echo(line)
+    click.echo(f"{'PASS' if result.passed else 'FAIL'}: {started[0].folder}")
+    sys.exit(0 if result.passed else 1)
+
+
+def _stop_watching(watchers: list[Any], bar: Any) -> None:
+    for w in watchers:
+        w.__exit__(None, None, None)
+    bar.close()
 
 
 @main.command("sweep")

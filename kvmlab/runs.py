@@ -100,7 +100,7 @@ class RunDir:
                 raise BadInput(f"run folder {path} already exists")
         path.mkdir(parents=True, exist_ok=True)
         meta = {"run_id": run_id, "experiment": experiment, "params": _to_jsonable(params),
-                "status": "running", "started": time.time(),
+                "status": "running", "started": time.time(), "owner": _proc.owner_token(),
                 "started_iso": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "provenance": provenance()}
         rd = cls(path, meta)
@@ -121,7 +121,8 @@ class RunDir:
         self.meta["status"] = status
         self.meta["ended"] = time.time()
         self.meta["ended_iso"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        self.meta["duration_s"] = round(self.meta["ended"] - self.meta["started"], 3)
+        if isinstance(self.meta.get("started"), (int, float)):
+            self.meta["duration_s"] = round(self.meta["ended"] - self.meta["started"], 3)
         if verdict is not None:
             self.meta["verdict"] = _to_jsonable(verdict)
         self.save()
@@ -178,8 +179,31 @@ def read_stream(path: Path, stream: str) -> pd.DataFrame:
     return pd.DataFrame()
 
 
+#: the status of a run whose process was killed before it could finish it
+KILLED = "killed"
+
+
+def mark_killed(path: Path) -> bool:
+    """If the run in *path* is still ``running`` but its owner process is gone, finish it
+    as ``killed`` (the next launch and :func:`load_run` call this).  Returns whether it did."""
+    try:
+        meta = json.loads((path / "run.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(meta, dict) or meta.get("status") != "running" or \
+            not _proc.owner_dead(meta.get("owner")):
+        return False
+    rd = RunDir(path, meta)
+    try:
+        rd.finish(KILLED, error=f"its process (pid {meta['owner'].get('pid')}) was killed "
+                  "before the run ended; the data up to then is kept")
+    except OSError:
+        return False       # a read-only copy: load_run still shows the status
+    return True
+
+
 def load_run(path: str | Path) -> RunData:
-    """Read a run folder (complete, or left by a killed process)."""
+    """Read a run folder (complete, or left by a killed process: marked ``killed``)."""
     path = Path(path)
     meta_file = path / "run.json"
     if not meta_file.is_file():
@@ -190,4 +214,6 @@ def load_run(path: str | Path) -> RunData:
         raise BadInput(f"{meta_file} is damaged and cannot be read ({err})") from err
     if not isinstance(meta, dict):
         raise BadInput(f"{meta_file} is damaged: not a JSON object")
+    if mark_killed(path):
+        meta = json.loads(meta_file.read_text())
     return RunData(path, meta, {s: read_stream(path, s) for s in STREAMS})

@@ -150,7 +150,7 @@ def run_point(notebook: str, params: dict[str, Any], folder: str,
         status = "done" if proc.returncode == 0 else "failed"
         text = out.decode(errors="replace")
         error = None if status == "done" else (
-            [ln for ln in text.splitlines() if ln.startswith("kvmlab: error:")] or
+            [ln for ln in text.splitlines() if ln.startswith(("kvmlab: error:", "FAIL "))] or
             text.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"])[0]
     except subprocess.TimeoutExpired:
         _kill_group(proc)

@@ -48,6 +48,8 @@ REAPED_PARENTS = (Path("/dev/shm"),)
 #: stop what its killed owner had started outside its own process tree (a libvirt domain)
 ON_REAP = "on-reap.json"
 OWNER = "owner.pid"
+#: the run folder whose scratch images this dir holds: marked ``killed`` when reaped
+RUN_FOLDER = "run-folder"
 
 
 def _candidates() -> list[Path]:
@@ -73,6 +75,7 @@ def reap_stale_tmpdirs() -> list[Path]:
         except (OSError, ValueError):
             continue
         if not _alive(owner):
+            _mark_run_killed(d)
             _run_on_reap(d)
             _unmount_below(d)            # a fault's tmpfs left mounted by the killed owner
             shutil.rmtree(d, ignore_errors=True)
@@ -92,9 +95,21 @@ def _run_on_reap(folder: Path) -> None:
             log.warning("reaping %s: %s failed", folder, argv[0], exc_info=True)
 
 
-def own(folder: Path, on_reap: list[str] | None = None) -> None:
+def _mark_run_killed(folder: Path) -> None:
+    try:
+        run = Path((folder / RUN_FOLDER).read_text().strip())
+    except OSError:
+        return
+    from .runs import mark_killed
+    mark_killed(run)
+
+
+def own(folder: Path, on_reap: list[str] | None = None, run: Path | None = None) -> None:
     """Mark *folder* as this process's, to be reaped if it dies without removing it;
-    *on_reap* is run first then (an argv)."""
+    *on_reap* is run first then (an argv), and *run* (the run folder it serves) is marked
+    ``killed``."""
+    if run is not None:
+        (folder / RUN_FOLDER).write_text(f"{run}\n")
     if on_reap is not None:
         (folder / ON_REAP).write_text(json.dumps(on_reap) + "\n")
     (folder / OWNER).write_text(f"{os.getpid()}\n")
@@ -102,7 +117,7 @@ def own(folder: Path, on_reap: list[str] | None = None) -> None:
 
 def disown(folder: Path) -> None:
     """Keep *folder* after this process ends (scratch images the user asked to keep)."""
-    for name in (OWNER, ON_REAP):
+    for name in (OWNER, ON_REAP, RUN_FOLDER):
         (folder / name).unlink(missing_ok=True)
 
 

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import qemu_pids
 
+from kvmlab import paths
+from kvmlab._proc import owner_token
 from kvmlab.cli import main
 from kvmlab.guest.build import Guest
+from kvmlab.runs import load_run
+from kvmlab.tmpdirs import reap_stale_tmpdirs
 
 NB = Path(__file__).resolve().parent.parent / "notebooks" / "01_mirror_basic.ipynb"
 
@@ -37,14 +48,24 @@ def test_run_rejects_unknown_parameter(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+#: a small, quick E1
+SMALL_E1 = ["-p", "image_mib", "48", "-p", "fill_mib", "8", "-p", "accel", "tcg",
+            "-p", "after_ready_s", "1"]
+
+
+def kvmlab_run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kvmlab", "run", *args], capture_output=True,
+                          text=True, timeout=600)
+
+
 @pytest.mark.qemu
-def test_run_executes_notebook_into_one_folder(tmp_path: Path) -> None:
-    """What 'make demo' does: papermill run, HTML export, the run's data, one folder."""
+def test_run_executes_notebook_into_one_folder_talking(tmp_path: Path) -> None:
+    """What 'make demo' does: papermill run, HTML export, the run's data, one folder; while
+    it runs a live line (cell, job state, offset/len, rate) and the job's events, then
+    PASS with the verdict and the folder."""
     out = tmp_path / "r"
-    res = CliRunner().invoke(main, ["run", str(NB), "-p", "image_mib", "48", "-p", "fill_mib",
-                                    "8", "-p", "accel", "tcg", "-p", "after_ready_s", "1",
-                                    "--out", str(out)])
-    assert res.exit_code == 0, res.output
+    res = kvmlab_run(str(NB), *SMALL_E1, "--out", str(out))
+    assert res.returncode == 0, res.stdout + res.stderr
     names = {p.name for p in out.iterdir()}
     assert {"01_mirror_basic.ipynb", "01_mirror_basic.html", "run.json", "samples.parquet",
             "events.parquet", "sizes.parquet", "guest_ops.parquet", "progress.png",
@@ -52,8 +73,104 @@ def test_run_executes_notebook_into_one_folder(tmp_path: Path) -> None:
     meta = json.loads((out / "run.json").read_text())
     assert meta["status"] == "done" and meta["verdict"]["pass"] is True
     assert meta["params"]["image_mib"] == 48
-    html = (out / "01_mirror_basic.html").read_text()
-    assert "VERDICT: PASS" in html
+    assert "VERDICT: PASS" in (out / "01_mirror_basic.html").read_text()
+
+    live = re.compile(r"^cell \d+/7 \| drive0 mirror (running|ready) \| [\d.]+/[\d.]+ MiB "
+                      r"\(\d+%\) \| [\d.]+ MiB/s")
+    assert any(live.match(ln) for ln in res.stderr.splitlines()), res.stderr
+    for step in ("job start  drive0", "READY  drive0", "cancel  drive0", "completed  drive0"):
+        assert step in res.stderr, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0] == f"run folder: {out}"
+    assert lines[1].startswith("PASS mirror_basic (r): job_end=BLOCK_JOB_COMPLETED")
+    assert lines[-1] == f"PASS: {out}"
+
+
+@pytest.mark.qemu
+def test_run_fail_verdict_exits_1(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    res = kvmlab_run(str(NB), *SMALL_E1, "-p", "speed", "65536", "-p", "ready_timeout", "2",
+                     "--out", str(out))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "FAIL mirror_basic (r): not ready within 2 s" in res.stdout
+    assert res.stdout.splitlines()[-1] == f"FAIL: {out}"
+    assert "Traceback" not in res.stdout + res.stderr
+
+
+def _wait_for(pred: object, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():  # type: ignore[operator]
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _job_started(out: Path) -> bool:
+    ev = out / "events.jsonl"
+    return ev.exists() and '"mirror_start"' in ev.read_text()
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_run_stopped_by_signal_cleans_up(sig: int, tmp_path: Path) -> None:
+    """Ctrl-C or SIGTERM mid-mirror: the cell is interrupted, the experiment stops QEMU and
+    removes its scratch images, run.json says interrupted, exit 130 with one line."""
+    out = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, "-m", "kvmlab", "run", str(NB), *SMALL_E1,
+                             "-p", "speed", "1048576", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: _job_started(out), 120, "the mirror to start")
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stdout + stderr
+    assert stderr.splitlines()[-1].startswith("kvmlab: interrupted"), stderr
+    assert "Traceback" not in stdout + stderr
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["status"] == "interrupted", meta
+    assert not (paths.scratch_dir() / meta["run_id"]).exists()
+
+
+@pytest.mark.qemu
+def test_killed_run_is_marked_killed_and_reaped(tmp_path: Path) -> None:
+    """kill -9 of kvmlab run: its kernel and QEMU follow it; the next launch marks the run
+    killed and removes its scratch images; load_run says killed too."""
+    out = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, "-m", "kvmlab", "run", str(NB), *SMALL_E1,
+                             "-p", "speed", "1048576", "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: _job_started(out), 120, "the mirror to start")
+    finally:
+        proc.kill()
+        proc.wait()
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["status"] == "running"
+    kernel = meta["owner"]["pid"]
+    _wait_for(lambda: not Path(f"/proc/{kernel}").exists(), 30, "the kernel to follow us")
+    _wait_for(lambda: not qemu_pids(), 30, "its QEMU to die")
+    assert (paths.scratch_dir() / meta["run_id"]).exists()
+    reap_stale_tmpdirs()                               # what the next launch does first
+    assert not (paths.scratch_dir() / meta["run_id"]).exists()
+    assert json.loads((out / "run.json").read_text())["status"] == "killed"
+    assert load_run(out).meta["status"] == "killed"
+
+
+def test_load_run_marks_a_run_of_a_dead_process_killed(tmp_path: Path) -> None:
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).parent / "data" / "runs" / "stall-set-speed", run)
+    meta = json.loads((run / "run.json").read_text())
+    meta.update(status="running", owner={"host": os.uname().nodename, "pid": 2 ** 22 + 7,
+                                         "start": 1})
+    (run / "run.json").write_text(json.dumps(meta))
+    assert load_run(run).meta["status"] == "killed"
+    meta.update(status="running", owner=owner_token())        # alive: left alone
+    (run / "run.json").write_text(json.dumps(meta))
+    assert load_run(run).meta["status"] == "running"
 
 
 def test_analyze_a_saved_run(tmp_path: Path) -> None:

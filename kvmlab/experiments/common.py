@@ -74,7 +74,7 @@ class LabRun:
         self.workdir = self.scratch_parent / self.run.meta["run_id"]
         try:
             self.workdir.mkdir(parents=True)
-            own(self.workdir)                 # reaped by the next launch if we are killed
+            own(self.workdir, run=self.run.path)   # reaped, run marked killed, if we are killed
             self.recorder = Recorder(self.run.path, interval=self.options.sample_interval)
             self.recorder.start()
         except BaseException:
