@@ -69,7 +69,12 @@ def make_guest_disk(path: str | Path, size_mib: int = 64, fmt: str = "qcow2",
                     chunk = os.urandom(1024 * 1024)
                     digest.update(chunk)
                     fh.write(chunk)
-            _proc.run(["debugfs", "-w", "-R", f"write {fill} fill.bin", raw])
+            # debugfs parses its request line itself: give it names without spaces (cwd),
+            # and check it wrote the file, as it exits 0 when it did not
+            _proc.run(["debugfs", "-w", "-R", "write fill.bin fill.bin", raw.name], cwd=Path(tmp))
+            stat = _proc.run(["debugfs", "-R", "stat /fill.bin", raw.name], cwd=Path(tmp))
+            if f"Size: {fill_mib * 1024 * 1024}" not in stat:
+                raise ToolError(f"debugfs did not write /fill.bin into {path.name}")
             manifest.add_file("/fill.bin", digest.hexdigest())
         if fmt == "raw":
             os.replace(raw, path)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 from .. import _proc, marks
 from ..errors import BadInput, LaunchError, StateError
@@ -108,7 +109,7 @@ class NfsServer:
         """The ``nfs://`` URL QEMU opens for file *name* in the export."""
         if "/" in name or not name:
             raise BadInput(f"NFS file name {name!r} must be a plain file name")
-        return f"nfs://127.0.0.1{self.export_dir}/{name}"
+        return f"nfs://127.0.0.1{quote(str(self.export_dir / name))}"   # spaces -> %20
 
     def start(self) -> None:
         """Start rpcbind (if none runs) and the server; return once it serves."""
