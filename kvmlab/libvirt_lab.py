@@ -10,6 +10,7 @@ domain; a transient domain leaves no definition behind.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import signal
 import socket
@@ -90,9 +91,9 @@ class LibvirtMachine(Machine):
         return ET.tostring(dom, encoding="unicode")
 
     # QEMUMachine-style hooks (see Machine): the embedded lab's launch and shutdown, with
-    # libvirtd starting and destroying QEMU.  libvirt's QEMU must reach the console socket
-    # in the temp dir, hence 0711 (its files are not readable by others).
-    tmpdir_mode = 0o711
+    # libvirtd starting and destroying QEMU.  The temp dir is 0700 like the VM's; when
+    # libvirt runs QEMU as another user, that user alone is let in by an ACL entry.
+    tmpdir_mode = 0o700
 
     def _resolve_accel(self) -> str:
         return "tcg"                  # lab domains are type='qemu'
@@ -114,6 +115,7 @@ class LibvirtMachine(Machine):
             conn = libvirt.open(self.uri)
         except libvirt.libvirtError as err:
             raise BackendError(f"cannot connect to {self.uri}: {err}") from err
+        _let_qemu_in(conn, tmp)
         # if we are killed, whoever reaps our temp dir destroys the domain (libvirtd's QEMU
         # is not our child: pdeathsig cannot take it with us)
         own(tmp, on_reap=["virsh", "-c", self.uri, "destroy", self.domain_name])
@@ -172,6 +174,28 @@ class LibvirtMachine(Machine):
                 raise WaitTimeout(f"domain {self.domain_name} did not stop within {timeout:.0f} s")
             time.sleep(0.2)
         return 0
+
+
+def qemu_dac_uid(capabilities_xml: str) -> int | None:
+    """The uid libvirt runs QEMU domains as (the DAC security model's base label for
+    type 'qemu' in the host capabilities, ``+64055:+64055``); None if not given."""
+    root = ET.fromstring(capabilities_xml)
+    for model in root.iter("secmodel"):
+        if model.findtext("model") != "dac":
+            continue
+        for label in model.iter("baselabel"):
+            if label.get("type") == "qemu" and label.text:
+                uid = label.text.split(":", 1)[0].lstrip("+")
+                return int(uid) if uid.isdigit() else None
+    return None
+
+
+def _let_qemu_in(conn: Any, folder: Path) -> None:
+    """libvirt's QEMU binds the console socket in *folder* (0700, ours): if it runs as
+    another user, give that user, and nobody else, access with an ACL entry."""
+    uid = qemu_dac_uid(conn.getCapabilities())
+    if uid is not None and uid != os.geteuid():
+        _proc.run(["setfacl", "-m", f"u:{uid}:rwx", folder])
 
 
 def _connect_unix(path: Path, timeout: float) -> socket.socket:

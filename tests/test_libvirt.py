@@ -188,9 +188,25 @@ def test_killed_owner_domain_is_destroyed_by_the_next_reap(scratch: Path, tmp_pa
     try:
         name, tmp = child.stdout.readline().split()  # type: ignore[union-attr]
         assert name in kvmlab_domains()
+        assert os.stat(tmp).st_mode & 0o777 == 0o700     # private, like the embedded VM's
     finally:
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
     assert name in kvmlab_domains()                  # nothing could clean up
     assert Path(tmp) in reap_stale_tmpdirs()
     assert name not in kvmlab_domains() and not Path(tmp).exists()
+
+
+#: the security models of `virsh capabilities` on a host where QEMU runs as libvirt-qemu
+CAPS = """<capabilities><host>
+<secmodel><model>apparmor</model><doi>0</doi></secmodel>
+<secmodel><model>dac</model><doi>0</doi>
+<baselabel type='kvm'>+64055:+994</baselabel><baselabel type='qemu'>+64055:+994</baselabel>
+</secmodel></host></capabilities>"""
+
+
+def test_qemu_dac_uid_from_capabilities() -> None:
+    from kvmlab.libvirt_lab import qemu_dac_uid
+    assert qemu_dac_uid(CAPS) == 64055
+    assert qemu_dac_uid(CAPS.replace("+64055:+994", "+0:+0")) == 0
+    assert qemu_dac_uid("<capabilities><host/></capabilities>") is None
