@@ -43,6 +43,25 @@ def jobs(samples: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(samples["job"].dropna().astype(str)))
 
 
+def job_span(events: pd.DataFrame) -> float | None:
+    """Seconds from the first job's creation (QEMU's ``created`` status, else the step that
+    started it) to its end event (else to the next step: HMP ``commit`` is synchronous and
+    sends none); None if the events do not show both."""
+    if events.empty:
+        return None
+    created = events[(events["name"] == marks.JOB_STATUS_CHANGE) &
+                     (events["status"] == "created")]
+    if created.empty:
+        created = events[events["name"].isin(marks.JOB_STARTS)]
+    if created.empty:
+        return None
+    start = float(created["t"].min())
+    ends = events[events["name"].isin(marks.JOB_ENDED) & (events["t"] >= start)]
+    if ends.empty:
+        ends = events[(events["source"] == "kvmlab") & (events["t"] > start)]
+    return float(ends["t"].min()) - start if len(ends) else None
+
+
 def job_samples(samples: pd.DataFrame, job: str | None = None) -> pd.DataFrame:
     """Samples of one job (default: the first one recorded), sorted by time."""
     if samples.empty:

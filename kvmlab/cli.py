@@ -11,6 +11,7 @@ import click
 import yaml
 
 from .errors import BadInput, KvmlabError
+from .units import with_unit
 
 
 def _fail(err: KvmlabError) -> None:
@@ -200,30 +201,6 @@ def sweep_cmd(notebook: Path | None, grids: tuple[str, ...], pairs: tuple[tuple[
         click.echo(f"  FAILED {name}: {error}")
     if failed:
         sys.exit(1)
-
-
-MIB = 1024 * 1024
-
-
-def with_unit(key: str, value: Any) -> str:
-    """A summary value as a person reads it: bytes in MiB (buffers in KiB), rates and speed
-    limits in MiB/s, times in s; a speed of 0 is "unlimited"."""
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    value = value + 0.0 if isinstance(value, float) else value     # no "-0.00"
-    if key.endswith("speed") and value == 0:
-        return "unlimited"
-    if key.endswith(("speed", "_rate")) or key == "remaining_slope":
-        if abs(value) < 10 * 1024:                   # a crawl: in bytes, not 0.00 MiB/s
-            return f"{value:.0f} B/s".replace("-0 ", "0 ")
-        return f"{value / MIB:.2f} MiB/s"
-    if key.endswith(("buf_size", "granularity")):
-        return f"{value / 1024:g} KiB"
-    if key.startswith("bytes") or key.endswith(("_bytes", "_len")):
-        return f"{value / MIB:.2f} MiB"
-    if key.endswith(("_s", "interval")):
-        return f"{value:.2f} s" if key.endswith("_s") else f"{value:g} s"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def run_folders(folder: Path) -> list[Path]:

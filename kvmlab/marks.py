@@ -68,6 +68,9 @@ BLOCK_JOB_CANCELLED: Final = "BLOCK_JOB_CANCELLED"
 BLOCK_JOB_ERROR: Final = "BLOCK_JOB_ERROR"
 BLOCK_IO_ERROR: Final = "BLOCK_IO_ERROR"
 JOB_ENDED: Final = (BLOCK_JOB_COMPLETED, BLOCK_JOB_CANCELLED)
+JOB_STATUS_CHANGE: Final = "JOB_STATUS_CHANGE"
+#: the steps that start a block job
+JOB_STARTS: Final = (MIRROR_START, COMMIT)
 
 #: the label drawn on plots for each event (windows are labelled by their name)
 LABELS: Final = {

@@ -17,7 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from . import analysis, marks
+from . import analysis, marks, units
 from .runs import RunData
 
 MIB = 1024 * 1024
@@ -56,8 +56,26 @@ def _event_label(ev: pd.Series) -> str:
     return label
 
 
+def label_groups(times: list[float], labels: list[str], min_gap: float) -> list[tuple[float, str]]:
+    """Event labels closer than *min_gap* merged into one (``cancel / completed``), so
+    events milliseconds apart do not smear into each other; each group at its first time."""
+    groups: list[tuple[float, list[str]]] = []
+    for t, label in sorted(zip(times, labels, strict=True), key=lambda p: p[0]):
+        if groups and t - groups[-1][0] < min_gap:
+            if label not in groups[-1][1]:
+                groups[-1][1].append(label)
+        else:
+            groups.append((t, [label]))
+    return [(t, " / ".join(names)) for t, names in groups]
+
+
+#: the smallest gap between two event labels, as a fraction of the time axis
+LABEL_GAP = 0.025
+
+
 def mark_events(ax: Axes, events: pd.DataFrame | None, label: bool = True) -> None:
-    """Labelled vertical lines for the run's milestones; fault windows shaded."""
+    """Vertical lines for the run's milestones, labelled without overlap (labels of
+    events close together are merged, neighbours staggered); fault windows shaded."""
     if events is None or events.empty:
         return
     for i, (_, f) in enumerate(analysis.fault_windows(events).iterrows()):
@@ -66,12 +84,39 @@ def mark_events(ax: Axes, events: pd.DataFrame | None, label: bool = True) -> No
         ax.axvspan(f["start"], f["end"], color=FAULT_COLOR, alpha=0.12, linewidth=0,
                    label=name if name not in seen and i < 6 else None)
     ev = events[events["name"].isin(list(EVENT_LABELS))]
+    if ev.empty:
+        return
+    alarm_times = set()
     for _, e in ev.iterrows():
-        color = "tab:red" if e["name"] in ALARMS else "0.35"
-        ax.axvline(e["t"], color=color, linestyle=":", linewidth=1)
-        if label:
-            ax.annotate(_event_label(e), (e["t"], 0.98), xycoords=("data", "axes fraction"),
-                        rotation=90, va="top", ha="right", fontsize=7, color=color)
+        alarm = e["name"] in ALARMS
+        ax.axvline(e["t"], color="tab:red" if alarm else "0.35", linestyle=":", linewidth=1)
+        if alarm:
+            alarm_times.add(float(e["t"]))
+    if not label:
+        return
+    lo, hi = ax.get_xlim()
+    lo, hi = min(lo, float(ev["t"].min())), max(hi, float(ev["t"].max()))
+    gap = LABEL_GAP * max(hi - lo, 1e-9)
+    groups = label_groups([float(t) for t in ev["t"]], [_event_label(e) for _, e in ev.iterrows()],
+                          gap)
+    previous = None
+    level = 0
+    for t, text in groups:
+        level = 1 - level if previous is not None and t - previous < 3 * gap else 0
+        previous = t
+        color = "tab:red" if any(abs(t - a) < gap for a in alarm_times) else "0.35"
+        ax.annotate(text, (t, 0.98 - 0.45 * level), xycoords=("data", "axes fraction"),
+                    rotation=90, va="top", ha="right", fontsize=7, color=color)
+
+
+def say_empty(ax: Axes, events: pd.DataFrame | None, what: str = "job samples") -> None:
+    """Write on an empty panel why it is empty (a job that ended before the first
+    ``query-block-jobs`` sample, as E4's 36 ms commit does)."""
+    span = analysis.job_span(events) if events is not None and not events.empty else None
+    why = (f"no {what}: the job took {span * 1000:.0f} ms, less than one sample interval"
+           if span is not None else f"no {what} recorded")
+    ax.text(0.5, 0.5, why, transform=ax.transAxes, ha="center", va="center", fontsize=9,
+            color="0.3", wrap=True)
 
 
 def shade_periods(ax: Axes, samples: pd.DataFrame, job: str | None = None,
@@ -115,6 +160,8 @@ def progress(samples: pd.DataFrame, events: pd.DataFrame | None = None, *,
         g = analysis.job_samples(samples, name)
         ax.plot(g["t"], g["offset"] / MIB, label=f"{name} offset")
         ax.plot(g["t"], g["len"] / MIB, linestyle="--", label=f"{name} len")
+    if not names:
+        say_empty(ax, events)
     extra = shade_periods(ax, samples, job)
     mark_events(ax, events)
     _finish(ax, "Mirror progress: offset and len", "MiB", extra, xlabel)
@@ -133,8 +180,10 @@ def convergence(samples: pd.DataFrame, events: pd.DataFrame | None = None, *,
         if log:
             y = y.clip(lower=1 / 1024)  # 1 KiB floor so zeros stay on a log axis
         ax.plot(r.index, y, label=f"{name} remaining")
-    if log:
+    if log and names:
         ax.set_yscale("log")
+    if not names:
+        say_empty(ax, events)
     extra = shade_periods(ax, samples, job)
     mark_events(ax, events)
     _finish(ax, "Convergence: remaining bytes", "MiB" + (" (log)" if log else ""), extra, xlabel)
@@ -161,6 +210,8 @@ def rates(samples: pd.DataFrame, events: pd.DataFrame | None = None,
         if len(g):
             ax.step(g["t"], g["write_rate"] / MIB, where="post", color="tab:green", alpha=0.7,
                     label="guest dd write rate")
+    if not names:
+        say_empty(ax, events)
     extra = shade_periods(ax, samples, job)
     mark_events(ax, events)
     _finish(ax, f"Rates (averaged over {window:g} s; QEMU copies in chunks, so the copy rate "
@@ -181,6 +232,8 @@ def image_sizes(sizes: pd.DataFrame, events: pd.DataFrame | None = None,
                     label=f"{label} apparent")
             ax.step(g["t"], g["allocated"].astype("float64") / MIB, where="post", color=color,
                     linestyle="--", label=f"{label} allocated")
+    else:
+        say_empty(ax, None, "image sizes")
     extra = shade_periods(ax, samples, None) if samples is not None else []
     mark_events(ax, events)
     _finish(ax, "Image file sizes", "MiB", extra, xlabel)
@@ -226,22 +279,54 @@ CONVERGENCE_COLORS = {"converged": "tab:green", "converging": "tab:olive",
                       "unknown": "0.6"}
 
 
+def param_axis(values: pd.Series, key: str, log: bool = False) -> tuple[pd.Series, dict[float, str]]:
+    """Positions on an axis for a swept parameter's raw values, in its unit (speed in
+    MiB/s...), and tick labels for each distinct value: a speed of 0 (no limit) is drawn
+    right of the largest one and labelled "unlimited", not at 0."""
+    _, div = units.unit_of(key)
+    pos = values.astype("float64") / div
+    ticks = {float(v): f"{v:g}" for v in pos.dropna().unique()}
+    if units.is_speed(key) and (pos == 0).any():
+        top = float(pos[pos > 0].max()) if (pos > 0).any() else 1.0
+        unlimited = top * (2.0 if log else 1.25)
+        pos = pos.where(pos != 0, unlimited)
+        ticks.pop(0.0, None)
+        ticks[unlimited] = "unlimited"
+    return pos, ticks
+
+
+def _param_ticks(ax: Axes, ticks: dict[float, str]) -> None:
+    if 0 < len(ticks) <= 12:
+        ax.set_xticks(list(ticks), list(ticks.values()))
+        ax.minorticks_off()
+
+
 def metric_vs_param(frame: pd.DataFrame, x: str, y: str, *, hue: str | None = None,
                     ax: Axes | None = None, xscale: str = "linear",
                     ylabel: str | None = None) -> Figure:
-    """Median of *y* against parameter *x* (one line per value of *hue*), points for each run."""
+    """Median of *y* against parameter *x* (one line per value of *hue*), points for each
+    run.  Columns are raw (bytes, bytes/s); axes show units and readable names."""
     fig, ax = _axes(ax)
     data = frame.dropna(subset=[x, y]) if x in frame and y in frame else frame.iloc[0:0]
+    data = data.copy()
+    ticks: dict[float, str] = {}
+    if len(data):
+        data["_x"], ticks = param_axis(data[x], x, log=xscale == "log")
+        data["_y"] = data[y].astype("float64") / units.unit_of(y)[1]
     groups = data.groupby(hue, dropna=False) if hue and hue in data else [(None, data)]
     for key, g in groups:
-        med = g.groupby(x)[y].median().sort_index()
-        label = f"{hue}={key!s}" if hue and key is not None else y
+        if g.empty:
+            continue
+        med = g.groupby("_x")["_y"].median().sort_index()
+        shown = units.with_unit(hue, key) if hue and key is not None else None
+        label = f"{units.NAMES.get(hue, hue)} {shown}" if hue and shown else units.axis_label(y)
         line, = ax.plot(med.index, med.to_numpy(), marker="o", label=label)
-        ax.scatter(g[x], g[y], color=line.get_color(), alpha=0.35, s=12)
+        ax.scatter(g["_x"], g["_y"], color=line.get_color(), alpha=0.35, s=12)
     ax.set_xscale(xscale)
-    ax.set_xlabel(x)
-    ax.set_ylabel(ylabel or y)
-    ax.set_title(f"{ylabel or y} vs {x}")
+    _param_ticks(ax, ticks)
+    ax.set_xlabel(units.axis_label(x))
+    ax.set_ylabel(ylabel or units.axis_label(y))
+    ax.set_title(f"{ylabel or units.NAMES.get(y, y)} vs {units.NAMES.get(x, x)}")
     if len(data):
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -249,15 +334,19 @@ def metric_vs_param(frame: pd.DataFrame, x: str, y: str, *, hue: str | None = No
 
 
 def convergence_map(frame: pd.DataFrame, x: str, y: str, *, ax: Axes | None = None) -> Figure:
-    """Each run at (x, y) coloured by its convergence verdict (e.g. speed x dirty rate)."""
+    """Each run at (x, y) coloured by its convergence verdict (e.g. speed x dirty rate);
+    raw columns, axes in units (an unlimited speed labelled so)."""
     fig, ax = _axes(ax, figsize=(7, 5))
-    if x in frame and y in frame and "convergence" in frame:
-        for verdict, g in frame.groupby("convergence", dropna=False):
-            ax.scatter(g[x], g[y], s=120, label=str(verdict), alpha=0.8,
+    if x in frame and y in frame and "convergence" in frame and len(frame):
+        xs, ticks = param_axis(frame[x], x)
+        ys = frame[y].astype("float64") / units.unit_of(y)[1]
+        for verdict, idx in frame.groupby("convergence", dropna=False).groups.items():
+            ax.scatter(xs[idx], ys[idx], s=120, label=str(verdict), alpha=0.8,
                        color=CONVERGENCE_COLORS.get(str(verdict), "0.3"), edgecolor="k")
+        _param_ticks(ax, ticks)
         ax.legend(title="verdict", fontsize=8)
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
-    ax.set_title(f"Convergence map: {x} x {y}")
+    ax.set_xlabel(units.axis_label(x))
+    ax.set_ylabel(units.axis_label(y))
+    ax.set_title(f"Convergence map: {units.NAMES.get(x, x)} x {units.NAMES.get(y, y)}")
     ax.grid(alpha=0.3)
     return fig

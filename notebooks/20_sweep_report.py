@@ -51,26 +51,24 @@ display(frame[[c for c in cols if c in frame]])
 # ## Time to ready
 
 # %%
-MIB = 2**20
 ok = frame[frame.get("point_status", pd.Series(dtype=str)) == "done"].copy() if len(frame) else frame
-if "speed" in ok:
-    ok["speed_mib_s"] = ok["speed"].astype(float) / MIB
+# raw columns (bytes/s, bytes): the figures show units, and a speed of 0 as "unlimited"
 figs = {}
-if {"speed_mib_s", "time_to_ready_s"} <= set(ok.columns):
-    figs["sweep_ttr_vs_speed.png"] = plots.metric_vs_param(ok, "speed_mib_s", "time_to_ready_s",
-        hue="workload_rate_kib_s" if "workload_rate_kib_s" in ok else None, ylabel="time to ready (s)")
+if {"speed", "time_to_ready_s"} <= set(ok.columns):
+    figs["sweep_ttr_vs_speed.png"] = plots.metric_vs_param(
+        ok, "speed", "time_to_ready_s", hue="workload_rate_kib_s" if "workload_rate_kib_s" in ok else None)
 if {"workload_rate_kib_s", "time_to_ready_s"} <= set(ok.columns):
-    figs["sweep_ttr_vs_dirty_rate.png"] = plots.metric_vs_param(ok, "workload_rate_kib_s", "time_to_ready_s",
-        hue="speed_mib_s" if "speed_mib_s" in ok else None, ylabel="time to ready (s)")
-if {"speed_mib_s", "workload_rate_kib_s", "convergence"} <= set(ok.columns):
-    figs["sweep_convergence_map.png"] = plots.convergence_map(ok, "speed_mib_s", "workload_rate_kib_s")
+    figs["sweep_ttr_vs_dirty_rate.png"] = plots.metric_vs_param(
+        ok, "workload_rate_kib_s", "time_to_ready_s", hue="speed" if "speed" in ok else None)
+if {"speed", "workload_rate_kib_s", "convergence"} <= set(ok.columns):
+    figs["sweep_convergence_map.png"] = plots.convergence_map(ok, "speed", "workload_rate_kib_s")
 if "mean_copy_rate" in ok:
-    ok["copy_mib_s"] = ok["mean_copy_rate"].astype(float) / MIB
     for p in ("buf_size", "granularity"):
         if p in ok and ok[p].nunique() > 1:
+            other = "granularity" if p == "buf_size" else "buf_size"
             figs[f"sweep_throughput_vs_{p}.png"] = plots.metric_vs_param(
-                ok, p, "copy_mib_s", hue=("granularity" if p == "buf_size" else "buf_size") if {"buf_size", "granularity"} <= set(ok.columns) else None,
-                xscale="log", ylabel="mean copy rate (MiB/s)")
+                ok, p, "mean_copy_rate", hue=other if {"buf_size", "granularity"} <= set(ok.columns) else None,
+                xscale="log")
 for name, fig in figs.items():
     fig.savefig(folder / name, dpi=100, bbox_inches="tight")
 print("figures:", ", ".join(figs) or "none (no swept metric to plot)")

@@ -293,3 +293,5 @@ def test_units_of_summary_values() -> None:
     assert with_unit("mean_dirty_rate", -0.0) == "0 B/s"
     assert with_unit("bytes_copied", 2**20) == "1.00 MiB"
     assert with_unit("stall_time_s", 1.234) == "1.23 s" and with_unit("samples", 181) == "181"
+    assert with_unit("param_workload_rate_kib_s", 1024) == "1024 KiB/s"    # not "1024.00 s"
+    assert with_unit("param_fill_mib", 16) == "16 MiB"

@@ -1,0 +1,69 @@
+"""Plots that do not mislead: event labels that do not overlap, empty panels that say
+why, sweep axes with units and an "unlimited" speed.  On runs recorded from real QEMU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from kvmlab import plots  # noqa: E402
+from kvmlab.runs import load_run  # noqa: E402
+
+DATA = Path(__file__).parent / "data" / "runs"
+
+
+def _labels(ax: plt.Axes) -> list[tuple[float, float, str]]:
+    return [(a.xy[0], a.xy[1], a.get_text()) for a in ax.texts
+            if isinstance(a, matplotlib.text.Annotation)]
+
+
+def test_close_event_labels_are_merged() -> None:
+    groups = plots.label_groups([10.0, 10.004, 10.01, 30.0], ["cancel", "completed",
+                                                              "completed", "READY"], 0.5)
+    assert groups == [(10.0, "cancel / completed"), (30.0, "READY")]
+
+
+def test_labels_on_a_real_run_keep_apart() -> None:
+    run = load_run(DATA / "stall-set-speed")
+    fig = plots.progress(run.samples, run.events)
+    ax = fig.axes[0]
+    labels = _labels(ax)
+    lo, hi = ax.get_xlim()
+    gap = plots.LABEL_GAP * (hi - lo)
+    for (x1, y1, t1), (x2, y2, t2) in zip(labels, labels[1:]):
+        assert x2 - x1 >= gap or y1 != y2, (t1, t2)      # apart, or on another level
+    names = {n for *_, text in labels for n in text.split(" / ")}
+    assert "READY" in names and any(" / " in text for *_, text in labels)  # merged
+    plt.close(fig)
+
+
+def test_panels_of_a_job_quicker_than_a_sample_say_why() -> None:
+    """E4's HMP commit (16 ms here) ended before the first sample: the panels say so."""
+    run = load_run(DATA / "commit-stopped")
+    assert run.samples.empty
+    fig = plots.dashboard(run)
+    texts = [t.get_text() for ax in fig.axes[:3] for t in ax.texts]
+    assert sum("no job samples: the job took 16 ms" in t for t in texts) == 3, texts
+    plt.close(fig)
+
+
+def test_sweep_axes_have_units_and_unlimited_speed() -> None:
+    frame = pd.DataFrame({"speed": [0, 4 << 20, 16 << 20, 0], "time_to_ready_s": [2, 9, 4, 3],
+                          "workload_rate_kib_s": [512, 512, 512, 2048],
+                          "convergence": ["converged"] * 3 + ["diverging"]})
+    fig = plots.metric_vs_param(frame, "speed", "time_to_ready_s", hue="workload_rate_kib_s")
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "speed limit (MiB/s)"
+    assert ax.get_ylabel() == "time to READY (s)"
+    ticks = {t.get_text(): t.get_position()[0] for t in ax.get_xticklabels()}
+    assert set(ticks) == {"4", "16", "unlimited"} and ticks["unlimited"] > ticks["16"]
+    assert "guest write rate 512 KiB/s" in [t.get_text() for t in ax.get_legend().texts]
+    cmap = plots.convergence_map(frame, "speed", "workload_rate_kib_s")
+    assert cmap.axes[0].get_xlabel() == "speed limit (MiB/s)"
+    assert "unlimited" in [t.get_text() for t in cmap.axes[0].get_xticklabels()]
+    plt.close("all")
