@@ -127,8 +127,13 @@ class Recorder:
         self.stop()
 
     def attach(self, backend: Backend | None, console: Console | None = None,
-               label: str = "vm") -> None:
-        """Record this VM's events, console and jobs (replacing any previous VM)."""
+               label: str = "vm", console_history: bool = True) -> None:
+        """Record this VM's events, console and jobs (replacing any previous VM).
+
+        :param console_history: also record the guest's lines from before now (its boot:
+            an experiment's run starts with its VM); a job started by hand on a VM that
+            has run for a while records only what the guest does from now on.
+        """
         self.detach()
         with self._lock:
             self._backend = backend
@@ -137,14 +142,15 @@ class Recorder:
         if backend is not None:
             backend.events.subscribe(self._on_qmp_event, replay_since=len(backend.events))
         if console is not None:
-            console.records.subscribe(self._on_console, replay_since=0)
+            console.records.subscribe(self._on_console, replay_since=0 if console_history
+                                      else len(console.records))
         self.mark(marks.ATTACH, machine=label)
         if self._thread is not None and not self._stopped:
             self._start_job_sampler()
 
-    def attach_machine(self, vm: Any, label: str = "vm") -> None:
+    def attach_machine(self, vm: Any, label: str = "vm", console_history: bool = True) -> None:
         """:meth:`attach` a :class:`~kvmlab.machine.Machine`, and track its disk files."""
-        self.attach(vm.backend, vm.console, label)
+        self.attach(vm.backend, vm.console, label, console_history)
         for d in vm.drives:
             self.track(f"{label}:{d.id}", d.path)
 

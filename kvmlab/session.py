@@ -53,6 +53,25 @@ class Finished:
     summary: dict[str, Any]
     data: RunData
     failures: list[str] = field(default_factory=list)
+    #: what the end means for the target, in words (a point-in-time copy, a pivot...)
+    meaning: str = ""
+
+
+def end_meaning(outcome: str, error: str | None, action: str | None, target: str,
+                drive: str) -> str:
+    """What a job's end means for its target: QEMU says BLOCK_JOB_COMPLETED both for a
+    pivot and for a cancel after READY, which users read as the same thing."""
+    if error:
+        return f"failed ({error}): {target} is incomplete, not a usable copy"
+    if outcome == marks.BLOCK_JOB_COMPLETED and action == marks.CANCEL:
+        return (f"cancelled after READY: {target} is a point-in-time copy of {drive} as of "
+                "the cancel (QEMU reports the job as completed); the VM goes on using its "
+                "source")
+    if outcome == marks.BLOCK_JOB_COMPLETED:
+        return f"completed (pivot): the VM now runs on {target}; the source is no longer used"
+    if outcome == marks.BLOCK_JOB_CANCELLED:
+        return f"cancelled before READY: {target} is incomplete, not a usable copy"
+    return f"{outcome}: {target} may be incomplete"
 
 
 def _cleanup(machine: Machine | None, scratch: Path | None) -> None:
@@ -76,6 +95,8 @@ class Session:
         self.runs_dir = Path(runs_dir) if runs_dir else paths.runs_dir()
         self.sample_interval = sample_interval
         self.job: Job | None = None
+        self.spec: MirrorSpec | None = None
+        self._end_action: str | None = None         # the step that asked the job to end
         self.recorder: Recorder | None = None
         self.run: RunDir | None = None
         self.finished: Finished | None = None
@@ -162,10 +183,15 @@ class Session:
                 out.add("complete")
         return out
 
-    def _require(self, action: str) -> Job:
+    def _check(self, action: str) -> None:
         if action not in self.allowed():
             raise StateError(f"cannot {action.replace('_', ' ')} now")
-        assert self.job is not None
+
+    def _require(self, action: str) -> Job:
+        """The running job, if *action* makes sense now (StateError if not)."""
+        self._check(action)
+        if self.job is None:
+            raise StateError(f"cannot {action.replace('_', ' ')}: no job")
         return self.job
 
     # -- actions -----------------------------------------------------------------------
@@ -182,7 +208,7 @@ class Session:
             try:
                 rec.start()
                 if self.machine is not None:
-                    rec.attach_machine(self.machine, self.label)
+                    rec.attach_machine(self.machine, self.label, console_history=False)
                 else:
                     rec.attach(self.backend, None, self.label)
                 if not spec.is_remote:
@@ -196,6 +222,7 @@ class Session:
             run.update(backend=self.backend.name, versions=self.backend.versions(),
                        accel=self.machine.accel if self.machine else None)
             self.job, self.recorder, self.run, self.finished = job, rec, run, None
+            self.spec, self._end_action = spec, None
             self._watch = threading.Thread(target=self._watch_job, args=(job, rec, run),
                                            name="kvmlab-session-watch", daemon=True)
             self._watch.start()
@@ -217,11 +244,13 @@ class Session:
 
     def cancel(self) -> None:
         job = self._require("cancel")
+        self._end_action = marks.CANCEL
         self._mark(marks.CANCEL, job=job.id)
         job.cancel()
 
     def complete(self) -> None:
         job = self._require("complete")
+        self._end_action = marks.COMPLETE
         self._mark(marks.COMPLETE, job=job.id)
         job.complete()
 
@@ -233,12 +262,13 @@ class Session:
         self.job.set_speed(speed)
 
     def stop_vm(self) -> None:
-        self._require("stop_vm")
+        """Pause the VM's vCPUs (HMP ``stop``); with or without a job."""
+        self._check("stop_vm")
         self._mark(marks.STOP)
         self.backend.stop()
 
     def cont_vm(self) -> None:
-        self._require("cont_vm")
+        self._check("cont_vm")
         self._mark(marks.CONT)
         self.backend.cont()
 
@@ -264,7 +294,10 @@ class Session:
                 summary = analysis.summarize(data)
             except Exception as err:  # noqa: BLE001 - the run is saved; report, do not lose it
                 summary = {"summary_error": f"{type(err).__name__}: {err}"}
-            fin = Finished(run.path, outcome, error, summary, data)
+            target = self.spec.target if self.spec else "the target"
+            meaning = end_meaning(outcome, error, self._end_action, str(target), self.drive)
+            fin = Finished(run.path, outcome, error, summary, data, meaning=meaning)
+            run.update(meaning=meaning)
         # the run is saved; now the display's callbacks (best effort), then publish
         for cb in list(self.on_finish):
             try:

@@ -35,11 +35,25 @@ SIZES = [("QEMU default", 0), ("64 KiB", 64 << 10), ("256 KiB", 256 << 10),
          ("1 MiB", 1 << 20), ("8 MiB", 8 << 20)]
 
 
-def _png(fig: Figure) -> bytes:
+#: the speed slider's stops: 8 MiB/s in the middle, no limit at the right end
+SPEEDS = [(f"{v:g} MiB/s", int(v * MIB)) for v in (0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128,
+                                                    256)] + [("unlimited", 0)]
+#: what the panel says after Stop VM / Continue VM (and the other plain actions)
+SAID = {"stop_vm": "VM stopped (HMP stop): the guest's vCPUs are paused",
+        "cont_vm": "VM continues (HMP cont)"}
+
+
+def _png(fig: Figure, dpi: int = 100) -> bytes:
     buf = io.BytesIO()
     FigureCanvasAgg(fig)
-    fig.savefig(buf, format="png", dpi=72)
+    fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()
+
+
+def _show_image(image: w.Image, png: bytes) -> None:
+    """Set an image widget, hidden while empty (no broken-image icon before a plot)."""
+    image.value = png
+    image.layout.display = None if png else "none"
 
 
 class MirrorPanel(w.VBox):
@@ -51,8 +65,13 @@ class MirrorPanel(w.VBox):
                ("stop_vm", "Stop VM", "pause-circle", ""),
                ("cont_vm", "Continue VM", "play-circle", ""))
 
+    #: the panel open in this kernel: running its cell again replaces it (and closes its
+    #: VM) instead of leaving a second VM running
+    current: MirrorPanel | None = None
+
     def __init__(self, session: Session | None = None, *, refresh: float = 0.4,
                  lab_options: dict[str, Any] | None = None) -> None:
+        MirrorPanel.close_current()
         self.session = session
         self.refresh = refresh
         self.lab_options = dict(lab_options or {})
@@ -73,11 +92,22 @@ class MirrorPanel(w.VBox):
         if session is not None:
             self._attach(session)
         self._start_refresh()
+        MirrorPanel.current = self
+
+    @classmethod
+    def close_current(cls) -> None:
+        """Close the panel opened before in this kernel (its job's run is saved, its lab
+        VM stopped)."""
+        old, cls.current = cls.current, None
+        if old is not None:
+            old._say("closed: a new panel replaced this one", error=True)
+            old.close()
 
     # -- construction --------------------------------------------------------------------
     @classmethod
     def lab(cls, **kw: Any) -> MirrorPanel:
         """Launch a lab VM (see :meth:`Session.lab` for the options) and open the panel."""
+        cls.close_current()                        # before a second VM is launched
         refresh = kw.pop("refresh", 0.4)
         return cls(Session.lab(**kw), refresh=refresh)
 
@@ -103,16 +133,15 @@ class MirrorPanel(w.VBox):
                                  style=style)
         self.sync = w.Dropdown(options=list(SYNC_MODES), description="sync", style=style)
         self.mode = w.Dropdown(options=list(MIRROR_MODES), description="mode", style=style)
-        self.speed = w.FloatSlider(value=8.0, min=0, max=256, step=1, description="speed MiB/s",
-                                   style=style, continuous_update=False, layout=wide,
-                                   readout_format=".0f")
+        self.speed = w.SelectionSlider(options=SPEEDS, value=8 * MIB, description="speed",
+                                       style=style, continuous_update=False, layout=wide)
         self.speed.observe(self._speed_changed, names="value")
         self.granularity = w.Dropdown(options=SIZES, description="granularity", style=style)
         self.buf_size = w.Dropdown(options=SIZES, description="buf-size", style=style)
         self.form = w.VBox([w.HBox([self.drive, self.target]),
                             w.HBox([self.format, self.sync, self.mode]),
-                            w.HBox([self.speed, w.HTML("<small>0 = unlimited; changes apply "
-                                                       "to a running job</small>")]),
+                            w.HBox([self.speed, w.HTML("<small>changes apply to a running "
+                                                       "job</small>")]),
                             w.HBox([self.granularity, self.buf_size])])
         self.buttons: dict[str, w.Button] = {}
         for key, label, icon, style_name in self.BUTTONS:
@@ -131,12 +160,12 @@ class MirrorPanel(w.VBox):
         self.status = w.HTML("status: no job")
         self.status.add_class("kvmlab-status")
         self.log_view = w.HTML()
-        self.plot = w.Image(format="png", layout=w.Layout(width="640px"))
+        self.plot = w.Image(format="png", layout=w.Layout(width="800px", display="none"))
         self.live_box = w.VBox([w.HBox([self.progress, self.status]), self.numbers, self.plot,
                                 w.HTML("<b>events</b>"), self.log_view])
         self.summary = w.HTML()
         self.summary.add_class("kvmlab-summary")
-        self.dashboard = w.Image(format="png", layout=w.Layout(width="640px"))
+        self.dashboard = w.Image(format="png", layout=w.Layout(width="800px", display="none"))
         self.result_box = w.VBox([self.summary, self.dashboard])
 
     def _attach(self, session: Session) -> None:
@@ -173,7 +202,7 @@ class MirrorPanel(w.VBox):
         return MirrorSpec(self.drive.value.strip(), self.target.value.strip(),
                           self.format.value or None,
                           sync=self.sync.value, mode=self.mode.value,
-                          speed=int(self.speed.value * MIB),
+                          speed=int(self.speed.value),
                           granularity=self.granularity.value or None,
                           buf_size=self.buf_size.value or None)
 
@@ -183,11 +212,11 @@ class MirrorPanel(w.VBox):
             job = s.start(self.spec())
             self._shown_finish = None
             self.summary.value = ""
-            self.dashboard.value = b""
+            _show_image(self.dashboard, b"")
             self._say(f"job {job.id} started; recording to {s.run.path if s.run else '?'}")
         else:
             getattr(s, key)()
-            self._say(f"{key.replace('_', ' ')} sent")
+            self._say(SAID.get(key, f"{key.replace('_', ' ')} sent"))
 
     def _require_session(self) -> Session:
         if self.session is None:
@@ -197,7 +226,7 @@ class MirrorPanel(w.VBox):
     def _speed_changed(self, change: dict[str, Any]) -> None:
         s = self.session
         if s is not None and s.active:
-            self._act(lambda: s.set_speed(int(change["new"] * MIB)))
+            self._act(lambda: s.set_speed(int(change["new"])))
 
     def click(self, key: str) -> None:
         """Press a button from Python (as a user would; disabled buttons do nothing)."""
@@ -295,7 +324,7 @@ class MirrorPanel(w.VBox):
         ax = fig.subplots()
         fig.subplots_adjust(left=0.08, right=0.98, top=0.88, bottom=0.17)
         plots.convergence(samples, events, ax=ax)
-        self.plot.value = _png(fig)
+        _show_image(self.plot, _png(fig))
 
     def _numbers(self, info: Any, samples: Any) -> None:
         r = analysis.rates(samples, None, 2.0) if len(samples) >= 2 else None
@@ -335,11 +364,14 @@ class MirrorPanel(w.VBox):
         self.summary.value = (
             f"<h4>Summary: job {html.escape(fin.outcome)}"
             f"{' (' + html.escape(fin.error) + ')' if fin.error else ''}</h4>"
+            f"<p class='kvmlab-meaning'>{html.escape(fin.meaning)}</p>"
             f"<p>run saved to <code>{html.escape(str(fin.run_path))}</code></p>"
             f"<table>{rows}</table>")
         png = getattr(self, "_dashboard_png", None)
         if png:
-            self.dashboard.value = png
+            _show_image(self.dashboard, png)
+        if self.session is not None:                # the next Start needs a new file
+            self.target.value = str(self.session.default_target(self.format.value or None))
         self.progress.bar_style = "success" if not fin.error else "danger"
         self.status.value = f"status: <b>{fin.outcome}</b> (run saved)"
 
@@ -351,6 +383,8 @@ class MirrorPanel(w.VBox):
             t.join(5)
         if self.session is not None:
             self.session.close()
+        if MirrorPanel.current is self:
+            MirrorPanel.current = None
         super().close()
 
 

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import qemu_pids
 
 from kvmlab import load_run, paths
 
@@ -89,6 +90,19 @@ def jupyterlab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         log.close()
 
 
+#: images in the panel that the browser shows as broken (an empty PNG)
+BROKEN_IMAGES = ("() => [...document.querySelectorAll('.kvmlab-panel img')]"
+                 ".filter(i => i.offsetParent !== null && i.naturalWidth === 0).length")
+DASHBOARD_WIDTH = ("Math.max(0, ...[...document.querySelectorAll('.kvmlab-panel img')]"
+                   ".map(i => i.naturalWidth))")
+
+
+def _wait_text(page: object, selector: str, text: str, timeout: float = 60_000) -> None:
+    page.wait_for_function(  # type: ignore[attr-defined]
+        f"() => [...document.querySelectorAll({selector!r})]"
+        f".some(e => e.textContent.includes({text!r}))", timeout=timeout)
+
+
 def test_control_panel_in_jupyterlab(jupyterlab: tuple[str, Path]) -> None:
     url, runs = jupyterlab
     shots = paths.data_dir() / "test-artifacts"
@@ -106,6 +120,13 @@ def test_control_panel_in_jupyterlab(jupyterlab: tuple[str, Path]) -> None:
             page.get_by_text("Run All Cells", exact=True).click()
             start = page.locator("button.kvmlab-start:not([disabled])")
             start.wait_for(timeout=180_000)              # the lab VM is up and busy
+            assert page.evaluate(BROKEN_IMAGES) == 0     # no broken-image icons before a plot
+            page.locator("button.kvmlab-stop_vm:not([disabled])").click()   # without a job
+            _wait_text(page, ".kvmlab-panel", "VM stopped")
+            _wait_text(page, ".kvmlab-status", "VM paused")
+            page.locator("button.kvmlab-cont_vm:not([disabled])").click()
+            _wait_text(page, ".kvmlab-status", "VM running")
+            assert "AssertionError" not in page.locator(".jp-Notebook").inner_text()
             page.locator("button.kvmlab-start").click()
             status = page.locator(".kvmlab-status")
             page.wait_for_function(
@@ -121,12 +142,30 @@ def test_control_panel_in_jupyterlab(jupyterlab: tuple[str, Path]) -> None:
                 "?.includes('run saved')", timeout=120_000)
             text = summary.inner_text()
             assert "BLOCK_JOB_COMPLETED" in text and "time_to_ready_s" in text
+            assert "point-in-time copy" in text               # what a cancel after READY left
+            page.wait_for_function(f"() => {DASHBOARD_WIDTH} >= 1000", timeout=30_000)  # 100 dpi
+            page.locator("button.kvmlab-start:not([disabled])").click()     # a second job
+            _wait_text(page, ".kvmlab-panel", "started; recording to")
+            page.locator("button.kvmlab-cancel:not([disabled])").click()
+            _wait_text(page, ".kvmlab-summary", "run saved")
             assert "BLOCK_JOB_COMPLETED" in status.inner_text() or "run saved" in status.inner_text()
             page.locator(".kvmlab-panel").scroll_into_view_if_needed()
             page.screenshot(path=str(shots / "control_panel.png"), full_page=True)
+            vms = qemu_pids()
+            assert len(vms) == 1, vms
+            page.get_by_role("menuitem", name="Run", exact=True).click()   # run it all again
+            page.get_by_text("Run All Cells", exact=True).click()
+            deadline = time.monotonic() + 60                # the first panel's VM goes
+            while vms & qemu_pids():
+                assert time.monotonic() < deadline, "the first panel's VM is still running"
+                time.sleep(0.5)
+            page.locator("button.kvmlab-start:not([disabled])").wait_for(timeout=180_000)
+            assert len(qemu_pids()) == 1 and not (vms & qemu_pids())   # replaced, not leaked
         finally:
             browser.close()
-    (run_dir,) = [p for p in runs.iterdir() if (p / "run.json").exists()]
+    run_dirs = sorted(p for p in runs.iterdir() if (p / "run.json").exists())
+    assert len(run_dirs) == 2
+    run_dir = run_dirs[0]
     run = load_run(run_dir)
     assert run.meta["status"] == "done" and "ready" in set(run.samples["status"])
     assert (run_dir / "dashboard.png").exists()

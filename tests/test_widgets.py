@@ -38,7 +38,7 @@ def panel(runs: Path):
 def test_panel_drives_a_mirror_through_every_state(panel: MirrorPanel, runs: Path) -> None:
     p = panel
     _until(lambda: _enabled(p) == {"start", "stop_vm"}, 10, "start enabled")
-    p.speed.value = 1                                  # MiB/s: slow enough to steer
+    p.speed.value = widgets.MIB                        # 1 MiB/s: slow enough to steer
     p.buf_size.value = 256 << 10
     p.click("start")
     _until(lambda: "running" in p.status.value, 10, "running")
@@ -83,7 +83,7 @@ def test_display_failure_never_touches_the_recording(panel: MirrorPanel,
 
     monkeypatch.setattr(widgets, "_png", broken)
     _until(lambda: "start" in _enabled(p), 10, "start enabled")
-    p.speed.value = 0
+    p.speed.value = 0                                  # unlimited
     p.click("start")
     _until(lambda: p.session.job is not None and p.session.job.is_ready, 60, "ready")
     _until(lambda: p.display_errors > 0, 10, "a display error")
@@ -138,3 +138,48 @@ def test_panel_on_a_libvirt_domain(scratch: Path, runs: Path) -> None:
             assert load_run(fin.run_path).meta["backend"] == "libvirt"
         finally:
             p.close()
+
+
+def test_panel_first_hour(panel: MirrorPanel, runs: Path) -> None:
+    """What a new user met: Stop/Continue VM without a job, no broken images, a slider in
+    the middle, a second job (its own events only, a fresh target), words for what a
+    cancel after READY and a pivot leave, and a second panel replacing the first."""
+    p = panel
+    _until(lambda: _enabled(p) == {"start", "stop_vm"}, 10, "start enabled")
+    assert p.plot.layout.display == "none" and p.dashboard.layout.display == "none"
+    assert p.speed.value == 8 * widgets.MIB
+    assert 0.3 < p.speed.index / (len(p.speed.options) - 1) < 0.6       # not at the far left
+    p.click("stop_vm")                                  # no job: it still works, visibly
+    assert "VM stopped" in p.message.value, p.message.value
+    _until(lambda: "VM paused" in p.status.value and "cont_vm" in _enabled(p), 10, "paused")
+    p.click("cont_vm")
+    assert "VM continues" in p.message.value
+    _until(lambda: "VM running" in p.status.value, 10, "running again")
+
+    first_target = p.target.value
+    p.speed.value = 0
+    p.click("start")
+    _until(lambda: "complete" in _enabled(p), 60, "ready")
+    p.click("cancel")
+    fin = p.session.wait_finished(30)
+    _until(lambda: "point-in-time copy" in p.summary.value, 10, "the cancel's meaning")
+    assert first_target in fin.meaning and p.dashboard.layout.display != "none"
+    assert p.target.value != first_target                # the next Start gets a new file
+
+    p.click("start")                                     # a second job, right away
+    assert p.session.job is not None, p.message.value
+    _until(lambda: "complete" in _enabled(p), 60, "ready again")
+    p.click("complete")
+    fin2 = p.session.wait_finished(30)
+    assert fin2.run_path != fin.run_path and "pivot" in fin2.meaning
+    guest = fin2.data.events[fin2.data.events.source == "guest"]
+    assert len(guest) and guest["t"].min() >= 0         # not the guest's lines since boot
+    assert load_run(fin2.run_path).meta["meaning"] == fin2.meaning
+
+    first_vm = p.session.machine
+    second = MirrorPanel.lab(accel="tcg", fill_mib=8, runs_dir=runs, refresh=0.25)
+    try:
+        assert first_vm is not None and not first_vm.running   # replaced, not leaked
+        assert MirrorPanel.current is second
+    finally:
+        second.close()
