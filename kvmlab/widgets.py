@@ -56,6 +56,82 @@ def _show_image(image: w.Image, png: bytes) -> None:
     image.layout.display = None if png else "none"
 
 
+class LivePlot:
+    """The panel's live plot of remaining bytes (stalls shaded, events marked).
+
+    With ipympl (Jupyter's widget backend for matplotlib) it is an interactive figure: zoom
+    into a stall or pan while the job runs, and the view chosen is kept across refreshes
+    (the home button returns to the whole run).  Each refresh redraws the axes and asks
+    the browser to fetch the new image; the kernel renders only what the browser asks for.
+    Without ipympl (or with ``interactive=False``) it is a 100-dpi PNG image.
+    """
+
+    def __init__(self, interactive: bool | None = None) -> None:
+        self.fig = Figure(figsize=(8, 2.8))
+        self._lock = threading.Lock()
+        self.ax = self.fig.subplots()
+        self.fig.subplots_adjust(left=0.08, right=0.98, top=0.88, bottom=0.17)
+        self._auto: tuple[tuple[float, float], tuple[float, float]] | None = None
+        self.canvas: Any = None
+        if interactive is not False:
+            try:
+                from ipympl.backend_nbagg import Canvas, FigureManager
+            except ImportError:
+                if interactive:
+                    raise
+            else:
+                self.canvas = Canvas(self.fig)
+                render = self.canvas.draw           # the browser's requests render here:
+                self.canvas.draw = lambda: self._locked(render)   # never mid-refresh
+                self.canvas.header_visible = False
+                self.canvas.toolbar_position = "left"
+                self.canvas.layout = w.Layout(width="820px", display="none")
+                FigureManager(self.canvas, 0)
+        self.interactive = self.canvas is not None
+        self.widget: w.DOMWidget = self.canvas if self.canvas is not None else \
+            w.Image(format="png", layout=w.Layout(width="800px", display="none"))
+
+    @property
+    def zoomed(self) -> bool:
+        """The user moved the view away from where the last refresh put it."""
+        return self._auto is not None and (self.ax.get_xlim(), self.ax.get_ylim()) != self._auto
+
+    def _locked(self, fn: Callable[[], Any]) -> Any:
+        with self._lock:
+            return fn()
+
+    def draw(self, samples: Any, events: Any) -> None:
+        """Redraw with *samples* and *events*, keeping a view the user zoomed to."""
+        self._locked(lambda: self._redraw(samples, events))
+        if self.canvas is not None:
+            self.canvas.layout.display = None
+            self.canvas.draw_idle()
+        else:
+            _show_image(self.widget, self._locked(lambda: _png(self.fig)))  # type: ignore[arg-type]
+
+    def _redraw(self, samples: Any, events: Any) -> None:
+        view = (self.ax.get_xlim(), self.ax.get_ylim()) if self.zoomed else None
+        self.ax.clear()
+        plots.convergence(samples, events, ax=self.ax)
+        self._auto = (self.ax.get_xlim(), self.ax.get_ylim())
+        if view is not None:
+            self.ax.set_xlim(view[0])
+            self.ax.set_ylim(view[1])
+            self._auto = None if self._auto == view else self._auto
+
+    @property
+    def value(self) -> bytes:
+        """The plot as PNG (what the image shows; a render of the figure when interactive)."""
+        if self.canvas is None:
+            return bytes(self.widget.value)        # type: ignore[attr-defined]
+        drawn = self._auto is not None or self.zoomed
+        return self._locked(lambda: _png(self.fig)) if drawn else b""
+
+    def close(self) -> None:
+        if self.canvas is not None:
+            self.canvas.close()
+
+
 class MirrorPanel(w.VBox):
     """The panel.  ``display(panel)`` shows it; :meth:`close` stops what it started."""
 
@@ -70,9 +146,11 @@ class MirrorPanel(w.VBox):
     current: MirrorPanel | None = None
 
     def __init__(self, session: Session | None = None, *, refresh: float = 0.4,
-                 lab_options: dict[str, Any] | None = None) -> None:
+                 lab_options: dict[str, Any] | None = None,
+                 interactive: bool | None = None) -> None:
         MirrorPanel.close_current()
         self.session = session
+        self.interactive = interactive
         self.refresh = refresh
         self.lab_options = dict(lab_options or {})
         self.display_errors = 0
@@ -109,7 +187,8 @@ class MirrorPanel(w.VBox):
         """Launch a lab VM (see :meth:`Session.lab` for the options) and open the panel."""
         cls.close_current()                        # before a second VM is launched
         refresh = kw.pop("refresh", 0.4)
-        return cls(Session.lab(**kw), refresh=refresh)
+        interactive = kw.pop("interactive", None)
+        return cls(Session.lab(**kw), refresh=refresh, interactive=interactive)
 
     @classmethod
     def libvirt(cls, uri: str, domain: str, drive: str = "vda", **kw: Any) -> MirrorPanel:
@@ -160,8 +239,9 @@ class MirrorPanel(w.VBox):
         self.status = w.HTML("status: no job")
         self.status.add_class("kvmlab-status")
         self.log_view = w.HTML()
-        self.plot = w.Image(format="png", layout=w.Layout(width="800px", display="none"))
-        self.live_box = w.VBox([w.HBox([self.progress, self.status]), self.numbers, self.plot,
+        self.plot = LivePlot(self.interactive)
+        self.live_box = w.VBox([w.HBox([self.progress, self.status]), self.numbers,
+                                self.plot.widget,
                                 w.HTML("<b>events</b>"), self.log_view])
         self.summary = w.HTML()
         self.summary.add_class("kvmlab-summary")
@@ -320,11 +400,7 @@ class MirrorPanel(w.VBox):
         if len(samples) < 2 or len(samples) == self._plotted:
             return
         self._plotted = len(samples)
-        fig = Figure(figsize=(8, 2.6))
-        ax = fig.subplots()
-        fig.subplots_adjust(left=0.08, right=0.98, top=0.88, bottom=0.17)
-        plots.convergence(samples, events, ax=ax)
-        _show_image(self.plot, _png(fig))
+        self.plot.draw(samples, events)
 
     def _numbers(self, info: Any, samples: Any) -> None:
         r = analysis.rates(samples, None, 2.0) if len(samples) >= 2 else None
@@ -385,6 +461,7 @@ class MirrorPanel(w.VBox):
             self.session.close()
         if MirrorPanel.current is self:
             MirrorPanel.current = None
+        self.plot.close()
         super().close()
 
 

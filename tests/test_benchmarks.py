@@ -20,7 +20,9 @@ def test_benchmarks_smoke(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     data = json.loads((tmp_path / "results.json").read_text())
     b = data["benchmarks"]
-    assert set(b) == {"sample_cost", "recording_overhead", "throughput", "end_to_end", "sweep"}
+    assert set(b) == {"sample_cost", "recording_overhead", "throughput", "end_to_end", "sweep",
+                      "live_plot"}
+    assert b["live_plot"]["ipympl_over_png"] > 0
     assert b["sample_cost"]["virsh_wall_s"] > 0 and b["sample_cost"]["qmp_wall_s"] > 0
     assert b["throughput"]["qemu_img_convert_s"] > 0
     assert b["end_to_end"]["all_passed"] is True

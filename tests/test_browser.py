@@ -129,6 +129,8 @@ def test_control_panel_in_jupyterlab(jupyterlab: tuple[str, Path]) -> None:
             assert "AssertionError" not in page.locator(".jp-Notebook").inner_text()
             page.locator("button.kvmlab-start").click()
             status = page.locator(".kvmlab-status")
+            # the live plot is an interactive ipympl figure (zoom, pan) drawn in a canvas
+            page.wait_for_selector(".kvmlab-panel .jupyter-matplotlib canvas", timeout=60_000)
             page.wait_for_function(
                 "() => (document.querySelector('.kvmlab-status')||{}).textContent"
                 "?.includes('ready')", timeout=180_000)

@@ -67,3 +67,23 @@ def test_sweep_axes_have_units_and_unlimited_speed() -> None:
     assert cmap.axes[0].get_xlabel() == "speed limit (MiB/s)"
     assert "unlimited" in [t.get_text() for t in cmap.axes[0].get_xticklabels()]
     plt.close("all")
+
+
+def test_live_plot_keeps_the_users_zoom_across_refreshes() -> None:
+    """The panel's interactive plot (ipympl): a refresh with new samples keeps the view
+    the user zoomed to; without a zoom it follows the run."""
+    from kvmlab.widgets import LivePlot
+    run = load_run(DATA / "stall-set-speed")
+    s, e = run.samples, run.events
+    half = s[s["t"] <= s["t"].median()]
+    live = LivePlot(interactive=True)
+    assert live.interactive
+    live.draw(half, e[e["t"] <= s["t"].median()])
+    first = live.ax.get_xlim()
+    live.draw(s, e)                                       # follows the run
+    assert live.ax.get_xlim()[1] > first[1]
+    live.ax.set_xlim(2.0, 4.0)                            # the user zooms into the stall
+    live.draw(s, e)
+    assert live.ax.get_xlim() == (2.0, 4.0) and live.zoomed
+    assert live.value[:4] == b"\x89PNG"
+    live.close()

@@ -78,10 +78,10 @@ def test_display_failure_never_touches_the_recording(panel: MirrorPanel,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     p = panel
 
-    def broken(fig: object) -> bytes:
+    def broken(*args: object, **kw: object) -> object:
         raise RuntimeError("display broke")
 
-    monkeypatch.setattr(widgets, "_png", broken)
+    monkeypatch.setattr(widgets.plots, "convergence", broken)   # live plot and dashboard
     _until(lambda: "start" in _enabled(p), 10, "start enabled")
     p.speed.value = 0                                  # unlimited
     p.click("start")
@@ -146,7 +146,8 @@ def test_panel_first_hour(panel: MirrorPanel, runs: Path) -> None:
     cancel after READY and a pivot leave, and a second panel replacing the first."""
     p = panel
     _until(lambda: _enabled(p) == {"start", "stop_vm"}, 10, "start enabled")
-    assert p.plot.layout.display == "none" and p.dashboard.layout.display == "none"
+    assert p.plot.widget.layout.display == "none" and p.dashboard.layout.display == "none"
+    assert p.plot.interactive                            # ipympl: zoom while it runs
     assert p.speed.value == 8 * widgets.MIB
     assert 0.3 < p.speed.index / (len(p.speed.options) - 1) < 0.6       # not at the far left
     p.click("stop_vm")                                  # no job: it still works, visibly
@@ -172,8 +173,8 @@ def test_panel_first_hour(panel: MirrorPanel, runs: Path) -> None:
     p.click("complete")
     fin2 = p.session.wait_finished(30)
     assert fin2.run_path != fin.run_path and "pivot" in fin2.meaning
-    guest = fin2.data.events[fin2.data.events.source == "guest"]
-    assert len(guest) and guest["t"].min() >= 0         # not the guest's lines since boot
+    ops = fin2.data.guest_ops
+    assert len(ops) and ops["t"].min() >= 0             # not the guest's lines since boot
     assert load_run(fin2.run_path).meta["meaning"] == fin2.meaning
 
     first_vm = p.session.machine
