@@ -13,7 +13,7 @@ APT_PKGS := qemu-system-x86 qemu-utils qemu-block-extra busybox-static cpio e2fs
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: all setup apt pyapt venv venv-libvirt guest libvirtd demo lint check integration test bench notebooks clean
+.PHONY: all setup apt pyapt venv venv-libvirt guest libvirtd demo lint check integration test bench notebooks lab clean
 
 all: demo
 
@@ -60,6 +60,12 @@ guest: venv
 # a real libvirtd for the libvirt backend's tests (idempotent)
 libvirtd: apt
 	$(SUDO) tools/libvirt-up.sh
+
+# JupyterLab in notebooks/ on localhost (as root JupyterLab needs --allow-root)
+LAB_ARGS ?=
+lab: setup
+	cd notebooks && ../$(PY) -m jupyterlab --ServerApp.ip=127.0.0.1 --no-browser \
+	  $(if $(SUDO),,--allow-root) $(LAB_ARGS)
 
 demo: setup
 	$(PY) -m kvmlab run notebooks/01_mirror_basic.ipynb

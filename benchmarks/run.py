@@ -532,6 +532,9 @@ def write_report(results: dict[str, Any], out: Path) -> None:
                 v = ", ".join(f"{a}: {b}" for a, b in v.items())
             lines.append(f"| {k} | {fmt(v, k)} |")
         lines.append("")
+    notes = HERE / "notes.md"              # hand-written: why the figures are what they are
+    if notes.exists():
+        lines.append(notes.read_text())
     (out / "RESULTS.md").write_text("\n".join(lines))
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
 

@@ -28,6 +28,7 @@ from . import analysis, plots
 from .errors import KvmlabError
 from .model import MIRROR_MODES, SYNC_MODES, MirrorSpec
 from .session import Finished, Session
+from .units import with_unit
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
@@ -107,7 +108,7 @@ class LivePlot:
             self.canvas.layout.display = None
             self.canvas.draw_idle()
         else:
-            _show_image(self.widget, self._locked(lambda: _png(self.fig)))  # type: ignore[arg-type]
+            _show_image(self.widget, self._locked(lambda: _png(self.fig)))
 
     def _redraw(self, samples: Any, events: Any) -> None:
         view = (self.ax.get_xlim(), self.ax.get_ylim()) if self.zoomed else None
@@ -123,7 +124,7 @@ class LivePlot:
     def value(self) -> bytes:
         """The plot as PNG (what the image shows; a render of the figure when interactive)."""
         if self.canvas is None:
-            return bytes(self.widget.value)        # type: ignore[attr-defined]
+            return bytes(self.widget.value)
         drawn = self._auto is not None or self.zoomed
         return self._locked(lambda: _png(self.fig)) if drawn else b""
 
@@ -435,8 +436,8 @@ class MirrorPanel(w.VBox):
         self._shown_finish = fin
         keys = ("time_to_ready_s", "bytes_copied", "mean_copy_rate", "convergence",
                 "stall_count", "stall_time_s", "jobs", "samples")
-        rows = "".join(f"<tr><td>{k}</td><td>{html.escape(_fmt(fin.summary.get(k)))}</td></tr>"
-                       for k in keys if k in fin.summary)
+        rows = "".join(f"<tr><td>{k}</td><td>{html.escape(with_unit(k, fin.summary.get(k)))}"
+                       "</td></tr>" for k in keys if k in fin.summary)
         self.summary.value = (
             f"<h4>Summary: job {html.escape(fin.outcome)}"
             f"{' (' + html.escape(fin.error) + ')' if fin.error else ''}</h4>"
@@ -464,10 +465,6 @@ class MirrorPanel(w.VBox):
         self.plot.close()
         super().close()
 
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
 def _text(v: Any) -> str:

@@ -146,13 +146,14 @@ def test_control_panel_in_jupyterlab(jupyterlab: tuple[str, Path]) -> None:
             assert "BLOCK_JOB_COMPLETED" in text and "time_to_ready_s" in text
             assert "point-in-time copy" in text               # what a cancel after READY left
             page.wait_for_function(f"() => {DASHBOARD_WIDTH} >= 1000", timeout=30_000)  # 100 dpi
+            assert "MiB/s" in text                            # numbers with units
+            page.locator(".kvmlab-panel").scroll_into_view_if_needed()
+            page.screenshot(path=str(shots / "control_panel.png"), full_page=True)
             page.locator("button.kvmlab-start:not([disabled])").click()     # a second job
             _wait_text(page, ".kvmlab-panel", "started; recording to")
             page.locator("button.kvmlab-cancel:not([disabled])").click()
             _wait_text(page, ".kvmlab-summary", "run saved")
             assert "BLOCK_JOB_COMPLETED" in status.inner_text() or "run saved" in status.inner_text()
-            page.locator(".kvmlab-panel").scroll_into_view_if_needed()
-            page.screenshot(path=str(shots / "control_panel.png"), full_page=True)
             vms = qemu_pids()
             assert len(vms) == 1, vms
             page.get_by_role("menuitem", name="Run", exact=True).click()   # run it all again
@@ -173,3 +174,32 @@ def test_control_panel_in_jupyterlab(jupyterlab: tuple[str, Path]) -> None:
     assert (run_dir / "dashboard.png").exists()
     assert json.loads((run_dir / "run.json").read_text())["verdict"]["job_end"] == \
         "BLOCK_JOB_COMPLETED"
+
+
+def test_make_lab_serves_the_notebooks(tmp_path: Path) -> None:
+    """README's first step: `make lab` (as root: --allow-root) serves notebooks/."""
+    root = Path(__file__).resolve().parent.parent
+    token, port = secrets.token_hex(8), _free_port()
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp_path / "jcfg"),
+               JUPYTER_RUNTIME_DIR=str(tmp_path / "jrt"))
+    proc = subprocess.Popen(["make", "-s", "lab", f"LAB_ARGS=--port={port} "
+                             f"--IdentityProvider.token={token}"], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                url = f"http://127.0.0.1:{port}/api/contents?token={token}"
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    names = {c["name"] for c in json.load(r)["content"]}
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, proc.stdout.read().decode()[-2000:]  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "make lab did not serve"
+            time.sleep(0.5)
+        assert {"00_control_panel.ipynb", "01_mirror_basic.ipynb"} <= names
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)

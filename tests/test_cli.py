@@ -138,7 +138,9 @@ def test_run_stopped_by_signal_cleans_up(sig: int, tmp_path: Path) -> None:
 def test_killed_run_is_marked_killed_and_reaped(tmp_path: Path) -> None:
     """kill -9 of kvmlab run: its kernel and QEMU follow it; the next launch marks the run
     killed and removes its scratch images; load_run says killed too."""
+    import tempfile
     out = tmp_path / "r"
+    before = set(Path(tempfile.gettempdir()).iterdir())
     proc = subprocess.Popen([sys.executable, "-m", "kvmlab", "run", str(NB), *SMALL_E1,
                              "-p", "speed", "1048576", "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -153,7 +155,11 @@ def test_killed_run_is_marked_killed_and_reaped(tmp_path: Path) -> None:
     _wait_for(lambda: not Path(f"/proc/{kernel}").exists(), 30, "the kernel to follow us")
     _wait_for(lambda: not qemu_pids(), 30, "its QEMU to die")
     assert (paths.scratch_dir() / meta["run_id"]).exists()
+    left = set(Path(tempfile.gettempdir()).iterdir()) - before
+    assert left and all(p.name.startswith("kvmlab-") for p in left), left  # no stray tmp*.json
+    assert any((p / "kernel.json").exists() for p in left)   # the kernel's connection file
     reap_stale_tmpdirs()                               # what the next launch does first
+    assert not any(p.exists() for p in left)
     assert not (paths.scratch_dir() / meta["run_id"]).exists()
     assert json.loads((out / "run.json").read_text())["status"] == "killed"
     assert load_run(out).meta["status"] == "killed"
