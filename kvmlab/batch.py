@@ -17,7 +17,7 @@ from typing import Any
 import nbformat
 import papermill as pm
 from nbconvert import HTMLExporter
-from papermill.engines import papermill_engines
+from papermill.engines import NBClientEngine, papermill_engines
 
 from . import paths
 from .errors import BadInput, KvmlabError
@@ -79,32 +79,6 @@ class Execution:
                 except ProcessLookupError:
                     pass
 
-    def engine(self) -> type:
-        """papermill's nbclient engine, reporting each code cell and refusing to start
-        one after a stop."""
-        from papermill.engines import NBClientEngine
-
-        execution = self
-
-        class WatchedEngine(NBClientEngine):  # type: ignore[misc]
-            @classmethod
-            def execute_managed_notebook(cls, nb_man: Any, kernel_name: str,
-                                         **kwargs: Any) -> Any:
-                code = [i for i, c in enumerate(nb_man.nb.cells) if c.cell_type == "code"]
-                cell_start = nb_man.cell_start
-
-                def start(cell: Any, cell_index: int | None = None, **kw: Any) -> None:
-                    if execution.stopped is not None:
-                        raise KeyboardInterrupt
-                    if cell_index in code:
-                        execution.cell = (code.index(cell_index) + 1, len(code))
-                    cell_start(cell, cell_index, **kw)
-
-                nb_man.cell_start = start
-                return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
-
-        return WatchedEngine
-
     @contextmanager
     def stop_on_signals(self) -> Iterator[None]:
         """SIGINT and SIGTERM stop the execution (see the class) while in the block; in
@@ -119,6 +93,31 @@ class Execution:
         finally:
             for s, handler in old.items():
                 signal.signal(s, handler)
+
+
+class WatchedEngine(NBClientEngine):  # type: ignore[misc]
+    """papermill's nbclient engine, telling its :class:`Execution` (engine keyword
+    ``execution``) each code cell it starts, and refusing to start one after a stop."""
+
+    @classmethod
+    def execute_managed_notebook(cls, nb_man: Any, kernel_name: str, **kwargs: Any) -> Any:
+        execution: Execution = kwargs.pop("execution")
+        code = [i for i, c in enumerate(nb_man.nb.cells) if c.cell_type == "code"]
+        cell_start = nb_man.cell_start
+
+        def start(cell: Any, cell_index: int | None = None, **kw: Any) -> None:
+            if execution.stopped is not None:
+                raise KeyboardInterrupt
+            if cell_index in code:
+                execution.cell = (code.index(cell_index) + 1, len(code))
+            cell_start(cell, cell_index, **kw)
+
+        nb_man.cell_start = start
+        return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+
+ENGINE = "kvmlab"
+papermill_engines.register(ENGINE, WatchedEngine)
 
 
 class NotebookFailed(KvmlabError):
@@ -231,13 +230,11 @@ def run_notebook(notebook: str | Path, params: dict[str, Any] | None = None, *,
     if on_folder is not None:
         on_folder(folder)
     sockets = owned_tmpdir("kvmlab-kernel-")
-    engine = f"kvmlab-{id(execution)}"
-    papermill_engines.register(engine, execution.engine())
     try:
         with execution.stop_on_signals():
             pm.execute_notebook(str(nb), str(executed), parameters=params, kernel_name=kernel,
                                 progress_bar=progress, cwd=str(nb.resolve().parent),
-                                engine_name=engine,
+                                engine_name=ENGINE, execution=execution,
                                 kernel_manager_class=ipc_kernel_manager(sockets,
                                                                         execution.kernels))
     except pm.PapermillExecutionError as err:
@@ -247,7 +244,6 @@ def run_notebook(notebook: str | Path, params: dict[str, Any] | None = None, *,
         raise NotebookFailed(f"{nb.name} failed in cell {err.exec_count}: {err.ename}: "
                              f"{err.evalue}") from err
     finally:
-        papermill_engines._engines.pop(engine, None)
         shutil.rmtree(sockets, ignore_errors=True)
         if executed.exists() and not executed.with_suffix(".html").exists():
             try:

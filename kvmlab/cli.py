@@ -118,10 +118,10 @@ def run_cmd(notebook: Path, pairs: tuple[tuple[str, str], ...], files: tuple[Pat
                              cell=lambda: execution.cell)
         started.append(watcher.__enter__())
 
-    folder, error = out, None
+    error = None
     try:
-        folder = run_notebook(notebook, _parse_params(pairs, files), out=out,
-                              execution=execution, on_folder=follow)
+        run_notebook(notebook, _parse_params(pairs, files), out=out, execution=execution,
+                     on_folder=follow)
     except NotebookFailed as err:
         error = str(err)
     except KvmlabError as err:
@@ -133,11 +133,11 @@ def run_cmd(notebook: Path, pairs: tuple[tuple[str, str], ...], files: tuple[Pat
                                             signal.SIGTERM else ""), err=True)
         sys.exit(130)
     _stop_watching(started, bar)
-    assert folder is not None and started
-    result = outcome(started[0].folder, error)
+    folder = started[0].folder                     # on_folder ran before the notebook
+    result = outcome(folder, error)
     for line in result.lines:
         click.echo(line)
-    click.echo(f"{'PASS' if result.passed else 'FAIL'}: {started[0].folder}")
+    click.echo(f"{'PASS' if result.passed else 'FAIL'}: {folder}")
     sys.exit(0 if result.passed else 1)
 
 

@@ -118,15 +118,13 @@ class LivePlot:
         if view is not None:
             self.ax.set_xlim(view[0])
             self.ax.set_ylim(view[1])
-            self._auto = None if self._auto == view else self._auto
 
     @property
     def value(self) -> bytes:
         """The plot as PNG (what the image shows; a render of the figure when interactive)."""
         if self.canvas is None:
             return bytes(self.widget.value)
-        drawn = self._auto is not None or self.zoomed
-        return self._locked(lambda: _png(self.fig)) if drawn else b""
+        return self._locked(lambda: _png(self.fig)) if self._auto is not None else b""
 
     def close(self) -> None:
         if self.canvas is not None:

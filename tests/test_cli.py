@@ -179,6 +179,26 @@ def test_load_run_marks_a_run_of_a_dead_process_killed(tmp_path: Path) -> None:
     assert load_run(run).meta["status"] == "running"
 
 
+def test_run_of_a_failing_notebook_is_one_fail_line(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cell that raises: FAIL with the error and the default run folder, exit 1, no
+    traceback (there was an AssertionError when --out was not given)."""
+    import nbformat
+    nb = tmp_path / "boom.ipynb"
+    cells = [nbformat.v4.new_code_cell("x: int = 1", metadata={"tags": ["parameters"]}),
+             nbformat.v4.new_code_cell("raise RuntimeError('boom')")]
+    nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {
+        "name": "python3", "display_name": "Python 3", "language": "python"}}), nb)
+    env = dict(os.environ, KVMLAB_RUNS=str(tmp_path / "runs"))
+    res = subprocess.run([sys.executable, "-m", "kvmlab", "run", str(nb)], capture_output=True,
+                         text=True, timeout=300, env=env)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "FAIL notebook: boom.ipynb failed in cell 2: RuntimeError: boom" in res.stdout
+    (folder,) = (tmp_path / "runs").iterdir()
+    assert res.stdout.splitlines()[-1] == f"FAIL: {folder}"
+    assert "Traceback" not in res.stdout + res.stderr
+
+
 def test_analyze_a_saved_run(tmp_path: Path) -> None:
     import shutil
     run = tmp_path / "run"
