@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .errors import ToolError
@@ -25,13 +25,13 @@ def which(tool: str) -> str:
 
 
 def run(cmd: Sequence[str | Path], *, input: bytes | None = None, cwd: Path | None = None,
-        timeout: float = 600) -> str:
+        timeout: float = 600, env: Mapping[str, str] | None = None) -> str:
     """Run *cmd*; return its stdout as text; raise ToolError with its stderr on failure."""
     args = [str(c) for c in cmd]
     args[0] = which(args[0])
     try:
         proc = subprocess.run(args, input=input, cwd=cwd, capture_output=True, timeout=timeout,
-                              check=False)
+                              check=False, env=env)
     except subprocess.TimeoutExpired as err:
         raise ToolError(f"{Path(args[0]).name} timed out after {timeout:.0f} s",
                         command=args) from err
@@ -42,11 +42,12 @@ def run(cmd: Sequence[str | Path], *, input: bytes | None = None, cwd: Path | No
     return proc.stdout.decode(errors="replace")
 
 
-def run_rc(cmd: Sequence[str | Path], timeout: float = 600) -> tuple[int, str, str]:
+def run_rc(cmd: Sequence[str | Path], timeout: float = 600,
+           env: Mapping[str, str] | None = None) -> tuple[int, str, str]:
     """Run *cmd* and return (exit code, stdout, stderr) without judging the exit code."""
     args = [str(c) for c in cmd]
     args[0] = which(args[0])
-    proc = subprocess.run(args, capture_output=True, timeout=timeout, check=False)
+    proc = subprocess.run(args, capture_output=True, timeout=timeout, check=False, env=env)
     return proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
 
 

@@ -6,11 +6,12 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _proc
+from . import _proc, builds
 from .errors import BadInput, ToolError
 from .guest.workload import Manifest
 
@@ -79,7 +80,7 @@ def make_guest_disk(path: str | Path, size_mib: int = 64, fmt: str = "qcow2",
         if fmt == "raw":
             os.replace(raw, path)
         else:
-            _proc.run(["qemu-img", "convert", "-f", "raw", "-O", fmt, raw, path])
+            qemu_img(["convert", "-f", "raw", "-O", fmt, raw, path])
     return manifest
 
 
@@ -97,7 +98,7 @@ def create(path: str | Path, size: int, fmt: str = "raw") -> Path:
     path = Path(path)
     if path.exists():
         raise BadInput(f"{path} already exists")
-    _proc.run(["qemu-img", "create", "-q", "-f", fmt, path, str(size)])
+    qemu_img(["create", "-q", "-f", fmt, path, str(size)])
     return path
 
 
@@ -109,16 +110,22 @@ def create_overlay(path: str | Path, backing: str | Path, fmt: str = "qcow2") ->
     if not backing.is_file():
         raise BadInput(f"backing file {backing} does not exist")
     bfmt = info(backing)["format"]
-    _proc.run(["qemu-img", "create", "-q", "-f", fmt, "-b", backing.resolve(), "-F", bfmt, path])
+    qemu_img(["create", "-q", "-f", fmt, "-b", backing.resolve(), "-F", bfmt, path])
     return path
 
 
 def info(path: str | Path, backing_chain: bool = False) -> Any:
     """``qemu-img info --output=json`` (shared lock: works while QEMU has it open)."""
-    cmd = ["qemu-img", "info", "-U", "--output=json"]
+    cmd = ["info", "-U", "--output=json"]
     if backing_chain:
         cmd.append("--backing-chain")
-    return json.loads(_proc.run(cmd + [str(path)]))
+    return json.loads(qemu_img(cmd + [str(path)]))
+
+
+def qemu_img(args: Sequence[str | Path]) -> str:
+    """Run the current QEMU build's ``qemu-img`` (see :func:`kvmlab.builds.using`)."""
+    build = builds.current()
+    return _proc.run([build.tool("qemu-img"), *args], env=build.env())
 
 
 def compare(a: str | Path, b: str | Path, strict: bool = False) -> bool:
@@ -126,8 +133,9 @@ def compare(a: str | Path, b: str | Path, strict: bool = False) -> bool:
 
     :raise ToolError: qemu-img could not compare (exit code 2 or more).
     """
-    cmd = ["qemu-img", "compare", "-U"] + (["-s"] if strict else []) + [str(a), str(b)]
-    rc, _out, err = _proc.run_rc(cmd)
+    cmd = [builds.tool("qemu-img"), "compare", "-U"] + (["-s"] if strict else []) + \
+        [str(a), str(b)]
+    rc, _out, err = _proc.run_rc(cmd, env=builds.current().env())
     if rc > 1:
         raise ToolError(f"qemu-img compare failed: {err.strip()}", command=cmd, output=err)
     return rc == 0

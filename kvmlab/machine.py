@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from . import _proc, images, jobs, paths
+from . import _proc, builds, images, jobs, paths
 from ._proc import qemu_opt
 from .agent import PORT_NAME as AGENT_PORT
 from .agent import GuestAgent
 from .backends.base import Backend
 from .backends.qmp import QMPBackend
+from .builds import QemuBuild
 from .errors import BadInput, LaunchError, StateError, WaitTimeout
 from .events import Record
 from .guest.build import Guest, load_guest
@@ -104,6 +105,8 @@ class Machine:
     :param manifest: what ``verify`` mode checks (passed by fw_cfg).
     :param cache: cache mode of the primary disk (``none`` as in the seed).
     :param accel: ``auto`` (KVM only if a guest really boots under it), ``kvm`` or ``tcg``.
+    :param qemu: the QEMU build (a name such as ``10.0``, a binary's path, a
+        :class:`~kvmlab.builds.QemuBuild`); None: the current one (``system`` by default).
     :param console_log: file to append the raw serial console to.
     :param die_with_parent: QEMU gets SIGKILL if the thread that launched it dies
         (``setpriv --pdeathsig``), so even a ``kill -9`` of Python leaves no VM
@@ -114,7 +117,7 @@ class Machine:
                  workload: Workload | None = None, manifest: Manifest | None = None,
                  cache: str = "none", disk_format: str | None = None,
                  extra_drives: Sequence[Drive] = (), accel: str = "auto", memory_mib: int = 256,
-                 guest: Guest | None = None, qemu: str = QEMU_BINARY,
+                 guest: Guest | None = None, qemu: str | Path | QemuBuild | None = None,
                  console_log: str | Path | None = None, name: str = "kvmlab",
                  extra_args: Sequence[str] = (), boot_timeout: float = 60,
                  die_with_parent: bool = True, agent: bool = False) -> None:
@@ -141,7 +144,8 @@ class Machine:
         self.workload = workload or Workload()
         self.manifest = manifest
         self.guest = guest or load_guest()
-        self.qemu = qemu
+        self.build = builds.resolve(qemu)
+        self.qemu = str(self.build.emulator)
         self.requested_accel = accel
         self.accel: str | None = None
         self.memory_mib = memory_mib
@@ -213,8 +217,8 @@ class Machine:
         return " ".join(args)
 
     def _command(self, accel: str, qmp_sock: Path, manifest_file: Path | None) -> list[str]:
-        binary = _proc.which(self.qemu)
-        cmd = [binary, "-name", self.name, "-accel", accel, "-m", str(self.memory_mib),
+        cmd = [self.qemu, *self.build.emulator_args(), "-name", self.name, "-accel", accel,
+               "-m", str(self.memory_mib),
                "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none",
                "-no-reboot", "-kernel", str(self.guest.kernel), "-initrd", str(self.guest.initrd),
                "-append", self.kernel_cmdline(),
@@ -260,7 +264,7 @@ class Machine:
             raise
 
     def _resolve_accel(self) -> str:
-        return resolve_accel(self.requested_accel, self.qemu, self.guest)
+        return resolve_accel(self.requested_accel, self.build, self.guest)
 
     def _pre_launch(self) -> None:
         """Choose the accelerator, make the private temp dir, write the manifest."""
@@ -284,7 +288,7 @@ class Machine:
         try:
             self._proc = subprocess.Popen(prefix + self.command, stdin=subprocess.DEVNULL,
                                           stdout=subprocess.PIPE, stderr=errlog,
-                                          start_new_session=True)
+                                          start_new_session=True, env=self.build.env())
         finally:
             errlog.close()
         self._finalizer = weakref.finalize(self, _reap, self._proc, self._tmpdir)
@@ -464,16 +468,16 @@ class Machine:
 _ACCEL_CACHE: dict[str, str] = {}
 
 
-def _accel_key(qemu: str, guest: Guest) -> str:
+def _accel_key(qemu: QemuBuild, guest: Guest) -> str:
     try:
         boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         boot_id = "?"
-    return "|".join([boot_id, os.uname().release, _proc.which(qemu), guest.kernel_version])
+    return "|".join([boot_id, os.uname().release, str(qemu.emulator), guest.kernel_version])
 
 
-def resolve_accel(accel: str, qemu: str = QEMU_BINARY, guest: Guest | None = None,
-                  probe_timeout: float = 15) -> str:
+def resolve_accel(accel: str, qemu: str | Path | QemuBuild | None = None,
+                  guest: Guest | None = None, probe_timeout: float = 15) -> str:
     """The accelerator to use: ``auto`` boots a probe guest under KVM and falls back to TCG.
 
     /dev/kvm existing is not enough (a nested guest can hang with no output),
@@ -486,20 +490,24 @@ def resolve_accel(accel: str, qemu: str = QEMU_BINARY, guest: Guest | None = Non
     if env in ("kvm", "tcg"):
         return env
     guest = guest or load_guest()
-    key = _accel_key(qemu, guest)
+    build = builds.resolve(qemu)
+    key = _accel_key(build, guest)
     if key in _ACCEL_CACHE:
         return _ACCEL_CACHE[key]
     cache_file = paths.guest_dir() / "accel.json"
+    entries: dict[str, Any] = {}
     try:
         cached = json.loads(cache_file.read_text())
-        if cached.get("key") == key and cached.get("accel") in ("kvm", "tcg"):
-            _ACCEL_CACHE[key] = cached["accel"]
-            return str(cached["accel"])
-    except (OSError, ValueError):
+        entries = {k: v for k, v in cached.get("entries", {}).items()
+                   if k.split("|")[0] == key.split("|")[0]}     # this boot's, one per build
+        if entries.get(key, {}).get("accel") in ("kvm", "tcg"):
+            _ACCEL_CACHE[key] = entries[key]["accel"]
+            return str(entries[key]["accel"])
+    except (OSError, ValueError, AttributeError):
         pass
     result = "tcg"
     if os.access("/dev/kvm", os.R_OK | os.W_OK):
-        probe = Machine(None, accel="kvm", guest=guest, qemu=qemu, name="kvmlab-accel-probe")
+        probe = Machine(None, accel="kvm", guest=guest, qemu=build, name="kvmlab-accel-probe")
         try:
             probe.launch()
             probe.wait_guest("boot", timeout=probe_timeout)
@@ -510,8 +518,8 @@ def resolve_accel(accel: str, qemu: str = QEMU_BINARY, guest: Guest | None = Non
             probe.shutdown(hard=True)
     _ACCEL_CACHE[key] = result
     try:
-        cache_file.write_text(json.dumps({"key": key, "accel": result,
-                                          "probed": time.time()}) + "\n")
+        entries[key] = {"accel": result, "probed": time.time()}
+        cache_file.write_text(json.dumps({"entries": entries}, indent=1) + "\n")
     except OSError:
         pass
     return result

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import builds
+from .builds import SYSTEM
 from .errors import BadInput
 from .model import ACCELS, CACHE_MODES
 
@@ -35,6 +37,8 @@ class RunOptions:
     :param libvirt_uri: the libvirt connection for ``backend="libvirt"``.
     :param accel: ``auto``, ``kvm`` or ``tcg``.
     :param cache: the lab VMs' drive cache mode (the seed's ``none``).
+    :param qemu: the QEMU build everything runs with: ``system``, an installed build
+        (``10.0``, see ``kvmlab qemu list``) or the path of a ``qemu-system-x86_64``.
     """
 
     runs_dir: Path | None = None
@@ -45,6 +49,7 @@ class RunOptions:
     libvirt_uri: str = "qemu:///system"
     accel: str = "auto"
     cache: str = "none"
+    qemu: str = SYSTEM
 
     def __post_init__(self) -> None:
         for name in ("runs_dir", "run_path"):
@@ -57,6 +62,7 @@ class RunOptions:
             raise BadInput(f"accel={self.accel!r} is not one of {', '.join(ACCELS)}")
         if self.cache not in CACHE_MODES:
             raise BadInput(f"cache={self.cache!r} is not one of {', '.join(CACHE_MODES)}")
+        object.__setattr__(self, "qemu", builds.check_name(self.qemu))
         if isinstance(self.sample_interval, bool) or not (
                 isinstance(self.sample_interval, (int, float)) and self.sample_interval > 0):
             raise BadInput(f"sample_interval={self.sample_interval!r} must be a number of "

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import _proc, paths
+from . import _proc, builds, paths
 from .errors import BadInput
 
 STREAMS = ("samples", "events", "sizes", "guest_ops")
@@ -40,9 +40,10 @@ def _git_revision() -> str | None:
     return out.stdout.strip() or None
 
 
-def _qemu_version(binary: str = "qemu-system-x86_64") -> str | None:
+def _qemu_version() -> str | None:
+    """The current build's ``--version`` line (see :func:`kvmlab.builds.current`)."""
     try:
-        out = _proc.run([binary, "--version"], timeout=20)
+        out = _proc.run([builds.current().emulator, "--version"], timeout=20)
     except Exception:  # noqa: BLE001 - provenance is best effort
         return None
     return out.splitlines()[0].strip() if out else None

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import marks, paths
+from .. import builds, marks, paths
 from ..errors import BadInput, JobError, WaitTimeout
 from ..guest.workload import Manifest, Workload
 from ..images import file_size, sha256
@@ -69,8 +69,16 @@ class LabRun:
         self.extra: dict[str, Any] = {}
 
     def __enter__(self) -> LabRun:
-        self.run = RunDir.create(self.experiment, self.params, self.options.runs_dir,
-                                 self.options.run_path)
+        # every QEMU program of the run (VMs, qemu-img, the NBD server) is this build's
+        self._using = builds.using(self.options.qemu)
+        self.build = self._using.__enter__()
+        try:
+            self.extra["qemu"] = self.build.describe()
+            self.run = RunDir.create(self.experiment, self.params, self.options.runs_dir,
+                                     self.options.run_path)
+        except BaseException:
+            self._using.__exit__(None, None, None)
+            raise
         self.workdir = self.scratch_parent / self.run.meta["run_id"]
         try:
             self.workdir.mkdir(parents=True)
@@ -80,6 +88,7 @@ class LabRun:
         except BaseException:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.run.finish("error", error="could not start the recorder")
+            self._using.__exit__(None, None, None)
             raise
         return self
 
@@ -104,6 +113,7 @@ class LabRun:
             if self.options.keep_images:
                 fields["images"] = str(self.workdir)
             self.run.finish(status, self.verdict, **fields)
+            self._using.__exit__(None, None, None)
 
     def result(self) -> ExperimentResult:
         return ExperimentResult(self.run.path, self.verdict or {}, load_run(self.run.path))

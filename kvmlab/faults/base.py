@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -66,8 +66,10 @@ class ProcessGroup:
     :param log_path: where its stdout and stderr go.
     """
 
-    def __init__(self, name: str, command: Sequence[str | Path], log_path: Path) -> None:
+    def __init__(self, name: str, command: Sequence[str | Path], log_path: Path,
+                 env: Mapping[str, str] | None = None) -> None:
         self.name = name
+        self.env = env
         self.command = [str(c) for c in command]
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
@@ -88,7 +90,8 @@ class ProcessGroup:
                _proc.which(self.command[0]), *self.command[1:]]
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         env=self.env)
         self._finalizer = weakref.finalize(self, _kill, self.proc)
 
     def check_alive(self) -> None:

@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .. import marks
+from .. import builds, marks
 from .._proc import qemu_opt
+from ..builds import QemuBuild
 from ..errors import BadInput, StateError
 from .base import Mark, ProcessGroup, no_mark, private_tmpdir, remove_tree, wait_until
 
@@ -33,10 +34,13 @@ def _listening(sock: Path) -> bool:
 class NbdServer:
     """``qemu-storage-daemon`` exporting *image* (format *fmt*) writable over NBD.
 
-    A context manager; on exit the daemon is stopped and its temp dir removed.
+    A context manager; on exit the daemon is stopped and its temp dir removed.  The daemon
+    is the current QEMU build's (:func:`kvmlab.builds.current`), or *qemu*'s.
     """
 
-    def __init__(self, image: str | Path, fmt: str = "qcow2", *, mark: Mark | None = None) -> None:
+    def __init__(self, image: str | Path, fmt: str = "qcow2", *, mark: Mark | None = None,
+                 qemu: str | Path | QemuBuild | None = None) -> None:
+        self.build = builds.resolve(qemu)
         self.image = Path(image).resolve()
         if not self.image.is_file():
             raise BadInput(f"NBD image {self.image} does not exist")
@@ -76,13 +80,14 @@ class NbdServer:
         sock = self.socket
         if sock.exists():
             sock.unlink()
-        cmd = ["qemu-storage-daemon",
+        cmd = [self.build.tool("qemu-storage-daemon"),
                "--blockdev", f"driver=file,node-name=file0,filename={qemu_opt(self.image)},"
                              "cache.direct=on,aio=threads",
                "--blockdev", f"driver={self.fmt},node-name=fmt0,file=file0",
                "--nbd-server", f"addr.type=unix,addr.path={qemu_opt(sock)}",
                "--export", f"type=nbd,id=exp0,node-name=fmt0,name={EXPORT},writable=on"]
-        self.daemon = ProcessGroup("qemu-storage-daemon", cmd, self.tmp / f"qsd-{self.starts}.log")
+        self.daemon = ProcessGroup("qemu-storage-daemon", cmd, self.tmp / f"qsd-{self.starts}.log",
+                                   env=self.build.env())
         self.starts += 1
         self.daemon.start()
         wait_until(lambda: _listening(sock), 30, "qemu-storage-daemon", self.daemon.check_alive)
