@@ -13,7 +13,7 @@ APT_PKGS := qemu-system-x86 qemu-utils qemu-block-extra busybox-static cpio e2fs
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: all setup apt pyapt venv venv-libvirt guest libvirtd demo lint check integration test bench notebooks lab clean
+.PHONY: all setup apt pyapt venv venv-libvirt guest qemu-builds libvirtd demo lint check integration test bench notebooks lab clean
 
 all: demo
 
@@ -57,6 +57,11 @@ venv-libvirt: $(VENV)/.libvirt
 guest: venv
 	$(PY) -m kvmlab guest build
 
+# QEMU builds beside the system's (data/qemu/<version>, Debian's backports; idempotent)
+QEMU_BUILDS ?= 10.0
+qemu-builds: venv
+	@for v in $(QEMU_BUILDS); do $(PY) -m kvmlab qemu add $$v || exit 1; done
+
 # a real libvirtd for the libvirt backend's tests (idempotent)
 libvirtd: apt
 	$(SUDO) tools/libvirt-up.sh
@@ -79,7 +84,7 @@ lint: venv
 check: lint
 	KVMLAB_TIER=pure $(PY) -m pytest -m "not qemu" -q -p no:cacheprovider --durations=5 $(PYTEST_ARGS)
 
-integration: setup venv-libvirt libvirtd
+integration: setup venv-libvirt libvirtd qemu-builds
 	$(PY) -m pytest -m qemu -v --durations=15 $(PYTEST_ARGS)
 
 test: check integration

@@ -490,6 +490,57 @@ def bench_live_plot(tmp: Path, smoke: bool) -> dict[str, Any]:
     return out
 
 
+# -- 7. QEMU builds side by side --------------------------------------------------------------
+OTHER_BUILD = "10.0"
+
+
+def bench_qemu_builds(tmp: Path, smoke: bool) -> dict[str, Any]:
+    """E1 end to end and the per-sample watch cost on Debian's QEMU and on 10.0, alternated
+    rep by rep in one run (the host's drift hits both): ratios 10.0 / system."""
+    from kvmlab import builds
+    from kvmlab.experiments import mirror_basic
+    pair = ("system", OTHER_BUILD)
+    reps = 1 if smoke else 3
+    walls: dict[str, list[float]] = {b: [] for b in pair}
+    passed = []
+    for _ in range(reps):
+        for b in pair:
+            t0 = time.monotonic()
+            r = mirror_basic(image_mib=64, fill_mib=16, speed=0, after_ready_s=1.0,
+                             options=RunOptions(runs_dir=tmp / "builds-e2e", qemu=b))
+            walls[b].append(time.monotonic() - t0)
+            passed.append(bool(r.passed))
+    out: dict[str, Any] = {"reps": reps, "all_passed": all(passed),
+                           "e1_wall_system_s": median(walls["system"]),
+                           f"e1_wall_{OTHER_BUILD}_s": median(walls[OTHER_BUILD]),
+                           "ratio_e1_wall": median([n / o for o, n in
+                                                    zip(walls["system"], walls[OTHER_BUILD])])}
+    rounds, b2b_s = (1, 0.5) if smoke else (7, 1.0)
+    vms = {}
+    try:
+        for b in pair:
+            with builds.using(b):
+                images.make_guest_disk(tmp / f"w-{b}.qcow2", 64, fill_mib=32)
+            vms[b] = Machine(tmp / f"w-{b}.qcow2", qemu=b, name=f"kvmlab-bench-{b}")
+            vms[b].launch()
+        for b, vm in vms.items():
+            vm.wait_guest("ready", timeout=120)
+            vm.mirror("drive0", tmp / f"w-{b}-t.qcow2", speed=256 * 1024, buf_size=256 * 1024)
+        per: dict[str, list[float]] = {}
+        for _ in range(rounds):
+            got = {b: _sampler_alone(vm, 1e-6, b2b_s) for b, vm in vms.items()}
+            for b, (wall, cpu, _n) in got.items():
+                per.setdefault(f"watch_wall_{b}_s", []).append(wall)
+                per.setdefault(f"watch_cpu_{b}_s", []).append(cpu)
+            per.setdefault("ratio_watch_wall", []).append(got[OTHER_BUILD][0] / got["system"][0])
+            per.setdefault("ratio_watch_cpu", []).append(got[OTHER_BUILD][1] / got["system"][1])
+        out.update({k: median(v) for k, v in per.items()})
+    finally:
+        for vm in vms.values():
+            vm.shutdown(hard=True)
+    return out
+
+
 # -- report --------------------------------------------------------------------------------
 TARGETS = {
     "sample_cost": "kvmlab's watch >= 50x cheaper per sample than a virsh subprocess; "
@@ -500,6 +551,8 @@ TARGETS = {
     "sweep": ">= 1.6x speed-up of 2 workers over 1 (8 points)",
     "live_plot": "the interactive ipympl plot costs the kernel no more than the 72-dpi PNG "
                  "it replaced (ratio <= 1.1)",
+    "qemu_builds": "E1 end to end and the per-sample watch cost on QEMU 10.0 against "
+                   "Debian's 7.2, as ratios 10.0 / 7.2 (no target: a comparison)",
 }
 
 
@@ -569,7 +622,8 @@ def main(argv: list[str] | None = None) -> int:
     results["benchmarks"] = {k: v for k, v in previous.items() if k not in args.only}
     fns = {"sample_cost": bench_sample_cost, "recording_overhead": bench_recording_overhead,
            "throughput": bench_throughput, "end_to_end": bench_end_to_end,
-           "sweep": bench_sweep, "live_plot": bench_live_plot}
+           "sweep": bench_sweep, "live_plot": bench_live_plot,
+           "qemu_builds": bench_qemu_builds}
     paths.scratch_dir().mkdir(parents=True, exist_ok=True)
     tmp = owned_tmpdir("bench-", paths.scratch_dir())        # reaped if we are killed
     try:

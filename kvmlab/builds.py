@@ -18,6 +18,7 @@ import contextvars
 import json
 import os
 import re
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 SYSTEM = "system"
 EMULATOR = "qemu-system-x86_64"
 BUILD_FILE = "build.json"
+LIBVIRT_WRAPPER = "libvirt-emulator"
 _VERSION_RE = re.compile(r"QEMU emulator version (\S+)")
 
 
@@ -113,6 +115,32 @@ class QemuBuild:
         if self.module_dir is not None and self.module_dir.is_dir():
             env["QEMU_MODULE_DIR"] = str(self.module_dir)
         return env
+
+    def libvirt_emulator(self) -> Path:
+        """What libvirt runs as the domain's ``<emulator>``.
+
+        libvirt probes an emulator in its own environment and asks ``qom-list-types``,
+        which loads every module: without ``QEMU_MODULE_DIR`` an installed build loads the
+        system's modules and exits ("Only modules from the same build can be loaded"), and
+        ``<qemu:env>`` reaches the domain but not that probe.  So an installed build gets a
+        two-line wrapper (its module dir and ``-L`` dirs, then ``exec``; fixed paths, no
+        user input) in its folder; other builds are run as they are."""
+        if self.root is None or (self.module_dir is None and not self.data_dirs):
+            return self.emulator
+        lines = ["#!/bin/sh", "# kvmlab: how libvirt runs this QEMU build"]
+        if self.module_dir is not None:
+            lines += [f"QEMU_MODULE_DIR={shlex.quote(str(self.module_dir))}",
+                      "export QEMU_MODULE_DIR"]
+        lines.append(" ".join(["exec", shlex.quote(str(self.emulator)),
+                               *map(shlex.quote, self.emulator_args()), '"$@"']))
+        text = "\n".join(lines) + "\n"
+        wrapper = self.root / LIBVIRT_WRAPPER
+        if not wrapper.is_file() or wrapper.read_text() != text:
+            tmp = wrapper.with_name(wrapper.name + ".tmp")
+            tmp.write_text(text)
+            tmp.chmod(0o755)
+            tmp.replace(wrapper)
+        return wrapper
 
     def emulator_args(self) -> list[str]:
         """Arguments every VM of this build gets (``-L`` for each data dir)."""
@@ -197,6 +225,8 @@ def check_name(qemu: object) -> str:
     """Validate a ``qemu=`` value without running it (for options): its text."""
     if isinstance(qemu, QemuBuild):
         return qemu.name
+    if isinstance(qemu, float) and not isinstance(qemu, bool):
+        qemu = str(qemu)          # a YAML-parsed "-p qemu 10.0" or "--grid qemu=system,10.0"
     if not isinstance(qemu, (str, Path)) or not str(qemu):
         raise BadInput(f"qemu={qemu!r} must be a build name ({', '.join(names())}) or a path")
     text = str(qemu)

@@ -15,6 +15,7 @@ listed and is removed by the next ``add``.  Adding an installed version does not
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import shutil
@@ -28,8 +29,12 @@ from .errors import BadInput, ToolError
 
 #: Debian's suite the extra builds come from, and the packages a build is made of
 SUITE = "bookworm-backports"
+#: the opengl and spice modules too: QEMU looks for a module it lacks in the system's module
+#: dir as well, and a module of another build (7.2's ui-opengl.so) makes it exit
+#: ("Only modules from the same build can be loaded") -- libvirt's probe (qom-list-types)
+#: loads every module
 PACKAGES = ("qemu-system-x86", "qemu-system-common", "qemu-system-data", "qemu-utils",
-            "qemu-block-extra")
+            "qemu-block-extra", "qemu-system-modules-opengl", "qemu-system-modules-spice")
 VERSION_RE = re.compile(r"^\d+\.\d+$")
 
 Say = Callable[[str], None]
@@ -37,7 +42,10 @@ Say = Callable[[str], None]
 
 def debian_mirror() -> str:
     """The Debian mirror the system's apt already uses for bookworm (from ``apt-cache
-    policy``), so the build comes from the same place as every other package."""
+    policy``), so the build comes from the same place as every other package;
+    ``$KVMLAB_DEBIAN_MIRROR`` overrides it."""
+    if os.environ.get("KVMLAB_DEBIAN_MIRROR"):
+        return os.environ["KVMLAB_DEBIAN_MIRROR"]
     out = _proc.run(["apt-cache", "policy"], timeout=60)
     for line in out.splitlines():
         m = re.match(r"\s*\d+\s+(\S+)\s+bookworm(?:-updates)?/main\s", line)
@@ -67,7 +75,7 @@ class AptTree:
                 "-o", f"Dir::State::Lists={r / 'lists'}",
                 "-o", f"Dir::Cache={r / 'cache'}",
                 "-o", "APT::Get::List-Cleanup=0",
-                "-o", "Debug::NoLocking=1"]
+                "-o", "Debug::NoLocking=1", "-o", "APT::Sandbox::User=root"]
 
     def update(self) -> None:
         _proc.run(["apt-get", "-q", *self.options(), "update"], timeout=600)
@@ -115,6 +123,16 @@ def add(version: str, *, say: Say = _quiet) -> QemuBuild:
         say(f"QEMU {version} is installed already: {builds_dir() / version}")
         return load_build(version)
     root = builds_dir()
+    made = [p for p in (root, root / ".apt") if not p.exists()]
+    try:
+        return _add(version, root, say)
+    except BaseException:
+        for p in made:              # a refused or failed add leaves nothing new behind
+            shutil.rmtree(p, ignore_errors=True)
+        raise
+
+
+def _add(version: str, root: Path, say: Say) -> QemuBuild:
     for stale in root.glob(".partial-*"):       # left by a killed or failed add
         shutil.rmtree(stale, ignore_errors=True)
     tree = AptTree(root / ".apt", debian_mirror())

@@ -147,6 +147,53 @@ def _stop_watching(watchers: list[Any], bar: Any) -> None:
     bar.close()
 
 
+@main.group("qemu")
+def qemu_group() -> None:
+    """QEMU builds: the system's and others installed beside it (data/qemu)."""
+
+
+@qemu_group.command("list")
+def qemu_list() -> None:
+    """The builds qemu= accepts, their versions and mirror capabilities."""
+    from . import builds
+    try:
+        for name in builds.names():
+            b = builds.resolve(name)
+            c = b.caps()
+            click.echo(f"{name:8} QEMU {c.version:8} copy modes: {'/'.join(c.copy_modes)}; "
+                       f"block-job-change: {'yes' if c.block_job_change else 'no'}; "
+                       f"actively-synced: {'yes' if c.actively_synced else 'no'}  {b.emulator}")
+    except KvmlabError as err:
+        _fail(err)
+
+
+@qemu_group.command("add")
+@click.argument("version")
+def qemu_add(version: str) -> None:
+    """Install QEMU VERSION (e.g. 10.0) from Debian's backports into data/qemu/VERSION."""
+    from .builds_install import add
+    try:
+        build = add(version, say=lambda line: click.echo(line, err=True))
+        caps = build.caps()
+    except KvmlabError as err:
+        _fail(err)
+    except KeyboardInterrupt:
+        click.echo("kvmlab: interrupted; nothing was installed", err=True)
+        sys.exit(130)
+    click.echo(f"{build.name}: QEMU {caps.version} at {build.emulator}")
+
+
+@qemu_group.command("remove")
+@click.argument("name")
+def qemu_remove(name: str) -> None:
+    """Remove the installed build NAME (never the system's QEMU)."""
+    from .builds_install import remove
+    try:
+        remove(name, say=click.echo)
+    except KvmlabError as err:
+        _fail(err)
+
+
 @main.command("sweep")
 @click.argument("notebook", type=click.Path(path_type=Path), required=False)
 @click.option("--grid", "grids", multiple=True, metavar="NAME=V1,V2,...",

@@ -30,9 +30,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_URI = "qemu:///system"
 
-#: libvirt's namespace for QEMU command-line passthrough
-QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
-
 
 class LibvirtMachine(Machine):
     """A :class:`Machine` run by libvirtd as a transient domain.  Disks are ``vda``, ``vdb``...
@@ -61,7 +58,7 @@ class LibvirtMachine(Machine):
         return None
 
     def domain_xml(self, manifest_file: Path | None, console_sock: Path) -> str:
-        dom = ET.Element("domain", type="qemu", attrib={"xmlns:qemu": QEMU_NS})
+        dom = ET.Element("domain", type="qemu")
         ET.SubElement(dom, "name").text = self.domain_name
         ET.SubElement(dom, "memory", unit="MiB").text = str(self.memory_mib)
         ET.SubElement(dom, "vcpu").text = "1"
@@ -78,7 +75,7 @@ class LibvirtMachine(Machine):
         for ev in ("on_poweroff", "on_reboot", "on_crash"):
             ET.SubElement(dom, ev).text = "destroy"
         dev = ET.SubElement(dom, "devices")
-        ET.SubElement(dev, "emulator").text = self.qemu
+        ET.SubElement(dev, "emulator").text = str(self.build.libvirt_emulator())
         for d in self.drives:
             disk = ET.SubElement(dev, "disk", type="file", device="disk")
             fmt = d.format or images.info(d.path)["format"]
@@ -91,16 +88,6 @@ class LibvirtMachine(Machine):
         ET.SubElement(serial, "source", mode="bind", path=str(console_sock))
         ET.SubElement(serial, "target", port="0")
         ET.SubElement(dev, "memballoon", model="none")
-        # a build beside the system's needs its -L dirs and its block modules: libvirt has
-        # no element for either, so they go through its QEMU namespace
-        extra, env = self.build.emulator_args(), self.build.env()
-        if extra or "QEMU_MODULE_DIR" in env:
-            cl = ET.SubElement(dom, "qemu:commandline")
-            for arg in extra:
-                ET.SubElement(cl, "qemu:arg", value=arg)
-            if "QEMU_MODULE_DIR" in env:
-                ET.SubElement(cl, "qemu:env", name="QEMU_MODULE_DIR",
-                              value=env["QEMU_MODULE_DIR"])
         return ET.tostring(dom, encoding="unicode")
 
     # QEMUMachine-style hooks (see Machine): the embedded lab's launch and shutdown, with

@@ -44,9 +44,11 @@ def run_experiment(fn: Callable[..., ExperimentResult], namespace: Mapping[str, 
 
     :param many: the notebook records several runs: each goes into a sub-folder of the
         notebook's ``run_path`` instead of being the run folder itself.
-    :param overrides: keywords that win over *namespace* (a variant: ``paused=True``).
+    :param overrides: keywords that win over *namespace* (a variant: ``paused=True``); run
+        options among them (``qemu="10.0"``) go to the options.
     """
-    options = RunOptions.from_params(namespace)
+    options = RunOptions.from_params(namespace, **{k: overrides.pop(k) for k in list(overrides)
+                                                   if k in RunOptions.names()})
     if many:
         options = options.replace(runs_dir=options.run_path, run_path=None)
     kwargs = {**experiment_args(fn, namespace), **overrides}

@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import analysis, marks, paths
+from . import analysis, builds, marks, paths
 from .backends.base import Backend
+from .builds import QemuBuild
 from .errors import BadInput, StateError
 from .guest.workload import Workload
 from .images import make_guest_disk
@@ -111,16 +112,22 @@ class Session:
     def lab(cls, *, image_mib: int = 64, fill_mib: int = 16, workload_kib: int = 256,
             workload_rate_kib_s: float = 512, accel: str = "auto", cache: str = "none",
             runs_dir: str | Path | None = None, sample_interval: float = 0.1,
-            boot_timeout: float = 120) -> Session:
-        """Launch a lab VM whose guest works on its disk; return once it is busy."""
+            boot_timeout: float = 120, qemu: str | Path | QemuBuild | None = None) -> Session:
+        """Launch a lab VM whose guest works on its disk; return once it is busy.
+
+        :param qemu: the QEMU build of the VM and its images (``system``, ``10.0``, a path).
+        """
+        build = builds.resolve(qemu)               # bad name: nothing is created
         scratch = paths.scratch_dir() / \
             f"session-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         scratch.mkdir(parents=True)
         vm: Machine | None = None
         try:
             disk = scratch / "disk.qcow2"
-            make_guest_disk(disk, image_mib, "qcow2", fill_mib)
+            with builds.using(build):
+                make_guest_disk(disk, image_mib, "qcow2", fill_mib)
             vm = Machine(disk, mode="workload", cache=cache, accel=accel, name="kvmlab-panel",
+                         qemu=build,
                          workload=Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s),
                          console_log=scratch / "console.log")
             vm.launch()
@@ -204,6 +211,8 @@ class Session:
                 raise BadInput(f"this session's drive is {self.drive!r}, not {spec.device!r}")
             check_mirror(self.backend, spec)           # bad input: nothing is created
             run = RunDir.create("panel_mirror", spec.as_dict(), self.runs_dir)
+            if self.machine is not None:
+                run.update(qemu=self.machine.build.describe())
             rec = Recorder(run.path, interval=self.sample_interval)
             try:
                 rec.start()

@@ -33,6 +33,7 @@
 from typing import Optional
 
 accel: str = "auto"                 # auto: KVM only if a guest really boots under it, else TCG
+qemu: str = "system"                # QEMU build: "system", an installed one ("10.0", see kvmlab qemu list) or a binary's path
 fill_mib: int = 16                  # random data on the lab VM's disk
 workload_rate_kib_s: int = 512      # the guest's write rate
 run_path: Optional[str] = None      # kvmlab run sets it, None for data/runs/<run-id>
@@ -40,7 +41,7 @@ run_path: Optional[str] = None      # kvmlab run sets it, None for data/runs/<ru
 # %%
 from kvmlab.widgets import MirrorPanel
 
-panel = MirrorPanel.lab(accel=accel, fill_mib=fill_mib, workload_rate_kib_s=workload_rate_kib_s)
+panel = MirrorPanel.lab(accel=accel, qemu=qemu, fill_mib=fill_mib, workload_rate_kib_s=workload_rate_kib_s)
 panel  # noqa: B018 - the cell's value is the panel Jupyter displays
 
 # %% [markdown]

@@ -41,6 +41,7 @@ verify: bool = True                 # boot each copy and check the guest's synce
 sample_interval: float = 0.1        # seconds between query-block-jobs samples
 cache: str = "none"                 # the seed's cache mode
 accel: str = "auto"                 # auto: KVM only if a guest really boots under it, else TCG
+qemu: str = "system"                # QEMU build: "system", an installed one ("10.0", see kvmlab qemu list) or a binary's path
 backend: str = "qmp"               # "qmp" (kvmlab launches QEMU) or "libvirt" (a transient domain)
 libvirt_uri: str = "qemu:///system"
 run_path: Optional[str] = None      # kvmlab run sets it, None for data/runs/<run-id>
@@ -49,23 +50,16 @@ run_path: Optional[str] = None      # kvmlab run sets it, None for data/runs/<ru
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import pandas as pd
 
-from kvmlab import experiments as ex
-from kvmlab import plots
-from kvmlab.notebook import display, run_experiment
+from kvmlab import plots, suites
+from kvmlab.notebook import display
 
 # %%
-results = []
-for case in cases.split():
-    fault, policy = case.split(":")
-    r = run_experiment(ex.target_fault, globals(), many=True, fault=fault, on_target_error=policy)
-    results.append(r)
+runs = suites.fault_table(globals(), cases)
+results = list(runs.values())
+for case, r in runs.items():
     print(f"{case:22s} -> {r.verdict['behaviour']:9s} {'PASS' if r.passed else 'FAIL'}  {r.run_path.name}")
-cols = ["fault", "on_target_error", "behaviour", "error_events", "error_actions", "paused_io_status",
-        "recovery_steps", "fault_window_s", "fault_stall_s", "fault_first_progress_after_s",
-        "time_to_ready_s", "job_end", "verify_pass", "checked", "pass"]
-table = pd.DataFrame([{c: r.verdict.get(c) for c in cols} for r in results])
+table = suites.fault_rows(runs)
 display(table)
 
 # %% [markdown]

@@ -46,6 +46,7 @@ workload_rate_kib_s: float = 1024
 seed: int = 1                       # for the random cut moments
 sample_interval: float = 0.1
 accel: str = "auto"
+qemu: str = "system"                # QEMU build: "system", an installed one ("10.0", see kvmlab qemu list) or a binary's path
 backend: str = "qmp"               # "qmp" (kvmlab launches QEMU) or "libvirt" (a transient domain)
 libvirt_uri: str = "qemu:///system"
 run_path: Optional[str] = None      # kvmlab run sets it, None for data/runs/<run-id>

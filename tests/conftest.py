@@ -56,7 +56,7 @@ def qemu_pids() -> set[int]:
 
 def vm_tmpdirs() -> set[str]:
     return {p for p in os.listdir(tempfile.gettempdir())
-            if p.startswith(("kvmlab-vm-", "kvmlab-fault-"))}
+            if p.startswith(("kvmlab-vm-", "kvmlab-fault-", "kvmlab-caps-"))}
 
 
 #: what the pure tier shadows on PATH

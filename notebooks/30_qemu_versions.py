@@ -1,0 +1,102 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Did it change between QEMU versions? The seed suite and the target faults on two builds
+#
+# Runs the seed's experiments (E1, E2 with the NFS server stopped and frozen, E3, E4 paused and
+# running, E5–E7), the target-fault table (NBD suspend and kill, EIO with each error policy,
+# ENOSPC, throttle) and a throttled mirror on every QEMU build in `builds`, each build's programs
+# throughout (the VMs, `qemu-img`, the NBD server). Then one table puts the builds side by side:
+# verdict, time to ready, bytes copied, what QEMU reported during each fault, `info block` after the
+# pivot, how each error policy ended, and how closely the copy rate keeps to the speed limit. Rows
+# that differ are highlighted, and each difference gets a figure from the runs behind it.
+#
+# Times vary from run to run: a number counts as different only when one build's value is at least
+# 1.5 times the other's (and the gap is larger than the run-to-run noise of that measure).
+# `kvmlab qemu list` shows the builds installed; `kvmlab qemu add 10.0` installs 10.0.
+
+# %% tags=["parameters"]
+# Parameters (papermill injects overrides below this cell); defaults as in the experiment
+from typing import Optional
+
+builds: str = "system 10.0"         # the QEMU builds to compare (names from kvmlab qemu list, or paths)
+experiments: Optional[str] = None   # seed experiments to run, comma-separated ("E1,E4 paused"); None: all
+cases: str = "nbd_suspend:report nbd_down:report eio:report eio:ignore eio:stop enospc:enospc enospc:report throttle:report"  # fault:policy pairs
+throttle_speed: int = 2097152       # speed limit of the throttled mirror, bytes/s (2 MiB/s)
+throttle_timeout: float = 30.0      # the throttled mirror's verdict is "not ready" after this long
+image_mib: int = 48
+fill_mib: int = 8
+fault_after_s: float = 1.0          # when the timed faults start, after the mirror
+fault_s: float = 3.0                # how long the timed faults last
+verify: bool = True                 # boot each fault case's copy and check the guest's synced operations
+sample_interval: float = 0.1        # seconds between query-block-jobs samples
+cache: str = "none"                 # the seed's cache mode
+accel: str = "auto"                 # auto: KVM only if a guest really boots under it, else TCG
+run_path: Optional[str] = None      # kvmlab run sets it, None for data/runs/<run-id>
+
+# %%
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+from kvmlab import builds as qemu_builds
+from kvmlab import compare, suites
+from kvmlab.notebook import display
+
+chosen = [qemu_builds.resolve(b) for b in builds.split()]   # a bad name stops here, nothing run
+for b in chosen:
+    c = b.caps()
+    print(f"{b.name}: QEMU {c.version}; copy modes {'/'.join(c.copy_modes)}; "
+          f"block-job-change {'yes' if c.block_job_change else 'no'}; "
+          f"actively-synced {'yes' if c.actively_synced else 'no'}")
+
+# %%
+by_build = {}
+for b in chosen:
+    print(f"== QEMU {b.name} ({b.version})")
+    seed = suites.seed_suite(globals(), experiments, qemu=b.name)
+    for name, r in seed.items():
+        print(f"  {name:12s} {'PASS' if r.passed else 'FAIL'}  {r.run_path.name}")
+    faults = suites.fault_table(globals(), cases, qemu=b.name) if cases.strip() else {}
+    for name, r in faults.items():
+        print(f"  {name:22s} -> {r.verdict['behaviour']:9s} {'PASS' if r.passed else 'FAIL'}")
+    throttled = suites.throttled(globals(), throttle_speed, throttle_timeout, qemu=b.name)
+    print(f"  throttled mirror {'PASS' if throttled.passed else 'FAIL'}  {throttled.run_path.name}")
+    by_build[b.name] = compare.behaviours(seed, faults, throttled)
+
+# %% [markdown]
+# ## Side by side (differences highlighted)
+
+# %%
+table = compare.side_by_side(by_build)
+display(compare.highlight(table))
+diff = compare.differences(table)
+print(f"{len(diff)} of {len(table)} behaviours differ between {', '.join(by_build)}")
+
+# %% [markdown]
+# ## One figure for each difference
+
+# %%
+for _, row in diff.iterrows():
+    fig = compare.figure(row["case"], row["measure"], by_build)
+    if run_path:
+        safe = "".join(c if c.isalnum() else "-" for c in f"{row['case']}-{row['measure']}")
+        fig.savefig(Path(run_path) / f"diff-{safe}.png", dpi=90)
+    plt.show()
+
+# %%
+if run_path:
+    table.to_csv(Path(run_path) / "qemu_versions.csv", index=False)
+    diff.to_markdown(Path(run_path) / "qemu_differences.md", index=False)

@@ -1,0 +1,194 @@
+"""QEMU builds side by side: naming, installing, capabilities, and experiments on 10.0.
+
+The pure tests read capabilities from recorded ``query-qmp-schema`` answers of Debian's
+QEMU 7.2 and of 10.0 (tests/data/qmp-schema-*.json.gz, saved from the real builds); the
+integration tests run the real 10.0 build that ``make test`` installs."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kvmlab import builds, builds_install, images
+from kvmlab import experiments as ex
+from kvmlab.errors import BadInput, ToolError
+from kvmlab.faults import NbdServer
+from kvmlab.options import RunOptions
+from kvmlab.qemu_caps import read_capabilities
+
+DATA = Path(__file__).parent / "data"
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+NEW = "10.0"
+
+
+def recorded(version: str) -> tuple[dict, list]:  # type: ignore[type-arg]
+    with gzip.open(DATA / f"qmp-schema-{version}.json.gz", "rt") as f:
+        d = json.load(f)
+    return d["query-version"], d["query-qmp-schema"]
+
+
+# -- pure: names, capabilities from recorded schemas, installs that must not happen -----
+def test_capabilities_from_recorded_schemas() -> None:
+    old = read_capabilities(*recorded("7.2"))
+    new = read_capabilities(*recorded("10.0"))
+    assert old.version.startswith("7.2.") and new.version == "10.0.2"
+    assert old.copy_modes == new.copy_modes == ("background", "write-blocking")
+    assert (old.block_job_change, new.block_job_change) == (False, True)
+    # 8.2 made BlockJobInfo a union: actively-synced is in its mirror branch
+    assert (old.actively_synced, new.actively_synced) == (False, True)
+    assert {"report", "ignore", "enospc", "stop"} <= set(new.error_policies)
+    assert "copy-mode" in old.mirror_args and old.trace_control and new.commands > old.commands
+
+
+@pytest.mark.parametrize("value,msg", [
+    ("nosuch", r"qemu='nosuch' is not a QEMU build here; builds: system"),
+    ("/no/such/qemu", r"qemu='/no/such/qemu': no such executable; builds: system"),
+    ("/bin/true", r"qemu='/bin/true' is not a QEMU binary; builds: system"),
+    (3, r"qemu=3 must be a build name")])
+def test_bad_qemu_is_one_line_and_creates_nothing(value: object, msg: str,
+                                                  tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match=msg) as err:
+        ex.mirror_basic(options=RunOptions(qemu=value, runs_dir=tmp_path / "runs"))  # type: ignore[arg-type]
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_yaml_number_names_a_build() -> None:
+    """``-p qemu 10.0`` and ``--grid qemu=system,10.0`` parse 10.0 as a number."""
+    assert builds.check_name("system") == "system"
+    with pytest.raises(BadInput, match="qemu='9.1' is not a QEMU build"):
+        builds.check_name(9.1)
+
+
+def test_partial_install_never_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KVMLAB_DATA", str(tmp_path))
+    partial = tmp_path / "qemu" / ".partial-10.0-abc123"
+    partial.mkdir(parents=True)
+    (partial / builds.BUILD_FILE).write_text("{}")
+    (tmp_path / "qemu" / "11.0").mkdir()            # no build.json: not installed either
+    assert builds.installed_names() == [] and builds.names() == ["system"]
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["add", "10"], "QEMU version '10' must look like 10.0"),
+    (["add", "latest"], "must look like 10.0"),
+    (["remove", "system"], "kvmlab does not remove it"),
+    (["remove", "9.9"], "no QEMU build named '9.9'; installed: none")])
+def test_qemu_command_bad_input(args: list[str], msg: str, tmp_path: Path) -> None:
+    env = {**os.environ, "KVMLAB_DATA": str(tmp_path / "data")}
+    r = subprocess.run([sys.executable, "-m", "kvmlab", "qemu", *args], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"kvmlab: error: {r.stderr.split('error: ')[1].strip()}"]
+    assert msg in r.stderr
+    assert not (tmp_path / "data").exists()
+
+
+# -- integration: apt, the real builds --------------------------------------------------
+@pytest.mark.qemu
+def test_add_unknown_version_names_what_the_suite_offers(tmp_path: Path) -> None:
+    env = {**os.environ, "KVMLAB_DATA": str(tmp_path / "data")}
+    r = subprocess.run([sys.executable, "-m", "kvmlab", "qemu", "add", "99.9"], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("kvmlab: error: QEMU 99.9 is not offered: Debian's "
+                           "bookworm-backports has 10.0."), last
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.qemu
+def test_failed_download_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KVMLAB_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("KVMLAB_DEBIAN_MIRROR", "http://127.0.0.1:9/debian")
+    with pytest.raises(ToolError, match="apt-get failed"):
+        builds_install.add(NEW)
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.qemu
+def test_installed_build_and_capability_probe_on_both() -> None:
+    assert NEW in builds.names(), "make test installs 10.0 (make qemu-builds)"
+    new = builds.resolve(NEW)
+    assert new.version == "10.0.2" and new.module_dir and (new.module_dir / "block-nfs.so").exists()
+    for prog in ("qemu-img", "qemu-io", "qemu-storage-daemon"):
+        assert new.tool(prog).startswith(str(new.root))
+    from kvmlab.qemu_caps import probe
+    old_caps, new_caps = probe(builds.resolve("system")), probe(new)
+    assert old_caps.version.startswith("7.2") and not old_caps.block_job_change
+    assert new_caps.version == "10.0.2" and new_caps.block_job_change and new_caps.actively_synced
+    assert new.caps() == new_caps                      # the cached answer is the probed one
+    r = subprocess.run([sys.executable, "-m", "kvmlab", "qemu", "list"], capture_output=True,
+                       text=True, timeout=120, check=True)
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("system   QEMU 7.2") and "block-job-change: no" in lines[0]
+    assert any(ln.startswith("10.0     QEMU 10.0.2") and "block-job-change: yes" in ln
+               for ln in lines)
+    again = subprocess.run([sys.executable, "-m", "kvmlab", "qemu", "add", NEW],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "installed already" in again.stderr
+
+
+@pytest.mark.qemu
+def test_tools_follow_the_build(scratch: Path) -> None:
+    """Images made under using("10.0") come from 10.0's qemu-img; the NBD daemon is 10.0's."""
+    with builds.using(NEW) as b:
+        images.create(scratch / "a.qcow2", 16 << 20, "qcow2")
+        assert images.info(scratch / "a.qcow2")["format"] == "qcow2"
+        with NbdServer(scratch / "a.qcow2") as nbd:
+            assert nbd.daemon is not None and nbd.daemon.command[0] == b.tool(
+                "qemu-storage-daemon")
+    assert builds.current().name == "system"
+
+
+@pytest.mark.qemu
+def test_e1_on_10_through_the_cli(tmp_path: Path) -> None:
+    out = tmp_path / "e1"
+    r = subprocess.run([sys.executable, "-m", "kvmlab", "run", str(NOTEBOOKS / "01_mirror_basic.ipynb"),
+                        "-p", "qemu", NEW, "-p", "accel", "tcg", "-p", "image_mib", "32",
+                        "-p", "fill_mib", "4", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "PASS mirror_basic" in r.stdout
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["params"]["qemu"] == NEW and meta["qemu"]["version"] == "10.0.2"
+    assert meta["qemu"]["caps"]["block_job_change"] is True
+    assert "10.0.2" in meta["provenance"]["qemu_version"]
+    for m in meta["machines"].values():
+        assert m["command"][0] == meta["qemu"]["emulator"] and "-L" in m["command"]
+
+
+@pytest.mark.qemu
+def test_e4_on_10(opts: RunOptions) -> None:
+    r = ex.pivot(paused=True, image_mib=32, fill_mib=4, options=opts.replace(qemu=NEW))
+    assert r.passed, r.verdict
+    assert r.data.meta["qemu"]["version"] == "10.0.2"
+    assert r.verdict["on_target"] and not r.verdict["info_block_shows_original"]
+
+
+@pytest.mark.qemu
+def test_target_fault_on_10(opts: RunOptions) -> None:
+    r = ex.target_fault(fault="eio", on_target_error="stop", image_mib=32, fill_mib=4,
+                        options=opts.replace(qemu=NEW))
+    assert r.passed, r.verdict
+    assert r.verdict["behaviour"] == "paused" and r.verdict["error_events"] >= 1
+    assert r.data.meta["qemu"]["version"] == "10.0.2"
+
+
+@pytest.mark.qemu
+def test_libvirt_runs_the_other_build(scratch: Path) -> None:
+    """libvirt 9.0 takes 10.0 as the domain's <emulator> through the build's wrapper (its
+    capability probe loads every module, so it needs the build's module dir)."""
+    from kvmlab.libvirt_lab import LibvirtMachine
+    images.make_guest_disk(scratch / "d.qcow2", 32)
+    with LibvirtMachine(scratch / "d.qcow2", qemu=NEW, name="kvmlab-build") as vm:
+        vm.wait_guest("ready", timeout=120)
+        assert "10.0.2" in vm.hmp("info version")
+        wrapper = builds.resolve(NEW).libvirt_emulator()
+        assert f"<emulator>{wrapper}</emulator>" in vm.backend.dom.XMLDesc()  # type: ignore[attr-defined]
