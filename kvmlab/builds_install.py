@@ -67,6 +67,7 @@ class AptTree:
         for sub in ("lists/partial", "cache/archives/partial", "etc"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         (self.root / "etc" / "sources.list").write_text(f"deb {self.mirror} {SUITE} main\n")
+        (self.root / "status").write_text("")     # the system's installed packages: not ours
 
     def options(self) -> list[str]:
         r = self.root
@@ -74,11 +75,13 @@ class AptTree:
                 "-o", "Dir::Etc::sourceparts=-",
                 "-o", f"Dir::State::Lists={r / 'lists'}",
                 "-o", f"Dir::Cache={r / 'cache'}",
+                "-o", f"Dir::State::status={r / 'status'}",
                 "-o", "APT::Get::List-Cleanup=0",
                 "-o", "Debug::NoLocking=1", "-o", "APT::Sandbox::User=root"]
 
     def update(self) -> None:
-        _proc.run(["apt-get", "-q", *self.options(), "update"], timeout=600)
+        # --error-on=any: a mirror that cannot be reached is an error, not a warning
+        _proc.run(["apt-get", "-q", "--error-on=any", *self.options(), "update"], timeout=600)
 
     def candidate(self, package: str) -> str | None:
         """The version of *package* in the suite (None: not there)."""
@@ -123,12 +126,16 @@ def add(version: str, *, say: Say = _quiet) -> QemuBuild:
         say(f"QEMU {version} is installed already: {builds_dir() / version}")
         return load_build(version)
     root = builds_dir()
-    made = [p for p in (root, root / ".apt") if not p.exists()]
+    apt = root / ".apt"
+    made = apt       # the topmost folder this add creates (data/, data/qemu/ or its .apt/)
+    while not made.parent.exists():
+        made = made.parent
+    fresh = not made.exists()
     try:
         return _add(version, root, say)
     except BaseException:
-        for p in made:              # a refused or failed add leaves nothing new behind
-            shutil.rmtree(p, ignore_errors=True)
+        if fresh:                   # a refused or failed add leaves nothing new behind
+            shutil.rmtree(made, ignore_errors=True)
         raise
 
 

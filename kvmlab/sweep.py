@@ -90,7 +90,7 @@ class SweepSpec:
         out: list[Point] = []
         for combo in combos:
             full = {**self.params, **combo}
-            check_parameters(self.notebook, full)
+            check_parameters(self.notebook, full)     # (numbers for str parameters: text)
             out.extend(Point(full, r) for r in range(self.repeat))
         if len(out) == 1 and not self.points:
             raise BadInput("nothing to sweep: give a grid (--grid NAME=V1,V2,...), points, "

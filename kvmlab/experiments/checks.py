@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .. import builds as qemu_builds
 from ..errors import BadInput
 from ..model import MirrorSpec
 from ..options import RunOptions
@@ -33,6 +34,9 @@ def check_values(params: Mapping[str, Any]) -> None:
     :raise BadInput: one line naming the parameter as given (``image_mib``, ``speed``...).
     """
     RunOptions.from_params(params)
+    if "builds" in params:                 # 30_qemu_versions: the builds to compare
+        for name in str(params["builds"]).split():
+            qemu_builds.check_name(name)
     fields = {k: params[k] for k in MIRROR_FIELDS if k in params}
     if fields:
         try:
