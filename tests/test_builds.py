@@ -192,3 +192,38 @@ def test_libvirt_runs_the_other_build(scratch: Path) -> None:
         assert "10.0.2" in vm.hmp("info version")
         wrapper = builds.resolve(NEW).libvirt_emulator()
         assert f"<emulator>{wrapper}</emulator>" in vm.backend.dom.XMLDesc()  # type: ignore[attr-defined]
+
+
+def test_sweep_grids_over_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--grid qemu=system,10.0``: YAML reads 10.0 as a number, the points get the name."""
+    from kvmlab.sweep import SweepSpec, parse_grid
+    monkeypatch.setenv("KVMLAB_DATA", str(tmp_path))
+    fake = tmp_path / "qemu" / "10.0"
+    fake.mkdir(parents=True)
+    (fake / builds.BUILD_FILE).write_text('{"name": "10.0"}')
+    spec = SweepSpec(NOTEBOOKS / "01_mirror_basic.ipynb", grid=parse_grid(["qemu=system,10.0"]))
+    assert [p.params["qemu"] for p in spec.plan()] == ["system", "10.0"]
+    bad = SweepSpec(NOTEBOOKS / "01_mirror_basic.ipynb", grid=parse_grid(["qemu=system,9.1"]))
+    with pytest.raises(BadInput, match="qemu='9.1' is not a QEMU build here; builds: system, 10.0"):
+        bad.plan()
+
+
+# -- the comparison, on behaviour rows (pure) -------------------------------------------
+def test_side_by_side_flags_real_differences_only() -> None:
+    from kvmlab.compare import Row, differences, side_by_side, strip_paths
+    info = "drive0 (#block629): /data/scratch/20261129-1/x-mirror.img (qcow2)"
+    assert strip_paths(info) == "drive0 (#block): x-mirror.img (qcow2)"
+    old = [Row("E1", "verdict", "PASS"), Row("E1", "time_to_ready_s", 1.0),
+           Row("E1", "bytes_copied", 10 << 20), Row("eio:stop", "BLOCK_JOB_ERROR events", 1),
+           Row("E4", "info block after pivot", strip_paths(info)),
+           Row("thr", "rate_over_speed", 1.02), Row("E2", "time_to_ready_s", 6.0)]
+    new = [Row("E1", "verdict", "PASS"), Row("E1", "time_to_ready_s", 1.3),
+           Row("E1", "bytes_copied", 10 << 20), Row("eio:stop", "BLOCK_JOB_ERROR events", 0),
+           Row("E4", "info block after pivot", strip_paths(info.replace("629", "614"))),
+           Row("thr", "rate_over_speed", 1.6), Row("E2", "time_to_ready_s", None)]
+    table = side_by_side({"system": old, "10.0": new})
+    assert list(table.columns) == ["case", "measure", "system", "10.0", "differs"]
+    got = {(r.case, r.measure) for r in differences(table).itertuples()}
+    # 1.0 s vs 1.3 s is noise; the node name and the folder are not behaviours
+    assert got == {("eio:stop", "BLOCK_JOB_ERROR events"), ("thr", "rate_over_speed"),
+                   ("E2", "time_to_ready_s")}

@@ -41,7 +41,7 @@ def test_seed_summary_notebook(tmp_path: Path) -> None:
     out = run_notebook(NOTEBOOKS / "08_seed_summary.ipynb", {"image_mib": 48, "accel": "tcg"},
                        out=tmp_path / "summary")
     table = pd.read_csv(out / "seed_summary.csv")
-    assert list(table.experiment) == ["E1", "E2", "E3", "E4", "E5", "E6", "E7"]
+    assert list(table.experiment) == ["E1", "E2 stop", "E3", "E4 paused", "E5", "E6", "E7"]
     ran = table[table.verdict != "not run"]
     assert len(ran) == 7 and (ran.verdict == "PASS").all() and ran.agrees.all()
     assert "agree with the seed" in (out / "08_seed_summary.html").read_text()
@@ -68,3 +68,23 @@ def test_target_faults_notebook(tmp_path: Path) -> None:
     assert list(table.behaviour) == ["paused", "stalled"] and table["pass"].all()
     assert (out / "target_faults.png").exists()
     assert "2 of 2 cases recovered" in (out / "09_target_faults.html").read_text()
+
+
+def test_qemu_versions_notebook(tmp_path: Path) -> None:
+    """The version comparison at small size: three seed experiments (E2 reaches NFS through
+    10.0's own module), two faults and the throttled mirror on both builds."""
+    out = run_notebook(NOTEBOOKS / "30_qemu_versions.ipynb",
+                       {"experiments": "E1,E2 stop,E4 paused", "cases": "eio:stop nbd_suspend:report",
+                        "verify": False, "image_mib": 32, "fill_mib": 4, "accel": "tcg"},
+                       out=tmp_path / "versions")
+    table = pd.read_csv(out / "qemu_versions.csv")
+    assert list(table.columns) == ["case", "measure", "system", "10.0", "differs"]
+    verdicts = table[table.measure == "verdict"].set_index("case")
+    assert set(verdicts.index) == {"E1", "E2 stop", "E4 paused", "eio:stop", "nbd_suspend:report",
+                                   "throttled mirror (2 MiB/s)"}
+    assert (verdicts[["system", "10.0"]] == "PASS").all().all()
+    versions = {json.loads(p.read_text())["qemu"]["version"] for p in out.glob("*/run.json")}
+    assert len(versions) == 2 and "10.0.2" in versions
+    figures = list(out.glob("diff-*.png"))
+    assert len(figures) == int(table.differs.sum())
+    assert "behaviours differ between system, 10.0" in (out / "30_qemu_versions.html").read_text()
