@@ -105,7 +105,16 @@ class Session:
         self._lock = threading.RLock()
         self._watch: threading.Thread | None = None
         self._closed = False
+        self._qemu_version: str | None = None
         self._finalizer = weakref.finalize(self, _cleanup, machine, scratch)
+
+    @property
+    def qemu_version(self) -> str:
+        """The QEMU the VM runs (``10.0.2``): its build's, or what its monitor says."""
+        if self._qemu_version is None:
+            self._qemu_version = (self.machine.build.version if self.machine is not None
+                                  else self.backend.versions().get("qemu", "?"))
+        return self._qemu_version
 
     # -- opening -----------------------------------------------------------------------
     @classmethod

@@ -371,9 +371,9 @@ class MirrorPanel(w.VBox):
             self.progress.bar_style = "success" if info.ready else \
                 "warning" if info.paused else "info"
             self.status.value = (f"status: <b>{info.status}</b> io-status: {info.io_status} "
-                                 f"| VM {vm_state}")
+                                 f"| VM {vm_state} | QEMU {s.qemu_version}")
         elif self._shown_finish is None:
-            self.status.value = f"status: no job | VM {vm_state}"
+            self.status.value = f"status: no job | VM {vm_state} | QEMU {s.qemu_version}"
         rec = s.recorder
         if rec is not None and (s.active or self._shown_finish is None):
             frames = rec.frames()

@@ -227,3 +227,28 @@ def test_side_by_side_flags_real_differences_only() -> None:
     # 1.0 s vs 1.3 s is noise; the node name and the folder are not behaviours
     assert got == {("eio:stop", "BLOCK_JOB_ERROR events"), ("thr", "rate_over_speed"),
                    ("E2", "time_to_ready_s")}
+
+
+@pytest.mark.qemu
+def test_panel_on_the_other_build(tmp_path: Path) -> None:
+    """The panel's lab VM on 10.0: its status names the QEMU, a job's run records the build."""
+    import time
+
+    from kvmlab.widgets import MirrorPanel
+    p = MirrorPanel.lab(accel="tcg", fill_mib=4, image_mib=32, runs_dir=tmp_path, refresh=0.25,
+                        qemu=NEW)
+    try:
+        deadline = time.monotonic() + 15
+        while "QEMU 10.0.2" not in p.status.value and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "QEMU 10.0.2" in p.status.value
+        p.click("start")
+        deadline = time.monotonic() + 60
+        while "ready" not in p.status.value and time.monotonic() < deadline:
+            time.sleep(0.1)
+        p.click("cancel")
+        fin = p.session.wait_finished(30)
+        assert fin.error is None
+        assert json.loads((fin.run_path / "run.json").read_text())["qemu"]["version"] == "10.0.2"
+    finally:
+        p.close()
