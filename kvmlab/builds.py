@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _proc, paths
-from .errors import BadInput, ToolError
+from .errors import BadInput, KvmlabError, ToolError
 
 if TYPE_CHECKING:
     from .qemu_caps import Capabilities
@@ -181,6 +181,15 @@ class QemuBuild:
                 "data_dirs": [str(d) for d in self.data_dirs],
                 "module_dir": str(self.module_dir) if self.module_dir else None,
                 "caps": self.caps().to_dict()}
+
+
+def recorded(build: QemuBuild) -> dict[str, Any]:
+    """:meth:`QemuBuild.describe`, or what could be told when the build cannot be asked
+    (provenance never stops a run: a QEMU that cannot start fails the run where it starts)."""
+    try:
+        return build.describe()
+    except (KvmlabError, OSError) as err:
+        return {"name": build.name, "emulator": str(build.emulator), "error": str(err)}
 
 
 def load_build(name: str) -> QemuBuild:

@@ -221,7 +221,7 @@ class Session:
             check_mirror(self.backend, spec)           # bad input: nothing is created
             run = RunDir.create("panel_mirror", spec.as_dict(), self.runs_dir)
             if self.machine is not None:
-                run.update(qemu=self.machine.build.describe())
+                run.update(qemu=builds.recorded(self.machine.build))
             rec = Recorder(run.path, interval=self.sample_interval)
             try:
                 rec.start()

@@ -73,7 +73,7 @@ class LabRun:
         self._using = builds.using(self.options.qemu)
         self.build = self._using.__enter__()
         try:
-            self.extra["qemu"] = self.build.describe()
+            self.extra["qemu"] = builds.recorded(self.build)
             self.run = RunDir.create(self.experiment, self.params, self.options.runs_dir,
                                      self.options.run_path)
         except BaseException:
