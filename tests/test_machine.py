@@ -268,10 +268,14 @@ def test_launch_failure_reports_exit_code_and_output(disk: Path) -> None:
 
 
 def test_missing_qemu_binary(disk: Path) -> None:
-    vm = Machine(disk, accel="tcg", qemu="qemu-system-nonexistent")
-    with pytest.raises(KvmlabError, match="qemu-system-nonexistent not found"):
-        vm.launch()
-    assert vm.tmpdir is None and not vm.running
+    """An unknown build or a missing binary is bad input: one line naming the builds, before
+    anything starts."""
+    with pytest.raises(BadInput, match=r"qemu='qemu-system-nonexistent' is not a QEMU build "
+                                       r"here; builds: system"):
+        Machine(disk, accel="tcg", qemu="qemu-system-nonexistent")
+    with pytest.raises(BadInput, match=r"qemu='/nonexistent/qemu-system-x86_64': no such "
+                                       r"executable; builds: system"):
+        Machine(disk, accel="tcg", qemu="/nonexistent/qemu-system-x86_64")
 
 
 def test_guest_not_built(disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
