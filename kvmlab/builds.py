@@ -104,7 +104,7 @@ class QemuBuild:
             return str(self.emulator)
         if self.bindir is not None and (self.bindir / program).is_file():
             return str(self.bindir / program)
-        if self.name not in (SYSTEM,) and self.root is not None:
+        if self.root is not None:                      # an installed build has them all
             raise ToolError(f"QEMU build {self.name} has no {program}")
         return _proc.which(program)
 

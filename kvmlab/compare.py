@@ -22,11 +22,13 @@ from matplotlib.figure import Figure
 from . import analysis
 from .experiments import ExperimentResult
 from .plots import convergence
+from .suites import rate_fidelity
+from .units import MIB
 
 #: numbers differ when the larger is this many times the smaller (time varies run to run)
 RATIO = 1.5
-#: and by at least this much (in the measure's unit): 0.2 s, 1 MiB, 0.2 of a rate ratio
-MIN_ABS = {"time_to_ready_s": 0.5, "bytes_copied": 1 << 20, "fault_stall_s": 0.5,
+#: and by at least this much, in the measure's unit (s, MiB, a ratio): less is run-to-run noise
+MIN_ABS = {"time_to_ready_s": 0.5, "MiB copied": 1.0, "fault_stall_s": 0.5,
            "rate_over_speed": 0.2}
 _PATH = re.compile(r"(/[^\s:'\"()]+/)([^/\s:'\"()]+)")
 _NODE = re.compile(r"#block\d+")
@@ -50,10 +52,10 @@ class Row:
 
 def _verdict_rows(case: str, r: ExperimentResult) -> list[Row]:
     s = analysis.summarize(r.data)
-    ttr = s.get("time_to_ready_s")
+    ttr, copied = s.get("time_to_ready_s"), s.get("bytes_copied")
     return [Row(case, "verdict", "PASS" if r.passed else "FAIL", r),
             Row(case, "time_to_ready_s", round(ttr, 2) if ttr is not None else None, r),
-            Row(case, "bytes_copied", s.get("bytes_copied"), r)]
+            Row(case, "MiB copied", round(copied / MIB, 2) if copied is not None else None, r)]
 
 
 def behaviours(seed: Mapping[str, ExperimentResult], faults: Mapping[str, ExperimentResult],
@@ -79,7 +81,6 @@ def behaviours(seed: Mapping[str, ExperimentResult], faults: Mapping[str, Experi
         if v.get("fault_stall_s") is not None:
             rows.append(Row(case, "fault_stall_s", round(float(v["fault_stall_s"]), 2), r))
     if throttled is not None:
-        from .suites import rate_fidelity
         fid = rate_fidelity(throttled)
         ratio = fid["rate_over_speed"]
         case = f"throttled mirror ({fid['speed'] / 2**20:g} MiB/s)"

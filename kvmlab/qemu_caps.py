@@ -118,9 +118,10 @@ def probe(build: QemuBuild, timeout: float = 30) -> Capabilities:
     Nothing is left running, whatever happens."""
     tmp = owned_tmpdir("kvmlab-caps-")
     sock = tmp / "qmp.sock"
-    qmp = QMPBackend.listen(sock)
+    qmp: QMPBackend | None = None
     proc: subprocess.Popen[bytes] | None = None
     try:
+        qmp = QMPBackend.listen(sock)
         cmd = [_proc.which("setpriv"), "--pdeathsig", "KILL", "--", str(build.emulator),
                *build.emulator_args(), "-M", "none", "-nodefaults", "-display", "none",
                "-chardev", f"socket,id=qmp0,path={_proc.qemu_opt(sock)}",
@@ -148,7 +149,8 @@ def probe(build: QemuBuild, timeout: float = 30) -> Capabilities:
             pass
         return caps
     finally:
-        qmp.close()
+        if qmp is not None:
+            qmp.close()
         if proc is not None:
             if proc.poll() is None:
                 proc.kill()

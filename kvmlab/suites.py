@@ -79,15 +79,17 @@ def seed_rows(results: Mapping[str, ExperimentResult]) -> pd.DataFrame:
 
 def fault_table(namespace: Mapping[str, Any], cases: str = FAULT_CASES,
                 **overrides: Any) -> dict[str, ExperimentResult]:
-    """Run each ``fault:policy`` case of *cases* (space-separated)."""
-    out: dict[str, ExperimentResult] = {}
+    """Run each ``fault:policy`` case of *cases* (space-separated); all are checked first,
+    so a bad one runs nothing."""
+    parsed = {}
     for case in cases.split():
         fault, _, policy = case.partition(":")
         if fault not in ex.FAULTS:
             raise BadInput(f"unknown fault {fault!r} in {case!r}; known: {', '.join(ex.FAULTS)}")
-        out[case] = run_experiment(ex.target_fault, namespace, many=True, fault=fault,
-                                   on_target_error=policy or "report", **overrides)
-    return out
+        parsed[case] = (fault, policy or "report")
+    return {case: run_experiment(ex.target_fault, namespace, many=True, fault=fault,
+                                 on_target_error=policy, **overrides)
+            for case, (fault, policy) in parsed.items()}
 
 
 FAULT_COLUMNS = ["fault", "on_target_error", "behaviour", "error_events", "error_actions",

@@ -6,7 +6,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,31 +69,32 @@ class LabRun:
         self.extra: dict[str, Any] = {}
 
     def __enter__(self) -> LabRun:
+        stack = ExitStack()
         # every QEMU program of the run (VMs, qemu-img, the NBD server) is this build's
-        self._using = builds.using(self.options.qemu)
-        self.build = self._using.__enter__()
-        try:
+        self.build = stack.enter_context(builds.using(self.options.qemu))
+        with stack:                          # left open (pop_all) once everything started
             self.extra["qemu"] = builds.recorded(self.build)
             self.run = RunDir.create(self.experiment, self.params, self.options.runs_dir,
                                      self.options.run_path)
-        except BaseException:
-            self._using.__exit__(None, None, None)
-            raise
-        self.workdir = self.scratch_parent / self.run.meta["run_id"]
-        try:
-            self.workdir.mkdir(parents=True)
-            own(self.workdir, run=self.run.path)   # reaped, run marked killed, if we are killed
-            self.recorder = Recorder(self.run.path, interval=self.options.sample_interval)
-            self.recorder.start()
-        except BaseException:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            self.run.finish("error", error="could not start the recorder")
-            self._using.__exit__(None, None, None)
-            raise
+            self.workdir = self.scratch_parent / self.run.meta["run_id"]
+            try:
+                self.workdir.mkdir(parents=True)
+                own(self.workdir, run=self.run.path)   # reaped, run marked killed, if we are killed
+                self.recorder = Recorder(self.run.path, interval=self.options.sample_interval)
+                self.recorder.start()
+            except BaseException:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+                self.run.finish("error", error="could not start the recorder")
+                raise
+            self._stack = stack.pop_all()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: object) -> None:
+        with self._stack:                    # the build is released whatever happens below
+            self._finish(exc)
+
+    def _finish(self, exc: BaseException | None) -> None:
         try:
             self.recorder.stop()
         finally:
@@ -113,7 +114,6 @@ class LabRun:
             if self.options.keep_images:
                 fields["images"] = str(self.workdir)
             self.run.finish(status, self.verdict, **fields)
-            self._using.__exit__(None, None, None)
 
     def result(self) -> ExperimentResult:
         return ExperimentResult(self.run.path, self.verdict or {}, load_run(self.run.path))
