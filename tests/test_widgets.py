@@ -170,6 +170,9 @@ def test_panel_first_hour(panel: MirrorPanel, runs: Path) -> None:
     p.click("start")                                     # a second job, right away
     assert p.session.job is not None, p.message.value
     _until(lambda: "complete" in _enabled(p), 60, "ready again")
+    rec = p.session.recorder                             # an unlimited mirror can be ready
+    assert rec is not None                               # before the guest's next write
+    _until(lambda: len(rec.frames()["guest_ops"]) > 0, 10, "a guest operation in the job")
     p.click("complete")
     fin2 = p.session.wait_finished(30)
     assert fin2.run_path != fin.run_path and "pivot" in fin2.meaning
