@@ -40,7 +40,7 @@ def jobs(samples: pd.DataFrame) -> list[str]:
     """Job ids in the order they first appear."""
     if samples.empty:
         return []
-    return list(dict.fromkeys(samples["job"].dropna().astype(str)))
+    return [str(j) for j in pd.unique(samples["job"].dropna())]
 
 
 def job_span(events: pd.DataFrame) -> float | None:
@@ -168,21 +168,12 @@ def paused_periods(samples: pd.DataFrame, job: str | None = None) -> pd.DataFram
     if s.empty:
         return _periods_frame([])
     name = str(s["job"].iloc[0])
-    flag = _is_paused(s).to_numpy()
+    flag = _is_paused(s).to_numpy(dtype=bool)
     t = s["t"].to_numpy(dtype="float64")
-    out: list[Period] = []
-    i = 0
-    while i < len(s):
-        if flag[i]:
-            j = i
-            while j + 1 < len(s) and flag[j + 1]:
-                j += 1
-            out.append(Period(float(t[i]), float(t[j]), "paused", name,
-                              int(s["offset"].iloc[i])))
-            i = j + 1
-        else:
-            i += 1
-    return _periods_frame(out)
+    off = s["offset"].to_numpy()
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], flag.astype(np.int8), [0]])))
+    return _periods_frame([Period(float(t[i]), float(t[j - 1]), "paused", name, int(off[i]))
+                           for i, j in zip(edges[::2], edges[1::2])])
 
 
 def stalls(samples: pd.DataFrame, job: str | None = None, *, min_duration: float = 2.0,
@@ -271,24 +262,23 @@ def windows(events: pd.DataFrame, names: Sequence[str] = marks.WINDOWS) -> pd.Da
     cols = ["name", "start", "end", "duration", "data"]
     if events is None or events.empty:
         return pd.DataFrame(columns=cols)
-    ev = events[events["source"] == "kvmlab"].sort_values("t", kind="stable")
+    wanted = [f"{n}_{edge}" for n in names for edge in ("start", "end")]
+    ev = events[(events["source"] == "kvmlab") & events["name"].isin(wanted)]
+    ev = ev.sort_values("t", kind="stable")
     t_last = float(events["t"].max())
     out: list[dict[str, Any]] = []
-    open_: dict[str, tuple[float, dict[str, Any]]] = {}
-    for _, e in ev.iterrows():
-        name = str(e["name"])
-        base, _, edge = name.rpartition("_")
-        if base not in names:
-            continue
+    open_: dict[str, tuple[float, str]] = {}
+    for name, t, raw in zip(ev["name"], ev["t"], ev["data"]):
+        base, _, edge = str(name).rpartition("_")
         if edge == "start":
-            open_.setdefault(base, (float(e["t"]), _data(e)))
+            open_.setdefault(base, (float(t), raw))
         elif edge == "end" and base in open_:
             start, data = open_.pop(base)
-            out.append({"name": base, "start": start, "end": float(e["t"]),
-                        "duration": float(e["t"]) - start, "data": data})
+            out.append({"name": base, "start": start, "end": float(t),
+                        "duration": float(t) - start, "data": _data({"data": data})})
     for base, (start, data) in open_.items():
         out.append({"name": base, "start": start, "end": t_last, "duration": t_last - start,
-                    "data": data})
+                    "data": _data({"data": data})})
     return pd.DataFrame(out, columns=cols).sort_values("start", ignore_index=True)
 
 
@@ -486,7 +476,22 @@ def summarize(run: RunData, job: str | None = None, *, instance: int = 0,
         "guest_write_rate": _nan_stat(np.nanmean, gw["write_rate"]) if len(gw) else None,
         "samples": len(js),
     })
+    row.update(_held(run, job, start, window_end, stall_min, stall_threshold))
     return row
+
+
+def _held(run: RunData, job: str, start: float, end: float, stall_min: float,
+          stall_threshold: int) -> dict[str, Any]:
+    """Time held up per cause in [start, end] (``held_<cause>_s``), when the first target
+    outage began (``outage_onset``), and how many trace events the run has."""
+    from . import causes  # causes builds on this module
+    per = causes.classify(run, job, min_duration=stall_min, threshold=stall_threshold)
+    if len(per):
+        per = per[(per["start"] >= start) & (per["start"] <= end)]
+    out: dict[str, Any] = {f"held_{c}_s": v for c, v in causes.time_per_cause(per).items()}
+    out["outage_onset"] = causes.outage_onset(per)
+    out["trace_events"] = len(run.trace)
+    return out
 
 
 def _nan_stat(fn: Any, series: pd.Series) -> float | None:
@@ -498,7 +503,7 @@ def _span(a: float | None, b: float | None) -> float | None:
     return b - a if a is not None and b is not None else None
 
 
-def _data(ev: pd.Series) -> dict[str, Any]:
+def _data(ev: pd.Series | dict[str, Any]) -> dict[str, Any]:
     raw = ev["data"]
     if isinstance(raw, str):
         return dict(json.loads(raw))

@@ -10,6 +10,7 @@ object is dropped or the interpreter exits.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -37,6 +38,8 @@ from .guest.console import Console
 from .guest.workload import Manifest, Workload
 from .model import ACCELS, CACHE_MODES, DriveInfo, MirrorSpec
 from .tmpdirs import owned_tmpdir
+from .trace import TraceSpec, strip_stamps
+from .trace import check as check_trace
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +111,8 @@ class Machine:
     :param qemu: the QEMU build (a name such as ``10.0``, a binary's path, a
         :class:`~kvmlab.builds.QemuBuild`); None: the current one (``system`` by default).
     :param console_log: file to append the raw serial console to.
+    :param trace: QEMU's trace events of this VM, written to ``trace.path`` (see
+        :mod:`kvmlab.trace`); an event the build lacks is :class:`BadInput` here.
     :param die_with_parent: QEMU gets SIGKILL if the thread that launched it dies
         (``setpriv --pdeathsig``), so even a ``kill -9`` of Python leaves no VM
         behind.  Launch from a thread that outlives the VM, or pass False.
@@ -120,7 +125,8 @@ class Machine:
                  guest: Guest | None = None, qemu: str | Path | QemuBuild | None = None,
                  console_log: str | Path | None = None, name: str = "kvmlab",
                  extra_args: Sequence[str] = (), boot_timeout: float = 60,
-                 die_with_parent: bool = True, agent: bool = False) -> None:
+                 die_with_parent: bool = True, agent: bool = False,
+                 trace: TraceSpec | None = None) -> None:
         if mode not in GUEST_MODES:
             raise BadInput(f"mode={mode!r} is not one of {', '.join(GUEST_MODES)}")
         if accel not in ACCELS:
@@ -155,6 +161,9 @@ class Machine:
         self.boot_timeout = boot_timeout
         self.die_with_parent = die_with_parent
         self.with_agent = agent
+        if trace is not None:
+            trace = dataclasses.replace(trace, events=check_trace(trace.events, self.build))
+        self.trace = trace
         if agent and not self.guest.has_agent:
             raise BadInput("this guest has no qemu-ga: install qemu-guest-agent, then "
                            "'kvmlab guest build --force'")
@@ -234,6 +243,8 @@ class Machine:
                     "-device", f"virtserialport,bus=vser0.0,chardev=qga0,name={AGENT_PORT}"]
         if manifest_file is not None:
             cmd += ["-fw_cfg", f"name=opt/kvmlab/manifest,file={qemu_opt(manifest_file)}"]
+        if self.trace is not None:
+            cmd += self.trace.qemu_args()
         return cmd + self.extra_args
 
     # Lifecycle hooks, as QEMU's QEMUMachine: launch() = _pre_launch -> _launch ->
@@ -263,12 +274,18 @@ class Machine:
                                   output=output) from err
             raise
 
+    def trace_source(self) -> tuple[Path, int] | None:
+        """Where this VM's trace events go: (file, byte offset its lines start at)."""
+        return (self.trace.path, 0) if self.trace is not None else None
+
     def _resolve_accel(self) -> str:
         return resolve_accel(self.requested_accel, self.build, self.guest)
 
     def _pre_launch(self) -> None:
         """Choose the accelerator, make the private temp dir, write the manifest."""
         self._accel_wanted = self._resolve_accel()
+        if self.trace is not None:
+            self.trace.create()
         self._tmpdir = str(owned_tmpdir(TMP_PREFIX, mode=self.tmpdir_mode))
         tmp = Path(self._tmpdir)
         self._manifest_file = self.manifest.write(tmp / "manifest") if self.manifest else None
@@ -323,7 +340,7 @@ class Machine:
 
     def _stderr_text(self) -> str:
         if self._tmpdir and (Path(self._tmpdir) / "qemu.err").exists():
-            return (Path(self._tmpdir) / "qemu.err").read_text(errors="replace")
+            return strip_stamps((Path(self._tmpdir) / "qemu.err").read_text(errors="replace"))
         return ""
 
     def shutdown(self, timeout: float = 10, hard: bool = False) -> None:

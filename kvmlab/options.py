@@ -19,6 +19,7 @@ from . import builds
 from .builds import SYSTEM
 from .errors import BadInput
 from .model import ACCELS, CACHE_MODES
+from .trace import parse_spec
 
 #: the backends a lab VM can run on: kvmlab launches QEMU, or libvirtd does
 BACKENDS = ("qmp", "libvirt")
@@ -39,6 +40,9 @@ class RunOptions:
     :param cache: the lab VMs' drive cache mode (the seed's ``none``).
     :param qemu: the QEMU build everything runs with: ``system``, an installed build
         (``10.0``, see ``kvmlab qemu list``) or the path of a ``qemu-system-x86_64``.
+    :param trace: QEMU trace events recorded into ``trace.parquet`` (:mod:`kvmlab.trace`):
+        ``default`` (the mirror's and the job's), ``off``, or names/patterns separated by
+        commas (checked against the build's ``-trace help``).
     """
 
     runs_dir: Path | None = None
@@ -50,6 +54,7 @@ class RunOptions:
     accel: str = "auto"
     cache: str = "none"
     qemu: str = SYSTEM
+    trace: str = "default"
 
     def __post_init__(self) -> None:
         for name in ("runs_dir", "run_path"):
@@ -63,6 +68,12 @@ class RunOptions:
         if self.cache not in CACHE_MODES:
             raise BadInput(f"cache={self.cache!r} is not one of {', '.join(CACHE_MODES)}")
         object.__setattr__(self, "qemu", builds.check_name(self.qemu))
+        if isinstance(self.trace, bool) or self.trace is None:
+            object.__setattr__(self, "trace", "default" if self.trace else "off")
+        if not isinstance(self.trace, str):
+            raise BadInput(f"trace={self.trace!r} must be on, off or event names separated "
+                           "by commas")
+        parse_spec(self.trace)
         if isinstance(self.sample_interval, bool) or not (
                 isinstance(self.sample_interval, (int, float)) and self.sample_interval > 0):
             raise BadInput(f"sample_interval={self.sample_interval!r} must be a number of "

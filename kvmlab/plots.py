@@ -8,19 +8,26 @@ Plots read saved DataFrames only; they never talk to QEMU.
 
 from __future__ import annotations
 
+import contextvars
 import json
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from . import analysis, marks, units
+from . import analysis, causes, marks, units
 from .runs import RunData
 
 MIB = 1024 * 1024
+#: lines with more points than this are drawn decimated (min and max per column)
+MAX_POINTS = 4000
 #: event name -> label drawn on the plots
 EVENT_LABELS = marks.LABELS
 #: events drawn in red
@@ -37,6 +44,58 @@ def _axes(ax: Axes | None, **fig_kw: Any) -> tuple[Figure, Axes]:
     return fig, new_ax
 
 
+_DECIMATE: contextvars.ContextVar[bool] = contextvars.ContextVar("decimate", default=True)
+
+
+@contextmanager
+def every_point() -> Iterator[None]:
+    """Draw every point, as kvmlab did before decimation (for comparisons)."""
+    token = _DECIMATE.set(False)
+    try:
+        yield
+    finally:
+        _DECIMATE.reset(token)
+
+
+def decimate(t: Any, y: Any, columns: int = MAX_POINTS // 4) -> tuple[np.ndarray, np.ndarray]:
+    """At most ~4 points per column of *columns*: each column's first, last, lowest and
+    highest point, in time order, so every burst, dip and stall edge stays visible while
+    a 10-hour series draws like a short one.  Short series come back unchanged."""
+    tt = np.asarray(t, dtype="float64")
+    yy = np.asarray(y, dtype="float64")
+    if len(tt) <= MAX_POINTS or not _DECIMATE.get():
+        return tt, yy
+    keep = ~np.isnan(yy) & ~np.isnan(tt)
+    tt, yy = tt[keep], yy[keep]
+    lo, hi = float(tt.min()), float(tt.max())
+    col = np.minimum(((tt - lo) / max(hi - lo, 1e-12) * columns).astype(np.int64), columns - 1)
+    df = pd.DataFrame({"c": col, "y": yy})
+    g = df.groupby("c")["y"]
+    idx = np.unique(np.concatenate([
+        g.head(1).index.to_numpy(), g.tail(1).index.to_numpy(),
+        g.idxmin().to_numpy(), g.idxmax().to_numpy()]).astype(np.int64))
+    return tt[idx], yy[idx]
+
+
+def _per_column(times: np.ndarray, columns: int = MAX_POINTS // 2) -> np.ndarray:
+    """Times closer than one column of *columns* drawn once (a long run has tens of
+    thousands of marks; one line per pixel column looks the same)."""
+    if len(times) <= columns or not _DECIMATE.get():
+        return times
+    lo, hi = float(times.min()), float(times.max())
+    width = max(hi - lo, 1e-12) / columns
+    return np.unique(np.floor((times - lo) / width)) * width + lo
+
+
+def _line(ax: Axes, t: Any, y: Any, *args: Any, step: bool = False, **kw: Any) -> None:
+    """ax.plot (or ax.step, drawn 'post') of a series, decimated when long."""
+    x, v = decimate(t, y)
+    if step:
+        ax.step(x, v, *args, where="post", **kw)
+    else:
+        ax.plot(x, v, *args, **kw)
+
+
 def fmt_rate(bps: float) -> str:
     """Bytes/s for a person: ``4 MiB/s``, ``256 KiB/s``, ``1 B/s``."""
     for unit, size in (("MiB/s", MIB), ("KiB/s", 1024)):
@@ -45,11 +104,14 @@ def fmt_rate(bps: float) -> str:
     return f"{bps:.3g} B/s"
 
 
-def _event_label(ev: pd.Series) -> str:
-    label = EVENT_LABELS[str(ev["name"])]
-    if ev["name"] == "set_speed":
+def _event_label(ev: Any) -> str:
+    """An event's label (a row, as a Series or a namedtuple); a speed change says its rate."""
+    name = ev["name"] if isinstance(ev, pd.Series) else ev.name
+    label = EVENT_LABELS[str(name)]
+    if name == "set_speed":
         try:
-            speed = json.loads(ev["data"]).get("speed")
+            data = ev["data"] if isinstance(ev, pd.Series) else ev.data
+            speed = json.loads(data).get("speed")
             label = f"speed {fmt_rate(speed)}" if speed else "speed unlimited"
         except (TypeError, ValueError, AttributeError):
             pass
@@ -71,6 +133,44 @@ def label_groups(times: list[float], labels: list[str], min_gap: float) -> list[
 
 #: the smallest gap between two event labels, as a fraction of the time axis
 LABEL_GAP = 0.025
+#: above this many events, labels are the events' names (a speed change's rate not read)
+MANY_EVENTS = 2000
+
+
+
+def _spans(ax: Axes, spans: list[tuple[float, float]], **kw: Any) -> None:
+    """Full-height spans as one artist (a long run has thousands; one axvspan each took
+    seconds)."""
+    if len(spans) > MAX_POINTS // 4 and _DECIMATE.get():
+        spans = _merged(spans, (max(b for _, b in spans) - min(a for a, _ in spans))
+                        / (MAX_POINTS // 2))
+    if spans:
+        ax.broken_barh([(a, max(b - a, 0.0)) for a, b in spans], (0, 1),
+                       transform=ax.get_xaxis_transform(), **kw)
+
+
+def _merged(spans: list[tuple[float, float]], gap: float) -> list[tuple[float, float]]:
+    """Spans less than *gap* apart joined (less than a pixel column apart on the plot)."""
+    out: list[tuple[float, float]] = []
+    for a, b in sorted(spans):
+        if out and a - out[-1][1] < gap:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+_LAST_WINDOWS: list[Any] = [None, None]
+
+
+def _fault_windows(events: pd.DataFrame) -> pd.DataFrame:
+    """analysis.fault_windows, kept for the last events frame (every panel asks)."""
+    ref, fw = _LAST_WINDOWS
+    if ref is not None and ref() is events:
+        return fw  # type: ignore[no-any-return]
+    fw = analysis.fault_windows(events)
+    _LAST_WINDOWS[:] = [weakref.ref(events), fw]
+    return fw
 
 
 def mark_events(ax: Axes, events: pd.DataFrame | None, label: bool = True) -> None:
@@ -78,35 +178,40 @@ def mark_events(ax: Axes, events: pd.DataFrame | None, label: bool = True) -> No
     events close together are merged, neighbours staggered); fault windows shaded."""
     if events is None or events.empty:
         return
-    for i, (_, f) in enumerate(analysis.fault_windows(events).iterrows()):
-        seen = {h.get_label() for h in ax.patches}
-        name = f"fault: {f['name']}"
-        ax.axvspan(f["start"], f["end"], color=FAULT_COLOR, alpha=0.12, linewidth=0,
-                   label=name if name not in seen and i < 6 else None)
+    fw = _fault_windows(events)
+    seen = {h.get_label() for h in ax.patches} | {h.get_label() for h in ax.collections}
+    for i, (name, g) in enumerate(fw.groupby("name", sort=False)):
+        legend = f"fault: {name}"
+        _spans(ax, list(zip(g["start"], g["end"])), color=FAULT_COLOR, alpha=0.12, linewidth=0,
+               label=legend if legend not in seen and i < 6 else None)
     ev = events[events["name"].isin(list(EVENT_LABELS))]
     if ev.empty:
         return
-    alarm_times = set()
-    for _, e in ev.iterrows():
-        alarm = e["name"] in ALARMS
-        ax.axvline(e["t"], color="tab:red" if alarm else "0.35", linestyle=":", linewidth=1)
-        if alarm:
-            alarm_times.add(float(e["t"]))
+    alarm = ev["name"].isin(list(ALARMS)).to_numpy()
+    t = ev["t"].to_numpy(dtype="float64")
+    for times, color in ((t[~alarm], "0.35"), (t[alarm], "tab:red")):
+        if len(times):
+            ax.vlines(_per_column(times), 0, 1, transform=ax.get_xaxis_transform(),
+                      colors=color, linestyles=":", linewidth=1)
     if not label:
         return
+    alarm_times = np.sort(t[alarm])
     lo, hi = ax.get_xlim()
-    lo, hi = min(lo, float(ev["t"].min())), max(hi, float(ev["t"].max()))
+    lo, hi = min(lo, float(t.min())), max(hi, float(t.max()))
     gap = LABEL_GAP * max(hi - lo, 1e-9)
-    groups = label_groups([float(t) for t in ev["t"]], [_event_label(e) for _, e in ev.iterrows()],
-                          gap)
+    labels = [_event_label(e) for e in ev.itertuples(index=False)] if len(ev) <= MANY_EVENTS \
+        else [EVENT_LABELS[str(n)] for n in ev["name"]]
+    groups = label_groups([float(x) for x in t], labels, gap)
     previous = None
     level = 0
-    for t, text in groups:
-        level = 1 - level if previous is not None and t - previous < 3 * gap else 0
-        previous = t
-        color = "tab:red" if any(abs(t - a) < gap for a in alarm_times) else "0.35"
-        ax.annotate(text, (t, 0.98 - 0.45 * level), xycoords=("data", "axes fraction"),
-                    rotation=90, va="top", ha="right", fontsize=7, color=color)
+    for when, text in groups:
+        level = 1 - level if previous is not None and when - previous < 3 * gap else 0
+        previous = when
+        k = np.searchsorted(alarm_times, when - gap)
+        near = k < len(alarm_times) and abs(alarm_times[k] - when) < gap
+        ax.annotate(text, (when, 0.98 - 0.45 * level), xycoords=("data", "axes fraction"),
+                    rotation=90, va="top", ha="right", fontsize=7,
+                    color="tab:red" if near else "0.35")
 
 
 def say_empty(ax: Axes, events: pd.DataFrame | None, what: str = "job samples") -> None:
@@ -120,20 +225,27 @@ def say_empty(ax: Axes, events: pd.DataFrame | None, what: str = "job samples") 
 
 
 def shade_periods(ax: Axes, samples: pd.DataFrame, job: str | None = None,
-                  **stall_kw: Any) -> list[Patch]:
-    """Shade stalls and paused periods; returns legend handles for what was drawn."""
+                  held: pd.DataFrame | None = None, **stall_kw: Any) -> list[Patch]:
+    """Shade hold-ups and paused periods; returns legend handles for what was drawn.
+
+    :param held: hold-ups classified by cause (:func:`kvmlab.causes.classify`): each cause
+        in its colour.  Without it, stalls are red and paused periods grey hatched."""
     handles: list[Patch] = []
+    if held is not None and len(held):
+        for cause, g in held.groupby("cause", sort=False):
+            color = causes.COLORS[str(cause)]
+            _spans(ax, list(zip(g["start"], g["end"])), color=color, alpha=0.18, linewidth=0)
+            handles.append(Patch(color=color, alpha=0.18, label=causes.LABELS[str(cause)]))
+        return handles
     if samples is None or samples.empty:
         return handles
     st = analysis.stalls(samples, job, **stall_kw)
-    for _, p in st.iterrows():
-        ax.axvspan(p["start"], p["end"], color=STALL_COLOR, alpha=0.15, linewidth=0)
+    _spans(ax, list(zip(st["start"], st["end"])), color=STALL_COLOR, alpha=0.15, linewidth=0)
     if len(st):
         handles.append(Patch(color=STALL_COLOR, alpha=0.15, label="stall"))
     pa = analysis.paused_periods(samples, job)
-    for _, p in pa.iterrows():
-        ax.axvspan(p["start"], p["end"], facecolor="none", edgecolor=PAUSE_COLOR, hatch="//",
-                   linewidth=0)
+    _spans(ax, list(zip(pa["start"], pa["end"])), facecolor="none", edgecolor=PAUSE_COLOR,
+           hatch="//", linewidth=0)
     if len(pa):
         handles.append(Patch(facecolor="none", edgecolor=PAUSE_COLOR, hatch="//",
                              label="paused"))
@@ -147,22 +259,28 @@ def _finish(ax: Axes, title: str, ylabel: str, extra: list[Patch], xlabel: bool 
         ax.set_xlabel("time since recording started (s)")
     handles, labels = ax.get_legend_handles_labels()
     if handles or extra:
-        ax.legend(handles=list(handles) + extra, loc="best", fontsize=8)
+        # "best" tests every point against every place: seconds on a long run
+        points = sum(np.size(line.get_xdata()) for line in ax.get_lines())
+        crowded = points + sum(len(c.get_paths()) for c in ax.collections) > MAX_POINTS // 4
+        ax.legend(handles=list(handles) + extra, loc="upper left" if crowded else "best",
+                  fontsize=8)
     ax.grid(alpha=0.3)
 
 
 def progress(samples: pd.DataFrame, events: pd.DataFrame | None = None, *,
-             ax: Axes | None = None, job: str | None = None, xlabel: bool = True) -> Figure:
-    """Offset and len (MiB) against time: ``info block-jobs`` as curves."""
+             ax: Axes | None = None, job: str | None = None, xlabel: bool = True,
+             held: pd.DataFrame | None = None) -> Figure:
+    """Offset and len (MiB) against time: ``info block-jobs`` as curves; hold-ups shaded
+    by cause when *held* (:func:`kvmlab.causes.classify`) is given."""
     fig, ax = _axes(ax)
     names = [job] if job else analysis.jobs(samples)
     for name in names:
         g = analysis.job_samples(samples, name)
-        ax.plot(g["t"], g["offset"] / MIB, label=f"{name} offset")
-        ax.plot(g["t"], g["len"] / MIB, linestyle="--", label=f"{name} len")
+        _line(ax, g["t"], g["offset"] / MIB, label=f"{name} offset")
+        _line(ax, g["t"], g["len"] / MIB, linestyle="--", label=f"{name} len")
     if not names:
         say_empty(ax, events)
-    extra = shade_periods(ax, samples, job)
+    extra = shade_periods(ax, samples, job, held)
     mark_events(ax, events)
     _finish(ax, "Mirror progress: offset and len", "MiB", extra, xlabel)
     return fig
@@ -170,7 +288,7 @@ def progress(samples: pd.DataFrame, events: pd.DataFrame | None = None, *,
 
 def convergence(samples: pd.DataFrame, events: pd.DataFrame | None = None, *,
                 ax: Axes | None = None, job: str | None = None, log: bool = False,
-                xlabel: bool = True) -> Figure:
+                xlabel: bool = True, held: pd.DataFrame | None = None) -> Figure:
     """Remaining bytes (len - offset, MiB): the dirty backlog; zero means in sync."""
     fig, ax = _axes(ax)
     names = [job] if job else analysis.jobs(samples)
@@ -179,12 +297,12 @@ def convergence(samples: pd.DataFrame, events: pd.DataFrame | None = None, *,
         y = r / MIB
         if log:
             y = y.clip(lower=1 / 1024)  # 1 KiB floor so zeros stay on a log axis
-        ax.plot(r.index, y, label=f"{name} remaining")
+        _line(ax, r.index, y, label=f"{name} remaining")
     if log and names:
         ax.set_yscale("log")
     if not names:
         say_empty(ax, events)
-    extra = shade_periods(ax, samples, job)
+    extra = shade_periods(ax, samples, job, held)
     mark_events(ax, events)
     _finish(ax, "Convergence: remaining bytes", "MiB" + (" (log)" if log else ""), extra, xlabel)
     return fig
@@ -192,27 +310,29 @@ def convergence(samples: pd.DataFrame, events: pd.DataFrame | None = None, *,
 
 def rates(samples: pd.DataFrame, events: pd.DataFrame | None = None,
           guest_ops: pd.DataFrame | None = None, *, ax: Axes | None = None,
-          job: str | None = None, window: float = 2.0, xlabel: bool = True) -> Figure:
+          job: str | None = None, window: float = 2.0, xlabel: bool = True,
+          held: pd.DataFrame | None = None) -> Figure:
     """Copy rate and dirtying rate (MiB/s), and the guest's own write rate if recorded."""
     fig, ax = _axes(ax)
     names = [job] if job else analysis.jobs(samples)
     for name in names:
         r = analysis.rates(samples, name, window)
-        ax.plot(r["t"], r["copy_rate"] / MIB, label=f"{name} copy rate")
-        ax.plot(r["t"], r["dirty_rate"] / MIB, linestyle="--", label=f"{name} dirtying (d len/dt)")
+        _line(ax, r["t"], r["copy_rate"] / MIB, label=f"{name} copy rate")
+        _line(ax, r["t"], r["dirty_rate"] / MIB, linestyle="--",
+              label=f"{name} dirtying (d len/dt)")
         limit = analysis.job_samples(samples, name)
         if len(limit) and (limit["speed"] > 0).any():
             speed = limit["speed"].astype("float64").where(limit["speed"] > 0)
-            ax.step(limit["t"], speed / MIB, where="post", color="0.3", linestyle=":",
+            _line(ax, limit["t"], speed / MIB, step=True, color="0.3", linestyle=":",
                     label=f"{name} speed limit")
     if guest_ops is not None and not guest_ops.empty:
         g = analysis.guest_write_rate(guest_ops, window)
         if len(g):
-            ax.step(g["t"], g["write_rate"] / MIB, where="post", color="tab:green", alpha=0.7,
+            _line(ax, g["t"], g["write_rate"] / MIB, step=True, color="tab:green", alpha=0.7,
                     label="guest dd write rate")
     if not names:
         say_empty(ax, events)
-    extra = shade_periods(ax, samples, job)
+    extra = shade_periods(ax, samples, job, held)
     mark_events(ax, events)
     _finish(ax, f"Rates (averaged over {window:g} s; QEMU copies in chunks, so the copy rate "
                 "swings around the limit)", "MiB/s", extra, xlabel)
@@ -221,34 +341,80 @@ def rates(samples: pd.DataFrame, events: pd.DataFrame | None = None,
 
 def image_sizes(sizes: pd.DataFrame, events: pd.DataFrame | None = None,
                 samples: pd.DataFrame | None = None, *, ax: Axes | None = None,
-                xlabel: bool = True) -> Figure:
+                xlabel: bool = True, held: pd.DataFrame | None = None) -> Figure:
     """Apparent (solid) and allocated (dashed) size of each tracked image: the seed's ``ll``."""
     fig, ax = _axes(ax)
     if sizes is not None and not sizes.empty:
         for i, (label, g) in enumerate(sizes.groupby("label", sort=False)):
             color = f"C{i}"
             g = g.sort_values("t")
-            ax.step(g["t"], g["apparent"].astype("float64") / MIB, where="post", color=color,
+            _line(ax, g["t"], g["apparent"].astype("float64") / MIB, step=True, color=color,
                     label=f"{label} apparent")
-            ax.step(g["t"], g["allocated"].astype("float64") / MIB, where="post", color=color,
+            _line(ax, g["t"], g["allocated"].astype("float64") / MIB, step=True, color=color,
                     linestyle="--", label=f"{label} allocated")
     else:
         say_empty(ax, None, "image sizes")
-    extra = shade_periods(ax, samples, None) if samples is not None else []
+    extra = shade_periods(ax, samples, None, held) if samples is not None else []
     mark_events(ax, events)
     _finish(ax, "Image file sizes", "MiB", extra, xlabel)
     return fig
 
 
+def trace_lanes(trace: pd.DataFrame, events: pd.DataFrame | None, axes: Any, *,
+                job: str | None = None, xlabel: bool = False) -> None:
+    """Three lanes from QEMU's trace (:mod:`kvmlab.trace`) on *axes*: requests in flight,
+    the dirty count QEMU reports (MiB), and each throttle sleep (s)."""
+    jt = causes.job_trace(trace, events if events is not None else pd.DataFrame(), job)
+    lanes = causes.lanes(jt)
+    spec = (("in_flight", "requests\nin flight", 1.0, "tab:blue"),
+            ("dirty", "dirty count\n(MiB)", MIB, "tab:olive"),
+            ("sleep", "throttle\nsleep (s)", 1.0, "tab:orange"))
+    for ax, (key, label, scale, color) in zip(axes, spec, strict=True):
+        lane = lanes[key]
+        if len(lane):
+            if key == "sleep":
+                x, v = decimate(lane["t"], lane["value"])
+                ax.vlines(x, 0, v, colors=color, linewidth=1.5)
+                ax.set_ylim(bottom=0)
+            else:
+                _line(ax, lane["t"], lane["value"] / scale, step=True, color=color,
+                      linewidth=1)
+        else:
+            why = "no trace recorded" if jt is None or jt.empty else (
+                "no sleep traced (this QEMU sleeps in its rate limiter without a trace "
+                "point; a limited job with nothing in flight is sleeping)"
+                if key == "sleep" else f"no {key.replace('_', ' ')} traced")
+            ax.text(0.5, 0.5, why, transform=ax.transAxes, ha="center", va="center",
+                    fontsize=8, color="0.3")
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(alpha=0.3)
+        mark_events(ax, events, label=False)
+    if xlabel:
+        axes[-1].set_xlabel("time since recording started (s)")
+
+
 def dashboard(run: RunData, *, job: str | None = None, window: float = 2.0,
-              log: bool = False) -> Figure:
-    """Progress, convergence, rates and image sizes stacked on one time axis."""
-    fig, axes = plt.subplots(4, 1, figsize=(10, 13), sharex=True)
-    progress(run.samples, run.events, ax=axes[0], job=job, xlabel=False)
-    convergence(run.samples, run.events, ax=axes[1], job=job, log=log, xlabel=False)
-    rates(run.samples, run.events, run.guest_ops, ax=axes[2], job=job, window=window,
-          xlabel=False)
-    image_sizes(run.sizes, run.events, run.samples, ax=axes[3])
+              log: bool = False, trace: bool = True) -> Figure:
+    """Progress, QEMU's trace lanes (in flight, dirty count, throttle sleep), convergence,
+    rates and image sizes stacked on one time axis; hold-ups shaded by cause.
+
+    :param trace: draw the trace lanes and colour hold-ups by cause (when the run has a
+        trace); False draws the samples only, stalls in red."""
+    job = job or next(iter(analysis.jobs(run.samples)), None)
+    tr = run.trace if trace else None
+    traced = tr is not None and not tr.empty
+    held = causes.classify(run, job) if traced else None
+    heights = [3, 1, 1, 1, 3, 3, 3] if traced else [1, 1, 1, 1]
+    fig, axes = plt.subplots(len(heights), 1, figsize=(10, 16 if traced else 13), sharex=True,
+                             gridspec_kw={"height_ratios": heights})
+    top, rest = axes[0], list(axes[4:] if traced else axes[1:])
+    progress(run.samples, run.events, ax=top, job=job, xlabel=False, held=held)
+    if traced:
+        trace_lanes(run.trace, run.events, axes[1:4], job=job)
+    convergence(run.samples, run.events, ax=rest[0], job=job, log=log, xlabel=False, held=held)
+    rates(run.samples, run.events, run.guest_ops, ax=rest[1], job=job, window=window,
+          xlabel=False, held=held)
+    image_sizes(run.sizes, run.events, run.samples, ax=rest[2], held=held)
     meta = run.meta
     verdict = (meta.get("verdict") or {}).get("pass")
     fig.suptitle(f"{meta.get('experiment', '')} {meta.get('run_id', '')}  "

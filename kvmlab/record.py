@@ -11,6 +11,12 @@ that becomes a parquet file when the recorder stops:
   on change and at least once a second;
 - ``guest_ops``: the guest's operation lines (op, path, size, sha256).
 
+A fifth stream, ``trace``, holds QEMU's own trace events (:mod:`kvmlab.trace`) of every
+attached VM that writes them.  QEMU's trace file is its journal (QEMU writes it, so a killed
+run keeps it); the recorder thread parses what was appended every tick and writes
+``trace.parquet`` in row groups of :data:`TRACE_ROW_GROUP` rows, so memory stays bounded
+however long the run; the last :data:`TRACE_LIVE_ROWS` rows stay in memory for live views.
+
 Times: ``t`` is seconds since the recorder's start on the host's monotonic
 clock, comparable across streams; ``wall`` is Unix time.  Recording is never
 best effort: a sampling failure is recorded as an event, not swallowed.
@@ -23,13 +29,17 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from . import marks
+from . import trace as qtrace
 from .backends.base import Backend, InLoopSampling
 from .errors import BadInput, KvmlabError
 from .events import Record
@@ -54,6 +64,11 @@ COLUMNS = {"samples": SAMPLE_COLUMNS, "events": EVENT_COLUMNS, "sizes": SIZE_COL
 JOURNAL_EVERY = 0.1
 
 _JSON = json.JSONEncoder(default=str)
+
+#: trace rows per parquet row group (what the recorder holds before writing)
+TRACE_ROW_GROUP = 50_000
+#: trace rows kept in memory for live views (the panel's lanes)
+TRACE_LIVE_ROWS = 20_000
 
 
 class _Stream:
@@ -86,6 +101,62 @@ class _Stream:
                 self._fh = None
 
 
+class _TraceSink:
+    """The ``trace`` stream: tails of the VMs' trace files, parsed rows written to
+    ``trace.parquet`` in row groups; see the module docstring."""
+
+    def __init__(self, run_path: Path) -> None:
+        self.final = run_path / "trace.parquet"
+        self._partial = run_path / "trace.parquet.partial"
+        self._tails: list[tuple[qtrace.Tail, bool]] = []
+        self._pending: list[dict[str, Any]] = []
+        self.recent: deque[dict[str, Any]] = deque(maxlen=TRACE_LIVE_ROWS)
+        self._writer: pq.ParquetWriter | None = None
+        self._schema = qtrace.SCHEMA
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def add(self, tail: qtrace.Tail, owned: bool) -> None:
+        """Tail *tail*'s file; an *owned* file (in the run folder) is removed once its
+        rows are in ``trace.parquet``."""
+        with self._lock:
+            self._tails.append((tail, owned))
+
+    def poll(self, final: bool = False) -> None:
+        with self._lock:
+            for tail, _ in self._tails:
+                rows = tail.read(final)
+                self._pending += rows
+                self.recent.extend(rows)
+                self.count += len(rows)
+            if len(self._pending) >= TRACE_ROW_GROUP:
+                self._write()
+
+    def _write(self) -> None:
+        table = pa.Table.from_pandas(qtrace.frame(self._pending), schema=self._schema,
+                                     preserve_index=False)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._partial, self._schema)
+        self._writer.write_table(table)
+        self._pending = []
+
+    def close(self) -> None:
+        """Read the files to their end, write ``trace.parquet`` (when anything was traced)."""
+        self.poll(final=True)
+        with self._lock:
+            if not self._tails:
+                return
+            if self._pending or self._writer is None:
+                self._write()
+            assert self._writer is not None
+            self._writer.close()
+            os.replace(self._partial, self.final)
+            for tail, owned in self._tails:
+                if owned:
+                    tail.path.unlink(missing_ok=True)
+            self._tails = []
+
+
 class Recorder:
     """Records one run into *run_path*.  Start it, attach machines, mark steps, stop it.
 
@@ -102,6 +173,8 @@ class Recorder:
         self.interval = interval
         self.size_every = size_every
         self.t0 = time.monotonic()
+        #: Unix time at t = 0 (maps QEMU's trace timestamps onto t)
+        self.wall0 = time.time() - (time.monotonic() - self.t0)
         self._streams = {s: _Stream(self.path / f"{s}.jsonl") for s in STREAMS}
         self._backend: Backend | None = None
         self._console: Console | None = None
@@ -117,6 +190,7 @@ class Recorder:
         self._sampler_stop: Callable[[], None] | None = None
         self._next_sizes = 0.0
         self._own_run: RunDir | None = None
+        self._trace = _TraceSink(self.path)
 
     # -- wiring ----------------------------------------------------------------------
     def __enter__(self) -> Recorder:
@@ -153,6 +227,17 @@ class Recorder:
         self.attach(vm.backend, vm.console, label, console_history)
         for d in vm.drives:
             self.track(f"{label}:{d.id}", d.path)
+        source = getattr(vm, "trace_source", None)
+        if source is not None and (found := source()) is not None:
+            self.trace_file(label, *found)
+
+    def trace_file(self, label: str, path: str | Path, start: int = 0) -> None:
+        """Parse QEMU trace lines appended to *path* from byte *start* on into the ``trace``
+        stream, as VM *label* (see :mod:`kvmlab.trace`).  A file in the run folder is
+        removed once its rows are in ``trace.parquet``."""
+        path = Path(path)
+        parser = qtrace.Parser(label, lambda wall: wall - self.wall0)
+        self._trace.add(qtrace.Tail(path, parser, start), path.parent == self.path)
 
     def detach(self) -> None:
         self._stop_job_sampler()
@@ -292,6 +377,7 @@ class Recorder:
             if now >= self._next_sizes:
                 self._next_sizes = now + size_every
                 self.sample_sizes()
+            self._trace.poll()
             for stream in self._streams.values():
                 stream.flush()
             due = min(self._next_sizes, self.now() + JOURNAL_EVERY)
@@ -326,6 +412,7 @@ class Recorder:
         self.sample()
         self.mark(marks.RECORDER_STOP, samples=self.sample_count, late_ticks=self.late_ticks)
         self.detach()
+        self._trace.close()
         frames = self.frames()
         for name, stream in self._streams.items():
             stream.close()
@@ -336,12 +423,19 @@ class Recorder:
         return frames
 
     def frames(self) -> dict[str, pd.DataFrame]:
-        """The streams so far as DataFrames (typed, even when empty)."""
+        """The streams so far as DataFrames (typed, even when empty); ``trace`` holds the
+        last :data:`TRACE_LIVE_ROWS` rows (the whole stream is in ``trace.parquet``)."""
         out = {}
         for name, stream in self._streams.items():
             df = pd.DataFrame(list(stream.rows), columns=COLUMNS[name])
             out[name] = _typed(name, df)
+        out["trace"] = qtrace.frame(list(self._trace.recent))
         return out
+
+    @property
+    def trace_rows(self) -> int:
+        """Trace events recorded so far."""
+        return self._trace.count
 
 
 def _text(value: Any) -> str | None:

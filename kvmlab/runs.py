@@ -154,6 +154,14 @@ class RunData:
         return self.frames["guest_ops"]
 
     @property
+    def trace(self) -> pd.DataFrame:
+        """QEMU's trace events (:mod:`kvmlab.trace`), read on first use: a run's trace can
+        be far larger than its other streams, and most readers never look at it."""
+        if "trace" not in self.frames:
+            self.frames["trace"] = read_trace(self.path, self.frames.get("events"))
+        return self.frames["trace"]
+
+    @property
     def verdict(self) -> dict[str, Any] | None:
         return self.meta.get("verdict")
 
@@ -178,6 +186,24 @@ def read_stream(path: Path, stream: str) -> pd.DataFrame:
                     break  # a torn last line from a killed process
         return pd.DataFrame(rows)
     return pd.DataFrame()
+
+
+def read_trace(path: Path, events: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The ``trace`` stream: ``trace.parquet``, or the trace files a killed run left
+    (their QEMU timestamps mapped onto t with the events' own wall/t pairs)."""
+    from . import trace
+    pq = path / "trace.parquet"
+    if pq.exists():
+        try:
+            return trace.typed(pd.read_parquet(pq))
+        except (OSError, ValueError) as err:
+            raise BadInput(f"{pq} is damaged and cannot be read ({type(err).__name__})") from err
+    if path.is_dir() and any(path.glob("trace-*.log")):
+        offset = 0.0
+        if events is not None and len(events) and {"wall", "t"} <= set(events.columns):
+            offset = float((events["wall"] - events["t"]).median())
+        return trace.read_logs(path, lambda wall: wall - offset)
+    return trace.frame([])
 
 
 #: the status of a run whose process was killed before it could finish it

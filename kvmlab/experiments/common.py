@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import builds, marks, paths
+from .. import builds, marks, paths, trace
 from ..errors import BadInput, JobError, WaitTimeout
 from ..guest.workload import Manifest, Workload
 from ..images import file_size, sha256
@@ -73,6 +73,9 @@ class LabRun:
         # every QEMU program of the run (VMs, qemu-img, the NBD server) is this build's
         self.build = stack.enter_context(builds.using(self.options.qemu))
         with stack:                          # left open (pop_all) once everything started
+            self.trace_events = trace.parse_spec(self.options.trace)
+            if self.trace_events != trace.DEFAULT_EVENTS:   # the user's names: checked now
+                trace.check(self.trace_events, self.build)
             self.extra["qemu"] = builds.recorded(self.build)
             self.run = RunDir.create(self.experiment, self.params, self.options.runs_dir,
                                      self.options.run_path)
@@ -121,9 +124,13 @@ class LabRun:
     def machine(self, disk: Path, label: str, **kwargs: Any) -> Machine:
         """A lab VM on this run's backend (embedded QEMU, or a transient libvirt domain),
         with the options' cache mode and accelerator unless *kwargs* say otherwise; its
-        console goes to ``console-<label>.log`` in the run folder."""
+        console goes to ``console-<label>.log`` in the run folder, its QEMU trace events
+        (unless ``trace=off``) to ``trace-<label>.log`` there (then ``trace.parquet``)."""
         kwargs.setdefault("cache", self.options.cache)
         kwargs.setdefault("accel", self.options.accel)
+        if self.trace_events:
+            kwargs.setdefault("trace", trace.TraceSpec(self.run.path / f"trace-{label}.log",
+                                                       self.trace_events))
         if self.options.backend == "libvirt":
             from ..libvirt_lab import LibvirtMachine
             kwargs.pop("accel")  # libvirt lab domains are type='qemu' (TCG)
