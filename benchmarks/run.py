@@ -32,6 +32,7 @@ import uvloop
 from qemu.qmp import Message
 
 from kvmlab import __version__, images, paths
+from kvmlab.backends.qmp import QMPBackend
 from kvmlab.jobs import Job
 from kvmlab.libvirt_lab import LibvirtMachine
 from kvmlab.machine import Machine, resolve_accel
@@ -541,6 +542,148 @@ def bench_qemu_builds(tmp: Path, smoke: bool) -> dict[str, Any]:
     return out
 
 
+# -- 8. QEMU's trace stream: its cost, and long runs drawn ------------------------------
+#: the commit before the trace stream: its plots and analysis are "today's" dashboard
+BEFORE_TRACE = "998d3a2"
+
+
+def _before_trace() -> Any:
+    """kvmlab's plots module as it was before the trace stream (with its analysis), loaded
+    from git, so both dashboards are timed side by side in one run; None without git."""
+    import importlib
+    import types
+
+    import kvmlab.marks
+    import kvmlab.runs
+    import kvmlab.units
+    pkg = types.ModuleType("kvmlab_before")
+    pkg.__path__ = []
+    sys.modules["kvmlab_before"] = pkg
+    for name, mod in (("marks", kvmlab.marks), ("units", kvmlab.units), ("runs", kvmlab.runs)):
+        sys.modules[f"kvmlab_before.{name}"] = mod
+        setattr(pkg, name, mod)
+    for name in ("analysis", "plots"):
+        proc = subprocess.run(["git", "show", f"{BEFORE_TRACE}:kvmlab/{name}.py"], cwd=HERE,
+                              capture_output=True, check=False)
+        if proc.returncode:
+            return None
+        mod = types.ModuleType(f"kvmlab_before.{name}")
+        mod.__package__ = "kvmlab_before"
+        sys.modules[mod.__name__] = mod
+        exec(compile(proc.stdout, f"{BEFORE_TRACE}:kvmlab/{name}.py", "exec"), mod.__dict__)
+        setattr(pkg, name, mod)
+    importlib.invalidate_caches()
+    return pkg.plots
+
+
+def tile_run(run: Any, hours: float, hz: float = 10.0) -> Any:
+    """A *hours*-long run at *hz* made of copies of a real run laid end to end (every
+    stream, the trace too), its samples thinned or kept to exactly *hz*."""
+    import pandas as pd
+
+    from kvmlab.runs import RunData
+    span = float(run.events["t"].max()) + 0.1
+    n = int(hours * 3600 / span) + 1
+    frames = {}
+    for name in ("samples", "events", "sizes", "guest_ops", "trace"):
+        df = getattr(run, name)
+        frames[name] = pd.concat([df.assign(t=df["t"] + k * span) for k in range(n)],
+                                 ignore_index=True) if len(df) else df
+    s = frames["samples"]
+    want = int(hours * 3600 * hz)
+    if len(s) > want:
+        frames["samples"] = s.iloc[:want]
+    return RunData(run.path, run.meta, frames)
+
+
+def bench_trace(tmp: Path, smoke: bool) -> dict[str, Any]:
+    """The trace stream's cost and the long-run dashboard.
+
+    - time to ready with QEMU's mirror trace on vs off, RAM to RAM as the recording
+      overhead is measured, on one VM whose trace is switched with ``trace-event-set-state``
+      between reps (the recorder tails the file throughout), paired per rep;
+    - the parser's cost per event, and the trace's size per GiB mirrored (QEMU's log, and
+      the parquet the run keeps);
+    - a 10-hour run at 10 Hz (a real NBD-outage run with its trace, tiled) drawn by today's
+      dashboard (before the trace stream) and by the new one with lanes and causes."""
+    from kvmlab import experiments as ex
+    from kvmlab import plots
+    from kvmlab import trace as qtrace
+    from kvmlab.runs import load_run
+    reps = 1 if smoke else 15
+    fill = 16 if smoke else 512
+    ram = owned_tmpdir("kvmlab-bench-", Path("/dev/shm"))
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    out: dict[str, Any] = {}
+    try:
+        src, target = ram / "o.qcow2", ram / "o-t.raw"
+        images.make_guest_disk(src, fill * 2, fill_mib=fill)
+        subprocess.run(["qemu-img", "create", "-q", "-f", "raw", "-o", "preallocation=full",
+                        str(target), f"{fill * 2}M"], check=True)
+        log = ram / "trace.log"
+        spec = qtrace.TraceSpec(log)
+        with Machine(src, cache="writeback", trace=spec) as vm:
+            vm.wait_guest("ready", timeout=120)
+            rec = Recorder(tmp / "trace-ovh", interval=0.1)
+            rec.attach_machine(vm)
+            rec.start()
+            try:
+                for i in range(reps):
+                    for key in (("off", "on") if i % 2 else ("on", "off")):
+                        qmp = vm.backend
+                        assert isinstance(qmp, QMPBackend)
+                        qmp.execute("trace-event-set-state",
+                                    {"name": "mirror_*", "enable": key == "on"})
+                        times[key].append(_mirror_to_ready(vm, target, format="raw",
+                                                           mode="existing"))
+                rows_on = rec.trace_rows
+                log_bytes = log.stat().st_size
+            finally:
+                rec.stop()
+            parquet_bytes = (tmp / "trace-ovh" / "trace.parquet").stat().st_size
+        copied_gib = reps * fill * 2 / 1024          # each "on" rep mirrors the whole disk
+        out["ttr_trace_off_s"] = median(times["off"])
+        out["ttr_trace_on_s"] = median(times["on"])
+        out["overhead_trace"], out["overhead_trace_ci95"] = _paired(times, "on", "off",
+                                                                    random.Random(0))
+        out["trace_events_per_gib"] = rows_on / copied_gib
+        out["trace_log_mib_per_gib"] = log_bytes / MIB / copied_gib
+        out["trace_parquet_mib_per_gib"] = parquet_bytes / MIB / copied_gib
+    finally:
+        shutil.rmtree(ram, ignore_errors=True)
+    lines = (Path(__file__).resolve().parent.parent / "tests" / "data" /
+             "trace-7.2.log").read_text().splitlines() * (50 if smoke else 2000)
+    parser = qtrace.Parser("vm", lambda w: w)
+    t0 = time.perf_counter()
+    parser.rows(lines)
+    out["parse_us_per_event"] = (time.perf_counter() - t0) / len(lines) * 1e6
+    # the long run: a real outage run with its trace, tiled to 10 hours at 10 Hz
+    r = ex.target_fault(fault="nbd_suspend", fill_mib=16, verify=False,
+                        options=RunOptions(runs_dir=tmp / "runs"))
+    big = tile_run(load_run(r.run_path), 0.5 if smoke else 10.0)
+    out["long_run_samples"] = len(big.samples)
+    out["long_run_trace_rows"] = len(big.trace)
+    before = _before_trace()
+    import matplotlib.pyplot as plt
+    for key, draw in (("dashboard_today_s", (lambda: before.dashboard(big)) if before else None),
+                      ("dashboard_with_trace_s", lambda: plots.dashboard(big))):
+        if draw is None:
+            out[key] = "no git history: today's dashboard not loaded"
+            continue
+        t0 = time.perf_counter()
+        fig = draw()
+        out[key] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        fig.savefig(tmp / "long.png", dpi=72)
+        out[key.replace("_s", "_png_s")] = time.perf_counter() - t0
+        plt.close(fig)
+    if before is not None:
+        out["dashboard_speedup"] = out["dashboard_today_s"] / out["dashboard_with_trace_s"]
+    out["reps"] = reps
+    out["image_fill_mib"] = fill
+    return out
+
+
 # -- report --------------------------------------------------------------------------------
 TARGETS = {
     "sample_cost": "kvmlab's watch >= 50x cheaper per sample than a virsh subprocess; "
@@ -553,6 +696,8 @@ TARGETS = {
                  "it replaced (ratio <= 1.1)",
     "qemu_builds": "E1 end to end and the per-sample watch cost on QEMU 10.0 against "
                    "Debian's 7.2, as ratios 10.0 / 7.2 (no target: a comparison)",
+    "trace": "tracing on < 3 % longer time to ready; a 10-hour 10 Hz run's dashboard with "
+             "its trace < 2 s (against today's, timed in the same run)",
 }
 
 
@@ -623,7 +768,7 @@ def main(argv: list[str] | None = None) -> int:
     fns = {"sample_cost": bench_sample_cost, "recording_overhead": bench_recording_overhead,
            "throughput": bench_throughput, "end_to_end": bench_end_to_end,
            "sweep": bench_sweep, "live_plot": bench_live_plot,
-           "qemu_builds": bench_qemu_builds}
+           "qemu_builds": bench_qemu_builds, "trace": bench_trace}
     paths.scratch_dir().mkdir(parents=True, exist_ok=True)
     tmp = owned_tmpdir("bench-", paths.scratch_dir())        # reaped if we are killed
     try:

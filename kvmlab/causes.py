@@ -44,14 +44,20 @@ MATCH_S = 0.5
 
 
 def job_objects(trace: pd.DataFrame, events: pd.DataFrame) -> dict[str, str]:
-    """QEMU's job pointer in the trace -> the job's id: each ``created`` transition paired
-    with the nearest ``JOB_STATUS_CHANGE created`` event (the trace has no ids)."""
+    """QEMU's job pointer in the trace -> the job's id: the ``created`` transitions paired
+    with the ``JOB_STATUS_CHANGE created`` events in order when both have all the jobs,
+    else each with the nearest in time (the trace has no ids)."""
     if trace is None or trace.empty or events is None or events.empty:
         return {}
     born = trace[(trace["event"] == "job_state_transition") & (trace["state"] == "created")]
     created = events[(events["name"] == "JOB_STATUS_CHANGE") & (events["status"] == "created")]
     if born.empty or created.empty:
         return {}
+    if len(born) == len(created):
+        # the same QEMU's jobs in the same order: pair them by order, not by clock (a
+        # libvirt event reaches us a few ms after QEMU sent it)
+        return {str(o): str(j) for o, j in zip(born.sort_values("t")["obj"],
+                                               created.sort_values("t")["job"])}
     pairs = pd.merge_asof(born[["t", "obj"]].astype({"t": "float64"}).sort_values("t"),
                           created[["t", "job"]].astype({"t": "float64"}).sort_values("t"),
                           on="t", direction="nearest",
@@ -233,6 +239,26 @@ MAX_SLEEP = 3600.0
 BIN = 0.5
 
 
+def _stopped_on_error(events: pd.DataFrame, job: str) -> list[tuple[float, float]]:
+    """From each BLOCK_JOB_ERROR whose action was ``stop`` until QEMU said the job runs
+    again (or ended): a pause too short for a sample to see is still there."""
+    if events is None or events.empty:
+        return []
+    ev = events[events["job"] == job].sort_values("t", kind="stable")
+    err = ev[ev["name"] == marks.BLOCK_JOB_ERROR]
+    again = ev[((ev["name"] == "JOB_STATUS_CHANGE") & ev["status"].isin(("running", "ready",
+                                                                          "concluded")))
+               | ev["name"].isin(marks.JOB_ENDED)]["t"].to_numpy(dtype="float64")
+    out = []
+    for t, raw in zip(err["t"], err["data"]):
+        if analysis._data({"data": raw}).get("action") != "stop":
+            continue
+        k = int(np.searchsorted(again, t, side="right"))
+        end = float(again[k]) if k < len(again) else float(ev["t"].max())
+        out.append((float(t), max(end, float(t) + STEP)))
+    return out
+
+
 def _throttled_stretches(js: pd.DataFrame, tr: JobTrace, min_duration: float
                          ) -> list[tuple[float, float]]:
     """Stretches before READY of at least *min_duration* s, in bins of :data:`BIN` s, in
@@ -279,10 +305,15 @@ def classify(run: RunData, job: str | None = None, *, min_duration: float = 2.0,
     for a, b, speed in zip(st["start"], st["end"], st["speed"]):
         found.append(_stall_row(tr, job, float(a), float(b), int(speed)))
     io_bad = js["io_status"].fillna("ok") != "ok"
+    t = js["t"].to_numpy(dtype="float64")
     for a, b in zip(*(analysis.paused_periods(js, job)[c] for c in ("start", "end"))):
         during = io_bad[(js["t"] >= a) & (js["t"] <= b)]
+        k = int(np.searchsorted(t, b, side="right"))
+        b = float(t[k]) if k < len(t) else b      # paused until the next sample said not
         cause = "error" if during.any() or tr.errors(a, b) else "paused"
         found.append(_row(float(a), float(b), cause, job))
+    for a, b in _stopped_on_error(events, job):
+        found.append(_row(a, b, "error", job))
     for a, b in _backlog_periods(js, min_duration, threshold):
         found.append(_row(a, b, "dirtying" if tr else "unknown", job))
     for a, b in _throttled_stretches(js, tr, min_duration):
@@ -294,8 +325,9 @@ def _paint(found: list[dict[str, Any]]) -> pd.DataFrame:
     """Overlapping periods -> one cause per moment (a grid of :data:`STEP` s)."""
     if not found:
         return pd.DataFrame(columns=COLUMNS)
-    t0 = min(r["start"] for r in found)
-    n = int(np.ceil((max(r["end"] for r in found) - t0) / STEP)) + 1
+    t0 = lo = min(r["start"] for r in found)
+    hi = max(r["end"] for r in found)
+    n = int(np.ceil((hi - t0) / STEP)) + 1
     grid = np.full(n, len(PRIORITY), dtype=np.int64)
     src = np.full(n, -1, dtype=np.int64)
     for k, r in enumerate(found):
@@ -315,9 +347,7 @@ def _paint(found: list[dict[str, Any]]) -> pd.DataFrame:
         while j + 1 < n and grid[j + 1] == grid[i]:
             j += 1
         origin = found[int(src[i])]
-        a, b = t0 + i * STEP, t0 + j * STEP
-        a, b = max(a, origin["start"]), min(max(b, a), max(origin["end"], b)) if j > i else \
-            (max(a, origin["start"]), max(a, origin["start"]))
+        a, b = max(t0 + i * STEP, lo), min(t0 + j * STEP, hi)
         row = dict(origin) | {"start": a, "end": b, "duration": b - a,
                               "cause": PRIORITY[int(grid[i])]}
         if row["cause"] != origin["cause"]:

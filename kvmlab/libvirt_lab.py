@@ -88,6 +88,12 @@ class LibvirtMachine(Machine):
         ET.SubElement(serial, "source", mode="bind", path=str(console_sock))
         ET.SubElement(serial, "target", port="0")
         ET.SubElement(dev, "memballoon", model="none")
+        if self.trace is not None:
+            # libvirt has no element for trace events: QEMU's own arguments, through
+            # libvirt's qemu namespace (its QEMU writes the trace file as ours does)
+            cmdline = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
+            for arg in self.trace.qemu_args():
+                ET.SubElement(cmdline, f"{{{QEMU_NS}}}arg", value=arg)
         return ET.tostring(dom, encoding="unicode")
 
     # QEMUMachine-style hooks (see Machine): the embedded lab's launch and shutdown, with
@@ -116,6 +122,8 @@ class LibvirtMachine(Machine):
         except libvirt.libvirtError as err:
             raise BackendError(f"cannot connect to {self.uri}: {err}") from err
         _let_qemu_in(conn, tmp)
+        if self.trace is not None:
+            _let_qemu_in(conn, self.trace.path, "rw")
         # if we are killed, whoever reaps our temp dir destroys the domain (libvirtd's QEMU
         # is not our child: pdeathsig cannot take it with us)
         own(tmp, on_reap=["virsh", "-c", self.uri, "destroy", self.domain_name])
@@ -176,6 +184,11 @@ class LibvirtMachine(Machine):
         return 0
 
 
+#: libvirt's namespace for raw QEMU arguments in a domain's XML
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+ET.register_namespace("qemu", QEMU_NS)
+
+
 def qemu_dac_uid(capabilities_xml: str) -> int | None:
     """The uid libvirt runs QEMU domains as (the DAC security model's base label for
     type 'qemu' in the host capabilities, ``+64055:+64055``); None if not given."""
@@ -190,12 +203,13 @@ def qemu_dac_uid(capabilities_xml: str) -> int | None:
     return None
 
 
-def _let_qemu_in(conn: Any, folder: Path) -> None:
-    """libvirt's QEMU binds the console socket in *folder* (0700, ours): if it runs as
-    another user, give that user, and nobody else, access with an ACL entry."""
+def _let_qemu_in(conn: Any, path: Path, perms: str = "rwx") -> None:
+    """libvirt's QEMU binds the console socket in *path* (0700, ours) and writes the trace
+    file: if it runs as another user, give that user, and nobody else, access with an ACL
+    entry."""
     uid = qemu_dac_uid(conn.getCapabilities())
     if uid is not None and uid != os.geteuid():
-        _proc.run(["setfacl", "-m", f"u:{uid}:rwx", folder])
+        _proc.run(["setfacl", "-m", f"u:{uid}:{perms}", path])
 
 
 def _connect_unix(path: Path, timeout: float) -> socket.socket:

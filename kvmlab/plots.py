@@ -393,6 +393,27 @@ def trace_lanes(trace: pd.DataFrame, events: pd.DataFrame | None, axes: Any, *,
         axes[-1].set_xlabel("time since recording started (s)")
 
 
+def in_flight_lane(trace: pd.DataFrame | None, events: pd.DataFrame | None, *,
+                   ax: Axes, job: str | None = None) -> None:
+    """One lane for the panel: requests in flight (a step) with each traced throttle sleep
+    shaded orange; says so when there is no trace."""
+    jt = causes.job_trace(trace, events if events is not None else pd.DataFrame(), job) \
+        if trace is not None and len(trace) else None
+    if jt is None or jt.empty:
+        ax.text(0.5, 0.5, "no QEMU trace for this job", transform=ax.transAxes, ha="center",
+                va="center", fontsize=8, color="0.3")
+    else:
+        lanes = causes.lanes(jt)
+        _line(ax, lanes["in_flight"]["t"], lanes["in_flight"]["value"], step=True,
+              color="tab:blue", linewidth=1)
+        sl = lanes["sleep"]
+        _spans(ax, list(zip(sl["t"], sl["t"] + sl["value"])), color="tab:orange", alpha=0.3,
+               linewidth=0)
+    ax.set_ylabel("in flight", fontsize=8)
+    ax.set_xlabel("time since recording started (s)")
+    ax.grid(alpha=0.3)
+
+
 def dashboard(run: RunData, *, job: str | None = None, window: float = 2.0,
               log: bool = False, trace: bool = True) -> Figure:
     """Progress, QEMU's trace lanes (in flight, dirty count, throttle sleep), convergence,

@@ -229,7 +229,10 @@ class Recorder:
             self.track(f"{label}:{d.id}", d.path)
         source = getattr(vm, "trace_source", None)
         if source is not None and (found := source()) is not None:
-            self.trace_file(label, *found)
+            path, start = found
+            if not console_history:          # as for the console: from now on only
+                start = max(start, path.stat().st_size if path.exists() else 0)
+            self.trace_file(label, path, start)
 
     def trace_file(self, label: str, path: str | Path, start: int = 0) -> None:
         """Parse QEMU trace lines appended to *path* from byte *start* on into the ``trace``

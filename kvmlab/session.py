@@ -38,6 +38,7 @@ from .machine import Machine
 from .model import JobInfo, MirrorSpec
 from .record import Recorder
 from .runs import RunData, RunDir, load_run
+from .trace import TraceSpec
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,9 @@ class Session:
         """Launch a lab VM whose guest works on its disk; return once it is busy.
 
         :param qemu: the QEMU build of the VM and its images (``system``, ``10.0``, a path).
+
+        Its QEMU writes the mirror's trace events (:mod:`kvmlab.trace`) to the session's
+        scratch folder; each job's run records those from its start in ``trace.parquet``.
         """
         build = builds.resolve(qemu)               # bad name: nothing is created
         scratch = paths.scratch_dir() / \
@@ -138,7 +142,8 @@ class Session:
             vm = Machine(disk, mode="workload", cache=cache, accel=accel, name="kvmlab-panel",
                          qemu=build,
                          workload=Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s),
-                         console_log=scratch / "console.log")
+                         console_log=scratch / "console.log",
+                         trace=TraceSpec(scratch / "trace.log"))
             vm.launch()
             vm.wait_guest("op", timeout=boot_timeout)
         except BaseException:

@@ -18,15 +18,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import ipywidgets as w
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from . import analysis, plots
+from . import analysis, causes, plots
 from .errors import KvmlabError
 from .model import MIRROR_MODES, SYNC_MODES, MirrorSpec
+from .runs import RunData
 from .session import Finished, Session
 from .units import with_unit
 
@@ -68,10 +70,11 @@ class LivePlot:
     """
 
     def __init__(self, interactive: bool | None = None) -> None:
-        self.fig = Figure(figsize=(8, 2.8))
+        self.fig = Figure(figsize=(8, 3.6))
         self._lock = threading.Lock()
-        self.ax = self.fig.subplots()
-        self.fig.subplots_adjust(left=0.08, right=0.98, top=0.88, bottom=0.17)
+        self.ax, self.lane = self.fig.subplots(2, 1, sharex=True,
+                                               gridspec_kw={"height_ratios": [3, 1]})
+        self.fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.13, hspace=0.1)
         self._auto: tuple[tuple[float, float], tuple[float, float]] | None = None
         self.canvas: Any = None
         if interactive is not False:
@@ -101,19 +104,27 @@ class LivePlot:
         with self._lock:
             return fn()
 
-    def draw(self, samples: Any, events: Any) -> None:
-        """Redraw with *samples* and *events*, keeping a view the user zoomed to."""
-        self._locked(lambda: self._redraw(samples, events))
+    def draw(self, samples: Any, events: Any, trace: Any = None) -> None:
+        """Redraw with *samples*, *events* and QEMU's *trace* (hold-ups coloured by cause,
+        a lane of requests in flight and throttle sleeps), keeping a view the user zoomed
+        to."""
+        self._locked(lambda: self._redraw(samples, events, trace))
         if self.canvas is not None:
             self.canvas.layout.display = None
             self.canvas.draw_idle()
         else:
             _show_image(self.widget, self._locked(lambda: _png(self.fig)))
 
-    def _redraw(self, samples: Any, events: Any) -> None:
+    def _redraw(self, samples: Any, events: Any, trace: Any = None) -> None:
         view = (self.ax.get_xlim(), self.ax.get_ylim()) if self.zoomed else None
         self.ax.clear()
-        plots.convergence(samples, events, ax=self.ax)
+        self.lane.clear()
+        held = None
+        if trace is not None and len(trace):
+            held = causes.classify(RunData(Path("."), {}, {"samples": samples, "events": events,
+                                                           "trace": trace}))
+        plots.convergence(samples, events, ax=self.ax, xlabel=False, held=held)
+        plots.in_flight_lane(trace, events, ax=self.lane)
         self._auto = (self.ax.get_xlim(), self.ax.get_ylim())
         if view is not None:
             self.ax.set_xlim(view[0])
@@ -399,7 +410,7 @@ class MirrorPanel(w.VBox):
         if len(samples) < 2 or len(samples) == self._plotted:
             return
         self._plotted = len(samples)
-        self.plot.draw(samples, events)
+        self.plot.draw(samples, events, frames.get("trace"))
 
     def _numbers(self, info: Any, samples: Any) -> None:
         r = analysis.rates(samples, None, 2.0) if len(samples) >= 2 else None

@@ -21,9 +21,13 @@ def test_benchmarks_smoke(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "results.json").read_text())
     b = data["benchmarks"]
     assert set(b) == {"sample_cost", "recording_overhead", "throughput", "end_to_end", "sweep",
-                      "live_plot", "qemu_builds"}
+                      "live_plot", "qemu_builds", "trace"}
     assert b["qemu_builds"]["all_passed"] is True and b["qemu_builds"]["ratio_watch_cpu"] > 0
     assert b["live_plot"]["ipympl_over_png"] > 0
+    t = b["trace"]
+    assert t["ttr_trace_on_s"] > 0 and t["trace_events_per_gib"] > 0
+    assert t["parse_us_per_event"] > 0 and t["long_run_trace_rows"] > 0
+    assert t["dashboard_with_trace_s"] > 0
     assert b["sample_cost"]["virsh_wall_s"] > 0 and b["sample_cost"]["qmp_wall_s"] > 0
     assert b["throughput"]["qemu_img_convert_s"] > 0
     assert b["end_to_end"]["all_passed"] is True

@@ -163,6 +163,11 @@ def test_killed_run_is_marked_killed_and_reaped(tmp_path: Path) -> None:
     assert not (paths.scratch_dir() / meta["run_id"]).exists()
     assert json.loads((out / "run.json").read_text())["status"] == "killed"
     assert load_run(out).meta["status"] == "killed"
+    # QEMU's trace file is the trace's journal: read from it, on the run's time base
+    data = load_run(out)
+    tr = data.trace
+    assert (tr["event"] == "mirror_one_iteration").any()
+    assert tr["t"].min() >= 0 and tr["t"].max() <= data.events["t"].max() + 5
 
 
 def test_load_run_marks_a_run_of_a_dead_process_killed(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kvmlab import experiments as ex
-from kvmlab import images
+from kvmlab import causes, images
 from kvmlab.backends.libvirt import LibvirtBackend
 from kvmlab.errors import BackendError, BadInput
 from kvmlab.jobs import job_for
@@ -138,6 +138,11 @@ def test_seed_experiments_through_libvirt(name: str, opts: RunOptions) -> None:
     kw = dict(image_mib=48, fill_mib=8, options=opts.replace(backend="libvirt", accel="auto"))
     if name == "E1":
         r = ex.mirror_basic(after_ready_s=1.0, **kw)  # type: ignore[arg-type]
+        # libvirt's QEMU writes the trace too (qemu:commandline): the same stream as ours
+        tr = r.data.trace
+        assert (tr["event"] == "mirror_one_iteration").any()
+        assert causes.job_trace(tr, r.data.events, "vda")["event"].nunique() >= 3
+        assert not list(r.run_path.glob("trace-*.log"))
     elif name == "E3":
         r = ex.commit_stopped(method="hmp", rounds=3, **kw)  # type: ignore[arg-type]
         assert r.verdict["vm_state_during_commit"] == "paused"

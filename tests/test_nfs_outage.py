@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmlab import analysis, plots
+from kvmlab import analysis, causes, plots
 from kvmlab.errors import BadInput, LaunchError
 from kvmlab.experiments import mirror_nfs_outage
 from kvmlab.faults import NfsServer
@@ -82,6 +82,12 @@ def test_e2_mirror_survives_nfs_outage(outage: str, policy: str, opts: RunOption
     st = analysis.during(analysis.stalls(run.samples, min_duration=2.0),
                          windows["start"][0], windows["end"][0])
     assert len(st) == 1
+    # QEMU's trace names the cause, and the outage began where the fault was injected
+    start, end = windows["start"][0], windows["end"][0]
+    held = causes.classify(run)
+    assert causes.cause_at(held, (start + end) / 2) == "target", held
+    onset = causes.outage_onset(held)
+    assert onset is not None and abs(onset - start) <= 0.1, (onset, start)
     saved = plots.save_all(run)
     assert any(p.endswith("dashboard.png") for p in saved)
     assert run.meta["nfs"]["url"].startswith("nfs://127.0.0.1/")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmlab import analysis, images
+from kvmlab import analysis, causes, images
 from kvmlab.errors import BadInput
 from kvmlab.experiments import target_fault
 from kvmlab.faults import NbdServer, SmallTmpfs, blkdebug_target
@@ -82,6 +82,17 @@ def test_target_fault(fault: str, policy: str, behaviour: str, steps: list[str],
         assert v["verify_pass"] and v["checked"] > 0
     windows = analysis.fault_windows(r.data.events)
     assert fault in set(windows["name"])
+    held = causes.classify(r.data)
+    w = windows[windows["name"] == fault].iloc[0]
+    mid = causes.cause_at(held, (w["start"] + w["end"]) / 2)
+    if fault == "nbd_suspend":
+        assert mid == "target", held
+        onset = causes.outage_onset(held)
+        assert onset is not None and abs(onset - w["start"]) <= 0.1, (onset, w["start"])
+    elif fault == "throttle":
+        assert mid == "throttled", held
+    elif behaviour == "paused":                   # stopped by on-target-error
+        assert (held["cause"] == "error").any() and not (held["cause"] == "paused").any(), held
     if fault == "throttle":
         # the copy rate inside the window is near the 256 KiB/s limit, well below outside it
         assert v["fault_bytes_copied_in_window"] <= 3 * 256 * 1024 * 1.5

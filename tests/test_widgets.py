@@ -59,6 +59,8 @@ def test_panel_drives_a_mirror_through_every_state(panel: MirrorPanel, runs: Pat
     _until(lambda: "ready" in p.status.value, 60, "ready")
     assert "complete" in _enabled(p) and p.progress.value == pytest.approx(1.0)
     assert p.plot.value[:4] == b"\x89PNG"             # the live plot of remaining bytes
+    # under it, QEMU's trace: requests in flight (the recorder reads the session's trace)
+    assert p.plot.lane.get_lines() and p.plot.lane.get_ylabel() == "in flight"
     p.click("cancel")
     fin = p.session.wait_finished(30)
     _until(lambda: "run saved" in p.summary.value, 10, "summary shown")

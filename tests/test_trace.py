@@ -1,0 +1,240 @@
+"""QEMU's trace events as a run stream, and the causes of hold-ups read from them.
+
+Pure tests replay lines and runs recorded from real QEMU (7.2 and 10.0, data/); the
+``qemu`` tests run the faults live and check the classifier against the marked windows.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+matplotlib.use("Agg")
+
+from kvmlab import analysis, causes, plots, record, trace  # noqa: E402
+from kvmlab import experiments as ex  # noqa: E402
+from kvmlab.errors import BadInput  # noqa: E402
+from kvmlab.machine import Machine  # noqa: E402
+from kvmlab.options import RunOptions  # noqa: E402
+from kvmlab.runs import RunData, load_run, read_trace  # noqa: E402
+
+DATA = Path(__file__).parent / "data"
+RUNS = DATA / "runs"
+LOG = DATA / "trace-7.2.log"
+
+
+# -- parsing (lines QEMU 7.2 wrote) -------------------------------------------------------
+def test_parser_reads_a_real_mirror_trace() -> None:
+    rows = trace.Parser("vm", lambda wall: wall - 1795978000.0).rows(LOG.read_text().splitlines())
+    df = trace.frame(rows)
+    assert len(df) == 80
+    counts = df["event"].value_counts()
+    # 32 requests issued; 34 completions (QEMU splits a zero chunk's completion)
+    assert counts["mirror_one_iteration"] == 32 and counts["mirror_iteration_done"] == 34
+    it = df[df["event"].isin(["mirror_one_iteration", "mirror_iteration_done"])]
+    assert it["in_flight"].max() == 16 and it["in_flight"].iloc[-1] == 0
+    sleep = df[df["event"] == "mirror_before_sleep"]
+    assert list(sleep["dirty"]) == [67108864, 50331648, 33554432, 16777216]
+    assert sleep["delay"].between(0.99, 1.01).all()
+    states = list(df.loc[df["event"] == "job_state_transition", "state"])
+    assert states[:2] == ["created", "running"] and states[-2:] == ["concluded", "null"]
+    assert list(df.loc[df["event"] == "job_apply_verb", "state"]) == ["set-speed", "cancel"]
+    assert df["obj"].nunique() == 1                      # job and mirror: the same pointer
+    # t is QEMU's own clock mapped, not the time the line was read
+    assert np.allclose(df["t"], df["wall"] - 1795978000.0)
+
+
+def test_fields_are_read_from_the_line_not_assumed() -> None:
+    assert trace.fields("s 0x10 dirty count 7 synced 0 delay 999ns") == {
+        "s": 16, "dirty_count": 7, "synced": 0, "delay": 999}
+    assert trace.fields("bs 0x1 s 0x2 opaque (nil)") == {"bs": 1, "s": 2, "opaque": 0}
+    assert trace.Parser("vm", float).row("qemu-system-x86_64: some message") is None
+
+
+def test_trace_spec_words() -> None:
+    assert trace.parse_spec("off") == () and trace.parse_spec(False) == ()
+    assert trace.parse_spec("default") == trace.DEFAULT_EVENTS == trace.parse_spec(True)
+    assert trace.parse_spec("mirror_*, job_completed") == ("mirror_*", "job_completed")
+    with pytest.raises(BadInput, match="not an event name"):
+        trace.parse_spec("mirror;rm -rf /")
+    with pytest.raises(BadInput, match="trace"):
+        RunOptions(trace=3)  # type: ignore[arg-type]
+
+
+def test_recorder_writes_row_groups_and_keeps_only_recent_rows(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    """The trace stream is written as it comes, in row groups: memory holds one group and
+    the live tail, not the run."""
+    monkeypatch.setattr(record, "TRACE_ROW_GROUP", 50)
+    monkeypatch.setattr(record, "TRACE_LIVE_ROWS", 30)
+    run = tmp_path / "run"
+    rec = record.Recorder(run, interval=0.05)
+    log = run / "trace-vm.log"
+    log.write_text("")
+    rec.trace_file("vm", log)
+    rec.start()
+    lines = LOG.read_text().splitlines(keepends=True)
+    with open(log, "a") as fh:
+        for _ in range(5):
+            fh.writelines(lines)
+            fh.flush()
+            rec._trace.poll()
+    assert rec.trace_rows == 400
+    assert len(rec.frames()["trace"]) == 30                     # the live tail only
+    rec.stop()
+    f = pq.ParquetFile(run / "trace.parquet")
+    assert f.metadata.num_rows == 400 and f.metadata.num_row_groups >= 4
+    assert not log.exists() and not (run / "trace.parquet.partial").exists()
+    assert load_run(run).trace["event"].value_counts()["mirror_one_iteration"] == 160
+
+
+def test_a_killed_runs_trace_is_read_from_qemus_files(tmp_path: Path) -> None:
+    shutil.copy(LOG, tmp_path / "trace-source.log")
+    with open(tmp_path / "trace-source.log", "a") as fh:
+        fh.write("22668@1795978150.2:mirror_one_iter")             # torn by the kill
+    events = pd.DataFrame({"t": [1.0, 2.0], "wall": [1795978101.0, 1795978102.0]})
+    tr = read_trace(tmp_path, events)
+    assert len(tr) == 81 and set(tr["machine"]) == {"source"}
+    assert np.allclose(tr["t"], tr["wall"] - 1795978100.0)
+
+
+# -- causes (runs recorded from real QEMU) -------------------------------------------------
+def _window_cause(run: RunData, name: str) -> tuple[pd.Series, pd.DataFrame]:
+    w = analysis.fault_windows(run.events)
+    w = w[w["name"] == name].iloc[0]
+    return w, causes.classify(run)
+
+
+@pytest.mark.parametrize("folder,window", [("trace-nfs-stop", "nfs_outage"),
+                                           ("trace-nbd-suspend", "nbd_suspend")])
+def test_recorded_outage_is_the_target_with_its_onset(folder: str, window: str) -> None:
+    run = load_run(RUNS / folder)
+    w, held = _window_cause(run, window)
+    assert causes.cause_at(held, (w["start"] + w["end"]) / 2) == "target"
+    onset = causes.outage_onset(held)
+    assert onset is not None and abs(onset - w["start"]) <= 0.1
+    row = held[held["cause"] == "target"].iloc[0]
+    assert row["last_completed"] <= w["start"] + 0.1 and row["completed"] == 0
+    s = analysis.summarize(run)
+    assert s["held_target_s"] >= 2.5 and s["outage_onset"] == onset and s["trace_events"] > 100
+
+
+def test_recorded_throttle_on_qemu_10_is_throttled() -> None:
+    """10.0 sleeps in its rate limiter without a trace point: nothing in flight while
+    limited is the sign."""
+    run = load_run(RUNS / "trace-throttle-10.0")
+    assert run.meta["qemu"]["version"].startswith("10.0")
+    w, held = _window_cause(run, "throttle")
+    assert causes.cause_at(held, (w["start"] + w["end"]) / 2) == "throttled"
+    assert not (held["cause"] == "target").any()
+
+
+def test_recorded_limit_below_the_guests_rate_is_dirtying() -> None:
+    run = load_run(RUNS / "trace-dirtying")
+    held = causes.classify(run)
+    dirty = held[held["cause"] == "dirtying"]
+    assert len(dirty) == 1 and dirty["duration"].iloc[0] >= 8
+    assert analysis.summarize(run)["held_dirtying_s"] == pytest.approx(dirty["duration"].iloc[0])
+
+
+def test_without_a_trace_only_pauses_and_errors_are_named() -> None:
+    run = load_run(RUNS / "stall-set-speed")
+    assert run.trace.empty
+    held = causes.classify(run)
+    assert len(held) and set(held["cause"]) <= {"unknown", "paused", "error"}
+
+
+# -- long runs -------------------------------------------------------------------------------
+def tile(run: RunData, hours: float) -> RunData:
+    """A long run made of copies of a real one, end to end (what benchmarks/ draws)."""
+    span = float(run.events["t"].max()) + 0.1
+    n = int(hours * 3600 / span) + 1
+    frames = {}
+    for name in ("samples", "events", "sizes", "guest_ops", "trace"):
+        df = getattr(run, name)
+        frames[name] = pd.concat([df.assign(t=df["t"] + k * span) for k in range(n)],
+                                 ignore_index=True) if len(df) else df
+    return RunData(run.path, run.meta, frames)
+
+
+def test_decimation_keeps_every_spike_and_dip() -> None:
+    t = np.arange(1_000_000, dtype="float64") / 10
+    y = np.sin(t / 500)
+    y[123_457], y[876_543] = 50.0, -50.0
+    x, v = plots.decimate(t, y)
+    assert len(x) <= 4 * (plots.MAX_POINTS // 4) and np.all(np.diff(x) > 0)
+    assert v.max() == 50.0 and v.min() == -50.0
+    assert x[0] == t[0] and x[-1] == t[-1]
+    short = np.arange(10.0)
+    assert plots.decimate(short, short)[0].tolist() == short.tolist()
+
+
+def test_a_long_run_draws_decimated_with_lanes_and_causes() -> None:
+    run = tile(load_run(RUNS / "trace-nfs-stop"), 0.5)
+    fig = plots.dashboard(run)
+    axes = fig.get_axes()
+    assert len(axes) == 7
+    assert all(np.size(line.get_xdata()) <= plots.MAX_POINTS for ax in axes
+               for line in ax.get_lines())
+    assert axes[1].get_ylabel().startswith("requests")
+    labels = {t.get_text() for t in axes[0].get_legend().get_texts()}
+    assert causes.LABELS["target"] in labels
+    with plots.every_point():
+        full = plots.dashboard(run, trace=False)
+    assert len(full.get_axes()) == 4
+    assert max(np.size(line.get_xdata()) for line in full.get_axes()[0].get_lines()) > \
+        plots.MAX_POINTS
+
+
+# -- live, on real QEMU ---------------------------------------------------------------------
+@pytest.mark.qemu
+def test_an_unknown_event_is_one_line_with_close_matches(opts: RunOptions) -> None:
+    with pytest.raises(BadInput, match=r"no trace event 'mirror_befor_sleep'.*close: "
+                                       r"mirror_before_sleep") as err:
+        ex.mirror_basic(options=opts.replace(trace="mirror_befor_sleep"))
+    assert "\n" not in str(err.value)
+    assert opts.runs_dir is not None and list(opts.runs_dir.iterdir()) == []
+
+
+@pytest.mark.qemu
+def test_a_trace_file_that_cannot_be_created_fails_the_start(scratch: Path) -> None:
+    from kvmlab import images
+    disk = scratch / "d.qcow2"
+    images.make_guest_disk(disk, 16)
+    vm = Machine(disk, trace=trace.TraceSpec(scratch / "missing" / "trace.log"))
+    with pytest.raises(trace.TraceError, match="cannot create the trace file") as err:
+        vm.launch()
+    assert "\n" not in str(err.value) and not vm.running
+    assert not (scratch / "missing").exists()
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("qemu", ["system", "10.0"])
+def test_speed_limit_below_the_guests_rate_is_dirtying(qemu: str, opts: RunOptions) -> None:
+    """The first pass copies 2 MiB; then the guest writes 3 MiB/s of new data against a
+    1 MiB/s limit: the backlog grows, the job never gets READY."""
+    r = ex.mirror_basic(image_mib=32, fill_mib=2, speed=1 << 20, workload_rate_kib_s=3072,
+                        ready_timeout=12, after_ready_s=0.5, options=opts.replace(qemu=qemu))
+    run = r.data
+    held = causes.classify(run)
+    assert (held["cause"] == "dirtying").any(), held
+    assert held.loc[held["cause"] == "dirtying", "duration"].max() >= 6
+    assert not (held["cause"] == "target").any()
+    assert len(run.trace) and not list(r.run_path.glob("trace-*.log"))
+
+
+@pytest.mark.qemu
+def test_throttle_on_qemu_10_is_throttled(opts: RunOptions) -> None:
+    r = ex.target_fault(fault="throttle", fill_mib=16, verify=False,
+                        options=opts.replace(qemu="10.0"))
+    w, held = _window_cause(r.data, "throttle")
+    assert causes.cause_at(held, (w["start"] + w["end"]) / 2) == "throttled", held
+    assert json.loads((r.run_path / "run.json").read_text())["params"]["trace"] == "default"
