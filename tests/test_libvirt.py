@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kvmlab import experiments as ex
 from kvmlab import causes, images
+from kvmlab import experiments as ex
 from kvmlab.backends.libvirt import LibvirtBackend
 from kvmlab.errors import BackendError, BadInput
 from kvmlab.jobs import job_for
