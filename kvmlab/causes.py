@@ -93,7 +93,7 @@ def _job_trace(trace: pd.DataFrame, events: pd.DataFrame, job: str | None) -> pd
     mine = [o for o, j in objs.items() if j == job]
     out = trace[trace["obj"].isin(mine)].copy()
     out["job"] = job
-    return out.sort_values("t", kind="stable")
+    return out if out["t"].is_monotonic_increasing else out.sort_values("t", kind="stable")
 
 
 def lanes(trace: pd.DataFrame) -> dict[str, pd.DataFrame]:

@@ -13,9 +13,10 @@ that becomes a parquet file when the recorder stops:
 
 A fifth stream, ``trace``, holds QEMU's own trace events (:mod:`kvmlab.trace`) of every
 attached VM that writes them.  QEMU's trace file is its journal (QEMU writes it, so a killed
-run keeps it); the recorder thread parses what was appended every tick and writes
-``trace.parquet`` in row groups of :data:`TRACE_ROW_GROUP` rows, so memory stays bounded
-however long the run; the last :data:`TRACE_LIVE_ROWS` rows stay in memory for live views.
+run keeps it); the recorder parses it when a live view asks (:meth:`Recorder.frames`), when
+:data:`TRACE_BACKLOG` bytes wait, and at stop, into ``trace.parquet`` in row groups of
+:data:`TRACE_ROW_GROUP` rows, so memory stays bounded however long the run; the last
+:data:`TRACE_LIVE_ROWS` rows stay in memory for live views.
 
 Times: ``t`` is seconds since the recorder's start on the host's monotonic
 clock, comparable across streams; ``wall`` is Unix time.  Recording is never
@@ -69,6 +70,9 @@ _JSON = json.JSONEncoder(default=str)
 TRACE_ROW_GROUP = 50_000
 #: trace rows kept in memory for live views (the panel's lanes)
 TRACE_LIVE_ROWS = 20_000
+#: QEMU's trace is parsed when read (:meth:`Recorder.frames`), at stop, and whenever this
+#: many bytes of it wait: while nobody watches, a run's CPU goes to QEMU, not to parsing
+TRACE_BACKLOG = 16 << 20
 
 
 class _Stream:
@@ -122,15 +126,25 @@ class _TraceSink:
         with self._lock:
             self._tails.append((tail, owned))
 
+    def backlog(self) -> int:
+        """Bytes of trace written by QEMU and not parsed yet."""
+        with self._lock:
+            return sum(tail.unread() for tail, _ in self._tails)
+
     def poll(self, final: bool = False) -> None:
+        """Parse everything the files have now (in 8 MiB pieces, writing a row group
+        whenever one is full: memory holds at most a group and a piece)."""
         with self._lock:
             for tail, _ in self._tails:
-                rows = tail.read(final)
-                self._pending += rows
-                self.recent.extend(rows)
-                self.count += len(rows)
-            if len(self._pending) >= TRACE_ROW_GROUP:
-                self._write()
+                while True:
+                    rows = tail.read(final)
+                    self._pending += rows
+                    self.recent.extend(rows)
+                    self.count += len(rows)
+                    if len(self._pending) >= TRACE_ROW_GROUP:
+                        self._write()
+                    if not tail.unread():
+                        break
 
     def _write(self) -> None:
         table = pa.Table.from_pandas(qtrace.frame(self._pending), schema=self._schema,
@@ -380,7 +394,8 @@ class Recorder:
             if now >= self._next_sizes:
                 self._next_sizes = now + size_every
                 self.sample_sizes()
-            self._trace.poll()
+            if self._trace.backlog() >= TRACE_BACKLOG:
+                self._trace.poll()
             for stream in self._streams.values():
                 stream.flush()
             due = min(self._next_sizes, self.now() + JOURNAL_EVERY)
@@ -432,12 +447,14 @@ class Recorder:
         for name, stream in self._streams.items():
             df = pd.DataFrame(list(stream.rows), columns=COLUMNS[name])
             out[name] = _typed(name, df)
+        self._trace.poll()
         out["trace"] = qtrace.frame(list(self._trace.recent))
         return out
 
     @property
     def trace_rows(self) -> int:
-        """Trace events recorded so far."""
+        """Trace events recorded so far (parsing what waits)."""
+        self._trace.poll()
         return self._trace.count
 
 

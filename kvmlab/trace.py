@@ -229,16 +229,26 @@ class Tail:
         self._pos = start
         self._rest = b""
 
-    def read(self, final: bool = False) -> list[dict[str, Any]]:
+    def unread(self) -> int:
+        """Bytes QEMU wrote that were not read yet."""
+        try:
+            return max(self.path.stat().st_size - self._pos, 0)
+        except FileNotFoundError:
+            return 0
+
+    def read(self, final: bool = False, limit: int = 8 << 20) -> list[dict[str, Any]]:
+        """Rows of the whole lines appended since the last call, at most *limit* bytes of
+        them (call again while :meth:`unread`); *final*: a torn last line too."""
         try:
             with open(self.path, "rb") as fh:
                 size = os.fstat(fh.fileno()).st_size
                 if size < self._pos:               # truncated (QEMU reopened it)
                     self._pos, self._rest = 0, b""
                 fh.seek(self._pos)
-                data = fh.read()
+                data = fh.read(limit)
         except FileNotFoundError:
             return []
+        final = final and self._pos + len(data) >= size
         self._pos += len(data)
         chunk = self._rest + data
         lines = chunk.split(b"\n")
@@ -288,5 +298,9 @@ def read_logs(run_path: Path, wall_to_t: Callable[[float], float]) -> pd.DataFra
     rows: list[dict[str, Any]] = []
     for log in sorted(run_path.glob("trace-*.log")):
         machine = log.name[len("trace-"):-len(".log")]
-        rows += Tail(log, Parser(machine, wall_to_t)).read(final=True)
+        tail = Tail(log, Parser(machine, wall_to_t))
+        while True:
+            rows += tail.read(final=True)
+            if not tail.unread():
+                break
     return frame(rows).sort_values("t", kind="stable").reset_index(drop=True)
