@@ -576,26 +576,6 @@ def _before_trace() -> Any:
     return pkg.plots
 
 
-def tile_run(run: Any, hours: float, hz: float = 10.0) -> Any:
-    """A *hours*-long run at *hz* made of copies of a real run laid end to end (every
-    stream, the trace too), its samples thinned or kept to exactly *hz*."""
-    import pandas as pd
-
-    from kvmlab.runs import RunData
-    span = float(run.events["t"].max()) + 0.1
-    n = int(hours * 3600 / span) + 1
-    frames = {}
-    for name in ("samples", "events", "sizes", "guest_ops", "trace"):
-        df = getattr(run, name)
-        frames[name] = pd.concat([df.assign(t=df["t"] + k * span) for k in range(n)],
-                                 ignore_index=True) if len(df) else df
-    s = frames["samples"]
-    want = int(hours * 3600 * hz)
-    if len(s) > want:
-        frames["samples"] = s.iloc[:want]
-    return RunData(run.path, run.meta, frames)
-
-
 def bench_trace(tmp: Path, smoke: bool) -> dict[str, Any]:
     """The trace stream's cost and the long-run dashboard.
 
@@ -609,7 +589,7 @@ def bench_trace(tmp: Path, smoke: bool) -> dict[str, Any]:
     from kvmlab import experiments as ex
     from kvmlab import plots
     from kvmlab import trace as qtrace
-    from kvmlab.runs import load_run
+    from kvmlab.runs import load_run, tile
     reps = 1 if smoke else 15
     fill = 16 if smoke else 512
     ram = owned_tmpdir("kvmlab-bench-", Path("/dev/shm"))
@@ -660,7 +640,7 @@ def bench_trace(tmp: Path, smoke: bool) -> dict[str, Any]:
     # the long run: a real outage run with its trace, tiled to 10 hours at 10 Hz
     r = ex.target_fault(fault="nbd_suspend", fill_mib=16, verify=False,
                         options=RunOptions(runs_dir=tmp / "runs"))
-    big = tile_run(load_run(r.run_path), 0.5 if smoke else 10.0)
+    big = tile(load_run(r.run_path), 0.5 if smoke else 10.0, hz=10.0)
     out["long_run_samples"] = len(big.samples)
     out["long_run_trace_rows"] = len(big.trace)
     before = _before_trace()

@@ -176,6 +176,36 @@ def paused_periods(samples: pd.DataFrame, job: str | None = None) -> pd.DataFram
                            for i, j in zip(edges[::2], edges[1::2])])
 
 
+def flat_stretches(t: np.ndarray, y: np.ndarray, eligible: np.ndarray, min_duration: float,
+                   threshold: float) -> list[tuple[int, int]]:
+    """(first, last) sample indices of each eligible stretch of at least *min_duration*
+    seconds in which *y* rose less than *threshold* above its value at the stretch's start
+    (a flat offset is a stall; a flat -remaining, a backlog that does not fall)."""
+    out: list[tuple[int, int]] = []
+    anchor: int | None = None
+    last = -1
+
+    def close(a: int, b: int) -> None:
+        if b >= 0 and t[b] - t[a] >= min_duration:
+            out.append((a, b))
+
+    for i in range(len(t)):
+        if not eligible[i]:
+            if anchor is not None:
+                close(anchor, last)
+            anchor, last = None, -1
+        elif anchor is None:
+            anchor, last = i, i
+        elif y[i] - y[anchor] >= threshold:
+            close(anchor, last)
+            anchor, last = i, i
+        else:
+            last = i
+    if anchor is not None:
+        close(anchor, last)
+    return out
+
+
 def stalls(samples: pd.DataFrame, job: str | None = None, *, min_duration: float = 2.0,
            threshold: int = 64 * 1024) -> pd.DataFrame:
     """Stall periods: not paused, active, remaining > 0, offset advancing < *threshold*
@@ -194,30 +224,8 @@ def stalls(samples: pd.DataFrame, job: str | None = None, *, min_duration: float
     rem = (s["len"] - s["offset"]).to_numpy(dtype="int64")
     eligible = (~_is_paused(s) & s["status"].isin(ACTIVE_STATUSES)).to_numpy() & (rem > 0)
     speed = s["speed"].fillna(0).to_numpy(dtype="int64")
-    out: list[Period] = []
-    anchor: int | None = None
-    last = -1
-
-    def close(anchor_i: int, last_i: int) -> None:
-        if last_i >= 0 and t[last_i] - t[anchor_i] >= min_duration:
-            out.append(Period(float(t[anchor_i]), float(t[last_i]), "stall", name,
-                              int(off[anchor_i]), int(speed[last_i])))
-
-    for i in range(len(s)):
-        if not eligible[i]:
-            if anchor is not None:
-                close(anchor, last)
-            anchor, last = None, -1
-            continue
-        if anchor is None:
-            anchor, last = i, i
-        elif off[i] - off[anchor] >= threshold:
-            close(anchor, last)
-            anchor, last = i, i
-        else:
-            last = i
-    if anchor is not None:
-        close(anchor, last)
+    out = [Period(float(t[i]), float(t[j]), "stall", name, int(off[i]), int(speed[j]))
+           for i, j in flat_stretches(t, off, eligible, min_duration, threshold)]
     return _periods_frame(out)
 
 

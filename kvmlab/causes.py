@@ -204,29 +204,9 @@ def _backlog_periods(js: pd.DataFrame, min_duration: float, threshold: int) -> l
     rem = (js["len"] - js["offset"]).to_numpy(dtype="int64")
     ok = (~analysis._is_paused(js) & (js["status"] == "running")
           & ~js["ready"].fillna(False).astype(bool)).to_numpy() & (rem > 0)
-    out: list[tuple[float, float]] = []
-    anchor: int | None = None
-    last = -1
-
-    def close(i: int, j: int) -> None:
-        if j >= 0 and t[j] - t[i] >= min_duration and off[j] - off[i] >= threshold:
-            out.append((float(t[i]), float(t[j])))
-
-    for i in range(len(js)):
-        if not ok[i]:
-            if anchor is not None:
-                close(anchor, last)
-            anchor, last = None, -1
-        elif anchor is None:
-            anchor, last = i, i
-        elif rem[i] <= rem[anchor] - threshold:
-            close(anchor, last)
-            anchor, last = i, i
-        else:
-            last = i
-    if anchor is not None:
-        close(anchor, last)
-    return out
+    return [(float(t[i]), float(t[j]))
+            for i, j in analysis.flat_stretches(t, -rem, ok, min_duration, threshold)
+            if off[j] - off[i] >= threshold]
 
 
 #: the grid classify() paints causes on (seconds)

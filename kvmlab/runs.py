@@ -188,6 +188,22 @@ def read_stream(path: Path, stream: str) -> pd.DataFrame:
     return pd.DataFrame()
 
 
+def tile(run: RunData, hours: float, hz: float | None = None) -> RunData:
+    """A *hours*-long run made of copies of *run* laid end to end (every stream, the trace
+    too), cut to *hours* x *hz* samples if given: how a dashboard of a long run is tried
+    and timed without waiting hours."""
+    span = float(run.events["t"].max()) + 0.1
+    n = int(hours * 3600 / span) + 1
+    frames = {}
+    for name in (*STREAMS, "trace"):
+        df = getattr(run, name)
+        frames[name] = pd.concat([df.assign(t=df["t"] + k * span) for k in range(n)],
+                                 ignore_index=True) if len(df) else df
+    if hz is not None:
+        frames["samples"] = frames["samples"].iloc[:int(hours * 3600 * hz)]
+    return RunData(run.path, run.meta, frames)
+
+
 def read_trace(path: Path, events: pd.DataFrame | None = None) -> pd.DataFrame:
     """The ``trace`` stream: ``trace.parquet``, or the trace files a killed run left
     (their QEMU timestamps mapped onto t with the events' own wall/t pairs)."""

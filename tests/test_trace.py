@@ -23,7 +23,7 @@ from kvmlab import experiments as ex  # noqa: E402
 from kvmlab.errors import BadInput  # noqa: E402
 from kvmlab.machine import Machine  # noqa: E402
 from kvmlab.options import RunOptions  # noqa: E402
-from kvmlab.runs import RunData, load_run, read_trace  # noqa: E402
+from kvmlab.runs import RunData, load_run, read_trace, tile  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 RUNS = DATA / "runs"
@@ -153,18 +153,6 @@ def test_without_a_trace_only_pauses_and_errors_are_named() -> None:
 
 
 # -- long runs -------------------------------------------------------------------------------
-def tile(run: RunData, hours: float) -> RunData:
-    """A long run made of copies of a real one, end to end (what benchmarks/ draws)."""
-    span = float(run.events["t"].max()) + 0.1
-    n = int(hours * 3600 / span) + 1
-    frames = {}
-    for name in ("samples", "events", "sizes", "guest_ops", "trace"):
-        df = getattr(run, name)
-        frames[name] = pd.concat([df.assign(t=df["t"] + k * span) for k in range(n)],
-                                 ignore_index=True) if len(df) else df
-    return RunData(run.path, run.meta, frames)
-
-
 def test_decimation_keeps_every_spike_and_dip() -> None:
     t = np.arange(1_000_000, dtype="float64") / 10
     y = np.sin(t / 500)
