@@ -59,9 +59,13 @@ def test_killed_experiment_scratch_is_reaped(tmp_path: Path,
               "lab.__enter__()\n"
               "print(lab.workdir, flush=True)\n"
               "time.sleep(600)\n")
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
     try:
-        workdir = Path(child.stdout.readline().strip())  # type: ignore[union-attr]
+        line = child.stdout.readline().strip()  # type: ignore[union-attr]
+        # a child that failed prints nothing: Path("") would be the current folder
+        assert line, child.stderr.read()[-2000:]  # type: ignore[union-attr]
+        workdir = Path(line)
         (workdir / "disk.qcow2").write_bytes(b"x" * 4096)
     finally:
         os.kill(child.pid, signal.SIGKILL)
