@@ -491,13 +491,14 @@ def summarize(run: RunData, job: str | None = None, *, instance: int = 0,
 def _held(run: RunData, job: str, start: float, end: float, stall_min: float,
           stall_threshold: int) -> dict[str, Any]:
     """Time held up per cause in [start, end] (``held_<cause>_s``), when the first target
-    outage began (``outage_onset``), and how many trace events the run has."""
+    outage began (``outage_onset_s``, seconds since recording started), and how many
+    trace events the run has."""
     from . import causes  # causes builds on this module
     per = causes.classify(run, job, min_duration=stall_min, threshold=stall_threshold)
     if len(per):
         per = per[(per["start"] >= start) & (per["start"] <= end)]
     out: dict[str, Any] = {f"held_{c}_s": v for c, v in causes.time_per_cause(per).items()}
-    out["outage_onset"] = causes.outage_onset(per)
+    out["outage_onset_s"] = causes.outage_onset(per)
     out["trace_events"] = len(run.trace)
     return out
 

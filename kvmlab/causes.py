@@ -6,7 +6,8 @@
   QEMU 7.2; on 10.0, which sleeps in the rate limiter without a trace point, no request in
   flight while a limit is set);
 - **target**: target not answering: requests in flight, none completing.  The outage's
-  **onset** is the last request that completed, not the first flat sample;
+  **onset** is the first request left unanswered after the last one answered, not the
+  first flat sample;
 - **dirtying**: the guest dirties at least as fast as the copy: requests complete, the
   offset moves, the backlog (dirty count, len - offset) does not fall;
 - **paused** (``block-job-pause``) and **error** (stopped by ``on-*-error=stop``, or
@@ -32,7 +33,7 @@ from .runs import RunData
 CAUSES = ("throttled", "target", "dirtying", "paused", "error", "unknown")
 LABELS = {"throttled": "throttled (sleeping for the speed limit)",
           "target": "target not answering", "dirtying": "guest dirtying as fast as the copy",
-          "paused": "paused", "error": "stopped on an error", "unknown": "unknown (no trace)"}
+          "paused": "paused", "error": "stopped on an error", "unknown": "cause unknown"}
 COLORS = {"throttled": "tab:orange", "target": "tab:red", "dirtying": "tab:olive",
           "paused": "0.6", "error": "black", "unknown": "tab:pink"}
 COLUMNS = ["start", "end", "duration", "cause", "job", "onset", "last_completed", "completed",
@@ -72,13 +73,12 @@ _LAST: dict[str, Any] = {}
 def job_trace(trace: pd.DataFrame, events: pd.DataFrame, job: str | None = None) -> pd.DataFrame:
     """The trace rows of *job* (default: the first job that ran), with a ``job`` column.
     The last answer is kept for the same frames (a dashboard asks once per panel)."""
-    key = (id(trace), id(events), job)
     hit = _LAST.get("job_trace")
-    if hit is not None and hit[0] == key and hit[1]() is trace:
-        return hit[2]  # type: ignore[no-any-return]
+    if hit is not None and hit[0]() is trace and hit[1]() is events and hit[2] == job:
+        return hit[3]  # type: ignore[no-any-return]
     out = _job_trace(trace, events, job)
-    if trace is not None:
-        _LAST["job_trace"] = (key, weakref.ref(trace), out)
+    if trace is not None and events is not None:
+        _LAST["job_trace"] = (weakref.ref(trace), weakref.ref(events), job, out)
     return out
 
 
@@ -119,9 +119,9 @@ class JobTrace:
 
     def __init__(self, jt: pd.DataFrame, events: pd.DataFrame | None, job: str) -> None:
         self.rows = jt
-        it = jt[jt["event"].isin((_ISSUE, _DONE))]
-        self._t = it["t"].to_numpy(dtype="float64")
-        busy = (it["in_flight"].fillna(0).to_numpy(dtype="float64") > 0).astype("float64")
+        ln = lanes(jt)
+        self._t = ln["in_flight"]["t"].to_numpy(dtype="float64")
+        busy = (ln["in_flight"]["value"].fillna(0).to_numpy() > 0).astype("float64")
         self._busy = busy
         self._busy_cum = np.concatenate([[0.0], np.cumsum(np.diff(self._t) * busy[:-1])]) \
             if len(self._t) else np.zeros(0)
@@ -135,10 +135,8 @@ class JobTrace:
             e = events[(events["name"] == marks.BLOCK_JOB_ERROR) & (events["job"] == job)]
             err += list(e["t"].astype("float64"))
         self.error_t = np.sort(np.asarray(err, dtype="float64"))
-        sl = jt[(jt["event"] == "mirror_before_sleep") & (jt["delay"] > 0)
-                & (jt["delay"] < MAX_SLEEP)]
-        self._s0 = sl["t"].to_numpy(dtype="float64")
-        self._sd = sl["delay"].to_numpy(dtype="float64")
+        self._s0 = ln["sleep"]["t"].to_numpy(dtype="float64")
+        self._sd = ln["sleep"]["value"].to_numpy(dtype="float64")
         self._s_cum = np.concatenate([[0.0], np.cumsum(self._sd)])
 
     def __bool__(self) -> bool:
@@ -378,7 +376,7 @@ def time_per_cause(periods: pd.DataFrame) -> dict[str, float]:
 
 
 def outage_onset(periods: pd.DataFrame) -> float | None:
-    """When the first target outage began (its last completed request), if any."""
+    """When the first target outage began (its first unanswered request), if any."""
     if periods is None or periods.empty:
         return None
     on = periods.loc[periods["cause"] == "target", "onset"].dropna()

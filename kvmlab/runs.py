@@ -166,15 +166,19 @@ class RunData:
         return self.meta.get("verdict")
 
 
+def _read_parquet(pq: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(pq)
+    except (OSError, ValueError) as err:     # pyarrow's ArrowInvalid is a ValueError
+        raise BadInput(f"{pq} is damaged and cannot be read ({type(err).__name__}: "
+                       f"{str(err).splitlines()[0] if str(err) else ''})") from err
+
+
 def read_stream(path: Path, stream: str) -> pd.DataFrame:
     """A stream's DataFrame: the parquet file, or the journal a killed run left."""
     pq = path / f"{stream}.parquet"
     if pq.exists():
-        try:
-            return pd.read_parquet(pq)
-        except (OSError, ValueError) as err:     # pyarrow's ArrowInvalid is a ValueError
-            raise BadInput(f"{pq} is damaged and cannot be read ({type(err).__name__}: "
-                           f"{str(err).splitlines()[0] if str(err) else ''})") from err
+        return _read_parquet(pq)
     journal = path / f"{stream}.jsonl"
     if journal.exists() and journal.stat().st_size:
         rows = []
@@ -210,10 +214,7 @@ def read_trace(path: Path, events: pd.DataFrame | None = None) -> pd.DataFrame:
     from . import trace
     pq = path / "trace.parquet"
     if pq.exists():
-        try:
-            return trace.typed(pd.read_parquet(pq))
-        except (OSError, ValueError) as err:
-            raise BadInput(f"{pq} is damaged and cannot be read ({type(err).__name__})") from err
+        return trace.typed(_read_parquet(pq))
     if path.is_dir() and any(path.glob("trace-*.log")):
         offset = 0.0
         if events is not None and len(events) and {"wall", "t"} <= set(events.columns):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import functools
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -62,20 +61,19 @@ def strip_stamps(text: str) -> str:
 
 
 # -- which events a build has ------------------------------------------------------------
-@functools.cache
-def _events_of(emulator: str, module_dir: str | None) -> tuple[str, ...]:
-    env = dict(os.environ)
-    if module_dir:
-        env["QEMU_MODULE_DIR"] = module_dir
-    out = _proc.run([emulator, "-trace", "help"], timeout=30, env=env)
-    return tuple(line.strip() for line in out.splitlines()
-                 if line.strip() and " " not in line.strip())
+_EVENTS: dict[tuple[str, str | None], tuple[str, ...]] = {}
 
 
 def available(build: QemuBuild) -> tuple[str, ...]:
     """Every trace event *build* has, as ``qemu-system-x86_64 -trace help`` lists them
     (asked once per build and process)."""
-    return _events_of(str(build.emulator), build.env().get("QEMU_MODULE_DIR"))
+    env = build.env()
+    key = (str(build.emulator), env.get("QEMU_MODULE_DIR"))
+    if key not in _EVENTS:
+        out = _proc.run([build.emulator, "-trace", "help"], timeout=30, env=env)
+        _EVENTS[key] = tuple(line.strip() for line in out.splitlines()
+                             if line.strip() and " " not in line.strip())
+    return _EVENTS[key]
 
 
 def parse_spec(value: str | bool | Iterable[str] | None) -> tuple[str, ...]:
@@ -97,7 +95,8 @@ def parse_spec(value: str | bool | Iterable[str] | None) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(i.strip() for i in items if i and i.strip()))
     for n in names:
         if not re.fullmatch(r"[\w*?]+", n):
-            raise BadInput(f"trace event {n!r} is not an event name (letters, digits, _ and *)")
+            raise BadInput(f"trace event {n!r} is not an event name (letters, digits, _, "
+                           "and the patterns * and ?)")
     return names
 
 

@@ -41,7 +41,7 @@ def test_e1_mirror_during_workload_verifies(opts: RunOptions) -> None:
 
 def test_verifier_detects_a_missing_change(opts: RunOptions) -> None:
     """Negative control: the same verification fails when the manifest names a lost write."""
-    with LabRun("verify_negative", {}, opts) as lab:
+    with LabRun("verify_negative", {}, opts.replace(trace="off")) as lab:
         disk = lab.workdir / "disk.qcow2"
         base = images.make_guest_disk(disk, 32, fill_mib=2)
         m = Manifest.from_ops([{"op": "dd", "path": "/wl/w99.bin", "sha256": "0" * 64},
@@ -53,3 +53,7 @@ def test_verifier_detects_a_missing_change(opts: RunOptions) -> None:
     assert out["bad"] == 3 and out["checked"] == 3
     whys = {(b["path"], b["why"]) for b in out["bad_items"]}
     assert whys == {("/wl/w99.bin", "missing"), ("/wl/d1", "missing"), ("/fill.bin", "checksum")}
+    # trace=off: QEMU got no trace arguments and the run holds no trace
+    command = json.loads((lab.run.path / "run.json").read_text())["machines"]["verify"]["command"]
+    assert "-trace" not in command and "-D" not in command
+    assert not list(lab.run.path.glob("trace*")) and lab.result().data.trace.empty

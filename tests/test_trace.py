@@ -124,7 +124,7 @@ def test_recorded_outage_is_the_target_with_its_onset(folder: str, window: str) 
     row = held[held["cause"] == "target"].iloc[0]
     assert row["last_completed"] <= w["start"] + 0.1 and row["completed"] == 0
     s = analysis.summarize(run)
-    assert s["held_target_s"] >= 2.5 and s["outage_onset"] == onset and s["trace_events"] > 100
+    assert s["held_target_s"] >= 2.5 and s["outage_onset_s"] == onset and s["trace_events"] > 100
 
 
 def test_recorded_throttle_on_qemu_10_is_throttled() -> None:
