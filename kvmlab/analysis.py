@@ -184,6 +184,9 @@ def flat_stretches(t: np.ndarray, y: np.ndarray, eligible: np.ndarray, min_durat
     out: list[tuple[int, int]] = []
     anchor: int | None = None
     last = -1
+    # plain lists: indexing them is several times faster than numpy scalars in this loop
+    t, y, eligible = (np.asarray(t).tolist(), np.asarray(y).tolist(),
+                      np.asarray(eligible).tolist())
 
     def close(a: int, b: int) -> None:
         if b >= 0 and t[b] - t[a] >= min_duration:

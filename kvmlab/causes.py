@@ -50,8 +50,10 @@ def job_objects(trace: pd.DataFrame, events: pd.DataFrame) -> dict[str, str]:
     else each with the nearest in time (the trace has no ids)."""
     if trace is None or trace.empty or events is None or events.empty:
         return {}
-    born = trace[(trace["event"] == "job_state_transition") & (trace["state"] == "created")]
-    created = events[(events["name"] == "JOB_STATUS_CHANGE") & (events["status"] == "created")]
+    born = trace.loc[((trace["event"] == "job_state_transition")
+                      & (trace["state"] == "created")).to_numpy(), ["t", "obj"]]
+    created = events.loc[((events["name"] == "JOB_STATUS_CHANGE")
+                          & (events["status"] == "created")).to_numpy(), ["t", "job"]]
     if born.empty or created.empty:
         return {}
     if len(born) == len(created):
@@ -91,25 +93,41 @@ def _job_trace(trace: pd.DataFrame, events: pd.DataFrame, job: str | None) -> pd
             return trace.iloc[0:0]
         job = next(iter(objs.values()))
     mine = [o for o, j in objs.items() if j == job]
-    out = trace[trace["obj"].isin(mine)].copy()
-    out["job"] = job
+    # QEMU's own text of each line is left out: copying millions of strings is most of
+    # the cost, and no question about causes reads it
+    cols = [c for c in trace.columns if c != "args"]
+    keep = trace["obj"].isin(mine).to_numpy()
+    out = trace[cols] if keep.all() else trace.loc[keep, cols]
+    # one category, not millions of copies of the same string
+    out = out.assign(job=pd.Categorical.from_codes(np.zeros(len(out), dtype=np.int8),
+                                                    categories=pd.Index([job])))
     return out if out["t"].is_monotonic_increasing else out.sort_values("t", kind="stable")
 
 
 def lanes(trace: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """A job's trace as the plots' lanes: requests in flight (a step after each issue and
-    completion), the dirty count QEMU reports, and each throttle sleep's length."""
+    completion), the dirty count QEMU reports, each throttle sleep's length, and the size
+    of each request the mirror issued (its iteration sizes)."""
     if trace is None or trace.empty:
         empty = pd.DataFrame({"t": pd.Series(dtype="float64"), "value": pd.Series(dtype="float64")})
-        return {"in_flight": empty, "dirty": empty, "sleep": empty}
-    it = trace[trace["event"].isin((_ISSUE, _DONE))]
-    dirty = trace[trace["dirty"].notna()]
-    sleep = trace[(trace["event"] == "mirror_before_sleep") & (trace["delay"] > 0)
-                  & (trace["delay"] < MAX_SLEEP)]
+        return {"in_flight": empty, "dirty": empty, "sleep": empty, "size": empty}
+    t = trace["t"].to_numpy(dtype="float64")
+    event = trace["event"]
+    delay = trace["delay"].to_numpy(dtype="float64", na_value=np.nan)
+
+    def lane(mask: Any, value: np.ndarray) -> pd.DataFrame:
+        m = np.asarray(mask, dtype=bool)
+        return pd.DataFrame({"t": t[m], "value": value[m]})
+
     return {
-        "in_flight": pd.DataFrame({"t": it["t"], "value": it["in_flight"].astype("float64")}),
-        "dirty": pd.DataFrame({"t": dirty["t"], "value": dirty["dirty"].astype("float64")}),
-        "sleep": pd.DataFrame({"t": sleep["t"], "value": sleep["delay"]}),
+        "in_flight": lane(event.isin((_ISSUE, _DONE)),
+                          trace["in_flight"].to_numpy(dtype="float64", na_value=np.nan)),
+        "dirty": lane(trace["dirty"].notna(),
+                      trace["dirty"].to_numpy(dtype="float64", na_value=np.nan)),
+        "sleep": lane((event == "mirror_before_sleep").to_numpy() & (delay > 0)
+                      & (delay < MAX_SLEEP), delay),
+        "size": lane((event == _ISSUE).to_numpy(),
+                     trace["bytes"].to_numpy(dtype="float64", na_value=np.nan)),
     }
 
 
@@ -280,8 +298,9 @@ def classify(run: RunData, job: str | None = None, *, min_duration: float = 2.0,
     tr = JobTrace(job_trace(run.trace, events, job), events, job)
     found: list[dict[str, Any]] = []
     st = analysis.stalls(js, job, min_duration=min_duration, threshold=threshold)
-    for a, b, speed in zip(st["start"], st["end"], st["speed"]):
-        found.append(_stall_row(tr, job, float(a), float(b), int(speed)))
+    found += _stall_rows(tr, job, st["start"].to_numpy(dtype="float64"),
+                         st["end"].to_numpy(dtype="float64"),
+                         st["speed"].to_numpy(dtype="int64"))
     io_bad = js["io_status"].fillna("ok") != "ok"
     t = js["t"].to_numpy(dtype="float64")
     for a, b in zip(*(analysis.paused_periods(js, job)[c] for c in ("start", "end"))):
@@ -316,14 +335,12 @@ def _paint(found: list[dict[str, Any]]) -> pd.DataFrame:
         grid[cells] = np.where(better, rank, grid[cells])
         src[cells] = np.where(better, k, src[cells])
     rows: list[dict[str, Any]] = []
-    i = 0
-    while i < n:
+    # runs of one cause: where the cell's cause changes, and where each run ends
+    starts = np.flatnonzero(np.concatenate([[True], grid[1:] != grid[:-1]]))
+    ends = np.concatenate([starts[1:], [n]]) - 1
+    for i, j in zip(starts.tolist(), ends.tolist()):
         if grid[i] == len(PRIORITY):
-            i += 1
             continue
-        j = i
-        while j + 1 < n and grid[j + 1] == grid[i]:
-            j += 1
         origin = found[int(src[i])]
         a, b = max(t0 + i * STEP, lo), min(t0 + j * STEP, hi)
         row = dict(origin) | {"start": a, "end": b, "duration": b - a,
@@ -331,7 +348,6 @@ def _paint(found: list[dict[str, Any]]) -> pd.DataFrame:
         if row["cause"] != origin["cause"]:
             row.update(onset=None, last_completed=None)
         rows.append(row)
-        i = j + 1
     out = pd.DataFrame(rows, columns=COLUMNS)
     return out[out["duration"] > 0].reset_index(drop=True)
 
@@ -342,28 +358,35 @@ def _row(a: float, b: float, cause: str, job: str, **extra: Any) -> dict[str, An
             "in_flight_share": None, "sleep_s": None, **extra}
 
 
-def _stall_row(tr: JobTrace, job: str, a: float, b: float, speed: int) -> dict[str, Any]:
-    """One flat-offset stall, classified: error, target, throttled, dirtying or unknown."""
+def _stall_rows(tr: JobTrace, job: str, a: np.ndarray, b: np.ndarray, speed: np.ndarray
+                ) -> list[dict[str, Any]]:
+    """The flat-offset stalls [a, b], classified: error, target, throttled, dirtying or
+    unknown (every question asked of all stalls at once: a long run has thousands)."""
+    if not len(a):
+        return []
+    errors = np.searchsorted(tr.error_t, b, side="right") > np.searchsorted(tr.error_t, a - 1.0)
     if not tr:
-        return _row(a, b, "error" if tr.errors(a, b) else "unknown", job)
-    share = float(tr.in_flight_share(a, b))
-    slept = float(tr.slept(a, b))
-    done = tr.count(tr.done_t, a, b)
-    late_done = tr.count(tr.done_t, a + (b - a) / 2, b)
-    extra: dict[str, Any] = {"completed": done, "in_flight_share": round(share, 3),
-                             "sleep_s": round(slept, 3)}
-    if tr.errors(a, b):
-        cause = "error"
-    elif share >= 0.8 and late_done == 0:
-        cause = "target"
-        extra.update(tr.onset(b))
-    elif speed > 0 and (slept >= 0.3 * (b - a) or share < 0.5):
-        cause = "throttled"
-    elif done:
-        cause = "dirtying"
-    else:
-        cause = "unknown"
-    return _row(a, b, cause, job, **extra)
+        return [_row(float(x), float(y), "error" if e else "unknown", job)
+                for x, y, e in zip(a, b, errors)]
+    share = tr.in_flight_share(a, b)
+    slept = tr.slept(a, b)
+    done = np.searchsorted(tr.done_t, b, side="right") - np.searchsorted(tr.done_t, a)
+    late_done = np.searchsorted(tr.done_t, b, side="right") - \
+        np.searchsorted(tr.done_t, a + (b - a) / 2)
+    target = ~errors & (share >= 0.8) & (late_done == 0)
+    throttled = ~errors & ~target & (speed > 0) & ((slept >= 0.3 * (b - a)) | (share < 0.5))
+    dirtying = ~errors & ~target & ~throttled & (done > 0)
+    cause = np.select([errors, target, throttled, dirtying],
+                      ["error", "target", "throttled", "dirtying"], "unknown")
+    out = []
+    for k in range(len(a)):
+        extra: dict[str, Any] = {"completed": int(done[k]),
+                                 "in_flight_share": round(float(share[k]), 3),
+                                 "sleep_s": round(float(slept[k]), 3)}
+        if target[k]:
+            extra.update(tr.onset(float(b[k])))
+        out.append(_row(float(a[k]), float(b[k]), str(cause[k]), job, **extra))
+    return out
 
 
 def time_per_cause(periods: pd.DataFrame) -> dict[str, float]:

@@ -67,17 +67,27 @@ def decimate(t: Any, y: Any, columns: int = MAX_POINTS // 4) -> tuple[np.ndarray
         return tt, yy
     keep = ~np.isnan(yy) & ~np.isnan(tt)
     tt, yy = tt[keep], yy[keep]
-    lo, hi = float(tt.min()), float(tt.max())
+    if len(tt) and np.any(np.diff(tt) < 0):
+        order = np.argsort(tt, kind="stable")
+        tt, yy = tt[order], yy[order]
+    if not len(tt):
+        return tt, yy
+    lo, hi = float(tt[0]), float(tt[-1])
     col = np.minimum(((tt - lo) / max(hi - lo, 1e-12) * columns).astype(np.int64), columns - 1)
-    df = pd.DataFrame({"c": col, "y": yy})
-    g = df.groupby("c")["y"]
-    idx = np.unique(np.concatenate([
-        g.head(1).index.to_numpy(), g.tail(1).index.to_numpy(),
-        g.idxmin().to_numpy(), g.idxmax().to_numpy()]).astype(np.int64))
+    # time-sorted, so each column is one run of rows: its first and last row are the run's
+    # edges, and its lowest and highest the first row equal to the run's min and max
+    first = np.flatnonzero(np.concatenate([[True], col[1:] != col[:-1]]))
+    last = np.concatenate([first[1:], [len(col)]]) - 1
+    run = np.repeat(np.arange(len(first)), last - first + 1)
+    picks = [first, last]
+    for extreme in (np.minimum.reduceat(yy, first), np.maximum.reduceat(yy, first)):
+        hit = np.flatnonzero(yy == extreme[run])
+        picks.append(hit[np.unique(run[hit], return_index=True)[1]])
+    idx = np.unique(np.concatenate(picks))
     return tt[idx], yy[idx]
 
 
-def _per_column(times: np.ndarray, columns: int = MAX_POINTS // 2) -> np.ndarray:
+def _per_column(times: np.ndarray, columns: int = MAX_POINTS // 3) -> np.ndarray:
     """Times closer than one column of *columns* drawn once (a long run has tens of
     thousands of marks; one line per pixel column looks the same)."""
     if len(times) <= columns or not _DECIMATE.get():
@@ -149,6 +159,24 @@ def _spans(ax: Axes, spans: list[tuple[float, float]], **kw: Any) -> None:
                        transform=ax.get_xaxis_transform(), **kw)
 
 
+def _vlines(ax: Axes, x: Any, y0: Any, y1: Any, *, axes_y: bool = False, **kw: Any) -> None:
+    """Vertical lines as ONE Line2D broken by NaNs (``ax.vlines`` makes a path per line:
+    a long run's thousands of marks took most of a second per panel).  *axes_y*: y in
+    axes fractions (full-height marks)."""
+    x = np.asarray(x, dtype="float64")
+    if not len(x):
+        return
+    n = len(x)
+    xs = np.repeat(x, 3)
+    ys = np.empty(3 * n)
+    ys[0::3] = np.broadcast_to(np.asarray(y0, dtype="float64"), n)
+    ys[1::3] = np.broadcast_to(np.asarray(y1, dtype="float64"), n)
+    ys[2::3] = np.nan
+    if axes_y:
+        kw["transform"] = ax.get_xaxis_transform()
+    ax.plot(xs, ys, **kw)
+
+
 def _merged(spans: list[tuple[float, float]], gap: float) -> list[tuple[float, float]]:
     """Spans less than *gap* apart joined (less than a pixel column apart on the plot)."""
     out: list[tuple[float, float]] = []
@@ -191,8 +219,8 @@ def mark_events(ax: Axes, events: pd.DataFrame | None, label: bool = True) -> No
     t = ev["t"].to_numpy(dtype="float64")
     for times, color in ((t[~alarm], "0.35"), (t[alarm], "tab:red")):
         if len(times):
-            ax.vlines(_per_column(times), 0, 1, transform=ax.get_xaxis_transform(),
-                      colors=color, linestyles=":", linewidth=1)
+            _vlines(ax, _per_column(times), 0, 1, axes_y=True, color=color,
+                    linestyle=":", linewidth=1)
     if not label:
         return
     alarm_times = np.sort(t[alarm])
@@ -362,19 +390,25 @@ def image_sizes(sizes: pd.DataFrame, events: pd.DataFrame | None = None,
 
 def trace_lanes(trace: pd.DataFrame, events: pd.DataFrame | None, axes: Any, *,
                 job: str | None = None, xlabel: bool = False) -> None:
-    """Three lanes from QEMU's trace (:mod:`kvmlab.trace`) on *axes*: requests in flight,
-    the dirty count QEMU reports (MiB), and each throttle sleep (s)."""
+    """Four lanes from QEMU's trace (:mod:`kvmlab.trace`) on *axes*: requests in flight,
+    the dirty count QEMU reports (MiB), each throttle sleep (s), and the size of each
+    request the mirror issued (KiB: how its iterations split the work)."""
     jt = causes.job_trace(trace, events if events is not None else pd.DataFrame(), job)
     lanes = causes.lanes(jt)
     spec = (("in_flight", "requests\nin flight", 1.0, "tab:blue"),
             ("dirty", "dirty count\n(MiB)", MIB, "tab:olive"),
-            ("sleep", "throttle\nsleep (s)", 1.0, "tab:orange"))
+            ("sleep", "throttle\nsleep (s)", 1.0, "tab:orange"),
+            ("size", "request\nsize (KiB)", 1024.0, "tab:purple"))
     for ax, (key, label, scale, color) in zip(axes, spec, strict=True):
         lane = lanes[key]
         if len(lane):
             if key == "sleep":
-                x, v = decimate(lane["t"], lane["value"])
-                ax.vlines(x, 0, v, colors=color, linewidth=1.5)
+                # three points per line (see _vlines): a quarter of the columns
+                x, v = decimate(lane["t"], lane["value"], columns=MAX_POINTS // 12)
+                _vlines(ax, x, 0, v, color=color, linewidth=1.5)
+                ax.set_ylim(bottom=0)
+            elif key == "size":
+                _line(ax, lane["t"], lane["value"] / scale, ".", color=color, markersize=2)
                 ax.set_ylim(bottom=0)
             else:
                 _line(ax, lane["t"], lane["value"] / scale, step=True, color=color,
@@ -416,7 +450,8 @@ def in_flight_lane(trace: pd.DataFrame | None, events: pd.DataFrame | None, *,
 
 def dashboard(run: RunData, *, job: str | None = None, window: float = 2.0,
               log: bool = False, trace: bool = True) -> Figure:
-    """Progress, QEMU's trace lanes (in flight, dirty count, throttle sleep), convergence,
+    """Progress, QEMU's trace lanes (in flight, dirty count, throttle sleep, request size),
+    convergence,
     rates and image sizes stacked on one time axis; hold-ups shaded by cause.
 
     :param trace: draw the trace lanes and colour hold-ups by cause (when the run has a
@@ -425,13 +460,13 @@ def dashboard(run: RunData, *, job: str | None = None, window: float = 2.0,
     tr = run.trace if trace else None
     traced = tr is not None and not tr.empty
     held = causes.classify(run, job) if traced else None
-    heights = [3, 1, 1, 1, 3, 3, 3] if traced else [1, 1, 1, 1]
-    fig, axes = plt.subplots(len(heights), 1, figsize=(10, 16 if traced else 13), sharex=True,
+    heights = [3, 1, 1, 1, 1, 3, 3, 3] if traced else [1, 1, 1, 1]
+    fig, axes = plt.subplots(len(heights), 1, figsize=(10, 17 if traced else 13), sharex=True,
                              gridspec_kw={"height_ratios": heights})
-    top, rest = axes[0], list(axes[4:] if traced else axes[1:])
+    top, rest = axes[0], list(axes[5:] if traced else axes[1:])
     progress(run.samples, run.events, ax=top, job=job, xlabel=False, held=held)
     if traced:
-        trace_lanes(run.trace, run.events, axes[1:4], job=job)
+        trace_lanes(run.trace, run.events, axes[1:5], job=job)
     convergence(run.samples, run.events, ax=rest[0], job=job, log=log, xlabel=False, held=held)
     rates(run.samples, run.events, run.guest_ops, ax=rest[1], job=job, window=window,
           xlabel=False, held=held)
@@ -441,7 +476,10 @@ def dashboard(run: RunData, *, job: str | None = None, window: float = 2.0,
     fig.suptitle(f"{meta.get('experiment', '')} {meta.get('run_id', '')}  "
                  f"accel={meta.get('accel', '?')}  verdict="
                  f"{'PASS' if verdict else 'FAIL' if verdict is not None else '-'}", fontsize=10)
-    fig.tight_layout()
+    # fixed margins: the axes share x and their labels have a known size; tight_layout
+    # measured every tick label of every panel (a third of a second on a long run)
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.04 if traced else 0.05,
+                        top=0.95 if traced else 0.93, hspace=0.2)
     return fig
 
 

@@ -169,7 +169,7 @@ def test_a_long_run_draws_decimated_with_lanes_and_causes() -> None:
     run = tile(load_run(RUNS / "trace-nfs-stop"), 0.5)
     fig = plots.dashboard(run)
     axes = fig.get_axes()
-    assert len(axes) == 7
+    assert len(axes) == 8
     assert all(np.size(line.get_xdata()) <= plots.MAX_POINTS for ax in axes
                for line in ax.get_lines())
     assert axes[1].get_ylabel().startswith("requests")
