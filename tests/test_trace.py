@@ -145,6 +145,26 @@ def test_recorded_limit_below_the_guests_rate_is_dirtying() -> None:
     assert analysis.summarize(run)["held_dirtying_s"] == pytest.approx(dirty["duration"].iloc[0])
 
 
+@pytest.mark.parametrize("folder", ["trace-dirtying", "trace-throttle-10.0"])
+def test_lanes_give_each_requests_size_and_one_in_flight_step_per_issue_and_completion(
+        folder: str) -> None:
+    run = load_run(RUNS / folder)
+    jt = causes.job_trace(run.trace, run.events)
+    ln = causes.lanes(jt)
+    issued = int((jt["event"] == "mirror_one_iteration").sum())
+    # every request the mirror issued has its size, in whole 64 KiB clusters
+    assert len(ln["size"]) == issued > 0
+    assert (ln["size"]["value"] % 65536 == 0).all() and ln["size"]["value"].min() > 0
+    # each issue and each completion moves the in-flight step
+    assert len(ln["in_flight"]) == issued + int((jt["event"] == "mirror_iteration_done").sum())
+    fig = plots.dashboard(run)
+    size_ax = fig.get_axes()[4]
+    assert size_ax.get_ylabel() == "request\nsize (KiB)"
+    drawn = np.concatenate([line.get_ydata() for line in size_ax.get_lines()
+                            if line.get_marker() == "."])     # not the milestones' marks
+    assert sorted(set(drawn.tolist())) == sorted(set((ln["size"]["value"] / 1024).tolist()))
+
+
 def test_without_a_trace_only_pauses_and_errors_are_named() -> None:
     run = load_run(RUNS / "stall-set-speed")
     assert run.trace.empty
