@@ -78,6 +78,19 @@ class WaitTimeout(JobError):
     """An awaited event did not arrive in time."""
 
 
+class JobDiverging(WaitTimeout):
+    """A wait gave up: the job copies, but the guest dirties as fast (see
+    :mod:`kvmlab.converge`); the message has the rates.  :attr:`outlook` has them too."""
+
+    def __init__(self, message: str, outlook: Any = None) -> None:
+        super().__init__(message)
+        self.outlook = outlook
+
+
+class JobStalled(WaitTimeout):
+    """A wait gave up: the job made no progress for its ``stall_timeout``."""
+
+
 class ToolError(KvmlabError):
     """A host tool (qemu-img, mkfs.ext4, debugfs) failed.
 

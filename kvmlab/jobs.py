@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import os
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import marks
 from .backends.base import Backend
-from .errors import BackendError, BadInput, JobError, StateError, WaitTimeout
+from .converge import Outlook, Predictor
+from .errors import BackendError, BadInput, JobDiverging, JobError, JobStalled, StateError, WaitTimeout
 from .events import Record
-from .model import JobInfo, JobOutcome, MirrorSpec, check_speed
+from .model import COPY_MODES, JobInfo, JobOutcome, MirrorSpec, check_speed
+
+if TYPE_CHECKING:
+    from .qemu_caps import Capabilities
 
 END_EVENTS = marks.JOB_ENDED
 
@@ -56,7 +63,14 @@ def check_mirror(backend: Backend, spec: MirrorSpec) -> bool:
     return _check_target(spec)
 
 
-def mirror(backend: Backend, spec: MirrorSpec) -> Job:
+def check_copy_mode(spec: MirrorSpec, caps: Capabilities | None) -> None:
+    """A copy mode the build lacks is one line before anything is sent."""
+    if caps is not None and caps.copy_modes and not caps.has_copy_mode(spec.copy_mode):
+        raise BadInput(f"QEMU {caps.version} has no copy_mode={spec.copy_mode!r} "
+                       f"(it has {', '.join(caps.copy_modes)}; write-blocking came in 3.0)")
+
+
+def mirror(backend: Backend, spec: MirrorSpec, caps: Capabilities | None = None) -> Job:
     """Start a drive-mirror and return its :class:`Job`.
 
     Checked before anything is sent: the drive exists, the target fits the mode
@@ -67,6 +81,7 @@ def mirror(backend: Backend, spec: MirrorSpec) -> Job:
     :raise BadInput: a check failed; nothing was created or changed.
     :raise BackendError: QEMU refused the command.
     """
+    check_copy_mode(spec, caps)
     existed = check_mirror(backend, spec)
     since = len(backend.events)
     try:
@@ -75,7 +90,7 @@ def mirror(backend: Backend, spec: MirrorSpec) -> Job:
         if not existed and not spec.is_remote and Path(spec.target).exists():
             Path(spec.target).unlink()
         raise
-    return Job(backend, job_id, spec, since)
+    return Job(backend, job_id, spec, since, caps)
 
 
 def commit(backend: Backend, device: str, *, top: str | None = None, base: str | None = None,
@@ -98,11 +113,18 @@ class Job:
     """A running (or finished) block job, as QEMU knows it by *job_id*."""
 
     def __init__(self, backend: Backend, job_id: str, spec: MirrorSpec | None = None,
-                 since: int = 0) -> None:
+                 since: int = 0, caps: Capabilities | None = None) -> None:
         self.backend = backend
         self.id = job_id
         self.spec = spec
         self.since = since
+        self.caps = caps
+        #: the copy mode now (a change() moves it); None when kvmlab did not start the job
+        self.copy_mode: str | None = spec.copy_mode if spec else None
+        #: monotonic time of the switch to write-blocking made by a wait's policy
+        self.switched_at: float | None = None
+        #: the wait's latest convergence outlook (see :mod:`kvmlab.converge`)
+        self.outlook: Outlook | None = None
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.spec.sync if self.spec else ''}>"
@@ -135,12 +157,76 @@ class Job:
         err = end.data.get("error")
         return f"job ended ({end.name}{': ' + err if err else ''})"
 
-    def wait_ready(self, timeout: float = 300) -> Record:
+    def wait_ready(self, timeout: float = 300, *, stall_timeout: float | None = None,
+                   give_up_when: str | None = None, switch_when: str | None = None,
+                   poll: float = 0.25, mark: Callable[..., Any] | None = None,
+                   predictor: Predictor | None = None) -> Record:
         """Wait for BLOCK_JOB_READY.
 
+        With any of the policies below the job is sampled every *poll* s and fed to a
+        convergence :class:`~kvmlab.converge.Predictor` (its latest answer in
+        :attr:`outlook`):
+
+        :param stall_timeout: give up after this many seconds without progress (the
+            offset not advancing), not after a fixed total time.
+        :param give_up_when: ``"diverging"``: give up as soon as the predictor says the
+            job will not converge at current rates.
+        :param switch_when: ``"diverging"``: switch the job to ``write-blocking`` (QEMU
+            8.2+, :meth:`change`) when the predictor says so, once, and keep waiting.
+        :param mark: called as ``mark(name, **data)`` when a policy acts (a recorder's
+            :meth:`~kvmlab.record.Recorder.mark`).
         :raise JobError: the job ended first (error or cancel).
+        :raise JobDiverging: *give_up_when* fired; the message has the rates.
+        :raise JobStalled: *stall_timeout* fired.
         :raise WaitTimeout: not ready in *timeout* seconds.
         """
+        for name, value in (("give_up_when", give_up_when), ("switch_when", switch_when)):
+            if value not in (None, "diverging"):
+                raise BadInput(f"{name}={value!r}: the only policy is 'diverging'")
+        if stall_timeout is not None and stall_timeout <= 0:
+            raise BadInput(f"stall_timeout={stall_timeout!r} must be a positive number of s")
+        if switch_when is not None:
+            self._check_change("write-blocking")
+        if stall_timeout is None and give_up_when is None and switch_when is None:
+            return self._wait_ready_event(timeout)
+        pred = predictor or Predictor()
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        moved_at, last_offset = t0, None
+        while True:
+            try:
+                return self._wait_ready_event(max(0.0, min(poll, deadline - time.monotonic())))
+            except JobError as err:
+                if not isinstance(err, WaitTimeout) or time.monotonic() >= deadline:
+                    raise
+            info = self.info()
+            now = time.monotonic()
+            if info is None:
+                continue                      # gone: the next event wait says how it ended
+            if last_offset is None or info.offset - last_offset >= pred.progress:
+                moved_at, last_offset = now, info.offset
+            self.outlook = out = pred.add(now - t0, info.offset, info.len, ready=info.ready,
+                                          paused=info.paused, status=info.status)
+            if stall_timeout is not None and now - moved_at >= stall_timeout:
+                raise JobStalled(f"{self.id}: no progress for {now - moved_at:.0f} s "
+                                 f"({info.offset / 2**20:.1f} of {info.len / 2**20:.1f} MiB "
+                                 "copied); gave up (stall_timeout)")
+            if out.state != "diverging":
+                continue
+            if switch_when and self.switched_at is None and self.copy_mode != "write-blocking":
+                self.change(copy_mode="write-blocking")
+                self.switched_at = now
+                if mark is not None:
+                    mark(marks.COPY_MODE, job=self.id, copy_mode="write-blocking",
+                         reason="diverging", **_rates(out))
+                continue
+            if give_up_when:
+                if mark is not None:
+                    mark(marks.DIVERGING, job=self.id, **_rates(out))
+                raise JobDiverging(f"{self.id}: {out.text()}; gave up (give_up_when="
+                                   "'diverging')", out)
+
+    def _wait_ready_event(self, timeout: float) -> Record:
         try:
             return self.backend.events.wait(marks.BLOCK_JOB_READY, {"device": self.id},
                                             since=self.since, timeout=timeout, abort=self._abort)
@@ -189,10 +275,44 @@ class Job:
         self._require_running("set_speed")
         self.backend.job_set_speed(self.id, speed)
 
+    def change(self, *, copy_mode: str) -> None:
+        """Switch a running mirror's copy mode (QMP ``block-job-change``, QEMU 8.2+):
+        ``write-blocking`` makes every guest write reach the target before it completes,
+        so a job the guest outpaces converges, at the cost of the guest's write latency.
+
+        :raise BadInput: a mode QEMU lacks, a QEMU without the command (one line naming
+            the version that has it), or a job that is not a mirror.
+        :raise StateError: the job has ended.
+        """
+        self._check_change(copy_mode)
+        self.backend.job_change(self.id, copy_mode)
+        self.copy_mode = copy_mode
+
+    def _check_change(self, copy_mode: str) -> None:
+        if copy_mode not in COPY_MODES:
+            raise BadInput(f"copy_mode={copy_mode!r} is not one of {', '.join(COPY_MODES)}")
+        caps = self.caps
+        if caps is not None and not caps.block_job_change:
+            raise BadInput(f"QEMU {caps.version} cannot change a running job's copy mode "
+                           "(block-job-change came in QEMU 8.2; start the mirror with "
+                           "copy_mode='write-blocking' instead)")
+        self._require_running("change")
+        info = self.info()
+        kind = info.type if info is not None else (self.spec and "mirror")
+        if kind != "mirror":
+            raise BadInput(f"{self.id}: only a mirror's copy mode can change (this job is "
+                           f"{'a ' + kind if kind else 'unknown to QEMU'})")
+
     def _require_running(self, what: str) -> None:
         end = self.ended
         if end is not None:
             raise StateError(f"{self.id}: cannot {what}, the job has ended ({end.name})")
+
+
+def _rates(out: Outlook) -> dict[str, Any]:
+    """An outlook's numbers for a mark: rates in bytes/s, remaining in bytes."""
+    return {"copy_rate": round(out.copy_rate or 0.0), "dirty_rate": round(out.dirty_rate or 0.0),
+            "remaining": out.remaining}
 
 
 _HMP_ERROR = re.compile(r"^(Error|error|Could not|Device '.*' not found|[Uu]nknown command"

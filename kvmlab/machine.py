@@ -465,7 +465,8 @@ class Machine:
     def mirror(self, device: str, target: str | Path, format: str | None = None,
                **kwargs: Any) -> jobs.Job:
         """Start a drive-mirror (keyword arguments as :class:`~kvmlab.model.MirrorSpec`)."""
-        return jobs.mirror(self.backend, MirrorSpec(device, str(target), format, **kwargs))
+        return jobs.mirror(self.backend, MirrorSpec(device, str(target), format, **kwargs),
+                           caps=self.build.caps())
 
     def commit(self, device: str = "drive0", **kwargs: Any) -> jobs.Job:
         """Start QMP ``block-commit`` (see :func:`kvmlab.jobs.commit`)."""

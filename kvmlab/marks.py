@@ -32,10 +32,13 @@ REMIRROR: Final = "remirror"                #: a new mirror onto the target afte
 GROW_TMPFS: Final = "grow_tmpfs"
 SOURCE_MOVED: Final = "source_moved"
 SOURCE_DELETED: Final = "source_deleted"
+COPY_MODE: Final = "copy_mode"              #: a running mirror switched copy mode
+DIVERGING: Final = "diverging"              #: a wait gave up: the job will not converge
 
 STEPS: Final = (RECORDER_START, RECORDER_STOP, ATTACH, SAMPLE_ERROR, MIRROR_START, READY_SEEN,
                 CANCEL, COMPLETE, COMMIT, PAUSE, RESUME, SET_SPEED, STOP, CONT,
-                RESUME_AFTER_ERROR, REMIRROR, GROW_TMPFS, SOURCE_MOVED, SOURCE_DELETED)
+                RESUME_AFTER_ERROR, REMIRROR, GROW_TMPFS, SOURCE_MOVED, SOURCE_DELETED,
+                COPY_MODE, DIVERGING)
 
 # -- windows (a start and an end mark) ---------------------------------------------------
 NFS_OUTAGE: Final = "nfs_outage"
@@ -80,6 +83,7 @@ LABELS: Final = {
     BLOCK_JOB_ERROR: "error", STOP: "stop", CONT: "cont", COMMIT: "commit",
     SOURCE_MOVED: "old image moved", SOURCE_DELETED: "old image deleted",
     BLOCK_IO_ERROR: "I/O error", RESUME_AFTER_ERROR: "resume", REMIRROR: "mirror again",
+    COPY_MODE: "copy mode", DIVERGING: "will not converge",
     **{start(w): w.replace("_", " ") for w in FAULT_WINDOWS},
     **{end(w): f"{w.replace('_', ' ')} end" for w in FAULT_WINDOWS},
 }

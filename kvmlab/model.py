@@ -124,6 +124,8 @@ class JobInfo:
     ready: bool
     status: str
     io_status: str
+    #: QEMU 8.2+: a write-blocking mirror whose writes now reach both sides (None: not said)
+    actively_synced: bool | None = None
 
     @property
     def remaining(self) -> int:
@@ -135,7 +137,9 @@ class JobInfo:
                    offset=int(d.get("offset", 0)), speed=int(d.get("speed", 0)),
                    busy=bool(d.get("busy", False)), paused=bool(d.get("paused", False)),
                    ready=bool(d.get("ready", False)), status=str(d.get("status", "")),
-                   io_status=str(d.get("io-status", "ok")))
+                   io_status=str(d.get("io-status", "ok")),
+                   actively_synced=(bool(d["actively-synced"]) if "actively-synced" in d
+                                    else None))
 
     def as_row(self) -> dict[str, Any]:
         row = asdict(self)

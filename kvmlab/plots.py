@@ -118,13 +118,16 @@ def _event_label(ev: Any) -> str:
     """An event's label (a row, as a Series or a namedtuple); a speed change says its rate."""
     name = ev["name"] if isinstance(ev, pd.Series) else ev.name
     label = EVENT_LABELS[str(name)]
-    if name == "set_speed":
+    if name in (marks.SET_SPEED, marks.COPY_MODE):
         try:
-            data = ev["data"] if isinstance(ev, pd.Series) else ev.data
-            speed = json.loads(data).get("speed")
-            label = f"speed {fmt_rate(speed)}" if speed else "speed unlimited"
+            data = json.loads(ev["data"] if isinstance(ev, pd.Series) else ev.data)
         except (TypeError, ValueError, AttributeError):
-            pass
+            return label
+        if name == marks.SET_SPEED:
+            speed = data.get("speed")
+            label = f"speed {fmt_rate(speed)}" if speed else "speed unlimited"
+        elif data.get("copy_mode"):
+            label = f"-> {data['copy_mode']}"
     return label
 
 

@@ -52,10 +52,11 @@ from .runs import STREAMS, RunDir
 log = logging.getLogger(__name__)
 
 SAMPLE_COLUMNS = ["t", "wall", "job", "type", "len", "offset", "remaining", "speed", "busy",
-                  "paused", "ready", "status", "io_status"]
+                  "paused", "ready", "status", "io_status", "actively_synced"]
 EVENT_COLUMNS = ["t", "wall", "source", "name", "job", "status", "qemu_time", "data"]
 SIZE_COLUMNS = ["t", "wall", "label", "path", "exists", "apparent", "allocated"]
-OP_COLUMNS = ["t", "wall", "op", "path", "size", "sha256", "round", "guest_t", "machine"]
+OP_COLUMNS = ["t", "wall", "op", "path", "size", "sha256", "round", "guest_t", "machine",
+              "dd_s"]
 COLUMNS = {"samples": SAMPLE_COLUMNS, "events": EVENT_COLUMNS, "sizes": SIZE_COLUMNS,
            "guest_ops": OP_COLUMNS}
 
@@ -306,7 +307,9 @@ class Recorder:
             self._streams["guest_ops"].add({
                 "t": rec.mono - self.t0, "wall": rec.wall, "op": d.get("op"),
                 "path": d.get("path"), "size": d.get("size"), "sha256": d.get("sha256"),
-                "round": d.get("n"), "guest_t": d.get("t"), "machine": self._machine_label})
+                "round": d.get("n"), "guest_t": d.get("t"), "machine": self._machine_label,
+                # how long the guest's dd (with its fsync) took: the write's latency
+                "dd_s": _seconds_us(d.get("dd_us"))})
         else:
             self._streams["events"].add({
                 "t": rec.mono - self.t0, "wall": rec.wall, "source": "guest",
@@ -334,7 +337,7 @@ class Recorder:
             add({"t": t, "wall": wall, "job": j.id, "type": j.type, "len": j.len,
                  "offset": j.offset, "remaining": j.len - j.offset, "speed": j.speed,
                  "busy": j.busy, "paused": j.paused, "ready": j.ready, "status": j.status,
-                 "io_status": j.io_status})
+                 "io_status": j.io_status, "actively_synced": j.actively_synced})
         self.sample_count += 1
         self.late_ticks = late
 
@@ -463,15 +466,24 @@ def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def _seconds_us(value: Any) -> float | None:
+    try:
+        return None if value is None else int(value) / 1e6
+    except (TypeError, ValueError):
+        return None
+
+
 def _typed(name: str, df: pd.DataFrame) -> pd.DataFrame:
     ints = {"samples": ["len", "offset", "remaining", "speed"],
             "sizes": ["apparent", "allocated"], "guest_ops": ["size", "round"]}.get(name, [])
-    bools = {"samples": ["busy", "paused", "ready"], "sizes": ["exists"]}.get(name, [])
+    bools = {"samples": ["busy", "paused", "ready", "actively_synced"],
+             "sizes": ["exists"]}.get(name, [])
     for c in ints:
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
     for c in bools:
-        df[c] = df[c].astype("boolean")
-    for c in ("t", "wall", "guest_t", "qemu_time"):
+        if c in df:                        # runs recorded before a column was added
+            df[c] = df[c].astype("boolean")
+    for c in ("t", "wall", "guest_t", "qemu_time", "dd_s"):
         if c in df:
             df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
     return df

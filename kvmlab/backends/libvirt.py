@@ -333,6 +333,12 @@ class LibvirtBackend:
             self.qmp("block-job-set-speed", {"device": self._qemu_job_id(job_id),
                                               "speed": speed})
 
+    def job_change(self, job_id: str, copy_mode: str) -> None:
+        """libvirt has no call for ``block-job-change``: it goes through the monitor
+        (libvirt does not track a job's copy mode, so nothing of its state goes stale)."""
+        self.qmp("block-job-change", {"id": self._qemu_job_id(job_id), "type": "mirror",
+                                      "copy-mode": copy_mode})
+
     def stop(self) -> None:
         self._call("suspend", self.dom.suspend)
 

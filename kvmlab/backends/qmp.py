@@ -204,6 +204,11 @@ class QMPBackend:
     def job_set_speed(self, job_id: str, speed: int) -> None:
         self.execute("block-job-set-speed", {"device": job_id, "speed": speed})
 
+    def job_change(self, job_id: str, copy_mode: str) -> None:
+        """QMP ``block-job-change`` (QEMU 8.2+): switch a running mirror's copy mode."""
+        self.execute("block-job-change", {"id": job_id, "type": "mirror",
+                                          "copy-mode": copy_mode})
+
     def stop(self) -> None:
         self.execute("stop")
 

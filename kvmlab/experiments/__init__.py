@@ -15,12 +15,14 @@ E6     :func:`remove_source`       the old image can be moved/deleted after a pi
 E7     :func:`shallow_existing`    ``-n`` mirror onto an overlay of the same base
 --     :func:`target_fault`        NBD suspend/down, EIO, ENOSPC, throttle on the target
 C2/3   :func:`consistency_study`   copy consistency: nothing vs pause vs fsfreeze
+C3     :func:`convergence_pressure` a guest outpacing the copy: background vs active mode
 =====  ==========================  ===============================================
 """
 
 from .commit_stopped import commit_stopped
 from .common import ExperimentResult, LabRun, verify_image
 from .consistency import STRATEGIES, consistency_study
+from .convergence import convergence_pressure
 from .mirror_basic import mirror_basic
 from .nfs_outage import mirror_nfs_outage
 from .pivot import double_pivot, pivot, remove_source
@@ -41,4 +43,4 @@ SEED_CONCLUSIONS = {
 __all__ = ["ExperimentResult", "LabRun", "verify_image", "mirror_basic", "mirror_nfs_outage",
            "commit_stopped",
            "pivot", "double_pivot", "remove_source", "shallow_existing", "SEED_CONCLUSIONS",
-           "target_fault", "FAULTS", "consistency_study", "STRATEGIES"]
+           "target_fault", "FAULTS", "consistency_study", "STRATEGIES", "convergence_pressure"]

@@ -57,13 +57,20 @@ say ready t=$(now)
 # begin NAME PATH : an operation starts (it is "in flight" until its op line).
 begin() { say begin op=$1 path=$2 n=$i t=$(now); }
 
-# op NAME PATH : report one completed (synced) operation.
+# op NAME PATH [K=V] : report one completed (synced) operation.
 op() {
   p="$2"; size=0; sum=-
   if [ -f "/mnt$p" ]; then
     size=$(stat -c %s "/mnt$p"); sum=$(sha256sum "/mnt$p" | cut -d' ' -f1)
   fi
-  say op=$1 path=$p size=$size sha256=$sum n=$i t=$(now)
+  say op=$1 path=$p size=$size sha256=$sum n=$i t=$(now) $3
+}
+
+# the microseconds between two "adjtimex" outputs (/proc/uptime counts only 10 ms steps;
+# adjtimex reads the clock first and prints after, so parsing stays outside the interval)
+elapsed_us() {
+  printf '%s\n%s\n' "$1" "$2" | awk 'BEGIN{n=0} /tv_sec/{s[n]=$2} /tv_usec/{u[n++]=$2}
+    END{printf "%.0f", (s[1]-s[0])*1000000 + u[1]-u[0]}'
 }
 
 workload() {
@@ -81,7 +88,10 @@ workload() {
     begin mkdir /wl/d$i; mkdir /mnt/wl/d$i && sync && op mkdir /wl/d$i
     if [ "$cnt" -gt 0 ]; then
       begin dd /wl/w$i.bin
-      dd if=/dev/urandom of=/mnt/wl/w$i.bin bs=$bs count=$cnt conv=fsync 2>/dev/null && sync && op dd /wl/w$i.bin
+      # each write's latency, as the guest sees it: dd with its fsync, nothing else
+      a=$(adjtimex); dd if=/dev/urandom of=/mnt/wl/w$i.bin bs=$bs count=$cnt conv=fsync 2>/dev/null
+      rc=$?; b=$(adjtimex)
+      [ $rc -eq 0 ] && sync && op dd /wl/w$i.bin "dd_us=$(elapsed_us "$a" "$b")"
     fi
     if [ $i -gt 1 ]; then
       begin rmdir /wl/d$((i-1)); rmdir /mnt/wl/d$((i-1)) && sync && op rmdir /wl/d$((i-1))

@@ -1,0 +1,225 @@
+"""Will this mirror converge?  An online predictor fed the job's samples.
+
+A mirror reaches READY when nothing is left to copy.  ``query-block-jobs`` gives two
+counters: ``offset`` (bytes copied so far) and ``len`` (bytes copied plus bytes still to
+copy, which grows when the guest dirties what was already copied).  Over a trailing
+window of samples:
+
+- the **copy rate** is how fast ``offset`` advances;
+- the **dirty rate** is how fast ``len`` grows (the guest re-dirtying copied data);
+- their difference is how fast ``remaining = len - offset`` falls.
+
+If remaining falls, the ETA to ready is remaining over that rate.  If the job copies but
+remaining does not fall, it **will not converge at current rates**: the verdict an
+engineer wants instead of a timeout sized by guessing.  If nothing is copied the job is
+**stalled** (a dead target, a pause), which is another question (:mod:`kvmlab.causes`).
+
+The predictor is careful before it says "diverging": it needs :attr:`Predictor.evidence`
+seconds of samples, the remaining bytes must be more than a couple of seconds of copying
+(a converging job near zero hovers: its remaining cannot fall further), and the state must
+hold for :attr:`Predictor.confirm` seconds.  Its accuracy is measured by the
+``convergence`` sweep (``benchmarks/``), not assumed.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pandas as pd
+
+from .units import MIB
+
+#: the verdicts, in the order a job usually passes through them
+STATES = ("unknown", "converging", "diverging", "stalled", "paused", "ready", "ended")
+
+
+@dataclass(frozen=True)
+class Outlook:
+    """The predictor's answer at time *t* (seconds on the recording's clock)."""
+
+    t: float
+    state: str
+    remaining: int
+    copy_rate: float | None = None        #: bytes/s offset advanced over the window
+    dirty_rate: float | None = None       #: bytes/s len grew over the window
+    eta_s: float | None = None            #: seconds to ready at current rates (converging)
+    since: float | None = None            #: when the current state began
+
+    @property
+    def net_rate(self) -> float | None:
+        """Bytes/s remaining falls (copy minus dirty)."""
+        if self.copy_rate is None or self.dirty_rate is None:
+            return None
+        return self.copy_rate - self.dirty_rate
+
+    def text(self) -> str:
+        """One phrase for a progress line: ``ETA 12 s`` or ``will not converge: ...``."""
+        if self.state == "converging" and self.eta_s is not None:
+            return f"ETA {self.eta_s:.0f} s"
+        if self.state == "diverging":
+            return (f"will not converge at current rates (copy {_rate(self.copy_rate)}, "
+                    f"guest dirtying {_rate(self.dirty_rate)}, "
+                    f"{self.remaining / MIB:.1f} MiB left)")
+        if self.state == "stalled":
+            return "stalled (no progress)"
+        return {"unknown": "measuring rates"}.get(self.state, self.state)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"net_rate": self.net_rate}
+
+
+def _rate(bps: float | None) -> str:
+    return "?" if bps is None else f"{bps / MIB:.2f} MiB/s"
+
+
+class Predictor:
+    """Online convergence verdict for one job (feed :meth:`add` every sample).
+
+    :param window: seconds of samples the rates are measured over.
+    :param evidence: seconds of samples before any verdict but ``unknown``.
+    :param confirm: seconds "diverging" must hold before it is said.
+    :param hover_s: remaining below this many seconds of copying is "about to be ready",
+        never diverging.
+    :param progress: bytes the offset must advance over the window not to be stalled.
+    :param bursts: the window covers at least this many gaps between counter updates.
+    """
+
+    def __init__(self, window: float = 8.0, evidence: float = 6.0, confirm: float = 3.0,
+                 hover_s: float = 2.0, progress: int = 64 * 1024, bursts: float = 2.5) -> None:
+        self.window, self.evidence, self.confirm = window, evidence, confirm
+        self.bursts = bursts
+        self.hover_s, self.progress = hover_s, progress
+        self._rows: deque[tuple[float, int, int]] = deque()
+        self._changes: deque[float] = deque(maxlen=6)
+        self._first: float | None = None
+        self._state = "unknown"
+        self._since: float | None = None
+        self._pending: tuple[str, float] | None = None
+        self.last: Outlook | None = None
+        #: when each state was first said (seconds, the caller's clock)
+        self.first_seen: dict[str, float] = {}
+
+    def add(self, t: float, offset: int, length: int, *, ready: bool = False,
+            paused: bool = False, status: str = "running") -> Outlook:
+        """One sample of the job; returns the outlook after it."""
+        if self._first is None:
+            self._first = t
+        rows = self._rows
+        if rows and (int(offset), int(length)) != rows[-1][1:]:
+            self._changes.append(t)
+        rows.append((t, int(offset), int(length)))
+        while len(rows) > 2 and t - rows[1][0] >= self._span(t):
+            rows.popleft()
+        remaining = max(0, int(length) - int(offset))
+        t0, off0, len0 = rows[0]
+        dt = t - t0
+        copy = dirty = eta = None
+        if dt > 0:
+            copy = max(0.0, (offset - off0) / dt)
+            dirty = max(0.0, (length - len0) / dt)
+        if ready or status == "ready":
+            state, eta = "ready", 0.0
+        elif status in ("concluded", "null", "aborting"):
+            state = "ended"
+        elif paused or status in ("paused", "standby"):
+            state = "paused"
+        elif copy is None or dirty is None or t - self._first < self.evidence:
+            state = "unknown"
+        elif offset - off0 < self.progress:
+            state = "stalled"
+        elif copy - dirty > 0:
+            state, eta = "converging", remaining / (copy - dirty)
+        elif remaining <= copy * self.hover_s:
+            state = "converging"       # hovering near zero: READY is a moment away
+        else:
+            state = "diverging"
+        state = self._settle(state, t)
+        if state == "diverging":
+            eta = None
+        self.last = Outlook(t, state, remaining, copy, dirty, eta, self._since)
+        return self.last
+
+    def _span(self, t: float) -> float:
+        """The window, stretched to :attr:`bursts` times the longest gap between the last
+        counter updates: QEMU updates ``len`` only when the mirror iterates, and a rate
+        limited job sleeps seconds between iterations, so a short window would see one
+        burst or none."""
+        ch = self._changes
+        gaps = [b - a for a, b in zip(list(ch)[:-1], list(ch)[1:])]
+        if ch:
+            gaps.append(t - ch[-1])
+        return max(self.window, self.bursts * max(gaps, default=0.0))
+
+    def _settle(self, state: str, t: float) -> str:
+        """Diverging only once it has held for :attr:`confirm` seconds (one noisy window
+        is no verdict); every other state is taken at once."""
+        if state == "diverging" and self._state != "diverging":
+            if self._pending is None or self._pending[0] != state:
+                self._pending = (state, t)
+            if t - self._pending[1] < self.confirm:
+                return self._state
+            t_state = self._pending[1]
+        else:
+            self._pending = None
+            t_state = t
+        if state != self._state:
+            self._state, self._since = state, t_state
+            self.first_seen.setdefault(state, t)
+        return state
+
+
+def predict(samples: pd.DataFrame, job: str | None = None, **kw: Any) -> pd.DataFrame:
+    """The predictor replayed over a run's samples: one row per sample with t, state,
+    remaining, copy_rate, dirty_rate, net_rate, eta_s, since (what was known live)."""
+    from .analysis import job_samples
+    s = job_samples(samples, job)
+    p = Predictor(**kw)
+    rows = []
+    cols = ("t", "offset", "len", "ready", "paused", "status")
+    for t, off, ln, ready, paused, status in s[list(cols)].itertuples(index=False):
+        if pd.isna(off) or pd.isna(ln):
+            continue
+        rows.append(p.add(float(t), int(off), int(ln), ready=bool(ready is True),
+                          paused=bool(paused is True), status=str(status)).as_dict())
+    return pd.DataFrame(rows, columns=[*Outlook.__dataclass_fields__, "net_rate"])
+
+
+def first_verdict(pred: pd.DataFrame, state: str = "diverging") -> float | None:
+    """When the replayed predictor first said *state* (None: never)."""
+    hit = pred[pred["state"] == state] if len(pred) else pred
+    return float(hit["t"].iloc[0]) if len(hit) else None
+
+
+# -- the guest's side: what a mirror costs its writes -----------------------------------------
+def write_cost(ops: Any, start: float | None, end: float | None) -> dict[str, Any] | None:
+    """The guest's ``dd`` writes that finished in [start, end) (seconds on the ops' clock;
+    None: open): how many, each write's latency (dd with its fsync: median, 95th
+    percentile, worst, in ms) and the write throughput (bytes written over the time spent
+    writing, MiB/s).  *ops*: a run's ``guest_ops`` frame, or :class:`~kvmlab.events.Record`
+    list of the console's ``op`` lines (``mono`` as the clock).  None without timed writes
+    (a guest built before writes were timed)."""
+    if isinstance(ops, pd.DataFrame):
+        df = ops
+    else:
+        df = pd.DataFrame([{"t": r.mono, "op": r.data.get("op"), "size": r.data.get("size"),
+                            "dd_s": (int(r.data["dd_us"]) / 1e6 if r.data.get("dd_us")
+                                     else None)} for r in ops])
+    if df.empty or "dd_s" not in df:
+        return None
+    t = df["t"].astype("float64")
+    keep = (df["op"] == "dd") & df["dd_s"].notna()
+    if start is not None:
+        keep &= t >= start
+    if end is not None:
+        keep &= t < end
+    w = df[keep]
+    if w.empty:
+        return None
+    lat = w["dd_s"].astype("float64")
+    size = pd.to_numeric(w["size"], errors="coerce").fillna(0).astype("float64")
+    return {"writes": int(len(w)), "latency_median_ms": round(float(lat.median()) * 1e3, 2),
+            "latency_p95_ms": round(float(lat.quantile(0.95)) * 1e3, 2),
+            "latency_max_ms": round(float(lat.max()) * 1e3, 2),
+            "throughput_mib_s": round(float(size.sum() / max(lat.sum(), 1e-9)) / MIB, 3)}

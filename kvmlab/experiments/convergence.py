@@ -1,0 +1,139 @@
+"""Convergence under pressure: a guest that writes faster than the mirror copies.
+
+The problem users report most about mirrors: the job never gets READY because the guest
+dirties its disk faster than the target takes the data.  QEMU's answer is the active
+mode (``copy-mode: write-blocking``): every guest write goes to both sides before it
+completes, so nothing the guest writes is left behind, at the price of the guest's write
+latency.  On QEMU 8.2+ a running background job can be switched to it
+(``block-job-change``), which is what Proxmox does when a job will not converge.
+
+The steps:
+
+1. a VM whose guest writes ``workload_rate_kib_s`` (every ``dd`` reports its duration);
+2. ``baseline_s`` seconds of guest writes with no mirror (after its first two, cold,
+   writes): the latency to compare with;
+3. ``drive-mirror`` with a speed limit below the guest's write rate, in ``copy_mode``;
+4. wait for READY with the convergence predictor watching (:mod:`kvmlab.converge`):
+   ``give_up_when="diverging"`` stops waiting as soon as it says the job will not
+   converge, ``switch_when="diverging"`` switches the job to write-blocking instead;
+5. if READY: the guest keeps writing ``after_ready_s`` seconds (in sync), then cancel;
+   else cancel.
+
+The verdict says whether the job converged, with the rates that prove it either way, and
+what the guest paid: each write's latency and the write throughput, before and during the
+mirror.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .. import converge, marks
+from ..errors import JobDiverging, JobStalled, WaitTimeout
+from ..guest.workload import Workload
+from ..images import make_guest_disk
+from ..options import DEFAULT_OPTIONS, RunOptions
+from .common import ExperimentResult, LabRun
+
+#: the policies a run can follow when the predictor says "diverging"
+POLICIES = (None, "diverging")
+
+
+def convergence_pressure(*, copy_mode: str = "background", switch_when: str | None = None,
+                         give_up_when: str | None = "diverging", speed: int = 1024 * 1024,
+                         workload_kib: int = 256, workload_rate_kib_s: float = 3072,
+                         image_mib: int = 64, fill_mib: int = 4, baseline_s: float = 3.0,
+                         after_ready_s: float = 2.0, ready_timeout: float = 60.0,
+                         stall_timeout: float | None = 20.0,
+                         options: RunOptions = DEFAULT_OPTIONS) -> ExperimentResult:
+    """Mirror a disk the guest writes faster than the copy limit; see the module doc.
+
+    :param copy_mode: ``background`` (QEMU's default) or ``write-blocking`` (active).
+    :param switch_when: ``"diverging"``: switch a background job to write-blocking when the
+        predictor says it will not converge (QEMU 8.2+; one line on older builds).
+    :param give_up_when: ``"diverging"``: stop waiting when the predictor says so (the
+        verdict then has its rates); None waits ``ready_timeout``.
+    :param speed: the mirror's speed limit, bytes/s (below the guest's rate: pressure).
+    :param workload_kib, workload_rate_kib_s: each guest write's size and the write rate.
+    :param stall_timeout: give up after this many seconds without progress.
+    """
+    params = dict(locals())
+    # the guest writes for as long as the job runs: keep a quarter of the disk's worth of
+    # files (oldest deleted) so it never fills up and stops writing
+    workload = Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s,
+                        max_files=max(4, image_mib * 1024 // 4 // max(workload_kib, 1)))
+    with LabRun("convergence_pressure", params, options) as lab:
+        rec = lab.recorder
+        source = lab.workdir / "disk.qcow2"
+        target = lab.workdir / "mirror.qcow2"
+        make_guest_disk(source, image_mib, "qcow2", fill_mib)
+        rec.track("target", target)
+        with lab.machine(source, "source", mode="workload", workload=workload) as vm:
+            lab.note_machine(vm, "source")
+            vm.wait_ops(2, "dd", after=0.0, timeout=120)   # past the first, cold writes
+            t_base = time.monotonic()
+            time.sleep(baseline_s)                   # the guest's writes with no mirror
+            rec.mark(marks.MIRROR_START, job=vm.disk_id, copy_mode=copy_mode)
+            t_start = time.monotonic()
+            job = vm.mirror(vm.disk_id, target, "qcow2", speed=speed, copy_mode=copy_mode)
+            gave_up: str | None = None
+            ready = None
+            pred = converge.Predictor()
+            try:
+                ready = job.wait_ready(ready_timeout, stall_timeout=stall_timeout,
+                                       give_up_when=give_up_when, switch_when=switch_when,
+                                       mark=rec.mark, predictor=pred)
+            except (JobDiverging, JobStalled, WaitTimeout) as err:
+                gave_up = str(err)
+            t_ready = time.monotonic()
+            if ready is not None:
+                rec.mark(marks.READY_SEEN, job=job.id)
+                time.sleep(after_ready_s)            # the guest writes while in sync
+            rec.mark(marks.CANCEL, job=job.id, reason=gave_up or "after ready")
+            t_cut = time.monotonic()
+            job.cancel(force=ready is None)
+            outcome = job.wait_done(60)
+            ops = vm.guest_ops()
+        outlook = job.outlook
+        cost = {
+            "before": converge.write_cost(ops, t_base, t_start),
+            "mirror": converge.write_cost(ops, t_start, t_ready),
+            "ready": converge.write_cost(ops, t_ready, t_cut) if ready is not None else None,
+        }
+        lab.verdict = {
+            "pass": outcome.ok and (ready is not None or gave_up is not None),
+            "converged": ready is not None,
+            "time_to_ready_s": round(ready.mono - t_start, 3) if ready is not None else None,
+            "gave_up": gave_up,
+            "copy_mode": copy_mode,
+            "switched_after_s": (round(job.switched_at - t_start, 3)
+                                 if job.switched_at is not None else None),
+            # the predictor's clock starts with the wait, at the mirror's start
+            "diverging_after_s": pred.first_seen.get("diverging"),
+            "rates": _rates(outlook),
+            "guest_write_cost": cost,
+            "latency_ratio": _ratio(cost["mirror"], cost["before"], "latency_median_ms"),
+            "throughput_ratio": _ratio(cost["mirror"], cost["before"], "throughput_mib_s"),
+            "job_end": outcome.event, "job_error": outcome.error,
+        }
+    return lab.result()
+
+
+def _rates(out: converge.Outlook | None) -> dict[str, Any] | None:
+    if out is None:
+        return None
+    mib = 1024 * 1024
+    return {"state": out.state, "copy_mib_s": _r(out.copy_rate, mib),
+            "dirty_mib_s": _r(out.dirty_rate, mib), "net_mib_s": _r(out.net_rate, mib),
+            "remaining_mib": round(out.remaining / mib, 2)}
+
+
+def _r(v: float | None, unit: float) -> float | None:
+    return None if v is None else round(v / unit, 3)
+
+
+def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str) -> float | None:
+    if not a or not b or not a.get(key) or not b.get(key):
+        return None
+    return round(float(a[key]) / float(b[key]), 3)

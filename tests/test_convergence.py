@@ -1,0 +1,151 @@
+"""Convergence under pressure: the predictor, write-blocking mode, and switching a running job.
+
+Pure tests replay runs recorded from real QEMU (``tests/data/runs/converge-*``: a background
+job the guest outpaces on 7.2, the same pressure in write-blocking mode, and a background job
+switched live on 10.0); the ``qemu`` tests run the experiment on real QEMU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kvmlab import converge, images, marks
+from kvmlab import experiments as ex
+from kvmlab.errors import BadInput, StateError
+from kvmlab.machine import Machine
+from kvmlab.options import RunOptions
+from kvmlab.runs import load_run
+
+RUNS = Path(__file__).parent / "data" / "runs"
+
+
+# -- the predictor on recorded runs -------------------------------------------------------------
+def _replay(folder: str, **kw: float) -> tuple[object, object]:
+    run = load_run(RUNS / folder)
+    return run, converge.predict(run.samples, "drive0", **kw)
+
+
+def test_a_job_the_guest_outpaces_is_said_to_diverge_with_its_rates() -> None:
+    run, pred = _replay("converge-background", confirm=2.0)
+    said = converge.first_verdict(pred)
+    assert said is not None
+    row = pred[pred["state"] == "diverging"].iloc[0]
+    assert row["dirty_rate"] > row["copy_rate"] > 0 and row["eta_s"] != row["eta_s"]  # NaN
+    gave_up = run.events[run.events["name"] == marks.DIVERGING]
+    assert len(gave_up) == 1 and abs(float(gave_up["t"].iloc[0]) - said) < 3.5
+    assert "will not converge" in run.meta["verdict"]["gave_up"]
+    assert run.meta["verdict"]["converged"] is False
+
+
+@pytest.mark.parametrize("confirm", [0.5, 1.0, 3.0])
+def test_write_blocking_under_the_same_pressure_is_never_called_diverging(confirm: float) -> None:
+    run, pred = _replay("converge-write-blocking", confirm=confirm)
+    assert converge.first_verdict(pred) is None
+    assert pred["state"].iloc[-1] == "ready"
+    eta = pred.loc[pred["state"] == "converging", "eta_s"]
+    assert len(eta) and (eta >= 0).all() and eta.iloc[0] > 0
+    assert run.meta["verdict"]["converged"] is True
+
+
+def test_a_switched_job_diverges_before_the_switch_and_converges_after() -> None:
+    run, pred = _replay("converge-switch-10.0")
+    switch = run.events[run.events["name"] == marks.COPY_MODE]
+    assert len(switch) == 1
+    t_switch = float(switch["t"].iloc[0])
+    said = converge.first_verdict(pred)
+    assert said is not None and said <= t_switch + 0.5
+    after = pred[pred["t"] > t_switch + 8]
+    assert set(after["state"]) <= {"converging", "ready"} and after["state"].iloc[-1] == "ready"
+    # QEMU says actively-synced once the write-blocking job is in sync
+    s = run.samples
+    assert s["actively_synced"].iloc[-1] and not s.loc[s["t"] < t_switch, "actively_synced"].any()
+
+
+def test_outlook_words() -> None:
+    out = converge.Outlook(1.0, "diverging", 3 << 20, 1 << 20, 2 << 20)
+    assert out.net_rate == -(1 << 20)
+    assert out.text() == ("will not converge at current rates (copy 1.00 MiB/s, guest dirtying "
+                          "2.00 MiB/s, 3.0 MiB left)")
+    assert converge.Outlook(1.0, "converging", 0, eta_s=12.4).text() == "ETA 12 s"
+
+
+def test_write_cost_reads_each_dd_latency() -> None:
+    run = load_run(RUNS / "converge-write-blocking")
+    cost = converge.write_cost(run.guest_ops, None, None)
+    assert cost is not None and cost["writes"] == int((run.guest_ops["op"] == "dd").sum())
+    assert 0 < cost["latency_median_ms"] <= cost["latency_p95_ms"] <= cost["latency_max_ms"]
+    assert cost["throughput_mib_s"] > 0
+    assert converge.write_cost(run.guest_ops, 1e9, None) is None
+
+
+# -- live, on real QEMU -------------------------------------------------------------------------
+@pytest.mark.qemu
+def test_background_diverges_and_write_blocking_converges_under_the_same_pressure(
+        opts: RunOptions) -> None:
+    bg = ex.convergence_pressure(copy_mode="background", options=opts)
+    v = bg.verdict
+    assert v["pass"] and not v["converged"] and "will not converge" in v["gave_up"]
+    assert v["rates"]["dirty_mib_s"] > v["rates"]["copy_mib_s"] > 0
+    assert v["diverging_after_s"] is not None and v["diverging_after_s"] < 40
+    wb = ex.convergence_pressure(copy_mode="write-blocking", options=opts)
+    w = wb.verdict
+    assert w["pass"] and w["converged"] and w["time_to_ready_s"] < 30
+    assert w["diverging_after_s"] is None
+    # the guest's cost, measured in the guest: every dd timed, before and during the mirror
+    for part in ("before", "mirror"):
+        assert w["guest_write_cost"][part]["writes"] >= 3
+        assert w["guest_write_cost"][part]["latency_median_ms"] > 0
+    assert w["latency_ratio"] is not None and w["latency_ratio"] > 0
+
+
+@pytest.mark.qemu
+def test_a_diverging_job_switched_live_on_qemu_10_converges(opts: RunOptions) -> None:
+    r = ex.convergence_pressure(copy_mode="background", switch_when="diverging",
+                                give_up_when=None, ready_timeout=90,
+                                options=opts.replace(qemu="10.0"))
+    v = r.verdict
+    assert v["converged"] and v["switched_after_s"] is not None
+    assert v["time_to_ready_s"] > v["switched_after_s"]
+    ev = r.data.events
+    mark = ev[ev["name"] == marks.COPY_MODE]
+    assert len(mark) == 1 and "write-blocking" in mark["data"].iloc[0]
+    assert r.data.samples["actively_synced"].dropna().iloc[-1]
+
+
+@pytest.mark.qemu
+def test_change_is_one_line_on_qemu_7_2_and_on_an_ended_job(scratch: Path) -> None:
+    disk = scratch / "d.qcow2"
+    images.make_guest_disk(disk, 16)
+    with Machine(disk, accel="tcg") as vm:
+        job = vm.mirror("drive0", scratch / "t.qcow2", "qcow2", speed=1 << 20)
+        with pytest.raises(BadInput, match=r"QEMU 7\.2\.\d+ cannot change .*QEMU 8\.2") as err:
+            job.change(copy_mode="write-blocking")
+        assert "\n" not in str(err.value) and job.copy_mode == "background"
+        with pytest.raises(BadInput, match="only policy is 'diverging'"):
+            job.wait_ready(1, give_up_when="slow")
+        with pytest.raises(BadInput, match="cannot change a running job"):
+            job.wait_ready(1, switch_when="diverging")
+        info = job.info()
+        assert info is not None and info.status == "running"   # nothing changed
+        job.cancel(force=True)
+        job.wait_done(30)
+
+
+@pytest.mark.qemu
+def test_change_on_qemu_10_refuses_a_commit_and_an_ended_job(scratch: Path) -> None:
+    base, top = scratch / "base.qcow2", scratch / "top.qcow2"
+    images.make_guest_disk(base, 16)
+    images.create_overlay(top, base)
+    with Machine(top, accel="tcg", qemu="10.0") as vm:
+        commit = vm.commit("drive0", speed=1 << 20)
+        with pytest.raises(BadInput, match="only a mirror's copy mode can change") as err:
+            commit.change(copy_mode="write-blocking")
+        assert "\n" not in str(err.value)
+        commit.cancel(force=True)
+        commit.wait_done(30)
+        with pytest.raises(StateError, match="has ended"):
+            commit.change(copy_mode="write-blocking")
+        with pytest.raises(BadInput, match="copy_mode='fast' is not one of"):
+            commit.change(copy_mode="fast")
