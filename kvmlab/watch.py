@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import marks
+from .converge import Predictor
 
 MIB = 1024 * 1024
 
@@ -67,9 +68,15 @@ class JobView:
     name: str
     rows: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=64))
     ended: str | None = None               #: the event that ended it (completed...)
+    #: will it converge? fed every sample (see :mod:`kvmlab.converge`)
+    predictor: Predictor = field(default_factory=Predictor)
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
+        if row.get("t") is not None and row.get("offset") is not None and row.get("len") is not None:
+            self.predictor.add(float(row["t"]), int(row["offset"]), int(row["len"]),
+                               ready=bool(row.get("ready")), paused=bool(row.get("paused")),
+                               status=str(row.get("status") or "running"))
 
     def rate(self, window: float = 1.0) -> float | None:
         """Bytes/s copied over the last *window* seconds of samples (None: too few)."""
@@ -97,13 +104,13 @@ class JobView:
         rate = None if self.ended else self.rate()
         if rate is not None:
             words.append(f"{rate / MIB:.2f} MiB/s")
-            remaining = max(0, length - offset)
+            out = self.predictor.last
             if r.get("ready"):
                 words.append("ready")
-            elif rate > 0 and remaining:
-                words.append(f"ETA {remaining / rate:.0f} s")
-            elif remaining:
-                words.append("stalled")
+            elif out is not None and out.state != "unknown":
+                words.append(out.text())
+            elif max(0, length - offset):
+                words.append("measuring rates")
         return " | ".join(words)
 
 

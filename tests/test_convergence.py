@@ -149,3 +149,19 @@ def test_change_on_qemu_10_refuses_a_commit_and_an_ended_job(scratch: Path) -> N
             commit.change(copy_mode="write-blocking")
         with pytest.raises(BadInput, match="copy_mode='fast' is not one of"):
             commit.change(copy_mode="fast")
+
+
+def test_kvmlab_runs_progress_line_says_will_not_converge_then_eta() -> None:
+    from kvmlab.watch import JobView
+    run = load_run(RUNS / "converge-switch-10.0")
+    t_switch = float(run.events.loc[run.events["name"] == marks.COPY_MODE, "t"].iloc[0])
+    view = JobView("drive0")
+    lines = {}
+    for row in run.samples.to_dict("records"):
+        view.add(row)
+        if row["t"] <= t_switch + 0.3:
+            lines["before"] = view.text()
+        elif not row["ready"]:
+            lines["after"] = view.text()
+    assert "will not converge at current rates (copy " in lines["before"]
+    assert "ETA " in lines["after"] and "will not converge" not in lines["after"]

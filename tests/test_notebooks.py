@@ -88,3 +88,18 @@ def test_qemu_versions_notebook(tmp_path: Path) -> None:
     figures = list(out.glob("diff-*.png"))
     assert len(figures) == int(table.differs.sum())
     assert "behaviours differ between system, 10.0" in (out / "30_qemu_versions.html").read_text()
+
+
+def test_active_mirror_notebook_on_qemu_7_2(tmp_path: Path) -> None:
+    """Background gives up on the predictor's verdict, write-blocking converges; the live
+    switch is left out on 7.2 with one line saying which QEMU has it."""
+    out = run_notebook(NOTEBOOKS / "11_active_mirror.ipynb", {"accel": "tcg"},
+                       out=tmp_path / "active")
+    table = pd.read_csv(out / "active_mirror.csv")
+    assert list(table["run"]) == ["background", "write-blocking"]
+    assert list(table["converged"]) == [False, True]
+    assert table["said diverging after (s)"].iloc[0] > 0
+    assert table["write latency during (ms)"].iloc[1] > 0
+    html = (out / "11_active_mirror.html").read_text()
+    assert "block-job-change came in 8.2" in html and "gave up: drive0: will not converge" in html
+    assert (out / "active_mirror.png").exists()
