@@ -117,6 +117,19 @@ class Session:
                                   else self.backend.versions().get("qemu", "?"))
         return self._qemu_version
 
+    @property
+    def can_change(self) -> bool:
+        """Whether this QEMU can switch a running mirror to write-blocking
+        (``block-job-change``, QEMU 8.2+): the build's probed capabilities for a lab VM,
+        the version its monitor reports for a libvirt domain."""
+        if self.machine is not None:
+            return self.machine.build.caps().block_job_change
+        try:
+            major, minor = (int(x) for x in self.qemu_version.split(".")[:2])
+        except ValueError:
+            return False
+        return (major, minor) >= (8, 2)
+
     # -- opening -----------------------------------------------------------------------
     @classmethod
     def lab(cls, *, image_mib: int = 64, fill_mib: int = 16, workload_kib: int = 256,
@@ -202,6 +215,9 @@ class Session:
             out |= {"pause", "cancel"}
             if info.ready:
                 out.add("complete")
+            if (info.type == "mirror" and self.job is not None
+                    and self.job.copy_mode != "write-blocking" and self.can_change):
+                out.add("active_mode")
         return out
 
     def _check(self, action: str) -> None:
@@ -237,7 +253,8 @@ class Session:
                 if not spec.is_remote:
                     rec.track("target", spec.target)
                 rec.mark(marks.MIRROR_START, job=spec.device, target=spec.target)
-                job = mirror(self.backend, spec)
+                job = mirror(self.backend, spec, caps=(self.machine.build.caps()
+                                                       if self.machine is not None else None))
             except BaseException as err:
                 rec.stop()
                 run.finish("error", error=f"{type(err).__name__}: {err}")
@@ -276,6 +293,13 @@ class Session:
         self._end_action = marks.COMPLETE
         self._mark(marks.COMPLETE, job=job.id)
         job.complete()
+
+    def active_mode(self) -> None:
+        """Switch the running mirror to write-blocking (QEMU 8.2+): guest writes reach
+        the target before they complete, so a job the guest outpaces converges."""
+        job = self._require("active_mode")
+        self._mark(marks.COPY_MODE, job=job.id, copy_mode="write-blocking", reason="panel")
+        job.change(copy_mode="write-blocking")
 
     def set_speed(self, speed: int) -> None:
         """Change the running job's limit (bytes/s, 0 = unlimited)."""

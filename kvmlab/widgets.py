@@ -26,6 +26,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from . import analysis, causes, plots
+from .converge import Outlook, Predictor
 from .errors import KvmlabError
 from .model import MIRROR_MODES, SYNC_MODES, MirrorSpec
 from .runs import RunData
@@ -43,7 +44,9 @@ SPEEDS = [(f"{v:g} MiB/s", int(v * MIB)) for v in (0.25, 0.5, 1, 2, 4, 8, 16, 32
                                                     256)] + [("unlimited", 0)]
 #: what the panel says after Stop VM / Continue VM (and the other plain actions)
 SAID = {"stop_vm": "VM stopped (HMP stop): the guest's vCPUs are paused",
-        "cont_vm": "VM continues (HMP cont)"}
+        "cont_vm": "VM continues (HMP cont)",
+        "active_mode": "switched to write-blocking (active mode): guest writes now reach the "
+                       "target before they complete"}
 
 
 def _png(fig: Figure, dpi: int = 100) -> bytes:
@@ -148,6 +151,7 @@ class MirrorPanel(w.VBox):
     BUTTONS = (("start", "Start", "play", "success"), ("pause", "Pause", "pause", ""),
                ("resume", "Resume", "play", ""), ("cancel", "Cancel", "stop", "warning"),
                ("complete", "Complete (pivot)", "exchange", "info"),
+               ("active_mode", "Active mode", "bolt", "danger"),
                ("stop_vm", "Stop VM", "pause-circle", ""),
                ("cont_vm", "Continue VM", "play-circle", ""))
 
@@ -160,6 +164,9 @@ class MirrorPanel(w.VBox):
                  interactive: bool | None = None) -> None:
         MirrorPanel.close_current()
         self.session = session
+        self._predictor = Predictor()
+        #: the convergence predictor's latest answer for the running job
+        self.outlook: Outlook | None = None
         self.interactive = interactive
         self.refresh = refresh
         self.lab_options = dict(lab_options or {})
@@ -264,6 +271,11 @@ class MirrorPanel(w.VBox):
         self.drive.value = session.drive
         self.target.value = str(session.default_target(self.format.value or None))
         self.connect_row.layout.display = "none"
+        self._predictor = Predictor()
+        self.buttons["active_mode"].tooltip = (
+            "switch the running mirror to write-blocking (block-job-change)"
+            if session.can_change else f"QEMU {session.qemu_version} cannot switch a running "
+            "job (block-job-change came in QEMU 8.2)")
         self._say(f"connected: {html.escape(session.label)} ({session.backend.name}), "
                   f"drive {html.escape(session.drive)}")
 
@@ -303,6 +315,7 @@ class MirrorPanel(w.VBox):
             self._shown_finish = None
             self.summary.value = ""
             _show_image(self.dashboard, b"")
+            self._predictor = Predictor()
             self._say(f"job {job.id} started; recording to {s.run.path if s.run else '?'}")
         else:
             getattr(s, key)()
@@ -418,11 +431,15 @@ class MirrorPanel(w.VBox):
         dirty = float(r["dirty_rate"].iloc[-1]) if r is not None and len(r) else 0.0
         if info is None:
             return
+        out = self._predictor.add(time.monotonic(), info.offset, info.len, ready=info.ready,
+                                  paused=info.paused, status=info.status)
+        self.outlook = out
         self.numbers.value = (
             f"offset {info.offset / MIB:.1f} / len {info.len / MIB:.1f} MiB &nbsp;|&nbsp; "
             f"remaining <b>{info.remaining / MIB:.2f} MiB</b> &nbsp;|&nbsp; "
             f"copy {copy / MIB:.2f} MiB/s &nbsp;|&nbsp; dirtying {dirty / MIB:.2f} MiB/s "
-            f"&nbsp;|&nbsp; limit {plots.fmt_rate(info.speed) if info.speed else 'none'}")
+            f"&nbsp;|&nbsp; limit {plots.fmt_rate(info.speed) if info.speed else 'none'}"
+            f"<br><span class='kvmlab-outlook'>{html.escape(out.text())}</span>")
 
     def _events(self, events: Any) -> None:
         ev = events[events["source"] != "guest"].tail(12)

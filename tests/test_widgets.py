@@ -44,6 +44,10 @@ def test_panel_drives_a_mirror_through_every_state(panel: MirrorPanel, runs: Pat
     _until(lambda: "running" in p.status.value, 10, "running")
     assert _enabled(p) == {"pause", "cancel", "stop_vm"}
     _until(lambda: 0 < p.progress.value < 1 and "remaining" in p.numbers.value, 10, "progress")
+    # QEMU 7.2 cannot switch a running job: the button stays disabled and says why
+    assert "block-job-change came in QEMU 8.2" in p.buttons["active_mode"].tooltip
+    _until(lambda: p.outlook is not None and p.outlook.state == "converging"
+           and "ETA " in p.numbers.value, 15, "the predictor's ETA")
     p.click("pause")
     _until(lambda: "paused" in p.status.value, 10, "paused")
     assert _enabled(p) == {"resume", "cancel", "stop_vm"}
@@ -189,3 +193,25 @@ def test_panel_first_hour(panel: MirrorPanel, runs: Path) -> None:
         assert MirrorPanel.current is second
     finally:
         second.close()
+
+
+def test_panel_switches_a_running_mirror_to_active_mode_on_qemu_10(runs: Path) -> None:
+    p = MirrorPanel.lab(accel="tcg", fill_mib=16, runs_dir=runs, refresh=0.25, qemu="10.0")
+    try:
+        _until(lambda: _enabled(p) == {"start", "stop_vm"}, 10, "start enabled")
+        p.speed.value = widgets.MIB
+        p.click("start")
+        _until(lambda: "active_mode" in _enabled(p), 10, "active mode enabled")
+        p.click("active_mode")
+        assert "write-blocking" in p.message.value and p.session.job.copy_mode == "write-blocking"
+        _until(lambda: "active_mode" not in _enabled(p), 5, "active mode done")
+        p.speed.value = 0
+        _until(lambda: "ready" in p.status.value, 60, "ready")
+        p.click("cancel")
+        fin = p.session.wait_finished(30)
+        run = load_run(fin.run_path)
+        switched = run.events[run.events["name"] == "copy_mode"]
+        assert len(switched) == 1 and "write-blocking" in switched["data"].iloc[0]
+        assert run.samples["actively_synced"].dropna().any()
+    finally:
+        p.close()
