@@ -51,6 +51,7 @@ run_path: Optional[str] = None      # kvmlab run sets it, None for data/runs/<ru
 
 # %%
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -59,7 +60,7 @@ from kvmlab import builds, converge, plots
 from kvmlab import experiments as ex
 from kvmlab.notebook import display, run_experiment
 
-VARIANTS = {"background": {"copy_mode": "background", "give_up_when": "diverging"},
+VARIANTS: dict[str, dict[str, Any]] = {"background": {"copy_mode": "background", "give_up_when": "diverging"},
             "write-blocking": {"copy_mode": "write-blocking", "give_up_when": None},
             "switch": {"copy_mode": "background", "switch_when": "diverging",
                        "give_up_when": None, "ready_timeout": 2 * ready_timeout}}
