@@ -41,7 +41,8 @@ def synth(t_end: float = 20.0, *, flat: list[tuple[float, float]] = (),
     df = pd.DataFrame({"t": t, "wall": 1.7e9 + t, "job": "drive0", "type": "mirror",
                        "len": lens, "offset": offset, "remaining": lens - offset,
                        "speed": 0, "busy": True, "paused": is_paused, "ready": False,
-                       "status": np.where(is_paused, "paused", status), "io_status": "ok"})
+                       "status": np.where(is_paused, "paused", status), "io_status": "ok",
+                       "actively_synced": None})
     return df[SAMPLE_COLUMNS]
 
 
