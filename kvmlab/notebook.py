@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -93,3 +94,13 @@ def show_ops_and_events(run: RunData) -> None:
     display(ops.groupby(["machine", "op"]).size().rename("count").to_frame())
     ev = run.events
     display(ev[ev.source != "guest"][["t", "source", "name", "job", "status"]].round(3))
+
+
+def save_table_figure(run_path: str | None, name: str, table: pd.DataFrame, fig: Any) -> None:
+    """A notebook's result table (``<name>.csv``) and figure (``<name>.png``) into its run
+    folder when ``kvmlab run`` gave it one (none when run by hand), then the figure shown."""
+    fig.tight_layout()
+    if run_path:
+        table.to_csv(Path(run_path) / f"{name}.csv", index=False)
+        fig.savefig(Path(run_path) / f"{name}.png", dpi=100)
+    plt.show()

@@ -47,12 +47,11 @@ libvirt_uri: str = "qemu:///system"
 run_path: Optional[str] = None      # kvmlab run sets it, None for data/runs/<run-id>
 
 # %%
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 
 from kvmlab import plots, suites
-from kvmlab.notebook import display
+from kvmlab.notebook import display, save_table_figure
 
 # %%
 runs = suites.fault_table(globals(), cases)
@@ -72,9 +71,5 @@ for ax, r in zip(axes[:, 0], results):
     v = r.verdict
     ax.set_title(f"{v['fault']} / on-target-error={v['on_target_error']}: {v['behaviour']}")
     plots.save_all(r.data)
-fig.tight_layout()
-if run_path:
-    table.to_csv(Path(run_path) / "target_faults.csv", index=False)
-    fig.savefig(Path(run_path) / "target_faults.png", dpi=100)
-plt.show()
+save_table_figure(run_path, "target_faults", table, fig)
 print(f"{int(table['pass'].sum())} of {len(table)} cases recovered with a verified copy")

@@ -50,7 +50,6 @@ libvirt_uri: str = "qemu:///system"
 run_path: Optional[str] = None      # kvmlab run sets it, None for data/runs/<run-id>
 
 # %%
-from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -58,7 +57,7 @@ import pandas as pd
 
 from kvmlab import builds, converge, plots
 from kvmlab import experiments as ex
-from kvmlab.notebook import display, run_experiment
+from kvmlab.notebook import display, run_experiment, save_table_figure
 
 VARIANTS: dict[str, dict[str, Any]] = {"background": {"copy_mode": "background", "give_up_when": "diverging"},
             "write-blocking": {"copy_mode": "write-blocking", "give_up_when": None},
@@ -103,10 +102,6 @@ for ax, (mode, r) in zip(axes[:, 0], results.items()):
     ax.set_title(f"{mode}: {'converged' if r.verdict['converged'] else 'did not converge'}"
                  + (f", predictor said 'will not converge' at {said:.1f} s" if said else ""))
     plots.save_all(r.data)
-fig.tight_layout()
-if run_path:
-    table.to_csv(Path(run_path) / "active_mirror.csv", index=False)
-    fig.savefig(Path(run_path) / "active_mirror.png", dpi=100)
-plt.show()
+save_table_figure(run_path, "active_mirror", table, fig)
 for mode, r in results.items():
     print(f"{mode:15s} {'converged' if r.verdict['converged'] else 'gave up: ' + str(r.verdict['gave_up'])}")
