@@ -29,6 +29,7 @@ from typing import Any
 
 import pandas as pd
 
+from .analysis import job_samples
 from .units import MIB
 
 #: the verdicts, in the order a job usually passes through them
@@ -141,6 +142,13 @@ class Predictor:
         self.last = Outlook(t, state, remaining, copy, dirty, eta, self._since)
         return self.last
 
+    def reset(self) -> None:
+        """Forget the samples and the state (the job changed: a switch of copy mode makes
+        the rates before it no evidence about after); :attr:`first_seen` is kept."""
+        self._rows.clear()
+        self._changes.clear()
+        self._first, self._state, self._since, self._pending = None, "unknown", None, None
+
     def _span(self, t: float) -> float:
         """The window, stretched to :attr:`bursts` times the longest gap between the last
         counter updates: QEMU updates ``len`` only when the mirror iterates, and a rate
@@ -173,7 +181,6 @@ class Predictor:
 def predict(samples: pd.DataFrame, job: str | None = None, **kw: Any) -> pd.DataFrame:
     """The predictor replayed over a run's samples: one row per sample with t, state,
     remaining, copy_rate, dirty_rate, net_rate, eta_s, since (what was known live)."""
-    from .analysis import job_samples
     s = job_samples(samples, job)
     p = Predictor(**kw)
     rows = []

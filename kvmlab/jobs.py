@@ -216,6 +216,7 @@ class Job:
             if switch_when and self.switched_at is None and self.copy_mode != "write-blocking":
                 self.change(copy_mode="write-blocking")
                 self.switched_at = now
+                pred.reset()              # the rates before the switch say nothing after it
                 if mark is not None:
                     mark(marks.COPY_MODE, job=self.id, copy_mode="write-blocking",
                          reason="diverging", **_rates(out))

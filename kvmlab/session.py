@@ -36,6 +36,7 @@ from .images import make_guest_disk
 from .jobs import Job, check_mirror, mirror
 from .machine import Machine
 from .model import JobInfo, MirrorSpec
+from .qemu_caps import Capabilities, read_capabilities
 from .record import Recorder
 from .runs import RunData, RunDir, load_run
 from .trace import TraceSpec
@@ -88,7 +89,8 @@ class Session:
 
     def __init__(self, backend: Backend, *, drive: str, machine: Machine | None = None,
                  scratch: Path | None = None, label: str = "vm",
-                 runs_dir: str | Path | None = None, sample_interval: float = 0.1) -> None:
+                 runs_dir: str | Path | None = None, sample_interval: float = 0.1,
+                 caps: Capabilities | None = None) -> None:
         self.backend = backend
         self.drive = drive
         self.machine = machine
@@ -96,6 +98,8 @@ class Session:
         self.label = label
         self.runs_dir = Path(runs_dir) if runs_dir else paths.runs_dir()
         self.sample_interval = sample_interval
+        #: what this QEMU can do (a lab VM's build, or read over a libvirt domain's monitor)
+        self.caps = caps if caps is not None or machine is None else machine.build.caps()
         self.job: Job | None = None
         self.spec: MirrorSpec | None = None
         self._end_action: str | None = None         # the step that asked the job to end
@@ -120,15 +124,8 @@ class Session:
     @property
     def can_change(self) -> bool:
         """Whether this QEMU can switch a running mirror to write-blocking
-        (``block-job-change``, QEMU 8.2+): the build's probed capabilities for a lab VM,
-        the version its monitor reports for a libvirt domain."""
-        if self.machine is not None:
-            return self.machine.build.caps().block_job_change
-        try:
-            major, minor = (int(x) for x in self.qemu_version.split(".")[:2])
-        except ValueError:
-            return False
-        return (major, minor) >= (8, 2)
+        (``block-job-change``, QEMU 8.2+), as its capabilities say."""
+        return self.caps is not None and self.caps.block_job_change
 
     # -- opening -----------------------------------------------------------------------
     @classmethod
@@ -173,7 +170,9 @@ class Session:
         if drive not in {d.device for d in be.block_info()}:
             be.close()
             raise BadInput(f"domain {domain} has no disk {drive!r}")
-        return cls(be, drive=drive, label=domain, **kw)
+        # the domain's QEMU is not one of kvmlab's builds: ask its monitor what it can do
+        caps = read_capabilities(be.qmp("query-version"), be.qmp("query-qmp-schema"))
+        return cls(be, drive=drive, label=domain, caps=caps, **kw)
 
     def default_target(self, fmt: str | None = "qcow2") -> Path:
         """A fresh target path in the session's scratch folder (or data/scratch)."""
@@ -253,8 +252,7 @@ class Session:
                 if not spec.is_remote:
                     rec.track("target", spec.target)
                 rec.mark(marks.MIRROR_START, job=spec.device, target=spec.target)
-                job = mirror(self.backend, spec, caps=(self.machine.build.caps()
-                                                       if self.machine is not None else None))
+                job = mirror(self.backend, spec, caps=self.caps)
             except BaseException as err:
                 rec.stop()
                 run.finish("error", error=f"{type(err).__name__}: {err}")

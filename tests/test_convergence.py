@@ -63,6 +63,19 @@ def test_a_switched_job_diverges_before_the_switch_and_converges_after() -> None
     assert s["actively_synced"].iloc[-1] and not s.loc[s["t"] < t_switch, "actively_synced"].any()
 
 
+def test_a_reset_forgets_the_rates_before_a_switch_but_not_when_it_first_diverged() -> None:
+    run = load_run(RUNS / "converge-switch-10.0")
+    t_switch = float(run.events.loc[run.events["name"] == marks.COPY_MODE, "t"].iloc[0])
+    p = converge.Predictor()
+    rows = run.samples[["t", "offset", "len"]].to_numpy()
+    for t, off, ln in rows[rows[:, 0] <= t_switch]:
+        out = p.add(float(t), int(off), int(ln))
+    assert out.state == "diverging"
+    p.reset()
+    assert p.add(t_switch + 0.1, int(rows[-1][1]), int(rows[-1][2])).state == "unknown"
+    assert "diverging" in p.first_seen
+
+
 def test_outlook_words() -> None:
     out = converge.Outlook(1.0, "diverging", 3 << 20, 1 << 20, 2 << 20)
     assert out.net_rate == -(1 << 20)
@@ -98,6 +111,18 @@ def test_background_diverges_and_write_blocking_converges_under_the_same_pressur
         assert w["guest_write_cost"][part]["writes"] >= 3
         assert w["guest_write_cost"][part]["latency_median_ms"] > 0
     assert w["latency_ratio"] is not None and w["latency_ratio"] > 0
+
+
+@pytest.mark.qemu
+def test_a_switch_qemu_7_2_cannot_make_is_one_line_before_anything_is_created(
+        opts: RunOptions) -> None:
+    with pytest.raises(BadInput, match=r"needs block-job-change, which QEMU 7\.2\.\d+ lacks"
+                       ) as err:
+        ex.convergence_pressure(switch_when="diverging", options=opts)
+    assert "\n" not in str(err.value)
+    with pytest.raises(BadInput, match="the only policy is 'diverging'"):
+        ex.convergence_pressure(give_up_when="late", options=opts)
+    assert opts.runs_dir is not None and list(opts.runs_dir.iterdir()) == []
 
 
 @pytest.mark.qemu

@@ -132,6 +132,9 @@ def test_panel_on_a_libvirt_domain(scratch: Path, runs: Path) -> None:
             p.domain.value = vm.domain_name
             p.connect.click()
             assert p.session is not None and p.drive.value == "vda"
+            # the domain's QEMU (7.2) read over its monitor: no block-job-change
+            assert p.session.caps is not None and p.session.caps.version.startswith("7.2")
+            assert not p.session.can_change and "8.2" in p.buttons["active_mode"].tooltip
             p.session.runs_dir = runs
             p.target.value = str(scratch / "copy.qcow2")
             p.speed.value = 0

@@ -29,10 +29,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .. import converge, marks
-from ..errors import JobDiverging, JobStalled, WaitTimeout
+from .. import builds, converge, marks
+from ..errors import BadInput, JobDiverging, JobStalled, WaitTimeout
 from ..guest.workload import Workload
 from ..images import make_guest_disk
+from ..model import COPY_MODES
 from ..options import DEFAULT_OPTIONS, RunOptions
 from .common import ExperimentResult, LabRun
 
@@ -59,6 +60,7 @@ def convergence_pressure(*, copy_mode: str = "background", switch_when: str | No
     :param stall_timeout: give up after this many seconds without progress.
     """
     params = dict(locals())
+    _check_policies(copy_mode, switch_when, give_up_when, options)
     # the guest writes for as long as the job runs: keep a quarter of the disk's worth of
     # files (oldest deleted) so it never fills up and stops writing
     workload = Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s,
@@ -118,6 +120,22 @@ def convergence_pressure(*, copy_mode: str = "background", switch_when: str | No
             "job_end": outcome.event, "job_error": outcome.error,
         }
     return lab.result()
+
+
+def _check_policies(copy_mode: str, switch_when: str | None, give_up_when: str | None,
+                    options: RunOptions) -> None:
+    """Policies, and a switch the QEMU asked for cannot make, are one line before anything
+    (run folder, image, VM) is created."""
+    for name, value in (("switch_when", switch_when), ("give_up_when", give_up_when)):
+        if value not in POLICIES:
+            raise BadInput(f"{name}={value!r}: the only policy is 'diverging' (or None)")
+    if copy_mode not in COPY_MODES:
+        raise BadInput(f"copy_mode={copy_mode!r} is not one of {', '.join(COPY_MODES)}")
+    if switch_when is not None:
+        caps = builds.resolve(options.qemu).caps()
+        if not caps.block_job_change:
+            raise BadInput(f"switch_when={switch_when!r} needs block-job-change, which QEMU "
+                           f"{caps.version} lacks (it came in QEMU 8.2: try qemu='10.0')")
 
 
 def _rates(out: converge.Outlook | None) -> dict[str, Any] | None:
