@@ -167,6 +167,7 @@ class MirrorPanel(w.VBox):
         self._predictor = Predictor()
         #: the convergence predictor's latest answer for the running job
         self.outlook: Outlook | None = None
+        self._last_outcome: str | None = None      #: how the last job ended
         self.interactive = interactive
         self.refresh = refresh
         self.lab_options = dict(lab_options or {})
@@ -397,7 +398,10 @@ class MirrorPanel(w.VBox):
             self.status.value = (f"status: <b>{info.status}</b> io-status: {info.io_status} "
                                  f"| VM {vm_state} | QEMU {s.qemu_version}")
         elif self._shown_finish is None:
-            self.status.value = f"status: no job | VM {vm_state} | QEMU {s.qemu_version}"
+            # the last job's end stays said (the refresh used to wipe it within 0.4 s)
+            last = f" (last: <b>{self._last_outcome}</b>, run saved)" if self._last_outcome else ""
+            self.status.value = (f"status: no job{last} | VM {vm_state} | "
+                                 f"QEMU {s.qemu_version}")
         rec = s.recorder
         if rec is not None and (s.active or self._shown_finish is None):
             frames = rec.frames()
@@ -476,6 +480,7 @@ class MirrorPanel(w.VBox):
         if self.session is not None:                # the next Start needs a new file
             self.target.value = str(self.session.default_target(self.format.value or None))
         self.progress.bar_style = "success" if not fin.error else "danger"
+        self._last_outcome = fin.outcome
         self.status.value = f"status: <b>{fin.outcome}</b> (run saved)"
 
     # -- teardown ------------------------------------------------------------------------

@@ -71,6 +71,8 @@ def test_panel_drives_a_mirror_through_every_state(panel: MirrorPanel, runs: Pat
     assert fin.outcome == "BLOCK_JOB_COMPLETED" and fin.error is None
     assert p.dashboard.value[:4] == b"\x89PNG" and (fin.run_path / "dashboard.png").exists()
     assert _enabled(p) == {"start", "stop_vm"}
+    time.sleep(1)                                      # refreshes after the end keep saying it
+    assert "<b>BLOCK_JOB_COMPLETED</b>" in p.status.value and "run saved" in p.status.value
     run = load_run(fin.run_path)
     assert run.meta["status"] == "done" and run.meta["verdict"]["job_end"] == "BLOCK_JOB_COMPLETED"
     assert {"running", "paused", "ready"} <= set(run.samples["status"])
