@@ -666,6 +666,55 @@ def bench_trace(tmp: Path, smoke: bool) -> dict[str, Any]:
     return out
 
 
+# -- 9. the convergence predictor's accuracy, and the active mode's cost on a slow target ----
+def bench_convergence(tmp: Path, smoke: bool) -> dict[str, Any]:
+    """The ``convergence`` sweep (``notebooks/sweeps/convergence.yaml``, 16 points on two
+    builds; smoke: 2 points) scored with :func:`kvmlab.converge.score_runs`; then the same
+    pressure on a slow target (NBD export taking 2 MiB/s) in background and write-blocking
+    mode, side by side: what the active mode costs the guest's writes."""
+    from kvmlab import converge
+    from kvmlab import experiments as ex
+    from kvmlab.sweep import SweepSpec, run_sweep
+    spec = SweepSpec.from_yaml(ROOT / "notebooks" / "sweeps" / "convergence.yaml")
+    if smoke:
+        spec.grid.update({"speed": [1048576], "workload_rate_kib_s": [3072], "qemu": ["system"]})
+    t0 = time.monotonic()
+    run_sweep(spec, tmp / "convergence", workers=2, report=False, progress=False)
+    out: dict[str, Any] = {"sweep_points": len(spec.plan()),
+                           "sweep_wall_s": time.monotonic() - t0}
+    table = converge.score_runs(tmp / "convergence")
+    out.update(converge.accuracy_summary(table))
+    out["runs_table"] = {f"{r.qemu} {r.copy_mode} speed {int(str(r.speed)) // 1024} KiB/s guest "
+                         f"{r.workload_rate_kib_s:g} KiB/s": _scored(r)
+                         for r in table.itertuples()}
+    cost: dict[str, Any] = {}
+    for mode in ("background", "write-blocking"):
+        v = ex.convergence_pressure(copy_mode=mode, speed=1 << 20, slow_target_bps=2 << 20,
+                                    image_mib=32, give_up_when=None, ready_timeout=30,
+                                    options=RunOptions(runs_dir=tmp / "runs")).verdict
+        cost[mode] = v["guest_write_cost"]["mirror"] or {}
+        out[f"slow_target_{mode}"] = {
+            "converged": v["converged"], "time_to_ready_s": v["time_to_ready_s"],
+            **{k: cost[mode].get(k) for k in ("writes", "latency_median_ms",
+                                              "latency_p95_ms", "written_mib_s")}}
+    for key in ("latency_median_ms", "latency_p95_ms", "written_mib_s"):
+        a, b = cost["write-blocking"].get(key), cost["background"].get(key)
+        out[f"slow_target_{key}_ratio_active_over_background"] = a / b if a and b else None
+    return out
+
+
+def _scored(r: Any) -> str:
+    if r.converged:
+        eta = "no ETA yet" if r.eta_error_s is None or r.eta_error_s != r.eta_error_s \
+            else f"ETA error {r.eta_error_s:+.1f} s ({r.eta_error_rel:+.0%})"
+        alarm = ", FALSE ALARM" if r.false_alarm else ""
+        return f"ready in {r.time_to_ready_s:.1f} s, at half-way {eta}{alarm}"
+    said = "never said diverging" if r.said_diverging_s is None or \
+        r.said_diverging_s != r.said_diverging_s else \
+        f"said diverging after {r.said_diverging_s:.1f} s"
+    return f"not ready, {said}"
+
+
 # -- report --------------------------------------------------------------------------------
 TARGETS = {
     "sample_cost": "kvmlab's watch >= 50x cheaper per sample than a virsh subprocess; "
@@ -680,6 +729,9 @@ TARGETS = {
                    "Debian's 7.2, as ratios 10.0 / 7.2 (no target: a comparison)",
     "trace": "tracing on < 3 % longer time to ready; a 10-hour 10 Hz run's dashboard with "
              "its trace < 2 s (against today's, timed in the same run)",
+    "convergence": "the convergence sweep: no false alarm (a converged run said to diverge); "
+                   "ETA error at half of the time to ready and seconds to 'will not converge' "
+                   "measured; the active mode's cost on a slow target as ratios",
 }
 
 
@@ -750,7 +802,8 @@ def main(argv: list[str] | None = None) -> int:
     fns = {"sample_cost": bench_sample_cost, "recording_overhead": bench_recording_overhead,
            "throughput": bench_throughput, "end_to_end": bench_end_to_end,
            "sweep": bench_sweep, "live_plot": bench_live_plot,
-           "qemu_builds": bench_qemu_builds, "trace": bench_trace}
+           "qemu_builds": bench_qemu_builds, "trace": bench_trace,
+           "convergence": bench_convergence}
     paths.scratch_dir().mkdir(parents=True, exist_ok=True)
     tmp = owned_tmpdir("bench-", paths.scratch_dir())        # reaped if we are killed
     try:

@@ -26,6 +26,10 @@
 # says "will not converge at current rates" with the numbers behind it; the background run
 # gives up on that verdict instead of waiting for a timeout. The guest times every `dd` (with
 # its fsync), before and during the mirror: that is the cost of the active mode.
+#
+# With `slow_target_bps` the target is a *slow target*: an NBD export of `qemu-storage-daemon`
+# whose writes pass a throttle group. In the active mode every guest write waits for it, so
+# the guest's achieved write rate is bounded by what the target takes.
 
 # %% tags=["parameters"]
 # Parameters (papermill injects overrides below this cell); defaults as in the experiment
@@ -41,6 +45,8 @@ baseline_s: float = 3.0             # guest writes timed before the mirror start
 after_ready_s: float = 2.0          # guest keeps writing this long once in sync
 ready_timeout: float = 60.0         # give up waiting for READY after this long
 stall_timeout: Optional[float] = 20.0  # give up after this long without progress
+slow_target_bps: int = 0            # > 0: NBD target whose writes are limited to this (bytes/s)
+give_up_when: Optional[str] = "diverging"  # background run: stop on "will not converge" (None: wait)
 sample_interval: float = 0.1        # seconds between query-block-jobs samples
 cache: str = "none"                 # the seed's cache mode
 accel: str = "auto"                 # auto: KVM only if a guest really boots under it, else TCG
@@ -59,7 +65,7 @@ from kvmlab import builds, converge, plots
 from kvmlab import experiments as ex
 from kvmlab.notebook import display, run_experiment, save_table_figure
 
-VARIANTS: dict[str, dict[str, Any]] = {"background": {"copy_mode": "background", "give_up_when": "diverging"},
+VARIANTS: dict[str, dict[str, Any]] = {"background": {"copy_mode": "background", "give_up_when": give_up_when},
             "write-blocking": {"copy_mode": "write-blocking", "give_up_when": None},
             "switch": {"copy_mode": "background", "switch_when": "diverging",
                        "give_up_when": None, "ready_timeout": 2 * ready_timeout}}
@@ -84,7 +90,11 @@ for mode, r in results.items():
                  "guest dirtying (MiB/s)": (v["rates"] or {}).get("dirty_mib_s"),
                  "write latency before (ms)": (cost["before"] or {}).get("latency_median_ms"),
                  "write latency during (ms)": (cost["mirror"] or {}).get("latency_median_ms"),
-                 "latency ratio": v["latency_ratio"], "run folder": r.run_path.name})
+                 "p95 latency during (ms)": (cost["mirror"] or {}).get("latency_p95_ms"),
+                 "latency ratio": v["latency_ratio"],
+                 "guest wrote before (MiB/s)": (cost["before"] or {}).get("written_mib_s"),
+                 "guest wrote during (MiB/s)": (cost["mirror"] or {}).get("written_mib_s"),
+                 "run folder": r.run_path.name})
 table = pd.DataFrame(rows)
 display(table)
 

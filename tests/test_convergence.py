@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from kvmlab import converge, images, marks
@@ -89,28 +90,87 @@ def test_write_cost_reads_each_dd_latency() -> None:
     cost = converge.write_cost(run.guest_ops, None, None)
     assert cost is not None and cost["writes"] == int((run.guest_ops["op"] == "dd").sum())
     assert 0 < cost["latency_median_ms"] <= cost["latency_p95_ms"] <= cost["latency_max_ms"]
-    assert cost["throughput_mib_s"] > 0
+    assert cost["throughput_mib_s"] > 0 and cost["written_mib_s"] is None   # open window
     assert converge.write_cost(run.guest_ops, 1e9, None) is None
+    dd = run.guest_ops[run.guest_ops["op"] == "dd"]
+    t0, t1 = float(dd["t"].min()), float(dd["t"].max())
+    closed = converge.write_cost(run.guest_ops, t0, t1)
+    assert closed is not None
+    wrote = float(dd["size"].astype(float)[dd["t"] < t1].sum())
+    assert closed["written_mib_s"] == round(wrote / (t1 - t0) / 2**20, 3)
+
+
+def test_the_predictor_is_scored_against_what_each_recorded_job_did() -> None:
+    table = converge.score_runs(RUNS).set_index("run")
+    bg, wb, sw = (table.loc[f"converge-{k}"] for k in ("background", "write-blocking",
+                                                          "switch-10.0"))
+    # the background job never got ready; the predictor said so (live: the run gave up)
+    assert not bg["converged"] and 0 < bg["said_diverging_s"] < 40
+    gave_up = load_run(RUNS / "converge-background")
+    start = float(gave_up.samples["t"].iloc[0])
+    said_live = float(gave_up.events.loc[gave_up.events["name"] == marks.DIVERGING,
+                                         "t"].iloc[0])
+    assert bg["said_diverging_s"] <= round(said_live - start, 3)
+    # write-blocking converged and was never said to diverge
+    assert wb["converged"] and not wb["false_alarm"] and pd.isna(wb["said_diverging_s"])
+    # the switched job converged because it was switched on the verdict: not a false alarm
+    assert sw["converged"] and sw["switched_s"] >= sw["said_diverging_s"] > 0
+    assert not sw["false_alarm"]
+    mine = table[table.index.str.startswith("converge-")].reset_index()
+    summary = converge.accuracy_summary(mine)
+    assert (summary["runs"], summary["converged"], summary["diverged"]) == (3, 2, 1)
+    assert summary["false_alarms"] == 0 and summary["never_flagged"] == 0
+    assert summary["said_diverging_median_s"] == bg["said_diverging_s"]
+
+
+def test_eta_error_at_half_way_is_the_eta_minus_the_truth() -> None:
+    run = load_run(RUNS / "converge-switch-10.0")
+    s, ev = run.samples, run.events
+    a = converge.accuracy(s, ev, at=0.85)     # past the switch: a converging job with an ETA
+    start = float(s["t"].iloc[0])
+    ready = float(ev.loc[ev["name"] == marks.BLOCK_JOB_READY, "t"].iloc[0])
+    pred = converge.predict(s)
+    last = pred[pred["t"] <= start + 0.85 * (ready - start)].iloc[-1]
+    truth = ready - float(last["t"])
+    assert last["state"] == "converging" and a["eta_error_s"] == round(last["eta_s"] - truth, 3)
+    assert a["eta_error_rel"] == round((last["eta_s"] - truth) / truth, 3)
+    # a false alarm: said diverging, then converged without a switch
+    fake = ev[ev["name"] != marks.COPY_MODE]
+    assert converge.accuracy(s, fake)["false_alarm"]
+    summary = converge.accuracy_summary(pd.DataFrame([a, converge.accuracy(s, fake)]))
+    assert summary["false_alarms"] == 1 and summary["eta_error_worst_rel"] == abs(
+        a["eta_error_rel"])
 
 
 # -- live, on real QEMU -------------------------------------------------------------------------
+#: the pressure: a 1 MiB/s speed limit, a target taking 2 MiB/s, a guest asked for 3 MiB/s
+PRESSURE = {"speed": 1 << 20, "slow_target_bps": 2 << 20, "image_mib": 32}
+
+
 @pytest.mark.qemu
 def test_background_diverges_and_write_blocking_converges_under_the_same_pressure(
         opts: RunOptions) -> None:
-    bg = ex.convergence_pressure(copy_mode="background", options=opts)
+    bg = ex.convergence_pressure(copy_mode="background", options=opts, **PRESSURE)
     v = bg.verdict
     assert v["pass"] and not v["converged"] and "will not converge" in v["gave_up"]
     assert v["rates"]["dirty_mib_s"] > v["rates"]["copy_mib_s"] > 0
     assert v["diverging_after_s"] is not None and v["diverging_after_s"] < 40
-    wb = ex.convergence_pressure(copy_mode="write-blocking", options=opts)
+    assert v["target"] == "NBD export, writes limited to 2 MiB/s"
+    wb = ex.convergence_pressure(copy_mode="write-blocking", options=opts, **PRESSURE)
     w = wb.verdict
-    assert w["pass"] and w["converged"] and w["time_to_ready_s"] < 30
+    assert w["pass"] and w["converged"] and w["time_to_ready_s"] < 45
     assert w["diverging_after_s"] is None
     # the guest's cost, measured in the guest: every dd timed, before and during the mirror
+    cost = w["guest_write_cost"]
     for part in ("before", "mirror"):
-        assert w["guest_write_cost"][part]["writes"] >= 3
-        assert w["guest_write_cost"][part]["latency_median_ms"] > 0
-    assert w["latency_ratio"] is not None and w["latency_ratio"] > 0
+        assert cost[part]["writes"] >= 3
+        assert 0 < cost[part]["latency_median_ms"] <= cost[part]["latency_p95_ms"]
+    assert w["latency_ratio"] is not None and w["p95_latency_ratio"] is not None
+    # every guest write went through the 2 MiB/s target: the guest cannot have written faster
+    assert 0 < cost["mirror"]["written_mib_s"] <= 2.0 * 1.1
+    assert w["written_ratio"] == round(cost["mirror"]["written_mib_s"]
+                                       / cost["before"]["written_mib_s"], 3)
+
 
 
 @pytest.mark.qemu
@@ -122,6 +182,10 @@ def test_a_switch_qemu_7_2_cannot_make_is_one_line_before_anything_is_created(
     assert "\n" not in str(err.value)
     with pytest.raises(BadInput, match="the only policy is 'diverging'"):
         ex.convergence_pressure(give_up_when="late", options=opts)
+    with pytest.raises(BadInput, match=r"slow_target_bps=-1 must be a whole number"):
+        ex.convergence_pressure(slow_target_bps=-1, options=opts)
+    with pytest.raises(BadInput, match="slow_target_bps needs the qmp backend"):
+        ex.convergence_pressure(slow_target_bps=1 << 20, options=opts.replace(backend="libvirt"))
     assert opts.runs_dir is not None and list(opts.runs_dir.iterdir()) == []
 
 

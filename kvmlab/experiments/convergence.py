@@ -12,7 +12,10 @@ The steps:
 1. a VM whose guest writes ``workload_rate_kib_s`` (every ``dd`` reports its duration);
 2. ``baseline_s`` seconds of guest writes with no mirror (after its first two, cold,
    writes): the latency to compare with;
-3. ``drive-mirror`` with a speed limit below the guest's write rate, in ``copy_mode``;
+3. ``drive-mirror`` with a speed limit below the guest's write rate, in ``copy_mode``,
+   onto a local file or, with ``slow_target_bps``, a *slow target*: an NBD export of
+   ``qemu-storage-daemon`` whose writes go through a throttle group (the active mode's
+   cost shows there: each guest write waits for the slow side);
 4. wait for READY with the convergence predictor watching (:mod:`kvmlab.converge`):
    ``give_up_when="diverging"`` stops waiting as soon as it says the job will not
    converge, ``switch_when="diverging"`` switches the job to write-blocking instead;
@@ -27,10 +30,13 @@ mirror.
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
-from .. import builds, converge, marks
+from .. import builds, converge, images, marks
 from ..errors import BadInput, JobDiverging, JobStalled, WaitTimeout
+from ..faults import NbdServer
 from ..guest.workload import Workload
 from ..images import make_guest_disk
 from ..model import COPY_MODES
@@ -46,7 +52,7 @@ def convergence_pressure(*, copy_mode: str = "background", switch_when: str | No
                          workload_kib: int = 256, workload_rate_kib_s: float = 3072,
                          image_mib: int = 64, fill_mib: int = 4, baseline_s: float = 3.0,
                          after_ready_s: float = 2.0, ready_timeout: float = 60.0,
-                         stall_timeout: float | None = 20.0,
+                         stall_timeout: float | None = 20.0, slow_target_bps: int = 0,
                          options: RunOptions = DEFAULT_OPTIONS) -> ExperimentResult:
     """Mirror a disk the guest writes faster than the copy limit; see the module doc.
 
@@ -58,27 +64,32 @@ def convergence_pressure(*, copy_mode: str = "background", switch_when: str | No
     :param speed: the mirror's speed limit, bytes/s (below the guest's rate: pressure).
     :param workload_kib, workload_rate_kib_s: each guest write's size and the write rate.
     :param stall_timeout: give up after this many seconds without progress.
+    :param slow_target_bps: > 0: mirror onto an NBD export whose writes are limited to
+        this many bytes/s (QMP backend only); 0: a local qcow2 file.
     """
     params = dict(locals())
     _check_policies(copy_mode, switch_when, give_up_when, options)
+    _check_target(slow_target_bps, options)
     # the guest writes for as long as the job runs: keep a quarter of the disk's worth of
     # files (oldest deleted) so it never fills up and stops writing
     workload = Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s,
                         max_files=max(4, image_mib * 1024 // 4 // max(workload_kib, 1)))
-    with LabRun("convergence_pressure", params, options) as lab:
+    with LabRun("convergence_pressure", params, options) as lab, ExitStack() as stack:
         rec = lab.recorder
         source = lab.workdir / "disk.qcow2"
         target = lab.workdir / "mirror.qcow2"
         make_guest_disk(source, image_mib, "qcow2", fill_mib)
         rec.track("target", target)
+        url, fmt, mode = _target(stack, lab.recorder.mark, source, target, slow_target_bps,
+                                 options)
         with lab.machine(source, "source", mode="workload", workload=workload) as vm:
             lab.note_machine(vm, "source")
             vm.wait_ops(2, "dd", after=0.0, timeout=120)   # past the first, cold writes
             t_base = time.monotonic()
             time.sleep(baseline_s)                   # the guest's writes with no mirror
-            rec.mark(marks.MIRROR_START, job=vm.disk_id, copy_mode=copy_mode)
+            rec.mark(marks.MIRROR_START, job=vm.disk_id, copy_mode=copy_mode, target=url)
             t_start = time.monotonic()
-            job = vm.mirror(vm.disk_id, target, "qcow2", speed=speed, copy_mode=copy_mode)
+            job = vm.mirror(vm.disk_id, url, fmt, mode=mode, speed=speed, copy_mode=copy_mode)
             gave_up: str | None = None
             ready = None
             pred = converge.Predictor()
@@ -109,6 +120,8 @@ def convergence_pressure(*, copy_mode: str = "background", switch_when: str | No
             "time_to_ready_s": round(ready.mono - t_start, 3) if ready is not None else None,
             "gave_up": gave_up,
             "copy_mode": copy_mode,
+            "target": (f"NBD export, writes limited to {slow_target_bps / 2**20:g} MiB/s"
+                       if slow_target_bps else "local qcow2 file"),
             "switched_after_s": (round(job.switched_at - t_start, 3)
                                  if job.switched_at is not None else None),
             # the predictor's clock starts with the wait, at the mirror's start
@@ -117,6 +130,8 @@ def convergence_pressure(*, copy_mode: str = "background", switch_when: str | No
             "guest_write_cost": cost,
             "latency_ratio": _ratio(cost["mirror"], cost["before"], "latency_median_ms"),
             "throughput_ratio": _ratio(cost["mirror"], cost["before"], "throughput_mib_s"),
+            "p95_latency_ratio": _ratio(cost["mirror"], cost["before"], "latency_p95_ms"),
+            "written_ratio": _ratio(cost["mirror"], cost["before"], "written_mib_s"),
             "job_end": outcome.event, "job_error": outcome.error,
         }
     return lab.result()
@@ -136,6 +151,30 @@ def _check_policies(copy_mode: str, switch_when: str | None, give_up_when: str |
         if not caps.block_job_change:
             raise BadInput(f"switch_when={switch_when!r} needs block-job-change, which QEMU "
                            f"{caps.version} lacks (it came in QEMU 8.2: try qemu='10.0')")
+
+
+def _check_target(slow_target_bps: int, options: RunOptions) -> None:
+    """A slow target is a whole number of bytes/s, on the QMP backend (libvirt's blockCopy
+    here writes to files): one line before anything is created."""
+    if not isinstance(slow_target_bps, int) or isinstance(slow_target_bps, bool) \
+            or slow_target_bps < 0:
+        raise BadInput(f"slow_target_bps={slow_target_bps!r} must be a whole number of "
+                       "bytes/s (0: a local file)")
+    if slow_target_bps and options.backend != "qmp":
+        raise BadInput("slow_target_bps needs the qmp backend (the libvirt backend mirrors "
+                       "to files only)")
+
+
+def _target(stack: ExitStack, mark: Any, source: Path, target: Path, slow_target_bps: int,
+            options: RunOptions) -> tuple[str, str, str]:
+    """The mirror's target as (path or URL, format, mode): a file QEMU creates, or an
+    existing image served by a throttled NBD daemon (stopped when *stack* closes)."""
+    if not slow_target_bps:
+        return str(target), "qcow2", "absolute-paths"
+    images.create(target, int(images.info(source)["virtual-size"]), "qcow2")
+    nbd = stack.enter_context(NbdServer(target, "qcow2", mark=mark, qemu=options.qemu,
+                                        write_bps=slow_target_bps))
+    return nbd.url, "raw", "existing"
 
 
 def _rates(out: converge.Outlook | None) -> dict[str, Any] | None:

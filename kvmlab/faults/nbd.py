@@ -5,6 +5,11 @@ image; the mirror writes to ``nbd+unix:///<name>?socket=<path>`` (with
 ``mode=existing``).  :meth:`NbdServer.suspend` SIGSTOPs the daemon (the socket
 stays up, requests hang); :meth:`NbdServer.down` kills it and starts a new one
 on the same image when the block ends (requests fail meanwhile).
+
+With ``write_bps`` the export is a *slow target*: a ``throttle`` filter node in a
+throttle group (``limits.bps-write``) sits between the export and the image, so every
+write the mirror (or, in the active mode, the guest through the mirror) sends waits its
+turn: the case of a target on a slow network or a busy array.
 """
 
 from __future__ import annotations
@@ -34,13 +39,19 @@ def _listening(sock: Path) -> bool:
 class NbdServer:
     """``qemu-storage-daemon`` exporting *image* (format *fmt*) writable over NBD.
 
+    *write_bps* > 0 limits the export's writes to that many bytes/s (a throttle group).
+
     A context manager; on exit the daemon is stopped and its temp dir removed.  The daemon
     is the current QEMU build's (:func:`kvmlab.builds.current`), or *qemu*'s.
     """
 
     def __init__(self, image: str | Path, fmt: str = "qcow2", *, mark: Mark | None = None,
-                 qemu: str | Path | QemuBuild | None = None) -> None:
+                 qemu: str | Path | QemuBuild | None = None, write_bps: int = 0) -> None:
         self.build = builds.resolve(qemu)
+        if not isinstance(write_bps, int) or isinstance(write_bps, bool) or write_bps < 0:
+            raise BadInput(f"NBD write_bps={write_bps!r} must be a whole number of bytes/s "
+                           "(0: no limit)")
+        self.write_bps = write_bps
         self.image = Path(image).resolve()
         if not self.image.is_file():
             raise BadInput(f"NBD image {self.image} does not exist")
@@ -80,12 +91,17 @@ class NbdServer:
         sock = self.socket
         if sock.exists():
             sock.unlink()
+        node = "fmt0"
         cmd = [self.build.tool("qemu-storage-daemon"),
                "--blockdev", f"driver=file,node-name=file0,filename={qemu_opt(self.image)},"
                              "cache.direct=on,aio=threads",
-               "--blockdev", f"driver={self.fmt},node-name=fmt0,file=file0",
-               "--nbd-server", f"addr.type=unix,addr.path={qemu_opt(sock)}",
-               "--export", f"type=nbd,id=exp0,node-name=fmt0,name={EXPORT},writable=on"]
+               "--blockdev", f"driver={self.fmt},node-name=fmt0,file=file0"]
+        if self.write_bps:
+            node = "thr0"
+            cmd += ["--object", f"throttle-group,id=tg0,limits.bps-write={self.write_bps}",
+                    "--blockdev", "driver=throttle,node-name=thr0,throttle-group=tg0,file=fmt0"]
+        cmd += ["--nbd-server", f"addr.type=unix,addr.path={qemu_opt(sock)}",
+                "--export", f"type=nbd,id=exp0,node-name={node},name={EXPORT},writable=on"]
         self.daemon = ProcessGroup("qemu-storage-daemon", cmd, self.tmp / f"qsd-{self.starts}.log",
                                    env=self.build.env())
         self.starts += 1
