@@ -293,5 +293,34 @@ def analyze_cmd(run_dir: Path, plots: bool, stall_min: float, log_scale: bool) -
             click.echo(f"dashboard: {run.path / 'dashboard.png'} (and {', '.join(names[1:])})")
 
 
+@main.command("report")
+@click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="The HTML document to write (figures embedded).")
+@click.option("--pdf", type=click.Path(path_type=Path), default=None,
+              help="Also print it to this PDF (headless Chromium).")
+@click.option("--title", default=None, help="The document's title.")
+@click.option("--template", type=click.Path(path_type=Path), default=None,
+              help="A Jinja template to use instead of kvmlab/templates/report.html.j2.")
+def report_cmd(inputs: tuple[Path, ...], out: Path, pdf: Path | None, title: str | None,
+               template: Path | None) -> None:
+    """Turn run folders, notebook run folders and sweep folders (INPUTS) into one
+    document to share: no code, the question, setup, verdict, figures and tables of
+    each, and a provenance appendix."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from .report import make_report
+    try:
+        make_report(inputs, out, pdf=pdf, title=title, template=template,
+                    progress=lambda line: click.echo(line, err=True))
+    except KvmlabError as err:
+        _fail(err)
+    except KeyboardInterrupt:
+        click.echo("kvmlab: interrupted (no partial document left)", err=True)
+        sys.exit(130)
+    click.echo(f"report: {Path(out).resolve()}" + (f" and {Path(pdf).resolve()}" if pdf
+                                                      else ""))
+
+
 if __name__ == "__main__":
     main()

@@ -87,16 +87,33 @@ class Predictor:
     :param hover_s: remaining below this many seconds of copying is "about to be ready",
         never diverging.
     :param progress: bytes the offset must advance over the window not to be stalled.
-    :param bursts: the window covers at least this many gaps between counter updates.
+    :param bursts: the window covers at least this many gaps between steps.
+    :param steps: what a step is: ``remaining`` (the remaining bytes fell: a copy step;
+        in write-blocking mode the counters move with every guest write, but the copy
+        still comes in steps) or ``counters`` (offset or len changed).
+    :param hover_limit: hovering near zero this many seconds without READY is no longer
+        "a moment away": it is said to diverge.
+    :param quantize: the ETA adds this many typical gaps between steps (a rate-limited
+        mirror copies in steps seconds apart, so the last bytes land a step later than a
+        smooth rate says).
+
+    The defaults were chosen on one run of the ``convergence`` sweep and measured on
+    another (``benchmarks/``).
     """
 
     def __init__(self, window: float = 8.0, evidence: float = 6.0, confirm: float = 3.0,
-                 hover_s: float = 2.0, progress: int = 64 * 1024, bursts: float = 2.5) -> None:
+                 hover_s: float = 2.0, progress: int = 64 * 1024, bursts: float = 2.5,
+                 steps: str = "remaining", quantize: float = 1.0,
+                 hover_limit: float = 10.0) -> None:
         self.window, self.evidence, self.confirm = window, evidence, confirm
+        self.steps, self.quantize = steps, quantize
+        self.hover_limit = hover_limit
+        self._hover_t: float | None = None
         self.bursts = bursts
         self.hover_s, self.progress = hover_s, progress
         self._rows: deque[tuple[float, int, int]] = deque()
         self._changes: deque[float] = deque(maxlen=6)
+        self._falls: deque[float] = deque(maxlen=6)
         self._first: float | None = None
         self._state = "unknown"
         self._since: float | None = None
@@ -111,8 +128,10 @@ class Predictor:
         if self._first is None:
             self._first = t
         rows = self._rows
-        if rows and (int(offset), int(length)) != rows[-1][1:]:
+        if rows and self._changed(rows[-1], int(offset), int(length)):
             self._changes.append(t)
+        if rows and (length - offset) < (rows[-1][2] - rows[-1][1]):
+            self._falls.append(t)
         rows.append((t, int(offset), int(length)))
         while len(rows) > 2 and t - rows[1][0] >= self._span(t):
             rows.popleft()
@@ -133,8 +152,13 @@ class Predictor:
             state = "unknown"
         elif offset - off0 < self.progress:
             state = "stalled"
+        elif self._hovering(t, remaining, copy):
+            # near zero and not READY for hover_limit: the guest re-dirties what each
+            # rate-limited pass copies, so the READY that looks a moment away never comes
+            state = "diverging"
         elif copy - dirty > 0:
-            state, eta = "converging", remaining / (copy - dirty)
+            state = "converging"
+            eta = remaining / (copy - dirty) + (self._step_gap() if remaining else 0.0)
         elif remaining <= copy * self.hover_s:
             state = "converging"       # hovering near zero: READY is a moment away
         else:
@@ -145,11 +169,37 @@ class Predictor:
         self.last = Outlook(t, state, remaining, copy, dirty, eta, self._since)
         return self.last
 
+    def _hovering(self, t: float, remaining: int, copy: float) -> bool:
+        """True once remaining has stayed near zero (within a few seconds of copying) for
+        :attr:`hover_limit` seconds without READY."""
+        if remaining > copy * self.hover_s * 4:
+            self._hover_t = None
+            return False
+        if remaining <= copy * self.hover_s and self._hover_t is None:
+            self._hover_t = t
+        return self._hover_t is not None and t - self._hover_t >= self.hover_limit
+
+    def _step_gap(self) -> float:
+        """A rate-limited mirror copies in steps seconds apart; the last step comes one
+        gap after the rate says the bytes are done.  0 when it copies all the time."""
+        if self.quantize == 0 or len(self._falls) < 3:
+            return 0.0
+        f = list(self._falls)
+        gaps = sorted(b - a for a, b in zip(f[:-1], f[1:]))
+        return self.quantize * gaps[len(gaps) // 2]
+
+    def _changed(self, last: tuple[float, int, int], offset: int, length: int) -> bool:
+        if self.steps == "counters":
+            return (offset, length) != last[1:]
+        return (length - offset) < (last[2] - last[1])      # remaining fell: a copy step
+
     def reset(self) -> None:
         """Forget the samples and the state (the job changed: a switch of copy mode makes
         the rates before it no evidence about after); :attr:`first_seen` is kept."""
         self._rows.clear()
         self._changes.clear()
+        self._falls.clear()
+        self._hover_t = None
         self._first, self._state, self._since, self._pending = None, "unknown", None, None
 
     def _span(self, t: float) -> float:
@@ -181,16 +231,24 @@ class Predictor:
         return state
 
 
-def predict(samples: pd.DataFrame, job: str | None = None, **kw: Any) -> pd.DataFrame:
+def predict(samples: pd.DataFrame, job: str | None = None, events: pd.DataFrame | None = None,
+            **kw: Any) -> pd.DataFrame:
     """The predictor replayed over a run's samples: one row per sample with t, state,
-    remaining, copy_rate, dirty_rate, net_rate, eta_s, since (what was known live)."""
+    remaining, copy_rate, dirty_rate, net_rate, eta_s, since (what was known live).
+    With the run's *events*, it is reset where the copy mode was switched (``copy_mode``
+    marks), as :meth:`kvmlab.jobs.Job.wait_ready` does live."""
     s = job_samples(samples, job)
     p = Predictor(**kw)
+    switches = sorted(events.loc[events["name"] == marks.COPY_MODE, "t"].astype(float)) \
+        if events is not None and len(events) else []
     rows = []
     cols = ("t", "offset", "len", "ready", "paused", "status")
     for t, off, ln, ready, paused, status in s[list(cols)].itertuples(index=False):
         if pd.isna(off) or pd.isna(ln):
             continue
+        if switches and float(t) >= switches[0]:
+            switches.pop(0)
+            p.reset()
         rows.append(p.add(float(t), int(off), int(ln), ready=bool(ready is True),
                           paused=bool(paused is True), status=str(status)).as_dict())
     return pd.DataFrame(rows, columns=[*Outlook.__dataclass_fields__, "net_rate"])
@@ -222,7 +280,7 @@ def accuracy(samples: pd.DataFrame, events: pd.DataFrame, job: str | None = None
         return {"job": job, "converged": None}
     job = str(s["job"].iloc[0])
     start = float(s["t"].iloc[0])
-    pred = predict(s, job, **kw)
+    pred = predict(s, job, events, **kw)
     ready = time_of(events, job, (marks.BLOCK_JOB_READY,), after=start)
     live = _mark_time(events, marks.DIVERGING, start)
     switched = _mark_time(events, marks.COPY_MODE, start)
@@ -234,7 +292,10 @@ def accuracy(samples: pd.DataFrame, events: pd.DataFrame, job: str | None = None
         "switched_s": None if switched is None else round(switched - start, 3),
         "false_alarm": (ready is not None and switched is None and said is not None
                         and said < ready),
-        "eta_error_s": None, "eta_error_rel": None}
+        "eta_error_s": None, "eta_error_rel": None,
+        "last_state": pred["state"].iloc[-1] if len(pred) else None,
+        "last_eta_s": (round(float(pred["eta_s"].iloc[-1]), 3)
+                       if len(pred) and pd.notna(pred["eta_s"].iloc[-1]) else None)}
     if ready is not None and len(pred):
         half = start + at * (ready - start)
         known = pred[pred["t"] <= half]
@@ -274,7 +335,8 @@ def accuracy_summary(table: pd.DataFrame) -> dict[str, Any]:
     """Figures over many scored runs (rows of :func:`accuracy`): for the converged ones,
     the median and worst ETA error at half-way (|relative|, and s), and how many had no ETA
     yet; for the others, when the predictor said "will not converge" (median, latest) and
-    how many it never flagged; and the false alarms, which must be 0."""
+    how many it never flagged (and of those, how many it still called converging when the
+    run stopped waiting: slow, not stuck); and the false alarms, which must be 0."""
     conv = table[table["converged"] == True]  # noqa: E712  (a nullable column)
     div = table[table["converged"] == False]  # noqa: E712
     err = pd.to_numeric(conv["eta_error_rel"], errors="coerce")
@@ -294,6 +356,8 @@ def accuracy_summary(table: pd.DataFrame) -> dict[str, Any]:
             "said_diverging_median_s": r(said.median()),
             "said_diverging_latest_s": r(said.max()),
             "never_flagged": int(said.isna().sum()),
+            "never_flagged_but_converging": int((said.isna()
+                                                 & (div["last_state"] == "converging")).sum()),
             "false_alarms": int(conv["false_alarm"].fillna(False).astype(bool).sum())}
 
 

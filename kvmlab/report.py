@@ -1,0 +1,370 @@
+"""Write-ups: runs, notebook runs and sweeps turned into one document to share.
+
+``kvmlab report RUN_OR_SWEEP... --out report.html [--pdf report.pdf]`` reads each folder
+(:func:`read_input` tells the kinds apart), builds a :class:`Section` per folder, and
+renders them with a Jinja template the user can copy and edit (``--template``; the
+default is ``kvmlab/templates/report.html.j2``).  Code is never shown: a run becomes
+its question, its setup in words, its verdict, its figures (the dashboard: progress,
+convergence, stalls and, where traced, their causes) and a table with units; a notebook
+run becomes its outputs (nbconvert, inputs excluded); a sweep its results table and a
+figure.  Figures are PNGs embedded in the file, so the HTML travels alone.  A provenance
+appendix lists parameters, versions, git revision, host, run ids and the raw data's paths.
+
+The PDF is the HTML printed by Debian's headless Chromium: no renderer of our own.
+Nothing is written until every input has been read: bad input is one line, no file.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import matplotlib
+import pandas as pd
+
+from . import analysis, causes, plots
+from .errors import BadInput, KvmlabError
+from .runs import load_run
+from .units import MIB, with_unit
+
+TEMPLATES = Path(__file__).parent / "templates"
+TEMPLATE = "report.html.j2"
+KINDS = ("run", "notebook", "sweep")
+
+
+class ReportError(KvmlabError):
+    """The document could not be made (Chromium failed to print, a template error)."""
+
+
+@dataclass
+class Figure:
+    """One embedded figure: caption and PNG bytes as a data URI."""
+
+    caption: str
+    uri: str
+
+
+@dataclass
+class Section:
+    """One input folder, ready for the template."""
+
+    kind: str
+    title: str
+    path: Path
+    question: str = ""
+    setup: list[str] = field(default_factory=list)
+    verdict: str = ""
+    passed: bool | None = None
+    facts: list[tuple[str, str]] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+    tables: list[tuple[str, str]] = field(default_factory=list)
+    body: str = ""                      # a notebook's outputs, as HTML
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+# -- what each input is --------------------------------------------------------------------
+def kind_of(folder: Path) -> str:
+    """``run`` (a ``run.json``), ``sweep`` (a ``sweep.json``) or ``notebook`` (an executed
+    notebook from ``kvmlab run``).  :raise BadInput: none of them (one line)."""
+    if not folder.is_dir():
+        raise BadInput(f"{folder} is not a folder (give run, notebook run or sweep folders)")
+    if (folder / "run.json").is_file():
+        return "run"
+    if (folder / "sweep.json").is_file():
+        return "sweep"
+    if any(folder.glob("*.ipynb")):
+        return "notebook"
+    raise BadInput(f"{folder} is not a run, notebook run or sweep folder (no run.json, "
+                   "sweep.json or executed notebook in it)")
+
+
+def check_output(path: Path, suffix: str) -> Path:
+    """*path* can be written: its folder exists and is writable, it is not a folder, and
+    it ends in *suffix*.  Checked before any work, so a bad path writes nothing."""
+    path = Path(path).expanduser().resolve()
+    if path.suffix.lower() != suffix:
+        raise BadInput(f"{path} must end in {suffix}")
+    if path.is_dir():
+        raise BadInput(f"{path} is a folder, not a file to write")
+    if not path.parent.is_dir():
+        raise BadInput(f"cannot write {path}: folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise BadInput(f"cannot write {path}: permission denied")
+    return path
+
+
+# -- sections --------------------------------------------------------------------------------
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    matplotlib.pyplot.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _question(experiment: str) -> str:
+    """The experiment's question: the first paragraph of its module's docstring."""
+    from . import experiments
+    fn = getattr(experiments, experiment, None)
+    doc = sys.modules[fn.__module__].__doc__ if fn is not None else None
+    return " ".join((doc or "").strip().split("\n\n")[0].split())
+
+
+def _setup(meta: dict[str, Any]) -> list[str]:
+    """The run's setup in words: QEMU build, accelerator, images, workload, speed."""
+    p = meta.get("params") or {}
+    prov = meta.get("provenance") or {}
+    qemu = (meta.get("qemu") or {}).get("version") or prov.get("qemu_version") or "QEMU"
+    out = [f"{qemu} ({p.get('qemu', 'system')} build), {meta.get('accel', '?')} accelerator, "
+           f"{meta.get('backend', p.get('backend', 'qmp'))} backend, cache={p.get('cache', '?')}"]
+    if "image_mib" in p:
+        out.append(f"guest disk {p['image_mib']} MiB with {p.get('fill_mib', 0)} MiB of data")
+    if p.get("workload_kib"):
+        out.append(f"guest writes {p['workload_kib']} KiB per dd at "
+                   f"{p.get('workload_rate_kib_s', '?')} KiB/s asked")
+    if "speed" in p:
+        out.append("mirror speed limit: " + (plots.fmt_rate(float(p["speed"])) if p["speed"]
+                                             else "none"))
+    extra = {k: v for k, v in p.items() if k in ("copy_mode", "sync", "fault", "outage",
+                                                  "strategy", "slow_target_bps",
+                                                  "on_target_error", "buf_size", "granularity")}
+    if extra:
+        out.append(", ".join(f"{k}={v}" for k, v in extra.items()))
+    return out
+
+
+#: the summary's measures shown for a run
+RUN_MEASURES = {"time_to_ready_s": "time to ready", "job_duration_s": "job duration",
+                "bytes_copied": "copied", "image_bytes": "image",
+                "copy_ratio": "copied / image", "mean_copy_rate": "mean copy rate",
+                "mean_dirty_rate": "mean dirty rate", "guest_write_rate": "guest write rate",
+                "stall_count": "stalls", "stall_time_s": "time stalled",
+                "paused_time_s": "time paused"}
+
+
+def _table(rows: Iterable[tuple[str, str]]) -> str:
+    """Measure and value (with its unit, :func:`kvmlab.units.with_unit`) as an HTML table."""
+    df = pd.DataFrame(list(rows), columns=["measure", "value"])
+    return str(df.to_html(index=False, border=0, classes="measures"))
+
+
+def _verdict_text(verdict: dict[str, Any]) -> str:
+    keep = {k: v for k, v in verdict.items()
+            if not isinstance(v, (dict, list)) and k != "pass" and v is not None}
+    return "; ".join(f"{k.replace('_', ' ')}: {with_unit(k, v)}" for k, v in keep.items())
+
+
+def run_section(folder: Path) -> Section:
+    """A recorded run: question, setup, verdict, the dashboard and the measures."""
+    run = load_run(folder)
+    meta = run.meta
+    exp = str(meta.get("experiment", folder.name))
+    verdict = meta.get("verdict") or {}
+    sec = Section("run", exp.replace("_", " "), folder, question=_question(exp),
+                  setup=_setup(meta), verdict=_verdict_text(verdict) or
+                  str(meta.get("error") or meta.get("status", "")),
+                  passed=verdict.get("pass") if verdict else False,
+                  provenance=_provenance(meta, folder))
+    if run.samples.empty:
+        return sec
+    summary = analysis.summarize(run)
+    sec.tables.append(("Measures", _table((label, with_unit(key, summary[key]))
+                                          for key, label in RUN_MEASURES.items()
+                                          if summary.get(key) is not None)))
+    sec.figures.append(Figure("Dashboard: progress, convergence, copy and dirty rates, "
+                              "image sizes (marks: kvmlab's steps and QEMU's events)",
+                              _png(plots.dashboard(run))))
+    if not run.trace.empty:
+        periods = causes.classify(run)
+        if len(periods):
+            held = causes.time_per_cause(periods)
+            sec.tables.append(("Why the job was held (from QEMU's trace events)",
+                               _table((c, f"{t:.2f} s") for c, t in held.items() if t)))
+    return sec
+
+
+def notebook_section(folder: Path) -> Section:
+    """A notebook run: its outputs without code (nbconvert), and the runs it recorded."""
+    from nbconvert import HTMLExporter
+    nb = sorted(folder.glob("*.ipynb"))[0]
+    exporter = HTMLExporter(  # type: ignore[no-untyped-call]
+        template_name="basic", exclude_input=True, exclude_input_prompt=True,
+        exclude_output_prompt=True)
+    body, _ = exporter.from_filename(str(nb))
+    runs = sorted(p.parent for p in folder.rglob("run.json"))
+    metas = [json.loads((r / "run.json").read_text()) for r in runs]
+    sec = Section("notebook", nb.stem.replace("_", " "), folder, body=body,
+                  provenance={"notebook": str(nb), "runs": [str(r) for r in runs]})
+    if metas:
+        sec.setup = _setup(metas[0])
+        verdicts = [m.get("verdict") or {} for m in metas]
+        sec.passed = all(v.get("pass") for v in verdicts)
+        sec.verdict = f"{sum(bool(v.get('pass')) for v in verdicts)} of {len(metas)} runs passed"
+        sec.provenance.update(_provenance(metas[0], runs[0]))
+    return sec
+
+
+def sweep_section(folder: Path) -> Section:
+    """A sweep: what varied, the results table (a row per run) and time to ready."""
+    from .sweep import collect
+    plan = json.loads((folder / "sweep.json").read_text())
+    frame = collect(folder)
+    grid = plan.get("grid") or {}
+    sec = Section("sweep", f"sweep of {Path(str(plan.get('notebook', folder))).stem}", folder,
+                  question="What changes across: " + ", ".join(
+                      f"{k} in {v}" for k, v in grid.items()) if grid else "",
+                  provenance={"sweep": str(folder), "plan": plan})
+    if frame.empty:
+        sec.verdict = "no point has run"
+        return sec
+    ok = frame["pass"].fillna(False).astype(bool) if "pass" in frame else pd.Series([False])
+    sec.passed = bool(ok.all())
+    sec.verdict = f"{int(ok.sum())} of {len(frame)} runs passed"
+    cols = [c for c in (*grid, "pass", "convergence", "time_to_ready_s", "bytes_copied",
+                        "stall_time_s") if c in frame]
+    shown = frame[cols].copy()
+    if "bytes_copied" in shown:
+        shown["bytes_copied"] = pd.to_numeric(shown["bytes_copied"], errors="coerce") / MIB
+    shown = shown.rename(columns={"time_to_ready_s": "time to ready (s)",
+                                  "bytes_copied": "copied (MiB)",
+                                  "stall_time_s": "stalled (s)"})
+    sec.tables.append(("A row per run", str(shown.to_html(index=False, border=0,
+                                                          float_format="{:.3g}".format,
+                                                          classes="measures"))))
+    x = next((k for k in grid if k in frame and k != "qemu"), None)
+    if x is not None and "time_to_ready_s" in frame:
+        fig = plots.metric_vs_param(frame, x, "time_to_ready_s",
+                                    hue=next((k for k in grid if k not in (x,) and k in frame),
+                                             None))
+        sec.figures.append(Figure(f"Time to ready against {x}", _png(fig)))
+    return sec
+
+
+def _provenance(meta: dict[str, Any], folder: Path) -> dict[str, Any]:
+    prov = meta.get("provenance") or {}
+    return {"run id": meta.get("run_id", folder.name), "raw data": str(folder),
+            "git revision": prov.get("git_revision"), "host": prov.get("host"),
+            "kvmlab": prov.get("kvmlab_version"), "QEMU": prov.get("qemu_version"),
+            "Python": prov.get("python"), "guest kernel": meta.get("guest_kernel"),
+            "parameters": meta.get("params") or {}}
+
+
+BUILDERS = {"run": run_section, "notebook": notebook_section, "sweep": sweep_section}
+
+
+def read_input(folder: str | Path) -> Section:
+    """The section for one input folder (its kind found by :func:`kind_of`)."""
+    path = Path(folder).expanduser().resolve()
+    return BUILDERS[kind_of(path)](path)
+
+
+# -- rendering -------------------------------------------------------------------------------
+def render(sections: Sequence[Section], title: str, template: Path | None = None) -> str:
+    """The HTML document: *template* (a file) or the packaged one."""
+    folder, name = (template.parent, template.name) if template else (TEMPLATES, TEMPLATE)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader([str(folder), str(TEMPLATES)]),
+                             autoescape=jinja2.select_autoescape(["html", "j2"]),
+                             undefined=jinja2.StrictUndefined)
+    try:
+        return env.get_template(name).render(title=title, sections=sections,
+                                             generated=pd.Timestamp.now(tz="UTC")
+                                             .strftime("%Y-%m-%d %H:%M UTC"))
+    except jinja2.TemplateError as err:
+        raise ReportError(f"template {folder / name}: {err}") from err
+
+
+def chromium() -> str:
+    """Debian's Chromium (the browser the UI tests drive)."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        raise ReportError("--pdf needs chromium (apt install chromium; make setup has it)")
+    return exe
+
+
+def print_pdf(html_file: Path, pdf: Path, timeout: float = 120) -> None:
+    """Print *html_file* to *pdf* with headless Chromium (its own profile, removed)."""
+    with tempfile.TemporaryDirectory(prefix="kvmlab-chromium-") as profile:
+        cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+               "--no-pdf-header-footer", f"--user-data-dir={profile}",
+               f"--print-to-pdf={pdf}", html_file.as_uri()]
+        try:
+            res = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired as err:
+            raise ReportError(f"chromium did not print {html_file} within {timeout:.0f} s"
+                              ) from err
+    if res.returncode != 0 or not pdf.is_file() or pdf.stat().st_size == 0:
+        tail = res.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        raise ReportError(f"chromium could not print the PDF: {tail[0]}")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write *path* whole or not at all (a temp file beside it, renamed), mode 0644
+    less the umask like any file the user writes."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def make_report(inputs: Iterable[str | Path], out: str | Path, *, pdf: str | Path | None = None,
+                title: str | None = None, template: str | Path | None = None,
+                progress: Any = None) -> list[Path]:
+    """Read every input, then write the HTML (and the PDF): returns the files written.
+
+    *progress* (a callable taking one line) is told each step.  Bad input (an unknown
+    folder, an output that cannot be written, a missing template) fails before anything
+    is written; a PDF that fails leaves the HTML and no PDF.
+    """
+    say = progress or (lambda _line: None)
+    folders = [Path(f) for f in inputs]
+    if not folders:
+        raise BadInput("give at least one run, notebook run or sweep folder")
+    html_out = check_output(Path(out), ".html")
+    pdf_out = check_output(Path(pdf), ".pdf") if pdf is not None else None
+    tpl = Path(template).expanduser().resolve() if template is not None else None
+    if tpl is not None and not tpl.is_file():
+        raise BadInput(f"template {tpl} does not exist")
+    for f in folders:
+        kind_of(f.expanduser().resolve())             # every input checked before any work
+    sections = []
+    for i, f in enumerate(folders, 1):
+        say(f"[{i}/{len(folders)}] reading {f}")
+        sections.append(read_input(f))
+    doc = render(sections, title or _default_title(sections), tpl)
+    _write_atomically(html_out, doc)
+    written = [html_out]
+    say(f"wrote {html_out} ({len(doc) / MIB:.1f} MiB, "
+        f"{sum(len(s.figures) for s in sections)} figures)")
+    if pdf_out is not None:
+        say("printing the PDF with headless Chromium")
+        part = pdf_out.with_name(f".{pdf_out.name}.part")
+        try:
+            print_pdf(html_out, part)
+            os.replace(part, pdf_out)
+        finally:
+            part.unlink(missing_ok=True)
+        written.append(pdf_out)
+        say(f"wrote {pdf_out}")
+    return written
+
+
+def _default_title(sections: Sequence[Section]) -> str:
+    names = sorted({s.title for s in sections})
+    return "kvmlab: " + (", ".join(names) if len(names) <= 3 else f"{len(sections)} studies")
