@@ -31,6 +31,7 @@ from typing import Any
 
 import jinja2
 import matplotlib
+import matplotlib.pyplot
 import pandas as pd
 
 from . import analysis, causes, plots
@@ -201,6 +202,7 @@ def notebook_section(folder: Path) -> Section:
         template_name="basic", exclude_input=True, exclude_input_prompt=True,
         exclude_output_prompt=True)
     body, _ = exporter.from_filename(str(nb))
+    body = _nest_headings(body)
     runs = sorted(p.parent for p in folder.rglob("run.json"))
     metas = [json.loads((r / "run.json").read_text()) for r in runs]
     sec = Section("notebook", nb.stem.replace("_", " "), folder, body=body,
@@ -214,11 +216,23 @@ def notebook_section(folder: Path) -> Section:
     return sec
 
 
+def _nest_headings(body: str, by: int = 2) -> str:
+    """A notebook's headings one level under its section's (h1 -> h3 ...), without the
+    pilcrow links nbconvert adds, so the document's outline stays the report's."""
+    from bs4 import BeautifulSoup
+    soup = BeautifulSoup(body, "html.parser")
+    for a in soup.select("a.anchor-link"):
+        a.decompose()
+    for h in soup.find_all(["h1", "h2", "h3", "h4", "h5", "h6"]):
+        h.name = f"h{min(6, int(h.name[1]) + by)}"
+    return str(soup)
+
+
 def sweep_section(folder: Path) -> Section:
     """A sweep: what varied, the results table (a row per run) and time to ready."""
     from .sweep import collect
-    plan = json.loads((folder / "sweep.json").read_text())
-    frame = collect(folder)
+    plan = json.loads((folder / "sweep.json").read_text()).get("plan") or {}
+    frame = collect(folder, write=False)
     grid = plan.get("grid") or {}
     sec = Section("sweep", f"sweep of {Path(str(plan.get('notebook', folder))).stem}", folder,
                   question="What changes across: " + ", ".join(
@@ -241,13 +255,27 @@ def sweep_section(folder: Path) -> Section:
     sec.tables.append(("A row per run", str(shown.to_html(index=False, border=0,
                                                           float_format="{:.3g}".format,
                                                           classes="measures"))))
-    x = next((k for k in grid if k in frame and k != "qemu"), None)
-    if x is not None and "time_to_ready_s" in frame:
-        fig = plots.metric_vs_param(frame, x, "time_to_ready_s",
-                                    hue=next((k for k in grid if k not in (x,) and k in frame),
-                                             None))
-        sec.figures.append(Figure(f"Time to ready against {x}", _png(fig)))
+    if "time_to_ready_s" in frame:
+        sec.figures.append(_sweep_figure(frame, [k for k in grid if k in frame]))
     return sec
+
+
+def _sweep_figure(frame: pd.DataFrame, varied: list[str]) -> Figure:
+    """Time to ready against the first numeric parameter swept (the others as colours),
+    or a bar per run when every swept parameter is a word."""
+    numeric = [k for k in varied
+               if pd.to_numeric(frame[k], errors="coerce").notna().all() and k != "qemu"]
+    if numeric:
+        x = numeric[0]
+        hue = next((k for k in varied if k != x), None)
+        return Figure(f"Time to ready against {x}" + (f", by {hue}" if hue else ""),
+                      _png(plots.metric_vs_param(frame, x, "time_to_ready_s", hue=hue)))
+    fig, ax = matplotlib.pyplot.subplots(figsize=(8, 0.5 + 0.4 * len(frame)))
+    labels = [", ".join(f"{k}={r[k]}" for k in varied) for _, r in frame.iterrows()]
+    ax.barh(labels, pd.to_numeric(frame["time_to_ready_s"], errors="coerce").fillna(0))
+    ax.set_xlabel("time to ready (s); 0: never ready")
+    fig.tight_layout()
+    return Figure("Time to ready per run", _png(fig))
 
 
 def _provenance(meta: dict[str, Any], folder: Path) -> dict[str, Any]:

@@ -363,10 +363,11 @@ def _run_dask(todo: list[Point], spec: SweepSpec, folder: Path, dask: Any, bar: 
 
 
 # -- results -------------------------------------------------------------------------------
-def collect(folder: str | Path) -> pd.DataFrame:
+def collect(folder: str | Path, write: bool = True) -> pd.DataFrame:
     """One row per recorded run in the sweep: point parameters, status, wall time, summary.
 
-    Writes ``results.parquet`` and ``results.csv`` into the sweep folder.
+    Writes ``results.parquet`` and ``results.csv`` into the sweep folder (unless *write*
+    is false: a reader such as ``kvmlab report`` leaves its inputs as they are).
     """
     folder = Path(folder)
     rows: list[dict[str, Any]] = []
@@ -390,7 +391,7 @@ def collect(folder: str | Path) -> pd.DataFrame:
                 summary = {"summary_error": str(err)}
             rows.append({**base, **summary})
     frame = pd.DataFrame(rows)
-    if not frame.empty:
+    if write and not frame.empty:
         frame.to_csv(folder / "results.csv", index=False)
         frame.astype({c: "string" for c in frame.columns
                       if frame[c].dtype == object}).to_parquet(folder / "results.parquet",

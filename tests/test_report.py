@@ -1,0 +1,147 @@
+"""``kvmlab report``: runs, a notebook run and a sweep, recorded from real QEMU, into one
+document; the PDF printed by the real headless Chromium and read back with poppler."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+from bs4 import BeautifulSoup
+
+from kvmlab import report
+from kvmlab.errors import BadInput
+
+DATA = Path(__file__).parent / "data"
+RUNS = [DATA / "runs" / "trace-nbd-suspend", DATA / "runs" / "converge-background"]
+SWEEP = DATA / "sweeps" / "convergence-2"
+NOTEBOOK = sorted((SWEEP / "points").iterdir())[0]      # a point is a notebook run folder
+
+
+def _pngs_in(notebook: Path) -> int:
+    nb = json.loads(notebook.read_text())
+    return sum("image/png" in o.get("data", {}) for c in nb["cells"]
+               for o in c.get("outputs", []))
+
+
+def _snapshot(folder: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def test_a_report_of_runs_a_notebook_and_a_sweep_has_no_code_and_every_figure(
+        tmp_path: Path) -> None:
+    before = _snapshot(DATA)
+    said: list[str] = []
+    out = tmp_path / "report.html"
+    written = report.make_report([*RUNS, NOTEBOOK, SWEEP], out, title="Mirror study",
+                                 progress=said.append)
+    assert written == [out.resolve()]
+    assert _snapshot(DATA) == before                    # the inputs are only read
+    assert said[0].startswith("[1/4] reading") and said[-1].startswith(f"wrote {out.resolve()}")
+    soup = BeautifulSoup(out.read_text(), "html.parser")
+    assert soup.title is not None and soup.title.text == "Mirror study"
+    # no code: no input area, none of the notebook's source lines
+    assert not soup.select(".jp-InputArea, .input_area, .jp-CodeCell .jp-Editor")
+    text = soup.get_text()
+    assert "run_experiment(" not in text and "import matplotlib" not in text
+    # every figure, embedded: a dashboard per run, the sweep's, the notebook's outputs
+    imgs = [i["src"] for i in soup.find_all("img")]
+    assert len(imgs) == len(RUNS) + 1 + _pngs_in(next(NOTEBOOK.glob("*.ipynb")))
+    assert all(str(src).startswith("data:image/png;base64,") and len(str(src)) > 5000
+               for src in imgs)
+    # each section: its heading, setup, verdict; the runs' measures carry units
+    heads = [h.text for h in soup.find_all("h2")]
+    assert heads == ["1. target fault", "2. convergence pressure", "3. 11 active mirror",
+                     "4. sweep of 11_active_mirror", "Provenance"]
+    runs = soup.select("section.run")
+    assert "Target faults during a mirror" in runs[0].select_one(".question").text
+    assert "7.2" in runs[0].find("ul").text and "tcg accelerator" in runs[0].find("ul").text
+    measures = {tr.find_all("td")[0].text: tr.find_all("td")[1].text
+                for tr in runs[0].select("table.measures tr") if tr.find_all("td")}
+    assert measures["time to ready"].endswith(" s") and measures["copied"].endswith(" MiB")
+    assert "will not converge" in runs[1].select_one(".verdict").text
+    assert "target" in runs[0].text and "Why the job was held" in runs[0].text
+    sweep = soup.select_one("section.sweep")
+    assert "2 of 2 runs passed" in sweep.text and "modes in" in sweep.text
+    # provenance: git revision, QEMU, run ids and where the raw data is
+    prov = soup.select_one("#provenance").text
+    for run in RUNS:
+        meta = json.loads((run / "run.json").read_text())
+        assert meta["run_id"] in prov and str(run.resolve()) in prov
+        assert meta["provenance"]["git_revision"] in prov
+    assert "QEMU emulator version 7.2" in prov
+
+
+def test_the_pdf_is_printed_by_chromium_and_has_the_headings(tmp_path: Path) -> None:
+    out, pdf = tmp_path / "r.html", tmp_path / "r.pdf"
+    written = report.make_report([RUNS[0], SWEEP], out, pdf=pdf, title="Outage study")
+    assert written == [out.resolve(), pdf.resolve()]
+    assert not list(tmp_path.glob(".*"))                 # no temp or partial file left
+    text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True,
+                          check=True, text=True).stdout
+    for heading in ("Outage study", "1. target fault", "2. sweep of 11_active_mirror",
+                    "Provenance", "Verdict", "Setup"):
+        assert heading in text, heading
+    subprocess.run(["pdftoppm", "-r", "40", "-png", str(pdf), str(tmp_path / "page")],
+                   check=True)
+    pages = sorted(tmp_path.glob("page-*.png"))
+    assert len(pages) >= 2
+    first = matplotlib.image.imread(pages[0])
+    assert first.std() > 0.05                            # ink on the page, not blank
+
+
+def test_an_edited_template_is_used(tmp_path: Path) -> None:
+    tpl = tmp_path / "mine.html.j2"
+    tpl.write_text((report.TEMPLATES / report.TEMPLATE).read_text()
+                   .replace("<h1>{{ title }}</h1>", "<h1 class='ours'>Lab {{ title }}</h1>"))
+    out = tmp_path / "r.html"
+    report.make_report([RUNS[0]], out, template=tpl, title="T")
+    assert "<h1 class='ours'>Lab T</h1>" in out.read_text()
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "r.html"
+    not_a_run = tmp_path / "photos"
+    not_a_run.mkdir()
+    cases = [
+        (([RUNS[0], not_a_run], out, {}), "is not a run, notebook run or sweep folder"),
+        (([tmp_path / "nowhere"], out, {}), "is not a folder"),
+        (([RUNS[0]], tmp_path / "no" / "r.html", {}), "folder .* does not exist"),
+        (([RUNS[0]], tmp_path / "r.txt", {}), "must end in .html"),
+        (([RUNS[0]], out, {"pdf": tmp_path / "r.html"}), "must end in .pdf"),
+        (([RUNS[0]], out, {"template": tmp_path / "none.j2"}), "template .* does not exist"),
+        (([], out, {}), "give at least one"),
+    ]
+    for (inputs, dest, kw), message in cases:
+        with pytest.raises(BadInput, match=message) as err:
+            report.make_report(inputs, dest, **kw)
+        assert "\n" not in str(err.value)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.geteuid() != 0:       # root writes anywhere: the check is for users
+            with pytest.raises(BadInput, match="permission denied"):
+                report.make_report([RUNS[0]], locked / "r.html")
+    finally:
+        locked.chmod(0o700)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["locked", "photos"]
+
+
+def test_the_command_says_what_it_does_and_fails_in_one_line(tmp_path: Path) -> None:
+    kvmlab = [sys.executable, "-m", "kvmlab"]
+    ok = subprocess.run([*kvmlab, "report", str(RUNS[1]), "--out", str(tmp_path / "r.html")],
+                        capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert "[1/1] reading" in ok.stderr and ok.stdout.startswith("report: ")
+    bad = subprocess.run([*kvmlab, "report", str(tmp_path), "--out", str(tmp_path / "x.html")],
+                         capture_output=True, text=True, check=False)
+    assert bad.returncode == 2
+    assert bad.stderr.count("\n") == 1 and "is not a run, notebook run or sweep" in bad.stderr
+    assert not (tmp_path / "x.html").exists()
+    assert shutil.which("chromium"), "chromium missing: run 'make setup'"
