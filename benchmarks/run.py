@@ -678,6 +678,8 @@ def bench_convergence(tmp: Path, smoke: bool) -> dict[str, Any]:
     spec = SweepSpec.from_yaml(ROOT / "notebooks" / "sweeps" / "convergence.yaml")
     if smoke:
         spec.grid.update({"speed": [1048576], "workload_rate_kib_s": [3072], "qemu": ["system"]})
+        spec.params.update({"fill_mib": 4, "ready_timeout": 10.0, "stall_timeout": 8.0,
+                            "baseline_s": 1.0})
     t0 = time.monotonic()
     run_sweep(spec, tmp / "convergence", workers=2, report=False, progress=False)
     out: dict[str, Any] = {"sweep_points": len(spec.plan()),
@@ -690,7 +692,9 @@ def bench_convergence(tmp: Path, smoke: bool) -> dict[str, Any]:
     cost: dict[str, Any] = {}
     for mode in ("background", "write-blocking"):
         v = ex.convergence_pressure(copy_mode=mode, speed=1 << 20, slow_target_bps=2 << 20,
-                                    image_mib=32, give_up_when=None, ready_timeout=30,
+                                    image_mib=16 if smoke else 32, give_up_when=None,
+                                    ready_timeout=8 if smoke else 30,
+                                    baseline_s=1.0 if smoke else 3.0,
                                     options=RunOptions(runs_dir=tmp / "runs")).verdict
         cost[mode] = v["guest_write_cost"]["mirror"] or {}
         out[f"slow_target_{mode}"] = {

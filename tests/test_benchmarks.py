@@ -21,7 +21,7 @@ def test_benchmarks_smoke(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "results.json").read_text())
     b = data["benchmarks"]
     assert set(b) == {"sample_cost", "recording_overhead", "throughput", "end_to_end", "sweep",
-                      "live_plot", "qemu_builds", "trace"}
+                      "live_plot", "qemu_builds", "trace", "convergence"}
     assert b["qemu_builds"]["all_passed"] is True and b["qemu_builds"]["ratio_watch_cpu"] > 0
     assert b["live_plot"]["ipympl_over_png"] > 0
     t = b["trace"]
@@ -32,6 +32,11 @@ def test_benchmarks_smoke(tmp_path: Path) -> None:
     assert b["throughput"]["qemu_img_convert_s"] > 0
     assert b["end_to_end"]["all_passed"] is True
     assert b["sweep"]["wall_1_workers_s"] > 0
+    c = b["convergence"]
+    assert c["runs"] == c["sweep_points"] == 2 and c["converged"] + c["diverged"] == 2
+    # (at smoke size the write-blocking job may hold every guest write: writes can be None)
+    assert {c["slow_target_background"]["converged"],
+            c["slow_target_write-blocking"]["converged"]} <= {True, False}
     report = (tmp_path / "RESULTS.md").read_text()
     assert "## sample cost" in report and "Target:" in report and data["smoke"] is True
 
