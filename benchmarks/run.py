@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import uvloop
 from qemu.qmp import Message
 
@@ -709,13 +710,12 @@ def bench_convergence(tmp: Path, smoke: bool) -> dict[str, Any]:
 
 def _scored(r: Any) -> str:
     if r.converged:
-        eta = "no ETA yet" if r.eta_error_s is None or r.eta_error_s != r.eta_error_s \
+        eta = "no ETA yet" if pd.isna(r.eta_error_s) \
             else f"ETA error {r.eta_error_s:+.1f} s ({r.eta_error_rel:+.0%})"
         alarm = ", FALSE ALARM" if r.false_alarm else ""
         return f"ready in {r.time_to_ready_s:.1f} s, at half-way {eta}{alarm}"
-    said = "never said diverging" if r.said_diverging_s is None or \
-        r.said_diverging_s != r.said_diverging_s else \
-        f"said diverging after {r.said_diverging_s:.1f} s"
+    said = "never said diverging" if pd.isna(r.said_diverging_s) \
+        else f"said diverging after {r.said_diverging_s:.1f} s"
     return f"not ready, {said}"
 
 

@@ -87,10 +87,9 @@ class Predictor:
     :param hover_s: remaining below this many seconds of copying is "about to be ready",
         never diverging.
     :param progress: bytes the offset must advance over the window not to be stalled.
-    :param bursts: the window covers at least this many gaps between steps.
-    :param steps: what a step is: ``remaining`` (the remaining bytes fell: a copy step;
-        in write-blocking mode the counters move with every guest write, but the copy
-        still comes in steps) or ``counters`` (offset or len changed).
+    :param bursts: the window covers at least this many gaps between copy steps (falls
+        of the remaining bytes: in write-blocking mode the counters move with every
+        guest write, but the copy still comes in steps).
     :param hover_limit: hovering near zero this many seconds without READY is no longer
         "a moment away": it is said to diverge.
     :param quantize: the ETA adds this many typical gaps between steps (a rate-limited
@@ -103,16 +102,14 @@ class Predictor:
 
     def __init__(self, window: float = 8.0, evidence: float = 6.0, confirm: float = 3.0,
                  hover_s: float = 2.0, progress: int = 64 * 1024, bursts: float = 2.5,
-                 steps: str = "remaining", quantize: float = 1.0,
-                 hover_limit: float = 10.0) -> None:
+                 quantize: float = 1.0, hover_limit: float = 10.0) -> None:
         self.window, self.evidence, self.confirm = window, evidence, confirm
-        self.steps, self.quantize = steps, quantize
+        self.quantize = quantize
         self.hover_limit = hover_limit
         self._hover_t: float | None = None
         self.bursts = bursts
         self.hover_s, self.progress = hover_s, progress
         self._rows: deque[tuple[float, int, int]] = deque()
-        self._changes: deque[float] = deque(maxlen=6)
         self._falls: deque[float] = deque(maxlen=6)
         self._first: float | None = None
         self._state = "unknown"
@@ -128,8 +125,6 @@ class Predictor:
         if self._first is None:
             self._first = t
         rows = self._rows
-        if rows and self._changed(rows[-1], int(offset), int(length)):
-            self._changes.append(t)
         if rows and (length - offset) < (rows[-1][2] - rows[-1][1]):
             self._falls.append(t)
         rows.append((t, int(offset), int(length)))
@@ -188,26 +183,19 @@ class Predictor:
         gaps = sorted(b - a for a, b in zip(f[:-1], f[1:]))
         return self.quantize * gaps[len(gaps) // 2]
 
-    def _changed(self, last: tuple[float, int, int], offset: int, length: int) -> bool:
-        if self.steps == "counters":
-            return (offset, length) != last[1:]
-        return (length - offset) < (last[2] - last[1])      # remaining fell: a copy step
-
     def reset(self) -> None:
         """Forget the samples and the state (the job changed: a switch of copy mode makes
         the rates before it no evidence about after); :attr:`first_seen` is kept."""
         self._rows.clear()
-        self._changes.clear()
         self._falls.clear()
         self._hover_t = None
         self._first, self._state, self._since, self._pending = None, "unknown", None, None
 
     def _span(self, t: float) -> float:
         """The window, stretched to :attr:`bursts` times the longest gap between the last
-        counter updates: QEMU updates ``len`` only when the mirror iterates, and a rate
-        limited job sleeps seconds between iterations, so a short window would see one
-        burst or none."""
-        ch = self._changes
+        copy steps: a rate limited job sleeps seconds between iterations, so a short
+        window would see one step or none."""
+        ch = self._falls
         gaps = [b - a for a, b in zip(list(ch)[:-1], list(ch)[1:])]
         if ch:
             gaps.append(t - ch[-1])
@@ -282,8 +270,8 @@ def accuracy(samples: pd.DataFrame, events: pd.DataFrame, job: str | None = None
     start = float(s["t"].iloc[0])
     pred = predict(s, job, events, **kw)
     ready = time_of(events, job, (marks.BLOCK_JOB_READY,), after=start)
-    live = _mark_time(events, marks.DIVERGING, start)
-    switched = _mark_time(events, marks.COPY_MODE, start)
+    live = time_of(events, job, (marks.DIVERGING,), after=start)
+    switched = time_of(events, job, (marks.COPY_MODE,), after=start)
     said = min((t for t in (first_verdict(pred), live) if t is not None), default=None)
     row: dict[str, Any] = {
         "job": job, "converged": ready is not None,
@@ -321,14 +309,6 @@ def score_runs(folder: str | Path, **kw: Any) -> pd.DataFrame:
                                                     "workload_rate_kib_s", "slow_target_bps")},
                      **accuracy(run.samples, run.events, **kw)})
     return pd.DataFrame(rows)
-
-
-def _mark_time(events: pd.DataFrame, name: str, after: float) -> float | None:
-    """When kvmlab first marked *name* at or after *after* (None: never)."""
-    if events.empty:
-        return None
-    hit = events[(events["name"] == name) & (events["t"] >= after)]
-    return float(hit["t"].iloc[0]) if len(hit) else None
 
 
 def accuracy_summary(table: pd.DataFrame) -> dict[str, Any]:

@@ -103,10 +103,10 @@ class MirrorSpec:
         return asdict(self)
 
 
-def check_speed(speed: Any) -> int:
-    """A speed limit in bytes/s: a non-negative integer (0 = unlimited)."""
+def check_speed(speed: Any, name: str = "speed", zero: str = "unlimited") -> int:
+    """A rate limit in bytes/s: a non-negative integer (0 = *zero*)."""
     if isinstance(speed, bool) or not isinstance(speed, int) or speed < 0:
-        raise BadInput(f"speed={speed!r} must be a non-negative integer (bytes/s, 0 = unlimited)")
+        raise BadInput(f"{name}={speed!r} must be a non-negative integer (bytes/s, 0 = {zero})")
     return speed
 
 

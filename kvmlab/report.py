@@ -100,8 +100,11 @@ def check_output(path: Path, suffix: str) -> Path:
         raise BadInput(f"{path} is a folder, not a file to write")
     if not path.parent.is_dir():
         raise BadInput(f"cannot write {path}: folder {path.parent} does not exist")
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise BadInput(f"cannot write {path}: permission denied")
+    try:                        # the real test (root passes os.access on a read-only fs)
+        with tempfile.NamedTemporaryFile(prefix=f".{path.name}.", dir=path.parent):
+            pass
+    except OSError as err:
+        raise BadInput(f"cannot write {path}: {err.strerror}") from err
     return path
 
 
@@ -134,13 +137,15 @@ def _setup(meta: dict[str, Any]) -> list[str]:
         out.append(f"guest writes {p['workload_kib']} KiB per dd at "
                    f"{p.get('workload_rate_kib_s', '?')} KiB/s asked")
     if "speed" in p:
-        out.append("mirror speed limit: " + (plots.fmt_rate(float(p["speed"])) if p["speed"]
-                                             else "none"))
-    extra = {k: v for k, v in p.items() if k in ("copy_mode", "sync", "fault", "outage",
-                                                  "strategy", "slow_target_bps",
-                                                  "on_target_error", "buf_size", "granularity")}
+        out.append(f"mirror speed limit: {with_unit('speed', p['speed'])}")
+    if p.get("slow_target_bps"):
+        bps = with_unit("slow_target_bps", p["slow_target_bps"])
+        out.append(f"slow target: an NBD export taking {bps}")
+    extra = {k: v for k, v in p.items() if v and k in ("copy_mode", "sync", "fault", "outage",
+                                                       "strategy", "on_target_error",
+                                                       "buf_size", "granularity")}
     if extra:
-        out.append(", ".join(f"{k}={v}" for k, v in extra.items()))
+        out.append(", ".join(f"{k} {with_unit(k, v)}" for k, v in extra.items()))
     return out
 
 
@@ -263,19 +268,24 @@ def sweep_section(folder: Path) -> Section:
 def _sweep_figure(frame: pd.DataFrame, varied: list[str]) -> Figure:
     """Time to ready against the first numeric parameter swept (the others as colours),
     or a bar per run when every swept parameter is a word."""
+    ttr = pd.to_numeric(frame["time_to_ready_s"], errors="coerce")
+    never = f" ({int(ttr.isna().sum())} runs never READY: not drawn)" if ttr.isna().any() else ""
     numeric = [k for k in varied
                if pd.to_numeric(frame[k], errors="coerce").notna().all() and k != "qemu"]
     if numeric:
         x = numeric[0]
         hue = next((k for k in varied if k != x), None)
-        return Figure(f"Time to ready against {x}" + (f", by {hue}" if hue else ""),
+        return Figure(f"Time to ready against {x}" + (f", by {hue}" if hue else "") + never,
                       _png(plots.metric_vs_param(frame, x, "time_to_ready_s", hue=hue)))
     fig, ax = matplotlib.pyplot.subplots(figsize=(8, 0.5 + 0.4 * len(frame)))
     labels = [", ".join(f"{k}={r[k]}" for k in varied) for _, r in frame.iterrows()]
-    ax.barh(labels, pd.to_numeric(frame["time_to_ready_s"], errors="coerce").fillna(0))
-    ax.set_xlabel("time to ready (s); 0: never ready")
+    ax.barh(labels, ttr.fillna(0))
+    for y, t in enumerate(ttr):
+        if pd.isna(t):
+            ax.text(0, y, " never READY", va="center", color="tab:red")
+    ax.set_xlabel("time to ready (s)")
     fig.tight_layout()
-    return Figure("Time to ready per run", _png(fig))
+    return Figure("Time to ready per run" + never, _png(fig))
 
 
 def _provenance(meta: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -290,10 +300,10 @@ def _provenance(meta: dict[str, Any], folder: Path) -> dict[str, Any]:
 BUILDERS = {"run": run_section, "notebook": notebook_section, "sweep": sweep_section}
 
 
-def read_input(folder: str | Path) -> Section:
-    """The section for one input folder (its kind found by :func:`kind_of`)."""
+def read_input(folder: str | Path, kind: str | None = None) -> Section:
+    """The section for one input folder (its *kind* found by :func:`kind_of` if not given)."""
     path = Path(folder).expanduser().resolve()
-    return BUILDERS[kind_of(path)](path)
+    return BUILDERS[kind or kind_of(path)](path)
 
 
 # -- rendering -------------------------------------------------------------------------------
@@ -369,14 +379,16 @@ def make_report(inputs: Iterable[str | Path], out: str | Path, *, pdf: str | Pat
     tpl = Path(template).expanduser().resolve() if template is not None else None
     if tpl is not None and not tpl.is_file():
         raise BadInput(f"template {tpl} does not exist")
-    for f in folders:
-        kind_of(f.expanduser().resolve())             # every input checked before any work
+    kinds = [kind_of(f.expanduser().resolve()) for f in folders]   # all, before any work
     sections = []
-    for i, f in enumerate(folders, 1):
-        say(f"[{i}/{len(folders)}] reading {f}")
-        sections.append(read_input(f))
+    for i, (f, kind) in enumerate(zip(folders, kinds, strict=True), 1):
+        say(f"[{i}/{len(folders)}] reading {f} ({kind})")
+        sections.append(read_input(f, kind))
     doc = render(sections, title or _default_title(sections), tpl)
-    _write_atomically(html_out, doc)
+    try:
+        _write_atomically(html_out, doc)
+    except OSError as err:
+        raise ReportError(f"cannot write {html_out}: {err.strerror}") from err
     written = [html_out]
     say(f"wrote {html_out} ({len(doc) / MIB:.1f} MiB, "
         f"{sum(len(s.figures) for s in sections)} figures)")

@@ -18,11 +18,11 @@ NAMES = {"speed": "speed limit", "workload_rate_kib_s": "guest write rate",
 
 def unit_of(key: str) -> tuple[str, float]:
     """(unit, divisor) for a value named *key*: bytes in MiB, buffers in KiB, rates and
-    speed limits in MiB/s, ``*_kib_s`` in KiB/s, ``*_mib`` in MiB, times in s; ("", 1)
-    when the name does not tell."""
+    speed limits (``*_bps`` too) in MiB/s, ``*_kib_s`` in KiB/s, ``*_mib`` in MiB, times
+    in s; ("", 1) when the name does not tell."""
     if key.endswith("_kib_s"):
         return "KiB/s", 1.0
-    if key.endswith(("speed", "_rate")) or key == "remaining_slope":
+    if key.endswith(("speed", "_rate", "_bps")) or key == "remaining_slope":
         return "MiB/s", MIB
     if key.endswith(("buf_size", "granularity")):
         return "KiB", 1024.0

@@ -174,6 +174,29 @@ def test_background_diverges_and_write_blocking_converges_under_the_same_pressur
 
 
 @pytest.mark.qemu
+@pytest.mark.parametrize("qemu", ["system", "10.0"])
+def test_the_slow_target_takes_writes_no_faster_than_its_limit(scratch: Path, qemu: str) -> None:
+    """qemu-io writes 3 MiB to the export: at 1 MiB/s that cannot take under 1.5 s (the
+    throttle lets a first burst through); unthrottled it takes milliseconds."""
+    import subprocess
+    import time
+
+    from kvmlab import builds
+    from kvmlab.faults import NbdServer
+    build = builds.resolve(qemu)
+    image = images.create(scratch / "t.qcow2", 16 << 20, "qcow2")
+    writes = [a for i in range(6) for a in ("-c", f"write -P 7 {i * 512}k 512k")]
+    with NbdServer(image, "qcow2", qemu=build, write_bps=1 << 20) as nbd:
+        t0 = time.monotonic()
+        subprocess.run([build.tool("qemu-io"), "-f", "raw", *writes, nbd.url], check=True,
+                       capture_output=True, env=build.env())
+        took = time.monotonic() - t0
+    assert took >= 1.5, f"3 MiB through a 1 MiB/s throttle took {took:.2f} s"
+    with pytest.raises(BadInput, match=r"write_bps=-1 must be a non-negative integer"):
+        NbdServer(image, "qcow2", write_bps=-1)
+
+
+@pytest.mark.qemu
 def test_a_switch_qemu_7_2_cannot_make_is_one_line_before_anything_is_created(
         opts: RunOptions) -> None:
     with pytest.raises(BadInput, match=r"needs block-job-change, which QEMU 7\.2\.\d+ lacks"
@@ -182,7 +205,7 @@ def test_a_switch_qemu_7_2_cannot_make_is_one_line_before_anything_is_created(
     assert "\n" not in str(err.value)
     with pytest.raises(BadInput, match="the only policy is 'diverging'"):
         ex.convergence_pressure(give_up_when="late", options=opts)
-    with pytest.raises(BadInput, match=r"slow_target_bps=-1 must be a whole number"):
+    with pytest.raises(BadInput, match=r"slow_target_bps=-1 must be a non-negative integer \(bytes/s, 0 = a local file\)"):
         ex.convergence_pressure(slow_target_bps=-1, options=opts)
     with pytest.raises(BadInput, match="slow_target_bps needs the qmp backend"):
         ex.convergence_pressure(slow_target_bps=1 << 20, options=opts.replace(backend="libvirt"))

@@ -4,7 +4,6 @@ document; the PDF printed by the real headless Chromium and read back with poppl
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -65,7 +64,8 @@ def test_a_report_of_runs_a_notebook_and_a_sweep_has_no_code_and_every_figure(
                 for tr in runs[0].select("table.measures tr") if tr.find_all("td")}
     assert measures["time to ready"].endswith(" s") and measures["copied"].endswith(" MiB")
     assert "will not converge" in runs[1].select_one(".verdict").text
-    assert "target" in runs[0].text and "Why the job was held" in runs[0].text
+    assert "Why the job was held" in runs[0].text          # traced: causes of the stall
+    assert "mirror speed limit: 8.00 MiB/s" in runs[0].find("ul").text
     sweep = soup.select_one("section.sweep")
     assert "2 of 2 runs passed" in sweep.text and "modes in" in sweep.text
     # provenance: git revision, QEMU, run ids and where the raw data is
@@ -121,16 +121,11 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
         with pytest.raises(BadInput, match=message) as err:
             report.make_report(inputs, dest, **kw)
         assert "\n" not in str(err.value)
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        if os.geteuid() != 0:       # root writes anywhere: the check is for users
-            with pytest.raises(BadInput, match="permission denied"):
-                report.make_report([RUNS[0]], locked / "r.html")
-    finally:
-        locked.chmod(0o700)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["locked", "photos"]
+    # a folder nobody can write in, even root (os.access would say yes to root)
+    with pytest.raises(BadInput, match=r"cannot write /proc/r\.html: ") as err:
+        report.make_report([RUNS[0]], Path("/proc/r.html"))
+    assert "\n" not in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
 
 
 def test_the_command_says_what_it_does_and_fails_in_one_line(tmp_path: Path) -> None:

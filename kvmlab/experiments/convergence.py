@@ -39,7 +39,7 @@ from ..errors import BadInput, JobDiverging, JobStalled, WaitTimeout
 from ..faults import NbdServer
 from ..guest.workload import Workload
 from ..images import make_guest_disk
-from ..model import COPY_MODES
+from ..model import COPY_MODES, check_speed
 from ..options import DEFAULT_OPTIONS, RunOptions
 from .common import ExperimentResult, LabRun
 
@@ -156,10 +156,7 @@ def _check_policies(copy_mode: str, switch_when: str | None, give_up_when: str |
 def _check_target(slow_target_bps: int, options: RunOptions) -> None:
     """A slow target is a whole number of bytes/s, on the QMP backend (libvirt's blockCopy
     here writes to files): one line before anything is created."""
-    if not isinstance(slow_target_bps, int) or isinstance(slow_target_bps, bool) \
-            or slow_target_bps < 0:
-        raise BadInput(f"slow_target_bps={slow_target_bps!r} must be a whole number of "
-                       "bytes/s (0: a local file)")
+    check_speed(slow_target_bps, "slow_target_bps", "a local file")
     if slow_target_bps and options.backend != "qmp":
         raise BadInput("slow_target_bps needs the qmp backend (the libvirt backend mirrors "
                        "to files only)")

@@ -23,6 +23,7 @@ from .. import builds, marks
 from .._proc import qemu_opt
 from ..builds import QemuBuild
 from ..errors import BadInput, StateError
+from ..model import check_speed
 from .base import Mark, ProcessGroup, no_mark, private_tmpdir, remove_tree, wait_until
 
 EXPORT = "target"
@@ -48,10 +49,7 @@ class NbdServer:
     def __init__(self, image: str | Path, fmt: str = "qcow2", *, mark: Mark | None = None,
                  qemu: str | Path | QemuBuild | None = None, write_bps: int = 0) -> None:
         self.build = builds.resolve(qemu)
-        if not isinstance(write_bps, int) or isinstance(write_bps, bool) or write_bps < 0:
-            raise BadInput(f"NBD write_bps={write_bps!r} must be a whole number of bytes/s "
-                           "(0: no limit)")
-        self.write_bps = write_bps
+        self.write_bps = check_speed(write_bps, "write_bps")
         self.image = Path(image).resolve()
         if not self.image.is_file():
             raise BadInput(f"NBD image {self.image} does not exist")
