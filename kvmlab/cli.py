@@ -322,5 +322,44 @@ def report_cmd(inputs: tuple[Path, ...], out: Path, pdf: Path | None, title: str
                                                       else ""))
 
 
+@main.command("seed")
+@click.option("--qemu", default="system", show_default=True, metavar="BUILD,...",
+              help="The QEMU builds to run on, comma-separated (see kvmlab qemu list).")
+@click.option("--workers", type=int, default=2, show_default=True,
+              help="Runs side by side (each its own QEMU).")
+@click.option("--size", type=click.Choice(["full", "small"]), default="full",
+              show_default=True, help="Guest disk sizes (small: a quick check).")
+@click.option("--only", default=None, metavar="CASE,...",
+              help="Only these cases of the suite (E1, E2 stop, ..., C2/3 pause).")
+@click.option("--accel", default="auto", show_default=True,
+              help="auto (KVM if a guest really boots under it, else TCG), kvm or tcg.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="The folder (default data/seed/<time>); re-use it to resume.")
+@click.option("--pdf", type=click.Path(path_type=Path), default=None,
+              help="Also print the lab note to this PDF.")
+def seed_cmd(qemu: str, workers: int, size: str, only: str | None, accel: str,
+             out: Path | None, pdf: Path | None) -> None:
+    """Run the seed's experiments (E1-E7, both outage modes, paused and running pivots,
+    the consistency study) on each QEMU build, and write the lab note, reproduced: each
+    of the seed's claims beside what kvmlab measured, agree or disagree."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from .seed import run_seed
+    try:
+        result = run_seed(qemu, out, workers=workers, size=size, cases=only, accel=accel,
+                          pdf=pdf, say=lambda line: click.echo(line, err=True))
+    except KvmlabError as err:
+        _fail(err)
+    except KeyboardInterrupt:
+        click.echo("kvmlab: interrupted; finished runs are kept, run the same command with "
+                   "--out to resume", err=True)
+        sys.exit(130)
+    click.echo(f"lab note: {result.note}" + (f" and {result.pdf}" if result.pdf else ""))
+    for name, error in result.failed:
+        click.echo(f"  FAILED {name}: {error}")
+    if result.failed:
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     main()

@@ -578,3 +578,28 @@ def convergence_map(frame: pd.DataFrame, x: str, y: str, *, ax: Axes | None = No
     ax.set_title(f"Convergence map: {units.NAMES.get(x, x)} x {units.NAMES.get(y, y)}")
     ax.grid(alpha=0.3)
     return fig
+
+
+#: the consistency study's rates drawn, and their legend names
+CONSISTENCY_RATES = {"synced_ops_rate": "synced ops present", "fs_clean_rate": "e2fsck clean",
+                     "quiesced_rate": "no journal recovery needed"}
+
+
+def consistency_rates(rates: pd.DataFrame, ax: Axes | None = None,
+                      title: str = "Copy consistency by cut strategy") -> Figure:
+    """The consistency study's rates (:func:`kvmlab.experiments.consistency.rates`): a
+    group of bars per strategy and cache mode."""
+    fig, ax = _axes(ax, figsize=(9, 3.5))
+    labels = rates.strategy + " / " + rates.cache
+    x = np.arange(len(rates))
+    width = 0.8 / len(CONSISTENCY_RATES)
+    for i, (col, name) in enumerate(CONSISTENCY_RATES.items()):
+        ax.bar(x + i * width, rates[col].astype(float), width=width, label=name)
+    ax.set_xticks(x + width, labels, rotation=20)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("share of trials")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

@@ -34,8 +34,9 @@ import matplotlib
 import matplotlib.pyplot
 import pandas as pd
 
-from . import analysis, causes, plots
+from . import analysis, causes, labnote, plots
 from .errors import BadInput, KvmlabError
+from .experiments.consistency import rates
 from .runs import load_run
 from .units import MIB, with_unit
 
@@ -72,6 +73,7 @@ class Section:
     tables: list[tuple[str, str]] = field(default_factory=list)
     body: str = ""                      # a notebook's outputs, as HTML
     provenance: dict[str, Any] = field(default_factory=dict)
+    badge: str = ""                     # shown instead of PASS/FAIL ("AGREES")
 
 
 # -- what each input is --------------------------------------------------------------------
@@ -385,13 +387,18 @@ def make_report(inputs: Iterable[str | Path], out: str | Path, *, pdf: str | Pat
         say(f"[{i}/{len(folders)}] reading {f} ({kind})")
         sections.append(read_input(f, kind))
     doc = render(sections, title or _default_title(sections), tpl)
+    return _write(doc, html_out, pdf_out, sum(len(s.figures) for s in sections), say)
+
+
+def _write(doc: str, html_out: Path, pdf_out: Path | None, figures: int,
+           say: Any) -> list[Path]:
+    """Write the HTML atomically, then print the PDF (none left if printing fails)."""
     try:
         _write_atomically(html_out, doc)
     except OSError as err:
         raise ReportError(f"cannot write {html_out}: {err.strerror}") from err
     written = [html_out]
-    say(f"wrote {html_out} ({len(doc) / MIB:.1f} MiB, "
-        f"{sum(len(s.figures) for s in sections)} figures)")
+    say(f"wrote {html_out} ({len(doc) / MIB:.1f} MiB, {figures} figures)")
     if pdf_out is not None:
         say("printing the PDF with headless Chromium")
         part = pdf_out.with_name(f".{pdf_out.name}.part")
@@ -408,3 +415,115 @@ def make_report(inputs: Iterable[str | Path], out: str | Path, *, pdf: str | Pat
 def _default_title(sections: Sequence[Section]) -> str:
     names = sorted({s.title for s in sections})
     return "kvmlab: " + (", ".join(names) if len(names) <= 3 else f"{len(sections)} studies")
+
+
+# -- the seed's lab note, reproduced ---------------------------------------------------------
+BADGES = {"agrees": "AGREES", "disagrees": "DISAGREES", "not shown": "NOT SHOWN",
+          "differs between builds": "DIFFERS BETWEEN BUILDS",
+          "agrees where shown": "AGREES WHERE SHOWN"}
+#: claims whose runs an earlier claim has drawn already, or that are drawn as rates
+_NO_DASHBOARDS = ("C2", "C3")
+
+
+def _build_label(build: str, runs: dict[str, labnote.CaseRun]) -> str:
+    meta = next(iter(runs.values())).meta if runs else {}
+    version = (meta.get("qemu") or {}).get("version") or \
+        (meta.get("provenance") or {}).get("qemu_version")
+    return f"{build} (QEMU {version})" if version else build
+
+
+def labnote_sections(folder: Path, qemu: Sequence[str]) -> tuple[list[Section],
+                                                                  list[labnote.Judgement]]:
+    """The lab note: a summary, then a section per claim (the seed's words, what kvmlab
+    measured on each build, agree or not, the runs' figures)."""
+    runs = labnote.read_runs(folder)
+    judged = labnote.judge_all(runs, qemu)
+    label = {b: _build_label(b, runs.get(b, {})) for b in qemu}
+    sections = [_summary_section(folder, qemu, label, runs, judged)]
+    drawn: set[Path] = set()
+    for j in judged:
+        c = j.claim
+        sec = Section("claim", f"{c.key}: {c.claim}", folder, question=f"The seed: {c.seed}",
+                      badge=BADGES[j.outcome], passed={"agrees": True, "disagrees": False,
+                                                       "differs between builds": False
+                                                       }.get(j.outcome),
+                      verdict=f"{j.outcome}: " + "; ".join(
+                          f"{label[b]} {_word(f.agrees)}" for b, f in j.findings.items()))
+        sec.tables.append(("What kvmlab measured", str(pd.DataFrame(
+            [{"build": label[b], "measured": f.text, "agrees": _word(f.agrees)}
+             for b, f in j.findings.items()]).to_html(index=False, border=0,
+                                                      classes="measures"))))
+        case_runs = [runs[b][case] for b in qemu for case in c.cases if case in runs.get(b, {})]
+        if c.key == "C2":
+            for b in qemu:
+                trials = labnote.consistency_trials(runs.get(b, {}))
+                if not trials.empty:
+                    sec.figures.append(Figure(
+                        f"{label[b]}: consistency of copies cut by each strategy",
+                        _png(plots.consistency_rates(rates(trials),
+                                                     title=f"Copy consistency, {label[b]}"))))
+        elif c.key not in _NO_DASHBOARDS:
+            for r in case_runs:
+                if r.path in drawn:
+                    continue
+                drawn.add(r.path)
+                run = load_run(r.path)
+                if not run.samples.empty:
+                    sec.figures.append(Figure(f"{r.case} on {label[r.build]}: dashboard",
+                                              _png(plots.dashboard(run))))
+        sec.provenance = {"runs": [str(r.path) for r in case_runs]}
+        sections.append(sec)
+    return sections, judged
+
+
+def _word(agrees: bool | None) -> str:
+    return {True: "agrees", False: "disagrees", None: "not shown"}[agrees]
+
+
+def _summary_section(folder: Path, qemu: Sequence[str], label: dict[str, str],
+                     runs: dict[str, dict[str, labnote.CaseRun]],
+                     judged: list[labnote.Judgement]) -> Section:
+    sweep = json.loads((folder / "sweep.json").read_text())
+    params = (sweep.get("plan") or {}).get("params") or {}
+    sessions = sweep.get("sessions") or []
+    tallies = {b: labnote.tally(judged, b) for b in qemu}
+    some = next((r for b in qemu for r in runs.get(b, {}).values()), None)
+    sec = Section("summary", "Summary: the seed's claims against what kvmlab measured", folder,
+                  question="The seed is an engineer's notes on QEMU's drive_mirror, driven by "
+                           "hand with virsh and HMP (E1-E7, three conclusions). kvmlab ran each "
+                           "experiment on each QEMU build; below, each claim stands beside what "
+                           "was measured.",
+                  badge=" | ".join(f"{b}: {t['agree']} agree, {t['disagree']} disagree"
+                                   for b, t in tallies.items()),
+                  passed=None, verdict="; ".join(
+                      f"{label[b]}: {t['agree']} agree, {t['disagree']} disagree, "
+                      f"{t['not shown']} not shown" for b, t in tallies.items()),
+                  provenance={"seed folder": str(folder), "plan": sweep.get("plan")})
+    sec.setup = [", ".join(label[b] for b in qemu) + (
+        f"; {some.meta.get('accel')} accelerator" if some else ""),
+        f"guest disks of {params.get('image_mib', '?')} MiB with "
+        f"{params.get('fill_mib', '?')} MiB of data"]
+    if sessions:
+        last = sessions[-1]
+        sec.setup.append(f"{last.get('points_run')} runs in {last.get('wall_s', 0):.0f} s on "
+                         f"{last.get('workers')} workers ({last.get('failed')} failed)")
+    sec.tables.append(("Claim by claim", str(pd.DataFrame(
+        [{"claim": f"{j.claim.key}: {j.claim.claim}",
+          **{label[b]: _word(f.agrees) for b, f in j.findings.items()}} for j in judged]
+    ).to_html(index=False, border=0, classes="measures"))))
+    return sec
+
+
+def make_labnote(folder: str | Path, out: str | Path, qemu: Sequence[str], *,
+                 pdf: str | Path | None = None, title: str = "The seed's lab note, reproduced",
+                 template: str | Path | None = None,
+                 say: Any = None) -> list[labnote.Judgement]:
+    """Write the lab note of the ``kvmlab seed`` run in *folder* (HTML, and PDF if asked)."""
+    say = say or (lambda _line: None)
+    html_out = check_output(Path(out), ".html")
+    pdf_out = check_output(Path(pdf), ".pdf") if pdf is not None else None
+    tpl = Path(template).expanduser().resolve() if template is not None else None
+    sections, judged = labnote_sections(Path(folder), qemu)
+    doc = render(sections, title, tpl)
+    _write(doc, html_out, pdf_out, sum(len(s.figures) for s in sections), say)
+    return judged

@@ -5,6 +5,7 @@ here are what the summary notebooks display and compare (see :mod:`kvmlab.compar
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -26,8 +27,16 @@ SEED_SUITE: dict[str, tuple[Callable[..., ExperimentResult], dict[str, Any]]] = 
     "E4 paused": (ex.pivot, {"paused": True}),
     "E4 running": (ex.pivot, {"paused": False}),
     "E5": (ex.double_pivot, {}),
-    "E6": (ex.remove_source, {"action": "move"}),
+    # the seed moved the old image to another file system: tmpfs here
+    "E6": (ex.remove_source, {"action": "move", **({"move_to": "/dev/shm"}
+                                                   if Path("/dev/shm").is_dir() else {})}),
     "E7": (ex.shallow_existing, {}),
+    # the consistency study for conclusions 2 and 3, one run per cut strategy (so the
+    # three can run side by side), each cutting one copy per cache mode
+    **{f"C2/3 {strategy}": (ex.consistency_study,
+                            {"strategies": [strategy], "cache_modes": ["none", "writeback"],
+                             "trials": 1})
+       for strategy in ex.STRATEGIES},
 }
 #: the target-fault table: fault:policy pairs
 FAULT_CASES = ("nbd_suspend:report nbd_down:report eio:report eio:ignore eio:stop "

@@ -56,6 +56,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from kvmlab import experiments as ex
+from kvmlab import plots
 from kvmlab.notebook import display, run_experiment
 
 # %%
@@ -73,19 +74,7 @@ display(trials_df)
 # %%
 rates_df = pd.read_csv(result.run_path / "rates.csv")
 display(rates_df.round(3))
-fig, ax = plt.subplots(figsize=(9, 3.5))
-labels = rates_df.strategy + " / " + rates_df.cache
-x = range(len(rates_df))
-for i, (col, name) in enumerate([("synced_ops_rate", "synced ops present"), ("fs_clean_rate", "e2fsck clean"),
-                                  ("quiesced_rate", "no journal recovery needed")]):
-    ax.bar([p + i * 0.27 for p in x], rates_df[col], width=0.27, label=name)
-ax.set_xticks([p + 0.27 for p in x], labels, rotation=20)
-ax.set_ylim(0, 1.05)
-ax.set_ylabel("share of trials")
-ax.legend(fontsize=8)
-ax.grid(alpha=0.3, axis="y")
-ax.set_title("Copy consistency by cut strategy")
-fig.tight_layout()
+fig = plots.consistency_rates(rates_df)
 fig.savefig(result.run_path / "consistency.png", dpi=100)
 plt.show()
 

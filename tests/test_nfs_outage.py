@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -38,9 +39,40 @@ def test_nfs_server_serves_stops_and_returns(scratch: Path) -> None:
         assert '"virtual-size": 16777216' in info
         with nfs.outage("freeze"):
             assert nfs.running                            # stopped, not gone
-        with pytest.raises(LaunchError, match="port 2049"):
-            NfsServer(scratch).start()                    # a second server on the same port
+        with pytest.raises(LaunchError, match="another kvmlab NFS server"):
+            NfsServer(scratch, lock_wait_s=0.5).start()   # one server per host at a time
     assert marks == ["nfs_outage_start", "nfs_outage_end"] * 2
+    assert not _ganesha_running()
+
+
+def test_a_second_nfs_server_waits_its_turn(scratch: Path) -> None:
+    """Runs side by side (kvmlab seed's two E2 runs) take turns: the second server starts
+    once the first has ended, and serves."""
+    first = NfsServer(scratch)
+    first.start()
+    second = NfsServer(scratch, lock_wait_s=60)
+    started, done = threading.Event(), threading.Event()
+
+    def start_second() -> None:
+        second.start()
+        started.set()
+        done.wait(60)       # the server dies with the thread that started it (pdeathsig)
+
+    t = threading.Thread(target=start_second)
+    try:
+        t.start()
+        assert not started.wait(1.5), "the second server did not wait for the first"
+        first.close()
+        assert started.wait(60)
+        assert second.running
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", second.url("w.qcow2"), "1M"],
+                       check=True, timeout=60)
+        assert (scratch / "w.qcow2").is_file()
+    finally:
+        done.set()
+        t.join(60)
+        first.close()
+        second.close()
     assert not _ganesha_running()
 
 

@@ -38,6 +38,8 @@ SEED_CONCLUSIONS = {
     "E5": "completes can be chained; only the last image grows",
     "E6": "after complete the old image can be moved away",
     "E7": "-n onto an overlay of the same base copies the least data, fastest",
+    "C2/3": "with cache=none what the guest wrote reaches the copy; without pausing the "
+            "guest nothing guarantees a consistent copy",
 }
 
 __all__ = ["ExperimentResult", "LabRun", "verify_image", "mirror_basic", "mirror_nfs_outage",

@@ -164,6 +164,7 @@ def remove_source(*, action: str = "move", move_to: str | Path | None = None,
         tgt = lab.workdir / "x-mirror.img"
         base = make_guest_disk(src, image_mib, disk_format, fill_mib)
         moved: Path | None = None
+        other_fs: bool | None = None
         try:
             with busy_vm(lab, src, wl) as vm:
                 facts = mirror_and_complete(lab, vm, tgt)
@@ -172,6 +173,7 @@ def remove_source(*, action: str = "move", move_to: str | Path | None = None,
                 if action == "move":
                     dest_dir = Path(move_to) if move_to else lab.workdir / "elsewhere"
                     dest_dir.mkdir(exist_ok=True)
+                    other_fs = dest_dir.stat().st_dev != src.parent.stat().st_dev
                     moved = dest_dir / f"{lab.run.meta['run_id']}-{src.name}"
                     lab.recorder.mark(marks.SOURCE_MOVED, to=str(moved))
                     shutil.move(src, moved)
@@ -195,6 +197,7 @@ def remove_source(*, action: str = "move", move_to: str | Path | None = None,
                          and len(after) >= post_remove_writes and moved_ok is not False
                          and not src.exists() and checked["verify_pass"]),
             "action": action, "moved_to": str(moved) if moved else None,
+            "moved_to_other_file_system": other_fs,
             "drive_file_after": facts["drive_file_after"], "vm_state_after": state,
             "io_error_events": len(io_errors), "writes_after_remove": len(after),
             "moved_file_unchanged": moved_ok, **checked,

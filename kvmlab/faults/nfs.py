@@ -15,7 +15,11 @@ The seed's experiment 2 stops the NFS service mid-mirror and starts it again:
 
 from __future__ import annotations
 
+import fcntl
+import logging
+import os
 import socket
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +32,45 @@ from .base import Mark, ProcessGroup, no_mark, private_tmpdir, remove_tree, wait
 
 OUTAGE_MODES = ("stop", "freeze")
 RPCBIND_SOCK = Path("/run/rpcbind.sock")
+#: one kvmlab NFS server at a time on this host (one port 2049, one rpcbind): runs that
+#: need one side by side (``kvmlab seed``, a sweep) take turns on this lock
+LOCK_NAME = "kvmlab-nfs.lock"
+#: how long :meth:`NfsServer.start` waits for another kvmlab NFS server to end
+LOCK_WAIT_S = 600.0
+
+log = logging.getLogger(__name__)
+
+
+def lock_path() -> Path:
+    """``/run/lock/kvmlab-nfs.lock`` (the temp folder where /run/lock cannot be written)."""
+    run_lock = Path("/run/lock")
+    folder = run_lock if os.access(run_lock, os.W_OK) else Path(tempfile.gettempdir())
+    return folder / LOCK_NAME
+
+
+def take_turn(wait_s: float = LOCK_WAIT_S) -> int:
+    """Hold the host's NFS lock (an ``flock``: the kernel drops it when we die, so a killed
+    run never blocks the next); wait up to *wait_s* for another run to let it go.
+
+    :return: the lock's file descriptor (close it to let go).
+    :raise LaunchError: another kvmlab NFS server held it for *wait_s*.
+    """
+    fd = os.open(lock_path(), os.O_RDWR | os.O_CREAT, 0o666)
+    deadline = time.monotonic() + wait_s
+    told = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise LaunchError(f"another kvmlab NFS server has been running for over "
+                                  f"{wait_s:.0f} s (lock {lock_path()})") from None
+            if not told:
+                log.info("waiting for another kvmlab run's NFS server to end")
+                told = True
+            time.sleep(0.2)
 
 CONFIG = """\
 NFS_CORE_PARAM {{
@@ -82,10 +125,11 @@ class NfsServer:
 
     :param export_dir: an existing folder on a local file system.
     :param mark: records fault events (``Recorder.mark``).
+    :param lock_wait_s: how long to wait for another kvmlab NFS server to end.
     """
 
     def __init__(self, export_dir: str | Path, *, mark: Mark | None = None,
-                 port: int = 2049) -> None:
+                 port: int = 2049, lock_wait_s: float = LOCK_WAIT_S) -> None:
         self.export_dir = Path(export_dir).resolve()
         if not self.export_dir.is_dir():
             raise BadInput(f"NFS export folder {self.export_dir} does not exist")
@@ -97,6 +141,8 @@ class NfsServer:
         self.rpcbind: ProcessGroup | None = None
         self.server: ProcessGroup | None = None
         self.starts = 0
+        self._lock: int | None = None
+        self.lock_wait_s = lock_wait_s
 
     def __enter__(self) -> NfsServer:
         self.start()
@@ -112,10 +158,14 @@ class NfsServer:
         return f"nfs://127.0.0.1{quote(str(self.export_dir / name))}"   # spaces -> %20
 
     def start(self) -> None:
-        """Start rpcbind (if none runs) and the server; return once it serves."""
-        if _port_open(self.port) and (self.server is None or not self.server.running):
-            raise LaunchError(f"port {self.port} on 127.0.0.1 is taken: another NFS server runs")
+        """Take this host's turn (:func:`take_turn`), start rpcbind (if none runs) and the
+        server; return once it serves."""
+        if self._lock is None:
+            self._lock = take_turn(self.lock_wait_s)
         try:
+            if _port_open(self.port) and (self.server is None or not self.server.running):
+                raise LaunchError(f"port {self.port} on 127.0.0.1 is taken: another NFS "
+                                  "server runs")
             if self.tmp is None:
                 self.tmp = private_tmpdir()
                 (self.tmp / "recovery").mkdir()
@@ -220,4 +270,7 @@ class NfsServer:
         finally:
             remove_tree(self.tmp)
             self.tmp = None
+            if self._lock is not None:
+                os.close(self._lock)
+                self._lock = None
 
