@@ -161,7 +161,7 @@ def _e4_info(r: Mapping[str, CaseRun]) -> Finding:
     runs = [r["E4 paused"], r["E4 running"]]
     shows = [bool(x.verdict.get("info_block_shows_original")) for x in runs]
     return Finding("; ".join(f"{'paused' if x.verdict.get('paused') else 'running'}: "
-                             f"`info block` names {info_block_line(x.verdict)!r}"
+                             f"'info block' names {info_block_line(x.verdict)!r}"
                              for x in runs), all(shows) if len(set(shows)) == 1 else False)
 
 
@@ -270,30 +270,30 @@ CLAIMS: tuple[Claim, ...] = (
           "folders and writes with dd; cancel when the mirror is as big as the source; boot "
           "the mirror: every change is there.", ("E1",), _e1),
     Claim("E2", "a mirror survives an NFS outage and resumes, losing nothing",
-          "mirror into an NFS mount; `service nfs stop` mid-mirror: `info block-jobs` shows "
-          "no progress while the guest keeps working; `service nfs start`: after a while the "
+          "mirror into an NFS mount; 'service nfs stop' mid-mirror: 'info block-jobs' shows "
+          "no progress while the guest keeps working; 'service nfs start': after a while the "
           "job progresses again; cancel when synced, boot the copy: nothing lost.",
           ("E2 stop", "E2 freeze"), _e2),
     Claim("E3", "commit works while the VM is stopped; the data lands in the base",
-          "`stop`, `commit` the qcow2 overlay into its backing file, sizes and `qemu-img "
-          "info` before and after: the guest's data is in the base.", ("E3",), _e3),
+          "'stop', 'commit' the qcow2 overlay into its backing file, sizes and 'qemu-img "
+          "info' before and after: the guest's data is in the base.", ("E3",), _e3),
     Claim("E4", "block_job_complete switches the VM to the mirror, paused or not",
-          "mirror, `stop`, `block_job_complete` when synced, `c`; a 512 MB dd grows the "
+          "mirror, 'stop', 'block_job_complete' when synced, 'c'; a 512 MB dd grows the "
           "mirror image, not the original; again without pausing: the same.",
           ("E4 paused", "E4 running"), _e4),
-    Claim("E4b", "after complete, `info block` still names the original image",
-          "the notes say `info block` \"still points to the original image\" after the "
+    Claim("E4b", "after complete, 'info block' still names the original image",
+          "the notes say 'info block' \"still points to the original image\" after the "
           "switch, although the writes go to the mirror.", ("E4 paused", "E4 running"),
           _e4_info),
     Claim("E5", "completes can be chained; only the last image grows",
           "from E4's state mirror again to a second file and complete; dd 512 MB; reboot: "
           "only the second mirror grows.", ("E5",), _e5),
     Claim("E6", "after complete the old image can be moved away",
-          "after complete, `mv` the old image to another file system: the VM carries on.",
+          "after complete, 'mv' the old image to another file system: the VM carries on.",
           ("E6",), _e6),
     Claim("E7", "-n onto an overlay of the same base copies the least data",
           "two overlays on one base image, the VM's disk and the future mirror; "
-          "`drive_mirror -n` onto the existing overlay: the least data is copied.",
+          "'drive_mirror -n' onto the existing overlay: the least data is copied.",
           ("E7",), _e7_data),
     Claim("E7b", "-n onto an overlay of the same base is the fastest",
           "the same mirror \"is created fastest\".", ("E7",), _e7_time),
@@ -305,7 +305,7 @@ CLAIMS: tuple[Claim, ...] = (
           "conclusion 3: without pausing the guest, nothing guarantees a 100 % consistent "
           "copy.", CONSISTENCY, lambda r: conclusion_3(consistency_trials(r))),
     Claim("C3b", "pausing the guest gives a copy that needs no recovery",
-          "implied by conclusion 3: pause the guest (`stop`) and the copy is consistent.",
+          "implied by conclusion 3: pause the guest ('stop') and the copy is consistent.",
           CONSISTENCY, lambda r: pause_is_enough(consistency_trials(r))),
 )
 

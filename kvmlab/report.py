@@ -309,14 +309,16 @@ def read_input(folder: str | Path, kind: str | None = None) -> Section:
 
 
 # -- rendering -------------------------------------------------------------------------------
-def render(sections: Sequence[Section], title: str, template: Path | None = None) -> str:
-    """The HTML document: *template* (a file) or the packaged one."""
+def render(sections: Sequence[Section], title: str, template: Path | None = None,
+           intro: str = "") -> str:
+    """The HTML document: *template* (a file) or the packaged one; *intro* replaces the
+    line saying how many folders it was made from."""
     folder, name = (template.parent, template.name) if template else (TEMPLATES, TEMPLATE)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader([str(folder), str(TEMPLATES)]),
                              autoescape=jinja2.select_autoescape(["html", "j2"]),
                              undefined=jinja2.StrictUndefined)
     try:
-        return env.get_template(name).render(title=title, sections=sections,
+        return env.get_template(name).render(title=title, sections=sections, intro=intro,
                                              generated=pd.Timestamp.now(tz="UTC")
                                              .strftime("%Y-%m-%d %H:%M UTC"))
     except jinja2.TemplateError as err:
@@ -447,12 +449,7 @@ def labnote_sections(folder: Path, qemu: Sequence[str]) -> tuple[list[Section],
                       badge=BADGES[j.outcome], passed={"agrees": True, "disagrees": False,
                                                        "differs between builds": False
                                                        }.get(j.outcome),
-                      verdict=f"{j.outcome}: " + "; ".join(
-                          f"{label[b]} {_word(f.agrees)}" for b, f in j.findings.items()))
-        sec.tables.append(("What kvmlab measured", str(pd.DataFrame(
-            [{"build": label[b], "measured": f.text, "agrees": _word(f.agrees)}
-             for b, f in j.findings.items()]).to_html(index=False, border=0,
-                                                      classes="measures"))))
+                      verdict=" ".join(f"On {label[b]}: {f.text}." for b, f in j.findings.items()))
         case_runs = [runs[b][case] for b in qemu for case in c.cases if case in runs.get(b, {})]
         if c.key == "C2":
             for b in qemu:
@@ -467,10 +464,8 @@ def labnote_sections(folder: Path, qemu: Sequence[str]) -> tuple[list[Section],
                 if r.path in drawn:
                     continue
                 drawn.add(r.path)
-                run = load_run(r.path)
-                if not run.samples.empty:
-                    sec.figures.append(Figure(f"{r.case} on {label[r.build]}: dashboard",
-                                              _png(plots.dashboard(run))))
+                sec.figures.append(Figure(f"{r.case} on {label[r.build]}: dashboard",
+                                          _png(plots.dashboard(load_run(r.path)))))
         sec.provenance = {"runs": [str(r.path) for r in case_runs]}
         sections.append(sec)
     return sections, judged
@@ -493,9 +488,7 @@ def _summary_section(folder: Path, qemu: Sequence[str], label: dict[str, str],
                            "hand with virsh and HMP (E1-E7, three conclusions). kvmlab ran each "
                            "experiment on each QEMU build; below, each claim stands beside what "
                            "was measured.",
-                  badge=" | ".join(f"{b}: {t['agree']} agree, {t['disagree']} disagree"
-                                   for b, t in tallies.items()),
-                  passed=None, verdict="; ".join(
+                  badge="IN SHORT", passed=None, verdict="; ".join(
                       f"{label[b]}: {t['agree']} agree, {t['disagree']} disagree, "
                       f"{t['not shown']} not shown" for b, t in tallies.items()),
                   provenance={"seed folder": str(folder), "plan": sweep.get("plan")})
@@ -524,6 +517,7 @@ def make_labnote(folder: str | Path, out: str | Path, qemu: Sequence[str], *,
     pdf_out = check_output(Path(pdf), ".pdf") if pdf is not None else None
     tpl = Path(template).expanduser().resolve() if template is not None else None
     sections, judged = labnote_sections(Path(folder), qemu)
-    doc = render(sections, title, tpl)
+    doc = render(sections, title, tpl, intro=f"Generated {pd.Timestamp.now(tz='UTC'):%Y-%m-%d %H:%M UTC} "
+                 f"by kvmlab seed from the runs in {folder}.")
     _write(doc, html_out, pdf_out, sum(len(s.figures) for s in sections), say)
     return judged
