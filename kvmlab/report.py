@@ -42,7 +42,7 @@ from .units import MIB, with_unit
 
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE = "report.html.j2"
-KINDS = ("run", "notebook", "sweep")
+KINDS = ("run", "notebook", "sweep", "seed")
 
 
 class ReportError(KvmlabError):
@@ -85,7 +85,7 @@ def kind_of(folder: Path) -> str:
     if (folder / "run.json").is_file():
         return "run"
     if (folder / "sweep.json").is_file():
-        return "sweep"
+        return "seed" if _seed_builds(folder) else "sweep"
     if any(folder.glob("*.ipynb")):
         return "notebook"
     raise BadInput(f"{folder} is not a run, notebook run or sweep folder (no run.json, "
@@ -387,7 +387,11 @@ def make_report(inputs: Iterable[str | Path], out: str | Path, *, pdf: str | Pat
     sections = []
     for i, (f, kind) in enumerate(zip(folders, kinds, strict=True), 1):
         say(f"[{i}/{len(folders)}] reading {f} ({kind})")
-        sections.append(read_input(f, kind))
+        if kind == "seed":         # the lab note: a summary and a section per claim
+            path = f.expanduser().resolve()
+            sections += labnote_sections(path, _seed_builds(path))[0]
+        else:
+            sections.append(read_input(f, kind))
     doc = render(sections, title or _default_title(sections), tpl)
     return _write(doc, html_out, pdf_out, sum(len(s.figures) for s in sections), say)
 
@@ -423,8 +427,6 @@ def _default_title(sections: Sequence[Section]) -> str:
 BADGES = {"agrees": "AGREES", "disagrees": "DISAGREES", "not shown": "NOT SHOWN",
           "differs between builds": "DIFFERS BETWEEN BUILDS",
           "agrees where shown": "AGREES WHERE SHOWN"}
-#: claims whose runs an earlier claim has drawn already, or that are drawn as rates
-_NO_DASHBOARDS = ("C2", "C3")
 
 
 def _build_label(build: str, runs: dict[str, labnote.CaseRun]) -> str:
@@ -432,6 +434,23 @@ def _build_label(build: str, runs: dict[str, labnote.CaseRun]) -> str:
     version = (meta.get("qemu") or {}).get("version") or \
         (meta.get("provenance") or {}).get("qemu_version")
     return f"{build} (QEMU {version})" if version else build
+
+
+def _seed_builds(folder: Path) -> list[str]:
+    """The builds of a ``kvmlab seed`` folder (a sweep of the seed notebook), in the order
+    they were asked for; empty for any other sweep."""
+    try:
+        plan = json.loads((folder / "sweep.json").read_text()).get("plan") or {}
+    except (OSError, ValueError):
+        return []
+    if Path(str(plan.get("notebook", ""))).name != "08_seed_summary.ipynb":
+        return []
+    names = []
+    for point in plan.get("points") or []:          # the plan's order: as asked
+        pj = folder / "points" / str(point) / "point.json"
+        if pj.is_file():
+            names.append(json.loads(pj.read_text()).get("params", {}).get("qemu", "system"))
+    return list(dict.fromkeys(str(n) for n in names))
 
 
 def labnote_sections(folder: Path, qemu: Sequence[str]) -> tuple[list[Section],
@@ -442,7 +461,7 @@ def labnote_sections(folder: Path, qemu: Sequence[str]) -> tuple[list[Section],
     judged = labnote.judge_all(runs, qemu)
     label = {b: _build_label(b, runs.get(b, {})) for b in qemu}
     sections = [_summary_section(folder, qemu, label, runs, judged)]
-    drawn: set[Path] = set()
+    drawn: set[Path] = set()            # each run drawn once
     for j in judged:
         c = j.claim
         sec = Section("claim", f"{c.key}: {c.claim}", folder, question=f"The seed: {c.seed}",
@@ -451,21 +470,19 @@ def labnote_sections(folder: Path, qemu: Sequence[str]) -> tuple[list[Section],
                                                        }.get(j.outcome),
                       verdict=" ".join(f"On {label[b]}: {f.text}." for b, f in j.findings.items()))
         case_runs = [runs[b][case] for b in qemu for case in c.cases if case in runs.get(b, {})]
-        if c.key == "C2":
-            for b in qemu:
-                trials = labnote.consistency_trials(runs.get(b, {}))
+        fresh = [r for r in case_runs if r.path not in drawn]   # E4b shows E4's runs
+        drawn.update(r.path for r in fresh)
+        if c.cases == labnote.CONSISTENCY:          # a chart of rates per build
+            for b in dict.fromkeys(r.build for r in fresh):
+                trials = labnote.consistency_trials(runs[b])
                 if not trials.empty:
                     sec.figures.append(Figure(
                         f"{label[b]}: consistency of copies cut by each strategy",
                         _png(plots.consistency_rates(rates(trials),
                                                      title=f"Copy consistency, {label[b]}"))))
-        elif c.key not in _NO_DASHBOARDS:
-            for r in case_runs:
-                if r.path in drawn:
-                    continue
-                drawn.add(r.path)
-                sec.figures.append(Figure(f"{r.case} on {label[r.build]}: dashboard",
-                                          _png(plots.dashboard(load_run(r.path)))))
+        else:
+            sec.figures += [Figure(f"{r.case} on {label[r.build]}: dashboard",
+                                   _png(plots.dashboard(load_run(r.path)))) for r in fresh]
         sec.provenance = {"runs": [str(r.path) for r in case_runs]}
         sections.append(sec)
     return sections, judged

@@ -18,6 +18,10 @@
 # Runs E1–E7 at small sizes and prints one table: experiment, verdict, time to ready,
 # bytes copied, the seed's conclusion and whether this run agrees with it. E2 runs against a real
 # NFS server (nfs-ganesha on loopback) stopped for 3 s mid-mirror.
+#
+# `kvmlab seed` runs this notebook once per case and QEMU build (the cases include E2 frozen,
+# E4 running and the consistency study, `C2/3 <strategy>`) and writes the lab note: each of the
+# seed's claims beside what was measured, agree or disagree.
 
 # %% tags=["parameters"]
 # Parameters (papermill injects overrides below this cell); defaults as in the experiment

@@ -21,7 +21,7 @@ def test_benchmarks_smoke(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "results.json").read_text())
     b = data["benchmarks"]
     assert set(b) == {"sample_cost", "recording_overhead", "throughput", "end_to_end", "sweep",
-                      "live_plot", "qemu_builds", "trace", "convergence"}
+                      "live_plot", "qemu_builds", "trace", "convergence", "seed"}
     assert b["qemu_builds"]["all_passed"] is True and b["qemu_builds"]["ratio_watch_cpu"] > 0
     assert b["live_plot"]["ipympl_over_png"] > 0
     t = b["trace"]
@@ -37,6 +37,9 @@ def test_benchmarks_smoke(tmp_path: Path) -> None:
     # (at smoke size the write-blocking job may hold every guest write: writes can be None)
     assert {c["slow_target_background"]["converged"],
             c["slow_target_write-blocking"]["converged"]} <= {True, False}
+    sd = b["seed"]
+    assert sd["runs"] == 2 and sd["failed"] == 0 and sd["wall_s"] > 0
+    assert sd["claims"]["E1"] == "agrees" and sd["claims"]["E4"] == "agrees"
     report = (tmp_path / "RESULTS.md").read_text()
     assert "## sample cost" in report and "Target:" in report and data["smoke"] is True
 

@@ -37,16 +37,6 @@ def test_experiment_notebook(name: str, expected: int, tmp_path: Path) -> None:
     assert len(pngs) == expected
 
 
-def test_seed_summary_notebook(tmp_path: Path) -> None:
-    out = run_notebook(NOTEBOOKS / "08_seed_summary.ipynb", {"image_mib": 48, "accel": "tcg"},
-                       out=tmp_path / "summary")
-    table = pd.read_csv(out / "seed_summary.csv")
-    assert list(table.experiment) == ["E1", "E2 stop", "E3", "E4 paused", "E5", "E6", "E7"]
-    ran = table[table.verdict != "not run"]
-    assert len(ran) == 7 and (ran.verdict == "PASS").all() and ran.agrees.all()
-    assert "agree with the seed" in (out / "08_seed_summary.html").read_text()
-
-
 def test_nfs_outage_notebook(tmp_path: Path) -> None:
     out = run_notebook(NOTEBOOKS / "02_mirror_nfs_outage.ipynb",
                        {"outage": "freeze", "outage_s": 3.0, "fill_mib": 16, "accel": "tcg"},

@@ -1,0 +1,130 @@
+"""``kvmlab seed``: the seed's suite on both QEMU builds with real QEMU (TCG), real guests
+and a real NFS server, then the lab note read back (HTML parsed, PDF through poppler)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from bs4 import BeautifulSoup
+
+from kvmlab import builds
+from kvmlab.faults.nfs import lock_path
+from kvmlab.labnote import CLAIMS
+
+pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
+
+KVMLAB = [sys.executable, "-m", "kvmlab"]
+
+
+def _lock_is_free() -> bool:
+    import fcntl
+    if not lock_path().exists():
+        return True
+    fd = os.open(lock_path(), os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif("10.0" not in builds.names(), reason="make qemu-builds installs 10.0")
+def test_seed_on_two_builds_writes_the_lab_note(tmp_path: Path) -> None:
+    out = tmp_path / "seed"
+    res = subprocess.run([*KVMLAB, "seed", "--qemu", "system,10.0", "--workers", "2",
+                          "--size", "small", "--accel", "tcg", "--out", str(out),
+                          "--pdf", str(tmp_path / "note.pdf")],
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    # it talks: what it runs, then a verdict per build
+    assert "kvmlab seed: 24 runs (12 cases on system (QEMU 7.2" in res.stderr
+    assert "QEMU 10.0: " in res.stderr and "of the seed's claims agree" in res.stderr
+    assert f"lab note: {out / 'labnote.html'}" in res.stdout
+    points = [json.loads(p.read_text()) for p in out.glob("points/*/point.json")]
+    assert len(points) == 24 and all(p["status"] == "done" for p in points)
+
+    soup = BeautifulSoup((out / "labnote.html").read_text(), "html.parser")
+    assert not soup.select(".jp-InputArea, .input_area, pre code")       # no code
+    claims = soup.select("section.claim")
+    assert len(claims) == len(CLAIMS)
+    by_key = {c.h2.get_text().split(". ", 1)[1].split(":")[0]: c for c in claims}
+    assert set(by_key) == {c.key for c in CLAIMS}
+    for key, sec in by_key.items():
+        verdict = sec.select_one(".verdict").get_text(" ", strip=True)
+        assert "On system (QEMU 7.2" in verdict and "On 10.0 (QEMU 10.0" in verdict, key
+        assert "not measured" not in verdict, (key, verdict)
+        assert sec.select_one(".question").get_text().startswith("The seed: ")
+    badge = {k: s.select_one(".verdict strong").get_text() for k, s in by_key.items()}
+    # what both builds did, as measured on these machines (see README, "The seed, reproduced")
+    for key in ("E1", "E2", "E3", "E4", "E5", "E6", "E7", "C2"):
+        assert badge[key] == "AGREES", (key, badge[key])
+    # the seed saw 'info block' name the original image; 7.2 and 10.0 name the mirror
+    assert badge["E4b"] == "DISAGREES"
+    assert "names 'drive0 (#block): x-mirror.img (qcow2)'" in \
+        by_key["E4b"].select_one(".verdict").get_text()
+    assert "another file system" in by_key["E6"].select_one(".verdict").get_text()
+    # every run's dashboard (the consistency runs as rate charts, one per build)
+    imgs = soup.select("section.claim figure img")
+    assert imgs and all(i["src"].startswith("data:image/png;base64,") for i in imgs)
+    assert len(imgs) == 2 * 9 + 2
+    summary = soup.select_one("section.summary table").get_text(" ")
+    assert "E4b" in summary and "disagrees" in summary
+
+    text = subprocess.run(["pdftotext", str(tmp_path / "note.pdf"), "-"], capture_output=True,
+                          text=True, check=True).stdout
+    assert "The seed's lab note, reproduced" in text and "E4b: after complete" in text
+    assert _lock_is_free()
+
+
+def test_seed_bad_input_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "seed"
+    cases = [
+        (["--qemu", "system,nope"], "is not a QEMU build here"),
+        (["--qemu", "system,system"], "names a build twice"),
+        (["--only", "E9"], "unknown seed case E9"),
+        (["--workers", "0"], "workers=0 must be at least 1"),
+        (["--pdf", "/proc/note.pdf"], "cannot write /proc/note.pdf"),
+        (["--pdf", str(tmp_path / "note.html")], "must end in .pdf"),
+    ]
+    for args, message in cases:
+        res = subprocess.run([*KVMLAB, "seed", "--out", str(out), *args], capture_output=True,
+                             text=True, timeout=60)
+        assert res.returncode == 2, (args, res.stderr)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("kvmlab: error: ") and message in lines[0]
+        assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_seed_interrupted_stops_every_run_and_resumes(tmp_path: Path) -> None:
+    """Ctrl-C mid-suite: one line, exit 130, no QEMU or NFS server left (the autouse
+    fixture checks QEMU and temp dirs), the NFS lock free; the same command resumes."""
+    out = tmp_path / "seed"
+    cmd = [*KVMLAB, "seed", "--only", "E2 stop,E1", "--workers", "2", "--size", "small",
+           "--accel", "tcg", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(out.glob("points/*/*/run.json")):
+        time.sleep(0.2)
+    assert list(out.glob("points/*/*/run.json")), "no run started"
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == ("kvmlab: interrupted; finished runs are kept, run "
+                                            "the same command with --out to resume")
+    assert subprocess.run(["pgrep", "-x", "ganesha.nfsd"], capture_output=True).returncode != 0
+    assert _lock_is_free()
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len([p for p in out.glob("points/*/point.json")
+                if json.loads(p.read_text())["status"] == "done"]) == 2
