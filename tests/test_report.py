@@ -77,6 +77,28 @@ def test_a_report_of_runs_a_notebook_and_a_sweep_has_no_code_and_every_figure(
     assert "QEMU emulator version 7.2" in prov
 
 
+def test_a_version_comparison_becomes_its_findings_without_code(tmp_path: Path) -> None:
+    """A 30_qemu_versions run (the seed suite, faults and a throttled mirror on 7.2 and
+    10.0, recorded: its executed notebook and its runs' run.json files)."""
+    folder = DATA / "notebooks" / "qemu-versions"
+    nb = folder / "30_qemu_versions.ipynb"
+    out = tmp_path / "versions.html"
+    report.make_report([folder], out)
+    soup = BeautifulSoup(out.read_text(), "html.parser")
+    (sec,) = soup.select("section.notebook")
+    assert not sec.select(".jp-InputArea, .input_area")
+    sources = [c["source"] for c in json.loads(nb.read_text())["cells"]
+               if c["cell_type"] == "code"]
+    assert not any(line.strip() in sec.text for src in sources
+                   for line in "".join(src).splitlines() if len(line.strip()) > 25)
+    imgs = sec.select("div.notebook img")
+    assert len(imgs) == _pngs_in(nb) == 2
+    # the notebook's headings sit under the section's
+    assert [h.name for h in sec.select("div.notebook h3, div.notebook h4")] == ["h3", "h4", "h4"]
+    assert "Side by side (differences highlighted)" in sec.text
+    assert "36 runs passed" in sec.select_one(".verdict").text
+
+
 def test_the_pdf_is_printed_by_chromium_and_has_the_headings(tmp_path: Path) -> None:
     out, pdf = tmp_path / "r.html", tmp_path / "r.pdf"
     written = report.make_report([RUNS[0], SWEEP], out, pdf=pdf, title="Outage study")
