@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,19 @@ from .units import with_unit
 def _fail(err: KvmlabError) -> None:
     click.echo(f"kvmlab: error: {err}", err=True)
     sys.exit(2)
+
+
+@contextmanager
+def _one_line_errors(interrupted: str) -> Iterator[None]:
+    """kvmlab's errors as one line and exit 2; Ctrl-C as one line (*interrupted* says what
+    is left) and exit 130."""
+    try:
+        yield
+    except KvmlabError as err:
+        _fail(err)
+    except KeyboardInterrupt:
+        click.echo(f"kvmlab: interrupted; {interrupted}", err=True)
+        sys.exit(130)
 
 
 @click.group()
@@ -215,7 +230,7 @@ def sweep_cmd(notebook: Path | None, grids: tuple[str, ...], pairs: tuple[tuple[
               dask_address: str | None, out: Path | None, no_report: bool) -> None:
     """Run NOTEBOOK over a parameter grid (each point one papermill run), then report."""
     from .sweep import SweepSpec, parse_grid, run_sweep
-    try:
+    with _one_line_errors("finished points are kept, run the same command again to resume"):
         if sweep_file is not None:
             spec = SweepSpec.from_yaml(sweep_file, notebook)
         elif notebook is not None:
@@ -231,12 +246,6 @@ def sweep_cmd(notebook: Path | None, grids: tuple[str, ...], pairs: tuple[tuple[
             spec.repeat = repeat
         folder = run_sweep(spec, out, workers=workers, dask=dask_address,
                            report=not no_report)
-    except KvmlabError as err:
-        _fail(err)
-    except KeyboardInterrupt:
-        click.echo("kvmlab: interrupted; finished points are kept, run the same command "
-                   "again to resume", err=True)
-        sys.exit(130)
     from .sweep import outcome
     done, failed = outcome(folder)
     click.echo(f"sweep folder: {folder}")
@@ -310,14 +319,9 @@ def report_cmd(inputs: tuple[Path, ...], out: Path, pdf: Path | None, title: str
     import matplotlib
     matplotlib.use("Agg")
     from .report import make_report
-    try:
+    with _one_line_errors("no partial document left"):
         make_report(inputs, out, pdf=pdf, title=title, template=template,
                     progress=lambda line: click.echo(line, err=True))
-    except KvmlabError as err:
-        _fail(err)
-    except KeyboardInterrupt:
-        click.echo("kvmlab: interrupted (no partial document left)", err=True)
-        sys.exit(130)
     click.echo(f"report: {Path(out).resolve()}" + (f" and {Path(pdf).resolve()}" if pdf
                                                       else ""))
 
@@ -345,15 +349,10 @@ def seed_cmd(qemu: str, workers: int, size: str, only: str | None, accel: str,
     import matplotlib
     matplotlib.use("Agg")
     from .seed import run_seed
-    try:
+    with _one_line_errors("finished runs are kept, run the same command with --out to "
+                          "resume"):
         result = run_seed(qemu, out, workers=workers, size=size, cases=only, accel=accel,
                           pdf=pdf, say=lambda line: click.echo(line, err=True))
-    except KvmlabError as err:
-        _fail(err)
-    except KeyboardInterrupt:
-        click.echo("kvmlab: interrupted; finished runs are kept, run the same command with "
-                   "--out to resume", err=True)
-        sys.exit(130)
     click.echo(f"lab note: {result.note}" + (f" and {result.pdf}" if result.pdf else ""))
     for name, error in result.failed:
         click.echo(f"  FAILED {name}: {error}")
