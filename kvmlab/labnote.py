@@ -324,6 +324,18 @@ def read_runs(folder: str | Path) -> dict[str, dict[str, CaseRun]]:
     return out
 
 
+def asked_cases(folder: str | Path) -> set[str]:
+    """The suite cases a ``kvmlab seed`` folder was asked to run (``--only``), run or not."""
+    return {str((json.loads(pj.read_text()).get("params") or {}).get("experiments"))
+            for pj in Path(folder, "points").glob("*/point.json")}
+
+
+def claims_for(cases: Iterable[str]) -> list[Claim]:
+    """The claims that some of *cases* test (all of them for the whole suite)."""
+    asked = set(cases)
+    return [c for c in CLAIMS if asked & set(c.cases)]
+
+
 @dataclass
 class Judgement:
     """A claim judged on every build: a finding per build (None: its runs are missing)."""

@@ -458,7 +458,7 @@ def labnote_sections(folder: Path, qemu: Sequence[str]) -> tuple[list[Section],
     """The lab note: a summary, then a section per claim (the seed's words, what kvmlab
     measured on each build, agree or not, the runs' figures)."""
     runs = labnote.read_runs(folder)
-    judged = labnote.judge_all(runs, qemu)
+    judged = labnote.judge_all(runs, qemu, labnote.claims_for(labnote.asked_cases(folder)))
     label = {b: _build_label(b, runs.get(b, {})) for b in qemu}
     sections = [_summary_section(folder, qemu, label, runs, judged)]
     drawn: set[Path] = set()            # each run drawn once

@@ -21,6 +21,7 @@ from typing import Any
 from . import builds, labnote, paths
 from .errors import BadInput
 from .experiments import mirror_nfs_outage
+from .model import ACCELS
 from .report import check_output, make_labnote
 from .suites import SEED_SUITE, _names
 from .sweep import SweepSpec, outcome, run_sweep
@@ -50,6 +51,8 @@ def plan(qemu: Sequence[str], size: str = "full", cases: str | Iterable[str] | N
     first so the last point to finish is a short one."""
     if size not in SIZES:
         raise BadInput(f"size {size!r} is not one of {', '.join(SIZES)}")
+    if accel not in ACCELS:
+        raise BadInput(f"accel={accel!r} is not one of {', '.join(ACCELS)}")
     chosen = _names(cases, SEED_SUITE, "seed case")
     ordered = sorted(chosen, key=lambda c: not c.startswith("C2/3"))
     points = _spread([{"experiments": case, "qemu": build} for case in ordered for build in qemu])

@@ -119,3 +119,10 @@ def test_kvmlab_report_reads_a_seed_folder_as_its_lab_note(tmp_path: Path) -> No
     assert [t.split(". ", 1)[1].split(":")[0] for t in titles[1:]] == [c.key for c in CLAIMS]
     header = [th.get_text() for th in soup.select("section.summary table th")]
     assert header == ["claim", "system (QEMU 7.2.22)", "10.0 (QEMU 10.0.2)"]
+
+
+def test_only_the_claims_whose_cases_were_asked_for() -> None:
+    assert labnote.asked_cases(RECORDED) == set(SEED_SUITE)
+    assert labnote.claims_for(SEED_SUITE) == list(CLAIMS)
+    assert [c.key for c in labnote.claims_for(["E4 running", "C2/3 pause"])] == \
+        ["E4", "E4b", "C2", "C3", "C3b"]

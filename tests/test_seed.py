@@ -92,6 +92,7 @@ def test_seed_bad_input_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
         (["--qemu", "system,system"], "names a build twice"),
         (["--only", "E9"], "unknown seed case E9"),
         (["--workers", "0"], "workers=0 must be at least 1"),
+        (["--accel", "hvf"], "accel='hvf' is not one of auto, kvm, tcg"),
         (["--pdf", "/proc/note.pdf"], "cannot write /proc/note.pdf"),
         (["--pdf", str(tmp_path / "note.html")], "must end in .pdf"),
     ]
