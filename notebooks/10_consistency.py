@@ -56,7 +56,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from kvmlab import experiments as ex
-from kvmlab import plots
+from kvmlab import labnote, plots
 from kvmlab.notebook import display, run_experiment
 
 # %%
@@ -82,21 +82,15 @@ plt.show()
 # ## Compared with the seed's conclusions
 
 # %%
-none = trials_df[trials_df.cache == "none"]
-live = trials_df[trials_df.strategy != "fsfreeze"]
-frz = trials_df[trials_df.strategy == "fsfreeze"]
-print(f"Conclusion 2 (cache=none: what the guest wrote reaches the mirror): "
-      f"{int(none.synced_ops_present.sum())} of {len(none)} cache=none copies held every synced operation"
-      + (f"; with cache=writeback {int(trials_df[trials_df.cache == 'writeback'].synced_ops_present.sum())} of "
-         f"{int((trials_df.cache == 'writeback').sum())}" if (trials_df.cache == "writeback").any() else "") + ".")
-print(f"Conclusion 3 (without pausing, no guarantee of a 100 % consistent copy): "
-      f"{int(live.needs_recovery.sum())} of {len(live)} copies cut without fsfreeze (nothing or pause) had a journal "
-      f"needing recovery, i.e. were crash-consistent at best; e2fsck -n found problems in {int((~live.fs_clean).sum())} of them.")
-if len(frz):
-    print(f"Counter-case (fsfreeze): {int((frz.fs_clean & ~frz.needs_recovery).sum())} of {len(frz)} copies were clean "
-          f"and quiesced, at a guest I/O pause of {frz.guest_downtime_s.mean():.3f} s on average.")
-print(f"Operations in flight at the cut: {int(trials_df.in_flight.sum())}, of which {int(trials_df.in_flight_present.sum())} "
-      f"had reached the copy.")
+# the same judges as the lab note of `kvmlab seed` (kvmlab.labnote)
+for name, finding in [("Conclusion 2 (cache=none: what the guest wrote reaches the copy)",
+                       labnote.conclusion_2(trials_df)),
+                      ("Conclusion 3 (without pausing, no guarantee of a consistent copy)",
+                       labnote.conclusion_3(trials_df)),
+                      ("Its other side (pausing gives a copy that needs no recovery)",
+                       labnote.pause_is_enough(trials_df))]:
+    verdict = {True: "agrees", False: "disagrees", None: "not shown"}[finding.agrees]
+    print(f"{name}: {verdict}. {finding.text}.")
 
 # %% [markdown]
 # **Reading the table.** `pause` stops the vCPUs, so no new writes arrive, but the guest's file

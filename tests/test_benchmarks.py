@@ -38,8 +38,8 @@ def test_benchmarks_smoke(tmp_path: Path) -> None:
     assert {c["slow_target_background"]["converged"],
             c["slow_target_write-blocking"]["converged"]} <= {True, False}
     sd = b["seed"]
-    assert sd["runs"] == 3 and sd["failed"] == 0 and sd["wall_s"] > 0
-    assert sd["claims"] == {"E1": "agrees", "E4": "agrees", "E4b": "disagrees"}
+    assert sd["runs"] == 2 and sd["failed"] == 0 and sd["wall_s"] > 0
+    assert sd["claims"] == {"E4": "agrees", "E4b": "disagrees"}
     report = (tmp_path / "RESULTS.md").read_text()
     assert "## sample cost" in report and "Target:" in report and data["smoke"] is True
 
