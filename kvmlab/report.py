@@ -378,22 +378,29 @@ def make_report(inputs: Iterable[str | Path], out: str | Path, *, pdf: str | Pat
     folders = [Path(f) for f in inputs]
     if not folders:
         raise BadInput("give at least one run, notebook run or sweep folder")
-    html_out = check_output(Path(out), ".html")
-    pdf_out = check_output(Path(pdf), ".pdf") if pdf is not None else None
-    tpl = Path(template).expanduser().resolve() if template is not None else None
-    if tpl is not None and not tpl.is_file():
-        raise BadInput(f"template {tpl} does not exist")
+    html_out, pdf_out, tpl = _outputs(out, pdf, template)
     kinds = [kind_of(f.expanduser().resolve()) for f in folders]   # all, before any work
     sections = []
     for i, (f, kind) in enumerate(zip(folders, kinds, strict=True), 1):
         say(f"[{i}/{len(folders)}] reading {f} ({kind})")
         if kind == "seed":         # the lab note: a summary and a section per claim
             path = f.expanduser().resolve()
-            sections += labnote_sections(path, _seed_builds(path))[0]
+            sections += labnote_sections(path, _seed_builds(path), say)[0]
         else:
             sections.append(read_input(f, kind))
     doc = render(sections, title or _default_title(sections), tpl)
     return _write(doc, html_out, pdf_out, sum(len(s.figures) for s in sections), say)
+
+
+def _outputs(out: str | Path, pdf: str | Path | None, template: str | Path | None
+             ) -> tuple[Path, Path | None, Path | None]:
+    """The HTML and PDF to write and the template, each checked before any work."""
+    html_out = check_output(Path(out), ".html")
+    pdf_out = check_output(Path(pdf), ".pdf") if pdf is not None else None
+    tpl = Path(template).expanduser().resolve() if template is not None else None
+    if tpl is not None and not tpl.is_file():
+        raise BadInput(f"template {tpl} does not exist")
+    return html_out, pdf_out, tpl
 
 
 def _write(doc: str, html_out: Path, pdf_out: Path | None, figures: int,
@@ -453,10 +460,11 @@ def _seed_builds(folder: Path) -> list[str]:
     return list(dict.fromkeys(str(n) for n in names))
 
 
-def labnote_sections(folder: Path, qemu: Sequence[str]) -> tuple[list[Section],
-                                                                  list[labnote.Judgement]]:
+def labnote_sections(folder: Path, qemu: Sequence[str], say: Any = None
+                     ) -> tuple[list[Section], list[labnote.Judgement]]:
     """The lab note: a summary, then a section per claim (the seed's words, what kvmlab
-    measured on each build, agree or not, the runs' figures)."""
+    measured on each build, agree or not, the runs' figures); *say* is told each claim."""
+    say = say or (lambda _line: None)
     runs = labnote.read_runs(folder)
     judged = labnote.judge_all(runs, qemu, labnote.claims_for(labnote.asked_cases(folder)))
     label = {b: _build_label(b, runs.get(b, {})) for b in qemu}
@@ -464,6 +472,7 @@ def labnote_sections(folder: Path, qemu: Sequence[str]) -> tuple[list[Section],
     drawn: set[Path] = set()            # each run drawn once
     for j in judged:
         c = j.claim
+        say(f"  {c.key}: {j.outcome}")
         sec = Section("claim", f"{c.key}: {c.claim}", folder, question=f"The seed: {c.seed}",
                       badge=BADGES[j.outcome], passed={"agrees": True, "disagrees": False,
                                                        "differs between builds": False
@@ -513,10 +522,17 @@ def _summary_section(folder: Path, qemu: Sequence[str], label: dict[str, str],
         f"; {some.meta.get('accel')} accelerator" if some else ""),
         f"guest disks of {params.get('image_mib', '?')} MiB with "
         f"{params.get('fill_mib', '?')} MiB of data"]
-    if sessions:
-        last = sessions[-1]
-        sec.setup.append(f"{last.get('points_run')} runs in {last.get('wall_s', 0):.0f} s on "
-                         f"{last.get('workers')} workers ({last.get('failed')} failed)")
+    if sessions:            # a resumed suite ran in several sessions
+        ran = sum(int(x.get("points_run") or 0) for x in sessions)
+        wall = sum(float(x.get("wall_s") or 0) for x in sessions)
+        workers = sorted({x.get("workers") for x in sessions})
+        sec.setup.append(f"{ran} runs in {wall:.0f} s on {'/'.join(map(str, workers))} workers"
+                         + (f", in {len(sessions)} sessions (resumed)" if len(sessions) > 1
+                            else ""))
+    from .sweep import outcome
+    failed = outcome(folder)[1]
+    if failed:
+        sec.setup.append(f"{len(failed)} runs failed: their claims are 'not shown'")
     sec.tables.append(("Claim by claim", str(pd.DataFrame(
         [{"claim": f"{j.claim.key}: {j.claim.claim}",
           **{label[b]: _word(f.agrees) for b, f in j.findings.items()}} for j in judged]
@@ -530,10 +546,8 @@ def make_labnote(folder: str | Path, out: str | Path, qemu: Sequence[str], *,
                  say: Any = None) -> list[labnote.Judgement]:
     """Write the lab note of the ``kvmlab seed`` run in *folder* (HTML, and PDF if asked)."""
     say = say or (lambda _line: None)
-    html_out = check_output(Path(out), ".html")
-    pdf_out = check_output(Path(pdf), ".pdf") if pdf is not None else None
-    tpl = Path(template).expanduser().resolve() if template is not None else None
-    sections, judged = labnote_sections(Path(folder), qemu)
+    html_out, pdf_out, tpl = _outputs(out, pdf, template)
+    sections, judged = labnote_sections(Path(folder), qemu, say)
     doc = render(sections, title, tpl, intro=f"Generated {pd.Timestamp.now(tz='UTC'):%Y-%m-%d %H:%M UTC} "
                  f"by kvmlab seed from the runs in {folder}.")
     _write(doc, html_out, pdf_out, sum(len(s.figures) for s in sections), say)

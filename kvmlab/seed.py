@@ -20,10 +20,10 @@ from typing import Any
 
 from . import builds, labnote, paths
 from .errors import BadInput
-from .experiments import mirror_nfs_outage
+from .experiments import consistency_study, mirror_nfs_outage
 from .model import ACCELS
 from .report import check_output, make_labnote
-from .suites import SEED_SUITE, _names
+from .suites import SEED_SUITE, chosen_names
 from .sweep import SweepSpec, outcome, run_sweep
 
 SEED_NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "08_seed_summary.ipynb"
@@ -53,8 +53,8 @@ def plan(qemu: Sequence[str], size: str = "full", cases: str | Iterable[str] | N
         raise BadInput(f"size {size!r} is not one of {', '.join(SIZES)}")
     if accel not in ACCELS:
         raise BadInput(f"accel={accel!r} is not one of {', '.join(ACCELS)}")
-    chosen = _names(cases, SEED_SUITE, "seed case")
-    ordered = sorted(chosen, key=lambda c: not c.startswith("C2/3"))
+    chosen = chosen_names(cases, SEED_SUITE, "seed case")
+    ordered = sorted(chosen, key=lambda c: SEED_SUITE[c][0] is not consistency_study)
     points = _spread([{"experiments": case, "qemu": build} for case in ordered for build in qemu])
     return SweepSpec(SEED_NOTEBOOK, params={**SIZES[size], "accel": accel}, points=points)
 

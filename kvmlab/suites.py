@@ -43,7 +43,9 @@ FAULT_CASES = ("nbd_suspend:report nbd_down:report eio:report eio:ignore eio:sto
                "enospc:enospc enospc:report throttle:report")
 
 
-def _names(chosen: str | Iterable[str] | None, known: Iterable[str], what: str) -> list[str]:
+def chosen_names(chosen: str | Iterable[str] | None, known: Iterable[str], what: str) -> list[str]:
+    """The names in *chosen* (comma-separated or a list; None: all *known*), each checked
+    against *known* (else one line naming the *what*)."""
     known = list(known)
     if chosen is None:
         return known
@@ -59,7 +61,7 @@ def seed_suite(namespace: Mapping[str, Any], only: str | Iterable[str] | None = 
                **overrides: Any) -> dict[str, ExperimentResult]:
     """Run the seed suite (or the experiments named in *only*) with *namespace*'s sizes and
     options, each run in a sub-folder of the notebook's run; *overrides* win (``qemu=``)."""
-    names = _names(only, SEED_SUITE, "seed experiment")
+    names = chosen_names(only, SEED_SUITE, "seed experiment")
     out: dict[str, ExperimentResult] = {}
     for name in names:
         fn, variant = SEED_SUITE[name]

@@ -25,6 +25,7 @@ from ..guest.workload import Workload
 from ..images import make_guest_disk
 from ..machine import Machine
 from ..options import DEFAULT_OPTIONS, RunOptions
+from ..tmpdirs import disown, owned_tmpdir
 from .common import (
     ExperimentResult,
     LabRun,
@@ -171,8 +172,11 @@ def remove_source(*, action: str = "move", move_to: str | Path | None = None,
                 src_at_pivot = snapshot_image(src)
                 t_remove = time.monotonic()
                 if action == "move":
-                    dest_dir = Path(move_to) if move_to else lab.workdir / "elsewhere"
-                    dest_dir.mkdir(exist_ok=True)
+                    if move_to:     # an owned dir there: reaped if we are killed (/dev/shm)
+                        dest_dir = owned_tmpdir("kvmlab-moved-", Path(move_to))
+                    else:
+                        dest_dir = lab.workdir / "elsewhere"
+                        dest_dir.mkdir(exist_ok=True)
                     other_fs = dest_dir.stat().st_dev != src.parent.stat().st_dev
                     moved = dest_dir / f"{lab.run.meta['run_id']}-{src.name}"
                     lab.recorder.mark(marks.SOURCE_MOVED, to=str(moved))
@@ -189,8 +193,11 @@ def remove_source(*, action: str = "move", move_to: str | Path | None = None,
                 manifest, in_flight = synced_manifest(vm, base)
             checked = verify_image(lab, tgt, manifest)
         finally:
-            if moved is not None and move_to is not None and not options.keep_images:
-                moved.unlink(missing_ok=True)   # it lives outside the scratch folder
+            if moved is not None and move_to is not None:   # outside the scratch folder
+                if options.keep_images:
+                    disown(moved.parent)
+                else:
+                    shutil.rmtree(moved.parent, ignore_errors=True)
         moved_ok = unchanged(src_at_pivot, moved_end) if moved_end else None
         lab.verdict = {
             "pass": bool(facts["on_target"] and not io_errors and state == "running"
