@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 RUN_PATH_PARAM = "run_path"
 
 
+#: the kernel module kvmlab runs notebooks with (:mod:`kvmlab._kernel`)
+KERNEL_MODULE = "kvmlab._kernel"
+
+
 def ipc_kernel_manager(folder: Path, started: list[Any] | None = None) -> type:
     """A kernel manager whose kernel talks over unix sockets in *folder* (a private 0700
     dir): no TCP port, so no plain-text transport and no warning about it on every run.
@@ -43,6 +47,11 @@ def ipc_kernel_manager(folder: Path, started: list[Any] | None = None) -> type:
         transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc")
         ip = Unicode(str(folder / "kernel"))
         connection_file = Unicode(str(folder / "kernel.json"))
+
+        def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+            # ipykernel's launcher still binds a TCP port (its fork pipe): ours does not
+            return [KERNEL_MODULE if arg == "ipykernel_launcher" else arg
+                    for arg in super().format_kernel_cmd(extra_arguments)]
 
         async def _async_post_start_kernel(self, **kw: Any) -> None:
             await super()._async_post_start_kernel(**kw)
@@ -191,6 +200,25 @@ def check_parameters(notebook: str | Path, params: dict[str, Any]) -> None:
     check_values({**{k: _default(v) for k, v in known.items()}, **params})
 
 
+def execute(notebook: Path, executed: Path, params: dict[str, Any], *, cwd: Path,
+            kernel: str = "python3", progress: bool = False,
+            execution: Execution | None = None) -> None:
+    """papermill's run of *notebook* into *executed*, its kernel on unix sockets in a
+    private temp dir (:func:`ipc_kernel_manager`), removed afterwards.
+
+    :raise papermill.PapermillExecutionError: a cell raised.
+    """
+    execution = execution or Execution()
+    sockets = owned_tmpdir("kvmlab-kernel-")
+    try:
+        pm.execute_notebook(str(notebook), str(executed), parameters=params,
+                            kernel_name=kernel, progress_bar=progress, cwd=str(cwd),
+                            engine_name=ENGINE, execution=execution,
+                            kernel_manager_class=ipc_kernel_manager(sockets, execution.kernels))
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
+
+
 def export_html(executed: Path) -> Path:
     """nbconvert's HTML export of *executed*, next to it."""
     body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
@@ -234,14 +262,10 @@ def run_notebook(notebook: str | Path, params: dict[str, Any] | None = None, *,
     execution = execution or Execution()
     if on_folder is not None:
         on_folder(folder)
-    sockets = owned_tmpdir("kvmlab-kernel-")
     try:
         with execution.stop_on_signals():
-            pm.execute_notebook(str(nb), str(executed), parameters=params, kernel_name=kernel,
-                                progress_bar=progress, cwd=str(nb.resolve().parent),
-                                engine_name=ENGINE, execution=execution,
-                                kernel_manager_class=ipc_kernel_manager(sockets,
-                                                                        execution.kernels))
+            execute(nb, executed, params, cwd=nb.resolve().parent, kernel=kernel,
+                    progress=progress, execution=execution)
     except pm.PapermillExecutionError as err:
         export_html(executed)
         if execution.stopped is not None:
@@ -249,7 +273,6 @@ def run_notebook(notebook: str | Path, params: dict[str, Any] | None = None, *,
         raise NotebookFailed(f"{nb.name} failed in cell {err.exec_count}: {err.ename}: "
                              f"{err.evalue}") from err
     finally:
-        shutil.rmtree(sockets, ignore_errors=True)
         if executed.exists() and not executed.with_suffix(".html").exists():
             try:
                 export_html(executed)

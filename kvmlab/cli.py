@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from typing import Any
 import click
 import yaml
 
+from . import trust
 from .errors import BadInput, KvmlabError
 from .units import with_unit
 
@@ -38,6 +40,28 @@ def _one_line_errors(interrupted: str) -> Iterator[None]:
 @click.version_option(package_name="kvmlab")
 def main() -> None:
     """Reproducible QEMU block-mirror experiments."""
+    try:
+        trust.private_umask()             # runs, scratch and logs are ours alone
+    except KvmlabError as err:
+        _fail(err)
+    _warnings_as_lines()
+
+
+class _OneLine(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"kvmlab: warning: {record.getMessage()}"
+
+
+def _warnings_as_lines() -> None:
+    """kvmlab's warnings (a folder left alone, a failed export) reach the user as one line
+    each on stderr, not a library's silent NullHandler."""
+    logger = logging.getLogger("kvmlab")
+    if not any(getattr(h, "_kvmlab_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setLevel(logging.WARNING)
+        handler.setFormatter(_OneLine())
+        handler._kvmlab_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
 
 
 @main.group()

@@ -108,3 +108,12 @@ __all__ = [
     "KvmlabError", "BadInput", "GuestNotBuilt", "GuestBuildError", "LaunchError",
     "StateError", "BackendError", "JobError", "WaitTimeout", "ToolError",
 ]
+
+
+class Untrusted(KvmlabError):
+    """A file or folder kvmlab would act on is not one it made: another user's, a symlink,
+    or open to others (see :mod:`kvmlab.trust`)."""
+
+
+class NoSpace(KvmlabError):
+    """The disk under a path kvmlab writes to is full."""

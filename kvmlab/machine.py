@@ -24,14 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from . import _proc, builds, images, jobs, paths
+from . import _proc, builds, images, jobs, paths, trust
 from ._proc import qemu_opt
 from .agent import PORT_NAME as AGENT_PORT
 from .agent import GuestAgent
 from .backends.base import Backend
 from .backends.qmp import QMPBackend
 from .builds import QemuBuild
-from .errors import BadInput, LaunchError, StateError, WaitTimeout
+from .errors import BadInput, LaunchError, StateError, Untrusted, WaitTimeout
 from .events import Record
 from .guest.build import Guest, load_guest
 from .guest.console import Console
@@ -515,13 +515,13 @@ def resolve_accel(accel: str, qemu: str | Path | QemuBuild | None = None,
     cache_file = paths.guest_dir() / "accel.json"
     entries: dict[str, Any] = {}
     try:
-        cached = json.loads(cache_file.read_text())
+        cached = json.loads(trust.read_owned(cache_file))    # another user's: not trusted
         entries = {k: v for k, v in cached.get("entries", {}).items()
                    if k.split("|")[0] == key.split("|")[0]}     # this boot's, one per build
         if entries.get(key, {}).get("accel") in ("kvm", "tcg"):
             _ACCEL_CACHE[key] = entries[key]["accel"]
             return str(entries[key]["accel"])
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, Untrusted):
         pass
     result = "tcg"
     if os.access("/dev/kvm", os.R_OK | os.W_OK):
@@ -537,7 +537,7 @@ def resolve_accel(accel: str, qemu: str | Path | QemuBuild | None = None,
     _ACCEL_CACHE[key] = result
     try:
         entries[key] = {"accel": result, "probed": time.time()}
-        cache_file.write_text(json.dumps({"entries": entries}, indent=1) + "\n")
+        trust.write_atomic(cache_file, json.dumps({"entries": entries}, indent=1) + "\n")
     except OSError:
         pass
     return result

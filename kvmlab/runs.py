@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import _proc, builds, paths
+from . import _proc, builds, paths, trust
 from .errors import BadInput
 
 STREAMS = ("samples", "events", "sizes", "guest_ops")
@@ -99,7 +99,11 @@ class RunDir:
             path = (Path(parent) if parent else paths.runs_dir()) / run_id
             if path.exists():
                 raise BadInput(f"run folder {path} already exists")
-        path.mkdir(parents=True, exist_ok=True)
+        if path.parent == paths.runs_dir():
+            trust.private_dir(path.parent, "runs folder")
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        trust.private_dir(path, "run folder")
         meta = {"run_id": run_id, "experiment": experiment, "params": _to_jsonable(params),
                 "status": "running", "started": time.time(), "owner": _proc.owner_token(),
                 "started_iso": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -109,9 +113,8 @@ class RunDir:
         return rd
 
     def save(self) -> None:
-        tmp = self.path / ".run.json.tmp"
-        tmp.write_text(json.dumps(_to_jsonable(self.meta), indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, self.path / "run.json")
+        trust.write_atomic(self.path / "run.json",
+                           json.dumps(_to_jsonable(self.meta), indent=2, sort_keys=True) + "\n")
 
     def update(self, **fields: Any) -> None:
         self.meta.update(_to_jsonable(fields))
@@ -237,6 +240,8 @@ def mark_killed(path: Path) -> bool:
     if not isinstance(meta, dict) or meta.get("status") != "running" or \
             not _proc.owner_dead(meta.get("owner")):
         return False
+    if not trust.owned_dir(path, private=False):
+        return False       # another user's run: not ours to change
     rd = RunDir(path, meta)
     try:
         rd.finish(KILLED, error=f"its process (pid {meta['owner'].get('pid')}) was killed "

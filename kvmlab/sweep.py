@@ -35,7 +35,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from . import analysis, paths
-from .batch import check_parameters
+from .batch import check_parameters, execute, export_html
 from .errors import BadInput, KvmlabError
 from .runs import load_run
 from .tmpdirs import reap_stale_tmpdirs
@@ -404,16 +404,12 @@ REPORT_NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "20_swe
 
 def make_report(folder: str | Path, notebook: Path | None = None) -> Path:
     """Execute the sweep report notebook on *folder* (executed copy + HTML + figures there)."""
-    import papermill as pm
-
-    from .batch import export_html
     folder = Path(folder)
     nb = notebook or REPORT_NOTEBOOK
     if not nb.exists():
         raise BadInput(f"report notebook {nb} not found")
     out = folder / "report.ipynb"
-    pm.execute_notebook(str(nb), str(out), parameters={"sweep_dir": str(folder)},
-                        progress_bar=False, cwd=str(folder))
+    execute(nb, out, {"sweep_dir": str(folder)}, cwd=folder)
     export_html(out)
     return out
 

@@ -16,7 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from . import _proc, paths
+from . import _proc, paths, trust
+from .errors import Untrusted
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +54,33 @@ RUN_FOLDER = "run-folder"
 
 
 def _candidates() -> list[Path]:
-    """kvmlab-* dirs in the system's temp dirs; any dir in kvmlab's own scratch folder."""
+    """kvmlab-* dirs in the system's temp dirs; any dir in kvmlab's own scratch folder
+    (only if that folder is ours: :mod:`kvmlab.trust`)."""
     found = [d for parent in (Path(tempfile.gettempdir()), *REAPED_PARENTS)
              for d in parent.glob("kvmlab-*")]
     scratch = paths.scratch_dir()
-    return found + (list(scratch.iterdir()) if scratch.is_dir() else [])
+    if scratch.is_dir():
+        if trust.owned_dir(scratch, private=False):
+            found += list(scratch.iterdir())
+        else:
+            trust.mention_once(str(scratch), f"not reaping in {scratch}: it is not ours")
+    return found
+
+
+def _owner(folder: Path) -> int | None:
+    """The pid in *folder*'s ``owner.pid`` if the folder and the file are ours (owned by
+    our uid, 0700, no symlinks); None for anything else, which is left alone."""
+    if not trust.owned_dir(folder):
+        trust.mention_once(str(folder), f"left alone: {folder} is not a private folder "
+                           "of ours, so nothing in it is trusted")
+        return None
+    try:
+        return int(trust.read_owned(folder / OWNER))
+    except FileNotFoundError:
+        return None
+    except (Untrusted, OSError, ValueError) as err:
+        trust.mention_once(str(folder), f"left alone: {folder}: {err}")
+        return None
 
 
 def reap_stale_tmpdirs() -> list[Path]:
@@ -66,15 +89,14 @@ def reap_stale_tmpdirs() -> list[Path]:
 
     A killed Python cannot clean up after itself; its QEMU dies with it (pdeathsig), and
     what it started elsewhere is stopped by the dir's ``on-reap.json``.  The next launch
-    removes what was left.  Returns what it removed.
+    removes what was left.  Only private dirs of ours are touched, and only files of ours
+    in them are read (see :mod:`kvmlab.trust`): a dir another user made is left alone.
+    Returns what it removed.
     """
     removed = []
     for d in _candidates():
-        try:
-            owner = int((d / OWNER).read_text())
-        except (OSError, ValueError):
-            continue
-        if not _alive(owner):
+        owner = _owner(d)
+        if owner is not None and not _alive(owner):
             _mark_run_killed(d)
             _run_on_reap(d)
             _unmount_below(d)            # a fault's tmpfs left mounted by the killed owner
@@ -85,8 +107,11 @@ def reap_stale_tmpdirs() -> list[Path]:
 
 def _run_on_reap(folder: Path) -> None:
     try:
-        argv = json.loads((folder / ON_REAP).read_text())
-    except (OSError, ValueError):
+        argv = json.loads(trust.read_owned(folder / ON_REAP))
+    except FileNotFoundError:
+        return
+    except (Untrusted, OSError, ValueError) as err:
+        trust.mention_once(str(folder / ON_REAP), f"not run: {err}")
         return
     if isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv):
         try:
@@ -97,10 +122,16 @@ def _run_on_reap(folder: Path) -> None:
 
 def _mark_run_killed(folder: Path) -> None:
     try:
-        run = Path((folder / RUN_FOLDER).read_text().strip())
-    except OSError:
+        run = Path(trust.read_owned(folder / RUN_FOLDER).strip())
+    except FileNotFoundError:
         return
-    from .runs import mark_killed
+    except (Untrusted, OSError) as err:
+        trust.mention_once(str(folder / RUN_FOLDER), f"run not marked killed: {err}")
+        return
+    if not trust.owned_dir(run, private=False):
+        trust.mention_once(str(run), f"run {run} not marked killed: it is not a folder of ours")
+        return
+    from .runs import mark_killed  # runs -> builds -> qemu_caps -> tmpdirs (#30)
     mark_killed(run)
 
 
@@ -127,7 +158,8 @@ def owned_tmpdir(prefix: str = "kvmlab-tmp-", parent: Path | None = None,
     ``owner.pid``, so that :func:`reap_stale_tmpdirs` removes it if we are killed; stale
     ones of killed runs are reaped first."""
     reap_stale_tmpdirs()
-    d = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    os.chmod(d, mode)
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))   # O_EXCL, 0700, ours
+    if mode != 0o700:
+        os.chmod(d, mode)
     own(d)
     return d

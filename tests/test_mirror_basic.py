@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 
 import pytest
 
@@ -37,6 +38,10 @@ def test_e1_mirror_during_workload_verifies(opts: RunOptions) -> None:
     assert (res.run_path / "console-verify.log").read_text().count("KVMLAB verdict=pass") == 1
     # scratch images removed (no QEMU left: checked by the autouse fixture)
     assert not (paths.scratch_dir() / meta["run_id"]).exists()
+    # run data can hold whatever the guest wrote: no file of the run is open to others
+    opened = [p for p in [res.run_path, *res.run_path.rglob("*")]
+              if p.stat().st_mode & 0o077]
+    assert not opened, opened
 
 
 def test_verifier_detects_a_missing_change(opts: RunOptions) -> None:
@@ -44,6 +49,11 @@ def test_verifier_detects_a_missing_change(opts: RunOptions) -> None:
     with LabRun("verify_negative", {}, opts.replace(trace="off")) as lab:
         disk = lab.workdir / "disk.qcow2"
         base = images.make_guest_disk(disk, 32, fill_mib=2)
+        # the guest's disk and its folders are ours alone (umask 077, 0700 dirs)
+        assert stat.S_IMODE(disk.stat().st_mode) == 0o600
+        assert stat.S_IMODE(lab.workdir.stat().st_mode) == 0o700
+        assert stat.S_IMODE(lab.workdir.parent.stat().st_mode) == 0o700
+        assert stat.S_IMODE(lab.run.path.stat().st_mode) == 0o700
         m = Manifest.from_ops([{"op": "dd", "path": "/wl/w99.bin", "sha256": "0" * 64},
                                {"op": "mkdir", "path": "/wl/d1"}], base=base)
         m.add_file("/fill.bin", "f" * 64)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import builds, marks, paths, trace
+from .. import builds, marks, paths, trace, trust
 from ..errors import BadInput, JobError, WaitTimeout
 from ..guest.workload import Manifest, Workload
 from ..images import file_size, sha256
@@ -72,6 +72,7 @@ class LabRun:
         stack = ExitStack()
         # every QEMU program of the run (VMs, qemu-img, the NBD server) is this build's
         self.build = stack.enter_context(builds.using(self.options.qemu))
+        trust.private_umask()                # run data may hold whatever the guest wrote
         with stack:                          # left open (pop_all) once everything started
             self.trace_events = trace.parse_spec(self.options.trace)
             if self.trace_events != trace.DEFAULT_EVENTS:   # the user's names: checked now
@@ -81,7 +82,8 @@ class LabRun:
                                      self.options.run_path)
             self.workdir = self.scratch_parent / self.run.meta["run_id"]
             try:
-                self.workdir.mkdir(parents=True)
+                trust.private_dir(self.scratch_parent, "scratch folder")
+                self.workdir.mkdir(mode=0o700)
                 own(self.workdir, run=self.run.path)   # reaped, run marked killed, if we are killed
                 self.recorder = Recorder(self.run.path, interval=self.options.sample_interval)
                 self.recorder.start()

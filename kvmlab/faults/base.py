@@ -64,12 +64,14 @@ class ProcessGroup:
 
     :param command: the daemon's argument list, run in the foreground.
     :param log_path: where its stdout and stderr go.
+    :param pass_fds: descriptors the daemon inherits (sockets made for it).
     """
 
     def __init__(self, name: str, command: Sequence[str | Path], log_path: Path,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, pass_fds: Sequence[int] = ()) -> None:
         self.name = name
         self.env = env
+        self.pass_fds = tuple(pass_fds)
         self.command = [str(c) for c in command]
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
@@ -91,7 +93,7 @@ class ProcessGroup:
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True,
-                                         env=self.env)
+                                         env=self.env, pass_fds=self.pass_fds)
         self._finalizer = weakref.finalize(self, _kill, self.proc)
 
     def check_alive(self) -> None:

@@ -19,14 +19,14 @@ import fcntl
 import logging
 import os
 import socket
-import tempfile
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
-from .. import _proc, marks
+from .. import _proc, marks, trust
 from ..errors import BadInput, LaunchError, StateError
 from .base import Mark, ProcessGroup, no_mark, private_tmpdir, remove_tree, wait_until
 
@@ -42,10 +42,9 @@ log = logging.getLogger(__name__)
 
 
 def lock_path() -> Path:
-    """``/run/lock/kvmlab-nfs.lock`` (the temp folder where /run/lock cannot be written)."""
-    run_lock = Path("/run/lock")
-    folder = run_lock if os.access(run_lock, os.W_OK) else Path(tempfile.gettempdir())
-    return folder / LOCK_NAME
+    """``kvmlab-nfs.lock`` in kvmlab's private state folder (``/run/kvmlab``, 0700): no
+    other user can open it, so none can hold it to block our runs."""
+    return trust.state_dir() / LOCK_NAME
 
 
 def take_turn(wait_s: float = LOCK_WAIT_S) -> int:
@@ -55,7 +54,7 @@ def take_turn(wait_s: float = LOCK_WAIT_S) -> int:
     :return: the lock's file descriptor (close it to let go).
     :raise LaunchError: another kvmlab NFS server held it for *wait_s*.
     """
-    fd = os.open(lock_path(), os.O_RDWR | os.O_CREAT, 0o666)
+    fd = trust.open_lock(lock_path())
     deadline = time.monotonic() + wait_s
     told = False
     while True:
@@ -86,8 +85,9 @@ NFSv4 {{
     RecoveryRoot = "{tmp}/recovery";
 }}
 EXPORT_DEFAULTS {{
-    Access_Type = RW;
-    Squash = No_Root_Squash;
+    Access_Type = None;
+    Squash = Root_Squash;
+    PrivilegedPort = true;
 }}
 EXPORT {{
     Export_Id = 1;
@@ -96,14 +96,67 @@ EXPORT {{
     Protocols = 3;
     Transports = TCP;
     SecType = sys;
-    Access_Type = RW;
-    Squash = No_Root_Squash;
+    Access_Type = None;
+    Squash = Root_Squash;
+    PrivilegedPort = true;
+    CLIENT {{
+        Clients = 127.0.0.1;
+        Access_Type = RW;
+        Squash = No_Root_Squash;
+        PrivilegedPort = true;
+    }}
     FSAL {{ Name = VFS; }}
 }}
 LOG {{
     Default_Log_Level = EVENT;
 }}
 """
+
+
+#: systemd's socket activation, done by hand: the sockets become fds 3.. of rpcbind, which
+#: then listens on them alone instead of on every address (rpcbind's own ``-h`` binds only
+#: UDP).  LISTEN_PID must be rpcbind's pid, known only in the child: hence this exec shim.
+ACTIVATE = """\
+import fcntl, os, sys
+fds = [fcntl.fcntl(int(f), fcntl.F_DUPFD, 100) for f in sys.argv[1].split(",")]
+for i, fd in enumerate(fds):
+    os.dup2(fd, 3 + i)
+    os.close(fd)
+os.environ["LISTEN_FDS"] = str(len(fds))
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def rpcbind_sockets() -> list[socket.socket]:
+    """rpcbind's sockets, loopback only: its unix socket (where ganesha registers), TCP and
+    UDP port 111 on 127.0.0.1 and on ::1 (where the host has IPv6)."""
+    socks: list[socket.socket] = []
+    try:
+        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        socks.append(unix)
+        unix.bind(str(RPCBIND_SOCK))
+        unix.listen(64)
+        for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                s = socket.socket(family, kind)
+                socks.append(s)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind((host, 111))
+                except OSError:
+                    if family != socket.AF_INET6:
+                        raise
+                    socks.remove(s)         # no IPv6 loopback here: rpcbind cannot use it
+                    s.close()                # either, so it makes no wildcard one
+                    continue
+                if kind == socket.SOCK_STREAM:
+                    s.listen(64)
+    except OSError as err:
+        for s in socks:
+            s.close()
+        raise LaunchError(f"rpcbind's loopback sockets: {err.strerror or err}") from err
+    return socks
 
 
 def _port_open(port: int) -> bool:
@@ -184,8 +237,16 @@ class NfsServer:
         if RPCBIND_SOCK.exists():
             RPCBIND_SOCK.unlink()           # a stale socket from a killed rpcbind
         Path("/run/rpcbind").mkdir(exist_ok=True)
-        self.rpcbind = ProcessGroup("rpcbind", ["rpcbind", "-f", "-w"], self.tmp / "rpcbind.log")
-        self.rpcbind.start()
+        socks = rpcbind_sockets()
+        try:
+            self.rpcbind = ProcessGroup(
+                "rpcbind", [sys.executable, "-c", ACTIVATE, ",".join(str(s.fileno()) for s in socks),
+                            _proc.which("rpcbind"), "-f", "-w"],
+                self.tmp / "rpcbind.log", pass_fds=[s.fileno() for s in socks])
+            self.rpcbind.start()
+        finally:
+            for s in socks:
+                s.close()                   # rpcbind holds its own copies
         wait_until(lambda: _registered("portmapper"), 15, "rpcbind", self.rpcbind.check_alive)
 
     def _start_server(self) -> None:
