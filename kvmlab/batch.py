@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import logging
 import os
+import re
 import shutil
 import signal
 import threading
@@ -153,6 +154,8 @@ def _default(spec: dict[str, Any]) -> Any:
         return None
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
 #: the parameter types a notebook's parameters cell may declare, and what each accepts
 _TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,),
                                        "bool": (bool,), "list": (list,), "dict": (dict,)}
@@ -189,6 +192,10 @@ def check_parameters(notebook: str | Path, params: dict[str, Any]) -> None:
         spec = known[name]
         default = _default(spec)
         type_name = str(spec.get("inferred_type_name") or "None")
+        if type_name in ("float", "Optional[float]") and isinstance(value, str) and \
+                _FLOAT.fullmatch(value.strip()):
+            # YAML 1.1 reads "1e308" (no dot) as text: for a float parameter it is a number
+            params[name] = value = float(value)
         if type_name == "str" and isinstance(value, float):
             # "-p qemu 10.0" and "--grid qemu=system,10.0": YAML read a version number
             # where the notebook declares text; the notebook gets the text
@@ -198,6 +205,25 @@ def check_parameters(notebook: str | Path, params: dict[str, Any]) -> None:
             raise BadInput(f"parameter {name}={value!r} should be {shown} "
                            f"like its default {default!r}")
     check_values({**{k: _default(v) for k, v in known.items()}, **params})
+
+
+def run_path_folder(given: Any) -> Path:
+    """The run folder a ``run_path`` parameter names: an absolute path as it is; a relative
+    one inside the runs folder, which it may not leave (``../../elsewhere`` is refused).
+
+    :raise BadInput: not text, or a relative path that leaves the runs folder.
+    """
+    if not isinstance(given, str) or not given.strip():
+        raise BadInput(f"{RUN_PATH_PARAM}={given!r} must be a folder path")
+    path = Path(given)
+    if path.is_absolute():
+        return path.resolve()
+    runs = paths.runs_dir().resolve()
+    folder = (runs / path).resolve()
+    if not folder.is_relative_to(runs) or folder == runs:
+        raise BadInput(f"{RUN_PATH_PARAM}={given!r} leaves the runs folder {runs}; give an "
+                       "absolute path to record elsewhere")
+    return folder
 
 
 def execute(notebook: Path, executed: Path, params: dict[str, Any], *, cwd: Path,
@@ -249,7 +275,13 @@ def run_notebook(notebook: str | Path, params: dict[str, Any] | None = None, *,
     params = dict(params or {})
     check_parameters(nb, params)
     known = notebook_parameters(nb)
-    if out is not None:
+    given = params.get(RUN_PATH_PARAM)
+    if given is not None:
+        folder = run_path_folder(given)
+        if out is not None and Path(out).resolve() != folder:
+            raise BadInput(f"both --out {out} and {RUN_PATH_PARAM}={given} given: choose one")
+        params[RUN_PATH_PARAM] = str(folder)
+    elif out is not None:
         folder = Path(out).resolve()
     else:
         folder = paths.runs_dir() / new_run_id(nb.stem)

@@ -176,7 +176,7 @@ def run_cmd(notebook: Path, pairs: tuple[tuple[str, str], ...], files: tuple[Pat
     result = outcome(folder, error)
     for line in result.lines:
         click.echo(line)
-    click.echo(f"{'PASS' if result.passed else 'FAIL'}: {folder}")
+    click.echo(f"{result.label}: {folder}")
     sys.exit(0 if result.passed else 1)
 
 

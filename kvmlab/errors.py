@@ -23,6 +23,14 @@ class GuestNotBuilt(KvmlabError):
     """The guest kernel/initramfs is missing: run ``kvmlab guest build``."""
 
 
+class GuestChanged(GuestNotBuilt):
+    """The guest's kernel or initramfs differs from what ``kvmlab guest build`` made."""
+
+
+class GuestFailed(KvmlabError):
+    """The guest said it failed (a ``KVMLAB error=...`` console line), or never booted."""
+
+
 class GuestBuildError(KvmlabError):
     """Building the guest failed (download, unpack or packing)."""
 

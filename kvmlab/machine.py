@@ -19,7 +19,7 @@ import signal
 import subprocess
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -31,7 +31,7 @@ from .agent import GuestAgent
 from .backends.base import Backend
 from .backends.qmp import QMPBackend
 from .builds import QemuBuild
-from .errors import BadInput, LaunchError, StateError, Untrusted, WaitTimeout
+from .errors import BadInput, GuestFailed, LaunchError, StateError, Untrusted, WaitTimeout
 from .events import Record
 from .guest.build import Guest, load_guest
 from .guest.console import Console
@@ -324,9 +324,41 @@ class Machine:
         self._backend = backend
 
     def _exit_reason(self) -> str | None:
-        if self._proc is not None and self._proc.poll() is not None:
-            return exit_text(self._proc.returncode)
-        return None
+        """How QEMU ended, with what the guest last said, or None while it runs.  A
+        console that closed means QEMU is ending: its exit is waited for up to 1 s."""
+        if self._proc is None:
+            return None
+        code = self._proc.poll()
+        if code is None and self._console is not None and self._console.records.closed:
+            try:
+                code = self._proc.wait(1.0)
+            except subprocess.TimeoutExpired:
+                return None
+        if code is None:
+            return None
+        return exit_text(code) + self._console_tail()
+
+    def _console_tail(self, lines: int = 3) -> str:
+        if self._console is None:
+            return ""
+        said = [text.strip() for _, text in self._console.lines[-50:] if text.strip()]
+        booted = any(r.name == "boot" for r in self._console.records.snapshot())
+        tail = " | ".join(t[:160] for t in said[-lines:])
+        return (("" if booted else "; the guest never booted") +
+                (f"; last console lines: {tail}" if tail else "; the console is empty"))
+
+    def _guest_failed(self, names: tuple[str, ...]) -> Callable[[], str | None]:
+        """The abort check of a wait on the console: a ``KVMLAB error=...`` line from the
+        guest ends it at once with that error (except a wait for a verdict: a verify
+        guest that cannot mount reports its failed verdict next), as does QEMU's exit."""
+        def check() -> str | None:
+            if "verdict" not in names and self._console is not None:
+                for r in self._console.records.snapshot():
+                    if r.name == "error":
+                        said = " ".join(f"{k}={v}" for k, v in r.data.items() if k != "t")
+                        raise GuestFailed(f"the guest failed: {said}")
+            return self._exit_reason()
+        return check
 
     def _death_cause(self) -> str | None:
         """Why the monitor went away: QEMU's exit (waited for up to 1 s, as the socket
@@ -429,7 +461,7 @@ class Machine:
         """Wait for a console record from the guest (``ready``, ``op``, ``verdict``...)."""
         return self.console.records.wait(name, match, since=since,
                                          timeout=timeout or self.boot_timeout,
-                                         abort=self._exit_reason)
+                                         abort=self._guest_failed((name,)))
 
     def guest_ops(self, since: float | None = None, until: float | None = None) -> list[Record]:
         """The guest's operation records, optionally those that arrived in [since, until)."""
@@ -452,7 +484,7 @@ class Machine:
                                   f"in {timeout:.0f} s")
             try:
                 self.console.records.wait("op", since=seen, timeout=min(left, 5),
-                                          abort=self._exit_reason)
+                                          abort=self._guest_failed(("op",)))
             except WaitTimeout:
                 if self._exit_reason():
                     raise

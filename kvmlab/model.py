@@ -73,8 +73,10 @@ class MirrorSpec:
             if (not isinstance(g, int) or g < MIN_GRANULARITY or g > MAX_GRANULARITY
                     or g & (g - 1)):
                 raise BadInput(f"granularity={g} must be a power of two from 512 B to 64 MiB")
-        if self.buf_size is not None and (not isinstance(self.buf_size, int) or self.buf_size <= 0):
-            raise BadInput(f"buf_size={self.buf_size} must be a positive number of bytes")
+        if self.buf_size is not None and (not isinstance(self.buf_size, int) or self.buf_size <= 0
+                                          or self.buf_size > QMP_INT_MAX):
+            raise BadInput(f"buf_size={self.buf_size} must be a positive number of bytes "
+                           f"up to {QMP_INT_MAX}")
 
     @property
     def is_remote(self) -> bool:
@@ -103,10 +105,16 @@ class MirrorSpec:
         return asdict(self)
 
 
+#: QMP's ``int`` is a signed 64-bit integer: larger values are refused by QEMU itself
+QMP_INT_MAX = 2**63 - 1
+
+
 def check_speed(speed: Any, name: str = "speed", zero: str = "unlimited") -> int:
     """A rate limit in bytes/s: a non-negative integer (0 = *zero*)."""
     if isinstance(speed, bool) or not isinstance(speed, int) or speed < 0:
         raise BadInput(f"{name}={speed!r} must be a non-negative integer (bytes/s, 0 = {zero})")
+    if speed > QMP_INT_MAX:
+        raise BadInput(f"{name}={speed} is above QEMU's largest integer ({QMP_INT_MAX})")
     return speed
 
 

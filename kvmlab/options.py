@@ -21,6 +21,12 @@ from .errors import BadInput
 from .model import ACCELS, CACHE_MODES
 from .trace import parse_spec
 
+#: the shortest sample interval: one query-block-jobs round trip takes about 1 ms under
+#: load, and faster sampling only records the sampler itself
+MIN_SAMPLE_INTERVAL = 0.005
+#: the longest: a job that lives less would have no sample at all
+MAX_SAMPLE_INTERVAL = 60.0
+
 #: the backends a lab VM can run on: kvmlab launches QEMU, or libvirtd does
 BACKENDS = ("qmp", "libvirt")
 
@@ -75,9 +81,10 @@ class RunOptions:
                            "by commas")
         parse_spec(self.trace)
         if isinstance(self.sample_interval, bool) or not (
-                isinstance(self.sample_interval, (int, float)) and self.sample_interval > 0):
+                isinstance(self.sample_interval, (int, float))
+                and MIN_SAMPLE_INTERVAL <= self.sample_interval <= MAX_SAMPLE_INTERVAL):
             raise BadInput(f"sample_interval={self.sample_interval!r} must be a number of "
-                           "seconds above 0")
+                           f"seconds from {MIN_SAMPLE_INTERVAL} to {MAX_SAMPLE_INTERVAL:g}")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

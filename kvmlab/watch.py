@@ -208,10 +208,17 @@ def event_line(ev: dict[str, Any]) -> str | None:
 # -- the verdict ---------------------------------------------------------------------------
 @dataclass
 class Outcome:
-    """PASS or FAIL of a finished notebook run, with one line per run in it."""
+    """PASS or FAIL of a finished notebook run, with one line per run in it; a notebook
+    that recorded no run has no verdict: it only *ran*."""
 
     passed: bool
     lines: list[str]
+    recorded: bool = True
+
+    @property
+    def label(self) -> str:
+        """``PASS``, ``FAIL``, or ``RAN`` (no run recorded, so nothing was judged)."""
+        return "FAIL" if not self.passed else "PASS" if self.recorded else "RAN"
 
 
 def _verdict_text(verdict: dict[str, Any]) -> str:
@@ -224,7 +231,7 @@ def _verdict_text(verdict: dict[str, Any]) -> str:
 
 def outcome(folder: Path, error: str | None = None) -> Outcome:
     """Each run's status and verdict under *folder* (the run, or its sub-runs); PASS when
-    every run is done and passed (a notebook without an experiment passes if it ran).
+    every run is done and passed (a notebook without an experiment only RAN).
     *error*: the notebook itself failed with it."""
     runs = sorted({p.parent for p in [folder / "run.json", *folder.glob("*/run.json")]
                    if p.is_file()})
@@ -248,5 +255,5 @@ def outcome(folder: Path, error: str | None = None) -> Outcome:
     if error is not None:
         lines.append(f"FAIL notebook: {error}")
     elif not runs:
-        lines.append("PASS notebook ran (it records no experiment run)")
-    return Outcome(passed, lines)
+        lines.append("RAN notebook: it records no experiment run, so there is no verdict")
+    return Outcome(passed, lines, recorded=bool(runs))

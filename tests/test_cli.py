@@ -18,6 +18,7 @@ from conftest import qemu_pids
 from kvmlab import paths
 from kvmlab._proc import owner_token
 from kvmlab.cli import main
+from kvmlab.errors import BadInput
 from kvmlab.guest.build import Guest
 from kvmlab.runs import load_run
 from kvmlab.tmpdirs import reap_stale_tmpdirs
@@ -296,6 +297,9 @@ def test_run_kernel_talks_over_unix_sockets_not_tcp(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     assert "without encryption" not in res.stdout + res.stderr
     assert "hello 42" in (tmp_path / "r" / "tiny.ipynb").read_text()
+    # it records no experiment run: it ran, and no verdict is claimed
+    assert res.stdout.splitlines()[-1] == f"RAN: {tmp_path / 'r'}"
+    assert "PASS" not in res.stdout
     assert {p for p in Path(tempfile.gettempdir()).glob("kvmlab-kernel-*")} == before
 
 
@@ -308,7 +312,16 @@ import pytest  # noqa: E402
     ("backend", "nosuch", "backend='nosuch' is not one of"),
     ("image_mib", "0", "image_mib=0 must be an integer of at least 16"),
     ("fill_mib", "60", "fill_mib=60 must be at most 3/4 of image_mib=64"),
-    ("sample_interval", "0", "sample_interval=0 must be")])
+    ("sample_interval", "0", "sample_interval=0 must be"),
+    # limits from the machine and from QEMU, checked before a folder or a VM exists
+    ("image_mib", "100000000", "image_mib=100000000 is more than the"),
+    ("speed", "1180591620717411303424", "above QEMU's largest integer"),
+    ("sample_interval", "1.0e-9", "sample_interval=1e-09 must be a number of seconds from"),
+    ("target_format", "junk", "target_format='junk' is not one of qcow2, raw"),
+    ("disk_format", "vmdkx", "disk_format='vmdkx' is not one of"),
+    ("after_ready_s", "-5.0", "after_ready_s=-5.0 must be a number of seconds"),
+    ("ready_timeout", "0", "ready_timeout=0 must be a number of seconds above 0"),
+    ("run_path", "../../elsewhere", "leaves the runs folder")])
 def test_run_checks_values_before_anything_starts(name: str, value: str, msg: str,
                                                   tmp_path: Path) -> None:
     out = tmp_path / "r"
@@ -326,3 +339,26 @@ def test_units_of_summary_values() -> None:
     assert with_unit("stall_time_s", 1.234) == "1.23 s" and with_unit("samples", 181) == "181"
     assert with_unit("param_workload_rate_kib_s", 1024) == "1024 KiB/s"    # not "1024.00 s"
     assert with_unit("param_fill_mib", 16) == "16 MiB"
+
+
+def test_yaml_style_numbers_are_numbers_for_float_parameters() -> None:
+    """YAML 1.1 reads ``1e308`` (no dot) as text; a float parameter takes it as a number."""
+    from kvmlab.batch import check_parameters
+    from kvmlab.cli import _parse_params
+    params = _parse_params((("ready_timeout", "1e308"), ("after_ready_s", "2e0")), ())
+    assert params == {"ready_timeout": "1e308", "after_ready_s": "2e0"}
+    check_parameters(NB, params)
+    assert params == {"ready_timeout": 1e308, "after_ready_s": 2.0}
+    with pytest.raises(BadInput, match="should be float"):
+        check_parameters(NB, {"ready_timeout": "soon"})
+
+
+def test_a_relative_run_path_stays_in_the_runs_folder(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvmlab.batch import run_path_folder
+    monkeypatch.setenv("KVMLAB_RUNS", str(tmp_path / "runs"))
+    assert run_path_folder("mine/r1") == tmp_path / "runs" / "mine" / "r1"
+    assert run_path_folder(str(tmp_path / "x")) == tmp_path / "x"     # absolute: as given
+    for bad in ("../../elsewhere", "..", ".", "a/../../b"):
+        with pytest.raises(BadInput, match="leaves the runs folder"):
+            run_path_folder(bad)

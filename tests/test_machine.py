@@ -343,3 +343,64 @@ def test_waits_fail_at_once_when_qemu_dies(disk: Path) -> None:
             job.wait_done(300)
         assert time.monotonic() - t0 < 0.5
     _gone(vm, pid, tmp)
+
+
+def _broken_guest(guest: Guest, tmp_path: Path, cut: str) -> Path:
+    """A copy of the built guest with *cut* (vmlinuz or initrd.img) cut in half."""
+    import shutil
+
+    d = tmp_path / "guest"
+    shutil.copytree(guest.kernel.parent, d)
+    data = (d / cut).read_bytes()
+    (d / cut).write_bytes(data[:len(data) // 2])
+    return d
+
+
+def test_a_guest_whose_files_changed_is_refused(guest: Guest, tmp_path: Path) -> None:
+    from kvmlab.errors import GuestChanged
+    from kvmlab.guest.build import build_guest, load_guest
+    d = _broken_guest(guest, tmp_path, "initrd.img")
+    with pytest.raises(GuestChanged, match=r"initrd.img .* changed since it was built: "
+                       r"rebuild with 'kvmlab guest build --force'"):
+        load_guest(d)
+    with pytest.raises(GuestChanged):
+        build_guest(d)                                     # not silently replaced
+    assert len(guest.info["files_sha256"]) == 2            # type: ignore[arg-type]
+    assert load_guest(guest.kernel.parent).info == guest.info
+
+
+def test_a_guest_that_says_it_failed_is_believed(scratch: Path) -> None:
+    """A disk the guest cannot mount: its 'KVMLAB error=mount' ends the wait at once."""
+    from kvmlab.errors import GuestFailed
+    blank = images.create(scratch / "blank.raw", 32 << 20)
+    with Machine(blank, accel="tcg", disk_format="raw") as vm:
+        t0 = time.monotonic()
+        with pytest.raises(GuestFailed, match="the guest failed: error=mount dev=/dev/vda"):
+            vm.wait_guest("ready", timeout=120)
+        assert time.monotonic() - t0 < 60                 # not the wait's 120 s
+
+
+def test_a_guest_that_never_boots_is_reported_with_qemus_exit(guest: Guest, disk: Path,
+                                                                tmp_path: Path) -> None:
+    import json as _json
+
+    from kvmlab.errors import WaitTimeout
+    from kvmlab.guest.build import Guest as G
+    from kvmlab.guest.build import file_digest
+    d = _broken_guest(guest, tmp_path, "vmlinuz")
+    info = _json.loads((d / "guest.json").read_text())
+    info["files_sha256"]["vmlinuz"] = file_digest(d / "vmlinuz")    # a guest built broken
+    broken = G(d / "vmlinuz", d / "initrd.img", info)
+    vm = Machine(disk, accel="tcg", guest=broken)
+    try:
+        vm.launch()
+        with pytest.raises((WaitTimeout, LaunchError)) as err:
+            vm.wait_guest("boot", timeout=60)
+    except LaunchError as launch:
+        msg = str(launch)
+    else:
+        msg = str(err.value)
+    finally:
+        vm.shutdown()
+
+    assert "QEMU exited" in msg and "the guest never booted" in msg, msg

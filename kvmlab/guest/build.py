@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 from .. import _proc, paths
-from ..errors import GuestBuildError, GuestNotBuilt, ToolError
+from ..errors import GuestBuildError, GuestChanged, GuestNotBuilt, ToolError
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,30 @@ def load_guest(directory: Path | None = None) -> Guest:
     if not (kernel.is_file() and initrd.is_file() and meta.is_file()):
         raise GuestNotBuilt(f"guest not built in {d}: run 'kvmlab guest build'")
     info = json.loads(meta.read_text())
-    if info.get("init_sha256") != init_digest():
+    if info.get("init_sha256") != init_digest() or "files_sha256" not in info:
         raise GuestNotBuilt(f"guest in {d} is out of date: run 'kvmlab guest build'")
+    for f in (kernel, initrd):
+        if file_digest(f) != info["files_sha256"].get(f.name):
+            raise GuestChanged(f"the guest's {f.name} in {d} changed since it was built: "
+                               "rebuild with 'kvmlab guest build --force'")
     return Guest(kernel, initrd, info)
+
+
+_DIGESTS: dict[tuple[str, int, int, int], str] = {}
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of *path*, remembered while the file's inode, size and mtime stay the same
+    (a VM launch checks the guest's files; hashing them each time would cost ~50 ms)."""
+    st = path.stat()
+    key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
 
 
 def _resolve_modules(moddir: Path, wanted: tuple[str, ...]) -> list[str]:
@@ -180,6 +201,8 @@ def build_guest(out: Path | None = None, *, kernel: Path | None = None,
     if not force:
         try:
             return load_guest(out)
+        except GuestChanged:
+            raise                       # someone's files: replaced only when asked (--force)
         except GuestNotBuilt:
             pass
     if kernel is not None and not Path(kernel).is_file():
@@ -228,6 +251,8 @@ def build_guest(out: Path | None = None, *, kernel: Path | None = None,
         shutil.copy2(vmlinuz, staged / "vmlinuz")
         info = {"kernel_version": version, "kernel_source": source, "modules": mods,
                 "init_sha256": init_digest(),
+                "files_sha256": {f.name: file_digest(f)
+                                 for f in (staged / "vmlinuz", staged / "initrd.img")},
                 "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "busybox": _busybox_version(busybox), "qemu_ga": qga}
         (staged / "guest.json").write_text(json.dumps(info, indent=2) + "\n")
