@@ -20,10 +20,10 @@ import papermill as pm
 from nbconvert import HTMLExporter
 from papermill.engines import NBClientEngine, papermill_engines
 
-from . import paths
-from .errors import BadInput, KvmlabError
+from . import paths, trust
+from .errors import BadInput, KvmlabError, NoSpace
 from .experiments.checks import check_values
-from .runs import new_run_id
+from .runs import mark_failed, new_run_id
 from .tmpdirs import owned_tmpdir
 
 log = logging.getLogger(__name__)
@@ -246,11 +246,25 @@ def execute(notebook: Path, executed: Path, params: dict[str, Any], *, cwd: Path
 
 
 def export_html(executed: Path) -> Path:
-    """nbconvert's HTML export of *executed*, next to it."""
+    """nbconvert's HTML export of *executed*, next to it: written whole or not at all.
+
+    :raise NoSpace: the disk is full (no cut-off file is left).
+    """
     body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
     out = executed.with_suffix(".html")
-    out.write_text(body, encoding="utf-8")
+    with trust.writing(out.parent, "the HTML export"):
+        trust.write_atomic(out, body)
     return out
+
+
+def _record_no_space(folder: Path, reserve: trust.Reserve, err: NoSpace) -> None:
+    """A full disk under a notebook run: its runs end as ``failed`` with *err*, written in
+    the room *reserve* kept."""
+    reserve.release()
+    try:
+        mark_failed(folder, str(err))
+    except KvmlabError:
+        log.warning("could not record the failure in %s", folder)
 
 
 def run_notebook(notebook: str | Path, params: dict[str, Any] | None = None, *,
@@ -287,27 +301,46 @@ def run_notebook(notebook: str | Path, params: dict[str, Any] | None = None, *,
         folder = paths.runs_dir() / new_run_id(nb.stem)
     if folder.exists() and any(folder.iterdir()):
         raise BadInput(f"output folder {folder} is not empty")
-    folder.mkdir(parents=True, exist_ok=True)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        reserve = trust.Reserve(folder, ".batch-reserve")    # room for the runs' last word
+    except NoSpace:
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     if RUN_PATH_PARAM in known:
         params.setdefault(RUN_PATH_PARAM, str(folder))
     executed = folder / nb.name
     execution = execution or Execution()
-    if on_folder is not None:
-        on_folder(folder)
+    failure: BaseException | None = None
     try:
-        with execution.stop_on_signals():
+        if on_folder is not None:
+            on_folder(folder)
+        with execution.stop_on_signals(), trust.writing(folder, "the executed notebook"):
             execute(nb, executed, params, cwd=nb.resolve().parent, kernel=kernel,
                     progress=progress, execution=execution)
     except pm.PapermillExecutionError as err:
-        export_html(executed)
-        if execution.stopped is not None:
-            raise KeyboardInterrupt from err
-        raise NotebookFailed(f"{nb.name} failed in cell {err.exec_count}: {err.ename}: "
-                             f"{err.evalue}") from err
+        failure = KeyboardInterrupt() if execution.stopped is not None else NotebookFailed(
+            f"{nb.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue}")
+        failure.__cause__ = err
+    except NoSpace as err:
+        failure = err
+        _record_no_space(folder, reserve, err)
+    except BaseException:
+        reserve.release()
+        raise
+    try:
+        if executed.exists() and not isinstance(failure, NoSpace):   # else it is cut off
+            export_html(executed)
+    except NoSpace as err:
+        _record_no_space(folder, reserve, err)
+        if not isinstance(failure, NoSpace):
+            failure = err
+    except Exception:  # noqa: BLE001 - the notebook itself is the record
+        log.warning("HTML export of %s failed", executed, exc_info=True)
     finally:
-        if executed.exists() and not executed.with_suffix(".html").exists():
-            try:
-                export_html(executed)
-            except Exception:  # noqa: BLE001 - the notebook itself is the record
-                log.warning("HTML export of %s failed", executed, exc_info=True)
+        reserve.release()
+    if failure is not None:
+        raise failure
     return folder

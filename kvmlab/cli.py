@@ -14,7 +14,7 @@ import click
 import yaml
 
 from . import trust
-from .errors import BadInput, KvmlabError
+from .errors import BadInput, KvmlabError, NoSpace
 from .units import with_unit
 
 
@@ -163,6 +163,13 @@ def run_cmd(notebook: Path, pairs: tuple[tuple[str, str], ...], files: tuple[Pat
                      on_folder=follow)
     except NotebookFailed as err:
         error = str(err)
+    except NoSpace as err:
+        _stop_watching(started, bar)
+        if not started:                           # nothing was made
+            click.echo(f"kvmlab: error: {err}", err=True)
+            sys.exit(1)
+        click.echo(f"FAIL: {started[0].folder}: {err}")
+        sys.exit(1)
     except KvmlabError as err:
         _stop_watching(started, bar)
         _fail(err)

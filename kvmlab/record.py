@@ -39,15 +39,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import marks
+from . import marks, trust
 from . import trace as qtrace
 from .backends.base import Backend, InLoopSampling
-from .errors import BadInput, KvmlabError
+from .errors import BadInput, KvmlabError, NoSpace
 from .events import Record
 from .guest.console import Console
 from .images import file_size
 from .pacing import Pacer
-from .runs import STREAMS, RunDir
+from .runs import FAILED, STREAMS, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -76,33 +76,66 @@ TRACE_LIVE_ROWS = 20_000
 TRACE_BACKLOG = 16 << 20
 
 
+#: rows of each stream kept in memory for live views (:meth:`Recorder.live_frames`); the
+#: whole stream is in its journal, so a long run's memory stays flat
+LIVE_ROWS = 20_000
+
+
 class _Stream:
-    """One journal file plus its rows in memory.  :meth:`add` only keeps the row;
-    :meth:`flush` writes the rows not yet in the journal, as whole lines."""
+    """One stream: its rows go to a JSON-lines journal (whole lines, every
+    :data:`JOURNAL_EVERY`), and only the last :data:`LIVE_ROWS` stay in memory.
+    :meth:`add` only keeps the row; :meth:`flush` writes the rows not yet in the journal;
+    :meth:`rows` reads the whole stream back.  A full disk stops the journal (the rows then
+    wait in memory) and is kept in :attr:`error`."""
 
     def __init__(self, path: Path) -> None:
-        self.rows: list[dict[str, Any]] = []
-        self._written = 0
-        self._fh: IO[str] | None = open(path, "a", encoding="utf-8")
+        self.path = path
+        self.pending: list[dict[str, Any]] = []
+        self.recent: deque[dict[str, Any]] = deque(maxlen=LIVE_ROWS)
+        self.error: KvmlabError | None = None
+        with trust.writing(path.parent, path.name):
+            self._fh: IO[str] | None = open(path, "a", encoding="utf-8")
         self._lock = threading.Lock()
 
     def add(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)               # list.append is atomic: no lock on the hot path
+        self.pending.append(row)            # list.append is atomic: no lock on the hot path
+        self.recent.append(row)
 
     def flush(self) -> None:
         with self._lock:
-            end = len(self.rows)
-            if self._fh is None or end == self._written:
+            end = len(self.pending)
+            if self._fh is None or end == 0 or self.error is not None:
                 return
-            self._fh.write("".join(_JSON.encode(r) + "\n" for r in self.rows[self._written:end]))
-            self._fh.flush()
-            self._written = end
+            try:
+                self._fh.write("".join(_JSON.encode(r) + "\n" for r in self.pending[:end]))
+                self._fh.flush()
+            except OSError as err:
+                if not trust.is_no_space(err):
+                    raise
+                self.error = NoSpace(f"no space left on {self.path.parent} while writing "
+                                     f"the {self.path.stem} journal")
+                return
+            del self.pending[:end]          # rows added meanwhile stay
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every row so far: the journal's, then those still waiting to be written."""
+        with self._lock:
+            out = []
+            if self.path.exists():
+                with open(self.path, encoding="utf-8") as fh:
+                    for line in fh:
+                        if line.endswith("\n"):           # a torn line at a full disk
+                            out.append(json.loads(line))
+            return out + self.pending[:]
 
     def close(self) -> None:
         self.flush()
         with self._lock:
             if self._fh is not None:
-                self._fh.close()
+                try:
+                    self._fh.close()
+                except OSError:
+                    pass                    # a full disk: self.error says so
                 self._fh = None
 
 
@@ -206,6 +239,7 @@ class Recorder:
         self._next_sizes = 0.0
         self._own_run: RunDir | None = None
         self._trace = _TraceSink(self.path)
+        self._final: dict[str, pd.DataFrame] | None = None
 
     # -- wiring ----------------------------------------------------------------------
     def __enter__(self) -> Recorder:
@@ -426,6 +460,7 @@ class Recorder:
         if self._stopped:
             return self.frames()
         self._stopped = True
+        self._final = None
         self._stop_job_sampler()
         self._stop.set()
         if self._thread is not None:
@@ -434,25 +469,58 @@ class Recorder:
         self.mark(marks.RECORDER_STOP, samples=self.sample_count, late_ticks=self.late_ticks)
         self.detach()
         self._trace.close()
-        frames = self.frames()
-        for name, stream in self._streams.items():
+        for stream in self._streams.values():
             stream.close()
-            frames[name].to_parquet(self.path / f"{name}.parquet", index=False)
+        frames = self.frames()
+        self._final = frames                  # the journals go: frames() returns these now
+        errors: list[KvmlabError] = []
+        for name, stream in self._streams.items():
+            if stream.error is not None:
+                errors.append(stream.error)   # the journal is what was kept
+                continue
+            try:
+                with trust.writing(self.path, f"{name}.parquet"):
+                    frames[name].to_parquet(self.path / f"{name}.parquet", index=False)
+            except NoSpace as err:
+                (self.path / f"{name}.parquet").unlink(missing_ok=True)   # a cut file
+                errors.append(err)            # its journal stays: load_run reads it
+                continue
             os.remove(self.path / f"{name}.jsonl")
+        error = errors[0] if errors else None
         if self._own_run is not None:
-            self._own_run.finish("done", samples=self.sample_count)
+            if error is None:
+                self._own_run.finish("done", samples=self.sample_count)
+            else:
+                self._own_run.finish(FAILED, error=str(error), samples=self.sample_count)
+        if error is not None:
+            raise error
         return frames
 
     def frames(self) -> dict[str, pd.DataFrame]:
         """The streams so far as DataFrames (typed, even when empty); ``trace`` holds the
         last :data:`TRACE_LIVE_ROWS` rows (the whole stream is in ``trace.parquet``)."""
+        if self._final is not None:
+            return dict(self._final)
+        return self._frames(lambda stream: stream.rows())
+
+    def live_frames(self) -> dict[str, pd.DataFrame]:
+        """The last :data:`LIVE_ROWS` rows of each stream, for live views: cheap at any
+        length of run (:meth:`frames` reads the journals back)."""
+        return self._frames(lambda stream: list(stream.recent))
+
+    def _frames(self, rows: Callable[[_Stream], list[dict[str, Any]]]) -> dict[str, pd.DataFrame]:
         out = {}
         for name, stream in self._streams.items():
-            df = pd.DataFrame(list(stream.rows), columns=COLUMNS[name])
+            df = pd.DataFrame(rows(stream), columns=COLUMNS[name])
             out[name] = _typed(name, df)
         self._trace.poll()
         out["trace"] = qtrace.frame(list(self._trace.recent))
         return out
+
+    @property
+    def error(self) -> KvmlabError | None:
+        """Why a journal stopped (a full disk), or None."""
+        return next((s.error for s in self._streams.values() if s.error is not None), None)
 
     @property
     def trace_rows(self) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from . import _proc, builds, paths, trust
-from .errors import BadInput
+from .errors import BadInput, KvmlabError
 
 STREAMS = ("samples", "events", "sizes", "guest_ops")
 
@@ -80,6 +80,7 @@ class RunDir:
     def __init__(self, path: Path, meta: dict[str, Any]) -> None:
         self.path = path
         self.meta = meta
+        self._reserve: trust.Reserve | None = None
 
     @classmethod
     def create(cls, experiment: str, params: dict[str, Any], parent: Path | None = None,
@@ -110,11 +111,32 @@ class RunDir:
                 "provenance": provenance()}
         rd = cls(path, meta)
         rd.save()
+        try:
+            rd._reserve = trust.Reserve(path, ".run-reserve")
+        except KvmlabError:
+            try:
+                rd.finish(FAILED, error=f"no space left on {path} to record a run")
+            except KvmlabError:
+                pass                      # run.json says running: its owner's end shows
+            raise
         return rd
 
     def save(self) -> None:
-        trust.write_atomic(self.path / "run.json",
-                           json.dumps(_to_jsonable(self.meta), indent=2, sort_keys=True) + "\n")
+        """Write ``run.json`` at once (a rename); on a full disk, the room reserved for it
+        is given up and the write tried again.
+
+        :raise NoSpace: the disk is full even so.
+        """
+        text = json.dumps(_to_jsonable(self.meta), indent=2, sort_keys=True) + "\n"
+        with trust.writing(self.path, "run.json"):
+            try:
+                trust.write_atomic(self.path / "run.json", text)
+            except OSError as err:
+                if not trust.is_no_space(err) or self._reserve is None:
+                    raise
+                self._reserve.release()
+                self._reserve = None
+                trust.write_atomic(self.path / "run.json", text)
 
     def update(self, **fields: Any) -> None:
         self.meta.update(_to_jsonable(fields))
@@ -129,6 +151,9 @@ class RunDir:
             self.meta["duration_s"] = round(self.meta["ended"] - self.meta["started"], 3)
         if verdict is not None:
             self.meta["verdict"] = _to_jsonable(verdict)
+        if self._reserve is not None:             # the last word: its room is used now
+            self._reserve.release()
+            self._reserve = None
         self.save()
 
 
@@ -228,6 +253,24 @@ def read_trace(path: Path, events: pd.DataFrame | None = None) -> pd.DataFrame:
 
 #: the status of a run whose process was killed before it could finish it
 KILLED = "killed"
+#: the status of a run that could not be recorded whole (a full disk): ``error`` says why
+FAILED = "failed"
+
+
+def mark_failed(folder: Path, reason: str) -> list[Path]:
+    """Finish every run under *folder* (the folder and its sub-folders) that is still
+    ``running`` or says ``done`` as ``failed`` with *reason*: its record is not whole
+    (the executed notebook or its export could not be written).  Returns those runs."""
+    marked = []
+    for meta_file in [folder / "run.json", *folder.glob("*/run.json")]:
+        try:
+            meta = json.loads(trust.read_owned(meta_file))
+        except (OSError, ValueError, KvmlabError):
+            continue
+        if isinstance(meta, dict) and meta.get("status") in ("running", "done"):
+            RunDir(meta_file.parent, meta).finish(FAILED, error=reason)
+            marked.append(meta_file.parent)
+    return marked
 
 
 def mark_killed(path: Path) -> bool:

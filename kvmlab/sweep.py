@@ -14,6 +14,7 @@ same function.  Re-running a sweep skips points already done (resume).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import itertools
 import json
@@ -34,7 +35,7 @@ import pandas as pd
 import yaml
 from tqdm.auto import tqdm
 
-from . import analysis, paths
+from . import _proc, analysis, paths, trust
 from .batch import check_parameters, execute, export_html
 from .errors import BadInput, KvmlabError
 from .runs import load_run
@@ -138,13 +139,59 @@ def run_point(notebook: str, params: dict[str, Any], folder: str,
     The same function runs in a local thread or as a Dask task on another host.
     """
     folder_p = Path(folder)
+    lock = _point_lock(folder_p)
+    try:
+        if folder_p.exists() and not point_done(folder_p):
+            shutil.rmtree(folder_p)     # half-written by a sweep that was stopped: afresh
+        return _run_point_locked(notebook, params, folder_p, timeout, lock)
+    finally:
+        os.close(lock)
+
+
+#: how long a point waits for an earlier run of itself (a sweep killed with ``kill -9``,
+#: whose points then get SIGTERM) to end before it is failed instead of started twice
+OWNER_WAIT_S = 300.0
+
+
+def _point_lock(folder: Path, wait_s: float | None = None) -> int:
+    """The point's lock (``.locks/<name>.lock`` in the sweep folder, an ``flock``), held by the sweep's thread
+    and the point's own ``kvmlab run``: a point orphaned by a killed sweep holds it until
+    it ends, so a resume never runs a point twice at once.
+
+    :raise KvmlabError: an earlier run of the point held it for *wait_s*.
+    """
+    locks = folder.parent.parent / ".locks"
+    locks.mkdir(mode=0o700, exist_ok=True)
+    fd = trust.open_lock(locks / f"{folder.name}.lock")
+    deadline = time.monotonic() + (OWNER_WAIT_S if wait_s is None else wait_s)
+    told = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise KvmlabError(f"point {folder.name} is still run by an earlier sweep "
+                                  "(it holds its lock); not started twice") from None
+            if not told:
+                log.warning("point %s: waiting for an earlier run of it to end", folder.name)
+                told = True
+            time.sleep(0.2)
+
+
+def _run_point_locked(notebook: str, params: dict[str, Any], folder_p: Path, timeout: float,
+                      lock: int) -> dict[str, Any]:
     params_file = folder_p.parent / f".{folder_p.name}.params.yaml"
-    params_file.write_text(yaml.safe_dump(params))
-    cmd = [sys.executable, "-m", "kvmlab", "run", str(notebook), "-f", str(params_file),
+    trust.write_atomic(params_file, yaml.safe_dump(params))
+    # the point dies with the thread that started it (SIGTERM: it stops its kernel and
+    # QEMU cleanly), and holds the point's lock while it lives
+    cmd = [_proc.which("setpriv"), "--pdeathsig", "TERM", "--",
+           sys.executable, "-m", "kvmlab", "run", str(notebook), "-f", str(params_file),
            "--out", str(folder_p)]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, pass_fds=(lock,))
     try:
         out, _ = proc.communicate(timeout=timeout)
         status = "done" if proc.returncode == 0 else "failed"
@@ -164,7 +211,7 @@ def run_point(notebook: str, params: dict[str, Any], folder: str,
               "wall_s": round(time.monotonic() - t0, 3), "host": os.uname().nodename,
               "finished": time.time()}
     folder_p.mkdir(parents=True, exist_ok=True)
-    (folder_p / "point.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    trust.write_atomic(folder_p / "point.json", json.dumps(record, indent=2, default=str) + "\n")
     return record
 
 
@@ -237,10 +284,6 @@ def run_sweep(spec: SweepSpec, out: str | Path | None = None, *, workers: int = 
         raise BadInput(f"{folder} holds a different sweep; use another --out")
     meta["plan"] = plan
     todo = [p for p in points if not point_done(folder / "points" / p.name)]
-    for p in todo:  # a half-written point from an interrupted sweep starts afresh
-        d = folder / "points" / p.name
-        if d.exists():
-            shutil.rmtree(d)
     _save(meta_file, meta)
     t0 = time.monotonic()
     bar = tqdm(total=len(points), initial=len(points) - len(todo), unit="point",
@@ -267,9 +310,7 @@ def run_sweep(spec: SweepSpec, out: str | Path | None = None, *, workers: int = 
 
 
 def _save(path: Path, meta: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    trust.write_atomic(path, json.dumps(meta, indent=2, default=str) + "\n")
 
 
 def _run_local(todo: list[Point], spec: SweepSpec, folder: Path, workers: int, bar: Any,

@@ -10,18 +10,24 @@ uid with no access for others, and a file only if it is opened with ``O_NOFOLLOW
 Run data can hold whatever the guest wrote, so everything kvmlab writes is private:
 :func:`private_umask` sets umask 077, or 027 with ``KVMLAB_SHARE_GROUP`` (a team's group
 then reads runs; :func:`private_dir` gives the dirs that group and the setgid bit).
+
+A full disk is said in one line (:func:`writing` turns ``ENOSPC`` into :class:`NoSpace`),
+and a :class:`Reserve` keeps room for a run's last words (its final ``run.json``).
 """
 
 from __future__ import annotations
 
+import errno
 import grp
 import logging
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import Untrusted
+from .errors import NoSpace, Untrusted
 
 log = logging.getLogger(__name__)
 
@@ -202,3 +208,55 @@ def open_lock(path: Path) -> int:
         os.close(fd)
         raise Untrusted(f"lock {path} is not ours to trust (uid {st.st_uid})")
     return fd
+
+
+#: room a :class:`Reserve` keeps (a final ``run.json`` is a few KiB, written twice over
+#: by a rename)
+RESERVE_BYTES = 64 << 10
+
+
+def is_no_space(err: BaseException) -> bool:
+    """Is *err* a full disk (or a full quota)?"""
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def writing(folder: Path, what: str) -> Iterator[None]:
+    """A full disk inside the block becomes :class:`NoSpace`: ``no space left on
+    <folder> while writing <what>``; other errors pass unchanged."""
+    try:
+        yield
+    except OSError as err:
+        if is_no_space(err):
+            raise NoSpace(f"no space left on {folder} while writing {what}") from err
+        raise
+
+
+class Reserve:
+    """Room kept in *folder* for what must be written when everything else failed: a file
+    of :data:`RESERVE_BYTES` made now, removed by :meth:`release` just before that write.
+
+    :raise NoSpace: there is not even that much room now (nothing is left behind).
+    """
+
+    def __init__(self, folder: Path, name: str = ".space-reserve") -> None:
+        self.path = folder / name
+        with writing(folder, "its space reserve"):
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600)
+            try:
+                try:
+                    os.posix_fallocate(fd, 0, RESERVE_BYTES)
+                except OSError as err:
+                    if is_no_space(err):
+                        raise
+                    os.write(fd, bytes(RESERVE_BYTES))     # a file system without fallocate
+            except BaseException:
+                os.close(fd)
+                self.path.unlink(missing_ok=True)
+                raise
+            os.close(fd)
+
+    def release(self) -> None:
+        """Give the room back (idempotent)."""
+        self.path.unlink(missing_ok=True)

@@ -404,7 +404,7 @@ class MirrorPanel(w.VBox):
                                  f"QEMU {s.qemu_version}")
         rec = s.recorder
         if rec is not None and (s.active or self._shown_finish is None):
-            frames = rec.frames()
+            frames = rec.live_frames()
             samples, events = frames["samples"], frames["events"]
             self._numbers(info, samples)
             self._events(events)
@@ -422,7 +422,7 @@ class MirrorPanel(w.VBox):
         rec = s.recorder if s is not None else None
         if rec is None or s is None or not s.active:
             return
-        frames = rec.frames()
+        frames = rec.live_frames()
         samples, events = frames["samples"], frames["events"]
         if len(samples) < 2 or len(samples) == self._plotted:
             return

@@ -362,3 +362,36 @@ def test_a_relative_run_path_stays_in_the_runs_folder(tmp_path: Path,
     for bad in ("../../elsewhere", "..", ".", "a/../../b"):
         with pytest.raises(BadInput, match="leaves the runs folder"):
             run_path_folder(bad)
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("size", ["1M", "300k", "64k"])
+def test_a_full_disk_under_the_run_is_one_line_and_a_failed_run(size: str,
+                                                                   tmp_path: Path) -> None:
+    """The runs folder on a small tmpfs: at each size the run ends FAIL (exit 1) with one
+    line naming the place and what was being written, never PASS or a traceback, and a
+    run.json that exists says ``failed`` with that reason."""
+    import subprocess
+    import sys
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                   check=True)
+    try:
+        res = subprocess.run(
+            [sys.executable, "-m", "kvmlab", "run", str(NB), "--out", str(mnt / "r"),
+             "-p", "image_mib", "32", "-p", "fill_mib", "4", "-p", "speed", "16777216",
+             "-p", "after_ready_s", "0.5"], capture_output=True, text=True, timeout=300)
+        out = res.stdout + res.stderr
+        assert res.returncode == 1, out
+        assert "Traceback" not in out and "PASS" not in out, out
+        last = res.stdout.strip().splitlines()[-1]
+        assert re.fullmatch(rf"FAIL: {mnt}/r: no space left on {mnt}/r while writing "
+                            r"(the executed notebook|the HTML export|.*)", last), out
+        meta_file = mnt / "r" / "run.json"
+        if meta_file.exists():
+            meta = json.loads(meta_file.read_text())
+            assert meta["status"] == "failed" and "no space left on" in meta["error"]
+        assert not (mnt / "r" / "01_mirror_basic.html").exists()     # none cut off
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)

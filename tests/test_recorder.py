@@ -118,8 +118,9 @@ def test_journal_keeps_rows_until_the_thread_writes_them(tmp_path: Path) -> None
     st = _Stream(path)
     for i in range(3):
         st.add({"i": i, "p": tmp_path})
-    assert path.read_text() == "" and len(st.rows) == 3
+    assert path.read_text() == "" and len(st.rows()) == 3
     st.flush()
+    assert st.pending == [] and len(st.recent) == 3     # memory: the live window only
     st.add({"i": 3, "p": None})
     assert [json.loads(x)["i"] for x in path.read_text().splitlines()] == [0, 1, 2]
     st.close()
@@ -128,6 +129,51 @@ def test_journal_keeps_rows_until_the_thread_writes_them(tmp_path: Path) -> None
     st.add({"i": 4})                        # after close: kept in memory, no error
     st.flush()
     assert len(path.read_text().splitlines()) == 4
+    assert [r["i"] for r in st.rows()] == [0, 1, 2, 3, 4]  # the journal, then what waits
+
+
+def test_a_full_disk_stops_the_journal_and_says_so(tmp_path: Path) -> None:
+    """On a full tmpfs the journal stops with NoSpace kept, the rows stay in memory, and
+    the recorder's stop raises it after writing what it could."""
+    import subprocess
+
+    from kvmlab.errors import NoSpace
+    from kvmlab.record import Recorder
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mnt)], check=True)
+    try:
+        rec = Recorder(mnt / "run", interval=0.05)
+        rec.start()
+        for i in range(3000):                       # ~600 KiB of events: more than fits
+            rec.mark("step", i=i, pad="x" * 100)
+        time.sleep(0.5)
+        assert isinstance(rec.error, NoSpace)
+        assert str(rec.error) == (f"no space left on {mnt / 'run'} while writing the events "
+                                  "journal")
+        with pytest.raises(NoSpace):
+            rec.stop()
+        meta = json.loads((mnt / "run" / "run.json").read_text())
+        assert meta["status"] == "failed" and "no space left" in meta["error"]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_memory_stays_flat_over_a_long_recording(tmp_path: Path) -> None:
+    """Rows leave memory once journaled: only the live window stays (the whole stream
+    is read back from the journal)."""
+    from kvmlab.record import LIVE_ROWS, Recorder
+    rec = Recorder(tmp_path / "run", interval=0.05)
+    rec.start()
+    n = LIVE_ROWS + 5000
+    for i in range(n):
+        rec._streams["samples"].add({"t": float(i), "wall": 0.0, "job": "j"})
+    time.sleep(0.3)
+    st = rec._streams["samples"]
+    assert len(st.recent) == LIVE_ROWS and len(st.pending) < 100
+    assert len(rec.live_frames()["samples"]) == LIVE_ROWS
+    frames = rec.stop()
+    assert len(frames["samples"]) == n and frames["samples"].t.is_monotonic_increasing
 
 
 def test_pacer_keeps_the_grid_and_counts_skipped_ticks() -> None:

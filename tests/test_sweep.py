@@ -181,3 +181,53 @@ def test_dask_local_cluster(tmp_path: Path) -> None:
     assert hosts == {os.uname().nodename}
     meta = json.loads((folder / "sweep.json").read_text())
     assert meta["sessions"][0]["dask"] is not None
+
+
+@pytest.mark.qemu
+def test_kill_9_then_resume_at_once_runs_no_point_twice(tmp_path: Path) -> None:
+    """The sweep dies with SIGKILL mid-run and the same command is run again at once:
+    the orphaned points stop (they die with their sweep) long before their mirrors could
+    have ended, the resume waits for them instead of clashing, every point ends done, and
+    no QEMU outlives it."""
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "kvmlab", "sweep", str(NB), "--out", str(out), "--workers", "2",
+           "--grid", "speed=2097152,3145728", "--no-report"]
+    for k, v in {**TINY, "fill_mib": 16, "workload_rate_kib_s": 256}.items():  # 6-9 s mirrors
+        cmd += ["-p", k, str(v)]
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            qemus = subprocess.run(["pgrep", "-f", "qemu-system.*kvmlab-source"],
+                                   capture_output=True, text=True).stdout.split()
+            if len(qemus) >= 2:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the points did not start")
+        points = subprocess.run(["pgrep", "-f", f"kvmlab run .*{out}/points"],
+                                capture_output=True, text=True).stdout.split()
+        assert len(points) == 2
+        first.kill()
+        first.wait(10)
+        killed = time.monotonic()
+        again = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while any(Path(f"/proc/{p}").exists() for p in points) and \
+                time.monotonic() - killed < 30:
+            time.sleep(0.1)
+        orphans_lived = time.monotonic() - killed
+        stdout, stderr = again.communicate(timeout=600)
+    finally:
+        first.kill()
+    assert orphans_lived < 6, f"the orphaned points ran on for {orphans_lived:.1f} s"
+    assert again.returncode == 0, stdout + stderr
+    assert "Traceback" not in stderr
+    for p in sorted((out / "points").iterdir()):
+        point = json.loads((p / "point.json").read_text())
+        assert point["status"] == "done", point
+    for _ in range(50):
+        left = [q for q in qemus if Path(f"/proc/{q}").exists()]
+        if not left:
+            break
+        time.sleep(0.2)
+    assert not left, "an orphaned QEMU outlived the resume"

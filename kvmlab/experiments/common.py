@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import builds, marks, paths, trace, trust
-from ..errors import BadInput, JobError, WaitTimeout
+from ..errors import BadInput, JobError, NoSpace, WaitTimeout
 from ..guest.workload import Manifest, Workload
 from ..images import file_size, sha256
 from ..jobs import Job
@@ -20,7 +20,7 @@ from ..machine import Machine
 from ..model import JobOutcome
 from ..options import DEFAULT_OPTIONS, RunOptions
 from ..record import Recorder
-from ..runs import RunData, RunDir, load_run
+from ..runs import FAILED, RunData, RunDir, load_run
 from ..tmpdirs import disown, own
 
 log = logging.getLogger(__name__)
@@ -100,25 +100,38 @@ class LabRun:
             self._finish(exc)
 
     def _finish(self, exc: BaseException | None) -> None:
+        stop_error: BaseException | None = None
         try:
             self.recorder.stop()
-        finally:
-            if not self.options.keep_images:
-                shutil.rmtree(self.workdir, ignore_errors=True)
-            else:
-                disown(self.workdir)
-            if exc is None:
-                status = "done"
-            elif isinstance(exc, KeyboardInterrupt):
-                status = "interrupted"
-            else:
-                status = "error"
-            fields: dict[str, Any] = dict(self.extra)
-            if exc is not None:
-                fields["error"] = f"{type(exc).__name__}: {exc}"
-            if self.options.keep_images:
-                fields["images"] = str(self.workdir)
-            self.run.finish(status, self.verdict, **fields)
+        except BaseException as err:  # noqa: BLE001 - said in run.json, raised below
+            stop_error = err
+        if not self.options.keep_images:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        else:
+            disown(self.workdir)
+        failure = exc if exc is not None else stop_error
+        if isinstance(failure, OSError) and trust.is_no_space(failure):
+            failure = NoSpace(f"no space left on {Path(failure.filename or self.run.path).parent}"
+                              f" while writing {Path(failure.filename or 'run data').name}")
+        if failure is None:
+            status = "done"
+        elif isinstance(failure, KeyboardInterrupt):
+            status = "interrupted"
+        elif isinstance(failure, NoSpace):
+            status = FAILED                   # the record is not whole: no verdict holds
+        else:
+            status = "error"
+        fields: dict[str, Any] = dict(self.extra)
+        if failure is not None:
+            fields["error"] = str(failure) if isinstance(failure, NoSpace) else \
+                f"{type(failure).__name__}: {failure}"
+        if self.options.keep_images:
+            fields["images"] = str(self.workdir)
+        self.run.finish(status, self.verdict, **fields)
+        if exc is None and failure is not None:
+            raise failure
+        if isinstance(failure, NoSpace) and failure is not exc:
+            raise failure from exc
 
     def result(self) -> ExperimentResult:
         return ExperimentResult(self.run.path, self.verdict or {}, load_run(self.run.path))

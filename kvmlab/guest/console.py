@@ -60,6 +60,8 @@ class Console:
         self.records = RecordLog()
         self.lines: list[tuple[float, str]] = []
         self._stream = stream
+        #: why the console log stopped (a full disk), or None
+        self.log_error: OSError | None = None
         self._log = open(log_path, "a", encoding="utf-8") if log_path else None
         self._thread = threading.Thread(target=self._read, name="kvmlab-console", daemon=True)
         self._thread.start()
@@ -71,8 +73,7 @@ class Console:
                 text = raw.decode(errors="replace").rstrip("\r\n")
                 self.lines.append((now, text))
                 if self._log:
-                    self._log.write(text + "\n")
-                    self._log.flush()
+                    self._write_log(text)
                 # a line cut off when QEMU stopped has no newline: keep it as text only
                 parsed = parse_line(text) if raw.endswith(b"\n") else None
                 if parsed:
@@ -82,8 +83,26 @@ class Console:
         finally:
             self.records.close()
 
+    def _write_log(self, text: str) -> None:
+        """Keep the console log; a full disk stops the log, never the reading (a guest
+        whose console is not drained blocks)."""
+        assert self._log is not None
+        try:
+            self._log.write(text + "\n")
+            self._log.flush()
+        except OSError as err:
+            self.log_error = err
+            try:
+                self._log.close()
+            except OSError:
+                pass
+            self._log = None
+
     def join(self, timeout: float = 5) -> None:
         self._thread.join(timeout)
         if self._log:
-            self._log.close()
+            try:
+                self._log.close()
+            except OSError as err:
+                self.log_error = err
             self._log = None
