@@ -434,6 +434,7 @@ def summarize(run: RunData, job: str | None = None, *, instance: int = 0,
     for k, v in (meta.get("params") or {}).items():
         if isinstance(v, (int, float, str, bool)) or v is None:
             row[f"param_{k}"] = v
+    row.update(_gaps(ev))                 # holes in the record, whatever ran
     runs = job_instances(s, ev)
     row["jobs"] = len(runs)
     mine = [r for r in runs if job is None or r[0] == job]
@@ -489,6 +490,12 @@ def summarize(run: RunData, job: str | None = None, *, instance: int = 0,
     })
     row.update(_held(run, job, start, window_end, stall_min, stall_threshold))
     return row
+
+
+def _gaps(events: pd.DataFrame) -> dict[str, Any]:
+    """Holes in the record (``sample_gap`` windows): how many, how long in all."""
+    g = windows(events, (marks.SAMPLE_GAP,))
+    return {"sample_gaps": len(g), "sample_gap_s": float(g["duration"].sum()) if len(g) else 0.0}
 
 
 def _held(run: RunData, job: str, start: float, end: float, stall_min: float,

@@ -49,6 +49,13 @@ def ipc_kernel_manager(folder: Path, started: list[Any] | None = None) -> type:
         ip = Unicode(str(folder / "kernel"))
         connection_file = Unicode(str(folder / "kernel.json"))
 
+        async def _async_interrupt_kernel(self) -> None:
+            # jupyter_client interrupts every kernel before shutting it down; ours is idle
+            # then (papermill ran every cell), and the SIGINT only makes it log
+            # "KeyboardInterrupt caught in kernel" after a run that went well
+            if not self.shutting_down:
+                await super()._async_interrupt_kernel()
+
         def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
             # ipykernel's launcher still binds a TCP port (its fork pipe): ours does not
             return [KERNEL_MODULE if arg == "ipykernel_launcher" else arg

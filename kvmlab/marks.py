@@ -48,10 +48,13 @@ EIO: Final = "eio"
 ENOSPC: Final = "enospc"
 THROTTLE: Final = "throttle"
 FSFREEZE: Final = "fsfreeze"                #: the guest's file systems frozen: not a fault
+#: no job sample for over :data:`kvmlab.record.GAP_INTERVALS` intervals: a hole in the
+#: record (the recording process was stopped, the host was busy or suspended), not a fault
+SAMPLE_GAP: Final = "sample_gap"
 
 #: windows in which the target misbehaves: :func:`kvmlab.analysis.fault_windows`
 FAULT_WINDOWS: Final = (NFS_OUTAGE, NBD_SUSPEND, NBD_DOWN, EIO, ENOSPC, THROTTLE)
-WINDOWS: Final = (*FAULT_WINDOWS, FSFREEZE)
+WINDOWS: Final = (*FAULT_WINDOWS, FSFREEZE, SAMPLE_GAP)
 
 
 def start(window: str) -> str:

@@ -192,6 +192,8 @@ def _merged(spans: list[tuple[float, float]], gap: float) -> list[tuple[float, f
 
 
 _LAST_WINDOWS: list[Any] = [None, None]
+#: the legend of the record's holes (``sample_gap`` windows)
+GAP_LABEL = "no samples (gap)"
 
 
 def _fault_windows(events: pd.DataFrame) -> pd.DataFrame:
@@ -215,6 +217,11 @@ def mark_events(ax: Axes, events: pd.DataFrame | None, label: bool = True) -> No
         legend = f"fault: {name}"
         _spans(ax, list(zip(g["start"], g["end"])), color=FAULT_COLOR, alpha=0.12, linewidth=0,
                label=legend if legend not in seen and i < 6 else None)
+    gaps = analysis.windows(events, (marks.SAMPLE_GAP,))
+    if len(gaps):                         # holes in the record: nothing is known there
+        _spans(ax, list(zip(gaps["start"], gaps["end"])), color="0.5", alpha=0.25,
+               linewidth=0, hatch="//",
+               label=GAP_LABEL if GAP_LABEL not in seen else None)
     ev = events[events["name"].isin(list(EVENT_LABELS))]
     if ev.empty:
         return

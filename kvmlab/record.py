@@ -76,6 +76,27 @@ TRACE_LIVE_ROWS = 20_000
 TRACE_BACKLOG = 16 << 20
 
 
+#: a pause between two job samples longer than this many intervals is a ``sample_gap``
+GAP_INTERVALS = 5
+#: ...and longer than this (a 100 Hz recorder is held up for 50 ms by a busy host often)
+GAP_MIN_S = 0.5
+
+
+def gap_reason(gap: float, wall_delta: float, cpu_delta: float, boot_delta: float) -> str:
+    """Why no sample came for *gap* seconds of the monotonic clock, from what the other
+    clocks did meanwhile: the host slept (the boot clock ran on), the process was stopped
+    (it used no CPU at all: SIGSTOP, a debugger), or it was only held up."""
+    if boot_delta - gap > 1.0:
+        return f"the host was suspended for {boot_delta - gap:.1f} s"
+    if cpu_delta < 0.01 * gap:
+        reason = "the recording process was stopped (it used no CPU)"
+    else:
+        reason = "the recording process was held up (a busy host)"
+    if abs(wall_delta - gap) > 1.0:
+        reason += f"; the wall clock jumped by {wall_delta - gap:+.1f} s"
+    return reason
+
+
 #: rows of each stream kept in memory for live views (:meth:`Recorder.live_frames`); the
 #: whole stream is in its journal, so a long run's memory stays flat
 LIVE_ROWS = 20_000
@@ -240,6 +261,8 @@ class Recorder:
         self._own_run: RunDir | None = None
         self._trace = _TraceSink(self.path)
         self._final: dict[str, pd.DataFrame] | None = None
+        #: the last sample's (t, wall, process CPU, boot clock): gaps are judged by it
+        self._last_tick: tuple[float, float, float, float] | None = None
 
     # -- wiring ----------------------------------------------------------------------
     def __enter__(self) -> Recorder:
@@ -293,6 +316,7 @@ class Recorder:
 
     def detach(self) -> None:
         self._stop_job_sampler()
+        self._last_tick = None               # no VM, no samples due: not a gap
         with self._lock:
             be, con = self._backend, self._console
             self._backend = self._console = None
@@ -366,6 +390,7 @@ class Recorder:
 
     def _on_jobs(self, mono: float, wall: float, jobs: list[Any], late: int) -> None:
         t = mono - self.t0
+        self._check_gap(t, wall)
         add = self._streams["samples"].add
         for j in jobs:
             add({"t": t, "wall": wall, "job": j.id, "type": j.type, "len": j.len,
@@ -374,6 +399,25 @@ class Recorder:
                  "io_status": j.io_status, "actively_synced": j.actively_synced})
         self.sample_count += 1
         self.late_ticks = late
+
+    def _check_gap(self, t: float, wall: float) -> None:
+        """A sample that comes over :data:`GAP_INTERVALS` intervals after the last one
+        leaves a hole in the record: it is marked as a ``sample_gap`` window, with why
+        where that can be told."""
+        cpu, boot = time.process_time(), time.clock_gettime(time.CLOCK_BOOTTIME)
+        last, self._last_tick = self._last_tick, (t, wall, cpu, boot)
+        if last is None:
+            return
+        gap = t - last[0]
+        if gap <= max(GAP_INTERVALS * self.interval, GAP_MIN_S):
+            return
+        reason = gap_reason(gap, wall - last[1], cpu - last[2], boot - last[3])
+        data = {"seconds": round(gap, 3), "reason": reason}
+        ev = self._streams["events"]
+        for name, when in ((marks.start(marks.SAMPLE_GAP), last[0]),
+                           (marks.end(marks.SAMPLE_GAP), t)):
+            ev.add({"t": when, "wall": None, "source": "kvmlab", "name": name, "job": None,
+                    "status": None, "qemu_time": None, "data": json.dumps(data)})
 
     def _on_sample_error(self, error: str) -> None:
         be = self._backend

@@ -178,10 +178,13 @@ def run_section(folder: Path) -> Section:
     meta = run.meta
     exp = str(meta.get("experiment", folder.name))
     verdict = meta.get("verdict") or {}
+    running = meta.get("status") == "running"     # still being written: not judged yet
     sec = Section("run", exp.replace("_", " "), folder, question=_question(exp),
                   setup=_setup(meta), verdict=_verdict_text(verdict) or
-                  str(meta.get("error") or meta.get("status", "")),
-                  passed=verdict.get("pass") if verdict else False,
+                  ("the run is still being recorded; no verdict yet" if running else
+                   str(meta.get("error") or meta.get("status", ""))),
+                  passed=None if running else verdict.get("pass") if verdict else False,
+                  badge="RUNNING" if running else "",
                   provenance=_provenance(meta, folder))
     if run.samples.empty:
         return sec

@@ -201,8 +201,10 @@ def _kernel_listeners_notebook(path: Path) -> Path:
     return path
 
 
-def test_notebook_kernels_listen_on_no_tcp_port(tmp_path: Path) -> None:
-    """Both kernels kvmlab starts: a run's (kvmlab run) and a sweep report's."""
+def test_notebook_kernels_listen_on_no_tcp_port(tmp_path: Path,
+                                                capfd: pytest.CaptureFixture[str]) -> None:
+    """Both kernels kvmlab starts: a run's (kvmlab run) and a sweep report's; and neither
+    logs a KeyboardInterrupt when it is shut down after a run that went well."""
     from kvmlab import sweep
     nb = _kernel_listeners_notebook(tmp_path / "k.ipynb")
     r = subprocess.run([sys.executable, "-m", "kvmlab", "run", str(nb), "--out",
@@ -213,6 +215,7 @@ def test_notebook_kernels_listen_on_no_tcp_port(tmp_path: Path) -> None:
     out = sweep.make_report(tmp_path / "s", notebook=nb)
     assert "LISTENERS []" in out.read_text()
     assert "LISTENERS [" in out.read_text()     # the probe did run
+    assert "KeyboardInterrupt" not in r.stderr + capfd.readouterr().err
 
 
 @pytest.mark.qemu

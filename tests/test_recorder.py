@@ -188,3 +188,57 @@ def test_pacer_keeps_the_grid_and_counts_skipped_ticks() -> None:
     assert p.next(100.0451) == pytest.approx(100.05)     # 100.03, 100.04 passed: skipped
     assert p.late == 1
     assert p.next(100.05) == pytest.approx(100.06)
+
+
+def test_gap_reasons_each_outcome() -> None:
+    from kvmlab.record import gap_reason
+    assert gap_reason(15.0, 15.0, 0.0, 15.0) == \
+        "the recording process was stopped (it used no CPU)"
+    assert gap_reason(2.0, 2.0, 0.5, 2.0) == "the recording process was held up (a busy host)"
+    assert gap_reason(2.0, 2.0, 0.5, 62.0) == "the host was suspended for 60.0 s"
+    assert gap_reason(2.0, 32.0, 0.5, 2.0).endswith("; the wall clock jumped by +30.0 s")
+
+
+@pytest.mark.qemu
+def test_a_stopped_recorder_leaves_a_gap_window_with_its_reason(scratch: Path,
+                                                                tmp_path: Path) -> None:
+    """SIGSTOP the recording process for 3 s: the hole is a ``sample_gap`` window that says
+    the process was stopped, summarize counts it, and the dashboard draws it."""
+    from kvmlab import analysis, marks, plots
+    from kvmlab.runs import load_run
+    disk = scratch / "disk.qcow2"
+    images.make_guest_disk(disk, 32)
+    run = tmp_path / "run"
+    script = (
+        "import sys, time\n"
+        "from kvmlab.machine import Machine\n"
+        "from kvmlab.record import Recorder\n"
+        f"with Machine({str(disk)!r}, accel='tcg') as vm:\n"
+        f"    rec = Recorder({str(run)!r}, interval=0.05)\n"
+        "    rec.attach_machine(vm, 'source')\n"
+        "    rec.start()\n"
+        "    print('recording', flush=True)\n"
+        "    time.sleep(6)\n"
+        "    rec.stop()\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "recording"
+        time.sleep(1)
+        os.kill(proc.pid, signal.SIGSTOP)
+        time.sleep(3)
+        os.kill(proc.pid, signal.SIGCONT)
+        assert proc.wait(60) == 0
+    finally:
+        proc.kill()
+    data = load_run(run)
+    gaps = analysis.windows(data.events, (marks.SAMPLE_GAP,))
+    assert len(gaps) == 1, gaps
+    gap = gaps.iloc[0]
+    assert 2.5 < gap["duration"] < 4.5
+    assert gap["data"]["reason"] == "the recording process was stopped (it used no CPU)"
+    summary = analysis.summarize(data)
+    assert summary["sample_gaps"] == 1 and summary["sample_gap_s"] == pytest.approx(
+        gap["duration"])
+    fig = plots.dashboard(data)
+    labels = {h.get_label() for ax in fig.axes for h in ax.collections}
+    assert plots.GAP_LABEL in labels

@@ -162,3 +162,22 @@ def test_the_command_says_what_it_does_and_fails_in_one_line(tmp_path: Path) -> 
     assert bad.stderr.count("\n") == 1 and "is not a run, notebook run or sweep" in bad.stderr
     assert not (tmp_path / "x.html").exists()
     assert shutil.which("chromium"), "chromium missing: run 'make setup'"
+
+
+def test_a_run_still_being_written_is_running_not_fail(tmp_path: Path) -> None:
+    """A run whose owner still records it is shown as RUNNING with no verdict; once its
+    owner is gone it is judged (killed runs fail)."""
+    from kvmlab._proc import owner_token
+    run = tmp_path / "r"
+    shutil.copytree(RUNS[0], run)
+    meta = json.loads((run / "run.json").read_text())
+    meta.update(status="running", owner=owner_token(), verdict=None)
+    (run / "run.json").write_text(json.dumps(meta))
+    sec = report.run_section(run)
+    assert sec.badge == "RUNNING" and sec.passed is None
+    assert "still being recorded" in sec.verdict
+    html = report.make_report([run], tmp_path / "report.html")[0].read_text()
+    assert "RUNNING" in html and "FAIL" not in html
+    meta["owner"] = {**owner_token(), "pid": 2**22 + 1}             # no such process
+    (run / "run.json").write_text(json.dumps(meta))
+    assert report.run_section(run).passed is False
