@@ -745,6 +745,62 @@ def bench_seed(tmp: Path, smoke: bool) -> dict[str, Any]:
 
 
 # -- report --------------------------------------------------------------------------------
+#: the recorder fed one job's samples at 100 Hz for *hours* (in far less time), in a
+#: process of its own: its RSS before and at the end, with the rows left in the live window
+#: only (today), and with every row also kept in a list (how the recorder held them before)
+MEMORY_PROBE = """\
+import json, sys, time
+from pathlib import Path
+from kvmlab.model import JobInfo
+from kvmlab.record import Recorder
+run, rows, keep_all = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+rec = Recorder(run, interval=0.01)
+rec.start()
+kept = []
+job = JobInfo("drive0", "mirror", 1 << 34, 0, 8 << 20, True, False, False, "running", "ok")
+t0 = time.monotonic()
+for i in range(2000):                   # warm up: pandas, the journal, the live window
+    rec._on_jobs(t0 + i * 0.01, time.time(), [job], 0)
+time.sleep(0.3)
+start = rss()
+for i in range(2000, rows):
+    rec._on_jobs(t0 + i * 0.01, time.time(), [job], 0)
+    if keep_all:
+        kept.append(dict(rec._streams["samples"].recent[-1]))
+    if i % 20000 == 0:
+        time.sleep(0.05)                # the recorder thread writes the journal meanwhile
+time.sleep(0.3)
+end = rss()
+rec.stop()
+print(json.dumps({"rss_start_mb": start, "rss_end_mb": end, "rows": rows}))
+"""
+
+
+def bench_memory(tmp: Path, smoke: bool) -> dict[str, Any]:
+    """The recorder's memory over a 1-hour run at 100 Hz (a fed recorder, as fast as it
+    takes rows), against the same feed with every row kept, as the recorder held them
+    before its live window."""
+    hours = 0.05 if smoke else 1.0
+    rows = int(hours * 3600 * 100)
+    out: dict[str, Any] = {"hours": hours, "hz": 100, "rows": rows}
+    for name, keep in (("window", "0"), ("all_rows_kept", "1")):
+        res = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(tmp / f"mem-{name}"),
+                              str(rows), keep], capture_output=True, text=True, check=True,
+                             timeout=1800)
+        m = json.loads(res.stdout.strip().splitlines()[-1])
+        growth = m["rss_end_mb"] - m["rss_start_mb"]
+        out[f"{name}_rss_growth_mb"] = round(growth, 1)
+        out[f"{name}_rss_growth_mb_per_hour"] = round(growth / hours, 1)
+        out[f"{name}_rss_end_mb"] = round(m["rss_end_mb"], 1)
+    out["growth_ratio_all_over_window"] = round(
+        out["all_rows_kept_rss_growth_mb"] / max(out["window_rss_growth_mb"], 0.1), 1)
+    return out
+
+
 TARGETS = {
     "sample_cost": "kvmlab's watch >= 50x cheaper per sample than a virsh subprocess; "
                    "a 100 Hz watch < 5 % of one core",
@@ -763,6 +819,8 @@ TARGETS = {
                    "measured; the active mode's cost on a slow target as ratios",
     "seed": "kvmlab seed: the whole seed suite on two builds with 2 workers in at most "
             "6 minutes of wall time (wall_over_6_min_target <= 1)",
+    "memory": "the recorder's RSS grows < 50 MB over a 1-hour run at 100 Hz "
+              "(window_rss_growth_mb_per_hour)",
 }
 
 
@@ -834,7 +892,7 @@ def main(argv: list[str] | None = None) -> int:
            "throughput": bench_throughput, "end_to_end": bench_end_to_end,
            "sweep": bench_sweep, "live_plot": bench_live_plot,
            "qemu_builds": bench_qemu_builds, "trace": bench_trace,
-           "convergence": bench_convergence, "seed": bench_seed}
+           "convergence": bench_convergence, "seed": bench_seed, "memory": bench_memory}
     paths.scratch_dir().mkdir(parents=True, exist_ok=True)
     tmp = owned_tmpdir("bench-", paths.scratch_dir())        # reaped if we are killed
     try:

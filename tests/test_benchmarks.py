@@ -21,7 +21,9 @@ def test_benchmarks_smoke(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "results.json").read_text())
     b = data["benchmarks"]
     assert set(b) == {"sample_cost", "recording_overhead", "throughput", "end_to_end", "sweep",
-                      "live_plot", "qemu_builds", "trace", "convergence", "seed"}
+                      "live_plot", "qemu_builds", "trace", "convergence", "seed", "memory"}
+    mem = b["memory"]
+    assert mem["rows"] == 18000 and mem["all_rows_kept_rss_growth_mb"] > 0
     assert b["qemu_builds"]["all_passed"] is True and b["qemu_builds"]["ratio_watch_cpu"] > 0
     assert b["live_plot"]["ipympl_over_png"] > 0
     t = b["trace"]
