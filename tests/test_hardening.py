@@ -239,3 +239,20 @@ def test_nfs_stack_is_loopback_only_and_refuses_other_users(scratch: Path) -> No
         made = nobody("qemu-img", "create", "-f", "raw", nfs.url("y.img") + "?uid=0&gid=0",
                       "1M", check=False)
         assert made.returncode != 0 and not (scratch / "y.img").exists()
+
+
+@pytest.mark.qemu
+def test_qemu_and_the_nbd_daemon_listen_on_no_network_port(scratch: Path) -> None:
+    """A lab VM (QMP, serial, guest agent) and the NBD target's qemu-storage-daemon: unix
+    sockets only, so `ss` shows no TCP or UDP listener of theirs at all."""
+    from kvmlab import images
+    from kvmlab.faults import NbdServer
+    from kvmlab.machine import Machine
+    disk = scratch / "disk.qcow2"
+    images.make_guest_disk(disk, 32)
+    target = images.create(scratch / "t.raw", 32 << 20)
+    with Machine(disk, accel="tcg") as vm, NbdServer(target, "raw") as nbd:
+        vm.wait_guest("ready", timeout=60)
+        assert vm.pid and nbd.daemon is not None and nbd.daemon.pid
+        assert _own_listeners({vm.pid, nbd.daemon.pid}) == []
+        assert nbd.socket.exists()                       # it does serve, on a unix socket
