@@ -79,6 +79,7 @@ demo: setup
 lint: venv
 	$(PY) -m ruff check kvmlab benchmarks notebooks tests
 	$(PY) -m mypy kvmlab benchmarks notebooks
+	$(VENV)/bin/lint-imports --no-cache
 
 # the pure tier: QEMU's programs are shadowed by failing shims (tests/conftest.py)
 check: lint

@@ -2,8 +2,8 @@
 
 A :class:`QemuBuild` is everything kvmlab needs to run one QEMU: the system emulator,
 its tools (``qemu-img``, ``qemu-io``, ``qemu-storage-daemon``), the ``-L`` data dirs,
-the block-module dir (``QEMU_MODULE_DIR``), its version and its capabilities
-(:mod:`kvmlab.qemu_caps`).  The system's QEMU is always there as ``system``.
+the block-module dir (``QEMU_MODULE_DIR``), its version; its capabilities are
+:mod:`kvmlab.qemu_probe`'s to ask.  The system's QEMU is always there as ``system``.
 
 Every part of kvmlab that runs a QEMU program asks :func:`current` for it, so an
 experiment run under :func:`using` uses one build's tools throughout: the VM, the
@@ -24,13 +24,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import _proc, paths
-from .errors import BadInput, KvmlabError, ToolError
-
-if TYPE_CHECKING:
-    from .qemu_caps import Capabilities
+from .errors import BadInput, ToolError
 
 SYSTEM = "system"
 EMULATOR = "qemu-system-x86_64"
@@ -170,26 +167,12 @@ class QemuBuild:
     def version_tuple(self) -> tuple[int, ...]:
         return tuple(int(x) for x in re.findall(r"\d+", self.version)[:3])
 
-    def caps(self) -> Capabilities:
-        """Its capabilities, probed once over QMP and cached (see :mod:`kvmlab.qemu_caps`)."""
-        from .qemu_caps import capabilities
-        return capabilities(self)
-
     def describe(self) -> dict[str, Any]:
-        """What ``run.json`` keeps of the build: name, version, paths and capabilities."""
+        """What ``run.json`` keeps of the build itself: name, version and paths (its
+        capabilities are added by :func:`kvmlab.qemu_probe.recorded`, which asks QEMU)."""
         return {"name": self.name, "version": self.version, "emulator": str(self.emulator),
                 "data_dirs": [str(d) for d in self.data_dirs],
-                "module_dir": str(self.module_dir) if self.module_dir else None,
-                "caps": self.caps().to_dict()}
-
-
-def recorded(build: QemuBuild) -> dict[str, Any]:
-    """:meth:`QemuBuild.describe`, or what could be told when the build cannot be asked
-    (provenance never stops a run: a QEMU that cannot start fails the run where it starts)."""
-    try:
-        return build.describe()
-    except (KvmlabError, OSError) as err:
-        return {"name": build.name, "emulator": str(build.emulator), "error": str(err)}
+                "module_dir": str(self.module_dir) if self.module_dir else None}
 
 
 def load_build(name: str) -> QemuBuild:

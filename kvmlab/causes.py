@@ -13,7 +13,7 @@
 - **paused** (``block-job-pause``) and **error** (stopped by ``on-*-error=stop``, or
   requests failing).
 
-A hold-up is a stall (:func:`kvmlab.analysis.stalls`), a paused period, or a stretch of at
+A hold-up is a stall (:func:`kvmlab.series.stalls`), a paused period, or a stretch of at
 least *min_duration* seconds before READY in which the backlog did not fall.  Without a
 trace (``trace=off``) only paused and error can be told; the rest is ``unknown``.
 Pure functions over saved DataFrames, like :mod:`kvmlab.analysis`.
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import analysis, marks
+from . import marks, series
 from .runs import RunData
 
 CAUSES = ("throttled", "target", "dirtying", "paused", "error", "unknown")
@@ -218,10 +218,10 @@ def _backlog_periods(js: pd.DataFrame, min_duration: float, threshold: int) -> l
     t = js["t"].to_numpy(dtype="float64")
     off = js["offset"].to_numpy(dtype="int64")
     rem = (js["len"] - js["offset"]).to_numpy(dtype="int64")
-    ok = (~analysis._is_paused(js) & (js["status"] == "running")
+    ok = (~series.is_paused(js) & (js["status"] == "running")
           & ~js["ready"].fillna(False).astype(bool)).to_numpy() & (rem > 0)
     return [(float(t[i]), float(t[j]))
-            for i, j in analysis.flat_stretches(t, -rem, ok, min_duration, threshold)
+            for i, j in series.flat_stretches(t, -rem, ok, min_duration, threshold)
             if off[j] - off[i] >= threshold]
 
 
@@ -247,7 +247,7 @@ def _stopped_on_error(events: pd.DataFrame, job: str) -> list[tuple[float, float
                | ev["name"].isin(marks.JOB_ENDED)]["t"].to_numpy(dtype="float64")
     out = []
     for t, raw in zip(err["t"], err["data"]):
-        if analysis._data({"data": raw}).get("action") != "stop":
+        if series.event_data({"data": raw}).get("action") != "stop":
             continue
         k = int(np.searchsorted(again, t, side="right"))
         end = float(again[k]) if k < len(again) else float(ev["t"].max())
@@ -289,21 +289,21 @@ def classify(run: RunData, job: str | None = None, *, min_duration: float = 2.0,
     left unanswered, where the outage had begun), last_completed (the last request
     answered before it), completed (requests completed inside), in_flight_share, sleep_s."""
     samples, events = run.samples, run.events
-    names = analysis.jobs(samples)
+    names = series.jobs(samples)
     if job is None:
         if not names:
             return pd.DataFrame(columns=COLUMNS)
         job = names[0]
-    js = analysis.job_samples(samples, job)
+    js = series.job_samples(samples, job)
     tr = JobTrace(job_trace(run.trace, events, job), events, job)
     found: list[dict[str, Any]] = []
-    st = analysis.stalls(js, job, min_duration=min_duration, threshold=threshold)
+    st = series.stalls(js, job, min_duration=min_duration, threshold=threshold)
     found += _stall_rows(tr, job, st["start"].to_numpy(dtype="float64"),
                          st["end"].to_numpy(dtype="float64"),
                          st["speed"].to_numpy(dtype="int64"))
     io_bad = js["io_status"].fillna("ok") != "ok"
     t = js["t"].to_numpy(dtype="float64")
-    for a, b in zip(*(analysis.paused_periods(js, job)[c] for c in ("start", "end"))):
+    for a, b in zip(*(series.paused_periods(js, job)[c] for c in ("start", "end"))):
         during = io_bad[(js["t"] >= a) & (js["t"] <= b)]
         k = int(np.searchsorted(t, b, side="right"))
         b = float(t[k]) if k < len(t) else b      # paused until the next sample said not

@@ -201,11 +201,11 @@ def qemu_group() -> None:
 @qemu_group.command("list")
 def qemu_list() -> None:
     """The builds qemu= accepts, their versions and mirror capabilities."""
-    from . import builds
+    from . import builds, qemu_probe
     try:
         for name in builds.names():
             b = builds.resolve(name)
-            c = b.caps()
+            c = qemu_probe.capabilities(b)
             click.echo(f"{name:8} QEMU {c.version:8} copy modes: {'/'.join(c.copy_modes)}; "
                        f"block-job-change: {'yes' if c.block_job_change else 'no'}; "
                        f"actively-synced: {'yes' if c.actively_synced else 'no'}  {b.emulator}")
@@ -217,10 +217,11 @@ def qemu_list() -> None:
 @click.argument("version")
 def qemu_add(version: str) -> None:
     """Install QEMU VERSION (e.g. 10.0) from Debian's backports into data/qemu/VERSION."""
+    from . import qemu_probe
     from .builds_install import add
     try:
         build = add(version, say=lambda line: click.echo(line, err=True))
-        caps = build.caps()
+        caps = qemu_probe.capabilities(build)
     except KvmlabError as err:
         _fail(err)
     except KeyboardInterrupt:

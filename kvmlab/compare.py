@@ -10,7 +10,6 @@ their file names, so two runs' scratch folders never count as a difference.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ from matplotlib.figure import Figure
 from . import analysis
 from .experiments import ExperimentResult
 from .plots import convergence
+from .series import strip_paths
 from .suites import rate_fidelity
 from .units import MIB
 
@@ -30,14 +30,6 @@ RATIO = 1.5
 #: and by at least this much, in the measure's unit (s, MiB, a ratio): less is run-to-run noise
 MIN_ABS = {"time_to_ready_s": 0.5, "MiB copied": 1.0, "fault_stall_s": 0.5,
            "rate_over_speed": 0.2}
-_PATH = re.compile(r"(/[^\s:'\"()]+/)([^/\s:'\"()]+)")
-_NODE = re.compile(r"#block\d+")
-
-
-def strip_paths(text: str) -> str:
-    """``/data/scratch/<run>/x.qcow2`` -> ``x.qcow2`` and ``#block629`` -> ``#block``: runs
-    differ in folders and in QEMU's generated node names only."""
-    return _NODE.sub("#block", _PATH.sub(lambda m: m.group(2), text))
 
 
 @dataclass

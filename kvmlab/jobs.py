@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from . import marks
 from .backends.base import Backend
-from .converge import Outlook, Predictor
 from .errors import BackendError, BadInput, JobDiverging, JobError, JobStalled, StateError, WaitTimeout
 from .events import Record
 from .model import COPY_MODES, JobInfo, JobOutcome, MirrorSpec, check_speed
+from .predictor import Outlook, Predictor
 
 if TYPE_CHECKING:
     from .qemu_caps import Capabilities
@@ -123,7 +123,7 @@ class Job:
         self.copy_mode: str | None = spec.copy_mode if spec else None
         #: monotonic time of the switch to write-blocking made by a wait's policy
         self.switched_at: float | None = None
-        #: the wait's latest convergence outlook (see :mod:`kvmlab.converge`)
+        #: the wait's latest convergence outlook (see :mod:`kvmlab.predictor`)
         self.outlook: Outlook | None = None
 
     def __repr__(self) -> str:
@@ -164,7 +164,7 @@ class Job:
         """Wait for BLOCK_JOB_READY.
 
         With any of the policies below the job is sampled every *poll* s and fed to a
-        convergence :class:`~kvmlab.converge.Predictor` (its latest answer in
+        convergence :class:`~kvmlab.predictor.Predictor` (its latest answer in
         :attr:`outlook`):
 
         :param stall_timeout: give up after this many seconds without progress (the

@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from .compare import strip_paths
+from .series import strip_paths
 from .units import MIB
 
 

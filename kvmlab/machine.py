@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from . import _proc, builds, images, jobs, paths, trust
+from . import _proc, builds, images, jobs, paths, qemu_probe, trust
 from ._proc import qemu_opt
 from .agent import PORT_NAME as AGENT_PORT
 from .agent import GuestAgent
@@ -498,7 +498,7 @@ class Machine:
                **kwargs: Any) -> jobs.Job:
         """Start a drive-mirror (keyword arguments as :class:`~kvmlab.model.MirrorSpec`)."""
         return jobs.mirror(self.backend, MirrorSpec(device, str(target), format, **kwargs),
-                           caps=self.build.caps())
+                           caps=qemu_probe.capabilities(self.build))
 
     def commit(self, device: str = "drive0", **kwargs: Any) -> jobs.Job:
         """Start QMP ``block-commit`` (see :func:`kvmlab.jobs.commit`)."""

@@ -16,7 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from . import _proc, builds, paths, trust
+from . import _proc, builds, paths, trace, trust
+from ._version import __version__
 from .errors import BadInput, KvmlabError
 
 STREAMS = ("samples", "events", "sizes", "guest_ops")
@@ -51,7 +52,6 @@ def _qemu_version() -> str | None:
 
 def provenance(**extra: Any) -> dict[str, Any]:
     """Where and with what a run was made: versions, host, revision."""
-    from . import __version__
     info: dict[str, Any] = {
         "kvmlab_version": __version__, "git_revision": _git_revision(),
         "python": platform.python_version(), "host": socket.gethostname(),
@@ -239,7 +239,6 @@ def tile(run: RunData, hours: float, hz: float | None = None) -> RunData:
 def read_trace(path: Path, events: pd.DataFrame | None = None) -> pd.DataFrame:
     """The ``trace`` stream: ``trace.parquet``, or the trace files a killed run left
     (their QEMU timestamps mapped onto t with the events' own wall/t pairs)."""
-    from . import trace
     pq = path / "trace.parquet"
     if pq.exists():
         return trace.typed(_read_parquet(pq))

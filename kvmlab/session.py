@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import analysis, builds, marks, paths
+from . import analysis, builds, marks, paths, qemu_probe
 from .backends.base import Backend
 from .builds import QemuBuild
 from .errors import BadInput, StateError
@@ -99,7 +99,7 @@ class Session:
         self.runs_dir = Path(runs_dir) if runs_dir else paths.runs_dir()
         self.sample_interval = sample_interval
         #: what this QEMU can do (a lab VM's build, or read over a libvirt domain's monitor)
-        self.caps = caps if caps is not None or machine is None else machine.build.caps()
+        self.caps = caps if caps is not None or machine is None else qemu_probe.capabilities(machine.build)
         self.job: Job | None = None
         self.spec: MirrorSpec | None = None
         self._end_action: str | None = None         # the step that asked the job to end
@@ -241,7 +241,7 @@ class Session:
             check_mirror(self.backend, spec)           # bad input: nothing is created
             run = RunDir.create("panel_mirror", spec.as_dict(), self.runs_dir)
             if self.machine is not None:
-                run.update(qemu=builds.recorded(self.machine.build))
+                run.update(qemu=qemu_probe.recorded(self.machine.build))
             rec = Recorder(run.path, interval=self.sample_interval)
             try:
                 rec.start()

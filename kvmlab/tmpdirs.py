@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from . import _proc, paths, trust
+from . import _proc, paths, runs, trust
 from .errors import Untrusted
 
 log = logging.getLogger(__name__)
@@ -131,8 +131,7 @@ def _mark_run_killed(folder: Path) -> None:
     if not trust.owned_dir(run, private=False):
         trust.mention_once(str(run), f"run {run} not marked killed: it is not a folder of ours")
         return
-    from .runs import mark_killed  # runs -> builds -> qemu_caps -> tmpdirs (#30)
-    mark_killed(run)
+    runs.mark_killed(run)
 
 
 def own(folder: Path, on_reap: list[str] | None = None, run: Path | None = None) -> None:

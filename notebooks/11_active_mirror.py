@@ -61,7 +61,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from kvmlab import builds, converge, plots
+from kvmlab import builds, converge, plots, qemu_probe
 from kvmlab import experiments as ex
 from kvmlab.notebook import display, run_experiment, save_table_figure
 
@@ -69,7 +69,7 @@ VARIANTS: dict[str, dict[str, Any]] = {"background": {"copy_mode": "background",
             "write-blocking": {"copy_mode": "write-blocking", "give_up_when": None},
             "switch": {"copy_mode": "background", "switch_when": "diverging",
                        "give_up_when": None, "ready_timeout": 2 * ready_timeout}}
-caps = builds.resolve(qemu).caps()
+caps = qemu_probe.capabilities(builds.resolve(qemu))
 wanted = modes.split()
 if "switch" in wanted and not caps.block_job_change:
     print(f"QEMU {caps.version} cannot switch a running job (block-job-change came in 8.2): "

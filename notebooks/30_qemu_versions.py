@@ -52,12 +52,12 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from kvmlab import builds as qemu_builds
-from kvmlab import compare, suites
+from kvmlab import compare, qemu_probe, suites
 from kvmlab.notebook import display
 
 chosen = [qemu_builds.resolve(b) for b in builds.split()]   # a bad name stops here, nothing run
 for b in chosen:
-    c = b.caps()
+    c = qemu_probe.capabilities(b)
     print(f"{b.name}: QEMU {c.version}; copy modes {'/'.join(c.copy_modes)}; "
           f"block-job-change {'yes' if c.block_job_change else 'no'}; "
           f"actively-synced {'yes' if c.actively_synced else 'no'}")

@@ -27,10 +27,29 @@ from kvmlab import paths
 from kvmlab.guest.build import Guest, build_guest
 from kvmlab.options import RunOptions
 
-# Every process this test session starts inherits this token in its environment, so the
-# leak check sees this session's QEMUs (even orphaned ones) and not another user's.
+# Every process this test session (each pytest-xdist worker is one) starts inherits this
+# token in its environment, so the leak check sees this session's QEMUs (even orphaned
+# ones) and not another worker's or another user's.
 SESSION_TOKEN = f"KVMLAB_TEST_SESSION={uuid.uuid4().hex}"
 os.environ["KVMLAB_TEST_SESSION"] = SESSION_TOKEN.split("=", 1)[1]
+
+# Each test session (each xdist worker is one) has a temp dir and a scratch folder of its
+# own: its leak check, its reaper and the tests that look for leftovers there see only what
+# this session made, not another worker's or another kvmlab's on the same machine.
+# (The temp dir is sticky and open to all, like /tmp: the tests of what another local user
+# can plant there need that.)  Tests importing this module again reuse the session's.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+_WORKER_DIRS: list[Path] = []
+if os.environ.get("KVMLAB_TEST_TMP_PID") != str(os.getpid()):
+    _tmp = Path(tempfile.gettempdir()) / f"kvmlabtests-{WORKER}-{os.getpid()}"
+    _tmp.mkdir()
+    _tmp.chmod(0o1777)
+    os.environ["TMPDIR"] = str(_tmp)
+    tempfile.tempdir = None                 # gettempdir() reads TMPDIR again
+    _scratch = paths.data_dir() / "scratch" / f"tests-{WORKER}-{os.getpid()}"
+    os.environ["KVMLAB_SCRATCH"] = str(_scratch)
+    os.environ["KVMLAB_TEST_TMP_PID"] = str(os.getpid())
+    _WORKER_DIRS += [_tmp, _scratch]
 
 
 #: the programs kvmlab starts: QEMU, and the fault injectors' daemons
@@ -85,7 +104,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    for folder in _SHIMS:
+    for folder in [*_SHIMS, *_WORKER_DIRS]:
         shutil.rmtree(folder, ignore_errors=True)
 
 

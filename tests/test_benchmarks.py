@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
+# integration: real QEMU and the guest; both watch /dev/shm, shared by every worker: one
+# worker runs them
+pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("bench")]
 
 ROOT = Path(__file__).resolve().parent.parent
 

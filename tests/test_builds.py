@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmlab import builds, builds_install, images
+from kvmlab import builds, builds_install, images, qemu_probe
 from kvmlab import experiments as ex
 from kvmlab.errors import BadInput, ToolError
 from kvmlab.faults import NbdServer
@@ -119,11 +119,11 @@ def test_installed_build_and_capability_probe_on_both() -> None:
     assert new.version == "10.0.2" and new.module_dir and (new.module_dir / "block-nfs.so").exists()
     for prog in ("qemu-img", "qemu-io", "qemu-storage-daemon"):
         assert new.tool(prog).startswith(str(new.root))
-    from kvmlab.qemu_caps import probe
+    from kvmlab.qemu_probe import probe
     old_caps, new_caps = probe(builds.resolve("system")), probe(new)
     assert old_caps.version.startswith("7.2") and not old_caps.block_job_change
     assert new_caps.version == "10.0.2" and new_caps.block_job_change and new_caps.actively_synced
-    assert new.caps() == new_caps                      # the cached answer is the probed one
+    assert qemu_probe.capabilities(new) == new_caps                      # the cached answer is the probed one
     r = subprocess.run([sys.executable, "-m", "kvmlab", "qemu", "list"], capture_output=True,
                        text=True, timeout=120, check=True)
     lines = r.stdout.splitlines()

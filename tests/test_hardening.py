@@ -219,6 +219,7 @@ def test_notebook_kernels_listen_on_no_tcp_port(tmp_path: Path,
 
 
 @pytest.mark.qemu
+@pytest.mark.xdist_group("nfs")
 def test_nfs_stack_is_loopback_only_and_refuses_other_users(scratch: Path) -> None:
     from kvmlab.faults import NfsServer
     scratch.chmod(0o755)

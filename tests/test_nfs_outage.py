@@ -14,7 +14,8 @@ from kvmlab.experiments import mirror_nfs_outage
 from kvmlab.faults import NfsServer
 from kvmlab.options import RunOptions
 
-pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
+# integration: real QEMU and the guest; one NFS server per host: these run in one worker
+pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("nfs")]
 
 
 def _ganesha_running() -> bool:

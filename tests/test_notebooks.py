@@ -37,6 +37,7 @@ def test_experiment_notebook(name: str, expected: int, tmp_path: Path) -> None:
     assert len(pngs) == expected
 
 
+@pytest.mark.xdist_group("nfs")
 def test_nfs_outage_notebook(tmp_path: Path) -> None:
     out = run_notebook(NOTEBOOKS / "02_mirror_nfs_outage.ipynb",
                        {"outage": "freeze", "outage_s": 3.0, "fill_mib": 16, "accel": "tcg"},

@@ -18,7 +18,8 @@ from kvmlab import builds
 from kvmlab.faults.nfs import lock_path
 from kvmlab.labnote import CLAIMS
 
-pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
+# integration: real QEMU and the guest; E2 needs the host's one NFS server: one worker
+pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("nfs")]
 
 KVMLAB = [sys.executable, "-m", "kvmlab"]
 

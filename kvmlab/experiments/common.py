@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import builds, marks, paths, trace, trust
+from .. import builds, marks, paths, qemu_probe, trace, trust
 from ..errors import BadInput, JobError, NoSpace, WaitTimeout
 from ..guest.workload import Manifest, Workload
 from ..images import file_size, sha256
@@ -77,7 +77,7 @@ class LabRun:
             self.trace_events = trace.parse_spec(self.options.trace)
             if self.trace_events != trace.DEFAULT_EVENTS:   # the user's names: checked now
                 trace.check(self.trace_events, self.build)
-            self.extra["qemu"] = builds.recorded(self.build)
+            self.extra["qemu"] = qemu_probe.recorded(self.build)
             self.run = RunDir.create(self.experiment, self.params, self.options.runs_dir,
                                      self.options.run_path)
             self.workdir = self.scratch_parent / self.run.meta["run_id"]

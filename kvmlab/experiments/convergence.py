@@ -34,7 +34,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from .. import builds, converge, images, marks
+from .. import builds, converge, images, marks, qemu_probe
 from ..errors import BadInput, JobDiverging, JobStalled, WaitTimeout
 from ..faults import NbdServer
 from ..guest.workload import Workload
@@ -147,7 +147,7 @@ def _check_policies(copy_mode: str, switch_when: str | None, give_up_when: str |
     if copy_mode not in COPY_MODES:
         raise BadInput(f"copy_mode={copy_mode!r} is not one of {', '.join(COPY_MODES)}")
     if switch_when is not None:
-        caps = builds.resolve(options.qemu).caps()
+        caps = qemu_probe.capabilities(builds.resolve(options.qemu))
         if not caps.block_job_change:
             raise BadInput(f"switch_when={switch_when!r} needs block-job-change, which QEMU "
                            f"{caps.version} lacks (it came in QEMU 8.2: try qemu='10.0')")

@@ -110,7 +110,7 @@ def target_fault(*, fault: str = "eio", on_target_error: str = "report",
         effect = analysis.fault_effect(frames["samples"], frames["events"], float(w["start"]),
                                        float(w["end"]), job.id)
         ev = frames["events"]
-        errs = [analysis._data(e) for _, e in ev[ev["name"] == marks.BLOCK_JOB_ERROR].iterrows()]
+        errs = [analysis.event_data(e) for _, e in ev[ev["name"] == marks.BLOCK_JOB_ERROR].iterrows()]
         lab.verdict = {
             "fault": fault, "on_target_error": on_target_error,
             "behaviour": fault_behaviour(effect, steps, len(errs)),
