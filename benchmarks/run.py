@@ -455,8 +455,9 @@ def bench_live_plot(tmp: Path, smoke: bool) -> dict[str, Any]:
     in this process, alternated, so the ratio holds on any CPU."""
     import matplotlib
     matplotlib.use("Agg")
+    from kvmlab.plots import png as _png
     from kvmlab.runs import load_run
-    from kvmlab.widgets import LivePlot, _png
+    from kvmlab.widgets import LivePlot
     run = load_run(ROOT / "tests" / "data" / "runs" / "stall-set-speed")
     samples, events = run.samples, run.events
     png, live = LivePlot(interactive=False), LivePlot(interactive=True)

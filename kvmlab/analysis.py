@@ -20,7 +20,6 @@ from . import causes, marks
 from .runs import RunData
 from .series import (  # the series' functions, reached here as they always were
     ACTIVE_STATUSES,
-    MIB,
     PAUSED_STATUSES,
     Period,
     convergence,
@@ -47,6 +46,7 @@ from .series import (  # the series' functions, reached here as they always were
     time_of,
     windows,
 )
+from .units import MIB
 
 __all__ = [
     "ACTIVE_STATUSES", "MIB", "PAUSED_STATUSES", "Period", "convergence", "duration",

@@ -26,7 +26,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from . import _proc, paths
+from . import _proc, paths, trust
 from .errors import BadInput, ToolError
 
 SYSTEM = "system"
@@ -133,10 +133,7 @@ class QemuBuild:
         text = "\n".join(lines) + "\n"
         wrapper = self.root / LIBVIRT_WRAPPER
         if not wrapper.is_file() or wrapper.read_text() != text:
-            tmp = wrapper.with_name(wrapper.name + ".tmp")
-            tmp.write_text(text)
-            tmp.chmod(0o755)
-            tmp.replace(wrapper)
+            trust.write_atomic(wrapper, text, mode=0o755)   # libvirt's QEMU user runs it
         return wrapper
 
     def emulator_args(self) -> list[str]:

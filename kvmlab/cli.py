@@ -40,10 +40,8 @@ def _one_line_errors(interrupted: str) -> Iterator[None]:
 @click.version_option(package_name="kvmlab")
 def main() -> None:
     """Reproducible QEMU block-mirror experiments."""
-    try:
+    with _one_line_errors("nothing was done"):
         trust.private_umask()             # runs, scratch and logs are ours alone
-    except KvmlabError as err:
-        _fail(err)
     _warnings_as_lines()
 
 
@@ -80,10 +78,8 @@ def guest() -> None:
 def guest_build(out: Path | None, kernel: Path | None, modules: Path | None, force: bool) -> None:
     """Build the guest into data/guest (idempotent)."""
     from .guest.build import build_guest
-    try:
+    with _one_line_errors("the guest as it was is kept"):
         g = build_guest(out, kernel=kernel, modules=modules, force=force)
-    except KvmlabError as err:
-        _fail(err)
     click.echo(f"guest: {g.kernel.parent} (kernel {g.kernel_version})")
 
 
@@ -202,15 +198,13 @@ def qemu_group() -> None:
 def qemu_list() -> None:
     """The builds qemu= accepts, their versions and mirror capabilities."""
     from . import builds, qemu_probe
-    try:
+    with _one_line_errors("nothing was changed"):
         for name in builds.names():
             b = builds.resolve(name)
             c = qemu_probe.capabilities(b)
             click.echo(f"{name:8} QEMU {c.version:8} copy modes: {'/'.join(c.copy_modes)}; "
                        f"block-job-change: {'yes' if c.block_job_change else 'no'}; "
                        f"actively-synced: {'yes' if c.actively_synced else 'no'}  {b.emulator}")
-    except KvmlabError as err:
-        _fail(err)
 
 
 @qemu_group.command("add")
@@ -219,14 +213,9 @@ def qemu_add(version: str) -> None:
     """Install QEMU VERSION (e.g. 10.0) from Debian's backports into data/qemu/VERSION."""
     from . import qemu_probe
     from .builds_install import add
-    try:
+    with _one_line_errors("nothing was installed"):
         build = add(version, say=lambda line: click.echo(line, err=True))
         caps = qemu_probe.capabilities(build)
-    except KvmlabError as err:
-        _fail(err)
-    except KeyboardInterrupt:
-        click.echo("kvmlab: interrupted; nothing was installed", err=True)
-        sys.exit(130)
     click.echo(f"{build.name}: QEMU {caps.version} at {build.emulator}")
 
 
@@ -235,10 +224,8 @@ def qemu_add(version: str) -> None:
 def qemu_remove(name: str) -> None:
     """Remove the installed build NAME (never the system's QEMU)."""
     from .builds_install import remove
-    try:
+    with _one_line_errors("the build may be partly removed; run the same command again"):
         remove(name, say=click.echo)
-    except KvmlabError as err:
-        _fail(err)
 
 
 @main.command("sweep")
@@ -317,12 +304,10 @@ def analyze_cmd(run_dir: Path, plots: bool, stall_min: float, log_scale: bool) -
     from . import analysis
     from . import plots as plotting
     from .runs import load_run
-    try:
+    with _one_line_errors("nothing was written"):
         folders = run_folders(run_dir)
         runs = [load_run(f) for f in folders]
         rows = [analysis.summarize(run, stall_min=stall_min) for run in runs]
-    except KvmlabError as err:
-        _fail(err)
     for run, row in zip(runs, rows, strict=True):
         if len(runs) > 1:
             click.echo(f"== {run.path.name} ({run.meta.get('experiment', '?')})")

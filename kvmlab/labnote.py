@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from .series import strip_paths
+from .sweepdir import read_points
 from .units import MIB
 
 
@@ -315,19 +316,17 @@ def read_runs(folder: str | Path) -> dict[str, dict[str, CaseRun]]:
     """build -> case -> run, from a ``kvmlab seed`` folder (one sweep point per case and
     build; ``point.json`` names them).  Points that recorded no run are left out."""
     out: dict[str, dict[str, CaseRun]] = {}
-    for pj in sorted(Path(folder, "points").glob("*/point.json")):
-        params = json.loads(pj.read_text()).get("params") or {}
-        case, build = str(params.get("experiments")), str(params.get("qemu", "system"))
-        for rj in sorted(pj.parent.rglob("run.json")):
-            meta = json.loads(rj.read_text())
-            out.setdefault(build, {})[case] = CaseRun(case, build, rj.parent, meta)
+    for p in read_points(folder):
+        case, build = str(p.params.get("experiments")), str(p.params.get("qemu", "system"))
+        for run in p.runs():
+            meta = json.loads((run / "run.json").read_text())
+            out.setdefault(build, {})[case] = CaseRun(case, build, run, meta)
     return out
 
 
 def asked_cases(folder: str | Path) -> set[str]:
     """The suite cases a ``kvmlab seed`` folder was asked to run (``--only``), run or not."""
-    return {str((json.loads(pj.read_text()).get("params") or {}).get("experiments"))
-            for pj in Path(folder, "points").glob("*/point.json")}
+    return {str(p.params.get("experiments")) for p in read_points(folder)}
 
 
 def claims_for(cases: Iterable[str]) -> list[Claim]:

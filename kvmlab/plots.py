@@ -9,6 +9,7 @@ Plots read saved DataFrames only; they never talk to QEMU.
 from __future__ import annotations
 
 import contextvars
+import io
 import json
 import weakref
 from collections.abc import Iterator
@@ -19,13 +20,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from . import analysis, causes, marks, units
 from .runs import RunData
+from .units import MIB
 
-MIB = 1024 * 1024
 #: lines with more points than this are drawn decimated (min and max per column)
 MAX_POINTS = 4000
 #: event name -> label drawn on the plots
@@ -610,3 +612,14 @@ def consistency_rates(rates: pd.DataFrame, ax: Axes | None = None,
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def png(fig: Figure, dpi: int = 100, close: bool = False) -> bytes:
+    """*fig* as PNG bytes (an Agg canvas, so any figure renders outside a notebook too);
+    *close* releases it from pyplot afterwards."""
+    buf = io.BytesIO()
+    FigureCanvasAgg(fig)
+    fig.savefig(buf, format="png", dpi=dpi)
+    if close:
+        plt.close(fig)
+    return buf.getvalue()

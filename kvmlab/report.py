@@ -17,7 +17,6 @@ Nothing is written until every input has been read: bad input is one line, no fi
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import shutil
@@ -34,10 +33,11 @@ import matplotlib
 import matplotlib.pyplot
 import pandas as pd
 
-from . import analysis, causes, labnote, plots
+from . import analysis, causes, labnote, plots, trust
 from .errors import BadInput, KvmlabError
 from .experiments.consistency import rates
 from .runs import load_run
+from .sweepdir import read_points
 from .units import MIB, with_unit
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -112,10 +112,8 @@ def check_output(path: Path, suffix: str) -> Path:
 
 # -- sections --------------------------------------------------------------------------------
 def _png(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    matplotlib.pyplot.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    """*fig* as an embedded image (a data: URL), released from pyplot."""
+    return "data:image/png;base64," + base64.b64encode(plots.png(fig, 80, close=True)).decode()
 
 
 def _question(experiment: str) -> str:
@@ -352,22 +350,6 @@ def print_pdf(html_file: Path, pdf: Path, timeout: float = 120) -> None:
         raise ReportError(f"chromium could not print the PDF: {tail[0]}")
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write *path* whole or not at all (a temp file beside it, renamed), mode 0644
-    less the umask like any file the user writes."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def make_report(inputs: Iterable[str | Path], out: str | Path, *, pdf: str | Path | None = None,
                 title: str | None = None, template: str | Path | None = None,
                 progress: Any = None) -> list[Path]:
@@ -410,7 +392,7 @@ def _write(doc: str, html_out: Path, pdf_out: Path | None, figures: int,
            say: Any) -> list[Path]:
     """Write the HTML atomically, then print the PDF (none left if printing fails)."""
     try:
-        _write_atomically(html_out, doc)
+        trust.write_atomic(html_out, doc)
     except OSError as err:
         raise ReportError(f"cannot write {html_out}: {err.strerror}") from err
     written = [html_out]
@@ -455,11 +437,8 @@ def _seed_builds(folder: Path) -> list[str]:
         return []
     if Path(str(plan.get("notebook", ""))).name != "08_seed_summary.ipynb":
         return []
-    names = []
-    for point in plan.get("points") or []:          # the plan's order: as asked
-        pj = folder / "points" / str(point) / "point.json"
-        if pj.is_file():
-            names.append(json.loads(pj.read_text()).get("params", {}).get("qemu", "system"))
+    names = [p.params.get("qemu", "system")        # the plan's order: as asked
+             for p in read_points(folder, [str(n) for n in plan.get("points") or []])]
     return list(dict.fromkeys(str(n) for n in names))
 
 

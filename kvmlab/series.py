@@ -34,7 +34,6 @@ from . import marks
 ACTIVE_STATUSES = ("running", "ready")
 #: ``<name>_start`` marks that are steps, not fault windows
 PAUSED_STATUSES = ("paused", "standby")
-MIB = 1024 * 1024
 
 
 # -- selection -----------------------------------------------------------------------

@@ -39,6 +39,7 @@ from . import _proc, analysis, paths, trust
 from .batch import check_parameters, execute, export_html
 from .errors import BadInput, KvmlabError
 from .runs import load_run
+from .sweepdir import read_points
 from .tmpdirs import reap_stale_tmpdirs
 
 log = logging.getLogger(__name__)
@@ -237,24 +238,17 @@ def outcome(folder: str | Path) -> tuple[int, list[tuple[str, str]]]:
     """How the sweep in *folder* stands: the number of points done, and (point, error)
     for each point that failed."""
     done, failed = 0, []
-    for pj in sorted(Path(folder, "points").glob("*/point.json")):
-        try:
-            rec = json.loads(pj.read_text())
-        except (OSError, ValueError):
-            failed.append((pj.parent.name, "point.json unreadable"))
-            continue
-        if rec.get("status") == "done":
+    for p in read_points(folder):
+        if p.status == "done":
             done += 1
         else:
-            failed.append((pj.parent.name, str(rec.get("error") or rec.get("status"))))
+            failed.append((p.name, p.error or p.status))
     return done, failed
 
 
 def point_done(folder: Path) -> bool:
-    try:
-        return bool(json.loads((folder / "point.json").read_text())["status"] == "done")
-    except (OSError, ValueError, KeyError):
-        return False
+    """Has the point in *folder* run to the end (its point.json says done)?"""
+    return any(p.status == "done" for p in read_points(folder.parent.parent, [folder.name]))
 
 
 # -- the sweep -----------------------------------------------------------------------------
@@ -412,22 +406,19 @@ def collect(folder: str | Path, write: bool = True) -> pd.DataFrame:
     """
     folder = Path(folder)
     rows: list[dict[str, Any]] = []
-    for pdir in sorted((folder / "points").glob("*")):
-        try:
-            point = json.loads((pdir / "point.json").read_text())
-        except (OSError, ValueError):
+    for p in read_points(folder):
+        if p.status == "unreadable":
             continue
-        base = {"point": pdir.name, "point_status": point.get("status"),
-                "point_error": point.get("error"), "point_wall_s": point.get("wall_s"),
-                **{k: v for k, v in (point.get("params") or {}).items()
-                   if not isinstance(v, (dict, list))}}
-        runs = sorted(pdir.rglob("run.json"))
+        base = {"point": p.name, "point_status": p.status, "point_error": p.error,
+                "point_wall_s": p.record.get("wall_s"),
+                **{k: v for k, v in p.params.items() if not isinstance(v, (dict, list))}}
+        runs = p.runs()
         if not runs:
             rows.append(base)
             continue
-        for rj in runs:
+        for run in runs:
             try:
-                summary = analysis.summarize(load_run(rj.parent))
+                summary = analysis.summarize(load_run(run))
             except (KvmlabError, ValueError, KeyError, OSError) as err:
                 summary = {"summary_error": str(err)}
             rows.append({**base, **summary})

@@ -151,17 +151,19 @@ def private_dir(path: Path, what: str = "folder") -> Path:
     return path
 
 
-def write_atomic(path: Path, data: str | bytes) -> None:
+def write_atomic(path: Path, data: str | bytes, mode: int | None = None) -> None:
     """Replace *path* with *data* all at once: written to a fresh temp file beside it
     (``O_EXCL``: a planted file or symlink of that name is never followed), synced, then
     renamed over *path* (a rename replaces a symlink, never writes through it).  The file
-    gets the umask's mode.  On failure (a full disk) *path* is left as it was."""
+    gets *mode*, else the umask's.  On failure (a full disk) *path* is left as it was."""
     raw = data.encode("utf-8") if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.fchmod(fd, 0o666 & ~mask)
+        if mode is None:
+            mask = os.umask(0)
+            os.umask(mask)
+            mode = 0o666 & ~mask
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(raw)
             fh.flush()

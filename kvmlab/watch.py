@@ -21,8 +21,7 @@ from typing import Any
 
 from . import marks
 from .converge import Predictor
-
-MIB = 1024 * 1024
+from .units import MIB
 
 #: steps too routine to be worth a log line
 QUIET_MARKS = frozenset({marks.RECORDER_START, marks.RECORDER_STOP, marks.ATTACH})

@@ -13,7 +13,6 @@ to touch the recording.
 from __future__ import annotations
 
 import html
-import io
 import logging
 import threading
 import time
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import ipywidgets as w
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from . import analysis, causes, plots
@@ -31,10 +29,9 @@ from .errors import KvmlabError
 from .model import MIRROR_MODES, SYNC_MODES, MirrorSpec
 from .runs import RunData
 from .session import Finished, Session
-from .units import with_unit
+from .units import MIB, with_unit
 
 log = logging.getLogger(__name__)
-MIB = 1024 * 1024
 SIZES = [("QEMU default", 0), ("64 KiB", 64 << 10), ("256 KiB", 256 << 10),
          ("1 MiB", 1 << 20), ("8 MiB", 8 << 20)]
 
@@ -47,13 +44,6 @@ SAID = {"stop_vm": "VM stopped (HMP stop): the guest's vCPUs are paused",
         "cont_vm": "VM continues (HMP cont)",
         "active_mode": "switched to write-blocking (active mode): guest writes now reach the "
                        "target before they complete"}
-
-
-def _png(fig: Figure, dpi: int = 100) -> bytes:
-    buf = io.BytesIO()
-    FigureCanvasAgg(fig)
-    fig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()
 
 
 def _show_image(image: w.Image, png: bytes) -> None:
@@ -116,7 +106,7 @@ class LivePlot:
             self.canvas.layout.display = None
             self.canvas.draw_idle()
         else:
-            _show_image(self.widget, self._locked(lambda: _png(self.fig)))
+            _show_image(self.widget, self._locked(lambda: plots.png(self.fig)))
 
     def _redraw(self, samples: Any, events: Any, trace: Any = None) -> None:
         view = (self.ax.get_xlim(), self.ax.get_ylim()) if self.zoomed else None
@@ -138,7 +128,7 @@ class LivePlot:
         """The plot as PNG (what the image shows; a render of the figure when interactive)."""
         if self.canvas is None:
             return bytes(self.widget.value)
-        return self._locked(lambda: _png(self.fig)) if self._auto is not None else b""
+        return self._locked(lambda: plots.png(self.fig)) if self._auto is not None else b""
 
     def close(self) -> None:
         if self.canvas is not None:
@@ -457,7 +447,7 @@ class MirrorPanel(w.VBox):
         import matplotlib.pyplot as plt
         fig = plots.dashboard(fin.data)
         try:
-            self._dashboard_png = _png(fig)
+            self._dashboard_png = plots.png(fig)
             fig.savefig(fin.run_path / "dashboard.png", dpi=100, bbox_inches="tight")
         finally:
             plt.close(fig)

@@ -41,6 +41,7 @@ from ..guest.workload import Workload
 from ..images import make_guest_disk
 from ..model import COPY_MODES, check_speed
 from ..options import DEFAULT_OPTIONS, RunOptions
+from ..units import MIB
 from .common import ExperimentResult, LabRun
 
 #: the policies a run can follow when the predictor says "diverging"
@@ -177,7 +178,7 @@ def _target(stack: ExitStack, mark: Any, source: Path, target: Path, slow_target
 def _rates(out: converge.Outlook | None) -> dict[str, Any] | None:
     if out is None:
         return None
-    mib = 1024 * 1024
+    mib = MIB
     return {"state": out.state, "copy_mib_s": _r(out.copy_rate, mib),
             "dirty_mib_s": _r(out.dirty_rate, mib), "net_mib_s": _r(out.net_rate, mib),
             "remaining_mib": round(out.remaining / mib, 2)}
