@@ -14,7 +14,6 @@ same function.  Re-running a sweep skips points already done (resume).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import itertools
 import json
@@ -163,22 +162,11 @@ def _point_lock(folder: Path, wait_s: float | None = None) -> int:
     """
     locks = folder.parent.parent / ".locks"
     locks.mkdir(mode=0o700, exist_ok=True)
-    fd = trust.open_lock(locks / f"{folder.name}.lock")
-    deadline = time.monotonic() + (OWNER_WAIT_S if wait_s is None else wait_s)
-    told = False
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                raise KvmlabError(f"point {folder.name} is still run by an earlier sweep "
-                                  "(it holds its lock); not started twice") from None
-            if not told:
-                log.warning("point %s: waiting for an earlier run of it to end", folder.name)
-                told = True
-            time.sleep(0.2)
+    return trust.take_lock(
+        locks / f"{folder.name}.lock", OWNER_WAIT_S if wait_s is None else wait_s,
+        f"point {folder.name}: waiting for an earlier run of it to end",
+        KvmlabError(f"point {folder.name} is still run by an earlier sweep (it holds its "
+                    "lock); not started twice"))
 
 
 def _run_point_locked(notebook: str, params: dict[str, Any], folder_p: Path, timeout: float,

@@ -70,6 +70,8 @@ def _candidates() -> list[Path]:
 def _owner(folder: Path) -> int | None:
     """The pid in *folder*'s ``owner.pid`` if the folder and the file are ours (owned by
     our uid, 0700, no symlinks); None for anything else, which is left alone."""
+    if not os.path.lexists(folder / OWNER):
+        return None                      # no owned dir (kept images, a user's folder)
     if not trust.owned_dir(folder):
         trust.mention_once(str(folder), f"left alone: {folder} is not a private folder "
                            "of ours, so nothing in it is trusted")

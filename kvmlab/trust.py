@@ -18,16 +18,18 @@ and a :class:`Reserve` keeps room for a run's last words (its final ``run.json``
 from __future__ import annotations
 
 import errno
+import fcntl
 import grp
 import logging
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import NoSpace, Untrusted
+from .errors import KvmlabError, NoSpace, Untrusted
 
 log = logging.getLogger(__name__)
 
@@ -262,3 +264,28 @@ class Reserve:
     def release(self) -> None:
         """Give the room back (idempotent)."""
         self.path.unlink(missing_ok=True)
+
+
+def take_lock(path: Path, wait_s: float, waiting: str, busy: KvmlabError) -> int:
+    """Hold the ``flock`` on *path* (:func:`open_lock`: ours, no symlink), waiting up to
+    *wait_s* while someone else holds it; *waiting* is logged once if it must wait.  The
+    kernel lets go when the holder dies, so a killed run never blocks the next.
+
+    :return: the lock's descriptor (close it to let go).
+    :raise KvmlabError: *busy*, when the lock was held for *wait_s*.
+    """
+    fd = open_lock(path)
+    deadline = time.monotonic() + wait_s
+    told = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise busy from None
+            if not told:
+                log.warning("%s", waiting)
+                told = True
+            time.sleep(0.2)

@@ -15,7 +15,6 @@ The seed's experiment 2 stops the NFS service mid-mirror and starts it again:
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import socket
@@ -54,22 +53,10 @@ def take_turn(wait_s: float = LOCK_WAIT_S) -> int:
     :return: the lock's file descriptor (close it to let go).
     :raise LaunchError: another kvmlab NFS server held it for *wait_s*.
     """
-    fd = trust.open_lock(lock_path())
-    deadline = time.monotonic() + wait_s
-    told = False
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                raise LaunchError(f"another kvmlab NFS server has been running for over "
-                                  f"{wait_s:.0f} s (lock {lock_path()})") from None
-            if not told:
-                log.info("waiting for another kvmlab run's NFS server to end")
-                told = True
-            time.sleep(0.2)
+    return trust.take_lock(
+        lock_path(), wait_s, "waiting for another kvmlab run's NFS server to end",
+        LaunchError(f"another kvmlab NFS server has been running for over {wait_s:.0f} s "
+                    f"(lock {lock_path()})"))
 
 CONFIG = """\
 NFS_CORE_PARAM {{
