@@ -13,7 +13,7 @@ APT_PKGS := qemu-system-x86 qemu-utils qemu-block-extra busybox-static cpio e2fs
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: all setup apt pyapt venv venv-libvirt guest qemu-builds libvirtd demo lint check integration test bench notebooks lab clean
+.PHONY: all setup apt pyapt venv venv-libvirt guest qemu-builds libvirtd demo lint check integration test bench notebooks lab clean architecture
 
 all: demo
 
@@ -89,6 +89,10 @@ integration: setup venv-libvirt libvirtd qemu-builds
 	$(PY) -m pytest -m qemu -v --durations=15 $(PYTEST_ARGS)
 
 test: check integration
+
+# the layers picture in the README, drawn from the import contract and grimp's graph
+architecture: venv
+	$(PY) tools/architecture.py
 
 # after editing notebooks/NN_name.py: refresh the paired .ipynb that papermill runs
 notebooks: venv
