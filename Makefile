@@ -85,8 +85,12 @@ lint: venv
 check: lint
 	KVMLAB_TIER=pure $(PY) -m pytest -m "not qemu" -q -p no:cacheprovider --durations=5 $(PYTEST_ARGS)
 
+# the integration tier in parallel (pytest-xdist): its tests mostly wait (speed limits,
+# outage windows, TCG boots); tests that share a host-wide resource (the one NFS server,
+# /dev/shm) run in one worker each (--dist loadgroup, their xdist_group marks)
+WORKERS ?= 4
 integration: setup venv-libvirt libvirtd qemu-builds
-	$(PY) -m pytest -m qemu -v --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -m qemu -v -n $(WORKERS) --dist loadgroup --durations=15 $(PYTEST_ARGS)
 
 test: check integration
 
