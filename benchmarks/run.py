@@ -32,15 +32,16 @@ import pandas as pd
 import uvloop
 from qemu.qmp import Message
 
-from kvmlab import __version__, images, paths
+from kvmlab import __version__, paths
 from kvmlab.backends.qmp import QMPBackend
-from kvmlab.jobs import Job
-from kvmlab.libvirt_lab import LibvirtMachine
-from kvmlab.machine import Machine, resolve_accel
-from kvmlab.options import RunOptions
-from kvmlab.record import Recorder
-from kvmlab.runs import _git_revision, _qemu_version
-from kvmlab.tmpdirs import owned_tmpdir
+from kvmlab.experiments.options import RunOptions
+from kvmlab.live.jobs import Job
+from kvmlab.live.record import Recorder
+from kvmlab.qemu import images
+from kvmlab.store.runs import _git_revision, _qemu_version
+from kvmlab.store.tmpdirs import owned_tmpdir
+from kvmlab.vm.libvirt_lab import LibvirtMachine
+from kvmlab.vm.machine import Machine, resolve_accel
 
 MIB = 1024 * 1024
 HERE = Path(__file__).resolve().parent
@@ -431,7 +432,7 @@ def bench_end_to_end(tmp: Path, smoke: bool) -> dict[str, Any]:
 
 # -- 5. sweep scaling --------------------------------------------------------------------
 def bench_sweep(tmp: Path, smoke: bool) -> dict[str, Any]:
-    from kvmlab.sweep import SweepSpec, run_sweep
+    from kvmlab.batch.sweep import SweepSpec, run_sweep
     nb = ROOT / "notebooks" / "01_mirror_basic.ipynb"
     params = {"image_mib": 48, "fill_mib": 4, "workload_kib": 128, "after_ready_s": 0.3,
               "ready_timeout": 60.0, "speed": 0}
@@ -455,9 +456,9 @@ def bench_live_plot(tmp: Path, smoke: bool) -> dict[str, Any]:
     in this process, alternated, so the ratio holds on any CPU."""
     import matplotlib
     matplotlib.use("Agg")
+    from kvmlab.lab.widgets import LivePlot
     from kvmlab.plots import png as _png
-    from kvmlab.runs import load_run
-    from kvmlab.widgets import LivePlot
+    from kvmlab.store.runs import load_run
     run = load_run(ROOT / "tests" / "data" / "runs" / "stall-set-speed")
     samples, events = run.samples, run.events
     png, live = LivePlot(interactive=False), LivePlot(interactive=True)
@@ -500,8 +501,8 @@ OTHER_BUILD = "10.0"
 def bench_qemu_builds(tmp: Path, smoke: bool) -> dict[str, Any]:
     """E1 end to end and the per-sample watch cost on Debian's QEMU and on 10.0, alternated
     rep by rep in one run (the host's drift hits both): ratios 10.0 / system."""
-    from kvmlab import builds
     from kvmlab.experiments import mirror_basic
+    from kvmlab.qemu import builds
     pair = ("system", OTHER_BUILD)
     reps = 1 if smoke else 3
     walls: dict[str, list[float]] = {b: [] for b in pair}
@@ -556,12 +557,12 @@ def _before_trace() -> Any:
     import types
 
     import kvmlab.marks
-    import kvmlab.runs
+    import kvmlab.store.runs
     import kvmlab.units
     pkg = types.ModuleType("kvmlab_before")
     pkg.__path__ = []
     sys.modules["kvmlab_before"] = pkg
-    for name, mod in (("marks", kvmlab.marks), ("units", kvmlab.units), ("runs", kvmlab.runs)):
+    for name, mod in (("marks", kvmlab.marks), ("units", kvmlab.units), ("runs", kvmlab.store.runs)):
         sys.modules[f"kvmlab_before.{name}"] = mod
         setattr(pkg, name, mod)
     for name in ("analysis", "plots"):
@@ -590,8 +591,8 @@ def bench_trace(tmp: Path, smoke: bool) -> dict[str, Any]:
       dashboard (before the trace stream) and by the new one with lanes and causes."""
     from kvmlab import experiments as ex
     from kvmlab import plots
-    from kvmlab import trace as qtrace
-    from kvmlab.runs import load_run, tile
+    from kvmlab.qemu import trace as qtrace
+    from kvmlab.store.runs import load_run, tile
     # 2 GiB of data on a 4 GiB disk: each mirror takes ~0.4 s, so a few ms of noise
     # per rep no longer spans the 3 % the target is about
     reps = 1 if smoke else 25
@@ -671,12 +672,12 @@ def bench_trace(tmp: Path, smoke: bool) -> dict[str, Any]:
 # -- 9. the convergence predictor's accuracy, and the active mode's cost on a slow target ----
 def bench_convergence(tmp: Path, smoke: bool) -> dict[str, Any]:
     """The ``convergence`` sweep (``notebooks/sweeps/convergence.yaml``, 16 points on two
-    builds; smoke: 2 points) scored with :func:`kvmlab.converge.score_runs`; then the same
+    builds; smoke: 2 points) scored with :func:`kvmlab.analysis.converge.score_runs`; then the same
     pressure on a slow target (NBD export taking 2 MiB/s) in background and write-blocking
     mode, side by side: what the active mode costs the guest's writes."""
-    from kvmlab import converge
     from kvmlab import experiments as ex
-    from kvmlab.sweep import SweepSpec, run_sweep
+    from kvmlab.analysis import converge
+    from kvmlab.batch.sweep import SweepSpec, run_sweep
     spec = SweepSpec.from_yaml(ROOT / "notebooks" / "sweeps" / "convergence.yaml")
     if smoke:
         spec.grid.update({"speed": [1048576], "workload_rate_kib_s": [3072], "qemu": ["system"]})
@@ -724,7 +725,8 @@ def bench_seed(tmp: Path, smoke: bool) -> dict[str, Any]:
     """``kvmlab seed``: the whole seed suite (12 cases) on both builds with 2 workers, wall
     time against the sum of its runs' times (what one worker would take, less start-up);
     smoke: E4 paused and running on Debian's build at the small size."""
-    from kvmlab import builds, labnote
+    from kvmlab.qemu import builds
+    from kvmlab.report import labnote
     from kvmlab.seed import run_seed
     qemu = ["system", "10.0"] if "10.0" in builds.names() and not smoke else ["system"]
     t0 = time.monotonic()
@@ -753,7 +755,7 @@ MEMORY_PROBE = """\
 import json, sys, time
 from pathlib import Path
 from kvmlab.model import JobInfo
-from kvmlab.record import Recorder
+from kvmlab.live.record import Recorder
 run, rows, keep_all = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
 def rss():
     for line in open("/proc/self/status"):

@@ -12,10 +12,10 @@ import importlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ._version import __version__
+from kvmlab._version import __version__
 
 if TYPE_CHECKING:
-    from .errors import (
+    from kvmlab.errors import (
         BackendError,
         BadInput,
         GuestNotBuilt,
@@ -26,21 +26,21 @@ if TYPE_CHECKING:
         ToolError,
         WaitTimeout,
     )
-    from .guest.workload import Manifest, Workload
-    from .jobs import Job, hmp, job_for, mirror
-    from .machine import Drive, Machine, resolve_accel
-    from .model import DriveInfo, JobInfo, JobOutcome, MirrorSpec
-    from .runs import RunData, load_run
+    from kvmlab.guest.workload import Manifest, Workload
+    from kvmlab.live.jobs import Job, hmp, job_for, mirror
+    from kvmlab.model import DriveInfo, JobInfo, JobOutcome, MirrorSpec
+    from kvmlab.store.runs import RunData, load_run
+    from kvmlab.vm.machine import Drive, Machine, resolve_accel
 
 #: public name -> the module that defines it
 _WHERE = {
     **dict.fromkeys(("KvmlabError", "BadInput", "BackendError", "GuestNotBuilt", "JobError",
                      "LaunchError", "StateError", "ToolError", "WaitTimeout"), "errors"),
     "Manifest": "guest.workload", "Workload": "guest.workload",
-    **dict.fromkeys(("Job", "hmp", "job_for", "mirror"), "jobs"),
-    **dict.fromkeys(("Drive", "Machine", "resolve_accel"), "machine"),
+    **dict.fromkeys(("Job", "hmp", "job_for", "mirror"), "live.jobs"),
+    **dict.fromkeys(("Drive", "Machine", "resolve_accel"), "vm.machine"),
     **dict.fromkeys(("DriveInfo", "JobInfo", "JobOutcome", "MirrorSpec"), "model"),
-    "RunData": "runs", "load_run": "runs",
+    "RunData": "store.runs", "load_run": "store.runs",
 }
 
 logging.getLogger("kvmlab").addHandler(logging.NullHandler())

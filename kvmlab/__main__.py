@@ -1,3 +1,3 @@
-from .cli import main
+from kvmlab.cli import main
 
 main()

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import uvloop
 
-from .errors import StateError, WaitTimeout
+from kvmlab.errors import StateError, WaitTimeout
 
 T = TypeVar("T")
 

@@ -8,7 +8,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .errors import ToolError
+from kvmlab.errors import ToolError
 
 
 def qemu_opt(value: str | Path) -> str:

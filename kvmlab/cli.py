@@ -13,9 +13,9 @@ from typing import Any
 import click
 import yaml
 
-from . import trust
-from .errors import BadInput, KvmlabError, NoSpace
-from .units import with_unit
+from kvmlab import trust
+from kvmlab.errors import BadInput, KvmlabError, NoSpace
+from kvmlab.units import with_unit
 
 
 def _fail(err: KvmlabError) -> None:
@@ -77,7 +77,7 @@ def guest() -> None:
 @click.option("--force", is_flag=True, help="Rebuild even if a guest is there.")
 def guest_build(out: Path | None, kernel: Path | None, modules: Path | None, force: bool) -> None:
     """Build the guest into data/guest (idempotent)."""
-    from .guest.build import build_guest
+    from kvmlab.guest.build import build_guest
     with _one_line_errors("the guest as it was is kept"):
         g = build_guest(out, kernel=kernel, modules=modules, force=force)
     click.echo(f"guest: {g.kernel.parent} (kernel {g.kernel_version})")
@@ -128,8 +128,8 @@ def run_cmd(notebook: Path, pairs: tuple[tuple[str, str], ...], files: tuple[Pat
     """
     from tqdm import tqdm
 
-    from .batch import Execution, NotebookFailed, run_notebook
-    from .watch import RunWatcher, outcome
+    from kvmlab.batch.notebooks import Execution, NotebookFailed, run_notebook
+    from kvmlab.batch.watch import RunWatcher, outcome
 
     execution = Execution()
     tty = sys.stderr.isatty()
@@ -197,7 +197,8 @@ def qemu_group() -> None:
 @qemu_group.command("list")
 def qemu_list() -> None:
     """The builds qemu= accepts, their versions and mirror capabilities."""
-    from . import builds, qemu_probe
+    from kvmlab.qemu import builds
+    from kvmlab.vm import qemu_probe
     with _one_line_errors("nothing was changed"):
         for name in builds.names():
             b = builds.resolve(name)
@@ -211,8 +212,8 @@ def qemu_list() -> None:
 @click.argument("version")
 def qemu_add(version: str) -> None:
     """Install QEMU VERSION (e.g. 10.0) from Debian's backports into data/qemu/VERSION."""
-    from . import qemu_probe
-    from .builds_install import add
+    from kvmlab.qemu.install import add
+    from kvmlab.vm import qemu_probe
     with _one_line_errors("nothing was installed"):
         build = add(version, say=lambda line: click.echo(line, err=True))
         caps = qemu_probe.capabilities(build)
@@ -223,7 +224,7 @@ def qemu_add(version: str) -> None:
 @click.argument("name")
 def qemu_remove(name: str) -> None:
     """Remove the installed build NAME (never the system's QEMU)."""
-    from .builds_install import remove
+    from kvmlab.qemu.install import remove
     with _one_line_errors("the build may be partly removed; run the same command again"):
         remove(name, say=click.echo)
 
@@ -248,7 +249,7 @@ def sweep_cmd(notebook: Path | None, grids: tuple[str, ...], pairs: tuple[tuple[
               sweep_file: Path | None, workers: int, repeat: int | None,
               dask_address: str | None, out: Path | None, no_report: bool) -> None:
     """Run NOTEBOOK over a parameter grid (each point one papermill run), then report."""
-    from .sweep import SweepSpec, parse_grid, run_sweep
+    from kvmlab.batch.sweep import SweepSpec, parse_grid, run_sweep
     with _one_line_errors("finished points are kept, run the same command again to resume"):
         if sweep_file is not None:
             spec = SweepSpec.from_yaml(sweep_file, notebook)
@@ -265,7 +266,7 @@ def sweep_cmd(notebook: Path | None, grids: tuple[str, ...], pairs: tuple[tuple[
             spec.repeat = repeat
         folder = run_sweep(spec, out, workers=workers, dask=dask_address,
                            report=not no_report)
-    from .sweep import outcome
+    from kvmlab.batch.sweep import outcome
     done, failed = outcome(folder)
     click.echo(f"sweep folder: {folder}")
     results = folder / "results.csv"
@@ -301,9 +302,9 @@ def analyze_cmd(run_dir: Path, plots: bool, stall_min: float, log_scale: bool) -
     plot it."""
     import matplotlib
     matplotlib.use("Agg")
-    from . import analysis
-    from . import plots as plotting
-    from .runs import load_run
+    from kvmlab import analysis
+    from kvmlab import plots as plotting
+    from kvmlab.store.runs import load_run
     with _one_line_errors("nothing was written"):
         folders = run_folders(run_dir)
         runs = [load_run(f) for f in folders]
@@ -327,7 +328,7 @@ def analyze_cmd(run_dir: Path, plots: bool, stall_min: float, log_scale: bool) -
               help="Also print it to this PDF (headless Chromium).")
 @click.option("--title", default=None, help="The document's title.")
 @click.option("--template", type=click.Path(path_type=Path), default=None,
-              help="A Jinja template to use instead of kvmlab/templates/report.html.j2.")
+              help="A Jinja template to use instead of kvmlab/report/templates/report.html.j2.")
 def report_cmd(inputs: tuple[Path, ...], out: Path, pdf: Path | None, title: str | None,
                template: Path | None) -> None:
     """Turn run folders, notebook run folders and sweep folders (INPUTS) into one
@@ -335,7 +336,7 @@ def report_cmd(inputs: tuple[Path, ...], out: Path, pdf: Path | None, title: str
     each, and a provenance appendix."""
     import matplotlib
     matplotlib.use("Agg")
-    from .report import make_report
+    from kvmlab.report.document import make_report
     with _one_line_errors("no partial document left"):
         make_report(inputs, out, pdf=pdf, title=title, template=template,
                     progress=lambda line: click.echo(line, err=True))
@@ -365,7 +366,7 @@ def seed_cmd(qemu: str, workers: int, size: str, only: str | None, accel: str,
     of the seed's claims beside what kvmlab measured, agree or disagree."""
     import matplotlib
     matplotlib.use("Agg")
-    from .seed import run_seed
+    from kvmlab.seed import run_seed
     with _one_line_errors("finished runs are kept, run the same command with --out to "
                           "resume"):
         result = run_seed(qemu, out, workers=workers, size=size, cases=only, accel=accel,

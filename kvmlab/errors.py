@@ -88,7 +88,7 @@ class WaitTimeout(JobError):
 
 class JobDiverging(WaitTimeout):
     """A wait gave up: the job copies, but the guest dirties as fast (see
-    :mod:`kvmlab.converge`); the message has the rates.  :attr:`outlook` has them too."""
+    :mod:`kvmlab.analysis.converge`); the message has the rates.  :attr:`outlook` has them too."""
 
     def __init__(self, message: str, outlook: Any = None) -> None:
         super().__init__(message)

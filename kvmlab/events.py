@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConnectionLost, WaitTimeout
+from kvmlab.errors import ConnectionLost, WaitTimeout
 
 log = logging.getLogger(__name__)
 

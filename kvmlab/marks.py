@@ -48,7 +48,7 @@ EIO: Final = "eio"
 ENOSPC: Final = "enospc"
 THROTTLE: Final = "throttle"
 FSFREEZE: Final = "fsfreeze"                #: the guest's file systems frozen: not a fault
-#: no job sample for over :data:`kvmlab.record.GAP_INTERVALS` intervals: a hole in the
+#: no job sample for over :data:`kvmlab.live.record.GAP_INTERVALS` intervals: a hole in the
 #: record (the recording process was stopped, the host was busy or suspended), not a fault
 SAMPLE_GAP: Final = "sample_gap"
 

@@ -2,7 +2,7 @@
 
 Pure values with validation that needs no QEMU; the checks that need the
 host or the VM (does the drive exist, is the target directory writable) live
-in :mod:`kvmlab.jobs`.
+in :mod:`kvmlab.live.jobs`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .errors import BadInput
+from kvmlab.errors import BadInput
 
 SYNC_MODES = ("full", "top", "none")
 MIRROR_MODES = ("absolute-paths", "existing")

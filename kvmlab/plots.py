@@ -24,9 +24,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from . import analysis, causes, marks, units
-from .runs import RunData
-from .units import MIB
+from kvmlab import analysis, marks, units
+from kvmlab.analysis import causes
+from kvmlab.store.runs import RunData
+from kvmlab.units import MIB
 
 #: lines with more points than this are drawn decimated (min and max per column)
 MAX_POINTS = 4000
@@ -268,7 +269,7 @@ def shade_periods(ax: Axes, samples: pd.DataFrame, job: str | None = None,
                   held: pd.DataFrame | None = None, **stall_kw: Any) -> list[Patch]:
     """Shade hold-ups and paused periods; returns legend handles for what was drawn.
 
-    :param held: hold-ups classified by cause (:func:`kvmlab.causes.classify`): each cause
+    :param held: hold-ups classified by cause (:func:`kvmlab.analysis.causes.classify`): each cause
         in its colour.  Without it, stalls are red and paused periods grey hatched."""
     handles: list[Patch] = []
     if held is not None and len(held):
@@ -311,7 +312,7 @@ def progress(samples: pd.DataFrame, events: pd.DataFrame | None = None, *,
              ax: Axes | None = None, job: str | None = None, xlabel: bool = True,
              held: pd.DataFrame | None = None) -> Figure:
     """Offset and len (MiB) against time: ``info block-jobs`` as curves; hold-ups shaded
-    by cause when *held* (:func:`kvmlab.causes.classify`) is given."""
+    by cause when *held* (:func:`kvmlab.analysis.causes.classify`) is given."""
     fig, ax = _axes(ax)
     names = [job] if job else analysis.jobs(samples)
     for name in names:
@@ -402,7 +403,7 @@ def image_sizes(sizes: pd.DataFrame, events: pd.DataFrame | None = None,
 
 def trace_lanes(trace: pd.DataFrame, events: pd.DataFrame | None, axes: Any, *,
                 job: str | None = None, xlabel: bool = False) -> None:
-    """Four lanes from QEMU's trace (:mod:`kvmlab.trace`) on *axes*: requests in flight,
+    """Four lanes from QEMU's trace (:mod:`kvmlab.qemu.trace`) on *axes*: requests in flight,
     the dirty count QEMU reports (MiB), each throttle sleep (s), and the size of each
     request the mirror issued (KiB: how its iterations split the work)."""
     jt = causes.job_trace(trace, events if events is not None else pd.DataFrame(), job)

@@ -1,12 +1,12 @@
 """``kvmlab seed``: the seed's whole suite on each QEMU build asked for, then the lab note.
 
-Every case of :data:`kvmlab.suites.SEED_SUITE` (E1, E2 in both outage modes, E3, E4
+Every case of :data:`kvmlab.lab.suites.SEED_SUITE` (E1, E2 in both outage modes, E3, E4
 paused and running, E5, E6, E7 and the consistency study for conclusions 2 and 3, one
 run per cut strategy) on every build is one point of a sweep of
 ``notebooks/08_seed_summary.ipynb``: each its own ``kvmlab run`` process with its own
 QEMU, so points run side by side (``workers``), a failing point cannot take the others
 down, Ctrl-C stops them all cleanly and a second call with the same ``out`` resumes.
-Then :func:`kvmlab.report.make_labnote` writes "the lab note, reproduced" into the
+Then :func:`kvmlab.report.document.make_labnote` writes "the lab note, reproduced" into the
 folder: each of the seed's claims, what kvmlab measured on each build, agree or not.
 """
 
@@ -18,13 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import builds, labnote, paths
-from .errors import BadInput
-from .experiments import consistency_study, mirror_nfs_outage
-from .model import ACCELS
-from .report import check_output, make_labnote
-from .suites import SEED_SUITE, chosen_names
-from .sweep import SweepSpec, outcome, run_sweep
+from kvmlab import paths
+from kvmlab.batch.sweep import SweepSpec, outcome, run_sweep
+from kvmlab.errors import BadInput
+from kvmlab.experiments import consistency_study, mirror_nfs_outage
+from kvmlab.lab.suites import SEED_SUITE, chosen_names
+from kvmlab.model import ACCELS
+from kvmlab.qemu import builds
+from kvmlab.report import labnote
+from kvmlab.report.document import check_output, make_labnote
 
 SEED_NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "08_seed_summary.ipynb"
 #: image sizes: "full" as the notebooks' defaults, "small" for a quick check (make test)

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import KvmlabError, NoSpace, Untrusted
+from kvmlab.errors import KvmlabError, NoSpace, Untrusted
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ workload_rate_kib_s: int = 512      # the guest's write rate
 run_path: Optional[str] = None      # kvmlab run sets it, None for data/runs/<run-id>
 
 # %%
-from kvmlab.widgets import MirrorPanel
+from kvmlab.lab.widgets import MirrorPanel
 
 panel = MirrorPanel.lab(accel=accel, qemu=qemu, fill_mib=fill_mib, workload_rate_kib_s=workload_rate_kib_s)
 panel  # noqa: B018 - the cell's value is the panel Jupyter displays

@@ -56,7 +56,7 @@ run_path: Optional[str] = None      # kvmlab run sets it, None for data/runs/<ru
 # %%
 from kvmlab import analysis
 from kvmlab import experiments as ex
-from kvmlab.notebook import display, run_experiment, show_run, show_verdict
+from kvmlab.lab.notebook import display, run_experiment, show_run, show_verdict
 
 # %%
 result = run_experiment(ex.mirror_nfs_outage, globals())

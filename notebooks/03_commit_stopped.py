@@ -45,7 +45,7 @@ run_path: Optional[str] = None      # kvmlab run sets it, None for data/runs/<ru
 import pandas as pd
 
 from kvmlab import experiments as ex
-from kvmlab.notebook import display, run_experiment, show_run, show_verdict
+from kvmlab.lab.notebook import display, run_experiment, show_run, show_verdict
 
 # %%
 results = {}

@@ -41,7 +41,7 @@ run_path: Optional[str] = None      # kvmlab run sets it, None for data/runs/<ru
 
 # %%
 from kvmlab import experiments as ex
-from kvmlab.notebook import run_experiment, show_run, show_verdict
+from kvmlab.lab.notebook import run_experiment, show_run, show_verdict
 
 # %%
 result = run_experiment(ex.shallow_existing, globals())

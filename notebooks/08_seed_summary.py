@@ -27,7 +27,7 @@
 # Parameters (papermill injects overrides below this cell); defaults as in the experiment
 from typing import Optional
 
-experiments: str = "E1,E2 stop,E3,E4 paused,E5,E6,E7"  # from kvmlab.suites.SEED_SUITE, comma-separated
+experiments: str = "E1,E2 stop,E3,E4 paused,E5,E6,E7"  # from kvmlab.lab.suites.SEED_SUITE, comma-separated
 image_mib: int = 48
 fill_mib: int = 8
 sample_interval: float = 0.1        # seconds between query-block-jobs samples
@@ -41,11 +41,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from kvmlab import suites
-from kvmlab.notebook import display
+from kvmlab.lab import suites
+from kvmlab.lab.notebook import display
 
 # %%
-# each experiment is a run in a sub-folder of this one (the suite: kvmlab.suites.SEED_SUITE)
+# each experiment is a run in a sub-folder of this one (the suite: kvmlab.lab.suites.SEED_SUITE)
 results = suites.seed_suite(globals(), experiments)
 summary = suites.seed_rows(results)
 pd.set_option("display.max_colwidth", 80)

@@ -50,8 +50,9 @@ run_path: Optional[str] = None      # kvmlab run sets it, None for data/runs/<ru
 
 import matplotlib.pyplot as plt
 
-from kvmlab import plots, suites
-from kvmlab.notebook import display, save_table_figure
+from kvmlab import plots
+from kvmlab.lab import suites
+from kvmlab.lab.notebook import display, save_table_figure
 
 # %%
 runs = suites.fault_table(globals(), cases)

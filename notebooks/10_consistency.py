@@ -56,8 +56,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from kvmlab import experiments as ex
-from kvmlab import labnote, plots
-from kvmlab.notebook import display, run_experiment
+from kvmlab import plots
+from kvmlab.lab.notebook import display, run_experiment
+from kvmlab.report import labnote
 
 # %%
 result = run_experiment(ex.consistency_study, globals(), strategies=strategies.split(),
@@ -82,7 +83,7 @@ plt.show()
 # ## Compared with the seed's conclusions
 
 # %%
-# the same judges as the lab note of `kvmlab seed` (kvmlab.labnote)
+# the same judges as the lab note of `kvmlab seed` (kvmlab.report.labnote)
 for name, finding in [("Conclusion 2 (cache=none: what the guest wrote reaches the copy)",
                        labnote.conclusion_2(trials_df)),
                       ("Conclusion 3 (without pausing, no guarantee of a consistent copy)",

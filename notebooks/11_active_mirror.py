@@ -61,9 +61,12 @@ from typing import Any
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from kvmlab import builds, converge, plots, qemu_probe
 from kvmlab import experiments as ex
-from kvmlab.notebook import display, run_experiment, save_table_figure
+from kvmlab import plots
+from kvmlab.analysis import converge
+from kvmlab.lab.notebook import display, run_experiment, save_table_figure
+from kvmlab.qemu import builds
+from kvmlab.vm import qemu_probe
 
 VARIANTS: dict[str, dict[str, Any]] = {"background": {"copy_mode": "background", "give_up_when": give_up_when},
             "write-blocking": {"copy_mode": "write-blocking", "give_up_when": None},

@@ -33,8 +33,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from kvmlab import plots
-from kvmlab.notebook import display
-from kvmlab.sweep import collect
+from kvmlab.batch.sweep import collect
+from kvmlab.lab.notebook import display
 
 folder = Path(sweep_dir)
 frame = collect(folder)

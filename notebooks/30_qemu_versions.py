@@ -51,9 +51,10 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from kvmlab import builds as qemu_builds
-from kvmlab import compare, qemu_probe, suites
-from kvmlab.notebook import display
+from kvmlab.lab import compare, suites
+from kvmlab.lab.notebook import display
+from kvmlab.qemu import builds as qemu_builds
+from kvmlab.vm import qemu_probe
 
 chosen = [qemu_builds.resolve(b) for b in builds.split()]   # a bad name stops here, nothing run
 for b in chosen:

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from kvmlab import paths
+from kvmlab.experiments.options import RunOptions
 from kvmlab.guest.build import Guest, build_guest
-from kvmlab.options import RunOptions
 
 # Every process this test session (each pytest-xdist worker is one) starts inherits this
 # token in its environment, so the leak check sees this session's QEMUs (even orphaned

@@ -13,8 +13,8 @@ import pytest
 matplotlib.use("Agg")
 
 from kvmlab import analysis, plots  # noqa: E402
-from kvmlab.record import SAMPLE_COLUMNS  # noqa: E402
-from kvmlab.runs import load_run  # noqa: E402
+from kvmlab.live.record import SAMPLE_COLUMNS  # noqa: E402
+from kvmlab.store.runs import load_run  # noqa: E402
 
 DT = 0.1
 MIB = 1024 * 1024
@@ -196,7 +196,7 @@ def test_peak_copy_rate_is_never_below_the_mean() -> None:
     ev = events((0.0, "JOB_STATUS_CHANGE", {"id": "drive0", "status": "created"}),
                 (0.5, "BLOCK_JOB_READY", {"device": "drive0", "len": 64 * MIB}),
                 (0.5, "BLOCK_JOB_COMPLETED", {"device": "drive0", "offset": 32 * MIB}))
-    from kvmlab.runs import RunData
+    from kvmlab.store.runs import RunData
     ops = pd.DataFrame(columns=["t", "wall", "op", "path", "size", "sha256", "round", "guest_t",
                                 "machine"])
     sizes = pd.DataFrame(columns=["t", "wall", "label", "path", "apparent", "allocated"])
@@ -211,7 +211,7 @@ def test_a_recorder_on_its_own_makes_a_run(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
     from kvmlab.cli import main
-    from kvmlab.record import Recorder
+    from kvmlab.live.record import Recorder
     with Recorder(tmp_path / "mine", interval=0.05) as rec:
         rec.mark("cancel")
     run = load_run(tmp_path / "mine")

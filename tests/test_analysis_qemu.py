@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from kvmlab import analysis, images
+from kvmlab import analysis
 from kvmlab.guest.workload import Workload
-from kvmlab.machine import Machine
-from kvmlab.record import Recorder
+from kvmlab.live.record import Recorder
+from kvmlab.qemu import images
+from kvmlab.vm.machine import Machine
 
 pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
 

@@ -69,7 +69,7 @@ def test_killed_benchmark_leaves_its_ram_dir_to_be_reaped(tmp_path: Path) -> Non
     import time
 
     from kvmlab import paths
-    from kvmlab.tmpdirs import reap_stale_tmpdirs
+    from kvmlab.store.tmpdirs import reap_stale_tmpdirs
     shm = Path("/dev/shm")
     before = set(shm.glob("kvmlab-bench-*"))
     scratch_before = set(paths.scratch_dir().glob("bench-*"))

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from kvmlab import builds, builds_install, images, qemu_probe
 from kvmlab import experiments as ex
 from kvmlab.errors import BadInput, ToolError
+from kvmlab.experiments.options import RunOptions
 from kvmlab.faults import NbdServer
-from kvmlab.options import RunOptions
-from kvmlab.qemu_caps import read_capabilities
+from kvmlab.qemu import builds, images
+from kvmlab.qemu import install as builds_install
+from kvmlab.qemu.caps import read_capabilities
+from kvmlab.vm import qemu_probe
 
 DATA = Path(__file__).parent / "data"
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -119,7 +121,7 @@ def test_installed_build_and_capability_probe_on_both() -> None:
     assert new.version == "10.0.2" and new.module_dir and (new.module_dir / "block-nfs.so").exists()
     for prog in ("qemu-img", "qemu-io", "qemu-storage-daemon"):
         assert new.tool(prog).startswith(str(new.root))
-    from kvmlab.qemu_probe import probe
+    from kvmlab.vm.qemu_probe import probe
     old_caps, new_caps = probe(builds.resolve("system")), probe(new)
     assert old_caps.version.startswith("7.2") and not old_caps.block_job_change
     assert new_caps.version == "10.0.2" and new_caps.block_job_change and new_caps.actively_synced
@@ -187,7 +189,7 @@ def test_target_fault_on_10(opts: RunOptions) -> None:
 def test_libvirt_runs_the_other_build(scratch: Path) -> None:
     """libvirt 9.0 takes 10.0 as the domain's <emulator> through the build's wrapper (its
     capability probe loads every module, so it needs the build's module dir)."""
-    from kvmlab.libvirt_lab import LibvirtMachine
+    from kvmlab.vm.libvirt_lab import LibvirtMachine
     images.make_guest_disk(scratch / "d.qcow2", 32)
     with LibvirtMachine(scratch / "d.qcow2", qemu=NEW, name="kvmlab-build") as vm:
         vm.wait_guest("ready", timeout=120)
@@ -198,7 +200,7 @@ def test_libvirt_runs_the_other_build(scratch: Path) -> None:
 
 def test_sweep_grids_over_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``--grid qemu=system,10.0``: YAML reads 10.0 as a number, the points get the name."""
-    from kvmlab.sweep import SweepSpec, parse_grid
+    from kvmlab.batch.sweep import SweepSpec, parse_grid
     monkeypatch.setenv("KVMLAB_DATA", str(tmp_path))
     fake = tmp_path / "qemu" / "10.0"
     fake.mkdir(parents=True)
@@ -212,7 +214,7 @@ def test_sweep_grids_over_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 # -- the comparison, on behaviour rows (pure) -------------------------------------------
 def test_side_by_side_flags_real_differences_only() -> None:
-    from kvmlab.compare import Row, differences, side_by_side, strip_paths
+    from kvmlab.lab.compare import Row, differences, side_by_side, strip_paths
     info = "drive0 (#block629): /data/scratch/20261129-1/x-mirror.img (qcow2)"
     assert strip_paths(info) == "drive0 (#block): x-mirror.img (qcow2)"
     old = [Row("E1", "verdict", "PASS"), Row("E1", "time_to_ready_s", 1.0),
@@ -236,7 +238,7 @@ def test_panel_on_the_other_build(tmp_path: Path) -> None:
     """The panel's lab VM on 10.0: its status names the QEMU, a job's run records the build."""
     import time
 
-    from kvmlab.widgets import MirrorPanel
+    from kvmlab.lab.widgets import MirrorPanel
     p = MirrorPanel.lab(accel="tcg", fill_mib=4, image_mib=32, runs_dir=tmp_path, refresh=0.25,
                         qemu=NEW)
     try:

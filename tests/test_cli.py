@@ -20,8 +20,8 @@ from kvmlab._proc import owner_token
 from kvmlab.cli import main
 from kvmlab.errors import BadInput
 from kvmlab.guest.build import Guest
-from kvmlab.runs import load_run
-from kvmlab.tmpdirs import reap_stale_tmpdirs
+from kvmlab.store.runs import load_run
+from kvmlab.store.tmpdirs import reap_stale_tmpdirs
 
 NB = Path(__file__).resolve().parent.parent / "notebooks" / "01_mirror_basic.ipynb"
 
@@ -343,7 +343,7 @@ def test_units_of_summary_values() -> None:
 
 def test_yaml_style_numbers_are_numbers_for_float_parameters() -> None:
     """YAML 1.1 reads ``1e308`` (no dot) as text; a float parameter takes it as a number."""
-    from kvmlab.batch import check_parameters
+    from kvmlab.batch.notebooks import check_parameters
     from kvmlab.cli import _parse_params
     params = _parse_params((("ready_timeout", "1e308"), ("after_ready_s", "2e0")), ())
     assert params == {"ready_timeout": "1e308", "after_ready_s": "2e0"}
@@ -355,7 +355,7 @@ def test_yaml_style_numbers_are_numbers_for_float_parameters() -> None:
 
 def test_a_relative_run_path_stays_in_the_runs_folder(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from kvmlab.batch import run_path_folder
+    from kvmlab.batch.notebooks import run_path_folder
     monkeypatch.setenv("KVMLAB_RUNS", str(tmp_path / "runs"))
     assert run_path_folder("mine/r1") == tmp_path / "runs" / "mine" / "r1"
     assert run_path_folder(str(tmp_path / "x")) == tmp_path / "x"     # absolute: as given

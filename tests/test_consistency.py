@@ -7,12 +7,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kvmlab.batch import run_notebook
+from kvmlab.batch.notebooks import run_notebook
 from kvmlab.errors import BadInput, StateError
 from kvmlab.experiments import consistency_study
-from kvmlab.images import fsck, make_guest_disk
-from kvmlab.machine import Machine
-from kvmlab.options import RunOptions
+from kvmlab.experiments.options import RunOptions
+from kvmlab.qemu.images import fsck, make_guest_disk
+from kvmlab.vm.machine import Machine
 
 pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
 

@@ -12,12 +12,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kvmlab import converge, images, marks
 from kvmlab import experiments as ex
+from kvmlab import marks
+from kvmlab.analysis import converge
 from kvmlab.errors import BadInput, StateError
-from kvmlab.machine import Machine
-from kvmlab.options import RunOptions
-from kvmlab.runs import load_run
+from kvmlab.experiments.options import RunOptions
+from kvmlab.qemu import images
+from kvmlab.store.runs import load_run
+from kvmlab.vm.machine import Machine
 
 RUNS = Path(__file__).parent / "data" / "runs"
 
@@ -181,8 +183,8 @@ def test_the_slow_target_takes_writes_no_faster_than_its_limit(scratch: Path, qe
     import subprocess
     import time
 
-    from kvmlab import builds
     from kvmlab.faults import NbdServer
+    from kvmlab.qemu import builds
     build = builds.resolve(qemu)
     image = images.create(scratch / "t.qcow2", 16 << 20, "qcow2")
     writes = [a for i in range(6) for a in ("-c", f"write -P 7 {i * 512}k 512k")]
@@ -264,7 +266,7 @@ def test_change_on_qemu_10_refuses_a_commit_and_an_ended_job(scratch: Path) -> N
 
 
 def test_kvmlab_runs_progress_line_says_will_not_converge_then_eta() -> None:
-    from kvmlab.watch import JobView
+    from kvmlab.batch.watch import JobView
     run = load_run(RUNS / "converge-switch-10.0")
     t_switch = float(run.events.loc[run.events["name"] == marks.COPY_MODE, "t"].iloc[0])
     view = JobView("drive0")

@@ -10,7 +10,7 @@ import pytest
 
 from kvmlab import experiments as ex
 from kvmlab.errors import BadInput
-from kvmlab.options import RunOptions
+from kvmlab.experiments.options import RunOptions
 
 
 @pytest.mark.parametrize("field,value,msg", [
@@ -50,11 +50,11 @@ def test_killed_experiment_scratch_is_reaped(tmp_path: Path,
     import subprocess
     import sys
 
-    from kvmlab.tmpdirs import reap_stale_tmpdirs
+    from kvmlab.store.tmpdirs import reap_stale_tmpdirs
     monkeypatch.setenv("KVMLAB_SCRATCH", str(tmp_path / "scratch"))
     script = ("import time\n"
               "from kvmlab.experiments.common import LabRun\n"
-              "from kvmlab.options import RunOptions\n"
+              "from kvmlab.experiments.options import RunOptions\n"
               f"lab = LabRun('x', {{}}, RunOptions(runs_dir={str(tmp_path / 'runs')!r}))\n"
               "lab.__enter__()\n"
               "print(lab.workdir, flush=True)\n"

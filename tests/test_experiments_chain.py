@@ -9,7 +9,7 @@ import pytest
 
 from kvmlab import experiments as ex
 from kvmlab.errors import BadInput
-from kvmlab.options import RunOptions
+from kvmlab.experiments.options import RunOptions
 
 pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
 

@@ -10,7 +10,7 @@ import pytest
 
 from kvmlab.errors import GuestBuildError
 from kvmlab.guest.build import Guest, build_guest, load_guest
-from kvmlab.machine import Machine
+from kvmlab.vm.machine import Machine
 
 pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
 

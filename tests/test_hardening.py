@@ -18,8 +18,8 @@ import pytest
 
 from kvmlab import trust
 from kvmlab.errors import Untrusted
-from kvmlab.runs import RunDir, mark_killed
-from kvmlab.tmpdirs import OWNER, RUN_FOLDER, owned_tmpdir, reap_stale_tmpdirs
+from kvmlab.store.runs import RunDir, mark_killed
+from kvmlab.store.tmpdirs import OWNER, RUN_FOLDER, owned_tmpdir, reap_stale_tmpdirs
 
 NOBODY = 65534
 AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
@@ -205,7 +205,7 @@ def test_notebook_kernels_listen_on_no_tcp_port(tmp_path: Path,
                                                 capfd: pytest.CaptureFixture[str]) -> None:
     """Both kernels kvmlab starts: a run's (kvmlab run) and a sweep report's; and neither
     logs a KeyboardInterrupt when it is shut down after a run that went well."""
-    from kvmlab import sweep
+    from kvmlab.batch import sweep
     nb = _kernel_listeners_notebook(tmp_path / "k.ipynb")
     r = subprocess.run([sys.executable, "-m", "kvmlab", "run", str(nb), "--out",
                         str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
@@ -246,9 +246,9 @@ def test_nfs_stack_is_loopback_only_and_refuses_other_users(scratch: Path) -> No
 def test_qemu_and_the_nbd_daemon_listen_on_no_network_port(scratch: Path) -> None:
     """A lab VM (QMP, serial, guest agent) and the NBD target's qemu-storage-daemon: unix
     sockets only, so `ss` shows no TCP or UDP listener of theirs at all."""
-    from kvmlab import images
     from kvmlab.faults import NbdServer
-    from kvmlab.machine import Machine
+    from kvmlab.qemu import images
+    from kvmlab.vm.machine import Machine
     disk = scratch / "disk.qcow2"
     images.make_guest_disk(disk, 32)
     target = images.create(scratch / "t.raw", 32 << 20)

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from kvmlab import _proc, images
+from kvmlab import _proc
 from kvmlab.errors import BackendError, BadInput
-from kvmlab.jobs import job_for
-from kvmlab.machine import Machine
+from kvmlab.live.jobs import job_for
+from kvmlab.qemu import images
+from kvmlab.vm.machine import Machine
 
 pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kvmlab import labnote
-from kvmlab.labnote import CLAIMS, Finding, Judgement, judge_all, read_runs, tally
-from kvmlab.suites import SEED_SUITE
+from kvmlab.lab.suites import SEED_SUITE
+from kvmlab.report import labnote
+from kvmlab.report.labnote import CLAIMS, Finding, Judgement, judge_all, read_runs, tally
 
 RECORDED = Path(__file__).parent / "data" / "seed" / "two-builds"
 BUILDS = ["system", "10.0"]
@@ -108,7 +108,7 @@ def test_outcome_of_a_claim_across_builds() -> None:
 def test_kvmlab_report_reads_a_seed_folder_as_its_lab_note(tmp_path: Path) -> None:
     from bs4 import BeautifulSoup
 
-    from kvmlab.report import kind_of, make_report
+    from kvmlab.report.document import kind_of, make_report
     assert kind_of(RECORDED) == "seed"
     lines: list[str] = []
     make_report([RECORDED], tmp_path / "r.html", progress=lines.append)

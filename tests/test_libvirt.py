@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from kvmlab import causes, images
 from kvmlab import experiments as ex
+from kvmlab.analysis import causes
 from kvmlab.backends.libvirt import LibvirtBackend
 from kvmlab.errors import BackendError, BadInput
-from kvmlab.jobs import job_for
-from kvmlab.libvirt_lab import LibvirtMachine
-from kvmlab.options import RunOptions
-from kvmlab.record import COLUMNS
+from kvmlab.experiments.options import RunOptions
+from kvmlab.live.jobs import job_for
+from kvmlab.live.record import COLUMNS
+from kvmlab.qemu import images
+from kvmlab.vm.libvirt_lab import LibvirtMachine
 
 pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
 
@@ -109,7 +110,7 @@ def test_seed_hmp_lines_on_a_libvirt_domain(scratch: Path) -> None:
 
 
 def test_recorded_columns_match_qmp(scratch: Path, tmp_path: Path) -> None:
-    from kvmlab.record import Recorder
+    from kvmlab.live.record import Recorder
     images.make_guest_disk(scratch / "disk.qcow2", 32, fill_mib=8)
     with LibvirtMachine(scratch / "disk.qcow2") as vm:
         vm.wait_guest("ready", timeout=60)
@@ -162,7 +163,7 @@ def test_seed_experiments_through_libvirt(name: str, opts: RunOptions) -> None:
 def test_notebook_parameter_selects_libvirt(tmp_path: Path) -> None:
     import json
 
-    from kvmlab.batch import run_notebook
+    from kvmlab.batch.notebooks import run_notebook
     nb = Path(__file__).resolve().parent.parent / "notebooks" / "01_mirror_basic.ipynb"
     out = run_notebook(nb, {"backend": "libvirt", "image_mib": 48, "fill_mib": 4,
                             "after_ready_s": 0.5}, out=tmp_path / "r")
@@ -178,13 +179,13 @@ def test_killed_owner_domain_is_destroyed_by_the_next_reap(scratch: Path, tmp_pa
     import signal
     import sys
 
-    from kvmlab.tmpdirs import reap_stale_tmpdirs
+    from kvmlab.store.tmpdirs import reap_stale_tmpdirs
     disk = scratch / "disk.qcow2"
     images.make_guest_disk(disk, 32)
     script = tmp_path / "child.py"
     script.write_text(
         "import time\n"
-        "from kvmlab.libvirt_lab import LibvirtMachine\n"
+        "from kvmlab.vm.libvirt_lab import LibvirtMachine\n"
         f"vm = LibvirtMachine({str(disk)!r})\n"
         "vm.launch()\n"
         "print(vm.domain_name, vm.tmpdir, flush=True)\n"
@@ -211,7 +212,7 @@ CAPS = """<capabilities><host>
 
 
 def test_qemu_dac_uid_from_capabilities() -> None:
-    from kvmlab.libvirt_lab import qemu_dac_uid
+    from kvmlab.vm.libvirt_lab import qemu_dac_uid
     assert qemu_dac_uid(CAPS) == 64055
     assert qemu_dac_uid(CAPS.replace("+64055:+994", "+0:+0")) == 0
     assert qemu_dac_uid("<capabilities><host/></capabilities>") is None

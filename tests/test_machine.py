@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from kvmlab import images, paths
+from kvmlab import paths
 from kvmlab.errors import BadInput, GuestNotBuilt, KvmlabError, LaunchError
 from kvmlab.guest.build import Guest
-from kvmlab.machine import Machine, resolve_accel
-from kvmlab.tmpdirs import reap_stale_tmpdirs
+from kvmlab.qemu import images
+from kvmlab.store.tmpdirs import reap_stale_tmpdirs
+from kvmlab.vm.machine import Machine, resolve_accel
 
 pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
 
@@ -231,7 +232,7 @@ def test_python_killed_takes_qemu_with_it(disk: Path, tmp_path: Path) -> None:
     script = tmp_path / "child.py"
     script.write_text(
         "import sys, time\n"
-        "from kvmlab.machine import Machine\n"
+        "from kvmlab.vm.machine import Machine\n"
         f"vm = Machine({str(disk)!r}, accel='tcg')\n"
         "vm.launch()\n"
         "print(vm.pid, flush=True)\n"
@@ -295,7 +296,7 @@ def test_bad_machine_arguments(scratch: Path) -> None:
 
 def test_accel_auto_probes_and_records(guest: Guest, monkeypatch: pytest.MonkeyPatch) -> None:
     """auto boots a probe guest under KVM; the answer is cached per host boot."""
-    from kvmlab import machine
+    from kvmlab.vm import machine
     monkeypatch.delenv("KVMLAB_ACCEL", raising=False)
     monkeypatch.setattr(machine, "_ACCEL_CACHE", {})
     cache = paths.guest_dir() / "accel.json"

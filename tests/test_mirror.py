@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from kvmlab import images
 from kvmlab.errors import BadInput, StateError
-from kvmlab.machine import Machine
-from kvmlab.record import Recorder
+from kvmlab.live.record import Recorder
+from kvmlab.qemu import images
+from kvmlab.vm.machine import Machine
 
 pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
 

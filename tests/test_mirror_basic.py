@@ -7,11 +7,12 @@ import stat
 
 import pytest
 
-from kvmlab import images, paths
+from kvmlab import paths
 from kvmlab.experiments import mirror_basic
 from kvmlab.experiments.common import LabRun, verify_image
+from kvmlab.experiments.options import RunOptions
 from kvmlab.guest.workload import Manifest
-from kvmlab.options import RunOptions
+from kvmlab.qemu import images
 
 pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
 

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from kvmlab import analysis, causes, plots
+from kvmlab import analysis, plots
+from kvmlab.analysis import causes
 from kvmlab.errors import BadInput, LaunchError
 from kvmlab.experiments import mirror_nfs_outage
+from kvmlab.experiments.options import RunOptions
 from kvmlab.faults import NfsServer
-from kvmlab.options import RunOptions
 
 # integration: real QEMU and the guest; one NFS server per host: these run in one worker
 pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("nfs")]

@@ -13,8 +13,8 @@ import nbformat
 import pytest
 
 from kvmlab import experiments as ex
-from kvmlab.batch import notebook_parameters
-from kvmlab.options import RunOptions
+from kvmlab.batch.notebooks import notebook_parameters
+from kvmlab.experiments.options import RunOptions
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 SOURCES = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
@@ -73,7 +73,7 @@ def test_parameter_defaults_come_from_the_experiment(name: str) -> None:
 
 
 def test_declared_types_check_values_before_anything_runs() -> None:
-    from kvmlab.batch import check_parameters
+    from kvmlab.batch.notebooks import check_parameters
     from kvmlab.errors import BadInput
     nb = NOTEBOOKS / "01_mirror_basic.ipynb"
     check_parameters(nb, {"granularity": 65536, "buf_size": None, "workload_rate_kib_s": 512,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kvmlab.batch import notebook_parameters, run_notebook
+from kvmlab.batch.notebooks import notebook_parameters, run_notebook
 
 pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from kvmlab import images, paths
+from kvmlab import paths
 from kvmlab.experiments import mirror_basic, mirror_nfs_outage
-from kvmlab.options import RunOptions
+from kvmlab.experiments.options import RunOptions
+from kvmlab.qemu import images
 
 pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
 

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from kvmlab import plots  # noqa: E402
-from kvmlab.runs import load_run  # noqa: E402
+from kvmlab.store.runs import load_run  # noqa: E402
 
 DATA = Path(__file__).parent / "data" / "runs"
 
@@ -72,7 +72,7 @@ def test_sweep_axes_have_units_and_unlimited_speed() -> None:
 def test_live_plot_keeps_the_users_zoom_across_refreshes() -> None:
     """The panel's interactive plot (ipympl): a refresh with new samples keeps the view
     the user zoomed to; without a zoom it follows the run."""
-    from kvmlab.widgets import LivePlot
+    from kvmlab.lab.widgets import LivePlot
     run = load_run(DATA / "stall-set-speed")
     s, e = run.samples, run.events
     half = s[s["t"] <= s["t"].median()]

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from kvmlab import images
-from kvmlab.machine import Machine
-from kvmlab.record import JOURNAL_EVERY, SAMPLE_COLUMNS, Recorder
-from kvmlab.runs import read_stream
-from kvmlab.tmpdirs import reap_stale_tmpdirs
+from kvmlab.live.record import JOURNAL_EVERY, SAMPLE_COLUMNS, Recorder
+from kvmlab.qemu import images
+from kvmlab.store.runs import read_stream
+from kvmlab.store.tmpdirs import reap_stale_tmpdirs
+from kvmlab.vm.machine import Machine
 
 pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
 
@@ -64,8 +64,8 @@ def test_sustains_100_hz_and_records_all_streams(scratch: Path, tmp_path: Path) 
 
 CHILD = """
 import sys, time
-from kvmlab.machine import Machine
-from kvmlab.record import Recorder
+from kvmlab.vm.machine import Machine
+from kvmlab.live.record import Recorder
 vm = Machine(sys.argv[1], accel="tcg")
 vm.launch()
 vm.wait_guest("ready", timeout=60)
@@ -112,7 +112,7 @@ def test_killed_process_loses_at_most_one_interval(scratch: Path, tmp_path: Path
 def test_journal_keeps_rows_until_the_thread_writes_them(tmp_path: Path) -> None:
     """The hot path only appends; a flush writes the rows since the last one, as whole
     lines in order (odd values as text); close writes what is left."""
-    from kvmlab.record import _Stream
+    from kvmlab.live.record import _Stream
 
     path = tmp_path / "s.jsonl"
     st = _Stream(path)
@@ -138,7 +138,7 @@ def test_a_full_disk_stops_the_journal_and_says_so(tmp_path: Path) -> None:
     import subprocess
 
     from kvmlab.errors import NoSpace
-    from kvmlab.record import Recorder
+    from kvmlab.live.record import Recorder
     mnt = tmp_path / "small"
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mnt)], check=True)
@@ -162,7 +162,7 @@ def test_a_full_disk_stops_the_journal_and_says_so(tmp_path: Path) -> None:
 def test_memory_stays_flat_over_a_long_recording(tmp_path: Path) -> None:
     """Rows leave memory once journaled: only the live window stays (the whole stream
     is read back from the journal)."""
-    from kvmlab.record import LIVE_ROWS, Recorder
+    from kvmlab.live.record import LIVE_ROWS, Recorder
     rec = Recorder(tmp_path / "run", interval=0.05)
     rec.start()
     n = LIVE_ROWS + 5000
@@ -191,7 +191,7 @@ def test_pacer_keeps_the_grid_and_counts_skipped_ticks() -> None:
 
 
 def test_gap_reasons_each_outcome() -> None:
-    from kvmlab.record import gap_reason
+    from kvmlab.live.record import gap_reason
     assert gap_reason(15.0, 15.0, 0.0, 15.0) == \
         "the recording process was stopped (it used no CPU)"
     assert gap_reason(2.0, 2.0, 0.5, 2.0) == "the recording process was held up (a busy host)"
@@ -205,14 +205,14 @@ def test_a_stopped_recorder_leaves_a_gap_window_with_its_reason(scratch: Path,
     """SIGSTOP the recording process for 3 s: the hole is a ``sample_gap`` window that says
     the process was stopped, summarize counts it, and the dashboard draws it."""
     from kvmlab import analysis, marks, plots
-    from kvmlab.runs import load_run
+    from kvmlab.store.runs import load_run
     disk = scratch / "disk.qcow2"
     images.make_guest_disk(disk, 32)
     run = tmp_path / "run"
     script = (
         "import sys, time\n"
-        "from kvmlab.machine import Machine\n"
-        "from kvmlab.record import Recorder\n"
+        "from kvmlab.vm.machine import Machine\n"
+        "from kvmlab.live.record import Recorder\n"
         f"with Machine({str(disk)!r}, accel='tcg') as vm:\n"
         f"    rec = Recorder({str(run)!r}, interval=0.05)\n"
         "    rec.attach_machine(vm, 'source')\n"

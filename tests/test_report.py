@@ -13,8 +13,8 @@ import matplotlib.image
 import pytest
 from bs4 import BeautifulSoup
 
-from kvmlab import report
 from kvmlab.errors import BadInput
+from kvmlab.report import document as report
 
 DATA = Path(__file__).parent / "data"
 RUNS = [DATA / "runs" / "trace-nbd-suspend", DATA / "runs" / "converge-background"]

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from bs4 import BeautifulSoup
 
-from kvmlab import builds
 from kvmlab.faults.nfs import lock_path
-from kvmlab.labnote import CLAIMS
+from kvmlab.qemu import builds
+from kvmlab.report.labnote import CLAIMS
 
 # integration: real QEMU and the guest; E2 needs the host's one NFS server: one worker
 pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("nfs")]

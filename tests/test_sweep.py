@@ -16,9 +16,9 @@ import pytest
 from click.testing import CliRunner
 from conftest import qemu_pids
 
+from kvmlab.batch.sweep import SweepSpec, collect, parse_grid, run_sweep
 from kvmlab.cli import main
 from kvmlab.errors import BadInput
-from kvmlab.sweep import SweepSpec, collect, parse_grid, run_sweep
 
 
 def _cmdline(pid: int) -> str:

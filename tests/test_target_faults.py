@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from kvmlab import analysis, causes, images
+from kvmlab import analysis
+from kvmlab.analysis import causes
 from kvmlab.errors import BadInput
 from kvmlab.experiments import target_fault
+from kvmlab.experiments.options import RunOptions
 from kvmlab.faults import NbdServer, SmallTmpfs, blkdebug_target
-from kvmlab.options import RunOptions
+from kvmlab.qemu import images
 
 pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
 
@@ -107,7 +109,7 @@ def test_tmpfs_of_a_killed_owner_is_reaped() -> None:
     import sys
     import time
 
-    from kvmlab.tmpdirs import reap_stale_tmpdirs
+    from kvmlab.store.tmpdirs import reap_stale_tmpdirs
     code = ("from kvmlab.faults import SmallTmpfs; import sys, time\n"
             "t = SmallTmpfs(1); p = t.__enter__(); print(p, flush=True); time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

@@ -18,12 +18,15 @@ import pytest
 
 matplotlib.use("Agg")
 
-from kvmlab import analysis, causes, plots, record, trace  # noqa: E402
+from kvmlab import analysis, plots  # noqa: E402
 from kvmlab import experiments as ex  # noqa: E402
+from kvmlab.analysis import causes
 from kvmlab.errors import BadInput  # noqa: E402
-from kvmlab.machine import Machine  # noqa: E402
-from kvmlab.options import RunOptions  # noqa: E402
-from kvmlab.runs import RunData, load_run, read_trace, tile  # noqa: E402
+from kvmlab.experiments.options import RunOptions  # noqa: E402
+from kvmlab.live import record
+from kvmlab.qemu import trace
+from kvmlab.store.runs import RunData, load_run, read_trace, tile  # noqa: E402
+from kvmlab.vm.machine import Machine  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 RUNS = DATA / "runs"
@@ -214,7 +217,7 @@ def test_an_unknown_event_is_one_line_with_close_matches(opts: RunOptions) -> No
 
 @pytest.mark.qemu
 def test_a_trace_file_that_cannot_be_created_fails_the_start(scratch: Path) -> None:
-    from kvmlab import images
+    from kvmlab.qemu import images
     disk = scratch / "d.qcow2"
     images.make_guest_disk(disk, 16)
     vm = Machine(disk, trace=trace.TraceSpec(scratch / "missing" / "trace.log"))

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from kvmlab import load_run, widgets
-from kvmlab.widgets import MirrorPanel
+from kvmlab import load_run
+from kvmlab.lab import widgets
+from kvmlab.lab.widgets import MirrorPanel
 
 pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
 
@@ -119,8 +120,8 @@ def test_panel_bad_input_creates_nothing(panel: MirrorPanel, runs: Path) -> None
 
 
 def test_panel_on_a_libvirt_domain(scratch: Path, runs: Path) -> None:
-    from kvmlab.images import make_guest_disk
-    from kvmlab.libvirt_lab import LibvirtMachine
+    from kvmlab.qemu.images import make_guest_disk
+    from kvmlab.vm.libvirt_lab import LibvirtMachine
     make_guest_disk(scratch / "disk.qcow2", 48, fill_mib=8)
     with LibvirtMachine(scratch / "disk.qcow2", mode="workload") as vm:
         vm.wait_guest("op", timeout=90)

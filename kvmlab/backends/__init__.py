@@ -1,6 +1,6 @@
 """Backends: how kvmlab talks to a VM.  One small protocol, several implementations."""
 
-from .base import Backend
-from .qmp import QMPBackend
+from kvmlab.backends.base import Backend
+from kvmlab.backends.qmp import QMPBackend
 
 __all__ = ["Backend", "QMPBackend"]

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-from ..events import RecordLog
-from ..model import DriveInfo, JobInfo, MirrorSpec
+from kvmlab.events import RecordLog
+from kvmlab.model import DriveInfo, JobInfo, MirrorSpec
 
 
 @runtime_checkable

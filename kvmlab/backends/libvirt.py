@@ -36,10 +36,10 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from typing import Any
 
-from .. import marks
-from ..errors import BackendError, BadInput, StateError
-from ..events import Record, RecordLog
-from ..model import DriveInfo, JobInfo, MirrorSpec
+from kvmlab import marks
+from kvmlab.errors import BackendError, BadInput, StateError
+from kvmlab.events import Record, RecordLog
+from kvmlab.model import DriveInfo, JobInfo, MirrorSpec
 
 log = logging.getLogger(__name__)
 

@@ -13,12 +13,12 @@ from typing import Any
 from qemu.qmp import EventListener, QMPError, Runstate
 from qemu.qmp.qmp_client import ExecuteError
 
-from .._aio import LoopThread
-from ..errors import BackendError, LaunchError, StateError
-from ..events import Record, RecordLog
-from ..model import DriveInfo, JobInfo, MirrorSpec
-from .base import JobsCallback
-from .qmp_client import JobSampler, LazyLogQMPClient
+from kvmlab._aio import LoopThread
+from kvmlab.backends.base import JobsCallback
+from kvmlab.backends.qmp_client import JobSampler, LazyLogQMPClient
+from kvmlab.errors import BackendError, LaunchError, StateError
+from kvmlab.events import Record, RecordLog
+from kvmlab.model import DriveInfo, JobInfo, MirrorSpec
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from qemu.qmp import Message, QMPClient, Runstate
 from qemu.qmp.models import ErrorResponse
 from qemu.qmp.qmp_client import ExecInterruptedError, ExecuteError
 
-from ..model import JobInfo
-from ..pacing import Pacer
-from .base import JobsCallback
+from kvmlab.backends.base import JobsCallback
+from kvmlab.model import JobInfo
+from kvmlab.pacing import Pacer
 
 log = logging.getLogger(__name__)
 

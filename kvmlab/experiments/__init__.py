@@ -19,15 +19,15 @@ C3     :func:`convergence_pressure` a guest outpacing the copy: background vs ac
 =====  ==========================  ===============================================
 """
 
-from .commit_stopped import commit_stopped
-from .common import ExperimentResult, LabRun, verify_image
-from .consistency import STRATEGIES, consistency_study
-from .convergence import convergence_pressure
-from .mirror_basic import mirror_basic
-from .nfs_outage import mirror_nfs_outage
-from .pivot import double_pivot, pivot, remove_source
-from .shallow import shallow_existing
-from .target_faults import FAULTS, target_fault
+from kvmlab.experiments.commit_stopped import commit_stopped
+from kvmlab.experiments.common import ExperimentResult, LabRun, verify_image
+from kvmlab.experiments.consistency import STRATEGIES, consistency_study
+from kvmlab.experiments.convergence import convergence_pressure
+from kvmlab.experiments.mirror_basic import mirror_basic
+from kvmlab.experiments.nfs_outage import mirror_nfs_outage
+from kvmlab.experiments.pivot import double_pivot, pivot, remove_source
+from kvmlab.experiments.shallow import shallow_existing
+from kvmlab.experiments.target_faults import FAULTS, target_fault
 
 #: the seed's conclusion for each experiment, as the summary notebook prints it
 SEED_CONCLUSIONS = {

@@ -2,7 +2,7 @@
 
 ``kvmlab run`` and sweeps call :func:`check_values` on a notebook's parameters (its
 defaults with the overrides) before a run folder exists or a VM boots: the run options
-(:class:`~kvmlab.options.RunOptions`), the mirror's own fields as QMP's ``drive-mirror``
+(:class:`~kvmlab.experiments.options.RunOptions`), the mirror's own fields as QMP's ``drive-mirror``
 validates them (:class:`~kvmlab.model.MirrorSpec`), and the disk sizes.  The experiments
 check the same values again when called directly.
 """
@@ -15,12 +15,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .. import builds as qemu_builds
-from .. import paths
-from ..errors import BadInput
-from ..images import FORMATS
-from ..model import MirrorSpec
-from ..options import RunOptions
+from kvmlab import paths
+from kvmlab.errors import BadInput
+from kvmlab.experiments.options import RunOptions
+from kvmlab.model import MirrorSpec
+from kvmlab.qemu import builds as qemu_builds
+from kvmlab.qemu.images import FORMATS
 
 #: parameters that are MirrorSpec fields of the same name
 MIRROR_FIELDS = ("sync", "speed", "granularity", "buf_size", "on_target_error")

@@ -13,12 +13,19 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from .. import images, marks
-from ..errors import BadInput
-from ..guest.workload import Workload
-from ..images import FileSize, create_overlay, file_size, make_guest_disk
-from ..options import DEFAULT_OPTIONS, RunOptions
-from .common import ExperimentResult, LabRun, complete_and_wait, synced_manifest, verify_image
+from kvmlab import marks
+from kvmlab.errors import BadInput
+from kvmlab.experiments.common import (
+    ExperimentResult,
+    LabRun,
+    complete_and_wait,
+    synced_manifest,
+    verify_image,
+)
+from kvmlab.experiments.options import DEFAULT_OPTIONS, RunOptions
+from kvmlab.guest.workload import Workload
+from kvmlab.qemu import images
+from kvmlab.qemu.images import FileSize, create_overlay, file_size, make_guest_disk
 
 METHODS = ("hmp", "qmp")
 

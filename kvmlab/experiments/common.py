@@ -11,17 +11,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import builds, marks, paths, qemu_probe, trace, trust
-from ..errors import BadInput, JobError, NoSpace, WaitTimeout
-from ..guest.workload import Manifest, Workload
-from ..images import file_size, sha256
-from ..jobs import Job
-from ..machine import Machine
-from ..model import JobOutcome
-from ..options import DEFAULT_OPTIONS, RunOptions
-from ..record import Recorder
-from ..runs import FAILED, RunData, RunDir, load_run
-from ..tmpdirs import disown, own
+from kvmlab import marks, paths, trust
+from kvmlab.errors import BadInput, JobError, NoSpace, WaitTimeout
+from kvmlab.experiments.options import DEFAULT_OPTIONS, RunOptions
+from kvmlab.guest.workload import Manifest, Workload
+from kvmlab.live.jobs import Job
+from kvmlab.live.record import Recorder
+from kvmlab.model import JobOutcome
+from kvmlab.qemu import builds, trace
+from kvmlab.qemu.images import file_size, sha256
+from kvmlab.store.runs import FAILED, RunData, RunDir, load_run
+from kvmlab.store.tmpdirs import disown, own
+from kvmlab.vm import qemu_probe
+from kvmlab.vm.machine import Machine
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +149,7 @@ class LabRun:
             kwargs.setdefault("trace", trace.TraceSpec(self.run.path / f"trace-{label}.log",
                                                        self.trace_events))
         if self.options.backend == "libvirt":
-            from ..libvirt_lab import LibvirtMachine
+            from kvmlab.vm.libvirt_lab import LibvirtMachine
             kwargs.pop("accel")  # libvirt lab domains are type='qemu' (TCG)
             return LibvirtMachine(disk, console_log=self.run.path / f"console-{label}.log",
                                   name=f"kvmlab-{label}", uri=self.options.libvirt_uri,

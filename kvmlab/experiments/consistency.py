@@ -29,13 +29,13 @@ from typing import Any
 
 import pandas as pd
 
-from .. import marks
-from ..errors import BadInput
-from ..guest.workload import Workload
-from ..images import fsck, make_guest_disk
-from ..model import CACHE_MODES
-from ..options import DEFAULT_OPTIONS, RunOptions
-from .common import ExperimentResult, LabRun, synced_manifest, verify_image
+from kvmlab import marks
+from kvmlab.errors import BadInput
+from kvmlab.experiments.common import ExperimentResult, LabRun, synced_manifest, verify_image
+from kvmlab.experiments.options import DEFAULT_OPTIONS, RunOptions
+from kvmlab.guest.workload import Workload
+from kvmlab.model import CACHE_MODES
+from kvmlab.qemu.images import fsck, make_guest_disk
 
 #: why this experiment cannot run on the libvirt backend
 AGENT_LIBVIRT = (

@@ -16,7 +16,7 @@ The steps:
    onto a local file or, with ``slow_target_bps``, a *slow target*: an NBD export of
    ``qemu-storage-daemon`` whose writes go through a throttle group (the active mode's
    cost shows there: each guest write waits for the slow side);
-4. wait for READY with the convergence predictor watching (:mod:`kvmlab.converge`):
+4. wait for READY with the convergence predictor watching (:mod:`kvmlab.analysis.converge`):
    ``give_up_when="diverging"`` stops waiting as soon as it says the job will not
    converge, ``switch_when="diverging"`` switches the job to write-blocking instead;
 5. if READY: the guest keeps writing ``after_ready_s`` seconds (in sync), then cancel;
@@ -34,15 +34,18 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from .. import builds, converge, images, marks, qemu_probe
-from ..errors import BadInput, JobDiverging, JobStalled, WaitTimeout
-from ..faults import NbdServer
-from ..guest.workload import Workload
-from ..images import make_guest_disk
-from ..model import COPY_MODES, check_speed
-from ..options import DEFAULT_OPTIONS, RunOptions
-from ..units import MIB
-from .common import ExperimentResult, LabRun
+from kvmlab import marks
+from kvmlab.analysis import converge
+from kvmlab.errors import BadInput, JobDiverging, JobStalled, WaitTimeout
+from kvmlab.experiments.common import ExperimentResult, LabRun
+from kvmlab.experiments.options import DEFAULT_OPTIONS, RunOptions
+from kvmlab.faults import NbdServer
+from kvmlab.guest.workload import Workload
+from kvmlab.model import COPY_MODES, check_speed
+from kvmlab.qemu import builds, images
+from kvmlab.qemu.images import make_guest_disk
+from kvmlab.units import MIB
+from kvmlab.vm import qemu_probe
 
 #: the policies a run can follow when the predictor says "diverging"
 POLICIES = (None, "diverging")

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import time
 
-from .. import marks
-from ..errors import WaitTimeout
-from ..events import Record
-from ..guest.workload import Workload
-from ..images import make_guest_disk
-from ..options import DEFAULT_OPTIONS, RunOptions
-from .common import ExperimentResult, LabRun, synced_manifest, verify_image
+from kvmlab import marks
+from kvmlab.errors import WaitTimeout
+from kvmlab.events import Record
+from kvmlab.experiments.common import ExperimentResult, LabRun, synced_manifest, verify_image
+from kvmlab.experiments.options import DEFAULT_OPTIONS, RunOptions
+from kvmlab.guest.workload import Workload
+from kvmlab.qemu.images import make_guest_disk
 
 
 def mirror_basic(*, image_mib: int = 64, fill_mib: int = 16, disk_format: str = "qcow2",

@@ -23,15 +23,9 @@ from __future__ import annotations
 
 import time
 
-from .. import analysis, marks
-from ..errors import BadInput
-from ..faults.nfs import OUTAGE_MODES, NfsServer
-from ..guest.workload import Workload
-from ..images import make_guest_disk
-from ..jobs import Job
-from ..model import ERROR_POLICIES_TARGET
-from ..options import DEFAULT_OPTIONS, RunOptions
-from .common import (
+from kvmlab import analysis, marks
+from kvmlab.errors import BadInput
+from kvmlab.experiments.common import (
     ExperimentResult,
     LabRun,
     busy_vm,
@@ -41,6 +35,12 @@ from .common import (
     synced_manifest,
     verify_image,
 )
+from kvmlab.experiments.options import DEFAULT_OPTIONS, RunOptions
+from kvmlab.faults.nfs import OUTAGE_MODES, NfsServer
+from kvmlab.guest.workload import Workload
+from kvmlab.live.jobs import Job
+from kvmlab.model import ERROR_POLICIES_TARGET
+from kvmlab.qemu.images import make_guest_disk
 
 #: why this experiment cannot run on the libvirt backend
 NFS_LIBVIRT = (

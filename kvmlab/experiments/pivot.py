@@ -19,14 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import marks
-from ..errors import BadInput
-from ..guest.workload import Workload
-from ..images import make_guest_disk
-from ..machine import Machine
-from ..options import DEFAULT_OPTIONS, RunOptions
-from ..tmpdirs import disown, owned_tmpdir
-from .common import (
+from kvmlab import marks
+from kvmlab.errors import BadInput
+from kvmlab.experiments.common import (
     ExperimentResult,
     LabRun,
     busy_vm,
@@ -36,6 +31,11 @@ from .common import (
     unchanged,
     verify_image,
 )
+from kvmlab.experiments.options import DEFAULT_OPTIONS, RunOptions
+from kvmlab.guest.workload import Workload
+from kvmlab.qemu.images import make_guest_disk
+from kvmlab.store.tmpdirs import disown, owned_tmpdir
+from kvmlab.vm.machine import Machine
 
 
 def mirror_and_complete(lab: LabRun, vm: Machine, target: Path, *, paused: bool = False,

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import time
 
-from .. import marks
-from ..guest.workload import Workload
-from ..images import create_overlay, make_guest_disk
-from ..jobs import job_for
-from ..options import DEFAULT_OPTIONS, RunOptions
-from .common import ExperimentResult, LabRun, synced_manifest, verify_image
+from kvmlab import marks
+from kvmlab.experiments.common import ExperimentResult, LabRun, synced_manifest, verify_image
+from kvmlab.experiments.options import DEFAULT_OPTIONS, RunOptions
+from kvmlab.guest.workload import Workload
+from kvmlab.live.jobs import job_for
+from kvmlab.qemu.images import create_overlay, make_guest_disk
 
 #: why this experiment cannot run on the libvirt backend
 SHALLOW_LIBVIRT = (

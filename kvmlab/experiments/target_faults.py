@@ -25,16 +25,9 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from .. import analysis, images, marks
-from ..errors import BadInput, WaitTimeout
-from ..faults import NbdServer, SmallTmpfs, blkdebug_target, marked
-from ..guest.workload import Workload
-from ..images import make_guest_disk
-from ..jobs import Job
-from ..machine import Machine
-from ..model import ERROR_POLICIES_TARGET
-from ..options import DEFAULT_OPTIONS, RunOptions
-from .common import (
+from kvmlab import analysis, marks
+from kvmlab.errors import BadInput, WaitTimeout
+from kvmlab.experiments.common import (
     ExperimentResult,
     LabRun,
     busy_vm,
@@ -44,6 +37,14 @@ from .common import (
     synced_manifest,
     verify_image,
 )
+from kvmlab.experiments.options import DEFAULT_OPTIONS, RunOptions
+from kvmlab.faults import NbdServer, SmallTmpfs, blkdebug_target, marked
+from kvmlab.guest.workload import Workload
+from kvmlab.live.jobs import Job
+from kvmlab.model import ERROR_POLICIES_TARGET
+from kvmlab.qemu import images
+from kvmlab.qemu.images import make_guest_disk
+from kvmlab.vm.machine import Machine
 
 #: why this experiment cannot run on the libvirt backend
 FAULTS_LIBVIRT = (

@@ -1,7 +1,7 @@
 """Faults to put a mirror's target through, each marked in the run's recording.
 
 Every fault is a context manager or a function that calls a *mark* callback
-(normally :meth:`kvmlab.record.Recorder.mark`) when it starts and ends, so the
+(normally :meth:`kvmlab.live.record.Recorder.mark`) when it starts and ends, so the
 plots can shade the fault window.  Every process a fault starts is stopped on
 every exit path.
 
@@ -13,10 +13,10 @@ every exit path.
 - :class:`SmallTmpfs` -- a tiny tmpfs for "no space left on device".
 """
 
-from .base import Mark, ProcessGroup, marked
-from .nbd import NbdServer
-from .nfs import NfsServer
-from .storage import SmallTmpfs, blkdebug_target
+from kvmlab.faults.base import Mark, ProcessGroup, marked
+from kvmlab.faults.nbd import NbdServer
+from kvmlab.faults.nfs import NfsServer
+from kvmlab.faults.storage import SmallTmpfs, blkdebug_target
 
 __all__ = ["Mark", "NbdServer", "NfsServer", "ProcessGroup", "SmallTmpfs", "blkdebug_target",
            "marked"]

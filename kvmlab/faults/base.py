@@ -14,9 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .. import _proc
-from ..errors import LaunchError, StateError
-from ..tmpdirs import owned_tmpdir
+from kvmlab import _proc
+from kvmlab.errors import LaunchError, StateError
+from kvmlab.store.tmpdirs import owned_tmpdir
 
 log = logging.getLogger(__name__)
 

@@ -19,12 +19,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .. import builds, marks
-from .._proc import qemu_opt
-from ..builds import QemuBuild
-from ..errors import BadInput, StateError
-from ..model import check_speed
-from .base import Mark, ProcessGroup, no_mark, private_tmpdir, remove_tree, wait_until
+from kvmlab import marks
+from kvmlab._proc import qemu_opt
+from kvmlab.errors import BadInput, StateError
+from kvmlab.faults.base import Mark, ProcessGroup, no_mark, private_tmpdir, remove_tree, wait_until
+from kvmlab.model import check_speed
+from kvmlab.qemu import builds
+from kvmlab.qemu.builds import QemuBuild
 
 EXPORT = "target"
 
@@ -43,7 +44,7 @@ class NbdServer:
     *write_bps* > 0 limits the export's writes to that many bytes/s (a throttle group).
 
     A context manager; on exit the daemon is stopped and its temp dir removed.  The daemon
-    is the current QEMU build's (:func:`kvmlab.builds.current`), or *qemu*'s.
+    is the current QEMU build's (:func:`kvmlab.qemu.builds.current`), or *qemu*'s.
     """
 
     def __init__(self, image: str | Path, fmt: str = "qcow2", *, mark: Mark | None = None,

@@ -25,9 +25,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
-from .. import _proc, marks, trust
-from ..errors import BadInput, LaunchError, StateError
-from .base import Mark, ProcessGroup, no_mark, private_tmpdir, remove_tree, wait_until
+from kvmlab import _proc, marks, trust
+from kvmlab.errors import BadInput, LaunchError, StateError
+from kvmlab.faults.base import Mark, ProcessGroup, no_mark, private_tmpdir, remove_tree, wait_until
 
 OUTAGE_MODES = ("stop", "freeze")
 RPCBIND_SOCK = Path("/run/rpcbind.sock")

@@ -13,9 +13,9 @@ import json
 import os
 from pathlib import Path
 
-from .. import _proc, marks
-from ..errors import BadInput, StateError, ToolError
-from .base import Mark, no_mark, private_tmpdir, remove_tree
+from kvmlab import _proc, marks
+from kvmlab.errors import BadInput, StateError, ToolError
+from kvmlab.faults.base import Mark, no_mark, private_tmpdir, remove_tree
 
 
 def blkdebug_target(image: str | Path, *, errors: int = 1, err: int = errno.EIO) -> str:

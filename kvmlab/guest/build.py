@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .. import _proc, paths
-from ..errors import GuestBuildError, GuestChanged, GuestNotBuilt, ToolError
+from kvmlab import _proc, paths
+from kvmlab.errors import GuestBuildError, GuestChanged, GuestNotBuilt, ToolError
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ QGA_BINARY = Path("/usr/sbin/qemu-ga")
 
 @dataclass(frozen=True)
 class Guest:
-    """A built guest: what :class:`kvmlab.machine.Machine` boots."""
+    """A built guest: what :class:`kvmlab.vm.machine.Machine` boots."""
 
     kernel: Path
     initrd: Path

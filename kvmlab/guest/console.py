@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from ..events import Record, RecordLog
+from kvmlab.events import Record, RecordLog
 
 PREFIX = "KVMLAB "
 _TEXT_KEYS = {"path", "sha256", "op", "mode", "why", "kind", "verdict", "error", "reason", "dev",

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInput
+from kvmlab.errors import BadInput
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,184 @@
+"""The convergence predictor (:mod:`kvmlab.live.predictor`) replayed and scored on saved runs,
+and the guest's write cost during a job.
+
+:func:`predict` replays the live predictor over a run's samples, :func:`accuracy` and
+:func:`score_runs` judge what it said against what each job then did, and
+:func:`write_cost` measures the guest's writes (their rate and latency) in a window.
+The live predictor's names are reached here too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kvmlab import marks
+from kvmlab.analysis.series import job_samples, time_of
+from kvmlab.live.predictor import STATES, Outlook, Predictor
+from kvmlab.store.runs import load_run
+from kvmlab.units import MIB
+
+__all__ = ["STATES", "Outlook", "Predictor", "predict", "first_verdict", "accuracy",
+           "score_runs", "accuracy_summary", "write_cost"]
+
+
+def predict(samples: pd.DataFrame, job: str | None = None, events: pd.DataFrame | None = None,
+            **kw: Any) -> pd.DataFrame:
+    """The predictor replayed over a run's samples: one row per sample with t, state,
+    remaining, copy_rate, dirty_rate, net_rate, eta_s, since (what was known live).
+    With the run's *events*, it is reset where the copy mode was switched (``copy_mode``
+    marks), as :meth:`kvmlab.live.jobs.Job.wait_ready` does live."""
+    s = job_samples(samples, job)
+    p = Predictor(**kw)
+    switches = sorted(events.loc[events["name"] == marks.COPY_MODE, "t"].astype(float)) \
+        if events is not None and len(events) else []
+    rows = []
+    cols = ("t", "offset", "len", "ready", "paused", "status")
+    for t, off, ln, ready, paused, status in s[list(cols)].itertuples(index=False):
+        if pd.isna(off) or pd.isna(ln):
+            continue
+        if switches and float(t) >= switches[0]:
+            switches.pop(0)
+            p.reset()
+        rows.append(p.add(float(t), int(off), int(ln), ready=bool(ready is True),
+                          paused=bool(paused is True), status=str(status)).as_dict())
+    return pd.DataFrame(rows, columns=[*Outlook.__dataclass_fields__, "net_rate"])
+
+
+def first_verdict(pred: pd.DataFrame, state: str = "diverging") -> float | None:
+    """When the replayed predictor first said *state* (None: never)."""
+    hit = pred[pred["state"] == state] if len(pred) else pred
+    return float(hit["t"].iloc[0]) if len(hit) else None
+
+
+# -- how good it is: the predictor against what happened ---------------------------------------
+def accuracy(samples: pd.DataFrame, events: pd.DataFrame, job: str | None = None, *,
+             at: float = 0.5, **kw: Any) -> dict[str, Any]:
+    """The predictor replayed over one recorded job, scored against what the job did.
+
+    ``converged``: the job got READY; then ``eta_error_s`` is what the predictor's ETA at
+    *at* (0.5: half-way) of the time to ready got wrong (ETA minus the time READY really
+    took from there, s; NaN if it had no ETA then) and ``eta_error_rel`` that over the
+    true remaining time.  ``said_diverging_s``: seconds after the job's first sample when
+    it first said "will not converge", replayed or live (the run's ``diverging`` mark: a
+    run that gave up on it ends a moment later); None: never.  On a job that converged
+    without being switched that is a ``false_alarm``; a job switched to write-blocking
+    (``switched_s``) was changed because of the verdict, so it cannot be one.
+    *kw* go to :class:`Predictor`.
+    """
+    s = job_samples(samples, job)
+    if s.empty:
+        return {"job": job, "converged": None}
+    job = str(s["job"].iloc[0])
+    start = float(s["t"].iloc[0])
+    pred = predict(s, job, events, **kw)
+    ready = time_of(events, job, (marks.BLOCK_JOB_READY,), after=start)
+    live = time_of(events, job, (marks.DIVERGING,), after=start)
+    switched = time_of(events, job, (marks.COPY_MODE,), after=start)
+    said = min((t for t in (first_verdict(pred), live) if t is not None), default=None)
+    row: dict[str, Any] = {
+        "job": job, "converged": ready is not None,
+        "time_to_ready_s": None if ready is None else round(ready - start, 3),
+        "said_diverging_s": None if said is None else round(said - start, 3),
+        "switched_s": None if switched is None else round(switched - start, 3),
+        "false_alarm": (ready is not None and switched is None and said is not None
+                        and said < ready),
+        "eta_error_s": None, "eta_error_rel": None,
+        "last_state": pred["state"].iloc[-1] if len(pred) else None,
+        "last_eta_s": (round(float(pred["eta_s"].iloc[-1]), 3)
+                       if len(pred) and pd.notna(pred["eta_s"].iloc[-1]) else None)}
+    if ready is not None and len(pred):
+        half = start + at * (ready - start)
+        known = pred[pred["t"] <= half]
+        if len(known):
+            last = known.iloc[-1]
+            truth = ready - float(last["t"])
+            eta = float(last["eta_s"]) if pd.notna(last["eta_s"]) else float("nan")
+            row["eta_error_s"] = round(eta - truth, 3)
+            row["eta_error_rel"] = round((eta - truth) / truth, 3) if truth > 0 else None
+    return row
+
+
+def score_runs(folder: str | Path, **kw: Any) -> pd.DataFrame:
+    """:func:`accuracy` of every recorded run under *folder* (a sweep, a notebook run or
+    one run), a row each with the run's folder, QEMU build and mirror parameters."""
+    rows = []
+    for rj in sorted(Path(folder).rglob("run.json")):
+        run = load_run(rj.parent)
+        params = run.meta.get("params") or {}
+        rows.append({"run": str(rj.parent.relative_to(folder)) if rj.parent != Path(folder)
+                     else rj.parent.name,
+                     **{k: params.get(k) for k in ("qemu", "copy_mode", "speed",
+                                                    "workload_rate_kib_s", "slow_target_bps")},
+                     **accuracy(run.samples, run.events, **kw)})
+    return pd.DataFrame(rows)
+
+
+def accuracy_summary(table: pd.DataFrame) -> dict[str, Any]:
+    """Figures over many scored runs (rows of :func:`accuracy`): for the converged ones,
+    the median and worst ETA error at half-way (|relative|, and s), and how many had no ETA
+    yet; for the others, when the predictor said "will not converge" (median, latest) and
+    how many it never flagged (and of those, how many it still called converging when the
+    run stopped waiting: slow, not stuck); and the false alarms, which must be 0."""
+    conv = table[table["converged"] == True]  # noqa: E712  (a nullable column)
+    div = table[table["converged"] == False]  # noqa: E712
+    err = pd.to_numeric(conv["eta_error_rel"], errors="coerce")
+    err_s = pd.to_numeric(conv["eta_error_s"], errors="coerce")
+    said = pd.to_numeric(div["said_diverging_s"], errors="coerce")
+
+    def r(v: float) -> float | None:
+        return None if pd.isna(v) else round(float(v), 3)
+
+    return {"runs": int(len(table)), "converged": int(len(conv)),
+            "eta_error_median_rel": r(err.abs().median()),
+            "eta_error_worst_rel": r(err.abs().max()),
+            "eta_error_median_s": r(err_s.abs().median()),
+            "eta_error_worst_s": r(err_s.abs().max()),
+            "no_eta_at_half_way": int(err.isna().sum()),
+            "diverged": int(len(div)),
+            "said_diverging_median_s": r(said.median()),
+            "said_diverging_latest_s": r(said.max()),
+            "never_flagged": int(said.isna().sum()),
+            "never_flagged_but_converging": int((said.isna()
+                                                 & (div["last_state"] == "converging")).sum()),
+            "false_alarms": int(conv["false_alarm"].fillna(False).astype(bool).sum())}
+
+
+# -- the guest's side: what a mirror costs its writes -----------------------------------------
+def write_cost(ops: Any, start: float | None, end: float | None) -> dict[str, Any] | None:
+    """The guest's ``dd`` writes that finished in [start, end) (seconds on the ops' clock;
+    None: open): how many, each write's latency (dd with its fsync: median, 95th
+    percentile, worst, in ms), the write throughput (bytes written over the time spent
+    writing, MiB/s) and, for a closed window, the rate the guest achieved (bytes written
+    over the window's length, MiB/s: what a workload paced to a rate loses when each write
+    takes longer).  *ops*: a run's ``guest_ops`` frame, or :class:`~kvmlab.events.Record`
+    list of the console's ``op`` lines (``mono`` as the clock).  None without timed writes
+    (a guest built before writes were timed)."""
+    if isinstance(ops, pd.DataFrame):
+        df = ops
+    else:
+        df = pd.DataFrame([{"t": r.mono, "op": r.data.get("op"), "size": r.data.get("size"),
+                            "dd_s": (int(r.data["dd_us"]) / 1e6 if r.data.get("dd_us")
+                                     else None)} for r in ops])
+    if df.empty or "dd_s" not in df:
+        return None
+    t = df["t"].astype("float64")
+    keep = (df["op"] == "dd") & df["dd_s"].notna()
+    if start is not None:
+        keep &= t >= start
+    if end is not None:
+        keep &= t < end
+    w = df[keep]
+    if w.empty:
+        return None
+    lat = w["dd_s"].astype("float64")
+    size = pd.to_numeric(w["size"], errors="coerce").fillna(0).astype("float64")
+    return {"writes": int(len(w)), "latency_median_ms": round(float(lat.median()) * 1e3, 2),
+            "latency_p95_ms": round(float(lat.quantile(0.95)) * 1e3, 2),
+            "latency_max_ms": round(float(lat.max()) * 1e3, 2),
+            "throughput_mib_s": round(float(size.sum() / max(lat.sum(), 1e-9)) / MIB, 3),
+            "written_mib_s": (round(float(size.sum()) / (end - start) / MIB, 3)
+                              if start is not None and end is not None and end > start
+                              else None)}

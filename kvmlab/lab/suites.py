@@ -1,0 +1,134 @@
+"""Named sets of experiment runs that notebooks run as one: the seed suite, the target-fault
+table, a throttled mirror.  Each call records its runs like any experiment; the rows built
+here are what the summary notebooks display and compare (see :mod:`kvmlab.lab.compare`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kvmlab import analysis
+from kvmlab import experiments as ex
+from kvmlab.errors import BadInput
+from kvmlab.experiments import ExperimentResult
+from kvmlab.lab.notebook import run_experiment
+
+#: the seed's experiments as the suite runs them: name -> (experiment, variant)
+SEED_SUITE: dict[str, tuple[Callable[..., ExperimentResult], dict[str, Any]]] = {
+    "E1": (ex.mirror_basic, {"after_ready_s": 1.0}),
+    "E2 stop": (ex.mirror_nfs_outage, {"outage": "stop", "outage_after_s": 0.5,
+                                       "outage_s": 3.0}),
+    "E2 freeze": (ex.mirror_nfs_outage, {"outage": "freeze", "outage_after_s": 0.5,
+                                         "outage_s": 3.0}),
+    "E3": (ex.commit_stopped, {"method": "hmp"}),
+    "E4 paused": (ex.pivot, {"paused": True}),
+    "E4 running": (ex.pivot, {"paused": False}),
+    "E5": (ex.double_pivot, {}),
+    # the seed moved the old image to another file system: tmpfs here
+    "E6": (ex.remove_source, {"action": "move", **({"move_to": "/dev/shm"}
+                                                   if Path("/dev/shm").is_dir() else {})}),
+    "E7": (ex.shallow_existing, {}),
+    # the consistency study for conclusions 2 and 3, one run per cut strategy (so the
+    # three can run side by side), each cutting one copy per cache mode
+    **{f"C2/3 {strategy}": (ex.consistency_study,
+                            {"strategies": [strategy], "cache_modes": ["none", "writeback"],
+                             "trials": 1})
+       for strategy in ex.STRATEGIES},
+}
+#: the target-fault table: fault:policy pairs
+FAULT_CASES = ("nbd_suspend:report nbd_down:report eio:report eio:ignore eio:stop "
+               "enospc:enospc enospc:report throttle:report")
+
+
+def chosen_names(chosen: str | Iterable[str] | None, known: Iterable[str], what: str) -> list[str]:
+    """The names in *chosen* (comma-separated or a list; None: all *known*), each checked
+    against *known* (else one line naming the *what*)."""
+    known = list(known)
+    if chosen is None:
+        return known
+    names = chosen.split(",") if isinstance(chosen, str) else list(chosen)
+    names = [n.strip() for n in names if n.strip()]
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise BadInput(f"unknown {what} {', '.join(bad)}; known: {', '.join(known)}")
+    return names
+
+
+def seed_suite(namespace: Mapping[str, Any], only: str | Iterable[str] | None = None,
+               **overrides: Any) -> dict[str, ExperimentResult]:
+    """Run the seed suite (or the experiments named in *only*) with *namespace*'s sizes and
+    options, each run in a sub-folder of the notebook's run; *overrides* win (``qemu=``)."""
+    names = chosen_names(only, SEED_SUITE, "seed experiment")
+    out: dict[str, ExperimentResult] = {}
+    for name in names:
+        fn, variant = SEED_SUITE[name]
+        extra = dict(variant)
+        if fn is ex.shallow_existing and "fill_mib" in namespace:
+            extra["base_fill_mib"] = int(namespace["fill_mib"]) * 2
+        out[name] = run_experiment(fn, namespace, many=True, **{**extra, **overrides})
+    return out
+
+
+def seed_conclusion(name: str) -> str:
+    return ex.SEED_CONCLUSIONS[name.split()[0]]
+
+
+def seed_rows(results: Mapping[str, ExperimentResult]) -> pd.DataFrame:
+    """One row per seed run: verdict, time to ready, bytes copied, the seed's conclusion."""
+    rows = []
+    for name, r in results.items():
+        s = analysis.summarize(r.data)
+        rows.append({"experiment": name, "seed_conclusion": seed_conclusion(name),
+                     "verdict": "PASS" if r.passed else "FAIL", "agrees": r.passed,
+                     "time_to_ready_s": s.get("time_to_ready_s"),
+                     "bytes_copied": s.get("bytes_copied"), "run": r.run_path.name})
+    return pd.DataFrame(rows)
+
+
+def fault_table(namespace: Mapping[str, Any], cases: str = FAULT_CASES,
+                **overrides: Any) -> dict[str, ExperimentResult]:
+    """Run each ``fault:policy`` case of *cases* (space-separated); all are checked first,
+    so a bad one runs nothing."""
+    parsed = {}
+    for case in cases.split():
+        fault, _, policy = case.partition(":")
+        if fault not in ex.FAULTS:
+            raise BadInput(f"unknown fault {fault!r} in {case!r}; known: {', '.join(ex.FAULTS)}")
+        parsed[case] = (fault, policy or "report")
+    return {case: run_experiment(ex.target_fault, namespace, many=True, fault=fault,
+                                 on_target_error=policy, **overrides)
+            for case, (fault, policy) in parsed.items()}
+
+
+FAULT_COLUMNS = ["fault", "on_target_error", "behaviour", "error_events", "error_actions",
+                 "paused_io_status", "recovery_steps", "fault_window_s", "fault_stall_s",
+                 "fault_first_progress_after_s", "time_to_ready_s", "job_end", "verify_pass",
+                 "checked", "pass"]
+
+
+def fault_rows(results: Mapping[str, ExperimentResult]) -> pd.DataFrame:
+    return pd.DataFrame([{c: r.verdict.get(c) for c in FAULT_COLUMNS} for r in results.values()])
+
+
+def throttled(namespace: Mapping[str, Any], speed: int, ready_timeout: float = 30,
+              **overrides: Any) -> ExperimentResult:
+    """E1 under a speed limit, the guest writing at 256 KiB/s (an eighth of a 2 MiB/s limit,
+    so the job converges and the rate measured is the limiter's, not a race with the
+    guest): how closely the copy rate keeps to ``speed``."""
+    return run_experiment(ex.mirror_basic, namespace, many=True, speed=speed, after_ready_s=0.5,
+                          ready_timeout=ready_timeout,
+                          **{"workload_rate_kib_s": 256, **overrides})
+
+
+def rate_fidelity(result: ExperimentResult) -> dict[str, Any]:
+    """Measured copy rate against ``speed``: the bytes copied by READY over the time to
+    READY, or over the whole job when it never got there."""
+    s = analysis.summarize(result.data)
+    speed = (result.data.meta.get("params") or {}).get("speed")
+    ttr, copied = s.get("time_to_ready_s"), result.verdict.get("bytes_len")
+    rate = copied / ttr if copied and ttr else s.get("mean_copy_rate")
+    return {"speed": speed, "copy_rate": rate, "ready": ttr is not None,
+            "rate_over_speed": rate / speed if rate and speed else None}

@@ -1,0 +1,213 @@
+"""Will this mirror converge?  The online predictor a live wait feeds the job's samples.
+
+A mirror reaches READY when nothing is left to copy.  ``query-block-jobs`` gives two
+counters: ``offset`` (bytes copied so far) and ``len`` (bytes copied plus bytes still to
+copy, which grows when the guest dirties what was already copied).  Over a trailing
+window of samples:
+
+- the **copy rate** is how fast ``offset`` advances;
+- the **dirty rate** is how fast ``len`` grows (the guest re-dirtying copied data);
+- their difference is how fast ``remaining = len - offset`` falls.
+
+If remaining falls, the ETA to ready is remaining over that rate.  If the job copies but
+remaining does not fall, it **will not converge at current rates**: the verdict an
+engineer wants instead of a timeout sized by guessing.  If nothing is copied the job is
+**stalled** (a dead target, a pause), which is another question (:mod:`kvmlab.analysis.causes`).
+
+The predictor is careful before it says "diverging": it needs :attr:`Predictor.evidence`
+seconds of samples, the remaining bytes must be more than a couple of seconds of copying
+(a converging job near zero hovers: its remaining cannot fall further), and the state must
+hold for :attr:`Predictor.confirm` seconds.  Its accuracy is measured by the
+``convergence`` sweep (``benchmarks/``), not assumed.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from kvmlab.units import MIB
+
+#: the verdicts, in the order a job usually passes through them
+STATES = ("unknown", "converging", "diverging", "stalled", "paused", "ready", "ended")
+
+
+@dataclass(frozen=True)
+class Outlook:
+    """The predictor's answer at time *t* (seconds on the recording's clock)."""
+
+    t: float
+    state: str
+    remaining: int
+    copy_rate: float | None = None        #: bytes/s offset advanced over the window
+    dirty_rate: float | None = None       #: bytes/s len grew over the window
+    eta_s: float | None = None            #: seconds to ready at current rates (converging)
+    since: float | None = None            #: when the current state began
+
+    @property
+    def net_rate(self) -> float | None:
+        """Bytes/s remaining falls (copy minus dirty)."""
+        if self.copy_rate is None or self.dirty_rate is None:
+            return None
+        return self.copy_rate - self.dirty_rate
+
+    def text(self) -> str:
+        """One phrase for a progress line: ``ETA 12 s`` or ``will not converge: ...``."""
+        if self.state == "converging" and self.eta_s is not None:
+            return f"ETA {self.eta_s:.0f} s"
+        if self.state == "diverging":
+            return (f"will not converge at current rates (copy {_rate(self.copy_rate)}, "
+                    f"guest dirtying {_rate(self.dirty_rate)}, "
+                    f"{self.remaining / MIB:.1f} MiB left)")
+        if self.state == "stalled":
+            return "stalled (no progress)"
+        return {"unknown": "measuring rates"}.get(self.state, self.state)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"net_rate": self.net_rate}
+
+
+def _rate(bps: float | None) -> str:
+    return "?" if bps is None else f"{bps / MIB:.2f} MiB/s"
+
+
+class Predictor:
+    """Online convergence verdict for one job (feed :meth:`add` every sample).
+
+    :param window: seconds of samples the rates are measured over.
+    :param evidence: seconds of samples before any verdict but ``unknown``.
+    :param confirm: seconds "diverging" must hold before it is said.
+    :param hover_s: remaining below this many seconds of copying is "about to be ready",
+        never diverging.
+    :param progress: bytes the offset must advance over the window not to be stalled.
+    :param bursts: the window covers at least this many gaps between copy steps (falls
+        of the remaining bytes: in write-blocking mode the counters move with every
+        guest write, but the copy still comes in steps).
+    :param hover_limit: hovering near zero this many seconds without READY is no longer
+        "a moment away": it is said to diverge.
+    :param quantize: the ETA adds this many typical gaps between steps (a rate-limited
+        mirror copies in steps seconds apart, so the last bytes land a step later than a
+        smooth rate says).
+
+    The defaults were chosen on one run of the ``convergence`` sweep and measured on
+    another (``benchmarks/``).
+    """
+
+    def __init__(self, window: float = 8.0, evidence: float = 6.0, confirm: float = 3.0,
+                 hover_s: float = 2.0, progress: int = 64 * 1024, bursts: float = 2.5,
+                 quantize: float = 1.0, hover_limit: float = 10.0) -> None:
+        self.window, self.evidence, self.confirm = window, evidence, confirm
+        self.quantize = quantize
+        self.hover_limit = hover_limit
+        self._hover_t: float | None = None
+        self.bursts = bursts
+        self.hover_s, self.progress = hover_s, progress
+        self._rows: deque[tuple[float, int, int]] = deque()
+        self._falls: deque[float] = deque(maxlen=6)
+        self._first: float | None = None
+        self._state = "unknown"
+        self._since: float | None = None
+        self._pending: tuple[str, float] | None = None
+        self.last: Outlook | None = None
+        #: when each state was first said (seconds, the caller's clock)
+        self.first_seen: dict[str, float] = {}
+
+    def add(self, t: float, offset: int, length: int, *, ready: bool = False,
+            paused: bool = False, status: str = "running") -> Outlook:
+        """One sample of the job; returns the outlook after it."""
+        if self._first is None:
+            self._first = t
+        rows = self._rows
+        if rows and (length - offset) < (rows[-1][2] - rows[-1][1]):
+            self._falls.append(t)
+        rows.append((t, int(offset), int(length)))
+        while len(rows) > 2 and t - rows[1][0] >= self._span(t):
+            rows.popleft()
+        remaining = max(0, int(length) - int(offset))
+        t0, off0, len0 = rows[0]
+        dt = t - t0
+        copy = dirty = eta = None
+        if dt > 0:
+            copy = max(0.0, (offset - off0) / dt)
+            dirty = max(0.0, (length - len0) / dt)
+        if ready or status == "ready":
+            state, eta = "ready", 0.0
+        elif status in ("concluded", "null", "aborting"):
+            state = "ended"
+        elif paused or status in ("paused", "standby"):
+            state = "paused"
+        elif copy is None or dirty is None or t - self._first < self.evidence:
+            state = "unknown"
+        elif offset - off0 < self.progress:
+            state = "stalled"
+        elif self._hovering(t, remaining, copy):
+            # near zero and not READY for hover_limit: the guest re-dirties what each
+            # rate-limited pass copies, so the READY that looks a moment away never comes
+            state = "diverging"
+        elif copy - dirty > 0:
+            state = "converging"
+            eta = remaining / (copy - dirty) + (self._step_gap() if remaining else 0.0)
+        elif remaining <= copy * self.hover_s:
+            state = "converging"       # hovering near zero: READY is a moment away
+        else:
+            state = "diverging"
+        state = self._settle(state, t)
+        if state == "diverging":
+            eta = None
+        self.last = Outlook(t, state, remaining, copy, dirty, eta, self._since)
+        return self.last
+
+    def _hovering(self, t: float, remaining: int, copy: float) -> bool:
+        """True once remaining has stayed near zero (within a few seconds of copying) for
+        :attr:`hover_limit` seconds without READY."""
+        if remaining > copy * self.hover_s * 4:
+            self._hover_t = None
+            return False
+        if remaining <= copy * self.hover_s and self._hover_t is None:
+            self._hover_t = t
+        return self._hover_t is not None and t - self._hover_t >= self.hover_limit
+
+    def _step_gap(self) -> float:
+        """A rate-limited mirror copies in steps seconds apart; the last step comes one
+        gap after the rate says the bytes are done.  0 when it copies all the time."""
+        if self.quantize == 0 or len(self._falls) < 3:
+            return 0.0
+        f = list(self._falls)
+        gaps = sorted(b - a for a, b in zip(f[:-1], f[1:]))
+        return self.quantize * gaps[len(gaps) // 2]
+
+    def reset(self) -> None:
+        """Forget the samples and the state (the job changed: a switch of copy mode makes
+        the rates before it no evidence about after); :attr:`first_seen` is kept."""
+        self._rows.clear()
+        self._falls.clear()
+        self._hover_t = None
+        self._first, self._state, self._since, self._pending = None, "unknown", None, None
+
+    def _span(self, t: float) -> float:
+        """The window, stretched to :attr:`bursts` times the longest gap between the last
+        copy steps: a rate limited job sleeps seconds between iterations, so a short
+        window would see one step or none."""
+        ch = self._falls
+        gaps = [b - a for a, b in zip(list(ch)[:-1], list(ch)[1:])]
+        if ch:
+            gaps.append(t - ch[-1])
+        return max(self.window, self.bursts * max(gaps, default=0.0))
+
+    def _settle(self, state: str, t: float) -> str:
+        """Diverging only once it has held for :attr:`confirm` seconds (one noisy window
+        is no verdict); every other state is taken at once."""
+        if state == "diverging" and self._state != "diverging":
+            if self._pending is None or self._pending[0] != state:
+                self._pending = (state, t)
+            if t - self._pending[1] < self.confirm:
+                return self._state
+            t_state = self._pending[1]
+        else:
+            self._pending = None
+            t_state = t
+        if state != self._state:
+            self._state, self._since = state, t_state
+            self.first_seen.setdefault(state, t)
+        return state

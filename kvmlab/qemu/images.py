@@ -1,0 +1,166 @@
+"""Disk images on the host: make a guest disk, overlays, info, compare, sizes (the seed's ``ll``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kvmlab import _proc
+from kvmlab.errors import BadInput, ToolError
+from kvmlab.guest.workload import Manifest
+from kvmlab.qemu import builds
+
+FORMATS = ("qcow2", "raw")
+
+
+@dataclass(frozen=True)
+class FileSize:
+    """Apparent size (``ls -l``) and allocated size (``du``) of an image file."""
+
+    apparent: int
+    allocated: int
+
+
+def file_size(path: str | Path) -> FileSize | None:
+    """Sizes of *path*, or None when it does not exist (yet, or any more)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return FileSize(st.st_size, st.st_blocks * 512)
+
+
+def make_guest_disk(path: str | Path, size_mib: int = 64, fmt: str = "qcow2",
+                    fill_mib: int = 0) -> Manifest:
+    """Create an ext4 guest disk at *path*; optionally with ``/fill.bin`` of random data.
+
+    The file system is made on the host with mkfs.ext4 (no mount, no root) and
+    the fill file is written with debugfs, so the disk starts with allocated
+    data for the mirror to copy.  Returns the manifest of what it holds.
+
+    :raise BadInput: *path* exists, bad size or format; nothing is created.
+    """
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise BadInput(f"format={fmt!r} is not one of {', '.join(FORMATS)}")
+    if not isinstance(size_mib, int) or size_mib < 16:
+        raise BadInput(f"size_mib={size_mib!r} must be an integer of at least 16")
+    if not isinstance(fill_mib, int) or fill_mib < 0 or fill_mib > size_mib * 3 // 4:
+        raise BadInput(f"fill_mib={fill_mib!r} must be between 0 and 3/4 of the disk size")
+    if path.exists():
+        raise BadInput(f"{path} already exists")
+    if not path.parent.is_dir():
+        raise BadInput(f"directory {path.parent} does not exist")
+    manifest = Manifest()
+    with tempfile.TemporaryDirectory(prefix=".kvmlab-mk-", dir=path.parent) as tmp:
+        raw = Path(tmp) / "disk.raw"
+        with open(raw, "wb") as fh:
+            fh.truncate(size_mib * 1024 * 1024)
+        _proc.run(["mkfs.ext4", "-q", "-F", "-L", "kvmlab", "-E", "lazy_itable_init=0", raw])
+        if fill_mib:
+            fill = Path(tmp) / "fill.bin"
+            digest = hashlib.sha256()
+            with open(fill, "wb") as fh:
+                for _ in range(fill_mib):
+                    chunk = os.urandom(1024 * 1024)
+                    digest.update(chunk)
+                    fh.write(chunk)
+            # debugfs parses its request line itself: give it names without spaces (cwd),
+            # and check it wrote the file, as it exits 0 when it did not
+            _proc.run(["debugfs", "-w", "-R", "write fill.bin fill.bin", raw.name], cwd=Path(tmp))
+            stat = _proc.run(["debugfs", "-R", "stat /fill.bin", raw.name], cwd=Path(tmp))
+            if f"Size: {fill_mib * 1024 * 1024}" not in stat:
+                raise ToolError(f"debugfs did not write /fill.bin into {path.name}")
+            manifest.add_file("/fill.bin", digest.hexdigest())
+        if fmt == "raw":
+            os.replace(raw, path)
+        else:
+            qemu_img(["convert", "-f", "raw", "-O", fmt, raw, path])
+    return manifest
+
+
+def sha256(path: str | Path) -> str:
+    """sha256 of a whole file (to show an image did not change)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(4 * 1024 * 1024), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def create(path: str | Path, size: int, fmt: str = "raw") -> Path:
+    """An empty image of *size* bytes (a target for ``mode=existing``)."""
+    path = Path(path)
+    if path.exists():
+        raise BadInput(f"{path} already exists")
+    qemu_img(["create", "-q", "-f", fmt, path, str(size)])
+    return path
+
+
+def create_overlay(path: str | Path, backing: str | Path, fmt: str = "qcow2") -> Path:
+    """``qemu-img create -f qcow2 -b BACKING -F <its format> PATH`` (the seed's overlays)."""
+    path, backing = Path(path), Path(backing)
+    if path.exists():
+        raise BadInput(f"{path} already exists")
+    if not backing.is_file():
+        raise BadInput(f"backing file {backing} does not exist")
+    bfmt = info(backing)["format"]
+    qemu_img(["create", "-q", "-f", fmt, "-b", backing.resolve(), "-F", bfmt, path])
+    return path
+
+
+def info(path: str | Path, backing_chain: bool = False) -> Any:
+    """``qemu-img info --output=json`` (shared lock: works while QEMU has it open)."""
+    cmd = ["info", "-U", "--output=json"]
+    if backing_chain:
+        cmd.append("--backing-chain")
+    return json.loads(qemu_img(cmd + [str(path)]))
+
+
+def qemu_img(args: Sequence[str | Path]) -> str:
+    """Run the current QEMU build's ``qemu-img`` (see :func:`kvmlab.qemu.builds.using`)."""
+    build = builds.current()
+    return _proc.run([build.tool("qemu-img"), *args], env=build.env())
+
+
+def compare(a: str | Path, b: str | Path, strict: bool = False) -> bool:
+    """``qemu-img compare``: True if the guest-visible contents are identical.
+
+    :raise ToolError: qemu-img could not compare (exit code 2 or more).
+    """
+    cmd = [builds.tool("qemu-img"), "compare", "-U"] + (["-s"] if strict else []) + \
+        [str(a), str(b)]
+    rc, _out, err = _proc.run_rc(cmd, env=builds.current().env())
+    if rc > 1:
+        raise ToolError(f"qemu-img compare failed: {err.strip()}", command=cmd, output=err)
+    return rc == 0
+
+
+def fsck(path: str | Path) -> dict[str, Any]:
+    """Read-only check of the ext4 file system in the raw image *path* (``e2fsck -fn``).
+
+    ``clean`` means e2fsck found nothing to fix (exit code 0).  ``needs_recovery``
+    means the journal holds transactions not yet written home: the copy was cut
+    while the file system was live (an fsfreeze clears it).  Nothing is changed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"image {path} does not exist")
+    rc, out, err = _proc.run_rc(["e2fsck", "-f", "-n", str(path)], timeout=300)
+    if rc >= 8:
+        raise ToolError(f"e2fsck could not check {path}: {(err or out).strip()[-200:]}",
+                        command=["e2fsck", "-f", "-n", str(path)], output=err)
+    _rc, head, _err = _proc.run_rc(["dumpe2fs", "-h", str(path)], timeout=60)
+    features = next((ln.split(":", 1)[1].split() for ln in head.splitlines()
+                     if ln.startswith("Filesystem features:")), [])
+    problems = [ln.strip() for ln in out.splitlines()
+                if ln.strip() and not ln.startswith(("Pass ", "e2fsck", str(path)))
+                and "skipping journal recovery" not in ln]
+    return {"fsck_rc": rc, "clean": rc == 0, "needs_recovery": "needs_recovery" in features,
+            "problems": problems[:20]}

@@ -1,0 +1,386 @@
+"""The seed's lab note, reproduced: each of its claims beside what kvmlab measured.
+
+The seed (an engineer's notes on ``drive_mirror``, E1–E7 and three conclusions) makes
+claims such as "``block_job_complete`` switches the VM to the mirror, paused or not" or
+"``info block`` still points to the original image".  A :class:`Claim` names the seed's
+words, the suite cases whose runs test it (:data:`kvmlab.lab.suites.SEED_SUITE`) and a judge
+that reads those runs' verdicts and says, in one sentence with numbers, what happened and
+whether that agrees.  :func:`judge_all` does it for each QEMU build; :func:`sections`
+turns the result into the sections :mod:`kvmlab.report.document` renders.
+
+An agreement is three-valued: ``True`` (agrees), ``False`` (disagrees) and ``None``
+(not shown: the run failed or, for a claim that something is *not guaranteed*, every
+trial happened to come out well, which a handful of trials cannot disprove).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kvmlab.analysis.series import strip_paths
+from kvmlab.store.sweepdir import read_points
+from kvmlab.units import MIB
+
+
+@dataclass(frozen=True)
+class CaseRun:
+    """One recorded run of a suite case on one build: its folder and ``run.json``."""
+
+    case: str
+    build: str
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def verdict(self) -> dict[str, Any]:
+        return dict(self.meta.get("verdict") or {})
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.verdict.get("pass"))
+
+    @property
+    def failed(self) -> str | None:
+        """Why the run ended without a verdict (its error), or None."""
+        if self.meta.get("status") == "done" and self.verdict:
+            return None
+        return str(self.meta.get("error") or self.meta.get("status") or "no verdict")
+
+    def trials(self) -> pd.DataFrame:
+        """The consistency study's trials table (empty for other experiments)."""
+        f = self.path / "trials.csv"
+        return pd.read_csv(f) if f.is_file() else pd.DataFrame()
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What kvmlab measured for one claim on one build, and whether it agrees."""
+
+    text: str
+    agrees: bool | None
+
+
+Judge = Callable[[Mapping[str, CaseRun]], Finding]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One of the seed's claims, the suite cases that test it and how to judge them."""
+
+    key: str
+    claim: str
+    seed: str                 # what the seed did and saw, in its words
+    cases: tuple[str, ...]
+    judge: Judge
+
+
+def _name(path: Any) -> str:
+    return Path(str(path)).name if path else "?"
+
+
+def _mib(n: Any) -> str:
+    return f"{float(n) / MIB:.1f} MiB" if n is not None else "?"
+
+
+def _num(x: Any, fmt: str = ".2f") -> str:
+    """*x* formatted, or ``?`` when the run did not record it."""
+    return format(float(x), fmt) if isinstance(x, (int, float)) else "?"
+
+
+def _copy_checked(v: Mapping[str, Any]) -> str:
+    return (f"the copy held {v.get('checked', '?')} checked guest operations, "
+            f"{v.get('bad', '?')} missing or wrong")
+
+
+def _failed(run: CaseRun) -> str:
+    v = run.verdict
+    why = v.get("reason") or v.get("job_error") or run.meta.get("error")
+    return f"{run.case} did not pass" + (f" ({why})" if why else "")
+
+
+def _e1(r: Mapping[str, CaseRun]) -> Finding:
+    run = r["E1"]
+    v = run.verdict
+    if not v.get("ready"):
+        return Finding(_failed(run), False)
+    return Finding(f"{v.get('ops_during_mirror', '?')} guest operations during the mirror, "
+                   f"ready after {_num(v.get('time_to_ready_s'))} s; {_copy_checked(v)}",
+                   run.passed)
+
+
+def _e2(r: Mapping[str, CaseRun]) -> Finding:
+    parts, ok = [], True
+    for case in ("E2 stop", "E2 freeze"):
+        v = r[case].verdict
+        # the seed: 'info block-jobs' showed the job no longer progressing
+        ok = ok and r[case].passed and v.get("behaviour") in ("stalled", "paused")
+        how = {"stop": "stopped", "freeze": "frozen"}.get(str(v.get("outage")), "down")
+        parts.append(f"server {how} for "
+                     f"{_num(v.get('outage_window_s'), '.1f')} s: the job "
+                     f"{v.get('behaviour', '?')} (no progress for "
+                     f"{_num(v.get('outage_stall_s'), '.1f')} s), progressed again "
+                     f"{_num(v.get('outage_first_progress_after_s'))} s after the server came "
+                     f"back; the guest made {v.get('ops_during_outage', '?')} operations "
+                     f"meanwhile; {_copy_checked(v)}")
+    return Finding("; ".join(parts), ok)
+
+
+def _e3(r: Mapping[str, CaseRun]) -> Finding:
+    v = r["E3"].verdict
+    return Finding(f"commit with the VM {v.get('vm_state_during_commit', '?')}: the base grew "
+                   f"by {_mib(v.get('base_allocated_growth'))} of the guest's "
+                   f"{_mib(v.get('guest_bytes_written'))}; {_copy_checked(v)}",
+                   r["E3"].passed)
+
+
+def _pivot_text(v: Mapping[str, Any]) -> str:
+    how = "paused" if v.get("paused") else "running"
+    return (f"{how}: the drive then used {_name(v.get('drive_file_after'))}, which grew "
+            f"{_mib(v.get('target_allocated_growth'))} under a {_mib(v.get('post_pivot_dd_bytes'))} "
+            f"dd while the original stayed "
+            f"{'unchanged' if v.get('source_unchanged_after_pivot') else 'changing'}")
+
+
+def _e4(r: Mapping[str, CaseRun]) -> Finding:
+    runs = [r["E4 paused"], r["E4 running"]]
+    return Finding("; ".join(_pivot_text(x.verdict) for x in runs), all(x.passed for x in runs))
+
+
+def info_block_line(verdict: Mapping[str, Any]) -> str:
+    """``info block``'s first line after the pivot, folders and node names stripped."""
+    text = str(verdict.get("info_block") or "").splitlines()
+    return strip_paths(text[0]) if text else "(nothing)"
+
+
+def _e4_info(r: Mapping[str, CaseRun]) -> Finding:
+    runs = [r["E4 paused"], r["E4 running"]]
+    shows = [bool(x.verdict.get("info_block_shows_original")) for x in runs]
+    return Finding("; ".join(f"{'paused' if x.verdict.get('paused') else 'running'}: "
+                             f"'info block' names {info_block_line(x.verdict)!r}"
+                             for x in runs), all(shows))
+
+
+def _e5(r: Mapping[str, CaseRun]) -> Finding:
+    v = r["E5"].verdict
+    return Finding(f"both completes switched the drive (now {_name(v.get('drive_file_after'))}); "
+                   f"after the second only it grew ({_mib(v.get('third_allocated_growth'))}), "
+                   f"the first and second images "
+                   f"{'unchanged' if v.get('second_unchanged_since_pivot2') else 'changed'}; "
+                   f"{_copy_checked(v)}", r["E5"].passed)
+
+
+def _e6(r: Mapping[str, CaseRun]) -> Finding:
+    v = r["E6"].verdict
+    moved = Path(str(v.get("moved_to"))).parent if v.get("moved_to") else "?"
+    other = v.get("moved_to_other_file_system")
+    where = "?" if other is None else "another file system" if other else "the same file system"
+    return Finding(f"the old image moved to {moved} ({where}); "
+                   f"the VM stayed {v.get('vm_state_after', '?')} with "
+                   f"{v.get('io_error_events', '?')} I/O errors and "
+                   f"{v.get('writes_after_remove', '?')} writes after; {_copy_checked(v)}",
+                   r["E6"].passed)
+
+
+def _e7_data(r: Mapping[str, CaseRun]) -> Finding:
+    v = r["E7"].verdict
+    return Finding(f"-n onto an overlay copied {_mib(v.get('shallow_bytes_copied'))}, a full "
+                   f"mirror {_mib(v.get('full_bytes_copied'))} "
+                   f"({_num(v.get('bytes_ratio_full_over_shallow'), '.1f')}x as much)",
+                   bool(v.get("seed_claim_least_data")) and r["E7"].passed)
+
+
+def _e7_time(r: Mapping[str, CaseRun]) -> Finding:
+    v = r["E7"].verdict
+    return Finding(f"ready after {_num(v.get('shallow_time_to_ready_s'), '.3f')} s against "
+                   f"{_num(v.get('full_time_to_ready_s'), '.3f')} s for a full mirror "
+                   f"({_num(v.get('time_ratio_full_over_shallow'), '.1f')}x as long)",
+                   bool(v.get("seed_claim_fastest")))
+
+
+CONSISTENCY = tuple(f"C2/3 {s}" for s in ("nothing", "pause", "fsfreeze"))
+
+
+def consistency_trials(r: Mapping[str, CaseRun]) -> pd.DataFrame:
+    """The trials of one build's consistency runs, in one table."""
+    frames = [r[c].trials() for c in CONSISTENCY if c in r]
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def conclusion_2(trials: pd.DataFrame) -> Finding:
+    """Cache none: every copy holds what the guest had synced; and what was in flight."""
+    if trials.empty:
+        return Finding("no trial ran", None)
+    none = trials[trials.cache == "none"]
+    other = trials[trials.cache != "none"]
+    text = (f"{int(none.synced_ops_present.sum())} of {len(none)} copies cut with cache=none "
+            "held every operation the guest had synced")
+    if len(other):
+        text += (f" (with {', '.join(sorted(set(other.cache)))}: "
+                 f"{int(other.synced_ops_present.sum())} of {len(other)})")
+    text += (f"; of {int(trials.in_flight.sum())} operations in flight at the cut, "
+             f"{int(trials.in_flight_present.sum())} reached the copy")
+    return Finding(text, bool(len(none)) and bool(none.synced_ops_present.all()))
+
+
+def conclusion_3(trials: pd.DataFrame) -> Finding:
+    """Without pausing (or freezing) the guest, a copy is crash-consistent at best."""
+    if trials.empty:
+        return Finding("no trial ran", None)
+    parts = []
+    for strategy, g in trials.groupby("strategy", sort=False):
+        parts.append(f"{strategy}: {int(g.needs_recovery.sum())} of {len(g)} copies had a "
+                     f"journal needing recovery, e2fsck found problems in "
+                     f"{int((~g.fs_clean.astype(bool)).sum())}")
+    live = trials[trials.strategy == "nothing"]
+    flawed = bool(len(live)) and bool((live.needs_recovery.astype(bool)
+                                      | ~live.fs_clean.astype(bool)).any())
+    text = "; ".join(parts)
+    if len(live) and not flawed:
+        text += (f" (every one of {len(live)} live copies came out clean: a few trials "
+                 "cannot show there is no guarantee)")
+    return Finding(text, True if flawed else None)
+
+
+def pause_is_enough(trials: pd.DataFrame) -> Finding:
+    """The other side of conclusion 3: does pausing the guest (``stop``) give a copy
+    that needs no recovery?  Stopping the vCPUs leaves the guest's journal live."""
+    paused = trials[trials.strategy == "pause"] if not trials.empty else trials
+    if paused.empty:
+        return Finding("no pause trial ran", None)
+    good = paused.fs_clean.astype(bool) & ~paused.needs_recovery.astype(bool) \
+        & paused.synced_ops_present.astype(bool)
+    text = (f"{int(good.sum())} of {len(paused)} copies cut with the guest paused were clean "
+            f"with no journal to recover")
+    frozen = trials[trials.strategy == "fsfreeze"]
+    if len(frozen):
+        ok = frozen.fs_clean.astype(bool) & ~frozen.needs_recovery.astype(bool)
+        text += f"; with fsfreeze instead, {int(ok.sum())} of {len(frozen)}"
+    return Finding(text, bool(good.all()))
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("E1", "the mirror holds every change the guest made during it",
+          "drive_mirror -f on a running VM while the guest touches files, makes and removes "
+          "folders and writes with dd; cancel when the mirror is as big as the source; boot "
+          "the mirror: every change is there.", ("E1",), _e1),
+    Claim("E2", "a mirror survives an NFS outage and resumes, losing nothing",
+          "mirror into an NFS mount; 'service nfs stop' mid-mirror: 'info block-jobs' shows "
+          "no progress while the guest keeps working; 'service nfs start': after a while the "
+          "job progresses again; cancel when synced, boot the copy: nothing lost.",
+          ("E2 stop", "E2 freeze"), _e2),
+    Claim("E3", "commit works while the VM is stopped; the data lands in the base",
+          "'stop', 'commit' the qcow2 overlay into its backing file, sizes and 'qemu-img "
+          "info' before and after: the guest's data is in the base.", ("E3",), _e3),
+    Claim("E4", "block_job_complete switches the VM to the mirror, paused or not",
+          "mirror, 'stop', 'block_job_complete' when synced, 'c'; a 512 MB dd grows the "
+          "mirror image, not the original; again without pausing: the same.",
+          ("E4 paused", "E4 running"), _e4),
+    Claim("E4b", "after complete, 'info block' still names the original image",
+          "the notes say 'info block' \"still points to the original image\" after the "
+          "switch, although the writes go to the mirror.", ("E4 paused", "E4 running"),
+          _e4_info),
+    Claim("E5", "completes can be chained; only the last image grows",
+          "from E4's state mirror again to a second file and complete; dd 512 MB; reboot: "
+          "only the second mirror grows.", ("E5",), _e5),
+    Claim("E6", "after complete the old image can be moved away",
+          "after complete, 'mv' the old image to another file system: the VM carries on.",
+          ("E6",), _e6),
+    Claim("E7", "-n onto an overlay of the same base copies the least data",
+          "two overlays on one base image, the VM's disk and the future mirror; "
+          "'drive_mirror -n' onto the existing overlay: the least data is copied.",
+          ("E7",), _e7_data),
+    Claim("E7b", "-n onto an overlay of the same base is the fastest",
+          "the same mirror \"is created fastest\".", ("E7",), _e7_time),
+    Claim("C2", "with cache=none, whatever the guest wrote to disk reaches the image",
+          "conclusion 2: with the drive's cache mode none, whatever the guest wrote to disk "
+          "reaches the image, but changes still in the guest's page cache are not "
+          "guaranteed.", CONSISTENCY, lambda r: conclusion_2(consistency_trials(r))),
+    Claim("C3", "without pausing the guest, nothing guarantees a consistent copy",
+          "conclusion 3: without pausing the guest, nothing guarantees a 100 % consistent "
+          "copy.", CONSISTENCY, lambda r: conclusion_3(consistency_trials(r))),
+    Claim("C3b", "pausing the guest gives a copy that needs no recovery",
+          "implied by conclusion 3: pause the guest ('stop') and the copy is consistent.",
+          CONSISTENCY, lambda r: pause_is_enough(consistency_trials(r))),
+)
+
+
+# -- reading a seed folder ----------------------------------------------------------------
+def read_runs(folder: str | Path) -> dict[str, dict[str, CaseRun]]:
+    """build -> case -> run, from a ``kvmlab seed`` folder (one sweep point per case and
+    build; ``point.json`` names them).  Points that recorded no run are left out."""
+    out: dict[str, dict[str, CaseRun]] = {}
+    for p in read_points(folder):
+        case, build = str(p.params.get("experiments")), str(p.params.get("qemu", "system"))
+        for run in p.runs():
+            meta = json.loads((run / "run.json").read_text())
+            out.setdefault(build, {})[case] = CaseRun(case, build, run, meta)
+    return out
+
+
+def asked_cases(folder: str | Path) -> set[str]:
+    """The suite cases a ``kvmlab seed`` folder was asked to run (``--only``), run or not."""
+    return {str(p.params.get("experiments")) for p in read_points(folder)}
+
+
+def claims_for(cases: Iterable[str]) -> list[Claim]:
+    """The claims that some of *cases* test (all of them for the whole suite)."""
+    asked = set(cases)
+    return [c for c in CLAIMS if asked & set(c.cases)]
+
+
+@dataclass
+class Judgement:
+    """A claim judged on every build: a finding per build (None: its runs are missing)."""
+
+    claim: Claim
+    findings: dict[str, Finding] = field(default_factory=dict)
+
+    @property
+    def outcome(self) -> str:
+        """agrees / disagrees / differs between builds / not shown."""
+        got = {f.agrees for f in self.findings.values()}
+        if got == {True}:
+            return "agrees"
+        if got == {False}:
+            return "disagrees"
+        if got <= {None}:
+            return "not shown"
+        return "differs between builds" if False in got else "agrees where shown"
+
+
+def judge_all(runs: Mapping[str, Mapping[str, CaseRun]], builds: Sequence[str],
+              claims: Iterable[Claim] = CLAIMS) -> list[Judgement]:
+    """Each claim on each build; a claim whose runs are missing on a build is "not
+    measured" there (its point failed: the sweep's point.json says why)."""
+    out = []
+    for claim in claims:
+        j = Judgement(claim)
+        for build in builds:
+            have = runs.get(build, {})
+            broken = [(c, have[c].failed) for c in claim.cases if c in have and have[c].failed]
+            if broken:
+                c, why = broken[0]
+                j.findings[build] = Finding(f"not measured: {c} failed ({why})", None)
+                continue
+            try:
+                j.findings[build] = claim.judge(have)
+            except KeyError as err:
+                j.findings[build] = Finding(f"not measured: no run of {err.args[0]}", None)
+            except (TypeError, ValueError) as err:
+                j.findings[build] = Finding(f"not measured: {err}", None)
+        out.append(j)
+    return out
+
+
+def tally(judgements: Sequence[Judgement], build: str) -> dict[str, int]:
+    """How many claims agree, disagree or are not shown on *build*."""
+    got = [j.findings[build].agrees for j in judgements if build in j.findings]
+    return {"agree": got.count(True), "disagree": got.count(False),
+            "not shown": got.count(None)}

@@ -1,0 +1,578 @@
+"""The embedded lab's QEMU: launch, talk to, and always clean up one VM.
+
+Lifecycle as QEMU's own ``QEMUMachine``: :meth:`Machine.launch` prepares a
+private 0700 temp dir (QMP socket, QEMU's stderr log), binds the QMP socket,
+starts QEMU, and accepts its connection; :meth:`Machine.shutdown` asks QMP
+``quit``, waits, kills if needed, and *always* removes the temp dir.  It is a
+context manager, safe to shut down twice, and a finalizer reaps QEMU if the
+object is dropped or the interpreter exits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+from kvmlab import _proc, paths, trust
+from kvmlab._proc import qemu_opt
+from kvmlab.backends.base import Backend
+from kvmlab.backends.qmp import QMPBackend
+from kvmlab.errors import BadInput, GuestFailed, LaunchError, StateError, Untrusted, WaitTimeout
+from kvmlab.events import Record
+from kvmlab.guest.build import Guest, load_guest
+from kvmlab.guest.console import Console
+from kvmlab.guest.workload import Manifest, Workload
+from kvmlab.live import jobs
+from kvmlab.model import ACCELS, CACHE_MODES, DriveInfo, MirrorSpec
+from kvmlab.qemu import builds, images
+from kvmlab.qemu.builds import QemuBuild
+from kvmlab.qemu.trace import TraceSpec, strip_stamps
+from kvmlab.qemu.trace import check as check_trace
+from kvmlab.store.tmpdirs import owned_tmpdir
+from kvmlab.vm import qemu_probe
+from kvmlab.vm.agent import PORT_NAME as AGENT_PORT
+from kvmlab.vm.agent import GuestAgent
+
+log = logging.getLogger(__name__)
+
+GUEST_MODES = ("idle", "workload", "verify")
+QEMU_BINARY = "qemu-system-x86_64"
+
+
+@dataclass(frozen=True)
+class Drive:
+    """One virtio-blk disk: its image, stable id (the seed's ``drive0``), format and cache mode."""
+
+    path: Path
+    id: str = "drive0"
+    format: str | None = None
+    cache: str = "none"
+    read_only: bool = False
+
+    def __post_init__(self) -> None:
+        if self.cache not in CACHE_MODES:
+            raise BadInput(f"cache={self.cache!r} is not one of {', '.join(CACHE_MODES)}")
+        if not self.id.replace("_", "").replace("-", "").isalnum():
+            raise BadInput(f"drive id {self.id!r} must be letters, digits, - and _")
+
+    def qemu_args(self, index: int) -> list[str]:
+        fmt = self.format or images.info(self.path)["format"]
+        opts = [f"file={qemu_opt(self.path)}", f"format={fmt}", "if=none", f"id={self.id}",
+                f"cache={self.cache}"]
+        if self.read_only:
+            opts.append("readonly=on")
+        return ["-drive", ",".join(opts),
+                "-device", f"virtio-blk-pci,drive={self.id},id=vd{index}"]
+
+
+TMP_PREFIX = "kvmlab-vm-"
+
+
+def exit_text(returncode: int) -> str:
+    """How QEMU ended, as one line: ``QEMU exited: killed by signal 9`` or ``... code 1``."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "?"
+        return f"QEMU exited: killed by signal {-returncode} ({name})"
+    return f"QEMU exited with code {returncode}"
+
+
+def _reap(proc: subprocess.Popen[bytes] | None, tmpdir: str | None) -> None:
+    """Finalizer: kill QEMU and remove the temp dir (runs at GC or interpreter exit)."""
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+    if tmpdir:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+class Machine:
+    """One QEMU VM running the kvmlab guest.
+
+    :param disk: the primary image (``drive0``), or a :class:`Drive`; None boots diskless.
+    :param mode: guest mode: ``idle``, ``workload`` or ``verify``.
+    :param workload: parameters for ``workload`` mode.
+    :param manifest: what ``verify`` mode checks (passed by fw_cfg).
+    :param cache: cache mode of the primary disk (``none`` as in the seed).
+    :param accel: ``auto`` (KVM only if a guest really boots under it), ``kvm`` or ``tcg``.
+    :param qemu: the QEMU build (a name such as ``10.0``, a binary's path, a
+        :class:`~kvmlab.qemu.builds.QemuBuild`); None: the current one (``system`` by default).
+    :param console_log: file to append the raw serial console to.
+    :param trace: QEMU's trace events of this VM, written to ``trace.path`` (see
+        :mod:`kvmlab.qemu.trace`); an event the build lacks is :class:`BadInput` here.
+    :param die_with_parent: QEMU gets SIGKILL if the thread that launched it dies
+        (``setpriv --pdeathsig``), so even a ``kill -9`` of Python leaves no VM
+        behind.  Launch from a thread that outlives the VM, or pass False.
+    """
+
+    def __init__(self, disk: str | Path | Drive | None = None, *, mode: str = "idle",
+                 workload: Workload | None = None, manifest: Manifest | None = None,
+                 cache: str = "none", disk_format: str | None = None,
+                 extra_drives: Sequence[Drive] = (), accel: str = "auto", memory_mib: int = 256,
+                 guest: Guest | None = None, qemu: str | Path | QemuBuild | None = None,
+                 console_log: str | Path | None = None, name: str = "kvmlab",
+                 extra_args: Sequence[str] = (), boot_timeout: float = 60,
+                 die_with_parent: bool = True, agent: bool = False,
+                 trace: TraceSpec | None = None) -> None:
+        if mode not in GUEST_MODES:
+            raise BadInput(f"mode={mode!r} is not one of {', '.join(GUEST_MODES)}")
+        if accel not in ACCELS:
+            raise BadInput(f"accel={accel!r} is not one of {', '.join(ACCELS)}")
+        if cache not in CACHE_MODES:
+            raise BadInput(f"cache={cache!r} is not one of {', '.join(CACHE_MODES)}")
+        if mode == "verify" and manifest is None:
+            raise BadInput("verify mode needs a manifest")
+        drives: list[Drive] = []
+        if disk is not None:
+            drives.append(disk if isinstance(disk, Drive) else
+                          Drive(Path(disk), format=disk_format, cache=cache))
+        drives.extend(extra_drives)
+        for d in drives:
+            if not Path(d.path).is_file():
+                raise BadInput(f"disk image {d.path} does not exist")
+        if len({d.id for d in drives}) != len(drives):
+            raise BadInput("drive ids must be unique")
+        self.drives = drives
+        self.mode = mode
+        self.workload = workload or Workload()
+        self.manifest = manifest
+        self.guest = guest or load_guest()
+        self.build = builds.resolve(qemu)
+        self.qemu = str(self.build.emulator)
+        self.requested_accel = accel
+        self.accel: str | None = None
+        self.memory_mib = memory_mib
+        self.name = name
+        self.extra_args = list(extra_args)
+        self.console_log = Path(console_log) if console_log else None
+        self.boot_timeout = boot_timeout
+        self.die_with_parent = die_with_parent
+        self.with_agent = agent
+        if trace is not None:
+            trace = dataclasses.replace(trace, events=check_trace(trace.events, self.build))
+        self.trace = trace
+        if agent and not self.guest.has_agent:
+            raise BadInput("this guest has no qemu-ga: install qemu-guest-agent, then "
+                           "'kvmlab guest build --force'")
+        self._agent: GuestAgent | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._tmpdir: str | None = None
+        self._backend: Backend | None = None
+        self._qmp: QMPBackend | None = None
+        self._console: Console | None = None
+        self._launched = False
+        self._accel_wanted = "tcg"
+        self._manifest_file: Path | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+        self.exitcode: int | None = None
+        self.command: list[str] = []
+
+    # -- lifecycle ----------------------------------------------------------------
+    def __enter__(self) -> Self:
+        self.launch()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    @property
+    def disk_id(self) -> str:
+        """How the job API names the first disk: ``drive0`` here (the seed's name)."""
+        return self.drives[0].id if self.drives else "drive0"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def tmpdir(self) -> Path | None:
+        return Path(self._tmpdir) if self._tmpdir else None
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            raise StateError("machine is not running: call launch() first")
+        return self._backend
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            raise StateError("machine is not running: call launch() first")
+        return self._console
+
+    def kernel_cmdline(self) -> str:
+        args = ["console=ttyS0", "quiet", "loglevel=3", "panic=-1", f"kvmlab.mode={self.mode}"]
+        if self.mode == "workload":
+            args += self.workload.kernel_args()
+        if self.with_agent:
+            args.append("kvmlab.qga=1")
+        return " ".join(args)
+
+    def _command(self, accel: str, qmp_sock: Path, manifest_file: Path | None) -> list[str]:
+        cmd = [self.qemu, *self.build.emulator_args(), "-name", self.name, "-accel", accel,
+               "-m", str(self.memory_mib),
+               "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none",
+               "-no-reboot", "-kernel", str(self.guest.kernel), "-initrd", str(self.guest.initrd),
+               "-append", self.kernel_cmdline(),
+               "-chardev", f"socket,id=qmp0,path={qemu_opt(qmp_sock)}",
+               "-mon", "chardev=qmp0,mode=control",
+               "-chardev", "stdio,id=ser0,signal=off", "-serial", "chardev:ser0"]
+        for i, d in enumerate(self.drives):
+            cmd += d.qemu_args(i)
+        if self.with_agent:
+            sock = qmp_sock.parent / "qga.sock"
+            cmd += ["-device", "virtio-serial-pci,id=vser0",
+                    "-chardev", f"socket,id=qga0,path={qemu_opt(sock)},server=on,wait=off",
+                    "-device", f"virtserialport,bus=vser0.0,chardev=qga0,name={AGENT_PORT}"]
+        if manifest_file is not None:
+            cmd += ["-fw_cfg", f"name=opt/kvmlab/manifest,file={qemu_opt(manifest_file)}"]
+        if self.trace is not None:
+            cmd += self.trace.qemu_args()
+        return cmd + self.extra_args
+
+    # Lifecycle hooks, as QEMU's QEMUMachine: launch() = _pre_launch -> _launch ->
+    # _post_launch; shutdown() = _soft_shutdown (unless hard) -> _hard_shutdown, and always
+    # _post_shutdown.  Another launcher (kvmlab.vm.libvirt_lab) overrides the hooks and hands
+    # its console and backend over through _attach(); it never rewrites this class's state.
+    tmpdir_mode = 0o700
+
+    def launch(self) -> None:
+        """Start QEMU and connect QMP.  On any failure nothing is left running.
+
+        :raise LaunchError: QEMU exited or did not connect (with its exit code and output).
+        """
+        if self._launched:
+            raise StateError("machine already launched")
+        self._launched = True
+        try:
+            self._pre_launch()
+            self._launch()
+            self._post_launch()
+        except BaseException as err:
+            output = self._stderr_text()
+            code = self._proc.poll() if self._proc else None
+            self.shutdown(hard=True)
+            if isinstance(err, LaunchError):
+                raise LaunchError(str(err.args[0]), exitcode=code, command=self.command,
+                                  output=output) from err
+            raise
+
+    def trace_source(self) -> tuple[Path, int] | None:
+        """Where this VM's trace events go: (file, byte offset its lines start at)."""
+        return (self.trace.path, 0) if self.trace is not None else None
+
+    def _resolve_accel(self) -> str:
+        return resolve_accel(self.requested_accel, self.build, self.guest)
+
+    def _pre_launch(self) -> None:
+        """Choose the accelerator, make the private temp dir, write the manifest."""
+        self._accel_wanted = self._resolve_accel()
+        if self.trace is not None:
+            self.trace.create()
+        self._tmpdir = str(owned_tmpdir(TMP_PREFIX, mode=self.tmpdir_mode))
+        tmp = Path(self._tmpdir)
+        self._manifest_file = self.manifest.write(tmp / "manifest") if self.manifest else None
+
+    def _launch(self) -> None:
+        """Bind the QMP socket, start QEMU with its console on a pipe."""
+        assert self._tmpdir is not None
+        tmp = Path(self._tmpdir)
+        qmp_sock = tmp / "qmp.sock"
+        self._qmp = QMPBackend.listen(qmp_sock)
+        self._qmp.lost_reason = self._death_cause
+        self.command = self._command(self._accel_wanted, qmp_sock, self._manifest_file)
+        prefix: list[str] = []
+        if self.die_with_parent:
+            prefix = [_proc.which("setpriv"), "--pdeathsig", "KILL", "--"]
+        errlog = open(tmp / "qemu.err", "wb")
+        try:
+            self._proc = subprocess.Popen(prefix + self.command, stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.PIPE, stderr=errlog,
+                                          start_new_session=True, env=self.build.env())
+        finally:
+            errlog.close()
+        self._finalizer = weakref.finalize(self, _reap, self._proc, self._tmpdir)
+        assert self._proc.stdout is not None
+        self._attach(Console(self._proc.stdout, self.console_log), self._qmp)
+
+    def _post_launch(self) -> None:
+        """Accept QEMU's QMP connection."""
+        assert self._qmp is not None
+        self._qmp.accept(30, self._exit_reason)
+        self.accel = self._accel_wanted
+
+    def _attach(self, console: Console, backend: Backend) -> None:
+        """The launched VM's serial console and backend (for launcher hooks)."""
+        self._console = console
+        self._backend = backend
+
+    def _exit_reason(self) -> str | None:
+        """How QEMU ended, with what the guest last said, or None while it runs.  A
+        console that closed means QEMU is ending: its exit is waited for up to 1 s."""
+        if self._proc is None:
+            return None
+        code = self._proc.poll()
+        if code is None and self._console is not None and self._console.records.closed:
+            try:
+                code = self._proc.wait(1.0)
+            except subprocess.TimeoutExpired:
+                return None
+        if code is None:
+            return None
+        return exit_text(code) + self._console_tail()
+
+    def _console_tail(self, lines: int = 3) -> str:
+        if self._console is None:
+            return ""
+        said = [text.strip() for _, text in self._console.lines[-50:] if text.strip()]
+        booted = any(r.name == "boot" for r in self._console.records.snapshot())
+        tail = " | ".join(t[:160] for t in said[-lines:])
+        return (("" if booted else "; the guest never booted") +
+                (f"; last console lines: {tail}" if tail else "; the console is empty"))
+
+    def _guest_failed(self, names: tuple[str, ...]) -> Callable[[], str | None]:
+        """The abort check of a wait on the console: a ``KVMLAB error=...`` line from the
+        guest ends it at once with that error (except a wait for a verdict: a verify
+        guest that cannot mount reports its failed verdict next), as does QEMU's exit."""
+        def check() -> str | None:
+            if "verdict" not in names and self._console is not None:
+                for r in self._console.records.snapshot():
+                    if r.name == "error":
+                        said = " ".join(f"{k}={v}" for k, v in r.data.items() if k != "t")
+                        raise GuestFailed(f"the guest failed: {said}")
+            return self._exit_reason()
+        return check
+
+    def _death_cause(self) -> str | None:
+        """Why the monitor went away: QEMU's exit (waited for up to 1 s, as the socket
+        closes a moment before the process is reaped), else None."""
+        if self._proc is None:
+            return None
+        try:
+            return exit_text(self._proc.wait(1.0))
+        except subprocess.TimeoutExpired:
+            return "QMP connection lost while QEMU still runs"
+
+    def _stderr_text(self) -> str:
+        if self._tmpdir and (Path(self._tmpdir) / "qemu.err").exists():
+            return strip_stamps((Path(self._tmpdir) / "qemu.err").read_text(errors="replace"))
+        return ""
+
+    def shutdown(self, timeout: float = 10, hard: bool = False) -> None:
+        """Stop the VM (QMP ``quit``, then SIGKILL) and remove everything it used.  Idempotent."""
+        try:
+            if self.running:
+                if not hard:
+                    try:
+                        self._soft_shutdown(timeout)
+                    except Exception:  # noqa: BLE001 - fall through to the hard way
+                        log.debug("soft shutdown failed", exc_info=True)
+                if self.running:
+                    self._hard_shutdown()
+        finally:
+            self._post_shutdown()
+
+    def _soft_shutdown(self, timeout: float) -> None:
+        """QMP ``quit`` and wait for QEMU to exit."""
+        assert self._proc is not None
+        if self._qmp is not None:
+            self._qmp.execute("quit", timeout=timeout)
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def _hard_shutdown(self) -> None:
+        """SIGKILL QEMU and reap it."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(10)
+
+    def _post_shutdown(self) -> None:
+        """Close the backend, agent and console; remove the temp dir.  Always runs."""
+        if self._proc is not None:
+            self.exitcode = self._proc.poll()
+        if self._backend is not None:
+            self._backend.close()
+        if self._agent is not None:
+            self._agent.close()
+            self._agent = None
+        if self._console is not None:
+            self._console.join()
+        if self._proc is not None and self._proc.stdout:
+            self._proc.stdout.close()
+        if self._tmpdir:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self._tmpdir = None
+        self._finalizer = None
+
+    def agent(self, timeout: float = 60) -> GuestAgent:
+        """The guest agent, connected (launch with ``agent=True``)."""
+        if not self.with_agent:
+            raise StateError("this machine was launched without the guest agent (agent=True)")
+        if self._agent is None:
+            if self._tmpdir is None:
+                raise StateError("machine is not running: call launch() first")
+            ga = GuestAgent(Path(self._tmpdir) / "qga.sock")
+            try:
+                ga.connect(timeout)
+            except BaseException:
+                ga.close()
+                raise
+            self._agent = ga
+        return self._agent
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send *sig* to QEMU (tests use it to check cleanup after QEMU dies)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(sig)
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        """Wait for QEMU to exit by itself (the verify guest powers off)."""
+        if self._proc is None:
+            raise StateError("machine was not launched")
+        try:
+            return self._proc.wait(timeout)
+        except subprocess.TimeoutExpired as err:
+            raise WaitTimeout(f"QEMU did not exit within {timeout:.0f} s") from err
+
+    # -- guest ---------------------------------------------------------------------
+    def wait_guest(self, name: str, match: Mapping[str, Any] | None = None, *,
+                   timeout: float | None = None, since: int = 0) -> Record:
+        """Wait for a console record from the guest (``ready``, ``op``, ``verdict``...)."""
+        return self.console.records.wait(name, match, since=since,
+                                         timeout=timeout or self.boot_timeout,
+                                         abort=self._guest_failed((name,)))
+
+    def guest_ops(self, since: float | None = None, until: float | None = None) -> list[Record]:
+        """The guest's operation records, optionally those that arrived in [since, until)."""
+        return [r for r in self.console.records.snapshot() if r.name == "op"
+                and (since is None or r.mono >= since) and (until is None or r.mono < until)]
+
+    def wait_ops(self, count: int, op: str | None = "dd", *, after: float | None = None,
+                 timeout: float = 120) -> list[Record]:
+        """Wait until *count* operations (of kind *op*) have arrived after time *after*."""
+        after = time.monotonic() if after is None else after
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = len(self.console.records)
+            got = [r for r in self.guest_ops(since=after) if op is None or r.data.get("op") == op]
+            if len(got) >= count:
+                return got
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WaitTimeout(f"guest made {len(got)} of {count} {op or ''} operations "
+                                  f"in {timeout:.0f} s")
+            try:
+                self.console.records.wait("op", since=seen, timeout=min(left, 5),
+                                          abort=self._guest_failed(("op",)))
+            except WaitTimeout:
+                if self._exit_reason():
+                    raise
+
+    # -- convenience: the seed's verbs, delegated to the job API --------------------
+    def hmp(self, command_line: str, check: bool = True) -> str:
+        """The seed's HMP command lines, verbatim (see :func:`kvmlab.live.jobs.hmp`)."""
+        return jobs.hmp(self.backend, command_line, check=check)
+
+    def mirror(self, device: str, target: str | Path, format: str | None = None,
+               **kwargs: Any) -> jobs.Job:
+        """Start a drive-mirror (keyword arguments as :class:`~kvmlab.model.MirrorSpec`)."""
+        return jobs.mirror(self.backend, MirrorSpec(device, str(target), format, **kwargs),
+                           caps=qemu_probe.capabilities(self.build))
+
+    def commit(self, device: str = "drive0", **kwargs: Any) -> jobs.Job:
+        """Start QMP ``block-commit`` (see :func:`kvmlab.live.jobs.commit`)."""
+        return jobs.commit(self.backend, device, **kwargs)
+
+    def stop(self) -> None:
+        self.backend.stop()
+
+    def cont(self) -> None:
+        self.backend.cont()
+
+    def block_info(self) -> list[DriveInfo]:
+        return self.backend.block_info()
+
+
+# -- accelerator detection ------------------------------------------------------------
+_ACCEL_CACHE: dict[str, str] = {}
+
+
+def _accel_key(qemu: QemuBuild, guest: Guest) -> str:
+    try:
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot_id = "?"
+    return "|".join([boot_id, os.uname().release, str(qemu.emulator), guest.kernel_version])
+
+
+def resolve_accel(accel: str, qemu: str | Path | QemuBuild | None = None,
+                  guest: Guest | None = None, probe_timeout: float = 15) -> str:
+    """The accelerator to use: ``auto`` boots a probe guest under KVM and falls back to TCG.
+
+    /dev/kvm existing is not enough (a nested guest can hang with no output),
+    so the probe must see the guest's first console line.  The answer is
+    cached in memory and in ``data/guest/accel.json`` per host boot.
+    """
+    if accel != "auto":
+        return accel
+    env = os.environ.get("KVMLAB_ACCEL")
+    if env in ("kvm", "tcg"):
+        return env
+    guest = guest or load_guest()
+    build = builds.resolve(qemu)
+    key = _accel_key(build, guest)
+    if key in _ACCEL_CACHE:
+        return _ACCEL_CACHE[key]
+    cache_file = paths.guest_dir() / "accel.json"
+    entries: dict[str, Any] = {}
+    try:
+        cached = json.loads(trust.read_owned(cache_file))    # another user's: not trusted
+        entries = {k: v for k, v in cached.get("entries", {}).items()
+                   if k.split("|")[0] == key.split("|")[0]}     # this boot's, one per build
+        if entries.get(key, {}).get("accel") in ("kvm", "tcg"):
+            _ACCEL_CACHE[key] = entries[key]["accel"]
+            return str(entries[key]["accel"])
+    except (OSError, ValueError, AttributeError, Untrusted):
+        pass
+    result = "tcg"
+    if os.access("/dev/kvm", os.R_OK | os.W_OK):
+        probe = Machine(None, accel="kvm", guest=guest, qemu=build, name="kvmlab-accel-probe")
+        try:
+            probe.launch()
+            probe.wait_guest("boot", timeout=probe_timeout)
+            result = "kvm"
+        except (LaunchError, WaitTimeout) as err:
+            log.info("KVM probe failed (%s); using TCG", err)
+        finally:
+            probe.shutdown(hard=True)
+    _ACCEL_CACHE[key] = result
+    try:
+        entries[key] = {"accel": result, "probed": time.time()}
+        trust.write_atomic(cache_file, json.dumps({"entries": entries}, indent=1) + "\n")
+    except OSError:
+        pass
+    return result
