@@ -70,7 +70,7 @@ def _ensure_event_loop() -> None:
         _loop_started = True
 
 
-def _require_libvirt() -> None:
+def require_libvirt() -> None:
     if libvirt is None:
         raise BackendError("the libvirt backend needs libvirt-python (pip install 'kvmlab[libvirt]')")
 
@@ -85,7 +85,7 @@ class LibvirtBackend:
     name = "libvirt"
 
     def __init__(self, uri: str = "qemu:///system", domain: str = "") -> None:
-        _require_libvirt()
+        require_libvirt()
         if not domain:
             raise BadInput("a libvirt domain name or UUID is needed")
         _ensure_event_loop()

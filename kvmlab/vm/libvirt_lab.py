@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kvmlab import _proc
-from kvmlab.backends.libvirt import LibvirtBackend, _require_libvirt
+from kvmlab.backends.libvirt import LibvirtBackend, require_libvirt
 from kvmlab.errors import BackendError, LaunchError, WaitTimeout
 from kvmlab.guest.console import Console
 from kvmlab.qemu import images
@@ -106,7 +106,7 @@ class LibvirtMachine(Machine):
         return "tcg"                  # lab domains are type='qemu'
 
     def _pre_launch(self) -> None:
-        _require_libvirt()
+        require_libvirt()
         super()._pre_launch()
 
     def _launch(self) -> None:
