@@ -35,6 +35,9 @@ SOURCE_DELETED: Final = "source_deleted"
 COPY_MODE: Final = "copy_mode"              #: a running mirror switched copy mode
 DIVERGING: Final = "diverging"              #: a wait gave up: the job will not converge
 
+#: steps that change a running job's conditions (the user's hand): a convergence verdict
+#: made before one says nothing about after it
+CONDITION_CHANGES: Final = (SET_SPEED, COPY_MODE)
 STEPS: Final = (RECORDER_START, RECORDER_STOP, ATTACH, SAMPLE_ERROR, MIRROR_START, READY_SEEN,
                 CANCEL, COMPLETE, COMMIT, PAUSE, RESUME, SET_SPEED, STOP, CONT,
                 RESUME_AFTER_ERROR, REMIRROR, GROW_TMPFS, SOURCE_MOVED, SOURCE_DELETED,

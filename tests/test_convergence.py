@@ -118,9 +118,13 @@ def test_the_predictor_is_scored_against_what_each_recorded_job_did() -> None:
     # the switched job converged because it was switched on the verdict: not a false alarm
     assert sw["converged"] and sw["switched_s"] >= sw["said_diverging_s"] > 0
     assert not sw["false_alarm"]
+    # the raised job converged because its limit was raised on the verdict: excused
+    sr = table.loc["converge-speed-raise"]
+    assert sr["converged"] and sr["changed_s"] >= sr["said_diverging_s"] > 0
+    assert not sr["false_alarm"] and sr["excused_alarms"] == 1 and pd.isna(sr["switched_s"])
     mine = table[table.index.str.startswith("converge-")].reset_index()
     summary = converge.accuracy_summary(mine)
-    assert (summary["runs"], summary["converged"], summary["diverged"]) == (3, 2, 1)
+    assert (summary["runs"], summary["converged"], summary["diverged"]) == (4, 3, 1)
     assert summary["false_alarms"] == 0 and summary["never_flagged"] == 0
     assert summary["said_diverging_median_s"] == bg["said_diverging_s"]
 
@@ -281,3 +285,43 @@ def test_kvmlab_runs_progress_line_says_will_not_converge_then_eta() -> None:
     # the line follows the samples alone (it does not see the switch): once the
     # write-blocking job's rates fill its window it shows an ETA, and ends without alarm
     assert any("ETA " in line for line in after) and "will not converge" not in after[-1]
+
+
+def test_an_alarm_counts_against_the_conditions_in_force_when_it_was_made() -> None:
+    """Recorded from real QEMU 7.2: a 1 MiB/s mirror the guest outpaces is said to diverge,
+    its limit is raised to unlimited (a set_speed mark) and READY follows at once.  The alarm
+    spoke of a job that was then changed: excused, not false.  Without the change it would
+    have been false; an alarm made after the change and followed by READY is false."""
+    run = load_run(RUNS / "converge-speed-raise")
+    s, ev = run.samples, run.events
+    raised = float(ev.loc[ev["name"] == marks.SET_SPEED, "t"].iloc[0])
+    a = converge.accuracy(s, ev)
+    assert a["converged"] and not a["false_alarm"] and a["excused_alarms"] == 1
+    unchanged = ev[ev["name"] != marks.SET_SPEED]           # as if nobody had touched it
+    b = converge.accuracy(s, unchanged)
+    assert b["false_alarm"] and b["excused_alarms"] == 0
+    later = ev.copy()                                        # the change came before the alarm
+    later.loc[later["name"] == marks.SET_SPEED, "t"] = float(s["t"].iloc[0]) + 0.5
+    assert converge.accuracy(s, later)["false_alarm"]
+    # the replay starts afresh at the raise: no "diverging" carried over past it
+    pred = converge.predict(s, events=ev)
+    after = pred[pred["t"] > raised]
+    assert len(after) and (after["state"] != "diverging").all()
+    assert (converge.predict(s)["state"] == "diverging").any()     # it was said before
+
+
+@pytest.mark.qemu
+def test_raising_the_limit_on_the_verdict_converges_and_is_no_false_alarm(
+        opts: RunOptions) -> None:
+    """The engineer's answer to 'will not converge': raise the speed limit.  The run marks
+    the raise; READY follows; scored, the alarm is excused, not false."""
+    with pytest.raises(BadInput, match="raise_speed_to needs give_up_when"):
+        ex.convergence_pressure(raise_speed_to=0, give_up_when=None, options=opts)
+    res = ex.convergence_pressure(speed=1 << 20, workload_rate_kib_s=3072, image_mib=32,
+                                  raise_speed_to=0, options=opts)
+    v = res.verdict
+    assert v["pass"] and v["converged"] and v["gave_up"] is None
+    assert v["speed_raised_after_s"] is not None
+    assert v["speed_raised_after_s"] >= v["diverging_after_s"] > 0
+    a = converge.accuracy(res.data.samples, res.data.events)
+    assert not a["false_alarm"] and a["excused_alarms"] == 1

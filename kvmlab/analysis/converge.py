@@ -28,12 +28,12 @@ def predict(samples: pd.DataFrame, job: str | None = None, events: pd.DataFrame 
             **kw: Any) -> pd.DataFrame:
     """The predictor replayed over a run's samples: one row per sample with t, state,
     remaining, copy_rate, dirty_rate, net_rate, eta_s, since (what was known live).
-    With the run's *events*, it is reset where the copy mode was switched (``copy_mode``
-    marks), as :meth:`kvmlab.live.jobs.Job.wait_ready` does live."""
+    With the run's *events*, it is reset wherever the job's conditions were changed (a
+    ``set_speed`` or ``copy_mode`` mark), as :meth:`kvmlab.live.jobs.Job.wait_ready` does
+    live."""
     s = job_samples(samples, job)
     p = Predictor(**kw)
-    switches = sorted(events.loc[events["name"] == marks.COPY_MODE, "t"].astype(float)) \
-        if events is not None and len(events) else []
+    switches = condition_changes(events, str(s["job"].iloc[0]) if len(s) else job)
     rows = []
     cols = ("t", "offset", "len", "ready", "paused", "status")
     for t, off, ln, ready, paused, status in s[list(cols)].itertuples(index=False):
@@ -45,6 +45,25 @@ def predict(samples: pd.DataFrame, job: str | None = None, events: pd.DataFrame 
         rows.append(p.add(float(t), int(off), int(ln), ready=bool(ready is True),
                           paused=bool(paused is True), status=str(status)).as_dict())
     return pd.DataFrame(rows, columns=[*Outlook.__dataclass_fields__, "net_rate"])
+
+
+def condition_changes(events: pd.DataFrame | None, job: str | None) -> list[float]:
+    """When the user changed *job*'s conditions (its speed, its copy mode), in order."""
+    if events is None or not len(events):
+        return []
+    ev = events[events["name"].isin(list(marks.CONDITION_CHANGES))]
+    if job is not None and "job" in ev:
+        ev = ev[ev["job"].isna() | (ev["job"] == job)]
+    return sorted(ev["t"].astype(float))
+
+
+def alarms(pred: pd.DataFrame) -> list[float]:
+    """Every time the replayed predictor began to say "diverging"."""
+    if not len(pred):
+        return []
+    diverging = (pred["state"] == "diverging").to_numpy()
+    starts = diverging & ~pd.Series(diverging).shift(1, fill_value=False).to_numpy()
+    return [float(t) for t in pred["t"].to_numpy()[starts]]
 
 
 def first_verdict(pred: pd.DataFrame, state: str = "diverging") -> float | None:
@@ -63,10 +82,12 @@ def accuracy(samples: pd.DataFrame, events: pd.DataFrame, job: str | None = None
     took from there, s; NaN if it had no ETA then) and ``eta_error_rel`` that over the
     true remaining time.  ``said_diverging_s``: seconds after the job's first sample when
     it first said "will not converge", replayed or live (the run's ``diverging`` mark: a
-    run that gave up on it ends a moment later); None: never.  On a job that converged
-    without being switched that is a ``false_alarm``; a job switched to write-blocking
-    (``switched_s``) was changed because of the verdict, so it cannot be one.
-    *kw* go to :class:`Predictor`.
+    run that gave up on it ends a moment later); None: never.  An alarm is judged against
+    the conditions in force when it was made: it is a ``false_alarm`` if the job then got
+    READY with no change of speed or copy mode in between; one followed by such a change
+    (``switched_s`` for a copy-mode switch, ``changed_s`` for the first change of any
+    kind) is ``excused_alarms``: the job it spoke of was changed.  *kw* go to
+    :class:`Predictor`.
     """
     s = job_samples(samples, job)
     if s.empty:
@@ -77,14 +98,28 @@ def accuracy(samples: pd.DataFrame, events: pd.DataFrame, job: str | None = None
     ready = time_of(events, job, (marks.BLOCK_JOB_READY,), after=start)
     live = time_of(events, job, (marks.DIVERGING,), after=start)
     switched = time_of(events, job, (marks.COPY_MODE,), after=start)
-    said = min((t for t in (first_verdict(pred), live) if t is not None), default=None)
+    changes = [t for t in condition_changes(events, job) if t >= start]
+    # one alarm per stretch of unchanged conditions (the replayed predictor and the live
+    # one may both have said it): the first of each stretch
+    said_at: list[float] = []
+    for t in sorted({*alarms(pred), *([live] if live is not None else [])}):
+        if not said_at or any(said_at[-1] < c <= t for c in changes):
+            said_at.append(t)
+    said = said_at[0] if said_at else None
+
+    def falsified(alarm: float) -> bool:      # READY came under the alarm's conditions
+        return ready is not None and alarm < ready and \
+            not any(alarm <= c <= ready for c in changes)
+    false_alarms = [a for a in said_at if falsified(a)]
     row: dict[str, Any] = {
         "job": job, "converged": ready is not None,
         "time_to_ready_s": None if ready is None else round(ready - start, 3),
         "said_diverging_s": None if said is None else round(said - start, 3),
         "switched_s": None if switched is None else round(switched - start, 3),
-        "false_alarm": (ready is not None and switched is None and said is not None
-                        and said < ready),
+        "changed_s": None if not changes else round(changes[0] - start, 3),
+        "false_alarm": bool(false_alarms),
+        "excused_alarms": sum(1 for a in said_at if ready is not None and a < ready
+                              and not falsified(a)),
         "eta_error_s": None, "eta_error_rel": None,
         "last_state": pred["state"].iloc[-1] if len(pred) else None,
         "last_eta_s": (round(float(pred["eta_s"].iloc[-1]), 3)

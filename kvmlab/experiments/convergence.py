@@ -57,6 +57,7 @@ def convergence_pressure(*, copy_mode: str = "background", switch_when: str | No
                          image_mib: int = 64, fill_mib: int = 4, baseline_s: float = 3.0,
                          after_ready_s: float = 2.0, ready_timeout: float = 60.0,
                          stall_timeout: float | None = 20.0, slow_target_bps: int = 0,
+                         raise_speed_to: int | None = None,
                          options: RunOptions = DEFAULT_OPTIONS) -> ExperimentResult:
     """Mirror a disk the guest writes faster than the copy limit; see the module doc.
 
@@ -70,9 +71,17 @@ def convergence_pressure(*, copy_mode: str = "background", switch_when: str | No
     :param stall_timeout: give up after this many seconds without progress.
     :param slow_target_bps: > 0: mirror onto an NBD export whose writes are limited to
         this many bytes/s (QMP backend only); 0: a local qcow2 file.
+    :param raise_speed_to: when the predictor says "diverging", raise the speed limit to
+        this many bytes/s (0: unlimited) once and keep waiting, as an engineer would
+        (with *give_up_when*; the raise is marked ``set_speed``).
     """
     params = dict(locals())
     _check_policies(copy_mode, switch_when, give_up_when, options)
+    if raise_speed_to is not None:
+        check_speed(raise_speed_to, "raise_speed_to")
+        if give_up_when is None:
+            raise BadInput("raise_speed_to needs give_up_when='diverging' (the raise is made "
+                           "when the predictor says so)")
     _check_target(slow_target_bps, options)
     # the guest writes for as long as the job runs: keep a quarter of the disk's worth of
     # files (oldest deleted) so it never fills up and stops writing
@@ -97,10 +106,21 @@ def convergence_pressure(*, copy_mode: str = "background", switch_when: str | No
             gave_up: str | None = None
             ready = None
             pred = converge.Predictor()
+            raised_at: float | None = None
             try:
-                ready = job.wait_ready(ready_timeout, stall_timeout=stall_timeout,
-                                       give_up_when=give_up_when, switch_when=switch_when,
-                                       mark=rec.mark, predictor=pred)
+                try:
+                    ready = job.wait_ready(ready_timeout, stall_timeout=stall_timeout,
+                                           give_up_when=give_up_when, switch_when=switch_when,
+                                           mark=rec.mark, predictor=pred)
+                except JobDiverging:
+                    if raise_speed_to is None:
+                        raise
+                    job.set_speed(raise_speed_to)            # the engineer's answer
+                    raised_at = time.monotonic()
+                    rec.mark(marks.SET_SPEED, job=job.id, speed=raise_speed_to,
+                             reason="diverging")
+                    ready = job.wait_ready(max(1.0, ready_timeout - (raised_at - t_start)),
+                                           stall_timeout=stall_timeout, mark=rec.mark)
             except (JobDiverging, JobStalled, WaitTimeout) as err:
                 gave_up = str(err)
             t_ready = time.monotonic()
@@ -128,6 +148,8 @@ def convergence_pressure(*, copy_mode: str = "background", switch_when: str | No
                        if slow_target_bps else "local qcow2 file"),
             "switched_after_s": (round(job.switched_at - t_start, 3)
                                  if job.switched_at is not None else None),
+            "speed_raised_after_s": (round(raised_at - t_start, 3)
+                                     if raised_at is not None else None),
             # the predictor's clock starts with the wait, at the mirror's start
             "diverging_after_s": pred.first_seen.get("diverging"),
             "rates": _rates(outlook),

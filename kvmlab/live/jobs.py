@@ -123,8 +123,11 @@ class Job:
         self.copy_mode: str | None = spec.copy_mode if spec else None
         #: monotonic time of the switch to write-blocking made by a wait's policy
         self.switched_at: float | None = None
-        #: the wait's latest convergence outlook (see :mod:`kvmlab.live.predictor`)
+        #: the wait's latest convergence outlook (see :mod:`kvmlab.live.predictor`); None
+        #: again after a change of speed or copy mode, until fresh samples say something
         self.outlook: Outlook | None = None
+        #: how many times the job's conditions (speed, copy mode) were changed here
+        self.conditions_changed = 0
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.spec.sync if self.spec else ''}>"
@@ -190,6 +193,7 @@ class Job:
         if stall_timeout is None and give_up_when is None and switch_when is None:
             return self._wait_ready_event(timeout)
         pred = predictor or Predictor()
+        seen_changes = self.conditions_changed
         t0 = time.monotonic()
         deadline = t0 + timeout
         moved_at, last_offset = t0, None
@@ -203,6 +207,12 @@ class Job:
             now = time.monotonic()
             if info is None:
                 continue                      # gone: the next event wait says how it ended
+            if self.conditions_changed != seen_changes:
+                # a new speed or copy mode (this wait's switch, or another thread's
+                # set_speed): the rates before it say nothing after it, and no stale
+                # "diverging" is shown while fresh evidence comes in
+                seen_changes = self.conditions_changed
+                pred.reset()
             if last_offset is None or info.offset - last_offset >= pred.progress:
                 moved_at, last_offset = now, info.offset
             self.outlook = out = pred.add(now - t0, info.offset, info.len, ready=info.ready,
@@ -214,9 +224,8 @@ class Job:
             if out.state != "diverging":
                 continue
             if switch_when and self.switched_at is None and self.copy_mode != "write-blocking":
-                self.change(copy_mode="write-blocking")
+                self.change(copy_mode="write-blocking")      # resets pred (next sample)
                 self.switched_at = now
-                pred.reset()              # the rates before the switch say nothing after it
                 if mark is not None:
                     mark(marks.COPY_MODE, job=self.id, copy_mode="write-blocking",
                          reason="diverging", **_rates(out))
@@ -275,6 +284,7 @@ class Job:
         check_speed(speed)
         self._require_running("set_speed")
         self.backend.job_set_speed(self.id, speed)
+        self._conditions_changed()
 
     def change(self, *, copy_mode: str) -> None:
         """Switch a running mirror's copy mode (QMP ``block-job-change``, QEMU 8.2+):
@@ -288,6 +298,13 @@ class Job:
         self._check_change(copy_mode)
         self.backend.job_change(self.id, copy_mode)
         self.copy_mode = copy_mode
+        self._conditions_changed()
+
+    def _conditions_changed(self) -> None:
+        """The speed or copy mode changed: a wait's predictor starts afresh, and the last
+        outlook (made under the old conditions) is no longer shown."""
+        self.conditions_changed += 1
+        self.outlook = None
 
     def _check_change(self, copy_mode: str) -> None:
         if copy_mode not in COPY_MODES:
