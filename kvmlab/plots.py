@@ -195,6 +195,8 @@ def _merged(spans: list[tuple[float, float]], gap: float) -> list[tuple[float, f
 
 
 _LAST_WINDOWS: list[Any] = [None, None]
+#: the legend of a target outage's onset interval (where it began)
+ONSET_LABEL = "outage began here"
 #: the legend of the record's holes (``sample_gap`` windows)
 GAP_LABEL = "no samples (gap)"
 
@@ -277,6 +279,13 @@ def shade_periods(ax: Axes, samples: pd.DataFrame, job: str | None = None,
             color = causes.COLORS[str(cause)]
             _spans(ax, list(zip(g["start"], g["end"])), color=color, alpha=0.18, linewidth=0)
             handles.append(Patch(color=color, alpha=0.18, label=causes.LABELS[str(cause)]))
+        interval = causes.outage_onset_interval(held)
+        if interval is not None:          # where the outage began: between these two
+            lo, hi = interval
+            _spans(ax, [(lo, max(hi, lo + 1e-3))], color=causes.COLORS["target"], alpha=0.6,
+                   linewidth=0)
+            handles.append(Patch(color=causes.COLORS["target"], alpha=0.6,
+                                 label=ONSET_LABEL + f" ({(hi - lo) * 1000:.0f} ms wide)"))
         return handles
     if samples is None or samples.empty:
         return handles

@@ -128,6 +128,11 @@ def test_recorded_outage_is_the_target_with_its_onset(folder: str, window: str) 
     assert row["last_completed"] <= w["start"] + 0.1 and row["completed"] == 0
     s = analysis.summarize(run)
     assert s["held_target_s"] >= 2.5 and s["outage_onset_s"] == onset and s["trace_events"] > 100
+    # the onset as an interval: the last answered request .. the first unanswered one
+    lo, hi = causes.outage_onset_interval(held)
+    assert (lo, hi) == (s["outage_onset_after_s"], s["outage_onset_s"]) and lo <= hi
+    assert s["outage_onset_width_s"] == pytest.approx(hi - lo, abs=1e-5)
+    assert row["onset_width"] == pytest.approx(hi - lo, abs=1e-5)
 
 
 def test_recorded_throttle_on_qemu_10_is_throttled() -> None:
@@ -249,3 +254,66 @@ def test_throttle_on_qemu_10_is_throttled(opts: RunOptions) -> None:
     w, held = _window_cause(r.data, "throttle")
     assert causes.cause_at(held, (w["start"] + w["end"]) / 2) == "throttled", held
     assert json.loads((r.run_path / "run.json").read_text())["params"]["trace"] == "default"
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("qemu", ["system", "10.0"])
+def test_the_onset_interval_holds_the_true_stop_at_any_phase(qemu: str, opts: RunOptions) -> None:
+    """The NBD target's daemon is stopped (SIGSTOP) three times, at different phases of the
+    rate-limited job's cycle of request batches and sleeps, each timed by this test's own
+    clock.  Every time, the reported onset interval (last request answered .. first left
+    unanswered) holds the true stop, and it is no wider than the job's longest gap between
+    request batches plus 20 ms."""
+    import os
+    import signal
+    import time
+
+    from kvmlab import marks
+    from kvmlab.experiments.common import LabRun
+    from kvmlab.faults import NbdServer
+    from kvmlab.qemu import images as qimages
+
+    stops: list[tuple[float, float]] = []
+    with LabRun("onset_phases", {}, opts.replace(qemu=qemu)) as lab:
+        rec = lab.recorder
+        source = lab.workdir / "disk.qcow2"
+        qimages.make_guest_disk(source, 64, fill_mib=40)
+        target = qimages.create(lab.workdir / "t.raw", 64 << 20)
+        with lab.machine(source, "source") as vm, \
+                NbdServer(target, "raw", mark=rec.mark) as nbd:
+            lab.note_machine(vm, "source")
+            vm.wait_guest("ready", timeout=120)
+            job = vm.mirror(vm.disk_id, nbd.url, "raw", mode="existing", speed=8 << 20,
+                            buf_size=1 << 20)
+            t0 = rec.now()
+            assert nbd.daemon is not None and nbd.daemon.pid is not None
+            for at in (1.0, 4.04, 7.08):                  # three phases of the 125 ms cycle
+                time.sleep(max(0.0, t0 + at - rec.now()))
+                before = rec.now()
+                os.kill(nbd.daemon.pid, signal.SIGSTOP)
+                stops.append((before, rec.now()))
+                rec.mark(marks.start(marks.NBD_SUSPEND))
+                time.sleep(2.5)
+                os.kill(nbd.daemon.pid, signal.SIGCONT)
+                rec.mark(marks.end(marks.NBD_SUSPEND))
+            job.wait_ready(120)
+            job.cancel()
+            job.wait_done(60)
+        lab.verdict = {"pass": True}
+    data = lab.result().data
+    held = causes.classify(data)
+    target_rows = held[(held["cause"] == "target") & held["onset"].notna()]
+    issues = np.sort(data.trace.loc[data.trace["event"] == "mirror_one_iteration",
+                                    "t"].to_numpy(dtype="float64"))
+    assert len(target_rows) >= 3, held
+    widths: list[float] = []
+    for before, after in stops:
+        row = target_rows.iloc[int(np.argmin(np.abs(target_rows["onset"].to_numpy() - after)))]
+        lo, hi = float(row["last_completed"]), float(row["onset"])
+        assert lo <= after and hi >= before, (lo, hi, before, after)     # it holds the stop
+        recent = issues[(issues >= before - 2.0) & (issues <= before)]
+        gap = float(np.diff(recent).max()) if len(recent) > 1 else 0.0
+        assert row["onset_width"] == pytest.approx(hi - lo, abs=1e-5)
+        assert hi - lo <= gap + 0.02, (hi - lo, gap)
+        widths.append(round(hi - lo, 3))
+    print(f"onset interval widths on {qemu}: {widths} s")

@@ -5,9 +5,12 @@
 - **throttled**: sleeping for the speed limit (``mirror_before_sleep`` with a delay on
   QEMU 7.2; on 10.0, which sleeps in the rate limiter without a trace point, no request in
   flight while a limit is set);
-- **target**: target not answering: requests in flight, none completing.  The outage's
-  **onset** is the first request left unanswered after the last one answered, not the
-  first flat sample;
+- **target**: target not answering: requests in flight, none completing.  The outage
+  began in the **onset interval**: after the last request answered (``last_completed``)
+  and at or before the first request left unanswered (``onset``), not at the first flat
+  sample.  Its width (``onset_width``) is bounded by the job's gap between request
+  batches: a rate-limited job sleeps between them, so a server stopped during a sleep is
+  first noticed by the next batch;
 - **dirtying**: the guest dirties at least as fast as the copy: requests complete, the
   offset moves, the backlog (dirty count, len - offset) does not fall;
 - **paused** (``block-job-pause``) and **error** (stopped by ``on-*-error=stop``, or
@@ -37,8 +40,8 @@ LABELS = {"throttled": "throttled (sleeping for the speed limit)",
           "paused": "paused", "error": "stopped on an error", "unknown": "cause unknown"}
 COLORS = {"throttled": "tab:orange", "target": "tab:red", "dirtying": "tab:olive",
           "paused": "0.6", "error": "black", "unknown": "tab:pink"}
-COLUMNS = ["start", "end", "duration", "cause", "job", "onset", "last_completed", "completed",
-           "in_flight_share", "sleep_s"]
+COLUMNS = ["start", "end", "duration", "cause", "job", "onset", "last_completed",
+           "onset_width", "completed", "in_flight_share", "sleep_s"]
 _ISSUE = "mirror_one_iteration"
 _DONE = "mirror_iteration_done"
 #: a trace job and a JOB_STATUS_CHANGE 'created' event further apart are not the same job
@@ -208,7 +211,8 @@ class JobTrace:
         lo = np.searchsorted(self.issue_t, last, side="right") if last is not None else 0
         hi = np.searchsorted(self.issue_t, b, side="right")
         first = float(self.issue_t[lo]) if lo < hi else last
-        return {"onset": first, "last_completed": last}
+        width = None if first is None or last is None else round(first - last, 6)
+        return {"onset": first, "last_completed": last, "onset_width": width}
 
 
 def _backlog_periods(js: pd.DataFrame, min_duration: float, threshold: int) -> list[tuple[float, float]]:
@@ -355,7 +359,7 @@ def _paint(found: list[dict[str, Any]]) -> pd.DataFrame:
 
 def _row(a: float, b: float, cause: str, job: str, **extra: Any) -> dict[str, Any]:
     return {"start": a, "end": b, "duration": b - a, "cause": cause, "job": job,
-            "onset": None, "last_completed": None, "completed": None,
+            "onset": None, "last_completed": None, "onset_width": None, "completed": None,
             "in_flight_share": None, "sleep_s": None, **extra}
 
 
@@ -400,11 +404,24 @@ def time_per_cause(periods: pd.DataFrame) -> dict[str, float]:
 
 
 def outage_onset(periods: pd.DataFrame) -> float | None:
-    """When the first target outage began (its first unanswered request), if any."""
-    if periods is None or periods.empty:
+    """When the first target outage had begun at the latest (its first unanswered
+    request), if any."""
+    interval = outage_onset_interval(periods)
+    return None if interval is None else interval[1]
+
+
+def outage_onset_interval(periods: pd.DataFrame) -> tuple[float, float] | None:
+    """The first target outage's onset interval: (the last request answered, the first
+    left unanswered); the outage began inside it.  None: no target outage."""
+    if periods is None or periods.empty or "last_completed" not in periods:
         return None
-    on = periods.loc[periods["cause"] == "target", "onset"].dropna()
-    return float(on.iloc[0]) if len(on) else None
+    rows = periods[(periods["cause"] == "target") & periods["onset"].notna()]
+    if not len(rows):
+        return None
+    first = rows.iloc[0]
+    hi = float(first["onset"])
+    lo = float(first["last_completed"]) if pd.notna(first["last_completed"]) else hi
+    return lo, hi
 
 
 def cause_at(periods: pd.DataFrame, t: float) -> str | None:
