@@ -105,8 +105,9 @@ def run_seed(qemu: str | Iterable[str] = builds.SYSTEM, out: str | Path | None =
     points = spec.plan()
     if workers < 1:
         raise BadInput(f"workers={workers} must be at least 1")
-    pdf_out = check_output(Path(pdf), ".pdf") if pdf is not None else None
     folder = Path(out) if out else paths.data_dir() / "seed" / time.strftime("%Y%m%d-%H%M%S")
+    # the PDF may go inside the folder this command makes
+    pdf_out = check_output(Path(pdf), ".pdf", creates=folder) if pdf is not None else None
     versions = ", ".join(f"{n} (QEMU {builds.resolve(n).version})" for n in names)
     say(f"kvmlab seed: {len(points)} runs ({len(points) // len(names)} cases on {versions}), "
         f"{workers} worker{'s' if workers != 1 else ''}, {size} size -> {folder}")

@@ -181,3 +181,17 @@ def test_a_run_still_being_written_is_running_not_fail(tmp_path: Path) -> None:
     meta["owner"] = {**owner_token(), "pid": 2**22 + 1}             # no such process
     (run / "run.json").write_text(json.dumps(meta))
     assert report.run_section(run).passed is False
+
+
+def test_an_output_inside_the_folder_the_command_makes_is_accepted(tmp_path: Path) -> None:
+    """kvmlab seed --out DIR --pdf DIR/labnote.pdf: DIR does not exist yet (seed makes it).
+    Checking the PDF's path creates nothing; without the folder to be made it is refused."""
+    from kvmlab.report.document import check_output
+    folder = tmp_path / "seed-out"
+    pdf = folder / "labnote.pdf"
+    assert check_output(pdf, ".pdf", creates=folder) == pdf
+    assert not folder.exists()
+    with pytest.raises(BadInput, match="does not exist"):
+        check_output(pdf, ".pdf")
+    with pytest.raises(BadInput, match="does not exist"):     # not inside what is made
+        check_output(tmp_path / "elsewhere" / "x.pdf", ".pdf", creates=folder)

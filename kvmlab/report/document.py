@@ -94,18 +94,24 @@ def kind_of(folder: Path) -> str:
                    "sweep.json or executed notebook in it)")
 
 
-def check_output(path: Path, suffix: str) -> Path:
-    """*path* can be written: its folder exists and is writable, it is not a folder, and
-    it ends in *suffix*.  Checked before any work, so a bad path writes nothing."""
+def check_output(path: Path, suffix: str, creates: Path | None = None) -> Path:
+    """*path* can be written: its folder exists and is writable (or lies inside *creates*,
+    a folder the command makes itself, whose nearest existing parent is writable), it is
+    not a folder, and it ends in *suffix*.  Checked before any work, so a bad path writes
+    nothing (and nothing is created to check it)."""
     path = Path(path).expanduser().resolve()
     if path.suffix.lower() != suffix:
         raise BadInput(f"{path} must end in {suffix}")
     if path.is_dir():
         raise BadInput(f"{path} is a folder, not a file to write")
-    if not path.parent.is_dir():
+    probe = path.parent
+    made = creates.expanduser().resolve() if creates is not None else None
+    if not probe.is_dir() and made is not None and probe.is_relative_to(made):
+        probe = next(p for p in (probe, *probe.parents) if p.exists())   # made later
+    if not probe.is_dir():
         raise BadInput(f"cannot write {path}: folder {path.parent} does not exist")
     try:                        # the real test (root passes os.access on a read-only fs)
-        with tempfile.NamedTemporaryFile(prefix=f".{path.name}.", dir=path.parent):
+        with tempfile.NamedTemporaryFile(prefix=f".{path.name}.", dir=probe):
             pass
     except OSError as err:
         raise BadInput(f"cannot write {path}: {err.strerror}") from err
