@@ -121,5 +121,5 @@ def run_seed(qemu: str | Iterable[str] = builds.SYSTEM, out: str | Path | None =
     for n in names:
         t = labnote.tally(judgements, n)
         say(f"QEMU {n}: {t['agree']} of the seed's claims agree, {t['disagree']} disagree, "
-            f"{t['not shown']} not shown")
+            f"{t['not shown']} not shown, {t['not reproduced']} not reproduced")
     return SeedResult(folder, note, pdf_out, judgements, failed, wall)

@@ -12,7 +12,7 @@ import pytest
 
 from kvmlab.lab.suites import SEED_SUITE
 from kvmlab.report import labnote
-from kvmlab.report.labnote import CLAIMS, Finding, Judgement, judge_all, read_runs, tally
+from kvmlab.report.labnote import CLAIMS, CaseRun, Finding, Judgement, judge_all, read_runs, tally
 
 RECORDED = Path(__file__).parent / "data" / "seed" / "two-builds"
 BUILDS = ["system", "10.0"]
@@ -41,11 +41,13 @@ def test_claims_judged_as_recorded() -> None:
     assert set(judged) == {c.key for c in CLAIMS}
     for key in ("E1", "E2", "E3", "E4", "E5", "E6", "E7", "C2"):
         assert judged[key].outcome == "agrees", (key, judged[key].findings)
-    # the seed saw 'info block' name the original image; both builds name the mirror
+    # the seed saw 'info block' name the original image; both builds name the mirror, as
+    # the writes really went there: the seed's display is not reproduced (no disagreement)
     e4b = judged["E4b"]
-    assert e4b.outcome == "disagrees"
+    assert e4b.outcome == "not reproduced"
     for f in e4b.findings.values():
         assert f.text.count("'info block' names 'drive0 (#block): x-mirror.img (qcow2)'") == 2
+        assert "The seed's QEMU build is unknown" in f.text and f.agrees is None
     # pausing alone leaves the guest's journal to recover: only fsfreeze made clean copies
     assert judged["C3b"].outcome == "disagrees"
     assert "with fsfreeze instead, 2 of 2" in judged["C3b"].findings["system"].text
@@ -55,8 +57,8 @@ def test_claims_judged_as_recorded() -> None:
     ratio = v["full_bytes_copied"] / v["shallow_bytes_copied"]
     assert f"({ratio:.1f}x as much)" in judged["E7"].findings["10.0"].text
     for build in BUILDS:
-        assert tally(list(judged.values()), build) == {"agree": 10, "disagree": 2,
-                                                       "not shown": 0}
+        assert tally(list(judged.values()), build) == {"agree": 10, "disagree": 1,
+                                                       "not shown": 0, "not reproduced": 1}
 
 
 def test_a_failed_or_missing_run_is_not_measured_never_a_disagreement(seed: Path) -> None:
@@ -126,3 +128,36 @@ def test_only_the_claims_whose_cases_were_asked_for() -> None:
     assert labnote.claims_for(SEED_SUITE) == list(CLAIMS)
     assert [c.key for c in labnote.claims_for(["E4 running", "C2/3 pause"])] == \
         ["E4", "E4b", "C2", "C3", "C3b"]
+
+
+def _pivot(shows_original: bool, switched: bool = True) -> CaseRun:
+    v = {"pass": True, "paused": False, "info_block": "drive0 (#block1): /x/" +
+         ("disk.qcow2" if shows_original else "x-mirror.img") + " (qcow2)",
+         "info_block_shows_original": shows_original,
+         "source_unchanged_after_pivot": switched,
+         "target_allocated_growth": (8 << 20) if switched else 0}
+    return CaseRun("E4 running", "system", Path("/nonexistent"), {"status": "done", "verdict": v})
+
+
+@pytest.mark.parametrize("shows_original,switched,word", [
+    (True, True, "agrees"),             # the seed's display, and the writes really moved
+    (False, True, "not reproduced"),    # this build shows the mirror the writes went to
+    (True, False, "disagrees"),         # the writes never moved: the display was right
+    (False, False, "disagrees")])
+def test_the_info_block_judge_has_each_outcome(shows_original: bool, switched: bool,
+                                               word: str) -> None:
+    judge = next(c for c in CLAIMS if c.key == "E4b").judge
+    run = _pivot(shows_original, switched)
+    f = judge({"E4 paused": run, "E4 running": run})
+    assert f.word == word, f
+
+
+def test_a_judgement_over_builds_with_a_display_not_reproduced() -> None:
+    claim = next(c for c in CLAIMS if c.key == "E4b")
+    j = Judgement(claim, {"a": Finding("x", None, reproduced=False),
+                          "b": Finding("y", None, reproduced=False)})
+    assert j.outcome == "not reproduced"
+    j.findings["b"] = Finding("y", True)
+    assert j.outcome == "agrees where shown"
+    j.findings["b"] = Finding("y", False)
+    assert j.outcome == "disagrees where shown"

@@ -68,8 +68,9 @@ def test_seed_on_two_builds_writes_the_lab_note(tmp_path: Path) -> None:
     # what both builds did, as measured on these machines (see README, "The seed, reproduced")
     for key in ("E1", "E2", "E3", "E4", "E5", "E6", "E7", "C2"):
         assert badge[key] == "AGREES", (key, badge[key])
-    # the seed saw 'info block' name the original image; 7.2 and 10.0 name the mirror
-    assert badge["E4b"] == "DISAGREES"
+    # the seed saw 'info block' name the original image; 7.2 and 10.0 name the mirror the
+    # writes went to: a display of the seed's own build, not reproduced (not a failure)
+    assert badge["E4b"] == "NOT REPRODUCED"
     assert "names 'drive0 (#block): x-mirror.img (qcow2)'" in \
         by_key["E4b"].select_one(".verdict").get_text()
     assert "another file system" in by_key["E6"].select_one(".verdict").get_text()
@@ -78,7 +79,7 @@ def test_seed_on_two_builds_writes_the_lab_note(tmp_path: Path) -> None:
     assert imgs and all(i["src"].startswith("data:image/png;base64,") for i in imgs)
     assert len(imgs) == 2 * 9 + 2
     summary = soup.select_one("section.summary table").get_text(" ")
-    assert "E4b" in summary and "disagrees" in summary
+    assert "E4b" in summary and "not reproduced" in summary
 
     text = subprocess.run(["pdftotext", str(tmp_path / "note.pdf"), "-"], capture_output=True,
                           text=True, check=True).stdout

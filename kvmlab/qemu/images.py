@@ -145,9 +145,12 @@ def compare(a: str | Path, b: str | Path, strict: bool = False) -> bool:
 def fsck(path: str | Path) -> dict[str, Any]:
     """Read-only check of the ext4 file system in the raw image *path* (``e2fsck -fn``).
 
-    ``clean`` means e2fsck found nothing to fix (exit code 0).  ``needs_recovery``
-    means the journal holds transactions not yet written home: the copy was cut
-    while the file system was live (an fsfreeze clears it).  Nothing is changed.
+    ``clean`` means e2fsck found nothing to fix (exit code 0).  ``needs_recovery`` is
+    ext4's superblock flag, which the kernel sets on every read-write mount and clears
+    only at unmount or in a freeze (after flushing the journal): a copy of any mounted,
+    unfrozen file system has it, whether the guest was paused or not, so it tells a live
+    mount from a frozen or unmounted one, not a consistent copy from a torn one.  Nothing
+    is changed.
     """
     path = Path(path)
     if not path.is_file():

@@ -426,7 +426,9 @@ def _default_title(sections: Sequence[Section]) -> str:
 # -- the seed's lab note, reproduced ---------------------------------------------------------
 BADGES = {"agrees": "AGREES", "disagrees": "DISAGREES", "not shown": "NOT SHOWN",
           "differs between builds": "DIFFERS BETWEEN BUILDS",
-          "agrees where shown": "AGREES WHERE SHOWN"}
+          "agrees where shown": "AGREES WHERE SHOWN",
+          "disagrees where shown": "DISAGREES WHERE SHOWN",
+          "not reproduced": "NOT REPRODUCED"}
 
 
 def _build_label(build: str, runs: dict[str, labnote.CaseRun]) -> str:
@@ -465,7 +467,8 @@ def labnote_sections(folder: Path, qemu: Sequence[str], say: Any = None
         say(f"  {c.key}: {j.outcome}")
         sec = Section("claim", f"{c.key}: {c.claim}", folder, question=f"The seed: {c.seed}",
                       badge=BADGES[j.outcome], passed={"agrees": True, "disagrees": False,
-                                                       "differs between builds": False
+                                                       "differs between builds": False,
+                                                       "disagrees where shown": False,
                                                        }.get(j.outcome),
                       verdict=" ".join(f"On {label[b]}: {f.text}." for b, f in j.findings.items()))
         case_runs = [runs[b][case] for b in qemu for case in c.cases if case in runs.get(b, {})]
@@ -487,10 +490,6 @@ def labnote_sections(folder: Path, qemu: Sequence[str], say: Any = None
     return sections, judged
 
 
-def _word(agrees: bool | None) -> str:
-    return {True: "agrees", False: "disagrees", None: "not shown"}[agrees]
-
-
 def _summary_section(folder: Path, qemu: Sequence[str], label: dict[str, str],
                      runs: dict[str, dict[str, labnote.CaseRun]],
                      judged: list[labnote.Judgement]) -> Section:
@@ -506,7 +505,8 @@ def _summary_section(folder: Path, qemu: Sequence[str], label: dict[str, str],
                            "was measured.",
                   badge="IN SHORT", passed=None, verdict="; ".join(
                       f"{label[b]}: {t['agree']} agree, {t['disagree']} disagree, "
-                      f"{t['not shown']} not shown" for b, t in tallies.items()),
+                      f"{t['not shown']} not shown, {t['not reproduced']} not reproduced "
+                      "(a display of the seed's own build)" for b, t in tallies.items()),
                   provenance={"seed folder": str(folder), "plan": sweep.get("plan")})
     sec.setup = [", ".join(label[b] for b in qemu) + (
         f"; {some.meta.get('accel')} accelerator" if some else ""),
@@ -525,7 +525,7 @@ def _summary_section(folder: Path, qemu: Sequence[str], label: dict[str, str],
         sec.setup.append(f"{len(failed)} runs failed: their claims are 'not shown'")
     sec.tables.append(("Claim by claim", str(pd.DataFrame(
         [{"claim": f"{j.claim.key}: {j.claim.claim}",
-          **{label[b]: _word(f.agrees) for b, f in j.findings.items()}} for j in judged]
+          **{label[b]: f.word for b, f in j.findings.items()}} for j in judged]
     ).to_html(index=False, border=0, classes="measures"))))
     return sec
 
