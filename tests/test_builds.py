@@ -186,6 +186,7 @@ def test_target_fault_on_10(opts: RunOptions) -> None:
 
 
 @pytest.mark.qemu
+@pytest.mark.xdist_group("libvirt")
 def test_libvirt_runs_the_other_build(scratch: Path) -> None:
     """libvirt 9.0 takes 10.0 as the domain's <emulator> through the build's wrapper (its
     capability probe loads every module, so it needs the build's module dir)."""

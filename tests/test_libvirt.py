@@ -20,7 +20,9 @@ from kvmlab.live.record import COLUMNS
 from kvmlab.qemu import images
 from kvmlab.vm.libvirt_lab import LibvirtMachine
 
-pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
+# integration: real QEMU and the guest; the leak check counts every kvmlab domain of the
+# host's libvirtd, so every test that makes one runs in one worker
+pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("libvirt")]
 
 URI = "qemu:///system"
 

@@ -119,6 +119,7 @@ def test_panel_bad_input_creates_nothing(panel: MirrorPanel, runs: Path) -> None
     assert _enabled(p) == {"start", "stop_vm"}
 
 
+@pytest.mark.xdist_group("libvirt")
 def test_panel_on_a_libvirt_domain(scratch: Path, runs: Path) -> None:
     from kvmlab.qemu.images import make_guest_disk
     from kvmlab.vm.libvirt_lab import LibvirtMachine
