@@ -228,7 +228,9 @@ def test_nfs_stack_is_loopback_only_and_refuses_other_users(scratch: Path) -> No
     with NfsServer(scratch) as nfs:
         assert nfs.server is not None and nfs.rpcbind is not None, "rpcbind was not ours"
         pids = {nfs.server.pid, nfs.rpcbind.pid}
-        lines = _own_listeners({p for p in pids if p})
+        pids |= {int(p) for p in subprocess.run(["pgrep", "-P", str(nfs.rpcbind.pid)],
+                                                capture_output=True, text=True).stdout.split()}
+        lines = _own_listeners({p for p in pids if p})         # rpcbind runs supervised
         assert any(":111 " in line for line in lines) and any(":2049 " in line for line in lines)
         assert all(_loopback(line) for line in lines), lines
         url = nfs.url("x.img")
@@ -257,3 +259,40 @@ def test_qemu_and_the_nbd_daemon_listen_on_no_network_port(scratch: Path) -> Non
         assert vm.pid and nbd.daemon is not None and nbd.daemon.pid
         assert _own_listeners({vm.pid, nbd.daemon.pid}) == []
         assert nbd.socket.exists()                       # it does serve, on a unix socket
+
+
+@pytest.mark.qemu
+@pytest.mark.xdist_group("nfs")
+def test_a_killed_owner_leaves_no_nfs_daemon(scratch: Path) -> None:
+    """kill -9 of the process that started the NFS stack: ganesha dies with it
+    (pdeathsig), and so does rpcbind, although it runs as its own user (which clears a
+    parent-death signal): its root supervisor stops it."""
+    import signal
+    import time
+    script = ("import sys, time\n"
+              "from kvmlab.faults import NfsServer\n"
+              f"srv = NfsServer({str(scratch)!r})\n"
+              "srv.start()\n"
+              "print(srv.rpcbind.pid, srv.server.pid, flush=True)\n"
+              "time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 2
+        daemons = subprocess.run(["pgrep", "-P", str(pids[0])], capture_output=True,
+                                 text=True).stdout.split()            # rpcbind itself
+        assert daemons, "no rpcbind under its supervisor"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        watched = [*pids, *map(int, daemons)]
+        for _ in range(100):
+            alive = [p for p in watched if Path(f"/proc/{p}").exists()
+                     and "zombie" not in Path(f"/proc/{p}/status").read_text()]
+            if not alive:
+                break
+            time.sleep(0.1)
+        assert not alive, f"left running after kill -9 of their owner: {alive}"
+    finally:
+        proc.kill()
+    reap_stale_tmpdirs()                # what the next launch does: the killed one's dir

@@ -65,11 +65,15 @@ class ProcessGroup:
     :param command: the daemon's argument list, run in the foreground.
     :param log_path: where its stdout and stderr go.
     :param pass_fds: descriptors the daemon inherits (sockets made for it).
+    :param pdeathsig: the signal it gets when we die (KILL; TERM for a supervisor that
+        cleans up after a daemon that changes its user, which clears this signal).
     """
 
     def __init__(self, name: str, command: Sequence[str | Path], log_path: Path,
-                 env: Mapping[str, str] | None = None, pass_fds: Sequence[int] = ()) -> None:
+                 env: Mapping[str, str] | None = None, pass_fds: Sequence[int] = (),
+                 pdeathsig: str = "KILL") -> None:
         self.name = name
+        self.pdeathsig = pdeathsig
         self.env = env
         self.pass_fds = tuple(pass_fds)
         self.command = [str(c) for c in command]
@@ -88,7 +92,7 @@ class ProcessGroup:
     def start(self) -> None:
         if self.running:
             raise StateError(f"{self.name} is already running")
-        cmd = [_proc.which("setpriv"), "--pdeathsig", "KILL", "--",
+        cmd = [_proc.which("setpriv"), "--pdeathsig", self.pdeathsig, "--",
                _proc.which(self.command[0]), *self.command[1:]]
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,

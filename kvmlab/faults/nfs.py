@@ -100,18 +100,37 @@ LOG {{
 """
 
 
-#: systemd's socket activation, done by hand: the sockets become fds 3.. of rpcbind, which
-#: then listens on them alone instead of on every address (rpcbind's own ``-h`` binds only
-#: UDP).  LISTEN_PID must be rpcbind's pid, known only in the child: hence this exec shim.
+#: rpcbind under a small supervisor.  Socket activation done by hand: the sockets become
+#: fds 3.. of rpcbind, which then listens on them alone instead of on every address
+#: (rpcbind's own ``-h`` binds only UDP); LISTEN_PID must be rpcbind's pid, known only
+#: after the fork.  And rpcbind drops to its own user after starting, which clears the
+#: parent-death signal: so the supervisor (root, with ``setpriv --pdeathsig TERM``) stays,
+#: stops rpcbind when it is told to or its owner dies (even by SIGKILL), and exits with it.
 ACTIVATE = """\
-import fcntl, os, sys
-fds = [fcntl.fcntl(int(f), fcntl.F_DUPFD, 100) for f in sys.argv[1].split(",")]
-for i, fd in enumerate(fds):
-    os.dup2(fd, 3 + i)
+import fcntl, os, signal, sys
+given = [int(f) for f in sys.argv[1].split(",")]
+fds = [fcntl.fcntl(f, fcntl.F_DUPFD, 100) for f in given]
+for f in given:
+    os.close(f)
+child = os.fork()
+if child == 0:
+    for i, fd in enumerate(fds):
+        os.dup2(fd, 3 + i)
+        os.close(fd)
+    os.environ["LISTEN_FDS"] = str(len(fds))
+    os.environ["LISTEN_PID"] = str(os.getpid())
+    os.execv(sys.argv[2], sys.argv[2:])
+for fd in fds:
     os.close(fd)
-os.environ["LISTEN_FDS"] = str(len(fds))
-os.environ["LISTEN_PID"] = str(os.getpid())
-os.execv(sys.argv[2], sys.argv[2:])
+def stop(signum, frame):
+    try:
+        os.kill(child, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(sig, stop)
+_, status = os.waitpid(child, 0)
+sys.exit(os.waitstatus_to_exitcode(status) & 0xFF)
 """
 
 
@@ -229,7 +248,8 @@ class NfsServer:
             self.rpcbind = ProcessGroup(
                 "rpcbind", [sys.executable, "-c", ACTIVATE, ",".join(str(s.fileno()) for s in socks),
                             _proc.which("rpcbind"), "-f", "-w"],
-                self.tmp / "rpcbind.log", pass_fds=[s.fileno() for s in socks])
+                self.tmp / "rpcbind.log", pass_fds=[s.fileno() for s in socks],
+                pdeathsig="TERM")          # the supervisor stops rpcbind, then exits
             self.rpcbind.start()
         finally:
             for s in socks:
