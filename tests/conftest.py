@@ -56,13 +56,14 @@ if os.environ.get("KVMLAB_TEST_TMP_PID") != str(os.getpid()):
 DAEMONS = ("qemu-system", "qemu-storage-daemon", "ganesha.nfsd", "rpcbind")
 
 
-def qemu_pids() -> set[int]:
-    """PIDs of QEMU (and fault daemon) processes started by this test session."""
+def qemu_pids(names: tuple[str, ...] = DAEMONS) -> set[int]:
+    """PIDs of QEMU (and fault daemon) processes started by this test session (those whose
+    command line names one of *names*); zombies are gone already and are not counted."""
     out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
     pids = set()
     for line in out.splitlines():
         pid, _, args = line.strip().partition(" ")
-        if not any(d in args for d in DAEMONS):
+        if not any(d in args for d in names):
             continue
         try:
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")

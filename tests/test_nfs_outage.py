@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import qemu_pids
 
 from kvmlab import analysis, plots
 from kvmlab.analysis import causes
@@ -20,7 +21,9 @@ pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("nfs")]
 
 
 def _ganesha_running() -> bool:
-    return subprocess.run(["pgrep", "-x", "ganesha.nfsd"], capture_output=True).returncode == 0
+    """A ganesha of this test session still runs (another worker's, or a zombie, is not
+    this test's)."""
+    return bool(qemu_pids(("ganesha.nfsd",)))
 
 
 def test_nfs_server_serves_stops_and_returns(scratch: Path) -> None:

@@ -40,8 +40,8 @@ LABELS = {"throttled": "throttled (sleeping for the speed limit)",
           "paused": "paused", "error": "stopped on an error", "unknown": "cause unknown"}
 COLORS = {"throttled": "tab:orange", "target": "tab:red", "dirtying": "tab:olive",
           "paused": "0.6", "error": "black", "unknown": "tab:pink"}
-COLUMNS = ["start", "end", "duration", "cause", "job", "onset", "last_completed",
-           "onset_width", "completed", "in_flight_share", "sleep_s"]
+COLUMNS = ["start", "end", "duration", "cause", "job", "onset", "onset_latest",
+           "last_completed", "onset_width", "completed", "in_flight_share", "sleep_s"]
 _ISSUE = "mirror_one_iteration"
 _DONE = "mirror_iteration_done"
 #: a trace job and a JOB_STATUS_CHANGE 'created' event further apart are not the same job
@@ -160,6 +160,7 @@ class JobTrace:
         self._s0 = ln["sleep"]["t"].to_numpy(dtype="float64")
         self._sd = ln["sleep"]["value"].to_numpy(dtype="float64")
         self._s_cum = np.concatenate([[0.0], np.cumsum(self._sd)])
+        self._lat: tuple[np.ndarray, np.ndarray] | None = None
 
     def __bool__(self) -> bool:
         return not self.rows.empty
@@ -203,16 +204,46 @@ class JobTrace:
         """Requests failed, or a BLOCK_JOB_ERROR came, in [a - 1 s, b]."""
         return self.count(self.error_t, a - 1.0, b) > 0
 
+    def _latencies(self) -> tuple[np.ndarray, np.ndarray]:
+        """(completion time, seconds from issue to completion) of each answered request,
+        paired by offset (computed once, for target outages only)."""
+        if self._lat is None:
+            jt = self.rows
+            issued = jt.loc[jt["event"] == _ISSUE, ["t", "offset"]].dropna().sort_values("t")
+            done = jt.loc[(jt["event"] == _DONE) & (jt["ret"].fillna(0) >= 0),
+                          ["t", "offset"]].dropna().sort_values("t")
+            if len(issued) and len(done):
+                pair = pd.merge_asof(done.rename(columns={"t": "t_done"}).assign(
+                    t=done["t"].to_numpy()), issued.rename(columns={"t": "t_issue"}).assign(
+                    t=issued["t"].to_numpy()), on="t", by="offset", direction="backward")
+                pair = pair.dropna(subset=["t_issue"])
+                self._lat = (pair["t_done"].to_numpy(dtype="float64"),
+                             (pair["t_done"] - pair["t_issue"]).to_numpy(dtype="float64"))
+            else:
+                self._lat = (np.zeros(0), np.zeros(0))
+        return self._lat
+
     def onset(self, b: float) -> dict[str, float | None]:
-        """Where a target outage began: after the last request answered before *b*, at or
-        before the first request issued after it (which never was)."""
+        """Where a target outage began: after the last request answered before *b*, and
+        before the first request issued after it (which never was answered) could have
+        been answered: its issue time plus the longest time the target took to answer in
+        the 2 s before, answers held up by an earlier outage (over 10x the median) left out
+        (a server that stops a moment after a request went out leaves it unanswered too)."""
         k = np.searchsorted(self.ok_t, b, side="right")
         last = float(self.ok_t[k - 1]) if k else None
         lo = np.searchsorted(self.issue_t, last, side="right") if last is not None else 0
         hi = np.searchsorted(self.issue_t, b, side="right")
         first = float(self.issue_t[lo]) if lo < hi else last
-        width = None if first is None or last is None else round(first - last, 6)
-        return {"onset": first, "last_completed": last, "onset_width": width}
+        latest = first
+        if first is not None and last is not None and first > last:
+            t_done, lat = self._latencies()
+            recent = lat[(t_done <= last) & (t_done >= last - 2.0)]
+            if len(recent):     # the slowest ordinary answer; not one held by an outage
+                recent = recent[recent <= 10 * float(np.median(recent))]
+            latest = first + (float(recent.max()) if len(recent) else 0.0)
+        width = None if latest is None or last is None else round(latest - last, 6)
+        return {"onset": first, "onset_latest": latest, "last_completed": last,
+                "onset_width": width}
 
 
 def _backlog_periods(js: pd.DataFrame, min_duration: float, threshold: int) -> list[tuple[float, float]]:
@@ -359,7 +390,8 @@ def _paint(found: list[dict[str, Any]]) -> pd.DataFrame:
 
 def _row(a: float, b: float, cause: str, job: str, **extra: Any) -> dict[str, Any]:
     return {"start": a, "end": b, "duration": b - a, "cause": cause, "job": job,
-            "onset": None, "last_completed": None, "onset_width": None, "completed": None,
+            "onset": None, "onset_latest": None, "last_completed": None, "onset_width": None,
+            "completed": None,
             "in_flight_share": None, "sleep_s": None, **extra}
 
 
@@ -404,22 +436,25 @@ def time_per_cause(periods: pd.DataFrame) -> dict[str, float]:
 
 
 def outage_onset(periods: pd.DataFrame) -> float | None:
-    """When the first target outage had begun at the latest (its first unanswered
-    request), if any."""
-    interval = outage_onset_interval(periods)
-    return None if interval is None else interval[1]
+    """When the first target outage was first seen: its first unanswered request, if any."""
+    if periods is None or periods.empty:
+        return None
+    on = periods.loc[periods["cause"] == "target", "onset"].dropna()
+    return float(on.iloc[0]) if len(on) else None
 
 
 def outage_onset_interval(periods: pd.DataFrame) -> tuple[float, float] | None:
-    """The first target outage's onset interval: (the last request answered, the first
-    left unanswered); the outage began inside it.  None: no target outage."""
+    """The first target outage's onset interval: from the last request answered to the
+    latest moment the first unanswered one could have been answered; the outage began
+    inside it.  None: no target outage."""
     if periods is None or periods.empty or "last_completed" not in periods:
         return None
     rows = periods[(periods["cause"] == "target") & periods["onset"].notna()]
     if not len(rows):
         return None
     first = rows.iloc[0]
-    hi = float(first["onset"])
+    hi = float(first["onset_latest"]) if "onset_latest" in first and \
+        pd.notna(first["onset_latest"]) else float(first["onset"])
     lo = float(first["last_completed"]) if pd.notna(first["last_completed"]) else hi
     return lo, hi
 

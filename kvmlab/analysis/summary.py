@@ -113,16 +113,18 @@ def _held(run: RunData, job: str, start: float, end: float, stall_min: float,
           stall_threshold: int) -> dict[str, Any]:
     """Time held up per cause in [start, end] (``held_<cause>_s``), when the first target
     outage began (between ``outage_onset_after_s``, its last answered request, and
-    ``outage_onset_s``, its first unanswered one, seconds since recording started; the
-    width ``outage_onset_width_s``), and how many
+    ``outage_onset_before_s``, when its first unanswered one, issued at ``outage_onset_s``,
+    would have been answered; seconds since recording started; the width
+    ``outage_onset_width_s``), and how many
     trace events the run has."""
     per = causes.classify(run, job, min_duration=stall_min, threshold=stall_threshold)
     if len(per):
         per = per[(per["start"] >= start) & (per["start"] <= end)]
     out: dict[str, Any] = {f"held_{c}_s": v for c, v in causes.time_per_cause(per).items()}
     interval = causes.outage_onset_interval(per)
-    out["outage_onset_s"] = None if interval is None else interval[1]
+    out["outage_onset_s"] = causes.outage_onset(per)
     out["outage_onset_after_s"] = None if interval is None else interval[0]
+    out["outage_onset_before_s"] = None if interval is None else interval[1]
     out["outage_onset_width_s"] = None if interval is None else round(interval[1] - interval[0], 6)
     out["trace_events"] = len(run.trace)
     return out
