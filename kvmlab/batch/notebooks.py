@@ -49,6 +49,15 @@ def ipc_kernel_manager(folder: Path, started: list[Any] | None = None) -> type:
         ip = Unicode(str(folder / "kernel"))
         connection_file = Unicode(str(folder / "kernel.json"))
 
+        async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+            # the kernel process's own stderr (ipykernel's log, and its races at shutdown
+            # such as "Socket operation on non-socket") goes to a log in the private dir,
+            # not the user's terminal: cells' output reaches the notebook through the
+            # kernel's channels, and a failure is said in one line
+            with open(folder / "kernel.log", "ab") as log_fh:
+                kw.setdefault("stderr", log_fh)
+                await super()._async_launch_kernel(kernel_cmd, **kw)
+
         async def _async_interrupt_kernel(self) -> None:
             # jupyter_client interrupts every kernel before shutting it down; ours is idle
             # then (papermill ran every cell), and the SIGINT only makes it log
