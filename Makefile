@@ -86,8 +86,9 @@ check: lint
 	KVMLAB_TIER=pure $(PY) -m pytest -m "not qemu" -q -p no:cacheprovider --durations=5 $(PYTEST_ARGS)
 
 # the integration tier in parallel (pytest-xdist): its tests mostly wait (speed limits,
-# outage windows, TCG boots); tests that share a host-wide resource (the one NFS server,
-# /dev/shm) run in one worker each (--dist loadgroup, their xdist_group marks)
+# outage windows, TCG boots); tests that share a host-wide resource run in one worker per
+# resource (--dist loadgroup, their xdist_group marks): the one NFS server; libvirtd's
+# domains and /dev/shm
 WORKERS ?= 4
 integration: setup venv-libvirt libvirtd qemu-builds
 	$(PY) -m pytest -m qemu -v -n $(WORKERS) --dist loadgroup --durations=15 $(PYTEST_ARGS)

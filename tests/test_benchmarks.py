@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-# integration: real QEMU and the guest; both watch /dev/shm, shared by every worker: one
-# worker runs them
-pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("bench")]
+# integration: real QEMU and the guest; both watch /dev/shm, shared by every worker, and the
+# smoke makes a libvirt domain: they run in the worker of the libvirt tests (whose leak
+# check counts every kvmlab domain of the host)
+pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("libvirt")]
 
 ROOT = Path(__file__).resolve().parent.parent
 
