@@ -89,7 +89,7 @@ check: lint
 # outage windows, TCG boots); tests that share a host-wide resource run in one worker per
 # resource (--dist loadgroup, their xdist_group marks): the one NFS server; libvirtd's
 # domains and /dev/shm
-WORKERS ?= 4
+WORKERS ?= 2
 integration: setup venv-libvirt libvirtd qemu-builds
 	$(PY) -m pytest -m qemu -v -n $(WORKERS) --dist loadgroup --durations=15 $(PYTEST_ARGS)
 
