@@ -164,6 +164,7 @@ def test_killed_run_is_marked_killed_and_reaped(tmp_path: Path) -> None:
     assert not (paths.scratch_dir() / meta["run_id"]).exists()
     assert json.loads((out / "run.json").read_text())["status"] == "killed"
     assert load_run(out).meta["status"] == "killed"
+    assert not list(out.glob(".*-reserve"))            # the killed run's room is given back
     # QEMU's trace file is the trace's journal: read from it, on the run's time base
     data = load_run(out)
     tr = data.trace
@@ -387,7 +388,8 @@ def test_a_full_disk_under_the_run_is_one_line_and_a_failed_run(size: str,
         assert "Traceback" not in out and "PASS" not in out, out
         last = res.stdout.strip().splitlines()[-1]
         assert re.fullmatch(rf"FAIL: {mnt}/r: no space left on {mnt}/r while writing "
-                            r"(the executed notebook|the HTML export|.*)", last), out
+                            r"(the executed notebook|the HTML export|run\.json|the \w+ "
+                            r"journal|\w+\.parquet|its space reserve)", last), out
         meta_file = mnt / "r" / "run.json"
         if meta_file.exists():
             meta = json.loads(meta_file.read_text())

@@ -23,7 +23,7 @@ from papermill.engines import NBClientEngine, papermill_engines
 from kvmlab import paths, trust
 from kvmlab.errors import BadInput, KvmlabError, NoSpace
 from kvmlab.experiments.checks import check_values
-from kvmlab.store.runs import mark_failed, new_run_id
+from kvmlab.store.runs import RESERVES, mark_failed, new_run_id
 from kvmlab.store.tmpdirs import owned_tmpdir
 
 log = logging.getLogger(__name__)
@@ -320,7 +320,7 @@ def run_notebook(notebook: str | Path, params: dict[str, Any] | None = None, *,
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
-        reserve = trust.Reserve(folder, ".batch-reserve")    # room for the runs' last word
+        reserve = trust.Reserve(folder, RESERVES[1])    # room for the runs' last word
     except NoSpace:
         if created:
             shutil.rmtree(folder, ignore_errors=True)

@@ -113,7 +113,7 @@ class RunDir:
         rd = cls(path, meta)
         rd.save()
         try:
-            rd._reserve = trust.Reserve(path, ".run-reserve")
+            rd._reserve = trust.Reserve(path, RESERVES[0])
         except KvmlabError:
             try:
                 rd.finish(FAILED, error=f"no space left on {path} to record a run")
@@ -253,6 +253,9 @@ def read_trace(path: Path, events: pd.DataFrame | None = None) -> pd.DataFrame:
 
 #: the status of a run whose process was killed before it could finish it
 KILLED = "killed"
+#: the space reserves kept in a run folder (the run's own, and its notebook run's): a
+#: killed process leaves them, and marking its run killed removes them
+RESERVES = (".run-reserve", ".batch-reserve")
 #: the status of a run that could not be recorded whole (a full disk): ``error`` says why
 FAILED = "failed"
 
@@ -287,6 +290,8 @@ def mark_killed(path: Path) -> bool:
         return False       # another user's run: not ours to change
     rd = RunDir(path, meta)
     try:
+        for name in RESERVES:             # the killed process's room, no longer needed
+            (path / name).unlink(missing_ok=True)
         rd.finish(KILLED, error=f"its process (pid {meta['owner'].get('pid')}) was killed "
                   "before the run ended; the data up to then is kept")
     except OSError:
