@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from kvmlab import marks
+from kvmlab.rates import trailing as trailing_rate
 
 ACTIVE_STATUSES = ("running", "ready")
 #: ``<name>_start`` marks that are steps, not fault windows
@@ -88,19 +89,6 @@ def remaining(samples: pd.DataFrame, job: str | None = None) -> pd.Series:
                      index=s["t"].to_numpy(), name="remaining")
 
 
-def _trailing_rate(t: np.ndarray, y: np.ndarray, window: float) -> np.ndarray:
-    """d y/dt over a true trailing time window: (y(t) - y(t - window)) / window.
-
-    Before the first sample *y* is taken as its first value (nothing happened before the
-    series began), so the rate ramps up over the first window instead of dividing an early
-    chunk by a tiny span; every value is an average over *window* seconds exactly.
-    """
-    if len(t) < 2 or window <= 0:
-        return np.full(len(t), np.nan)
-    y0 = np.interp(t - window, t, y, left=y[0])
-    return np.asarray((y - y0) / window, dtype="float64")
-
-
 def rates(samples: pd.DataFrame, job: str | None = None, window: float = 2.0) -> pd.DataFrame:
     """Copy rate (d offset/dt) and dirtying rate (d len/dt), bytes/s, each averaged over
     the trailing *window* seconds.
@@ -113,8 +101,8 @@ def rates(samples: pd.DataFrame, job: str | None = None, window: float = 2.0) ->
     t = s["t"].to_numpy(dtype="float64")
     return pd.DataFrame({
         "t": t,
-        "copy_rate": _trailing_rate(t, s["offset"].to_numpy(dtype="float64"), window),
-        "dirty_rate": _trailing_rate(t, s["len"].to_numpy(dtype="float64"), window),
+        "copy_rate": trailing_rate(t, s["offset"].to_numpy(dtype="float64"), window),
+        "dirty_rate": trailing_rate(t, s["len"].to_numpy(dtype="float64"), window),
     })
 
 
@@ -133,7 +121,7 @@ def guest_write_rate(guest_ops: pd.DataFrame, window: float = 2.0,
     total = g["size"].astype("float64").cumsum().to_numpy()
     t_all = np.concatenate([[t[0] - window], t])
     y_all = np.concatenate([[0.0], total])
-    rate = _trailing_rate(t_all, y_all, window)[1:]
+    rate = trailing_rate(t_all, y_all, window)[1:]
     return pd.DataFrame({"t": t, "write_rate": rate})
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kvmlab import marks
+from kvmlab import marks, rates
 from kvmlab.analysis.converge import Predictor
 from kvmlab.units import MIB
 
@@ -78,16 +78,12 @@ class JobView:
                                status=str(row.get("status") or "running"))
 
     def rate(self, window: float = 1.0) -> float | None:
-        """Bytes/s copied over the last *window* seconds of samples (None: too few)."""
-        last = self.rows[-1]
-        older = [r for r in self.rows if last["t"] - r["t"] >= window * 0.5]
-        if not older:
-            return None
-        first = min(older, key=lambda r: abs((last["t"] - r["t"]) - window))
-        dt = float(last["t"] - first["t"])
-        if dt <= 0 or last.get("offset") is None or first.get("offset") is None:
-            return None
-        return max(0.0, float(last["offset"] - first["offset"]) / dt)
+        """Bytes/s copied over the last *window* seconds of samples (None: less than half a
+        window held); the one definition of the copy rate, :func:`kvmlab.rates.latest`."""
+        rows = [r for r in self.rows if r.get("t") is not None and r.get("offset") is not None]
+        r = rates.latest([float(x["t"]) for x in rows], [float(x["offset"]) for x in rows],
+                         window, min_span=window * 0.5)
+        return None if r is None else max(0.0, r)
 
     def text(self) -> str:
         r = self.rows[-1]

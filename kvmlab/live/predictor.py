@@ -27,6 +27,7 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from kvmlab import rates
 from kvmlab.units import MIB
 
 #: the verdicts, in the order a job usually passes through them
@@ -126,11 +127,12 @@ class Predictor:
             rows.popleft()
         remaining = max(0, int(length) - int(offset))
         t0, off0, len0 = rows[0]
-        dt = t - t0
         copy = dirty = eta = None
-        if dt > 0:
-            copy = max(0.0, (offset - off0) / dt)
-            dirty = max(0.0, (length - len0) / dt)
+        if t - t0 > 0:
+            ts = [r[0] for r in rows]
+            span = t - t0
+            copy = max(0.0, rates.latest(ts, [r[1] for r in rows], span) or 0.0)
+            dirty = max(0.0, rates.latest(ts, [r[2] for r in rows], span) or 0.0)
         if ready or status == "ready":
             state, eta = "ready", 0.0
         elif status in ("concluded", "null", "aborting"):
