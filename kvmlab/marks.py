@@ -38,6 +38,9 @@ DIVERGING: Final = "diverging"              #: a wait gave up: the job will not 
 #: steps that change a running job's conditions (the user's hand): a convergence verdict
 #: made before one says nothing about after it
 CONDITION_CHANGES: Final = (SET_SPEED, COPY_MODE)
+#: the guest changed its write rate (the workload's ``change_after_s``): not the user's hand,
+#: so the live predictor is not reset, but an alarm before it spoke of other conditions
+GUEST_RATE_CHANGE: Final = "guest_rate_change"
 STEPS: Final = (RECORDER_START, RECORDER_STOP, ATTACH, SAMPLE_ERROR, MIRROR_START, READY_SEEN,
                 CANCEL, COMPLETE, COMMIT, PAUSE, RESUME, SET_SPEED, STOP, CONT,
                 RESUME_AFTER_ERROR, REMIRROR, GROW_TMPFS, SOURCE_MOVED, SOURCE_DELETED,

@@ -218,20 +218,42 @@ def test_side_by_side_flags_real_differences_only() -> None:
     from kvmlab.lab.compare import Row, differences, side_by_side, strip_paths
     info = "drive0 (#block629): /data/scratch/20261129-1/x-mirror.img (qcow2)"
     assert strip_paths(info) == "drive0 (#block): x-mirror.img (qcow2)"
-    old = [Row("E1", "verdict", "PASS"), Row("E1", "time_to_ready_s", 1.0),
-           Row("E1", "MiB copied", 10.0), Row("eio:stop", "BLOCK_JOB_ERROR events", 1),
-           Row("E4", "info block after pivot", strip_paths(info)),
-           Row("thr", "rate_over_speed", 1.02), Row("E2", "time_to_ready_s", 6.0)]
-    new = [Row("E1", "verdict", "PASS"), Row("E1", "time_to_ready_s", 1.3),
-           Row("E1", "MiB copied", 10.5), Row("eio:stop", "BLOCK_JOB_ERROR events", 0),
-           Row("E4", "info block after pivot", strip_paths(info.replace("629", "614"))),
-           Row("thr", "rate_over_speed", 1.6), Row("E2", "time_to_ready_s", None)]
+
+    def runs(rows: list[tuple[str, str, list]]) -> list[list[Row]]:
+        n = len(rows[0][2])
+        return [[Row(c, m, vals[i]) for c, m, vals in rows] for i in range(n)]
+    old = runs([("E1", "verdict", ["PASS"] * 5),
+                ("E1", "time_to_ready_s", [1.0, 1.1, 0.9, 1.0, 1.2]),
+                ("E1", "MiB copied", [10.0] * 5),
+                # QEMU's ENOSPC count depends on the requests in flight: 8-24 on both builds
+                ("enospc", "BLOCK_JOB_ERROR events", [24, 9, 8, 24, 24]),
+                ("eio:stop", "error actions", ["stop"] * 5),
+                ("E4", "info block after pivot", [strip_paths(info)] * 5),
+                ("thr", "rate_over_speed", [1.02, 1.01, 1.03, 1.0, 1.02])])
+    new = runs([("E1", "verdict", ["PASS"] * 5),
+                ("E1", "time_to_ready_s", [1.3, 1.4, 1.3, 1.5, 1.3]),    # apart, but < 0.5 s
+                ("E1", "MiB copied", [10.5] * 5),
+                ("enospc", "BLOCK_JOB_ERROR events", [9, 9, 24, 24, 16]),
+                ("eio:stop", "error actions", ["report"] * 4 + ["stop"]),
+                ("E4", "info block after pivot",
+                 [strip_paths(info.replace("629", "614"))] * 5),
+                ("thr", "rate_over_speed", [1.6, 1.7, 1.6, 1.65, 1.6])])
     table = side_by_side({"system": old, "10.0": new})
-    assert list(table.columns) == ["case", "measure", "system", "10.0", "differs"]
+    assert list(table.columns) == ["case", "measure", "system", "10.0", "differs", "why"]
     got = {(r.case, r.measure) for r in differences(table).itertuples()}
-    # 1.0 s vs 1.3 s and 10 vs 10.5 MiB are noise; node names and folders are not behaviours
-    assert got == {("eio:stop", "BLOCK_JOB_ERROR events"), ("thr", "rate_over_speed"),
-                   ("E2", "time_to_ready_s")}
+    assert got == {("thr", "rate_over_speed")}
+    row = table.set_index(["case", "measure"])
+    assert row.loc[("enospc", "BLOCK_JOB_ERROR events"), "system"] == "8–24 (n=5)"
+    assert row.loc[("enospc", "BLOCK_JOB_ERROR events"), "why"] == "varies within a build"
+    assert row.loc[("eio:stop", "error actions"), "10.0"] == "report ×4, stop ×1"
+    assert row.loc[("E4", "info block after pivot"), "why"] == "same"
+    # text that never meets is a difference; one run a side is never judged
+    table = side_by_side({"a": runs([("x", "job end", ["completed"] * 5)]),
+                          "b": runs([("x", "job end", ["cancelled"] * 5)])})
+    assert table["differs"].tolist() == [True]
+    one = side_by_side({"a": old[0], "b": new[0]})
+    assert not one["differs"].any()
+    assert set(one["why"]) == {"same", "not judged: fewer than 5 runs on a build"}
 
 
 @pytest.mark.qemu

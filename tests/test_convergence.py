@@ -85,6 +85,8 @@ def test_outlook_words() -> None:
     assert out.text() == ("will not converge at current rates (copy 1.00 MiB/s, guest dirtying "
                           "2.00 MiB/s, 3.0 MiB left)")
     assert converge.Outlook(1.0, "converging", 0, eta_s=12.4).text() == "ETA 12 s"
+    ranged = converge.Outlook(1.0, "converging", 0, eta_s=12.4, eta_low_s=8.7, eta_high_s=23.6)
+    assert ranged.text() == "ETA 9–24 s"
 
 
 def test_write_cost_reads_each_dd_latency() -> None:
@@ -325,3 +327,51 @@ def test_raising_the_limit_on_the_verdict_converges_and_is_no_false_alarm(
     assert v["speed_raised_after_s"] >= v["diverging_after_s"] > 0
     a = converge.accuracy(res.data.samples, res.data.events)
     assert not a["false_alarm"] and a["excused_alarms"] == 1
+
+
+# -- the held-out sets (benchmarks/data/predictor): bursts against a job that can never finish --
+HELD = Path(__file__).parent.parent / "benchmarks" / "data" / "predictor"
+
+
+def _held(name: str, qemu: str, kib: int, rate: float) -> object:
+    for rj in sorted((HELD / name).rglob("run.json")):
+        run = load_run(rj.parent)
+        p = run.meta["params"]
+        if (p["qemu"], p["workload_kib"], p["workload_rate_kib_s"]) == (qemu, kib, rate):
+            return run
+    raise LookupError((name, qemu, kib, rate))
+
+
+@pytest.mark.parametrize("qemu", ["system", "10.0"])
+def test_a_bursty_guest_under_the_limit_is_no_alarm_and_a_busy_one_is(qemu: str) -> None:
+    """4 MiB at once, then 3 s of quiet (1.3 MiB/s against 2 MiB/s): the job hovers near
+    zero for ~15 s before READY.  The hover rule alone called that diverging; the guest
+    leaves the job idle between bursts, so it is not.  A steady guest that keeps the job
+    copying at its limit is still flagged."""
+    bursty = _held("tuning", qemu, 4096, 1331)
+    a = converge.accuracy(bursty.samples, bursty.events)
+    assert a["converged"] and a["said_diverging_s"] is None and not a["false_alarm"]
+    assert converge.accuracy(bursty.samples, bursty.events, busy=0.0)["false_alarm"]  # rule off
+    busy = _held("tuning", qemu, 256, 1536)
+    b = converge.accuracy(busy.samples, busy.events)
+    assert not b["converged"] and b["said_diverging_s"] is not None
+
+
+def test_patience_waits_longer_before_it_flags() -> None:
+    busy = _held("tuning", "system", 256, 1536)
+    said = [converge.accuracy(busy.samples, busy.events, patience=p)["said_diverging_s"]
+            for p in (0.5, 1.0, 2.0)]
+    assert said[0] < said[1] < said[2]
+    with pytest.raises(ValueError, match="patience=0 must be positive"):
+        converge.Predictor(patience=0)
+
+
+def test_the_eta_range_is_scored_at_half_way() -> None:
+    run = _held("tuning", "system", 256, 256)           # converges in ~15 s
+    a = converge.accuracy(run.samples, run.events)
+    assert a["converged"] and a["eta_in_range"] is True
+    assert converge.accuracy(run.samples, run.events, eta_low=0.1, eta_high=0.2)[
+        "eta_in_range"] is False
+    table = pd.DataFrame([a, converge.accuracy(run.samples, run.events, eta_high=0.2)])
+    summary = converge.accuracy_summary(table)
+    assert (summary["eta_ranged"], summary["eta_in_range"]) == (2, 1)

@@ -35,23 +35,28 @@ def predict(samples: pd.DataFrame, job: str | None = None, events: pd.DataFrame 
     p = Predictor(**kw)
     switches = condition_changes(events, str(s["job"].iloc[0]) if len(s) else job)
     rows = []
-    cols = ("t", "offset", "len", "ready", "paused", "status")
-    for t, off, ln, ready, paused, status in s[list(cols)].itertuples(index=False):
+    cols = ("t", "offset", "len", "ready", "paused", "status", "speed")
+    frame = s.assign(speed=s["speed"] if "speed" in s else 0)
+    for t, off, ln, ready, paused, status, speed in frame[list(cols)].itertuples(index=False):
         if pd.isna(off) or pd.isna(ln):
             continue
         if switches and float(t) >= switches[0]:
             switches.pop(0)
             p.reset()
         rows.append(p.add(float(t), int(off), int(ln), ready=bool(ready is True),
-                          paused=bool(paused is True), status=str(status)).as_dict())
+                          paused=bool(paused is True), status=str(status),
+                          speed=0 if pd.isna(speed) else int(speed)).as_dict())
     return pd.DataFrame(rows, columns=[*Outlook.__dataclass_fields__, "net_rate"])
 
 
-def condition_changes(events: pd.DataFrame | None, job: str | None) -> list[float]:
-    """When the user changed *job*'s conditions (its speed, its copy mode), in order."""
+def condition_changes(events: pd.DataFrame | None, job: str | None, *,
+                      guest: bool = False) -> list[float]:
+    """When the user changed *job*'s conditions (its speed, its copy mode), in order; with
+    *guest*, also when the guest changed its write rate."""
     if events is None or not len(events):
         return []
-    ev = events[events["name"].isin(list(marks.CONDITION_CHANGES))]
+    names = [*marks.CONDITION_CHANGES, *([marks.GUEST_RATE_CHANGE] if guest else [])]
+    ev = events[events["name"].isin(names)]
     if job is not None and "job" in ev:
         ev = ev[ev["job"].isna() | (ev["job"] == job)]
     return sorted(ev["t"].astype(float))
@@ -84,9 +89,9 @@ def accuracy(samples: pd.DataFrame, events: pd.DataFrame, job: str | None = None
     it first said "will not converge", replayed or live (the run's ``diverging`` mark: a
     run that gave up on it ends a moment later); None: never.  An alarm is judged against
     the conditions in force when it was made: it is a ``false_alarm`` if the job then got
-    READY with no change of speed or copy mode in between; one followed by such a change
-    (``switched_s`` for a copy-mode switch, ``changed_s`` for the first change of any
-    kind) is ``excused_alarms``: the job it spoke of was changed.  *kw* go to
+    READY with no change of speed, copy mode or the guest's write rate in between; one
+    followed by such a change (``switched_s`` for a copy-mode switch, ``changed_s`` for the
+    first change of any kind) is ``excused_alarms``: the job it spoke of was changed.  *kw* go to
     :class:`Predictor`.
     """
     s = job_samples(samples, job)
@@ -98,7 +103,7 @@ def accuracy(samples: pd.DataFrame, events: pd.DataFrame, job: str | None = None
     ready = time_of(events, job, (marks.BLOCK_JOB_READY,), after=start)
     live = time_of(events, job, (marks.DIVERGING,), after=start)
     switched = time_of(events, job, (marks.COPY_MODE,), after=start)
-    changes = [t for t in condition_changes(events, job) if t >= start]
+    changes = [t for t in condition_changes(events, job, guest=True) if t >= start]
     # one alarm per stretch of unchanged conditions (the replayed predictor and the live
     # one may both have said it): the first of each stretch
     said_at: list[float] = []
@@ -120,7 +125,7 @@ def accuracy(samples: pd.DataFrame, events: pd.DataFrame, job: str | None = None
         "false_alarm": bool(false_alarms),
         "excused_alarms": sum(1 for a in said_at if ready is not None and a < ready
                               and not falsified(a)),
-        "eta_error_s": None, "eta_error_rel": None,
+        "eta_error_s": None, "eta_error_rel": None, "eta_in_range": None,
         "last_state": pred["state"].iloc[-1] if len(pred) else None,
         "last_eta_s": (round(float(pred["eta_s"].iloc[-1]), 3)
                        if len(pred) and pd.notna(pred["eta_s"].iloc[-1]) else None)}
@@ -133,6 +138,9 @@ def accuracy(samples: pd.DataFrame, events: pd.DataFrame, job: str | None = None
             eta = float(last["eta_s"]) if pd.notna(last["eta_s"]) else float("nan")
             row["eta_error_s"] = round(eta - truth, 3)
             row["eta_error_rel"] = round((eta - truth) / truth, 3) if truth > 0 else None
+            lo, hi = last.get("eta_low_s"), last.get("eta_high_s")
+            if pd.notna(lo) and pd.notna(hi):
+                row["eta_in_range"] = bool(float(lo) <= truth <= float(hi))
     return row
 
 
@@ -145,16 +153,18 @@ def score_runs(folder: str | Path, **kw: Any) -> pd.DataFrame:
         params = run.meta.get("params") or {}
         rows.append({"run": str(rj.parent.relative_to(folder)) if rj.parent != Path(folder)
                      else rj.parent.name,
-                     **{k: params.get(k) for k in ("qemu", "copy_mode", "speed",
-                                                    "workload_rate_kib_s", "slow_target_bps")},
+                     **{k: params.get(k) for k in ("qemu", "copy_mode", "speed", "workload_kib",
+                                                    "workload_rate_kib_s", "slow_target_bps",
+                                                    "workload_then_rate_kib_s",
+                                                    "raise_speed_to")},
                      **accuracy(run.samples, run.events, **kw)})
     return pd.DataFrame(rows)
 
 
 def accuracy_summary(table: pd.DataFrame) -> dict[str, Any]:
     """Figures over many scored runs (rows of :func:`accuracy`): for the converged ones,
-    the median and worst ETA error at half-way (|relative|, and s), and how many had no ETA
-    yet; for the others, when the predictor said "will not converge" (median, latest) and
+    the median and worst ETA error at half-way (|relative|, signed, and s), how many had
+    no ETA yet, and in how many of those with a range READY came inside it; for the others, when the predictor said "will not converge" (median, latest) and
     how many it never flagged (and of those, how many it still called converging when the
     run stopped waiting: slow, not stuck); and the false alarms, which must be 0."""
     conv = table[table["converged"] == True]  # noqa: E712  (a nullable column)
@@ -166,9 +176,16 @@ def accuracy_summary(table: pd.DataFrame) -> dict[str, Any]:
     def r(v: float) -> float | None:
         return None if pd.isna(v) else round(float(v), 3)
 
+    ranged = conv["eta_in_range"].dropna() if "eta_in_range" in conv else pd.Series([], dtype=bool)
+    known = err.dropna().to_numpy()
+    worst = float(known[abs(known).argmax()]) if len(known) else float("nan")
     return {"runs": int(len(table)), "converged": int(len(conv)),
             "eta_error_median_rel": r(err.abs().median()),
             "eta_error_worst_rel": r(err.abs().max()),
+            # signed: below 0 the ETA was optimistic (READY came later than it said)
+            "eta_error_median_signed_rel": r(err.median()),
+            "eta_error_worst_signed_rel": r(worst),
+            "eta_ranged": int(len(ranged)), "eta_in_range": int(ranged.astype(bool).sum()),
             "eta_error_median_s": r(err_s.abs().median()),
             "eta_error_worst_s": r(err_s.abs().max()),
             "no_eta_at_half_way": int(err.isna().sum()),

@@ -75,7 +75,8 @@ class JobView:
         if row.get("t") is not None and row.get("offset") is not None and row.get("len") is not None:
             self.predictor.add(float(row["t"]), int(row["offset"]), int(row["len"]),
                                ready=bool(row.get("ready")), paused=bool(row.get("paused")),
-                               status=str(row.get("status") or "running"))
+                               status=str(row.get("status") or "running"),
+                               speed=int(row.get("speed") or 0))
 
     def rate(self, window: float = 1.0) -> float | None:
         """Bytes/s copied over the last *window* seconds of samples (None: less than half a

@@ -58,6 +58,7 @@ def convergence_pressure(*, copy_mode: str = "background", switch_when: str | No
                          after_ready_s: float = 2.0, ready_timeout: float = 60.0,
                          stall_timeout: float | None = 20.0, slow_target_bps: int = 0,
                          raise_speed_to: int | None = None,
+                         workload_then_rate_kib_s: float = 0.0, workload_change_after_s: int = 0,
                          options: RunOptions = DEFAULT_OPTIONS) -> ExperimentResult:
     """Mirror a disk the guest writes faster than the copy limit; see the module doc.
 
@@ -74,6 +75,9 @@ def convergence_pressure(*, copy_mode: str = "background", switch_when: str | No
     :param raise_speed_to: when the predictor says "diverging", raise the speed limit to
         this many bytes/s (0: unlimited) once and keep waiting, as an engineer would
         (with *give_up_when*; the raise is marked ``set_speed``).
+    :param workload_then_rate_kib_s, workload_change_after_s: the guest changes its write
+        rate to this, this many seconds after it began writing (the baseline included);
+        recorded as the event ``guest_rate_change``.
     """
     params = dict(locals())
     _check_policies(copy_mode, switch_when, give_up_when, options)
@@ -86,7 +90,9 @@ def convergence_pressure(*, copy_mode: str = "background", switch_when: str | No
     # the guest writes for as long as the job runs: keep a quarter of the disk's worth of
     # files (oldest deleted) so it never fills up and stops writing
     workload = Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s,
-                        max_files=max(4, image_mib * 1024 // 4 // max(workload_kib, 1)))
+                        max_files=max(4, image_mib * 1024 // 4 // max(workload_kib, 1)),
+                        then_rate_kib_s=workload_then_rate_kib_s,
+                        change_after_s=workload_change_after_s)
     with LabRun("convergence_pressure", params, options) as lab, ExitStack() as stack:
         rec = lab.recorder
         source = lab.workdir / "disk.qcow2"

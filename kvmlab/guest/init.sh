@@ -17,7 +17,7 @@ now() { cut -d' ' -f1 /proc/uptime; }
 halt_now() { sync; umount /mnt 2>/dev/null; poweroff -f; }
 
 # Parameters: kvmlab.key=value -> P_key
-P_mode=idle; P_qga=0; P_dd_kib=1024; P_pause_ms=500; P_rounds=0; P_duration_s=0; P_max_files=0; P_dev=/dev/vda
+P_mode=idle; P_qga=0; P_dd_kib=1024; P_pause_ms=500; P_rounds=0; P_duration_s=0; P_max_files=0; P_then_pause_ms=0; P_change_after_s=0; P_dev=/dev/vda
 for x in $(cat /proc/cmdline); do
   case "$x" in
     kvmlab.*=*) k=${x#kvmlab.}; k=${k%%=*}; v=${x#*=}
@@ -84,6 +84,15 @@ workload() {
     i=$((i+1))
     [ "$P_rounds" -gt 0 ] && [ $i -gt "$P_rounds" ] && break
     if [ "$P_duration_s" -gt 0 ]; then t=$(now); [ $((${t%.*} - t0)) -ge "$P_duration_s" ] && break; fi
+    # a rate change mid-job (kvmlab.change_after_s): the same writes, another pause
+    if [ "$P_change_after_s" -gt 0 ]; then
+      t=$(now)
+      if [ $((${t%.*} - t0)) -ge "$P_change_after_s" ]; then
+        pause=$(awk "BEGIN{printf \"%.3f\", $P_then_pause_ms/1000}")
+        say rate_change t=$(now) pause_ms=$P_then_pause_ms
+        P_change_after_s=0
+      fi
+    fi
     begin touch /wl/f$i; touch /mnt/wl/f$i && sync && op touch /wl/f$i
     begin mkdir /wl/d$i; mkdir /mnt/wl/d$i && sync && op mkdir /wl/d$i
     if [ "$cnt" -gt 0 ]; then

@@ -23,6 +23,10 @@ class Workload:
     :ivar rounds: stop after this many rounds (0 = no limit).
     :ivar duration_s: stop after this many seconds (0 = no limit).
     :ivar max_files: keep at most this many data files, deleting the oldest (0 = keep all).
+    :ivar then_rate_kib_s: > 0: after :attr:`change_after_s` seconds of writing, the
+        average rate changes to this (same write size, another pause); the guest says
+        ``rate_change`` on its console when it does.
+    :ivar change_after_s: seconds from the workload's start to that change.
     """
 
     dd_kib: int = 1024
@@ -30,23 +34,36 @@ class Workload:
     rounds: int = 0
     duration_s: int = 0
     max_files: int = 0
+    then_rate_kib_s: float = 0.0
+    change_after_s: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("dd_kib", "rounds", "duration_s", "max_files"):
+        for name in ("dd_kib", "rounds", "duration_s", "max_files", "change_after_s"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise BadInput(f"workload {name}={v!r} must be a non-negative integer")
         if not self.rate_kib_s or self.rate_kib_s <= 0:
             raise BadInput(f"workload rate_kib_s={self.rate_kib_s!r} must be positive")
+        if self.then_rate_kib_s < 0 or (self.then_rate_kib_s > 0) != (self.change_after_s > 0):
+            raise BadInput(f"workload then_rate_kib_s={self.then_rate_kib_s!r} and "
+                           f"change_after_s={self.change_after_s!r} go together: both > 0 "
+                           "for a rate change, both 0 for none")
 
     @property
     def pause_ms(self) -> int:
-        return int(round(self.dd_kib / self.rate_kib_s * 1000)) if self.dd_kib else 200
+        return self._pause(self.rate_kib_s)
+
+    def _pause(self, rate_kib_s: float) -> int:
+        return int(round(self.dd_kib / rate_kib_s * 1000)) if self.dd_kib else 200
 
     def kernel_args(self) -> list[str]:
-        return [f"kvmlab.dd_kib={self.dd_kib}", f"kvmlab.pause_ms={self.pause_ms}",
+        args = [f"kvmlab.dd_kib={self.dd_kib}", f"kvmlab.pause_ms={self.pause_ms}",
                 f"kvmlab.rounds={self.rounds}", f"kvmlab.duration_s={self.duration_s}",
                 f"kvmlab.max_files={self.max_files}"]
+        if self.change_after_s:
+            args += [f"kvmlab.then_pause_ms={self._pause(self.then_rate_kib_s)}",
+                     f"kvmlab.change_after_s={self.change_after_s}"]
+        return args
 
 
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]+$")

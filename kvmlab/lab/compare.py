@@ -3,8 +3,9 @@
 :func:`behaviours` turns one build's runs into ``(case, measure) -> value`` rows (verdict,
 time to ready, bytes copied, what QEMU reported during each fault, ``info block`` after a
 pivot, how each error policy ended, the copy rate against the speed limit);
-:func:`side_by_side` lines the builds up and flags each row that differs; :func:`figure`
-draws one difference from the runs behind it.  Paths in QEMU's answers are reduced to
+:func:`side_by_side` lines the builds up, every run of each, and flags a row as differing
+only when the builds' values never meet (:func:`judge`); :func:`figure` draws one
+difference from the runs behind it.  Paths in QEMU's answers are reduced to
 their file names, so two runs' scratch folders never count as a difference.
 """
 
@@ -25,9 +26,11 @@ from kvmlab.lab.suites import rate_fidelity
 from kvmlab.plots import convergence
 from kvmlab.units import MIB
 
-#: numbers differ when the larger is this many times the smaller (time varies run to run)
-RATIO = 1.5
-#: and by at least this much, in the measure's unit (s, MiB, a ratio): less is run-to-run noise
+#: a behaviour is judged only with at least this many runs per build: one run each cannot
+#: tell a difference from run-to-run spread
+MIN_RUNS = 5
+#: and numbers must be apart by at least this much, in the measure's unit (s, MiB, a
+#: ratio): less is run-to-run noise even when the ranges do not overlap
 MIN_ABS = {"time_to_ready_s": 0.5, "MiB copied": 1.0, "fault_stall_s": 0.5,
            "rate_over_speed": 0.2}
 
@@ -82,31 +85,84 @@ def behaviours(seed: Mapping[str, ExperimentResult], faults: Mapping[str, Experi
     return rows
 
 
-def _differs(measure: str, values: list[Any]) -> bool:
+def _numeric(values: list[Any]) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def judge(measure: str, by_build: Mapping[str, list[Any]], min_runs: int = MIN_RUNS
+          ) -> tuple[bool, str]:
+    """(differs, why) for one behaviour, from every run's value on each build.
+
+    A behaviour differs only when each build has at least *min_runs* runs and no value of
+    one build is among (text) or between (numbers, with :data:`MIN_ABS` apart) the other's:
+    with 5 runs a side, ranges that do not overlap are exactly what a two-sided
+    Mann-Whitney rank test calls different at p = 2/252 = 0.008.  A behaviour whose values
+    spread within a build and overlap is "varies", never a difference.
+    """
+    runs = {b: list(v) for b, v in by_build.items()}
+    flat = [v for vs in runs.values() for v in vs]
+    if len({repr(v) for v in flat}) <= 1:
+        return False, "same"
+    varies = any(len({repr(v) for v in vs}) > 1 for vs in runs.values())
+    if any(len(vs) < min_runs for vs in runs.values()):
+        return False, f"not judged: fewer than {min_runs} runs on a build"
+    sets = list(runs.values())
+    if all(v is not None for v in flat) and _numeric(flat):
+        spans = sorted((min(vs), max(vs)) for vs in sets)
+        apart = all(b[0] - a[1] >= MIN_ABS.get(measure, 0) and b[0] > a[1]
+                    for a, b in zip(spans[:-1], spans[1:]))
+    else:
+        keys = [{repr(v) for v in vs} for vs in sets]
+        apart = all(not (keys[i] & keys[j]) for i in range(len(keys))
+                    for j in range(i + 1, len(keys)))
+    if apart:
+        return True, "differs in every run"
+    return False, "varies within a build" if varies else "overlaps"
+
+
+def spread(values: list[Any]) -> str:
+    """Every run's value in a few words: ``9``, ``8–24 (n=5)``, ``stop ×3, report ×2``."""
+    if not values:
+        return "not run"
     present = [v for v in values if v is not None]
-    if len(present) < len(values):
-        return len(present) > 0
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
-        lo, hi = min(present), max(present)
-        if hi - lo < MIN_ABS.get(measure, 0):
-            return False
-        return bool(lo <= 0 < hi or (lo > 0 and hi / lo >= RATIO) or (hi < 0 and lo / hi >= RATIO))
-    return len({str(v) for v in present}) > 1
+    if len({repr(v) for v in values}) == 1:
+        return str(values[0]) + (f" (n={len(values)})" if len(values) > 1 else "")
+    if present and len(present) == len(values) and _numeric(present):
+        return f"{min(present):g}–{max(present):g} (n={len(values)})"
+    counts: dict[str, int] = {}
+    for v in values:
+        counts[str(v)] = counts.get(str(v), 0) + 1
+    return ", ".join(f"{k} ×{n}" for k, n in counts.items())
 
 
-def side_by_side(by_build: Mapping[str, list[Row]]) -> pd.DataFrame:
-    """Rows (case, measure), one column per build, and ``differs``."""
-    table: dict[tuple[str, str], dict[str, Any]] = {}
-    for build, rows in by_build.items():
-        for row in rows:
-            table.setdefault((row.case, row.measure), {})[build] = row.value
+def _runs(reps: list[Row] | list[list[Row]]) -> list[list[Row]]:
+    """One run's rows, or several runs' rows, as a list of runs."""
+    if reps and isinstance(reps[0], list):
+        return [list(r) for r in reps if isinstance(r, list)]
+    return [[r for r in reps if isinstance(r, Row)]]
+
+
+def side_by_side(by_build: Mapping[str, list[Row] | list[list[Row]]],
+                 min_runs: int = MIN_RUNS) -> pd.DataFrame:
+    """Rows (case, measure): one column per build with every run's values in words
+    (:func:`spread`), ``differs`` (:func:`judge`) and ``why``.  Each build gives one run's
+    rows or a list of runs' rows."""
+    table: dict[tuple[str, str], dict[str, list[Any]]] = {}
+    for build, reps in by_build.items():
+        for rows in _runs(reps):
+            for row in rows:
+                table.setdefault((row.case, row.measure), {}).setdefault(build, []).append(
+                    row.value)
     builds = list(by_build)
     records = []
     for (case, measure), vals in table.items():
-        values = [vals.get(b) for b in builds]
-        records.append({"case": case, "measure": measure, **dict(zip(builds, values)),
-                        "differs": _differs(measure, values)})
-    return pd.DataFrame.from_records(records, columns=["case", "measure", *builds, "differs"])
+        per = {b: vals.get(b, []) for b in builds}
+        differs, why = judge(measure, per, min_runs)
+        records.append({"case": case, "measure": measure,
+                        **{b: spread(v) for b, v in per.items()},
+                        "differs": differs, "why": why})
+    return pd.DataFrame.from_records(records,
+                                     columns=["case", "measure", *builds, "differs", "why"])
 
 
 def highlight(df: pd.DataFrame) -> Any:
@@ -119,10 +175,12 @@ def differences(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["differs"]].reset_index(drop=True)
 
 
-def figure(case: str, measure: str, by_build: Mapping[str, list[Row]]) -> Figure:
-    """One difference: each build's run of *case*, remaining bytes over time, side by side,
-    titled with the build's value."""
-    found = {b: next((r for r in rows if r.case == case and r.measure == measure), None)
+def figure(case: str, measure: str, by_build: Mapping[str, list[Row] | list[list[Row]]]
+           ) -> Figure:
+    """One difference: each build's (first) run of *case*, remaining bytes over time, side
+    by side, titled with the build's value."""
+    found = {b: next((r for r in (_runs(rows) or [[]])[0] if r.case == case and r.measure == measure),
+                     None)
              for b, rows in by_build.items()}
     fig, axes = plt.subplots(1, len(found), figsize=(5.5 * len(found), 3.2), squeeze=False,
                              sharey=True)

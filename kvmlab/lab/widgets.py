@@ -427,7 +427,8 @@ class MirrorPanel(w.VBox):
         if info is None:
             return
         out = self._predictor.add(time.monotonic(), info.offset, info.len, ready=info.ready,
-                                  paused=info.paused, status=info.status)
+                                  paused=info.paused, status=info.status,
+                                  speed=info.speed)
         self.outlook = out
         self.numbers.value = (
             f"offset {info.offset / MIB:.1f} / len {info.len / MIB:.1f} MiB &nbsp;|&nbsp; "

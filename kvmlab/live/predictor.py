@@ -45,6 +45,8 @@ class Outlook:
     dirty_rate: float | None = None       #: bytes/s len grew over the window
     eta_s: float | None = None            #: seconds to ready at current rates (converging)
     since: float | None = None            #: when the current state began
+    eta_low_s: float | None = None        #: the ETA's honest range: READY is expected
+    eta_high_s: float | None = None       #: between these (see :class:`Predictor`)
 
     @property
     def net_rate(self) -> float | None:
@@ -56,6 +58,9 @@ class Outlook:
     def text(self) -> str:
         """One phrase for a progress line: ``ETA 12 s`` or ``will not converge: ...``."""
         if self.state == "converging" and self.eta_s is not None:
+            if self.eta_low_s is not None and self.eta_high_s is not None \
+                    and round(self.eta_high_s) > round(self.eta_low_s):
+                return f"ETA {self.eta_low_s:.0f}–{self.eta_high_s:.0f} s"
             return f"ETA {self.eta_s:.0f} s"
         if self.state == "diverging":
             return (f"will not converge at current rates (copy {_rate(self.copy_rate)}, "
@@ -90,17 +95,36 @@ class Predictor:
     :param quantize: the ETA adds this many typical gaps between steps (a rate-limited
         mirror copies in steps seconds apart, so the last bytes land a step later than a
         smooth rate says).
+    :param busy: a job hovering near zero under a speed limit is said to diverge only when
+        the guest keeps it this busy: its dirtying over :attr:`busy_window` is at least
+        this share of the limit.  READY needs a moment with nothing dirty; a guest that
+        dirties in bursts leaves the job idle between them, and one that dirties as fast
+        as the job may copy never does.  (Without a limit the hover rule alone decides.)
+    :param busy_window: seconds of dirtying that share is measured over (several bursts).
+    :param patience: waits this many times longer before "diverging" (the hover limit and
+        the confirmation): fewer, later alarms.
+    :param eta_low, eta_high: the ETA's range is [ETA x eta_low, ETA x eta_high].
 
-    The defaults were chosen on one run of the ``convergence`` sweep and measured on
-    another (``benchmarks/``).
+    The defaults were chosen on the tuning recordings in ``benchmarks/data/predictor``
+    (``benchmarks/sweeps/predictor-tuning.yaml``) and are scored on the evaluation ones,
+    cases they were never chosen on (``benchmarks/predictor.py``).
     """
 
     def __init__(self, window: float = 8.0, evidence: float = 6.0, confirm: float = 3.0,
                  hover_s: float = 2.0, progress: int = 64 * 1024, bursts: float = 2.5,
-                 quantize: float = 1.0, hover_limit: float = 10.0) -> None:
-        self.window, self.evidence, self.confirm = window, evidence, confirm
+                 quantize: float = 1.0, hover_limit: float = 10.0, busy: float = 0.9,
+                 busy_window: float = 10.0, patience: float = 1.0, eta_low: float = 0.7,
+                 eta_high: float = 1.9) -> None:
+        if patience <= 0:
+            raise ValueError(f"patience={patience!r} must be positive")
+        self.window, self.evidence = window, evidence
+        self.confirm = confirm * patience
         self.quantize = quantize
-        self.hover_limit = hover_limit
+        self.hover_limit = hover_limit * patience
+        self.busy, self.busy_window, self.patience = busy, busy_window, patience
+        self.eta_low, self.eta_high = eta_low, eta_high
+        self._lens: deque[tuple[float, int]] = deque()
+        self._speed = 0
         self._hover_t: float | None = None
         self.bursts = bursts
         self.hover_s, self.progress = hover_s, progress
@@ -115,10 +139,16 @@ class Predictor:
         self.first_seen: dict[str, float] = {}
 
     def add(self, t: float, offset: int, length: int, *, ready: bool = False,
-            paused: bool = False, status: str = "running") -> Outlook:
-        """One sample of the job; returns the outlook after it."""
+            paused: bool = False, status: str = "running", speed: int = 0) -> Outlook:
+        """One sample of the job (*speed*: its limit, bytes/s, 0 for none); returns the
+        outlook after it."""
         if self._first is None:
             self._first = t
+        self._speed = int(speed or 0)
+        lens = self._lens
+        lens.append((t, int(length)))
+        while len(lens) > 2 and t - lens[1][0] >= self.busy_window:
+            lens.popleft()
         rows = self._rows
         if rows and (length - offset) < (rows[-1][2] - rows[-1][1]):
             self._falls.append(t)
@@ -157,8 +187,23 @@ class Predictor:
         state = self._settle(state, t)
         if state == "diverging":
             eta = None
-        self.last = Outlook(t, state, remaining, copy, dirty, eta, self._since)
+        low = high = None
+        if eta is not None and state == "converging":
+            low, high = eta * self.eta_low, eta * self.eta_high
+        self.last = Outlook(t, state, remaining, copy, dirty, eta, self._since, low, high)
         return self.last
+
+    def busy_share(self, since: float | None = None) -> float | None:
+        """How busy the guest keeps the job: its dirtying over the last :attr:`busy_window`
+        seconds (from *since* at the earliest) as a share of the speed limit (None: no
+        limit, or too few samples).  During the bulk copy most writes land on bytes still
+        to copy and leave ``len`` alone, so the share is measured from the hovering's start."""
+        lens = [x for x in self._lens if since is None or x[0] >= since]
+        if not self._speed or len(lens) < 2 or lens[-1][0] - lens[0][0] <= 0:
+            return None
+        span = lens[-1][0] - lens[0][0]
+        r = rates.latest([x[0] for x in lens], [x[1] for x in lens], span)
+        return None if r is None else max(0.0, r) / self._speed
 
     def _hovering(self, t: float, remaining: int, copy: float) -> bool:
         """True once remaining has stayed near zero (within a few seconds of copying) for
@@ -166,6 +211,12 @@ class Predictor:
         if remaining > copy * self.hover_s * 4:
             self._hover_t = None
             return False
+        if self._hover_t is not None and t - self._hover_t >= self.hover_limit:
+            share = self.busy_share(since=self._hover_t)
+            if share is not None and share < self.busy:
+                # the guest leaves the job idle between its writes: READY comes in one of
+                # those moments, however long the hovering
+                return False
         if remaining <= copy * self.hover_s and self._hover_t is None:
             self._hover_t = t
         return self._hover_t is not None and t - self._hover_t >= self.hover_limit
@@ -184,6 +235,7 @@ class Predictor:
         the rates before it no evidence about after); :attr:`first_seen` is kept."""
         self._rows.clear()
         self._falls.clear()
+        self._lens.clear()
         self._hover_t = None
         self._first, self._state, self._since, self._pending = None, "unknown", None, None
 
