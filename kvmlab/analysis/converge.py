@@ -164,8 +164,9 @@ def score_runs(folder: str | Path, **kw: Any) -> pd.DataFrame:
 def accuracy_summary(table: pd.DataFrame) -> dict[str, Any]:
     """Figures over many scored runs (rows of :func:`accuracy`): for the converged ones,
     the median and worst ETA error at half-way (|relative|, signed, and s), how many had
-    no ETA yet, and in how many of those with a range READY came inside it; for the others, when the predictor said "will not converge" (median, latest) and
-    how many it never flagged (and of those, how many it still called converging when the
+    no ETA yet, and in how many of those with a range READY came inside it; for the
+    others, when the predictor said "will not converge" (median, latest) and how many it
+    never flagged (and of those, how many it still called converging when the
     run stopped waiting: slow, not stuck); and the false alarms, which must be 0."""
     conv = table[table["converged"] == True]  # noqa: E712  (a nullable column)
     div = table[table["converged"] == False]  # noqa: E712
