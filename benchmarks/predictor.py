@@ -27,7 +27,7 @@ from kvmlab.analysis import converge
 from kvmlab.batch.sweep import SweepSpec, run_sweep
 
 HERE = Path(__file__).resolve().parent
-SETS = ("tuning", "evaluation")
+SETS = ("tuning", "development", "evaluation")
 #: what a committed recording keeps of each run folder
 KEEP = ("run.json", "samples.parquet", "events.parquet", "guest_ops.parquet", "trace.parquet")
 
@@ -69,7 +69,10 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 def score(name: str, src: Path | None = None, **settings: Any) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Every run of the set scored (one row each) and the set's figures."""
-    table = converge.score_runs(src or folder(name), **settings)
+    where = src or folder(name)
+    if not any(where.rglob("run.json")):
+        raise SystemExit(f"{where}: no recorded runs (python benchmarks/predictor.py record {name})")
+    table = converge.score_runs(where, **settings)
     summary = converge.accuracy_summary(table)
     k, n = summary["eta_in_range"], summary["eta_ranged"]
     lo, hi = wilson(k, n)

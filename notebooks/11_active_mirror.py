@@ -89,7 +89,8 @@ rows = []
 for mode, r in results.items():
     v = r.verdict
     cost = v["guest_write_cost"]
-    rows.append({"run": mode, "converged": v["converged"], "time to ready (s)": v["time_to_ready_s"],
+    rows.append({"run": mode, "target": v["target"], "converged": v["converged"],
+                 "time to ready (s)": v["time_to_ready_s"],
                  "said diverging after (s)": v["diverging_after_s"],
                  "switched after (s)": v["switched_after_s"],
                  "copy (MiB/s)": (v["rates"] or {}).get("copy_mib_s"),

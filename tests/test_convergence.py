@@ -47,7 +47,7 @@ def test_write_blocking_under_the_same_pressure_is_never_called_diverging(confir
     run, pred = _replay("converge-write-blocking", confirm=confirm)
     assert converge.first_verdict(pred) is None
     assert pred["state"].iloc[-1] == "ready"
-    eta = pred.loc[pred["state"] == "converging", "eta_s"]
+    eta = pred.loc[pred["state"] == "converging", "eta_s"].dropna()   # none: near zero
     assert len(eta) and (eta >= 0).all() and eta.iloc[0] > 0
     assert run.meta["verdict"]["converged"] is True
 
@@ -151,34 +151,10 @@ def test_eta_error_at_half_way_is_the_eta_minus_the_truth() -> None:
 
 
 # -- live, on real QEMU -------------------------------------------------------------------------
-#: the pressure: a 1 MiB/s speed limit, a target taking 2 MiB/s, a guest asked for 3 MiB/s
-PRESSURE = {"speed": 1 << 20, "slow_target_bps": 2 << 20, "image_mib": 32}
 
 
-@pytest.mark.qemu
-def test_background_diverges_and_write_blocking_converges_under_the_same_pressure(
-        opts: RunOptions) -> None:
-    bg = ex.convergence_pressure(copy_mode="background", options=opts, **PRESSURE)
-    v = bg.verdict
-    assert v["pass"] and not v["converged"] and "will not converge" in v["gave_up"]
-    assert v["rates"]["dirty_mib_s"] > v["rates"]["copy_mib_s"] > 0
-    assert v["diverging_after_s"] is not None          # said before the run gave up
-    assert v["target"] == "NBD export, writes limited to 2 MiB/s"
-    wb = ex.convergence_pressure(copy_mode="write-blocking", options=opts, **PRESSURE)
-    w = wb.verdict
-    assert w["pass"] and w["converged"] and w["time_to_ready_s"] > 0
-    assert w["diverging_after_s"] is None
-    # the guest's cost, measured in the guest: every dd timed, before and during the mirror
-    cost = w["guest_write_cost"]
-    for part in ("before", "mirror"):
-        assert cost[part]["writes"] >= 3
-        assert 0 < cost[part]["latency_median_ms"] <= cost[part]["latency_p95_ms"]
-    assert w["latency_ratio"] is not None and w["p95_latency_ratio"] is not None
-    # every guest write went through the 2 MiB/s target: the guest cannot have written faster
-    assert 0 < cost["mirror"]["written_mib_s"] <= 2.0 * 1.1
-    assert w["written_ratio"] == round(cost["mirror"]["written_mib_s"]
-                                       / cost["before"]["written_mib_s"], 3)
-
+# (background against write-blocking under the same pressure onto the slow target is
+# tests/test_notebooks.py::test_active_mirror_notebook_on_qemu_7_2: the notebook runs both)
 
 
 @pytest.mark.qemu
@@ -342,6 +318,21 @@ def _held(name: str, qemu: str, kib: int, rate: float) -> object:
     raise LookupError((name, qemu, kib, rate))
 
 
+def _shares(run: object) -> list[float]:
+    """The predictor's busy share after each sample of a replayed run (where it has one)."""
+    from kvmlab.analysis.series import job_samples
+    p = converge.Predictor()
+    out = []
+    s = job_samples(run.samples)
+    for r in s[s["offset"].notna()].itertuples():
+        p.add(r.t, int(r.offset), int(r.len), ready=bool(r.ready), status=str(r.status),
+              speed=int(r.speed))
+        share = p.busy_share()
+        if share is not None and not r.ready:
+            out.append(share)
+    return out
+
+
 @pytest.mark.parametrize("qemu", ["system", "10.0"])
 def test_a_bursty_guest_under_the_limit_is_no_alarm_and_a_busy_one_is(qemu: str) -> None:
     """4 MiB at once, then 3 s of quiet (1.3 MiB/s against 2 MiB/s): the job hovers near
@@ -351,7 +342,9 @@ def test_a_bursty_guest_under_the_limit_is_no_alarm_and_a_busy_one_is(qemu: str)
     bursty = _held("tuning", qemu, 4096, 1331)
     a = converge.accuracy(bursty.samples, bursty.events)
     assert a["converged"] and a["said_diverging_s"] is None and not a["false_alarm"]
-    assert converge.accuracy(bursty.samples, bursty.events, busy=0.0)["false_alarm"]  # rule off
+    # what tells them apart: how busy the guest keeps the job over several bursts, once the
+    # bulk copy (at the limit for both) has left the long window: before READY, and at the end
+    assert _shares(bursty)[-1] < 0.9 <= _shares(_held("tuning", qemu, 256, 1536))[-1]
     busy = _held("tuning", qemu, 256, 1536)
     b = converge.accuracy(busy.samples, busy.events)
     assert not b["converged"] and b["said_diverging_s"] is not None

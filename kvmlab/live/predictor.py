@@ -95,14 +95,18 @@ class Predictor:
     :param quantize: the ETA adds this many typical gaps between steps (a rate-limited
         mirror copies in steps seconds apart, so the last bytes land a step later than a
         smooth rate says).
-    :param busy: a job hovering near zero under a speed limit is said to diverge only when
-        the guest keeps it this busy: its dirtying over :attr:`busy_window` is at least
-        this share of the limit.  READY needs a moment with nothing dirty; a guest that
-        dirties in bursts leaves the job idle between them, and one that dirties as fast
-        as the job may copy never does.  (Without a limit the hover rule alone decides.)
-    :param busy_window: seconds of dirtying that share is measured over (several bursts).
-    :param patience: waits this many times longer before "diverging" (the hover limit and
-        the confirmation): fewer, later alarms.
+    :param long_window: seconds a "will not converge" verdict is judged over: longer
+        than the short window, so that it covers several of a bursty guest's bursts
+        (stretched to 3 of its typical quiet gaps).
+    :param busy: under a speed limit, a job is said to diverge only when, over the long
+        window, it copied at this share of its limit or more and its remaining bytes did
+        not fall.  READY needs a moment with nothing dirty: a guest that writes in bursts
+        leaves the job idle between them (a share well under 1), one that dirties as fast
+        as the job may copy never does.  Without a limit: remaining that does not fall,
+        or hovering near zero for :attr:`hover_limit` seconds.
+    :param fall: "did not fall" means by less than this share of what was copied.
+    :param patience: waits this many times longer before "diverging" (the long window,
+        the hover limit and the confirmation): fewer, later alarms.
     :param eta_low, eta_high: the ETA's range is [ETA x eta_low, ETA x eta_high].
 
     The defaults were chosen on the tuning recordings in ``benchmarks/data/predictor``
@@ -113,17 +117,20 @@ class Predictor:
     def __init__(self, window: float = 8.0, evidence: float = 6.0, confirm: float = 3.0,
                  hover_s: float = 2.0, progress: int = 64 * 1024, bursts: float = 2.5,
                  quantize: float = 1.0, hover_limit: float = 10.0, busy: float = 0.9,
-                 busy_window: float = 10.0, patience: float = 1.0, eta_low: float = 0.7,
-                 eta_high: float = 1.9) -> None:
+                 long_window: float = 15.0, fall: float = 0.2, patience: float = 1.0,
+                 eta_low: float = 0.5, eta_high: float = 2.3) -> None:
         if patience <= 0:
             raise ValueError(f"patience={patience!r} must be positive")
         self.window, self.evidence = window, evidence
         self.confirm = confirm * patience
         self.quantize = quantize
         self.hover_limit = hover_limit * patience
-        self.busy, self.busy_window, self.patience = busy, busy_window, patience
+        self.busy, self.fall, self.patience = busy, fall, patience
+        self.long_window = long_window * patience
         self.eta_low, self.eta_high = eta_low, eta_high
-        self._lens: deque[tuple[float, int]] = deque()
+        self._long: deque[tuple[float, int, int]] = deque()
+        self._quiet: deque[float] = deque(maxlen=6)     #: recent gaps with len still
+        self._last_rise: float | None = None
         self._speed = 0
         self._hover_t: float | None = None
         self.bursts = bursts
@@ -145,10 +152,7 @@ class Predictor:
         if self._first is None:
             self._first = t
         self._speed = int(speed or 0)
-        lens = self._lens
-        lens.append((t, int(length)))
-        while len(lens) > 2 and t - lens[1][0] >= self.busy_window:
-            lens.popleft()
+        self._track_long(t, int(offset), int(length))
         rows = self._rows
         if rows and (length - offset) < (rows[-1][2] - rows[-1][1]):
             self._falls.append(t)
@@ -173,17 +177,17 @@ class Predictor:
             state = "unknown"
         elif offset - off0 < self.progress:
             state = "stalled"
-        elif self._hovering(t, remaining, copy):
-            # near zero and not READY for hover_limit: the guest re-dirties what each
-            # rate-limited pass copies, so the READY that looks a moment away never comes
+        elif self._will_not_finish(t, remaining, copy):
+            # the guest keeps the job copying at its limit and the backlog does not fall:
+            # whatever it copies is dirtied again, so READY never comes
             state = "diverging"
-        elif copy - dirty > 0:
+        elif remaining > 0 and copy - dirty > 0:
             state = "converging"
             eta = remaining / (copy - dirty) + (self._step_gap() if remaining else 0.0)
-        elif remaining <= copy * self.hover_s:
-            state = "converging"       # hovering near zero: READY is a moment away
+        elif remaining > copy * self.hover_s:
+            state = "diverging"        # a backlog of seconds of copying, and it grows
         else:
-            state = "diverging"
+            state = "converging"       # near zero, or idle between bursts: READY comes
         state = self._settle(state, t)
         if state == "diverging":
             eta = None
@@ -193,33 +197,58 @@ class Predictor:
         self.last = Outlook(t, state, remaining, copy, dirty, eta, self._since, low, high)
         return self.last
 
-    def busy_share(self, since: float | None = None) -> float | None:
-        """How busy the guest keeps the job: its dirtying over the last :attr:`busy_window`
-        seconds (from *since* at the earliest) as a share of the speed limit (None: no
-        limit, or too few samples).  During the bulk copy most writes land on bytes still
-        to copy and leave ``len`` alone, so the share is measured from the hovering's start."""
-        lens = [x for x in self._lens if since is None or x[0] >= since]
-        if not self._speed or len(lens) < 2 or lens[-1][0] - lens[0][0] <= 0:
-            return None
-        span = lens[-1][0] - lens[0][0]
-        r = rates.latest([x[0] for x in lens], [x[1] for x in lens], span)
-        return None if r is None else max(0.0, r) / self._speed
+    def _track_long(self, t: float, offset: int, length: int) -> None:
+        """Keep the samples of the long window, and the guest's quiet gaps (len still)."""
+        rows = self._long
+        if rows and length > rows[-1][2]:
+            if self._last_rise is not None and t - self._last_rise > 0:
+                self._quiet.append(t - self._last_rise)
+            self._last_rise = t
+        rows.append((t, offset, length))
+        span = self._long_span()
+        while len(rows) > 2 and t - rows[1][0] >= span:
+            rows.popleft()
 
-    def _hovering(self, t: float, remaining: int, copy: float) -> bool:
-        """True once remaining has stayed near zero (within a few seconds of copying) for
-        :attr:`hover_limit` seconds without READY."""
-        if remaining > copy * self.hover_s * 4:
+    def _long_span(self) -> float:
+        """The long window, stretched to 3 of the guest's typical quiet gaps (the median of
+        the last few: one long gap, as the bulk copy's end, is no burst period)."""
+        gaps = sorted(self._quiet)
+        typical = gaps[len(gaps) // 2] if gaps else 0.0
+        return max(self.long_window, 3 * self.patience * typical)
+
+    def busy_share(self) -> float | None:
+        """How busy the job was over the long window: bytes copied per second as a share of
+        its speed limit (None: no limit, or the window is not yet full)."""
+        rows = self._long
+        if not self._speed or len(rows) < 2:
+            return None
+        span = rows[-1][0] - rows[0][0]
+        if span < self._long_span() * 0.95:
+            return None
+        return max(0.0, (rows[-1][1] - rows[0][1]) / span) / self._speed
+
+    def _will_not_finish(self, t: float, remaining: int, copy: float) -> bool:
+        """Over the long window the backlog did not fall, and the job copied at its limit
+        (under a speed limit) or, without one, it hovered near zero for the hover limit."""
+        rows = self._long
+        span = rows[-1][0] - rows[0][0] if len(rows) >= 2 else 0.0
+        if span < self._long_span() * 0.95:
+            return False
+        copied = rows[-1][1] - rows[0][1]
+        fell = (rows[0][2] - rows[0][1]) - (rows[-1][2] - rows[-1][1])
+        if fell > self.fall * copied:
             self._hover_t = None
             return False
-        if self._hover_t is not None and t - self._hover_t >= self.hover_limit:
-            share = self.busy_share(since=self._hover_t)
-            if share is not None and share < self.busy:
-                # the guest leaves the job idle between its writes: READY comes in one of
-                # those moments, however long the hovering
-                return False
-        if remaining <= copy * self.hover_s and self._hover_t is None:
+        share = self.busy_share()
+        if share is not None:
+            return share >= self.busy
+        # no limit: a backlog that stays large, or one near zero that never reaches READY
+        if remaining > copy * self.hover_s:
+            self._hover_t = None
+            return True
+        if self._hover_t is None:
             self._hover_t = t
-        return self._hover_t is not None and t - self._hover_t >= self.hover_limit
+        return t - self._hover_t >= self.hover_limit
 
     def _step_gap(self) -> float:
         """A rate-limited mirror copies in steps seconds apart; the last step comes one
@@ -235,7 +264,9 @@ class Predictor:
         the rates before it no evidence about after); :attr:`first_seen` is kept."""
         self._rows.clear()
         self._falls.clear()
-        self._lens.clear()
+        self._long.clear()
+        self._quiet.clear()
+        self._last_rise = None
         self._hover_t = None
         self._first, self._state, self._since, self._pending = None, "unknown", None, None
 
