@@ -71,7 +71,7 @@ for b in chosen:
 # %%
 if runs < 1:
     raise ValueError(f"runs={runs} must be at least 1")
-by_build: dict[str, list] = {b.name: [] for b in chosen}
+by_build: dict[str, list[list[compare.Row]]] = {b.name: [] for b in chosen}
 for k in range(runs):                  # the builds take turns, so drift hits both alike
     for b in chosen:
         print(f"== QEMU {b.name} ({b.version}), run {k + 1} of {runs}")

@@ -24,7 +24,9 @@ def test_benchmarks_smoke(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "results.json").read_text())
     b = data["benchmarks"]
     assert set(b) == {"sample_cost", "recording_overhead", "throughput", "end_to_end", "sweep",
-                      "live_plot", "qemu_builds", "trace", "convergence", "seed", "memory"}
+                      "live_plot", "qemu_builds", "trace", "convergence", "seed", "memory",
+                      "predictor"}
+    assert b["predictor"]["tuning"]["runs"] == 16
     mem = b["memory"]
     assert mem["rows"] == 18000 and mem["all_rows_kept_rss_growth_mb"] > 0
     assert b["qemu_builds"]["all_passed"] is True and b["qemu_builds"]["ratio_watch_cpu"] > 0
@@ -36,9 +38,9 @@ def test_benchmarks_smoke(tmp_path: Path) -> None:
     assert b["sample_cost"]["virsh_wall_s"] > 0 and b["sample_cost"]["qmp_wall_s"] > 0
     assert b["throughput"]["qemu_img_convert_s"] > 0
     assert b["end_to_end"]["all_passed"] is True
-    assert b["sweep"]["wall_1_workers_s"] > 0
+    assert b["sweep"]["wall_2_workers_s"] > 0
     c = b["convergence"]
-    assert c["runs"] == c["sweep_points"] == 2 and c["converged"] + c["diverged"] == 2
+    assert c["runs"] == c["sweep_points"] == 1 and c["converged"] + c["diverged"] == 1
     # (at smoke size the write-blocking job may hold every guest write: writes can be None)
     assert {c["slow_target_background"]["converged"],
             c["slow_target_write-blocking"]["converged"]} <= {True, False}
