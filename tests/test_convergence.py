@@ -278,6 +278,12 @@ def test_an_alarm_counts_against_the_conditions_in_force_when_it_was_made() -> N
     unchanged = ev[ev["name"] != marks.SET_SPEED]           # as if nobody had touched it
     b = converge.accuracy(s, unchanged)
     assert b["false_alarm"] and b["excused_alarms"] == 0
+    # the guest changing its own write rate between the alarm and READY excuses it too
+    guest = unchanged.copy()
+    guest.loc[len(guest)] = {**{c: None for c in guest.columns}, "t": raised,
+                             "name": marks.GUEST_RATE_CHANGE, "source": "guest"}
+    g = converge.accuracy(s, guest)
+    assert not g["false_alarm"] and g["excused_alarms"] == 1
     later = ev.copy()                                        # the change came before the alarm
     later.loc[later["name"] == marks.SET_SPEED, "t"] = float(s["t"].iloc[0]) + 0.5
     assert converge.accuracy(s, later)["false_alarm"]
