@@ -681,8 +681,9 @@ def bench_convergence(tmp: Path, smoke: bool) -> dict[str, Any]:
     from kvmlab.batch.sweep import SweepSpec, run_sweep
     spec = SweepSpec.from_yaml(ROOT / "notebooks" / "sweeps" / "convergence.yaml")
     if smoke:        # one point (the mode that converges at once), one slow-target pair
-        spec.grid.update({"speed": [1048576], "workload_rate_kib_s": [3072], "qemu": ["system"],
-                          "modes": ["write-blocking"]})
+        spec.grid = {}
+        spec.points = [{"speed": 1048576, "workload_rate_kib_s": 3072, "qemu": "system",
+                        "modes": "write-blocking"}]
         spec.params.update({"fill_mib": 4, "ready_timeout": 10.0, "stall_timeout": 8.0,
                             "baseline_s": 1.0})
     t0 = time.monotonic()
@@ -698,8 +699,8 @@ def bench_convergence(tmp: Path, smoke: bool) -> dict[str, Any]:
     for mode in ("background", "write-blocking"):
         v = ex.convergence_pressure(copy_mode=mode, speed=1 << 20, slow_target_bps=2 << 20,
                                     image_mib=16 if smoke else 32, give_up_when=None,
-                                    ready_timeout=5 if smoke else 30,
-                                    baseline_s=0.5 if smoke else 3.0,
+                                    ready_timeout=8 if smoke else 30,
+                                    baseline_s=1.0 if smoke else 3.0,
                                     options=RunOptions(runs_dir=tmp / "runs")).verdict
         cost[mode] = v["guest_write_cost"]["mirror"] or {}
         out[f"slow_target_{mode}"] = {
