@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
@@ -26,6 +27,12 @@ import pytest
 from kvmlab import paths
 from kvmlab.experiments.options import RunOptions
 from kvmlab.guest.build import Guest, build_guest
+
+# A suite started in the background of a shell without job control inherits SIGINT ignored,
+# and so would every kvmlab the tests start: their Ctrl-C tests would then see no Ctrl-C.
+# Python's own handler here is reset to the default in each child at exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Every process this test session (each pytest-xdist worker is one) starts inherits this
 # token in its environment, so the leak check sees this session's QEMUs (even orphaned
