@@ -374,3 +374,16 @@ def test_the_eta_range_is_scored_at_half_way() -> None:
     table = pd.DataFrame([a, converge.accuracy(run.samples, run.events, eta_high=0.2)])
     summary = converge.accuracy_summary(table)
     assert (summary["eta_ranged"], summary["eta_in_range"]) == (2, 1)
+
+
+def test_a_guest_rate_change_is_on_the_kernel_line_and_checked() -> None:
+    from kvmlab.guest.workload import Workload
+    w = Workload(dd_kib=256, rate_kib_s=512, then_rate_kib_s=2048, change_after_s=15)
+    args = w.kernel_args()
+    assert "kvmlab.pause_ms=500" in args and "kvmlab.then_pause_ms=125" in args
+    assert "kvmlab.change_after_s=15" in args
+    assert not any("then_pause" in a for a in Workload(dd_kib=256).kernel_args())
+    with pytest.raises(BadInput, match="go together"):
+        Workload(then_rate_kib_s=2048)
+    with pytest.raises(BadInput, match="finite, non-negative"):
+        Workload(then_rate_kib_s=float("inf"), change_after_s=5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -44,7 +45,10 @@ class Workload:
                 raise BadInput(f"workload {name}={v!r} must be a non-negative integer")
         if not self.rate_kib_s or self.rate_kib_s <= 0:
             raise BadInput(f"workload rate_kib_s={self.rate_kib_s!r} must be positive")
-        if self.then_rate_kib_s < 0 or (self.then_rate_kib_s > 0) != (self.change_after_s > 0):
+        if not math.isfinite(self.then_rate_kib_s) or self.then_rate_kib_s < 0:
+            raise BadInput(f"workload then_rate_kib_s={self.then_rate_kib_s!r} must be a "
+                           "finite, non-negative rate (KiB/s)")
+        if (self.then_rate_kib_s > 0) != (self.change_after_s > 0):
             raise BadInput(f"workload then_rate_kib_s={self.then_rate_kib_s!r} and "
                            f"change_after_s={self.change_after_s!r} go together: both > 0 "
                            "for a rate change, both 0 for none")
