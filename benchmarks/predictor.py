@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ import pandas as pd
 
 from kvmlab.analysis import converge
 from kvmlab.batch.sweep import SweepSpec, run_sweep
+from kvmlab.counts import wilson
 
 HERE = Path(__file__).resolve().parent
 SETS = ("tuning", "development", "evaluation")
@@ -54,17 +54,6 @@ def record(name: str, workers: int = 2, out: Path | None = None) -> Path:
                 shutil.copy2(rj.parent / f, target / f)
     shutil.rmtree(work)
     return dest
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The 95 % Wilson interval of a proportion k/n."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, c - h), min(1.0, c + h))
 
 
 def score(name: str, src: Path | None = None, **settings: Any) -> tuple[pd.DataFrame, dict[str, Any]]:

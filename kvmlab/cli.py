@@ -352,7 +352,7 @@ def report_cmd(inputs: tuple[Path, ...], out: Path, pdf: Path | None, title: str
 @click.option("--size", type=click.Choice(["full", "small"]), default="full",
               show_default=True, help="Guest disk sizes (small: a quick check).")
 @click.option("--only", default=None, metavar="CASE,...",
-              help="Only these cases of the suite (E1, E2 stop, ..., C2/3 pause).")
+              help="Only these cases of the suite (E1, E2 stop, ..., C2/3 none).")
 @click.option("--accel", default="auto", show_default=True,
               help="auto (KVM if a guest really boots under it, else TCG), kvm or tcg.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,

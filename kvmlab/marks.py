@@ -27,6 +27,7 @@ RESUME: Final = "resume"
 SET_SPEED: Final = "set_speed"
 STOP: Final = "stop"                        #: the VM's vCPUs stopped (HMP ``stop``)
 CONT: Final = "cont"
+GUEST_SYNC: Final = "guest_sync"            #: the guest agent ran ``sync`` in the guest
 RESUME_AFTER_ERROR: Final = "resume_after_error"
 REMIRROR: Final = "remirror"                #: a new mirror onto the target after a failure
 GROW_TMPFS: Final = "grow_tmpfs"

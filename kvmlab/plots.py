@@ -599,27 +599,46 @@ def convergence_map(frame: pd.DataFrame, x: str, y: str, *, ax: Axes | None = No
     return fig
 
 
-#: the consistency study's rates drawn, and their legend names
-CONSISTENCY_RATES = {"synced_ops_rate": "synced ops present", "fs_clean_rate": "e2fsck clean",
-                     "quiesced_rate": "no journal recovery needed"}
+#: the consistency study's per-copy shares drawn, and their legend names
+CONSISTENCY_RATES = {"promises_kept": "synced ops intact, clean after replay",
+                     "point_in_time": "every finished op intact (point-in-time)",
+                     "needs_replay": "journal to replay"}
+#: the states of the operations that were only written, and their colours
+WRITTEN_STATES = {"intact": "tab:green", "empty": "tab:orange", "missing": "tab:red",
+                  "torn": "tab:purple"}
 
 
-def consistency_rates(rates: pd.DataFrame, ax: Axes | None = None,
-                      title: str = "Copy consistency by cut strategy") -> Figure:
-    """The consistency study's rates (:func:`kvmlab.experiments.consistency.rates`): a
-    group of bars per strategy and cache mode."""
-    fig, ax = _axes(ax, figsize=(9, 3.5))
-    labels = rates.strategy + " / " + rates.cache
-    x = np.arange(len(rates))
+def consistency(trials: pd.DataFrame, title: str = "What copies cut from a live VM hold"
+                ) -> Figure:
+    """The consistency study (:mod:`kvmlab.experiments.consistency`): left, per cut and
+    cache mode the share of copies that kept the guest's promises, were point-in-time and
+    needed a journal replay (with 95 % intervals); right, per cut what the copies held of
+    the operations that were only written, not synced."""
+    from kvmlab.experiments.consistency import counts, rates
+    table, ops = rates(trials), counts(trials)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.8), width_ratios=(2, 1))
+    x = np.arange(len(table))
     width = 0.8 / len(CONSISTENCY_RATES)
     for i, (col, name) in enumerate(CONSISTENCY_RATES.items()):
-        ax.bar(x + i * width, rates[col].astype(float), width=width, label=name)
-    ax.set_xticks(x + width, labels, rotation=20)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("share of trials")
-    ax.legend(fontsize=8)
+        rate = table[f"{col}_rate"].astype(float)
+        err = np.vstack([rate - table[f"{col}_low"], table[f"{col}_high"] - rate]).clip(0)
+        ax.bar(x + i * width, rate, width=width, label=name, yerr=err, capsize=2)
+    ax.set_xticks(x + width, table.cut + "\n" + table.cache, fontsize=8)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("share of copies")
+    ax.legend(fontsize=7, loc="lower left")
     ax.grid(alpha=0.3, axis="y")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
+    written = ops[ops["class"] == "written"].groupby("cut", sort=False)[
+        list(WRITTEN_STATES)].sum()
+    bottom = np.zeros(len(written))
+    for state, colour in WRITTEN_STATES.items():
+        bx.bar(written.index, written[state], bottom=bottom, color=colour, label=state)
+        bottom += written[state].to_numpy()
+    bx.set_ylabel("operations only written")
+    bx.set_title("Unsynced writes in the copy", fontsize=10)
+    bx.legend(fontsize=7)
+    bx.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
     return fig
 

@@ -30,8 +30,10 @@ from kvmlab.report.document import check_output, make_labnote
 
 SEED_NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "08_seed_summary.ipynb"
 #: image sizes: "full" as the notebooks' defaults, "small" for a quick check (make test)
-SIZES: dict[str, dict[str, int]] = {"full": {"image_mib": 48, "fill_mib": 8},
-                                    "small": {"image_mib": 32, "fill_mib": 4}}
+SIZES: dict[str, dict[str, int]] = {
+    "full": {"image_mib": 48, "fill_mib": 8, "trials": 10, "repeats": 5},
+    # a quick check: fewer consistency copies per cell and E7 repetitions
+    "small": {"image_mib": 32, "fill_mib": 4, "trials": 3, "repeats": 3}}
 
 
 def check_builds(qemu: str | Iterable[str]) -> list[str]:
@@ -118,8 +120,12 @@ def run_seed(qemu: str | Iterable[str] = builds.SYSTEM, out: str | Path | None =
     say(f"ran in {wall:.0f} s; writing the lab note")
     note = folder / "labnote.html"
     judgements = make_labnote(folder, note, names, pdf=pdf_out, say=say)
+    seed_claims = [j for j in judgements if not j.claim.own]
+    own = [j for j in judgements if j.claim.own]
     for n in names:
-        t = labnote.tally(judgements, n)
-        say(f"QEMU {n}: {t['agree']} of the seed's claims agree, {t['disagree']} disagree, "
-            f"{t['not shown']} not shown, {t['not reproduced']} not reproduced")
+        t, q = labnote.tally(seed_claims, n), labnote.tally(own, n)
+        say(f"QEMU {n}: {t['agree']} of the seed's {len(seed_claims)} claims agree, "
+            f"{t['disagree']} disagree, {t['not shown']} not shown, {t['not reproduced']} not "
+            f"reproduced" + (f"; kvmlab's own questions: {q['agree']} of {len(own)} hold, "
+                             f"{q['disagree']} do not, {q['not shown']} not shown" if own else ""))
     return SeedResult(folder, note, pdf_out, judgements, failed, wall)

@@ -20,8 +20,8 @@
 # NFS server (nfs-ganesha on loopback) stopped for 3 s mid-mirror.
 #
 # `kvmlab seed` runs this notebook once per case and QEMU build (the cases include E2 frozen,
-# E4 running and the consistency study, `C2/3 <strategy>`) and writes the lab note: each of the
-# seed's claims beside what was measured, agree or disagree.
+# E4 running and the consistency study, `C2/3 <cache mode>`) and writes the lab note: each of the
+# seed's claims beside what was measured, agree or disagree, then kvmlab's own questions.
 
 # %% tags=["parameters"]
 # Parameters (papermill injects overrides below this cell); defaults as in the experiment
@@ -30,6 +30,8 @@ from typing import Optional
 experiments: str = "E1,E2 stop,E3,E4 paused,E5,E6,E7"  # from kvmlab.lab.suites.SEED_SUITE, comma-separated
 image_mib: int = 48
 fill_mib: int = 8
+trials: int = 10                    # the consistency study: copies per cut and cache mode
+repeats: int = 5                    # E7: each mirror variant this many times
 sample_interval: float = 0.1        # seconds between query-block-jobs samples
 cache: str = "none"                 # the seed's cache mode
 accel: str = "auto"                 # auto: KVM only if a guest really boots under it, else TCG

@@ -41,12 +41,16 @@ def test_guest_agent_freezes_and_thaws(scratch: Path) -> None:
 
 
 def test_consistency_bad_input(opts: RunOptions) -> None:
-    with pytest.raises(BadInput, match="strategy"):
-        consistency_study(strategies=["hope"], options=opts)
+    with pytest.raises(BadInput, match="cut 'hope'"):
+        consistency_study(cuts=["hope"], options=opts)
     with pytest.raises(BadInput, match="cache mode"):
         consistency_study(cache_modes=["fast"], options=opts)
     with pytest.raises(BadInput, match="trials"):
         consistency_study(trials=0, options=opts)
+    with pytest.raises(BadInput, match="each cut and each cache mode once"):
+        consistency_study(cuts=["stop", "stop"], options=opts)
+    with pytest.raises(BadInput, match="blocks"):
+        consistency_study(blocks=0, options=opts)
     assert opts.runs_dir is not None and list(opts.runs_dir.iterdir()) == []
 
 
@@ -56,15 +60,24 @@ def test_consistency_notebook(tmp_path: Path) -> None:
                        out=tmp_path / "cs")
     (run_dir,) = [p.parent for p in out.rglob("run.json")]
     trials = pd.read_csv(run_dir / "trials.csv")
-    assert len(trials) == 3 and set(trials.strategy) == {"nothing", "pause", "fsfreeze"}
-    assert trials.synced_ops_present.all()              # the seed's conclusion 2
-    frz = trials[trials.strategy == "fsfreeze"]
-    assert (frz.fs_clean & ~frz.needs_recovery).all() and (frz.frozen_filesystems == 1).all()
-    live = trials[trials.strategy != "fsfreeze"]
-    assert live.needs_recovery.all()                    # cut with a live journal
+    assert len(trials) == 4 and set(trials.cut) == {"nothing", "stop", "sync_stop", "fsfreeze"}
+    # what the guest synced is in every copy, whole, and every copy replays clean
+    assert (trials.synced_n > 0).all() and (trials.synced_n == trials.synced_intact).all()
+    assert (trials.flushed_n == trials.flushed_intact).all() and trials.fs_clean.all()
+    # a frozen guest leaves no journal to replay; a live or paused one does
+    frz = trials[trials.cut == "fsfreeze"]
+    assert (~frz.needs_recovery).all() and (frz.frozen_filesystems == 1).all()
+    assert trials[trials.cut != "fsfreeze"].needs_recovery.all()
+    # every operation confirmed before a cut is counted in one class and one state
+    for cls in ("synced", "flushed", "written", "in_flight"):
+        states = sum(trials[f"{cls}_{s}"] for s in ("intact", "torn", "empty", "missing"))
+        assert (states == trials[f"{cls}_n"]).all()
+    counts = pd.read_csv(run_dir / "counts.csv")
+    assert set(counts["class"]) == {"synced", "flushed", "written", "in_flight"}
     rates = pd.read_csv(run_dir / "rates.csv")
-    assert set(rates.columns) >= {"strategy", "cache", "consistent_rate", "quiesced_rate"}
+    assert set(rates.columns) >= {"cut", "cache", "point_in_time", "point_in_time_low"}
     html = (out / "10_consistency.html").read_text()
-    assert "Conclusion 2 (cache=none: what the guest wrote reaches the copy): agrees" in html
-    assert "Conclusion 3 (without pausing, no guarantee of a consistent copy): agrees" in html
+    assert "Conclusion 2 (cache=none: what the guest wrote reaches the copy): " in html
+    assert "kvmlab&#x27;s question - Guest-agent fsfreeze? holds" in html or \
+        "kvmlab's question - Guest-agent fsfreeze? holds" in html
     assert (run_dir / "consistency.png").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from kvmlab import experiments as ex
@@ -81,9 +82,18 @@ def test_e6_bad_input_creates_nothing(opts: RunOptions) -> None:
 
 
 def test_e7_shallow_mirror_copies_least(opts: RunOptions) -> None:
-    r = ex.shallow_existing(image_mib=48, base_fill_mib=16, pre_writes=3, options=opts)
+    r = ex.shallow_existing(image_mib=48, base_fill_mib=16, pre_writes=3, repeats=2,
+                            options=opts)
     v = r.verdict
     assert r.passed, v
     assert v["seed_claim_least_data"]
     assert v["bytes_ratio_full_over_shallow"] > 1.5
     assert v["full_bytes_copied"] >= 16 * 1024 * 1024 > v["shallow_bytes_copied"]
+    # the control: sync=top onto a new overlay copies the top layer too, about as -n does
+    assert v["top_bytes_copied"] < 16 * 1024 * 1024
+    variants = pd.read_csv(r.run_path / "variants.csv")
+    assert len(variants) == 6 and set(variants.variant) == {"-n", "top", "full"}
+    assert v["time_ratio_full_over_shallow_min"] <= v["time_ratio_full_over_shallow"] \
+        <= v["time_ratio_full_over_shallow_max"]
+    with pytest.raises(BadInput, match="repeats"):
+        ex.shallow_existing(repeats=0, options=opts)

@@ -14,14 +14,14 @@ E5     :func:`double_pivot`        two pivots in a row
 E6     :func:`remove_source`       the old image can be moved/deleted after a pivot
 E7     :func:`shallow_existing`    ``-n`` mirror onto an overlay of the same base
 --     :func:`target_fault`        NBD suspend/down, EIO, ENOSPC, throttle on the target
-C2/3   :func:`consistency_study`   copy consistency: nothing vs pause vs fsfreeze
+C2/3   :func:`consistency_study`   what a live copy holds: nothing/stop/sync+stop/freeze
 C3     :func:`convergence_pressure` a guest outpacing the copy: background vs active mode
 =====  ==========================  ===============================================
 """
 
 from kvmlab.experiments.commit_stopped import commit_stopped
 from kvmlab.experiments.common import ExperimentResult, LabRun, verify_image
-from kvmlab.experiments.consistency import STRATEGIES, consistency_study
+from kvmlab.experiments.consistency import CUTS, consistency_study
 from kvmlab.experiments.convergence import convergence_pressure
 from kvmlab.experiments.mirror_basic import mirror_basic
 from kvmlab.experiments.nfs_outage import mirror_nfs_outage
@@ -45,4 +45,4 @@ SEED_CONCLUSIONS = {
 __all__ = ["ExperimentResult", "LabRun", "verify_image", "mirror_basic", "mirror_nfs_outage",
            "commit_stopped",
            "pivot", "double_pivot", "remove_source", "shallow_existing", "SEED_CONCLUSIONS",
-           "target_fault", "FAULTS", "consistency_study", "STRATEGIES", "convergence_pressure"]
+           "target_fault", "FAULTS", "consistency_study", "CUTS", "convergence_pressure"]

@@ -17,7 +17,7 @@ now() { cut -d' ' -f1 /proc/uptime; }
 halt_now() { sync; umount /mnt 2>/dev/null; poweroff -f; }
 
 # Parameters: kvmlab.key=value -> P_key
-P_mode=idle; P_qga=0; P_dd_kib=1024; P_pause_ms=500; P_rounds=0; P_duration_s=0; P_max_files=0; P_then_pause_ms=0; P_change_after_s=0; P_dev=/dev/vda
+P_mode=idle; P_qga=0; P_dd_kib=1024; P_pause_ms=500; P_rounds=0; P_duration_s=0; P_max_files=0; P_then_pause_ms=0; P_change_after_s=0; P_style=seed; P_blocks=4; P_dev=/dev/vda
 for x in $(cat /proc/cmdline); do
   case "$x" in
     kvmlab.*=*) k=${x#kvmlab.}; k=${k%%=*}; v=${x#*=}
@@ -114,6 +114,34 @@ workload() {
   say workload_done t=$(now) rounds=$((i-1))
 }
 
+# consistency: operation N writes /c/oN, P_blocks blocks of 4 KiB, each naming the
+# operation and the block (so the host tells an intact file from a torn or an empty one).
+# Odd operations are synced (the file's fsync returned before the op line); even ones
+# are only written (the write returned; the data sits in the guest's page cache).
+blocks_of() {
+  k=0
+  while [ $k -lt "$P_blocks" ]; do printf '%-4095s\n' "kvmlab op $1 block $k"; k=$((k+1)); done
+}
+consistency() {
+  mkdir -p /mnt/c && sync
+  pause=$(awk "BEGIN{printf \"%.3f\", $P_pause_ms/1000}")
+  i=0
+  say workload_start t=$(now) style=consistency blocks=$P_blocks pause_ms=$P_pause_ms
+  while :; do
+    i=$((i+1))
+    [ "$P_rounds" -gt 0 ] && [ $i -gt "$P_rounds" ] && break
+    if [ $((i % 2)) -eq 1 ]; then cls=synced; else cls=written; fi
+    say begin op=write path=/c/o$i n=$i cls=$cls t=$(now)
+    blocks_of $i > /mnt/c/o$i || continue
+    if [ $cls = synced ]; then
+      dd if=/dev/null of=/mnt/c/o$i conv=notrunc,fsync 2>/dev/null || continue
+    fi
+    say op=write path=/c/o$i n=$i cls=$cls t=$(now)
+    sleep "$pause"
+  done
+  say workload_done t=$(now) rounds=$((i-1))
+}
+
 verify() {
   mf=/sys/firmware/qemu_fw_cfg/by_name/opt/kvmlab/manifest/raw
   if [ ! -r "$mf" ]; then say verdict=fail checked=0 bad=1 reason=no-manifest; halt_now; fi
@@ -144,7 +172,8 @@ verify() {
 }
 
 case "$P_mode" in
-  workload) workload; while :; do sleep 3600; done;;
+  workload) if [ "$P_style" = consistency ]; then consistency; else workload; fi
+            while :; do sleep 3600; done;;
   verify) verify;;
   *) while :; do sleep 3600; done;;
 esac

@@ -14,10 +14,16 @@ from kvmlab.errors import BadInput
 
 @dataclass(frozen=True)
 class Workload:
-    """The seed's guest file operations, at a set size and rate.
+    """The guest's file operations, at a set size and rate.
 
-    Each round: touch ``/wl/fN``, mkdir ``/wl/dN``, dd ``dd_kib`` KiB of random
-    data into ``/wl/wN.bin`` (fsync), rmdir ``/wl/d(N-1)``, then pause.
+    Style ``seed`` (the seed's operations), each round: touch ``/wl/fN``, mkdir
+    ``/wl/dN``, dd ``dd_kib`` KiB of random data into ``/wl/wN.bin`` (fsync), rmdir
+    ``/wl/d(N-1)``, then pause.  Every operation is synced before it is reported.
+
+    Style ``consistency`` (what a copy holds of writes in each state): operation N writes
+    ``/c/oN``, :attr:`blocks` blocks of 4 KiB whose content names the operation and the
+    block (:func:`block_content`); odd operations are synced (the file's fsync returned),
+    even ones only written (the data is in the guest's page cache), then pause.
 
     :ivar dd_kib: size of each dd write (KiB); 0 for no data writes.
     :ivar rate_kib_s: target average write rate (KiB/s) -> the pause between rounds.
@@ -28,6 +34,8 @@ class Workload:
         average rate changes to this (same write size, another pause); the guest says
         ``rate_change`` on its console when it does.
     :ivar change_after_s: seconds from the workload's start to that change.
+    :ivar style: ``seed`` or ``consistency`` (see above).
+    :ivar blocks: 4 KiB blocks per file in the ``consistency`` style.
     """
 
     dd_kib: int = 1024
@@ -37,8 +45,15 @@ class Workload:
     max_files: int = 0
     then_rate_kib_s: float = 0.0
     change_after_s: int = 0
+    style: str = "seed"
+    blocks: int = 4
 
     def __post_init__(self) -> None:
+        if self.style not in STYLES:
+            raise BadInput(f"workload style={self.style!r} is not one of {', '.join(STYLES)}")
+        if isinstance(self.blocks, bool) or not isinstance(self.blocks, int) \
+                or not 1 <= self.blocks <= 256:
+            raise BadInput(f"workload blocks={self.blocks!r} must be an integer from 1 to 256")
         for name in ("dd_kib", "rounds", "duration_s", "max_files", "change_after_s"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -57,17 +72,47 @@ class Workload:
     def pause_ms(self) -> int:
         return self._pause(self.rate_kib_s)
 
+    @property
+    def write_kib(self) -> int:
+        """KiB written per round (or per operation in the ``consistency`` style)."""
+        return self.blocks * BLOCK // 1024 if self.style == "consistency" else self.dd_kib
+
     def _pause(self, rate_kib_s: float) -> int:
-        return int(round(self.dd_kib / rate_kib_s * 1000)) if self.dd_kib else 200
+        return int(round(self.write_kib / rate_kib_s * 1000)) if self.write_kib else 200
 
     def kernel_args(self) -> list[str]:
         args = [f"kvmlab.dd_kib={self.dd_kib}", f"kvmlab.pause_ms={self.pause_ms}",
                 f"kvmlab.rounds={self.rounds}", f"kvmlab.duration_s={self.duration_s}",
                 f"kvmlab.max_files={self.max_files}"]
+        if self.style != "seed":
+            args += [f"kvmlab.style={self.style}", f"kvmlab.blocks={self.blocks}"]
         if self.change_after_s:
             args += [f"kvmlab.then_pause_ms={self._pause(self.then_rate_kib_s)}",
                      f"kvmlab.change_after_s={self.change_after_s}"]
         return args
+
+
+STYLES = ("seed", "consistency")
+#: the block size of the ``consistency`` style's files
+BLOCK = 4096
+
+
+def block_content(op: int, block: int) -> bytes:
+    """What block *block* of operation *op*'s file holds (``init.sh``'s ``blocks_of``):
+    a line naming both, padded with spaces to 4 KiB."""
+    return f"kvmlab op {op} block {block}".ljust(BLOCK - 1).encode() + b"\n"
+
+
+def file_state(data: bytes | None, op: int, blocks: int) -> str:
+    """What a copy holds of operation *op*'s file: ``missing`` (no such file), ``empty``
+    (the name, no data: the data was never written back), ``intact`` (every block as
+    written) or ``torn`` (anything else: some blocks old, zero or absent)."""
+    if data is None:
+        return "missing"
+    if not data:
+        return "empty"
+    want = b"".join(block_content(op, k) for k in range(blocks))
+    return "intact" if data == want else "torn"
 
 
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]+$")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from kvmlab.guest.workload import Manifest
 from kvmlab.qemu import builds
 
 FORMATS = ("qcow2", "raw")
+#: e2fsck's last line: "<label>: 11/8192 files (0.0% non-contiguous), 6938/32768 blocks"
+_FSCK_SUMMARY = re.compile(r"^\S*: \d+/\d+ files ")
 
 
 @dataclass(frozen=True)
@@ -167,3 +170,56 @@ def fsck(path: str | Path) -> dict[str, Any]:
                 and "skipping journal recovery" not in ln]
     return {"fsck_rc": rc, "clean": rc == 0, "needs_recovery": "needs_recovery" in features,
             "problems": problems[:20]}
+
+
+def check_replayed(path: str | Path, scratch: str | Path, files: Sequence[str]) -> dict[str, Any]:
+    """What a guest would find in the raw ext4 image *path* after its next mount.
+
+    Three steps, none of which changes *path*: the journal's state as cut (ext4's
+    ``needs_recovery`` flag); then, on a scratch copy in the folder *scratch*, the journal
+    replayed (``e2fsck -E journal_only``, as a mount would) and the file system checked
+    (``e2fsck -fn``); then the content of each of *files* (absolute guest paths) read from
+    the replayed copy with debugfs (no mount).  Returns ``needs_recovery``, ``fsck_rc``,
+    ``clean`` (after replay), ``problems`` and ``files`` (path -> bytes, None if absent).
+    """
+    path, scratch = Path(path), Path(scratch)
+    if not path.is_file():
+        raise BadInput(f"image {path} does not exist")
+    for f in files:
+        Manifest._check(f)
+    _rc, head, _err = _proc.run_rc(["dumpe2fs", "-h", str(path)], timeout=60)
+    needs_recovery = any(ln.startswith("Filesystem features:") and "needs_recovery" in ln
+                         for ln in head.splitlines())
+    with tempfile.TemporaryDirectory(prefix="replay-", dir=scratch) as tmp:
+        work = Path(tmp)
+        copy = work / "replayed.raw"
+        _proc.run(["cp", "--sparse=always", str(path), str(copy)])
+        rc, out, err = _proc.run_rc(["e2fsck", "-E", "journal_only", "-y", str(copy)],
+                                    timeout=300)
+        if rc >= 8:
+            raise ToolError(f"e2fsck could not replay the journal of {path}: "
+                            f"{(err or out).strip()[-200:]}", output=err)
+        rc, out, err = _proc.run_rc(["e2fsck", "-f", "-n", str(copy)], timeout=300)
+        if rc >= 8:
+            raise ToolError(f"e2fsck could not check {path}: {(err or out).strip()[-200:]}",
+                            output=err)
+        problems = [ln.strip() for ln in out.splitlines()
+                    if ln.strip() and not ln.startswith(("Pass ", "e2fsck", str(copy), "Fix?"))
+                    and not _FSCK_SUMMARY.match(ln)]
+        dump = work / "files"
+        dump.mkdir(mode=0o700)
+        # our own names for the host side; the guest's paths only inside the image
+        (work / "commands").write_text("".join(f"dump {f} {dump}/{i}\n"
+                                               for i, f in enumerate(files)))
+        _proc.run(["debugfs", "-f", str(work / "commands"), str(copy)], timeout=300)
+        got: dict[str, bytes | None] = {}
+        for i, f in enumerate(files):
+            try:
+                fd = os.open(dump / str(i), os.O_RDONLY | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                got[f] = None
+                continue
+            with os.fdopen(fd, "rb") as fh:
+                got[f] = fh.read()
+    return {"needs_recovery": needs_recovery, "fsck_rc": rc, "clean": rc == 0,
+            "problems": problems[:20], "files": got}

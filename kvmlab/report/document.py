@@ -36,7 +36,6 @@ import pandas as pd
 from kvmlab import analysis, plots, trust
 from kvmlab.analysis import causes
 from kvmlab.errors import BadInput, KvmlabError
-from kvmlab.experiments.consistency import rates
 from kvmlab.report import labnote
 from kvmlab.store.runs import load_run
 from kvmlab.store.sweepdir import read_points
@@ -381,6 +380,8 @@ def make_report(inputs: Iterable[str | Path], out: str | Path, *, pdf: str | Pat
             sections += labnote_sections(path, _seed_builds(path), say)[0]
         else:
             sections.append(read_input(f, kind))
+    if not title and set(kinds) == {"seed"}:
+        title = LABNOTE_TITLE
     doc = render(sections, title or _default_title(sections), tpl)
     return _write(doc, html_out, pdf_out, sum(len(s.figures) for s in sections), say)
 
@@ -424,11 +425,17 @@ def _default_title(sections: Sequence[Section]) -> str:
 
 
 # -- the seed's lab note, reproduced ---------------------------------------------------------
+#: the lab note's title: the study it reports
+LABNOTE_TITLE = "Is a mirror a good snapshot of a running VM? The seed's lab note, reproduced"
 BADGES = {"agrees": "AGREES", "disagrees": "DISAGREES", "not shown": "NOT SHOWN",
           "differs between builds": "DIFFERS BETWEEN BUILDS",
           "agrees where shown": "AGREES WHERE SHOWN",
           "disagrees where shown": "DISAGREES WHERE SHOWN",
           "not reproduced": "NOT REPRODUCED"}
+#: kvmlab's own questions are statements that hold or not, not agreements with the seed
+OWN_BADGES = {"agrees": "HOLDS", "disagrees": "DOES NOT HOLD",
+              "agrees where shown": "HOLDS WHERE SHOWN",
+              "disagrees where shown": "DOES NOT HOLD WHERE SHOWN"}
 
 
 def _build_label(build: str, runs: dict[str, labnote.CaseRun]) -> str:
@@ -462,29 +469,38 @@ def labnote_sections(folder: Path, qemu: Sequence[str], say: Any = None
     label = {b: _build_label(b, runs.get(b, {})) for b in qemu}
     sections = [_summary_section(folder, qemu, label, runs, judged)]
     drawn: set[Path] = set()            # each run drawn once
-    for j in judged:
+    for j in sorted(judged, key=lambda j: j.claim.own):   # the seed's claims first
         c = j.claim
         say(f"  {c.key}: {j.outcome}")
-        sec = Section("claim", f"{c.key}: {c.claim}", folder, question=f"The seed: {c.seed}",
-                      badge=BADGES[j.outcome], passed={"agrees": True, "disagrees": False,
-                                                       "differs between builds": False,
-                                                       "disagrees where shown": False,
-                                                       }.get(j.outcome),
+        kind, question, badge = (("question", f"kvmlab's own question, not the seed's words: {c.seed}",
+                                  OWN_BADGES.get(j.outcome, BADGES[j.outcome])) if c.own else
+                                 ("claim", f"The seed: {c.seed}", BADGES[j.outcome]))
+        sec = Section(kind, f"{c.key}: {c.claim}", folder, question=question,
+                      badge=badge, passed={"agrees": True, "disagrees": False,
+                                           "differs between builds": False,
+                                           "disagrees where shown": False,
+                                           }.get(j.outcome),
                       verdict=" ".join(f"On {label[b]}: {f.text}." for b, f in j.findings.items()))
         case_runs = [runs[b][case] for b in qemu for case in c.cases if case in runs.get(b, {})]
         fresh = [r for r in case_runs if r.path not in drawn]   # E4b shows E4's runs
         drawn.update(r.path for r in fresh)
-        if c.cases == labnote.CONSISTENCY:          # a chart of rates per build
-            for b in dict.fromkeys(r.build for r in fresh):
-                trials = labnote.consistency_trials(runs[b])
-                if not trials.empty:
-                    sec.figures.append(Figure(
-                        f"{label[b]}: consistency of copies cut by each strategy",
-                        _png(plots.consistency_rates(rates(trials),
-                                                     title=f"Copy consistency, {label[b]}"))))
-        else:
-            sec.figures += [Figure(f"{r.case} on {label[r.build]}: dashboard",
-                                   _png(plots.dashboard(load_run(r.path)))) for r in fresh]
+        studies = [r for r in fresh if r.case in labnote.CONSISTENCY]
+        for b in dict.fromkeys(r.build for r in studies):   # one chart per build
+            trials = labnote.consistency_trials(runs[b])
+            if not trials.empty:
+                sec.figures.append(Figure(
+                    f"{label[b]}: what copies cut from the live VM held, by cut and cache mode",
+                    _png(plots.consistency(trials, title=f"Copy consistency, {label[b]}"))))
+        for r in fresh:
+            if r in studies:
+                continue
+            data = load_run(r.path)
+            if data.samples.empty:      # a job quicker than one sample: a line, no axes
+                sec.setup.append(f"{r.case} on {label[r.build]}: its jobs ended before the "
+                                 "first sample, so there is no dashboard")
+            else:
+                sec.figures.append(Figure(f"{r.case} on {label[r.build]}: dashboard",
+                                          _png(plots.dashboard(data))))
         sec.provenance = {"runs": [str(r.path) for r in case_runs]}
         sections.append(sec)
     return sections, judged
@@ -496,17 +512,25 @@ def _summary_section(folder: Path, qemu: Sequence[str], label: dict[str, str],
     sweep = json.loads((folder / "sweep.json").read_text())
     params = (sweep.get("plan") or {}).get("params") or {}
     sessions = sweep.get("sessions") or []
-    tallies = {b: labnote.tally(judged, b) for b in qemu}
+    seed_claims = [j for j in judged if not j.claim.own]
+    own = [j for j in judged if j.claim.own]
+    tallies = {b: labnote.tally(seed_claims, b) for b in qemu}
+    own_tallies = {b: labnote.tally(own, b) for b in qemu}
     some = next((r for b in qemu for r in runs.get(b, {}).values()), None)
+    verdict = "; ".join(
+        f"{label[b]}: of the seed's {len(seed_claims)} claims {t['agree']} agree, "
+        f"{t['disagree']} disagree, {t['not shown']} not shown, {t['not reproduced']} not "
+        "reproduced (a display of the seed's own build)" for b, t in tallies.items())
+    if own:
+        verdict += ". kvmlab's own questions: " + "; ".join(
+            f"{label[b]}: {len(own)} asked, {t['agree']} hold, {t['disagree']} do not hold, "
+            f"{t['not shown']} not shown" for b, t in own_tallies.items())
     sec = Section("summary", "Summary: the seed's claims against what kvmlab measured", folder,
                   question="The seed is an engineer's notes on QEMU's drive_mirror, driven by "
                            "hand with virsh and HMP (E1-E7, three conclusions). kvmlab ran each "
                            "experiment on each QEMU build; below, each claim stands beside what "
-                           "was measured.",
-                  badge="IN SHORT", passed=None, verdict="; ".join(
-                      f"{label[b]}: {t['agree']} agree, {t['disagree']} disagree, "
-                      f"{t['not shown']} not shown, {t['not reproduced']} not reproduced "
-                      "(a display of the seed's own build)" for b, t in tallies.items()),
+                           "was measured, then kvmlab's own questions, which are not the seed's.",
+                  badge="IN SHORT", passed=None, verdict=verdict,
                   provenance={"seed folder": str(folder), "plan": sweep.get("plan")})
     sec.setup = [", ".join(label[b] for b in qemu) + (
         f"; {some.meta.get('accel')} accelerator" if some else ""),
@@ -524,21 +548,24 @@ def _summary_section(folder: Path, qemu: Sequence[str], label: dict[str, str],
     if failed:
         sec.setup.append(f"{len(failed)} runs failed: their claims are 'not shown'")
     sec.tables.append(("Claim by claim", str(pd.DataFrame(
-        [{"claim": f"{j.claim.key}: {j.claim.claim}",
-          **{label[b]: f.word for b, f in j.findings.items()}} for j in judged]
+        [{"claim": f"{j.claim.key}: {j.claim.claim}" + (" (kvmlab's question)" if j.claim.own
+                                                        else ""),
+          **{label[b]: f.word for b, f in j.findings.items()}}
+         for j in sorted(judged, key=lambda j: j.claim.own)]
     ).to_html(index=False, border=0, classes="measures"))))
     return sec
 
 
 def make_labnote(folder: str | Path, out: str | Path, qemu: Sequence[str], *,
-                 pdf: str | Path | None = None, title: str = "The seed's lab note, reproduced",
+                 pdf: str | Path | None = None, title: str = "",
                  template: str | Path | None = None,
                  say: Any = None) -> list[labnote.Judgement]:
     """Write the lab note of the ``kvmlab seed`` run in *folder* (HTML, and PDF if asked)."""
     say = say or (lambda _line: None)
     html_out, pdf_out, tpl = _outputs(out, pdf, template)
     sections, judged = labnote_sections(Path(folder), qemu, say)
-    doc = render(sections, title, tpl, intro=f"Generated {pd.Timestamp.now(tz='UTC'):%Y-%m-%d %H:%M UTC} "
-                 f"by kvmlab seed from the runs in {folder}.")
+    doc = render(sections, title or LABNOTE_TITLE, tpl,
+                 intro=f"Generated {pd.Timestamp.now(tz='UTC'):%Y-%m-%d %H:%M UTC} "
+                       f"by kvmlab seed from the runs in {folder}.")
     _write(doc, html_out, pdf_out, sum(len(s.figures) for s in sections), say)
     return judged

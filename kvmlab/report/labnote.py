@@ -13,6 +13,11 @@ An agreement is three-valued: ``True`` (agrees), ``False`` (disagrees) and ``Non
 trial happened to come out well, which a handful of trials cannot disprove).  A claim
 about what a QEMU build *displays* has a fourth outcome, **not reproduced**: the seed's
 build is unknown, so a display that differs on ours says nothing against the seed.
+
+Besides the seed's claims, :data:`CLAIMS` holds kvmlab's own questions (``own=True``: is
+pausing alone enough? a guest sync first? fsfreeze?), judged on the same data but never
+presented as the seed's words: the note puts them in a section of their own, and their
+outcome reads "holds" or "does not hold".
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from typing import Any
 import pandas as pd
 
 from kvmlab.analysis.series import strip_paths
+from kvmlab.counts import k_of_n
+from kvmlab.experiments.consistency import SEED_CACHES
 from kvmlab.store.sweepdir import read_points
 from kvmlab.units import MIB
 
@@ -90,6 +97,8 @@ class Claim:
     seed: str                 # what the seed did and saw, in its words
     cases: tuple[str, ...]
     judge: Judge
+    #: kvmlab's own question, not the seed's words: reported in a section of its own
+    own: bool = False
 
 
 def _name(path: Any) -> str:
@@ -140,7 +149,15 @@ def _e2(r: Mapping[str, CaseRun]) -> Finding:
                      f"{_num(v.get('outage_first_progress_after_s'))} s after the server came "
                      f"back; the guest made {v.get('ops_during_outage', '?')} operations "
                      f"meanwhile; {_copy_checked(v)}")
-    return Finding("; ".join(parts), ok)
+    return Finding(E2_SETUP + "; ".join(parts), ok)
+
+
+#: how the seed's NFS outage and kvmlab's differ, said before what was measured
+E2_SETUP = ("The seed's QEMU wrote to a file on a kernel NFS mount and the seed ran 'service "
+            "nfs stop'/'start', then saw the job progress again \"after a while\"; this host's "
+            "kernel has no NFS client, so here QEMU wrote through its own libnfs client "
+            "(nfs://127.0.0.1/...) to nfs-ganesha on loopback, which was stopped (SIGTERM, "
+            "restarted) or frozen (SIGSTOP, SIGCONT). Measured: ")
 
 
 def _e3(r: Mapping[str, CaseRun]) -> Finding:
@@ -219,81 +236,162 @@ def _e6(r: Mapping[str, CaseRun]) -> Finding:
 
 
 def _e7_data(r: Mapping[str, CaseRun]) -> Finding:
+    """Least data: the ``-n`` mirror against the full one in every repetition; the
+    ``sync=top`` control without ``-n`` says where the saving comes from."""
     v = r["E7"].verdict
-    return Finding(f"-n onto an overlay copied {_mib(v.get('shallow_bytes_copied'))}, a full "
-                   f"mirror {_mib(v.get('full_bytes_copied'))} "
-                   f"({_num(v.get('bytes_ratio_full_over_shallow'), '.1f')}x as much)",
-                   bool(v.get("seed_claim_least_data")) and r["E7"].passed)
+    text = (f"over {v.get('repeats', 1)} repetitions (medians), -n onto the overlay copied "
+            f"{_mib(v.get('shallow_bytes_copied'))}, a full mirror "
+            f"{_mib(v.get('full_bytes_copied'))} "
+            f"({_num(v.get('bytes_ratio_full_over_shallow'), '.1f')}x as much)")
+    top = v.get("bytes_ratio_top_over_shallow")
+    if isinstance(top, (int, float)):
+        text += (f"; sync=top onto a new overlay, without -n, copied "
+                 f"{_mib(v.get('top_bytes_copied'))} ({top:.2f}x the -n copy)")
+        if 0.8 <= top <= 1.25:
+            text += ": the saving comes from copying only the top layer, not from -n"
+    return Finding(text, bool(v.get("seed_claim_least_data")) and r["E7"].passed)
 
 
 def _e7_time(r: Mapping[str, CaseRun]) -> Finding:
+    """Fastest: the full mirror's time to ready over the ``-n`` one's, per repetition;
+    agrees if -n was faster in every one, disagrees if in none, not shown if mixed."""
     v = r["E7"].verdict
-    return Finding(f"ready after {_num(v.get('shallow_time_to_ready_s'), '.3f')} s against "
-                   f"{_num(v.get('full_time_to_ready_s'), '.3f')} s for a full mirror "
-                   f"({_num(v.get('time_ratio_full_over_shallow'), '.1f')}x as long)",
-                   bool(v.get("seed_claim_fastest")))
+    reps = int(v.get("repeats") or 1)
+    faster = v.get("shallow_faster_than_full")
+    if faster is None:              # a run from before the repetitions
+        faster = int(bool(v.get("seed_claim_fastest")))
+    text = (f"-n was ready in {_num(v.get('shallow_time_to_ready_s'), '.3f')} s against "
+            f"{_num(v.get('full_time_to_ready_s'), '.3f')} s for a full mirror (medians); the "
+            f"full mirror took {_num(v.get('time_ratio_full_over_shallow'), '.1f')}x as long "
+            f"(from {_num(v.get('time_ratio_full_over_shallow_min'), '.1f')}x to "
+            f"{_num(v.get('time_ratio_full_over_shallow_max'), '.1f')}x); -n was faster in "
+            f"{faster} of {reps} repetitions; sync=top without -n: "
+            f"{_num(v.get('top_time_to_ready_s'), '.3f')} s")
+    return Finding(text, True if faster == reps else False if faster == 0 else None)
 
 
-CONSISTENCY = tuple(f"C2/3 {s}" for s in ("nothing", "pause", "fsfreeze"))
+CONSISTENCY = tuple(f"C2/3 {c}" for c in SEED_CACHES)
 
 
 def consistency_trials(r: Mapping[str, CaseRun]) -> pd.DataFrame:
-    """The trials of one build's consistency runs, in one table."""
+    """The copies of one build's consistency runs, in one table."""
     frames = [r[c].trials() for c in CONSISTENCY if c in r]
     frames = [f for f in frames if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def conclusion_2(trials: pd.DataFrame) -> Finding:
-    """Cache none: every copy holds what the guest had synced; and what was in flight."""
+def _ops(g: pd.DataFrame, classes: Sequence[str]) -> dict[str, int]:
+    """Operations of *classes* over the copies *g*: how many, and how many in each state."""
+    return {k: int(sum(g[f"{c}_{k}"].sum() for c in classes))
+            for k in ("n", "intact", "torn", "empty", "missing")}
+
+
+def _kept(g: pd.DataFrame) -> str:
+    """What copies *g* held of the operations that were synced (or flushed) before the cut.
+    Each copy checks every operation before its cut, so the counts are checks."""
+    o = _ops(g, ("synced", "flushed"))
+    return f"{o['intact']} of {o['n']} checks of synced or flushed operations intact"
+
+
+def _written(g: pd.DataFrame) -> str:
+    """What copies *g* held of the operations only written (in the guest's page cache)."""
+    o = _ops(g, ("written",))
+    if not o["n"]:
+        return "no operation was only written at a cut"
+    return (f"of {o['n']} checks of operations only written (not synced), {o['intact']} intact, "
+            f"{o['empty']} empty, {o['missing']} missing, {o['torn']} torn")
+
+
+def _copies(g: pd.DataFrame, column: str) -> str:
+    return k_of_n(int(g[column].astype(bool).sum()), len(g))
+
+
+def conclusion_1(r: Mapping[str, CaseRun]) -> Finding:
+    """A mirror cut from a running VM is a usable snapshot: E1's copy boots in a fresh VM
+    and holds every operation, and the consistency copies are clean once their journal is
+    replayed and hold every synced operation.  Disagrees if any copy fails either."""
+    e1 = r["E1"].verdict
+    trials = consistency_trials(r)
     if trials.empty:
-        return Finding("no trial ran", None)
+        return Finding("no consistency copy was checked", None)
+    booted = bool(e1.get("verify_pass", r["E1"].passed))
+    kept = bool(trials.promises_kept.astype(bool).all())
+    text = (f"E1's copy {'booted' if booted else 'did not verify'} in a fresh VM: "
+            f"{_copy_checked(e1)}; {_copies(trials, 'promises_kept')} copies cut from the "
+            f"running VM were clean once their journal was replayed and held every synced "
+            f"operation; a data disk beside the system disk is not measured (the lab VM has "
+            f"one disk)")
+    return Finding(text, booted and kept)
+
+
+def conclusion_2(trials: pd.DataFrame) -> Finding:
+    """Cache none: whatever the guest synced reaches the copy (disagrees if any synced or
+    flushed operation is not intact); changes in its page cache are not guaranteed (shown
+    only if some operation that was only written did not reach a copy)."""
+    if trials.empty:
+        return Finding("no copy was checked", None)
     none = trials[trials.cache == "none"]
-    other = trials[trials.cache != "none"]
-    text = (f"{int(none.synced_ops_present.sum())} of {len(none)} copies cut with cache=none "
-            "held every operation the guest had synced")
-    if len(other):
-        text += (f" (with {', '.join(sorted(set(other.cache)))}: "
-                 f"{int(other.synced_ops_present.sum())} of {len(other)})")
-    text += (f"; of {int(trials.in_flight.sum())} operations in flight at the cut, "
-             f"{int(trials.in_flight_present.sum())} reached the copy")
-    return Finding(text, bool(len(none)) and bool(none.synced_ops_present.all()))
+    if none.empty:
+        return Finding("no copy was cut with cache=none", None)
+    parts = [f"cache=none, {len(none)} copies: {_kept(none)}; {_written(none)}"]
+    for cache, g in trials[trials.cache != "none"].groupby("cache", sort=False):
+        parts.append(f"cache={cache}, {len(g)} copies: {_kept(g)}; {_written(g)}")
+    synced, written = _ops(none, ("synced", "flushed")), _ops(none, ("written",))
+    if synced["intact"] < synced["n"]:
+        return Finding("; ".join(parts), False)
+    if written["intact"] == written["n"]:
+        return Finding("; ".join(parts) + f" (every unsynced write reached the copy: that "
+                       f"they may not is not shown in {len(none)} trials)", None)
+    return Finding("; ".join(parts), True)
 
 
 def conclusion_3(trials: pd.DataFrame) -> Finding:
-    """Without pausing (or freezing) the guest, a copy is crash-consistent at best."""
-    if trials.empty:
-        return Finding("no trial ran", None)
-    parts = []
-    for strategy, g in trials.groupby("strategy", sort=False):
-        parts.append(f"{strategy}: {int(g.needs_recovery.sum())} of {len(g)} copies had a "
-                     f"journal needing recovery, e2fsck found problems in "
-                     f"{int((~g.fs_clean.astype(bool)).sum())}")
-    live = trials[trials.strategy == "nothing"]
-    flawed = bool(len(live)) and bool((live.needs_recovery.astype(bool)
-                                      | ~live.fs_clean.astype(bool)).any())
-    text = "; ".join(parts)
-    if len(live) and not flawed:
-        text += (f" (every one of {len(live)} live copies came out clean: a few trials "
-                 "cannot show there is no guarantee)")
-    return Finding(text, True if flawed else None)
+    """Without pausing, nothing guarantees a 100 % consistent copy: shown when a copy cut
+    from the running guest was not point-in-time (an operation the guest had finished
+    missing, empty or torn, or a file system unclean after replay); never disproved by
+    trials, so otherwise "not shown in n trials"."""
+    live = trials[trials.cut == "nothing"] if not trials.empty else trials
+    if live.empty:
+        return Finding("no copy was cut from the running guest", None)
+    n_bad = int((~live.point_in_time.astype(bool)).sum())
+    text = (f"of {len(live)} copies cut from the running guest, {n_bad} lacked operations "
+            f"the guest had finished ({_written(live)}; {_kept(live)})")
+    if not n_bad:
+        return Finding(text + f"; every one was point-in-time: no guarantee is not shown in "
+                       f"{len(live)} trials", None)
+    return Finding(text, True)
 
 
-def pause_is_enough(trials: pd.DataFrame) -> Finding:
-    """The other side of conclusion 3: does pausing the guest (``stop``) give a copy
-    that needs no recovery?  Stopping the vCPUs leaves the guest's journal live."""
-    paused = trials[trials.strategy == "pause"] if not trials.empty else trials
-    if paused.empty:
-        return Finding("no pause trial ran", None)
-    good = paused.fs_clean.astype(bool) & ~paused.needs_recovery.astype(bool) \
-        & paused.synced_ops_present.astype(bool)
-    text = (f"{int(good.sum())} of {len(paused)} copies cut with the guest paused were clean "
-            f"with no journal to recover")
-    frozen = trials[trials.strategy == "fsfreeze"]
-    if len(frozen):
-        ok = frozen.fs_clean.astype(bool) & ~frozen.needs_recovery.astype(bool)
-        text += f"; with fsfreeze instead, {int(ok.sum())} of {len(frozen)}"
-    return Finding(text, bool(good.all()))
+def _own(trials: pd.DataFrame, cut: str, what: str, ok: pd.Series | None = None) -> Finding:
+    g = trials[trials.cut == cut] if not trials.empty else trials
+    if g.empty:
+        return Finding(f"no copy was cut with {cut}", None)
+    good = (ok if ok is not None else g.point_in_time).loc[g.index].astype(bool)
+    return Finding(f"{k_of_n(int(good.sum()), len(g))} copies cut with {cut} {what} "
+                   f"({_kept(g)}; {_written(g)}; {_copies(g, 'needs_recovery')} needed a "
+                   "journal replay)", bool(good.all()))
+
+
+def pause_alone(trials: pd.DataFrame) -> Finding:
+    """kvmlab's question: does pausing the guest (``stop``) alone give a copy that holds
+    every operation the guest had finished?  Stopping the vCPUs leaves the page cache."""
+    return _own(trials, "stop", "held every operation the guest had finished")
+
+
+def sync_then_pause(trials: pd.DataFrame) -> Finding:
+    """kvmlab's question: a guest ``sync`` then ``stop``: does the copy hold every
+    operation finished before the sync?"""
+    return _own(trials, "sync_stop", "held every operation finished before the sync",
+                trials.promises_kept if not trials.empty else None)
+
+
+def freeze_quiesces(trials: pd.DataFrame) -> Finding:
+    """kvmlab's question: guest-agent fsfreeze: is the copy quiesced (no journal to
+    replay) and does it hold every operation finished before the freeze?"""
+    ok = None if trials.empty else \
+        trials.point_in_time.astype(bool) & ~trials.needs_recovery.astype(bool)
+    return _own(trials, "fsfreeze", "were quiesced and held every operation finished "
+                "before the freeze", ok)
 
 
 CLAIMS: tuple[Claim, ...] = (
@@ -329,6 +427,9 @@ CLAIMS: tuple[Claim, ...] = (
           ("E7",), _e7_data),
     Claim("E7b", "-n onto an overlay of the same base is the fastest",
           "the same mirror \"is created fastest\".", ("E7",), _e7_time),
+    Claim("C1", "a mirror works as a snapshot method",
+          "conclusion 1: mirror works as a snapshot method, with different options for "
+          "system and data disks.", ("E1", *CONSISTENCY), conclusion_1),
     Claim("C2", "with cache=none, whatever the guest wrote to disk reaches the image",
           "conclusion 2: with the drive's cache mode none, whatever the guest wrote to disk "
           "reaches the image, but changes still in the guest's page cache are not "
@@ -336,9 +437,18 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("C3", "without pausing the guest, nothing guarantees a consistent copy",
           "conclusion 3: without pausing the guest, nothing guarantees a 100 % consistent "
           "copy.", CONSISTENCY, lambda r: conclusion_3(consistency_trials(r))),
-    Claim("C3b", "pausing the guest gives a copy that needs no recovery",
-          "implied by conclusion 3: pause the guest ('stop') and the copy is consistent.",
-          CONSISTENCY, lambda r: pause_is_enough(consistency_trials(r))),
+    Claim("Q1", "pausing the guest alone gives a copy holding every finished operation",
+          "the seed says only that without pausing "
+          "nothing guarantees a consistent copy; is pausing (HMP 'stop') enough?",
+          CONSISTENCY, lambda r: pause_alone(consistency_trials(r)), own=True),
+    Claim("Q2", "a guest sync, then a pause, gives a copy holding everything synced",
+          "the guest agent runs 'sync' in the guest, "
+          "then 'stop': does the copy hold every operation finished before the sync?",
+          CONSISTENCY, lambda r: sync_then_pause(consistency_trials(r)), own=True),
+    Claim("Q3", "guest-agent fsfreeze gives a quiesced, complete copy",
+          "'guest-fsfreeze-freeze' around the cut: is "
+          "the copy's journal empty and does it hold every finished operation?",
+          CONSISTENCY, lambda r: freeze_quiesces(consistency_trials(r)), own=True),
 )
 
 
