@@ -49,7 +49,8 @@ def test_seed_on_two_builds_writes_the_lab_note(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     # it talks: what it runs, then a verdict per build
     assert "kvmlab seed: 24 runs (12 cases on system (QEMU 7.2" in res.stderr
-    assert "QEMU 10.0: " in res.stderr and "of the seed's claims agree" in res.stderr
+    assert "QEMU 10.0: " in res.stderr and "of the seed's 12 claims agree" in res.stderr
+    assert "kvmlab's own questions: " in res.stderr
     assert f"lab note: {out / 'labnote.html'}" in res.stdout
     points = [json.loads(p.read_text()) for p in out.glob("points/*/point.json")]
     assert len(points) == 24 and all(p["status"] == "done" for p in points)
@@ -57,9 +58,11 @@ def test_seed_on_two_builds_writes_the_lab_note(tmp_path: Path) -> None:
     soup = BeautifulSoup((out / "labnote.html").read_text(), "html.parser")
     assert not soup.select(".jp-InputArea, .input_area, pre code")       # no code
     claims = soup.select("section.claim")
-    assert len(claims) == len(CLAIMS)
+    assert len(claims) == len([c for c in CLAIMS if not c.own])
+    own = soup.select("section.question")          # kvmlab's own, apart from the seed's
+    assert len(own) == len([c for c in CLAIMS if c.own])
     by_key = {c.h2.get_text().split(". ", 1)[1].split(":")[0]: c for c in claims}
-    assert set(by_key) == {c.key for c in CLAIMS}
+    assert set(by_key) == {c.key for c in CLAIMS if not c.own}
     for key, sec in by_key.items():
         verdict = sec.select_one(".verdict").get_text(" ", strip=True)
         assert "On system (QEMU 7.2" in verdict and "On 10.0 (QEMU 10.0" in verdict, key
@@ -75,10 +78,14 @@ def test_seed_on_two_builds_writes_the_lab_note(tmp_path: Path) -> None:
     assert "names 'drive0 (#block): x-mirror.img (qcow2)'" in \
         by_key["E4b"].select_one(".verdict").get_text()
     assert "another file system" in by_key["E6"].select_one(".verdict").get_text()
-    # every run's dashboard (the consistency runs as rate charts, one per build)
+    # every run's dashboard, or one line for a run whose jobs ended before the first
+    # sample; the consistency runs as one chart per build
     imgs = soup.select("section.claim figure img")
     assert imgs and all(i["src"].startswith("data:image/png;base64,") for i in imgs)
-    assert len(imgs) == 2 * 9 + 2
+    no_samples = [li for li in soup.select("section.claim li")
+                  if "ended before the first sample" in li.get_text()]
+    assert len(imgs) + len(no_samples) == 2 * 9 + 2
+    assert "of operations only written" in by_key["C2"].select_one(".verdict").get_text(" ")
     summary = soup.select_one("section.summary table").get_text(" ")
     assert "E4b" in summary and "not reproduced" in summary
 

@@ -113,17 +113,18 @@ def shallow_existing(*, image_mib: int = 64, base_fill_mib: int = 24, pre_writes
                                  **_timed_mirror(lab, vm, variant, base, rep, ready_timeout)})
         table = pd.DataFrame(rows)
         table.to_csv(lab.run.path / "variants.csv", index=False)
-        by = table.groupby("variant")
-        med = by.median(numeric_only=True)
-        full_bytes = int(med.loc["full", "bytes"])
-        top_bytes = int(med.loc["top", "bytes"])
-        full_ttr, top_ttr = float(med.loc["full", "ready_s"]), float(med.loc["top", "ready_s"])
+        med_bytes = {str(k): float(v) for k, v in
+                     table.groupby("variant")["bytes"].median().items()}
+        med_ready = {str(k): float(v) for k, v in
+                     table.groupby("variant")["ready_s"].median().items()}
+        full_bytes, top_bytes = int(med_bytes["full"]), int(med_bytes["top"])
+        full_ttr, top_ttr = med_ready["full"], med_ready["top"]
         per_rep = table.pivot(index="rep", columns="variant", values="ready_s")
         time_ratios = (per_rep["full"] / per_rep["-n"]).dropna()
         bytes_rep = table.pivot(index="rep", columns="variant", values="bytes")
         manifest, in_flight = synced_manifest(vm, base_manifest, until=t_cut)
         checked = verify_image(lab, tgt, manifest)
-        n_bytes = float(med.loc["-n", "bytes"])
+        n_bytes = med_bytes["-n"]
         bytes_ratio = full_bytes / n_bytes if n_bytes else None
         least = bool((bytes_rep["-n"] < bytes_rep["full"]).all())
         lab.verdict = {
@@ -135,7 +136,7 @@ def shallow_existing(*, image_mib: int = 64, base_fill_mib: int = 24, pre_writes
             "top_bytes_copied": top_bytes,
             "bytes_ratio_full_over_shallow": bytes_ratio,
             "bytes_ratio_top_over_shallow": top_bytes / n_bytes if n_bytes else None,
-            "shallow_time_to_ready_s": round(float(med.loc["-n", "ready_s"]), 4),
+            "shallow_time_to_ready_s": round(med_ready["-n"], 4),
             "full_time_to_ready_s": round(full_ttr, 4),
             "top_time_to_ready_s": round(top_ttr, 4),
             "time_ratio_full_over_shallow": float(time_ratios.median()),
