@@ -300,6 +300,17 @@ class LibvirtBackend:
         self._call("blockCommit", self.dom.blockCommit, disk, base, top, speed, flags)
         return disk
 
+    def start_backup(self, device: str, target: str, *, job_id: str, speed: int = 0) -> str:
+        raise BackendError("blockdev-backup is not wired through libvirt here (libvirt's own "
+                           "backup API needs a backup XML); use backend='qmp'")
+
+    def drop_backup_target(self, job_id: str) -> None:
+        raise BackendError("blockdev-backup is not wired through libvirt here; use backend='qmp'")
+
+    def snapshot(self, device: str, overlay: str) -> None:
+        raise BackendError("external snapshots are not wired through libvirt here (libvirt "
+                           "keeps its own snapshot metadata); use backend='qmp'")
+
     def _qemu_job_id(self, job_id: str) -> str:
         for j in self.qmp("query-block-jobs"):
             if self._job_disk(str(j["device"])) == job_id or j["device"] == job_id:

@@ -189,6 +189,32 @@ class QMPBackend:
         self.execute("block-commit", args)
         return job_id or device
 
+    def start_backup(self, device: str, target: str, *, job_id: str, speed: int = 0) -> str:
+        """QMP ``blockdev-backup sync=full`` of *device* into the raw file *target*, which
+        must exist at the disk's size; it becomes node ``<job_id>-target`` until
+        :meth:`drop_backup_target`.  Copy-before-write: the copy is the disk as it was when
+        the job started."""
+        node = f"{job_id}-target"
+        self.execute("blockdev-add", {"driver": "raw", "node-name": node,
+                                      "file": {"driver": "file", "filename": target}})
+        try:
+            self.execute("blockdev-backup", {"job-id": job_id, "device": device,
+                                             "target": node, "sync": "full", "speed": speed})
+        except BackendError:
+            self.execute("blockdev-del", {"node-name": node})
+            raise
+        return job_id
+
+    def drop_backup_target(self, job_id: str) -> None:
+        """Remove the target node of the ended backup job *job_id*."""
+        self.execute("blockdev-del", {"node-name": f"{job_id}-target"})
+
+    def snapshot(self, device: str, overlay: str) -> None:
+        """QMP ``blockdev-snapshot-sync``: QEMU creates the qcow2 *overlay* over *device*'s
+        image, which from now on stays as it was (the point in time)."""
+        self.execute("blockdev-snapshot-sync", {"device": device, "snapshot-file": overlay,
+                                                "format": "qcow2"})
+
     def job_cancel(self, job_id: str, force: bool = False) -> None:
         self.execute("block-job-cancel", {"device": job_id, "force": force})
 

@@ -16,6 +16,7 @@ E7     :func:`shallow_existing`    ``-n`` mirror onto an overlay of the same bas
 --     :func:`target_fault`        NBD suspend/down, EIO, ENOSPC, throttle on the target
 C2/3   :func:`consistency_study`   what a live copy holds: nothing/stop/sync+stop/freeze
 C3     :func:`convergence_pressure` a guest outpacing the copy: background vs active mode
+C1     :func:`snapshot_methods`    mirror vs backup vs external snapshot, each quiesced 3 ways
 =====  ==========================  ===============================================
 """
 
@@ -27,6 +28,7 @@ from kvmlab.experiments.mirror_basic import mirror_basic
 from kvmlab.experiments.nfs_outage import mirror_nfs_outage
 from kvmlab.experiments.pivot import double_pivot, pivot, remove_source
 from kvmlab.experiments.shallow import shallow_existing
+from kvmlab.experiments.snapshot_methods import METHODS, QUIESCE, snapshot_methods
 from kvmlab.experiments.target_faults import FAULTS, target_fault
 
 #: the seed's conclusion for each experiment, as the summary notebook prints it
@@ -45,4 +47,5 @@ SEED_CONCLUSIONS = {
 __all__ = ["ExperimentResult", "LabRun", "verify_image", "mirror_basic", "mirror_nfs_outage",
            "commit_stopped",
            "pivot", "double_pivot", "remove_source", "shallow_existing", "SEED_CONCLUSIONS",
-           "target_fault", "FAULTS", "consistency_study", "CUTS", "convergence_pressure"]
+           "target_fault", "FAULTS", "consistency_study", "CUTS", "convergence_pressure",
+           "snapshot_methods", "METHODS", "QUIESCE"]

@@ -159,31 +159,61 @@ def rates(trials: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def classify(records: Sequence[Any], t_cut: float, flushes: Sequence[float]
-             ) -> dict[int, tuple[str, float]]:
+def classify(records: Sequence[Any], t_cut: float, flushes: Sequence[float],
+             until: float | None = None) -> dict[int, tuple[str, float]]:
     """Each operation the guest began before host time *t_cut*: op number -> (class, age at
     the cut in s).  *records* are the console's records; *flushes* the host times at which
-    a guest-wide sync or freeze began."""
+    a guest-wide sync or freeze began.  With *until*, operations begun from *t_cut* to
+    *until* are classed ``after`` (a point-in-time copy must not hold them)."""
     begun: dict[int, float] = {}
     done: dict[int, tuple[str, float]] = {}
+    end = t_cut if until is None else until
     for r in records:
-        if r.mono >= t_cut or r.data.get("op") != "write" or "n" not in r.data:
+        if r.mono >= end or r.data.get("op") != "write" or "n" not in r.data:
             continue
         n = int(r.data["n"])
         if r.name == "begin":
             begun[n] = r.mono
-        elif r.name == "op":
+        elif r.name == "op" and r.mono < t_cut:
             done[n] = (str(r.data.get("cls")), r.mono)
     out: dict[int, tuple[str, float]] = {}
     for n, t_begin in begun.items():
-        if n not in done:
+        if t_begin >= t_cut:
+            out[n] = ("after", t_cut - t_begin)
+        elif n not in done:
             out[n] = ("in_flight", t_cut - t_begin)
-            continue
-        cls, t_done = done[n]
-        if cls != "synced":
-            cls = "flushed" if any(t_done < f < t_cut for f in flushes) else "written"
-        out[n] = (cls, t_cut - t_done)
+        else:
+            cls, t_done = done[n]
+            if cls != "synced":
+                cls = "flushed" if any(t_done < f < t_cut for f in flushes) else "written"
+            out[n] = (cls, t_cut - t_done)
     return out
+
+
+def tally(ops: dict[int, tuple[str, float]], files: dict[str, bytes | None], blocks: int,
+          classes: Sequence[str] = CLASSES) -> dict[str, Any]:
+    """A copy's counts: for each class, how many operations and how many in each state
+    (``<class>_n``, ``<class>_<state>``), from *files* (guest path -> content) read back."""
+    row: dict[str, Any] = {f"{c}_{k}": 0 for c in classes for k in ("n", *STATES)}
+    lost_ages = []
+    for op, (cls, age) in ops.items():
+        state = file_state(files[f"/c/o{op}"], op, blocks)
+        row[f"{cls}_n"] += 1
+        row[f"{cls}_{state}"] += 1
+        if cls == "written" and state != "intact":
+            lost_ages.append(age)
+    row["written_lost_oldest_age_s"] = round(max(lost_ages), 3) if lost_ages else None
+    return row
+
+
+def guest_sync(agent: GuestAgent, timeout: float = 30) -> None:
+    """Run ``sync`` in the guest through the agent and wait until it returns."""
+    pid = agent.execute("guest-exec", {"path": "/bin/sync"})["pid"]
+    deadline = time.monotonic() + timeout
+    while not agent.execute("guest-exec-status", {"pid": pid}).get("exited"):
+        if time.monotonic() > deadline:
+            raise WaitTimeout(f"the guest's sync did not return in {timeout:g} s")
+        time.sleep(0.01)
 
 
 def _one_vm(lab: LabRun, cache: str, workload: Workload, image_mib: int, order: list[str],
@@ -207,16 +237,6 @@ def _one_vm(lab: LabRun, cache: str, workload: Workload, image_mib: int, order: 
     return rows
 
 
-def _guest_sync(agent: GuestAgent, timeout: float = 30) -> None:
-    """Run ``sync`` in the guest through the agent and wait until it returns."""
-    pid = agent.execute("guest-exec", {"path": "/bin/sync"})["pid"]
-    deadline = time.monotonic() + timeout
-    while not agent.execute("guest-exec-status", {"pid": pid}).get("exited"):
-        if time.monotonic() > deadline:
-            raise WaitTimeout(f"the guest's sync did not return in {timeout:g} s")
-        time.sleep(0.01)
-
-
 def _cut(lab: LabRun, vm: Machine, agent: GuestAgent, n: int, trial: int, cut: str,
          cache: str, wait: float, blocks: int, flushes: list[float]) -> dict[str, Any]:
     """Mirror to ready, wait, cut with *cut*, check the copy against every operation."""
@@ -231,7 +251,7 @@ def _cut(lab: LabRun, vm: Machine, agent: GuestAgent, n: int, trial: int, cut: s
     if cut == "sync_stop":
         flushes.append(time.monotonic())
         rec.mark(marks.GUEST_SYNC)
-        _guest_sync(agent)
+        guest_sync(agent)
     if cut in ("stop", "sync_stop"):
         rec.mark(marks.STOP)
         vm.hmp("stop")
@@ -252,8 +272,7 @@ def _cut(lab: LabRun, vm: Machine, agent: GuestAgent, n: int, trial: int, cut: s
     downtime = time.monotonic() - t_down if cut != "nothing" else 0.0
     time.sleep(0.3)                 # the guest's lines for operations done before the cut
     ops = classify(vm.console.records.snapshot(), t_cut, flushes)
-    paths = {op: f"/c/o{op}" for op in ops}
-    checked = check_replayed(copy, lab.workdir, list(paths.values()))
+    checked = check_replayed(copy, lab.workdir, [f"/c/o{op}" for op in ops])
     copy.unlink(missing_ok=True)
     row: dict[str, Any] = {
         "trial": trial, "n": n, "cut": cut, "cache": cache, "cut_after_ready_s": round(wait, 3),
@@ -261,18 +280,7 @@ def _cut(lab: LabRun, vm: Machine, agent: GuestAgent, n: int, trial: int, cut: s
         "fsck_rc": checked["fsck_rc"], "fs_clean": checked["clean"],
         "fsck_problems": checked["problems"], "frozen_filesystems": frozen,
         "guest_downtime_s": round(downtime, 3)}
-    for cls in CLASSES:
-        row[f"{cls}_n"] = 0
-        for s in STATES:
-            row[f"{cls}_{s}"] = 0
-    lost_ages = []
-    for op, (cls, age) in ops.items():
-        state = file_state(checked["files"][paths[op]], op, blocks)
-        row[f"{cls}_n"] += 1
-        row[f"{cls}_{state}"] += 1
-        if cls == "written" and state != "intact":
-            lost_ages.append(age)
-    row["written_lost_oldest_age_s"] = round(max(lost_ages), 3) if lost_ages else None
+    row.update(tally(ops, checked["files"], blocks))
     row["promises_kept"] = bool(checked["clean"] and all(
         row[f"{c}_n"] == row[f"{c}_intact"] for c in ("synced", "flushed")))
     row["point_in_time"] = bool(row["promises_kept"]

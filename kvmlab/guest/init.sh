@@ -118,6 +118,7 @@ workload() {
 # operation and the block (so the host tells an intact file from a torn or an empty one).
 # Odd operations are synced (the file's fsync returned before the op line); even ones
 # are only written (the write returned; the data sits in the guest's page cache).
+# us= is the operation's latency as the guest saw it (its write, and fsync if synced).
 blocks_of() {
   k=0
   while [ $k -lt "$P_blocks" ]; do printf '%-4095s\n' "kvmlab op $1 block $k"; k=$((k+1)); done
@@ -132,11 +133,13 @@ consistency() {
     [ "$P_rounds" -gt 0 ] && [ $i -gt "$P_rounds" ] && break
     if [ $((i % 2)) -eq 1 ]; then cls=synced; else cls=written; fi
     say begin op=write path=/c/o$i n=$i cls=$cls t=$(now)
+    a=$(adjtimex)
     blocks_of $i > /mnt/c/o$i || continue
     if [ $cls = synced ]; then
       dd if=/dev/null of=/mnt/c/o$i conv=notrunc,fsync 2>/dev/null || continue
     fi
-    say op=write path=/c/o$i n=$i cls=$cls t=$(now)
+    b=$(adjtimex)
+    say op=write path=/c/o$i n=$i cls=$cls t=$(now) us=$(elapsed_us "$a" "$b")
     sleep "$pause"
   done
   say workload_done t=$(now) rounds=$((i-1))

@@ -109,6 +109,22 @@ def commit(backend: Backend, device: str, *, top: str | None = None, base: str |
     return Job(backend, jid, None, since)
 
 
+def backup(backend: Backend, device: str, target: str | Path, *, job_id: str = "backup0",
+           speed: int = 0) -> Job:
+    """Start QMP ``blockdev-backup sync=full`` of *device* into the existing raw file
+    *target*; returns its :class:`Job` (it ends by itself: wait with :meth:`Job.wait_done`,
+    then ``backend.drop_backup_target(job.id)``)."""
+    drives = {d.device for d in backend.block_info()}
+    if device not in drives:
+        raise BadInput(f"unknown drive {device!r} (drives: {', '.join(sorted(drives)) or 'none'})")
+    if not Path(target).is_file():
+        raise BadInput(f"backup target {target} does not exist (create it at the disk's size)")
+    check_speed(speed)
+    since = len(backend.events)
+    return Job(backend, backend.start_backup(device, str(target), job_id=job_id, speed=speed),
+               None, since)
+
+
 class Job:
     """A running (or finished) block job, as QEMU knows it by *job_id*."""
 

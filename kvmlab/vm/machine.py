@@ -507,6 +507,19 @@ class Machine:
         """Start QMP ``block-commit`` (see :func:`kvmlab.live.jobs.commit`)."""
         return jobs.commit(self.backend, device, **kwargs)
 
+    def backup(self, device: str, target: str | Path, job_id: str = "backup0",
+               speed: int = 0) -> jobs.Job:
+        """Start QMP ``blockdev-backup sync=full`` into the raw file *target* (see
+        :func:`kvmlab.live.jobs.backup`): a copy of the disk as it was at the job's start."""
+        return jobs.backup(self.backend, device, target, job_id=job_id, speed=speed)
+
+    def snapshot(self, device: str, overlay: str | Path) -> None:
+        """QMP ``blockdev-snapshot-sync``: writes go to the new qcow2 *overlay* from now on,
+        and the image below stays as it was."""
+        if Path(overlay).exists():
+            raise BadInput(f"overlay {overlay} already exists")
+        self.backend.snapshot(device, str(overlay))
+
     def stop(self) -> None:
         self.backend.stop()
 
