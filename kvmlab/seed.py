@@ -21,7 +21,7 @@ from typing import Any
 from kvmlab import paths
 from kvmlab.batch.sweep import SweepSpec, outcome, run_sweep
 from kvmlab.errors import BadInput
-from kvmlab.experiments import consistency_study, mirror_nfs_outage
+from kvmlab.experiments import consistency_study, mirror_nfs_outage, snapshot_methods
 from kvmlab.lab.suites import SEED_SUITE, chosen_names
 from kvmlab.model import ACCELS
 from kvmlab.qemu import builds
@@ -31,9 +31,9 @@ from kvmlab.report.document import check_output, make_labnote
 SEED_NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "08_seed_summary.ipynb"
 #: image sizes: "full" as the notebooks' defaults, "small" for a quick check (make test)
 SIZES: dict[str, dict[str, int]] = {
-    "full": {"image_mib": 48, "fill_mib": 8, "trials": 10, "repeats": 5},
-    # a quick check: fewer consistency copies per cell and E7 repetitions
-    "small": {"image_mib": 32, "fill_mib": 4, "trials": 3, "repeats": 3}}
+    "full": {"image_mib": 48, "fill_mib": 8, "trials": 10, "repeats": 5, "method_trials": 2},
+    # a quick check: fewer consistency copies per cell, E7 repetitions and method copies
+    "small": {"image_mib": 32, "fill_mib": 4, "trials": 3, "repeats": 3, "method_trials": 1}}
 
 
 def check_builds(qemu: str | Iterable[str]) -> list[str]:
@@ -58,7 +58,8 @@ def plan(qemu: Sequence[str], size: str = "full", cases: str | Iterable[str] | N
     if accel not in ACCELS:
         raise BadInput(f"accel={accel!r} is not one of {', '.join(ACCELS)}")
     chosen = chosen_names(cases, SEED_SUITE, "seed case")
-    ordered = sorted(chosen, key=lambda c: SEED_SUITE[c][0] is not consistency_study)
+    ordered = sorted(chosen, key=lambda c: SEED_SUITE[c][0] not in (consistency_study,
+                                                                    snapshot_methods))
     points = _spread([{"experiments": case, "qemu": build} for case in ordered for build in qemu])
     return SweepSpec(SEED_NOTEBOOK, params={**SIZES[size], "accel": accel}, points=points)
 

@@ -32,6 +32,7 @@ image_mib: int = 48
 fill_mib: int = 8
 trials: int = 10                    # the consistency study: copies per cut and cache mode
 repeats: int = 5                    # E7: each mirror variant this many times
+method_trials: int = 2              # snapshot methods (S ...): copies per quiesce mode
 sample_interval: float = 0.1        # seconds between query-block-jobs samples
 cache: str = "none"                 # the seed's cache mode
 accel: str = "auto"                 # auto: KVM only if a guest really boots under it, else TCG

@@ -42,6 +42,8 @@ SEED_CONCLUSIONS = {
     "E7": "-n onto an overlay of the same base copies the least data, fastest",
     "C2/3": "with cache=none what the guest wrote reaches the copy; without pausing the "
             "guest nothing guarantees a consistent copy",
+    "S": "(kvmlab's own question, not the seed's) other snapshot methods beside the mirror: "
+         "blockdev-backup and an external snapshot",
 }
 
 __all__ = ["ExperimentResult", "LabRun", "verify_image", "mirror_basic", "mirror_nfs_outage",

@@ -61,8 +61,11 @@ METHODS = ("mirror", "backup", "snapshot")
 QUIESCE = ("none", "stop", "fsfreeze")
 #: the classes of operations at a method's point in time, ``after`` included
 METHOD_CLASSES = (*CLASSES, "after")
-#: the seconds before an operation whose guest writes are its baseline
-BEFORE_S = 3.0
+#: the seconds before an operation whose guest writes are its baseline (quiet ones: each
+#: copy waits this long after the previous copy's checks and boot)
+BEFORE_S = 2.0
+#: guest downtimes closer than this are one rank when picking a method (TCG's spread)
+DOWNTIME_STEP_S = 0.05
 
 
 def snapshot_methods(*, methods: Sequence[str] = METHODS, quiesce: Sequence[str] = QUIESCE,
@@ -151,20 +154,21 @@ def recommendation(table: pd.DataFrame) -> str:
     - A **system disk**: the copy should hold every finished operation and boot with no
       journal to replay, in every copy.
 
-    Among the method/quiesce cells that qualify, the pick is the least guest downtime, then
-    the least written on the host; a runner-up within 10 % of the host bytes is named."""
+    Among the method/quiesce cells that qualify, the pick is the least guest downtime (in
+    steps of :data:`DOWNTIME_STEP_S`, closer is noise under TCG), then the least written on
+    the host; a runner-up in the same step and within 10 % of the host bytes is named."""
     def pick(rows: pd.DataFrame, kind: str) -> str:
         if rows.empty:
             return f"{kind}: no method and quiesce qualified in every copy"
-        ranked = rows.sort_values(["guest_downtime_s", "host_mib_written"])
+        rows = rows.assign(step=(rows["guest_downtime_s"] // DOWNTIME_STEP_S))
+        ranked = rows.sort_values(["step", "host_mib_written"])
         r = ranked.iloc[0]
         text = (f"{kind}: {r['method']} with quiesce {r['quiesce']} (guest downtime "
                 f"{r['guest_downtime_s'] * 1000:.0f} ms, {r['host_mib_written']:.1f} MiB "
                 f"written on the host, ready in {r['wall_s']:.2f} s)")
-        close = ranked.iloc[1:][(ranked.iloc[1:]["guest_downtime_s"] <= r["guest_downtime_s"]
-                                 + 0.01)
-                                & (ranked.iloc[1:]["host_mib_written"]
-                                   <= r["host_mib_written"] * 1.1)]
+        rest = ranked.iloc[1:]
+        close = rest[(rest["step"] == r["step"])
+                     & (rest["host_mib_written"] <= r["host_mib_written"] * 1.1)]
         if len(close):
             c = close.iloc[0]
             text += (f", with {c['method']} + {c['quiesce']} as good within the spread "
@@ -199,10 +203,9 @@ def _one_vm(lab: LabRun, method: str, order: list[str], waits: list[float], cach
         lab.note_machine(vm, label)
         agent = vm.agent()
         vm.wait_guest("op", timeout=120)
-        time.sleep(BEFORE_S)                # a baseline of the guest's writes
         for i, (q, wait) in enumerate(zip(order, waits, strict=True)):
             n = start + i + 1
-            time.sleep(wait)
+            time.sleep(BEFORE_S + wait)     # a quiet baseline of the guest's writes
             copy = lab.workdir / f"copy-{n}.raw"
             taken = _take(lab, vm, agent, method, q, n, copy, image_mib, speed, flushes)
             rows.append(_check(lab, vm, method, q, n, copy, taken, flushes,

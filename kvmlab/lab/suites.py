@@ -36,6 +36,8 @@ SEED_SUITE: dict[str, tuple[Callable[..., ExperimentResult], dict[str, Any]]] = 
     # side by side), each cutting 10 copies with each cut, interleaved
     **{f"C2/3 {cache}": (ex.consistency_study, {"cache_modes": [cache], "trials": 10})
        for cache in SEED_CACHES},
+    # kvmlab's own: the other snapshot methods beside the mirror, one run per method
+    **{f"S {method}": (ex.snapshot_methods, {"methods": [method]}) for method in ex.METHODS},
 }
 #: the target-fault table: fault:policy pairs
 FAULT_CASES = ("nbd_suspend:report nbd_down:report eio:report eio:ignore eio:stop "
@@ -67,6 +69,8 @@ def seed_suite(namespace: Mapping[str, Any], only: str | Iterable[str] | None = 
         extra = dict(variant)
         if fn is ex.shallow_existing and "fill_mib" in namespace:
             extra["base_fill_mib"] = int(namespace["fill_mib"]) * 2
+        if fn is ex.snapshot_methods:       # its copies per quiesce, apart from C2/3's
+            extra["trials"] = int(namespace.get("method_trials", 2))
         out[name] = run_experiment(fn, namespace, many=True, **{**extra, **overrides})
     return out
 

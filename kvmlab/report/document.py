@@ -36,6 +36,7 @@ import pandas as pd
 from kvmlab import analysis, plots, trust
 from kvmlab.analysis import causes
 from kvmlab.errors import BadInput, KvmlabError
+from kvmlab.experiments.snapshot_methods import summary as method_summary
 from kvmlab.report import labnote
 from kvmlab.store.runs import load_run
 from kvmlab.store.sweepdir import read_points
@@ -484,7 +485,17 @@ def labnote_sections(folder: Path, qemu: Sequence[str], say: Any = None
         case_runs = [runs[b][case] for b in qemu for case in c.cases if case in runs.get(b, {})]
         fresh = [r for r in case_runs if r.path not in drawn]   # E4b shows E4's runs
         drawn.update(r.path for r in fresh)
-        studies = [r for r in fresh if r.case in labnote.CONSISTENCY]
+        methods = [r for r in fresh if r.case in labnote.METHOD_CASES]
+        for b in dict.fromkeys(r.build for r in methods):   # a table and chart per build
+            copies = labnote.method_copies(runs[b])
+            if not copies.empty:
+                table = method_summary(copies)
+                sec.tables.append((f"{label[b]}: snapshot methods", str(table.to_html(
+                    index=False, border=0, classes="measures"))))
+                sec.figures.append(Figure(
+                    f"{label[b]}: what each method and quiesce cost the guest and the host",
+                    _png(plots.snapshot_methods(table, title=f"Snapshot methods, {label[b]}"))))
+        studies = [r for r in fresh if r.case in labnote.CONSISTENCY] + methods
         for b in dict.fromkeys(r.build for r in studies):   # one chart per build
             trials = labnote.consistency_trials(runs[b])
             if not trials.empty:

@@ -15,7 +15,8 @@ about what a QEMU build *displays* has a fourth outcome, **not reproduced**: the
 build is unknown, so a display that differs on ours says nothing against the seed.
 
 Besides the seed's claims, :data:`CLAIMS` holds kvmlab's own questions (``own=True``: is
-pausing alone enough? a guest sync first? fsfreeze?), judged on the same data but never
+pausing alone enough? a guest sync first? fsfreeze? is a mirror as good a snapshot as the
+other methods?), judged on the same data but never
 presented as the seed's words: the note puts them in a section of their own, and their
 outcome reads "holds" or "does not hold".
 """
@@ -33,6 +34,9 @@ import pandas as pd
 from kvmlab.analysis.series import strip_paths
 from kvmlab.counts import k_of_n
 from kvmlab.experiments.consistency import SEED_CACHES
+from kvmlab.experiments.snapshot_methods import METHODS
+from kvmlab.experiments.snapshot_methods import recommendation as method_recommendation
+from kvmlab.experiments.snapshot_methods import summary as method_summary
 from kvmlab.store.sweepdir import read_points
 from kvmlab.units import MIB
 
@@ -63,7 +67,11 @@ class CaseRun:
 
     def trials(self) -> pd.DataFrame:
         """The consistency study's trials table (empty for other experiments)."""
-        f = self.path / "trials.csv"
+        return self.table("trials.csv")
+
+    def table(self, name: str) -> pd.DataFrame:
+        """A CSV table the run wrote (``trials.csv``, ``copies.csv``), or an empty one."""
+        f = self.path / name
         return pd.read_csv(f) if f.is_file() else pd.DataFrame()
 
 
@@ -394,6 +402,44 @@ def freeze_quiesces(trials: pd.DataFrame) -> Finding:
                 "before the freeze", ok)
 
 
+METHOD_CASES = tuple(f"S {m}" for m in METHODS)
+
+
+def method_copies(r: Mapping[str, CaseRun]) -> pd.DataFrame:
+    """The copies of one build's snapshot-method runs, in one table."""
+    frames = [r[c].table("copies.csv") for c in METHOD_CASES if c in r]
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def mirror_as_good(copies: pd.DataFrame) -> Finding:
+    """kvmlab's question: is a mirror cut as consistent a snapshot as ``blockdev-backup``
+    or an external snapshot, with each quiesce?  Holds when, under every quiesce, the
+    mirror's copies were point-in-time (and kept the guest's promises) as often as the
+    best other method's; the text adds what each cost and what the numbers recommend."""
+    if copies.empty or copies["method"].nunique() < 2 or "mirror" not in set(copies.method):
+        return Finding("the mirror and at least one other method must have run", None)
+    table = method_summary(copies)
+    parts, worse = [], []
+    for q in dict.fromkeys(table["quiesce"]):
+        rows: list[dict[str, Any]] = table[table["quiesce"] == q].to_dict(orient="records")
+        parts.append(f"{q}: " + ", ".join(
+            f"{r['method']} {r['point_in_time']} of {r['copies']} point-in-time, "
+            f"{float(r['guest_downtime_s']) * 1000:.0f} ms downtime, p95 write latency "
+            f"{_num(r['latency_p95_ms'], '.1f')} ms (before "
+            f"{_num(r['latency_p95_before_ms'], '.1f')}), "
+            f"{float(r['host_mib_written']):.1f} MiB on the host" for r in rows))
+        share = {r["method"]: r["point_in_time"] / r["copies"] for r in rows}
+        others = [v for m, v in share.items() if m != "mirror"]
+        if "mirror" in share and others and share["mirror"] < max(others):
+            worse.append(str(q))
+    text = "; ".join(parts)
+    if worse:
+        text += f"; the mirror did worse with quiesce {', '.join(worse)}"
+    return Finding(text + ". What the numbers recommend: " + method_recommendation(table),
+                   not worse)
+
+
 CLAIMS: tuple[Claim, ...] = (
     Claim("E1", "the mirror holds every change the guest made during it",
           "drive_mirror -f on a running VM while the guest touches files, makes and removes "
@@ -449,6 +495,13 @@ CLAIMS: tuple[Claim, ...] = (
           "'guest-fsfreeze-freeze' around the cut: is "
           "the copy's journal empty and does it hold every finished operation?",
           CONSISTENCY, lambda r: freeze_quiesces(consistency_trials(r)), own=True),
+    Claim("Q4", "a mirror cut is as consistent a snapshot as backup or an external snapshot",
+          "the seed asked whether a mirror can serve as a snapshot; today's QEMU also has "
+          "blockdev-backup (copy-before-write) and external snapshots (blockdev-snapshot-sync, "
+          "then block-commit). The same guest and workload, each method with each quiesce "
+          "(none, stop, fsfreeze): which copies are point-in-time, and what does each cost "
+          "the guest and the host?", METHOD_CASES,
+          lambda r: mirror_as_good(method_copies(r)), own=True),
 )
 
 
