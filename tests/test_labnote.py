@@ -53,6 +53,9 @@ def test_claims_judged_as_recorded() -> None:
     # only written (its page cache), a guest sync first or fsfreeze did not
     assert judged["Q1"].outcome == "disagrees"
     assert judged["Q2"].outcome == "agrees" and judged["Q3"].outcome == "agrees"
+    # the snapshot methods: with fsfreeze every method's copies were point-in-time
+    assert judged["Q4"].outcome == "agrees"
+    assert "fsfreeze: mirror 2 of 2 point-in-time" in judged["Q4"].findings["10.0"].text
     q1 = judged["Q1"].findings["system"].text
     assert q1.startswith("0 of 30 (95 % interval 0%-11%) copies cut with stop held every")
     c2 = judged["C2"].findings["system"].text
@@ -68,7 +71,7 @@ def test_claims_judged_as_recorded() -> None:
     for build in BUILDS:
         assert tally(seed_claims, build) == {"agree": 11, "disagree": 0, "not shown": 0,
                                              "not reproduced": 1}
-        assert tally(own, build) == {"agree": 2, "disagree": 1, "not shown": 0,
+        assert tally(own, build) == {"agree": 3, "disagree": 1, "not shown": 0,
                                      "not reproduced": 0}
 
 
@@ -261,7 +264,7 @@ def test_kvmlab_report_reads_a_seed_folder_as_its_lab_note(tmp_path: Path) -> No
     # the seed's claims, then kvmlab's own questions, each in a section of its kind
     assert [t.split(". ", 1)[1].split(":")[0] for t in titles[1:]] == [c.key for c in CLAIMS]
     own = soup.select("section.question")
-    assert [q.h2.get_text().split(". ", 1)[1][:2] for q in own] == ["Q1", "Q2", "Q3"]
+    assert [q.h2.get_text().split(". ", 1)[1][:2] for q in own] == ["Q1", "Q2", "Q3", "Q4"]
     assert all(q.select_one(".question").get_text().startswith(
         "kvmlab's own question, not the seed's words: ") for q in own)
     assert own[0].select_one(".verdict strong").get_text() == "DOES NOT HOLD"
@@ -269,7 +272,7 @@ def test_kvmlab_report_reads_a_seed_folder_as_its_lab_note(tmp_path: Path) -> No
     assert header == ["claim", "system (QEMU 7.2.22)", "10.0 (QEMU 10.0.2)"]
     summary = soup.select_one("section.summary .verdict").get_text(" ", strip=True)
     assert "of the seed's 12 claims 11 agree" in summary
-    assert "kvmlab's own questions: system (QEMU 7.2.22): 3 asked, 2 hold, 1 do not hold" in summary
+    assert "kvmlab's own questions: system (QEMU 7.2.22): 4 asked, 3 hold, 1 do not hold" in summary
     # runs whose jobs ended before a sample: one line each, no empty axes
     lines = [li.get_text() for li in soup.select("section li")]
     assert any(t.startswith("E3 on system (QEMU 7.2.22): its jobs ended before the first "

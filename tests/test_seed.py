@@ -48,12 +48,12 @@ def test_seed_on_two_builds_writes_the_lab_note(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     # it talks: what it runs, then a verdict per build
-    assert "kvmlab seed: 24 runs (12 cases on system (QEMU 7.2" in res.stderr
+    assert "kvmlab seed: 30 runs (15 cases on system (QEMU 7.2" in res.stderr
     assert "QEMU 10.0: " in res.stderr and "of the seed's 12 claims agree" in res.stderr
     assert "kvmlab's own questions: " in res.stderr
     assert f"lab note: {out / 'labnote.html'}" in res.stdout
     points = [json.loads(p.read_text()) for p in out.glob("points/*/point.json")]
-    assert len(points) == 24 and all(p["status"] == "done" for p in points)
+    assert len(points) == 30 and all(p["status"] == "done" for p in points)
 
     soup = BeautifulSoup((out / "labnote.html").read_text(), "html.parser")
     assert not soup.select(".jp-InputArea, .input_area, pre code")       # no code
@@ -85,6 +85,11 @@ def test_seed_on_two_builds_writes_the_lab_note(tmp_path: Path) -> None:
     no_samples = [li for li in soup.select("section.claim li")
                   if "ended before the first sample" in li.get_text()]
     assert len(imgs) + len(no_samples) == 2 * 9 + 2
+    # kvmlab's own questions; Q4 with the snapshot methods' table and chart per build
+    q4 = next(q for q in own if q.h2.get_text().split(". ", 1)[1].startswith("Q4"))
+    assert len(q4.select("figure img")) == 2 and len(q4.select("table")) == 2
+    q4_text = q4.select_one(".verdict").get_text(" ")
+    assert "mirror" in q4_text and "backup" in q4_text and "What the numbers recommend" in q4_text
     assert "of operations only written" in by_key["C2"].select_one(".verdict").get_text(" ")
     summary = soup.select_one("section.summary table").get_text(" ")
     assert "E4b" in summary and "not reproduced" in summary
