@@ -33,7 +33,7 @@ SEED_NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "08_seed_
 SIZES: dict[str, dict[str, int]] = {
     "full": {"image_mib": 48, "fill_mib": 8, "trials": 10, "repeats": 5, "method_trials": 2},
     # a quick check: fewer consistency copies per cell, E7 repetitions and method copies
-    "small": {"image_mib": 32, "fill_mib": 4, "trials": 3, "repeats": 3, "method_trials": 1}}
+    "small": {"image_mib": 32, "fill_mib": 4, "trials": 1, "repeats": 2, "method_trials": 1}}
 
 
 def check_builds(qemu: str | Iterable[str]) -> list[str]:

@@ -327,8 +327,8 @@ def conclusion_1(r: Mapping[str, CaseRun]) -> Finding:
     text = (f"E1's copy {'booted' if booted else 'did not verify'} in a fresh VM: "
             f"{_copy_checked(e1)}; {_copies(trials, 'promises_kept')} copies cut from the "
             f"running VM were clean once their journal was replayed and held every synced "
-            f"operation; a data disk beside the system disk is not measured (the lab VM has "
-            f"one disk)")
+            f"operation; a data disk beside the system disk is not covered yet (the lab VM "
+            f"has one disk)")
     return Finding(text, booted and kept)
 
 
