@@ -268,6 +268,13 @@ def test_kvmlab_report_reads_a_seed_folder_as_its_lab_note(tmp_path: Path) -> No
     assert all(q.select_one(".question").get_text().startswith(
         "kvmlab's own question, not the seed's words: ") for q in own)
     assert own[0].select_one(".verdict strong").get_text() == "DOES NOT HOLD"
+    # each study's chart once: the consistency runs' in C1 (their first claim), the snapshot
+    # methods' in Q4 (with their tables), one per build
+    figures = {s.h2.get_text().split(". ", 1)[1][:3]: [i["alt"] for i in s.select("figure img")]
+               for s in soup.select("section.claim, section.question")}
+    assert [a.split(": ", 1)[1][:22] for a in figures["C1:"]] == ["what copies cut from t"] * 2
+    assert [a.split(": ", 1)[1][:22] for a in figures["Q4:"]] == ["what each method and q"] * 2
+    assert not figures["C2:"] and not figures["Q1:"]
     header = [th.get_text() for th in soup.select("section.summary table th")]
     assert header == ["claim", "system (QEMU 7.2.22)", "10.0 (QEMU 10.0.2)"]
     summary = soup.select_one("section.summary .verdict").get_text(" ", strip=True)

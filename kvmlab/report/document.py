@@ -495,7 +495,7 @@ def labnote_sections(folder: Path, qemu: Sequence[str], say: Any = None
                 sec.figures.append(Figure(
                     f"{label[b]}: what each method and quiesce cost the guest and the host",
                     _png(plots.snapshot_methods(table, title=f"Snapshot methods, {label[b]}"))))
-        studies = [r for r in fresh if r.case in labnote.CONSISTENCY] + methods
+        studies = [r for r in fresh if r.case in labnote.CONSISTENCY]
         for b in dict.fromkeys(r.build for r in studies):   # one chart per build
             trials = labnote.consistency_trials(runs[b])
             if not trials.empty:
@@ -503,7 +503,7 @@ def labnote_sections(folder: Path, qemu: Sequence[str], say: Any = None
                     f"{label[b]}: what copies cut from the live VM held, by cut and cache mode",
                     _png(plots.consistency(trials, title=f"Copy consistency, {label[b]}"))))
         for r in fresh:
-            if r in studies:
+            if r in studies or r in methods:
                 continue
             data = load_run(r.path)
             if data.samples.empty:      # a job quicker than one sample: a line, no axes
