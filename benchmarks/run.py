@@ -754,7 +754,7 @@ def _scored(r: Any) -> str:
 
 
 def bench_seed(tmp: Path, smoke: bool) -> dict[str, Any]:
-    """``kvmlab seed``: the whole seed suite (12 cases) on both builds with 2 workers, wall
+    """``kvmlab seed``: the whole seed suite (15 cases) on both builds with 2 workers, wall
     time against the sum of its runs' times (what one worker would take, less start-up);
     smoke: E4 paused and running on Debian's build at the small size."""
     from kvmlab.qemu import builds
@@ -772,7 +772,7 @@ def bench_seed(tmp: Path, smoke: bool) -> dict[str, Any]:
                            "wall_with_lab_note_s": time.monotonic() - t0,
                            "sum_of_run_walls_s": serial,
                            "speedup_over_serial": serial / result.wall_s,
-                           "wall_over_6_min_target": result.wall_s / 360}
+                           "wall_over_8_min_target": result.wall_s / 480}
     for b in qemu:
         out[f"claims_{b}"] = labnote.tally(result.judgements, b)
     out["claims"] = {j.claim.key: j.outcome for j in result.judgements}
@@ -853,7 +853,7 @@ TARGETS = {
                    "ETA error at half of the time to ready and seconds to 'will not converge' "
                    "measured; the active mode's cost on a slow target as ratios",
     "seed": "kvmlab seed: the whole seed suite on two builds with 2 workers in at most "
-            "6 minutes of wall time (wall_over_6_min_target <= 1)",
+            "8 minutes of wall time (wall_over_8_min_target <= 1; 8 since the consistency study cuts 10 copies per cell)",
     "memory": "the recorder's RSS grows < 50 MB over a 1-hour run at 100 Hz "
               "(window_rss_growth_mb_per_hour)",
     "predictor": "the convergence predictor on its held-out evaluation set (settings chosen "

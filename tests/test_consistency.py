@@ -47,8 +47,10 @@ def test_consistency_bad_input(opts: RunOptions) -> None:
         consistency_study(cache_modes=["fast"], options=opts)
     with pytest.raises(BadInput, match="trials"):
         consistency_study(trials=0, options=opts)
-    with pytest.raises(BadInput, match="each cut and each cache mode once"):
+    with pytest.raises(BadInput, match="give each cut once: stop stop"):
         consistency_study(cuts=["stop", "stop"], options=opts)
+    with pytest.raises(BadInput, match="give at least one cache mode"):
+        consistency_study(cache_modes=[], options=opts)
     with pytest.raises(BadInput, match="blocks"):
         consistency_study(blocks=0, options=opts)
     assert opts.runs_dir is not None and list(opts.runs_dir.iterdir()) == []

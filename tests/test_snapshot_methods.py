@@ -23,8 +23,10 @@ def test_snapshot_methods_bad_input(opts: RunOptions) -> None:
         snapshot_methods(methods=["clone"], options=opts)
     with pytest.raises(BadInput, match="quiesce 'pray'"):
         snapshot_methods(quiesce=["pray"], options=opts)
-    with pytest.raises(BadInput, match="each method and each quiesce mode once"):
+    with pytest.raises(BadInput, match="give each method once"):
         snapshot_methods(methods=["mirror", "mirror"], options=opts)
+    with pytest.raises(BadInput, match="give at least one quiesce"):
+        snapshot_methods(quiesce=[], options=opts)
     with pytest.raises(BadInput, match="trials"):
         snapshot_methods(trials=0, options=opts)
     with pytest.raises(BadInput, match="libvirt"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,20 @@ from kvmlab.vm.machine import Machine
 
 log = logging.getLogger(__name__)
 
+
+
+def distinct_choices(values: Sequence[str], known: Sequence[str], what: str) -> tuple[str, ...]:
+    """*values* as a tuple: at least one, each one of *known*, none twice (else one line
+    naming the *what*, before anything is created)."""
+    values = tuple(values)
+    for v in values:
+        if v not in known:
+            raise BadInput(f"{what} {v!r} is not one of {', '.join(known)}")
+    if not values:
+        raise BadInput(f"give at least one {what}")
+    if len(set(values)) != len(values):
+        raise BadInput(f"give each {what} once: {' '.join(values)}")
+    return values
 
 
 @dataclass

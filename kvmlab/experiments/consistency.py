@@ -42,7 +42,7 @@ import pandas as pd
 from kvmlab import marks
 from kvmlab.counts import wilson
 from kvmlab.errors import BadInput, WaitTimeout
-from kvmlab.experiments.common import ExperimentResult, LabRun
+from kvmlab.experiments.common import ExperimentResult, LabRun, distinct_choices
 from kvmlab.experiments.options import DEFAULT_OPTIONS, RunOptions
 from kvmlab.guest.workload import Workload, file_state
 from kvmlab.model import CACHE_MODES
@@ -78,17 +78,8 @@ def consistency_study(*, cuts: Sequence[str] = CUTS,
         *seed*), so cuts fall at different points of the guest's work.
     """
     params = dict(locals())
-    cuts, cache_modes = tuple(cuts), tuple(cache_modes)
-    for c in cuts:
-        if c not in CUTS:
-            raise BadInput(f"cut {c!r} is not one of {', '.join(CUTS)}")
-    for c in cache_modes:
-        if c not in CACHE_MODES:
-            raise BadInput(f"cache mode {c!r} is not one of {', '.join(CACHE_MODES)}")
-    if not cuts or not cache_modes:
-        raise BadInput("give at least one cut and one cache mode")
-    if len(set(cuts)) != len(cuts) or len(set(cache_modes)) != len(cache_modes):
-        raise BadInput("each cut and each cache mode once")
+    cuts = distinct_choices(cuts, CUTS, "cut")
+    cache_modes = distinct_choices(cache_modes, CACHE_MODES, "cache mode")
     if isinstance(trials, bool) or not isinstance(trials, int) or not 1 <= trials <= 100:
         raise BadInput(f"trials={trials!r} must be an integer from 1 to 100")
     lo, hi = cut_after_s

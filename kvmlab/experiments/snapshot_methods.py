@@ -42,7 +42,7 @@ import pandas as pd
 
 from kvmlab import marks
 from kvmlab.errors import BadInput
-from kvmlab.experiments.common import ExperimentResult, LabRun, verify_image
+from kvmlab.experiments.common import ExperimentResult, LabRun, distinct_choices, verify_image
 from kvmlab.experiments.consistency import (
     AGENT_LIBVIRT,
     CLASSES,
@@ -81,16 +81,8 @@ def snapshot_methods(*, methods: Sequence[str] = METHODS, quiesce: Sequence[str]
         and long enough for the guest's writes during them to be measured.
     """
     params = dict(locals())
-    methods, quiesce = tuple(methods), tuple(quiesce)
-    for m in methods:
-        if m not in METHODS:
-            raise BadInput(f"method {m!r} is not one of {', '.join(METHODS)}")
-    for q in quiesce:
-        if q not in QUIESCE:
-            raise BadInput(f"quiesce {q!r} is not one of {', '.join(QUIESCE)}")
-    if not methods or not quiesce or len(set(methods)) != len(methods) \
-            or len(set(quiesce)) != len(quiesce):
-        raise BadInput("give each method and each quiesce mode once, at least one of each")
+    methods = distinct_choices(methods, METHODS, "method")
+    quiesce = distinct_choices(quiesce, QUIESCE, "quiesce")
     if cache not in CACHE_MODES:
         raise BadInput(f"cache mode {cache!r} is not one of {', '.join(CACHE_MODES)}")
     if isinstance(trials, bool) or not isinstance(trials, int) or not 1 <= trials <= 50:
