@@ -853,7 +853,8 @@ TARGETS = {
                    "ETA error at half of the time to ready and seconds to 'will not converge' "
                    "measured; the active mode's cost on a slow target as ratios",
     "seed": "kvmlab seed: the whole seed suite on two builds with 2 workers in at most "
-            "8 minutes of wall time (wall_over_8_min_target <= 1; 8 since the consistency study cuts 10 copies per cell)",
+            "8 minutes of wall time (wall_over_8_min_target <= 1; 8 since the consistency "
+            "study cuts 10 copies per cell)",
     "memory": "the recorder's RSS grows < 50 MB over a 1-hour run at 100 Hz "
               "(window_rss_growth_mb_per_hour)",
     "predictor": "the convergence predictor on its held-out evaluation set (settings chosen "
