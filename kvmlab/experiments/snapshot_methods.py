@@ -41,7 +41,7 @@ from typing import Any
 import pandas as pd
 
 from kvmlab import marks
-from kvmlab.errors import BadInput
+from kvmlab.errors import BadInput, JobError
 from kvmlab.experiments.common import ExperimentResult, LabRun, distinct_choices, verify_image
 from kvmlab.experiments.consistency import (
     AGENT_LIBVIRT,
@@ -260,7 +260,7 @@ def _take(lab: LabRun, vm: Machine, agent: GuestAgent, method: str, q: str, n: i
         outcome = job.wait_done(300)
         vm.backend.drop_backup_target(job.id)
         if not outcome.ok:
-            raise BadInput(f"blockdev-backup ended with {outcome.event}: {outcome.error}")
+            raise JobError(f"blockdev-backup ended with {outcome.event}: {outcome.error}")
         written = outcome.offset
     else:
         overlay = lab.workdir / f"overlay-{n}.qcow2"
