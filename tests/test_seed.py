@@ -16,6 +16,7 @@ from bs4 import BeautifulSoup
 from conftest import qemu_pids
 
 from kvmlab.faults.nfs import lock_path
+from kvmlab.lab.suites import SEED_SUITE
 from kvmlab.qemu import builds
 from kvmlab.report.labnote import CLAIMS
 
@@ -42,18 +43,21 @@ def _lock_is_free() -> bool:
 @pytest.mark.skipif("10.0" not in builds.names(), reason="make qemu-builds installs 10.0")
 def test_seed_on_two_builds_writes_the_lab_note(tmp_path: Path) -> None:
     out = tmp_path / "seed"
+    # every case but two of the three consistency runs (one cache mode judges C1-C3 and
+    # Q1-Q3 as well; the other two are the same code with another cache mode)
+    cases = [c for c in SEED_SUITE if c not in ("C2/3 writeback", "C2/3 directsync")]
     res = subprocess.run([*KVMLAB, "seed", "--qemu", "system,10.0", "--workers", "2",
                           "--size", "small", "--accel", "tcg", "--out", str(out),
-                          "--pdf", str(tmp_path / "note.pdf")],
+                          "--only", ",".join(cases), "--pdf", str(tmp_path / "note.pdf")],
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     # it talks: what it runs, then a verdict per build
-    assert "kvmlab seed: 30 runs (15 cases on system (QEMU 7.2" in res.stderr
+    assert "kvmlab seed: 26 runs (13 cases on system (QEMU 7.2" in res.stderr
     assert "QEMU 10.0: " in res.stderr and "of the seed's 12 claims agree" in res.stderr
     assert "kvmlab's own questions: " in res.stderr
     assert f"lab note: {out / 'labnote.html'}" in res.stdout
     points = [json.loads(p.read_text()) for p in out.glob("points/*/point.json")]
-    assert len(points) == 30 and all(p["status"] == "done" for p in points)
+    assert len(points) == 26 and all(p["status"] == "done" for p in points)
 
     soup = BeautifulSoup((out / "labnote.html").read_text(), "html.parser")
     assert not soup.select(".jp-InputArea, .input_area, pre code")       # no code
