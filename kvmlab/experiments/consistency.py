@@ -42,7 +42,7 @@ import pandas as pd
 from kvmlab import marks
 from kvmlab.counts import wilson
 from kvmlab.errors import BadInput, WaitTimeout
-from kvmlab.experiments.common import ExperimentResult, LabRun, distinct_choices
+from kvmlab.experiments.common import ExperimentResult, LabRun, busy_vm, distinct_choices
 from kvmlab.experiments.options import DEFAULT_OPTIONS, RunOptions
 from kvmlab.guest.workload import Workload, file_state
 from kvmlab.model import CACHE_MODES
@@ -215,11 +215,8 @@ def _one_vm(lab: LabRun, cache: str, workload: Workload, image_mib: int, order: 
     make_guest_disk(source, image_mib, "qcow2", 0)
     rows = []
     flushes: list[float] = []
-    with lab.machine(source, label, mode="workload", workload=workload, cache=cache,
-                     agent=True) as vm:
-        lab.note_machine(vm, label)
+    with busy_vm(lab, source, workload, label=label, cache=cache, agent=True) as vm:
         agent = vm.agent()
-        vm.wait_guest("op", timeout=120)
         for i, (cut, wait) in enumerate(zip(order, waits, strict=True)):
             n = start + i + 1
             rows.append(_cut(lab, vm, agent, n, i // len(set(order)), cut, cache, wait,

@@ -42,7 +42,13 @@ import pandas as pd
 
 from kvmlab import marks
 from kvmlab.errors import BadInput, JobError
-from kvmlab.experiments.common import ExperimentResult, LabRun, distinct_choices, verify_image
+from kvmlab.experiments.common import (
+    ExperimentResult,
+    LabRun,
+    busy_vm,
+    distinct_choices,
+    verify_image,
+)
 from kvmlab.experiments.consistency import (
     AGENT_LIBVIRT,
     CLASSES,
@@ -190,11 +196,8 @@ def _one_vm(lab: LabRun, method: str, order: list[str], waits: list[float], cach
     rows: list[dict[str, Any]] = []
     flushes: list[float] = []
     booted: set[str] = set()
-    with lab.machine(source, label, mode="workload", workload=workload, cache=cache,
-                     agent=True) as vm:
-        lab.note_machine(vm, label)
+    with busy_vm(lab, source, workload, label=label, cache=cache, agent=True) as vm:
         agent = vm.agent()
-        vm.wait_guest("op", timeout=120)
         for i, (q, wait) in enumerate(zip(order, waits, strict=True)):
             n = start + i + 1
             time.sleep(BEFORE_S + wait)     # a quiet baseline of the guest's writes
