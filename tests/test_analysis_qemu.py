@@ -13,7 +13,7 @@ from kvmlab.live.record import Recorder
 from kvmlab.qemu import images
 from kvmlab.vm.machine import Machine
 
-pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
+pytestmark = [pytest.mark.qemu, pytest.mark.timing]  # real QEMU; verdicts on timing
 
 MIB = 1024 * 1024
 

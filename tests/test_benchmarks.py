@@ -6,49 +6,88 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-# integration: real QEMU and the guest; both watch /dev/shm, shared by every worker, and the
-# smoke makes a libvirt domain: they run in the worker of the libvirt tests (whose leak
-# check counts every kvmlab domain of the host)
-pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("libvirt")]
-
+# integration (marked qemu): real QEMU and the guest; the parts' list is pure
 ROOT = Path(__file__).resolve().parent.parent
 
+# The smoke in three parts, so that the suite's workers share it.  The part with libvirt
+# and /dev/shm runs in the worker of the libvirt tests (their leak check counts every
+# kvmlab domain of the host) beside the kill test below, which watches /dev/shm.
+PARTS = {
+    "libvirt-shm": ("sample_cost", "recording_overhead", "trace"),
+    "runs": ("throughput", "end_to_end", "sweep", "live_plot", "qemu_builds", "memory",
+             "predictor"),
+    "verdicts": ("convergence", "seed"),
+}
 
-def test_benchmarks_smoke(tmp_path: Path) -> None:
+
+def _check(b: dict[str, Any]) -> None:
+    """What each benchmark must report at smoke size (figures measured, none asserted)."""
+    if "predictor" in b:
+        assert b["predictor"]["tuning"]["runs"] == 16
+    if "memory" in b:
+        mem = b["memory"]
+        assert mem["rows"] == 18000 and mem["all_rows_kept_rss_growth_mb"] > 0
+    if "qemu_builds" in b:
+        assert b["qemu_builds"]["all_passed"] is True
+        assert b["qemu_builds"]["ratio_watch_cpu"] > 0
+    if "live_plot" in b:
+        assert b["live_plot"]["ipympl_over_png"] > 0
+    if "trace" in b:
+        t = b["trace"]
+        assert t["ttr_trace_on_s"] > 0 and t["trace_events_per_gib"] > 0
+        assert t["parse_us_per_event"] > 0 and t["long_run_trace_rows"] > 0
+        assert t["dashboard_with_trace_s"] > 0
+    if "sample_cost" in b:
+        assert b["sample_cost"]["virsh_wall_s"] > 0 and b["sample_cost"]["qmp_wall_s"] > 0
+    if "recording_overhead" in b:
+        assert b["recording_overhead"]["reps"] == 1
+    if "throughput" in b:
+        assert b["throughput"]["qemu_img_convert_s"] > 0
+    if "end_to_end" in b:
+        assert b["end_to_end"]["all_passed"] is True
+    if "sweep" in b:
+        assert b["sweep"]["wall_2_workers_s"] > 0
+    if "convergence" in b:
+        c = b["convergence"]
+        assert c["runs"] == c["sweep_points"] == 1 and c["converged"] + c["diverged"] == 1
+        # (at smoke size the write-blocking job may hold every guest write)
+        assert {c["slow_target_background"]["converged"],
+                c["slow_target_write-blocking"]["converged"]} <= {True, False}
+    if "seed" in b:
+        sd = b["seed"]
+        assert sd["runs"] == 2 and sd["failed"] == 0 and sd["wall_s"] > 0
+        assert sd["claims"] == {"E4": "agrees", "E4b": "not reproduced"}
+
+
+def test_the_parts_cover_every_benchmark() -> None:
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    names = [n for part in PARTS.values() for n in part]
+    assert sorted(names) == sorted(mod.TARGETS) and len(set(names)) == len(names)
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("part", [
+    pytest.param("libvirt-shm", marks=pytest.mark.xdist_group("libvirt")), "runs", "verdicts"])
+def test_benchmarks_smoke(part: str, tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke",
-                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
+                          "--out", str(tmp_path), "--only", *PARTS[part]],
+                         capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     data = json.loads((tmp_path / "results.json").read_text())
-    b = data["benchmarks"]
-    assert set(b) == {"sample_cost", "recording_overhead", "throughput", "end_to_end", "sweep",
-                      "live_plot", "qemu_builds", "trace", "convergence", "seed", "memory",
-                      "predictor"}
-    assert b["predictor"]["tuning"]["runs"] == 16
-    mem = b["memory"]
-    assert mem["rows"] == 18000 and mem["all_rows_kept_rss_growth_mb"] > 0
-    assert b["qemu_builds"]["all_passed"] is True and b["qemu_builds"]["ratio_watch_cpu"] > 0
-    assert b["live_plot"]["ipympl_over_png"] > 0
-    t = b["trace"]
-    assert t["ttr_trace_on_s"] > 0 and t["trace_events_per_gib"] > 0
-    assert t["parse_us_per_event"] > 0 and t["long_run_trace_rows"] > 0
-    assert t["dashboard_with_trace_s"] > 0
-    assert b["sample_cost"]["virsh_wall_s"] > 0 and b["sample_cost"]["qmp_wall_s"] > 0
-    assert b["throughput"]["qemu_img_convert_s"] > 0
-    assert b["end_to_end"]["all_passed"] is True
-    assert b["sweep"]["wall_2_workers_s"] > 0
-    c = b["convergence"]
-    assert c["runs"] == c["sweep_points"] == 1 and c["converged"] + c["diverged"] == 1
-    # (at smoke size the write-blocking job may hold every guest write: writes can be None)
-    assert {c["slow_target_background"]["converged"],
-            c["slow_target_write-blocking"]["converged"]} <= {True, False}
-    sd = b["seed"]
-    assert sd["runs"] == 2 and sd["failed"] == 0 and sd["wall_s"] > 0
-    assert sd["claims"] == {"E4": "agrees", "E4b": "not reproduced"}
+    assert set(data["benchmarks"]) == set(PARTS[part])
+    _check(data["benchmarks"])
     report = (tmp_path / "RESULTS.md").read_text()
-    assert "## sample cost" in report and "Target:" in report and data["smoke"] is True
+    assert "Target:" in report and data["smoke"] is True
+    for name in PARTS[part]:
+        assert f"[bench] {name} done in" in res.stdout
 
 
 def _cmdlines_with(text: str) -> list[int]:
@@ -65,6 +104,8 @@ def _cmdlines_with(text: str) -> list[int]:
     return pids
 
 
+@pytest.mark.qemu
+@pytest.mark.xdist_group("libvirt")
 def test_killed_benchmark_leaves_its_ram_dir_to_be_reaped(tmp_path: Path) -> None:
     """kill -9 of a benchmark while its QEMU runs from RAM: the QEMU dies with it, and the
     /dev/shm dir it could not remove is reaped by the next kvmlab run (here: the call)."""

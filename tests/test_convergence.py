@@ -157,6 +157,7 @@ def test_eta_error_at_half_way_is_the_eta_minus_the_truth() -> None:
 # tests/test_notebooks.py::test_active_mirror_notebook_on_qemu_7_2: the notebook runs both)
 
 
+@pytest.mark.timing
 @pytest.mark.qemu
 @pytest.mark.parametrize("qemu", ["system", "10.0"])
 def test_the_slow_target_takes_writes_no_faster_than_its_limit(scratch: Path, qemu: str) -> None:
@@ -196,6 +197,7 @@ def test_a_switch_qemu_7_2_cannot_make_is_one_line_before_anything_is_created(
     assert opts.runs_dir is not None and list(opts.runs_dir.iterdir()) == []
 
 
+@pytest.mark.timing
 @pytest.mark.qemu
 def test_a_diverging_job_switched_live_on_qemu_10_converges(opts: RunOptions) -> None:
     r = ex.convergence_pressure(copy_mode="background", switch_when="diverging",
@@ -294,6 +296,7 @@ def test_an_alarm_counts_against_the_conditions_in_force_when_it_was_made() -> N
     assert (converge.predict(s)["state"] == "diverging").any()     # it was said before
 
 
+@pytest.mark.timing
 @pytest.mark.qemu
 def test_raising_the_limit_on_the_verdict_converges_and_is_no_false_alarm(
         opts: RunOptions) -> None:

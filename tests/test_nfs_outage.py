@@ -95,6 +95,7 @@ def test_nfs_bad_input(scratch: Path, opts: RunOptions) -> None:
     assert not _ganesha_running()
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("outage,policy", [("stop", "report"), ("freeze", "stop")])
 def test_e2_mirror_survives_nfs_outage(outage: str, policy: str, opts: RunOptions) -> None:
     r = mirror_nfs_outage(outage=outage, on_target_error=policy, outage_after_s=1.5,

@@ -18,11 +18,14 @@ from kvmlab.store.runs import read_stream
 from kvmlab.store.tmpdirs import reap_stale_tmpdirs
 from kvmlab.vm.machine import Machine
 
-pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
+# integration where a real QEMU runs (marked qemu); the journal, the pacer and the gap
+# reasons are pure logic and run in the pure tier
 
 MIB = 1024 * 1024
 
 
+@pytest.mark.qemu
+@pytest.mark.timing
 def test_sustains_100_hz_and_records_all_streams(scratch: Path, tmp_path: Path) -> None:
     src = scratch / "disk.qcow2"
     images.make_guest_disk(src, 64, fill_mib=16)
@@ -78,6 +81,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.qemu
 def test_killed_process_loses_at_most_one_interval(scratch: Path, tmp_path: Path) -> None:
     src = scratch / "disk.qcow2"
     images.make_guest_disk(src, 64, fill_mib=16)
@@ -132,6 +136,7 @@ def test_journal_keeps_rows_until_the_thread_writes_them(tmp_path: Path) -> None
     assert [r["i"] for r in st.rows()] == [0, 1, 2, 3, 4]  # the journal, then what waits
 
 
+@pytest.mark.qemu                   # mounts a small tmpfs: root, as the integration tier
 def test_a_full_disk_stops_the_journal_and_says_so(tmp_path: Path) -> None:
     """On a full tmpfs the journal stops with NoSpace kept, the rows stay in memory, and
     the recorder's stop raises it after writing what it could."""

@@ -73,6 +73,7 @@ CASES = [
 ]
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("fault,policy,behaviour,steps,verify", CASES,
                          ids=[f"{c[0]}-{c[1]}" for c in CASES])
 def test_target_fault(fault: str, policy: str, behaviour: str, steps: list[str], verify: bool,

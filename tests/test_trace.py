@@ -234,6 +234,7 @@ def test_a_trace_file_that_cannot_be_created_fails_the_start(scratch: Path) -> N
     assert not (scratch / "missing").exists()
 
 
+@pytest.mark.timing
 @pytest.mark.qemu
 @pytest.mark.parametrize("qemu", ["system", "10.0"])
 def test_speed_limit_below_the_guests_rate_is_dirtying(qemu: str, opts: RunOptions) -> None:
@@ -249,6 +250,7 @@ def test_speed_limit_below_the_guests_rate_is_dirtying(qemu: str, opts: RunOptio
     assert len(run.trace) and not list(r.run_path.glob("trace-*.log"))
 
 
+@pytest.mark.timing
 @pytest.mark.qemu
 def test_throttle_on_qemu_10_is_throttled(opts: RunOptions) -> None:
     r = ex.target_fault(fault="throttle", fill_mib=16, verify=False,
@@ -258,6 +260,7 @@ def test_throttle_on_qemu_10_is_throttled(opts: RunOptions) -> None:
     assert json.loads((r.run_path / "run.json").read_text())["params"]["trace"] == "default"
 
 
+@pytest.mark.timing
 @pytest.mark.qemu
 @pytest.mark.parametrize("qemu", ["system", "10.0"])
 def test_the_onset_interval_holds_the_true_stop_at_any_phase(qemu: str, opts: RunOptions) -> None:
