@@ -14,6 +14,7 @@ import json
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -514,10 +515,16 @@ def save_all(run: RunData, **kw: Any) -> list[str]:
             "rates.png": rates(run.samples, run.events, run.guest_ops),
             "image_sizes.png": image_sizes(run.sizes, run.events, run.samples)}
     for name, fig in figs.items():
-        fig.savefig(run.path / name, dpi=100, bbox_inches="tight")
+        save_png(fig, run.path / name)
         plt.close(fig)
         out.append(name)
     return out
+
+
+def save_png(fig: Figure, path: Path, dpi: int = 100) -> Path:
+    """*fig* written to *path* as PNG, trimmed to what it draws (a run folder's figures)."""
+    fig.savefig(path, format="png", dpi=dpi, bbox_inches="tight")
+    return path
 
 
 # -- sweep figures -------------------------------------------------------------------------

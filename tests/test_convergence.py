@@ -157,7 +157,6 @@ def test_eta_error_at_half_way_is_the_eta_minus_the_truth() -> None:
 # tests/test_notebooks.py::test_active_mirror_notebook_on_qemu_7_2: the notebook runs both)
 
 
-@pytest.mark.timing
 @pytest.mark.qemu
 @pytest.mark.parametrize("qemu", ["system", "10.0"])
 def test_the_slow_target_takes_writes_no_faster_than_its_limit(scratch: Path, qemu: str) -> None:

@@ -63,7 +63,6 @@ def test_target_faults_notebook(tmp_path: Path) -> None:
     assert "2 of 2 cases recovered" in (out / "09_target_faults.html").read_text()
 
 
-@pytest.mark.timing
 def test_qemu_versions_notebook(tmp_path: Path) -> None:
     """The version comparison at small size, once on each build: a pivot (the seed's other
     experiments on both builds are kvmlab seed's test), a fault and the throttled mirror.

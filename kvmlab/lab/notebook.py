@@ -102,5 +102,5 @@ def save_table_figure(run_path: str | None, name: str, table: pd.DataFrame, fig:
     fig.tight_layout()
     if run_path:
         table.to_csv(Path(run_path) / f"{name}.csv", index=False)
-        fig.savefig(Path(run_path) / f"{name}.png", dpi=100)
+        plots.save_png(fig, Path(run_path) / f"{name}.png")
     plt.show()

@@ -450,12 +450,23 @@ class MirrorPanel(w.VBox):
         fig = plots.dashboard(fin.data)
         try:
             self._dashboard_png = plots.png(fig)
-            fig.savefig(fin.run_path / "dashboard.png", dpi=100, bbox_inches="tight")
+            plots.save_png(fig, fin.run_path / "dashboard.png")
         finally:
             plt.close(fig)
 
     def _show_finish(self, fin: Finished) -> None:
+        """The finished run in the panel.  The summary is written last: whoever sees it
+        (a user, a test polling from another thread) sees the dashboard and the next
+        target already in place."""
         self._shown_finish = fin
+        png = getattr(self, "_dashboard_png", None)
+        if png:
+            _show_image(self.dashboard, png)
+        if self.session is not None:                # the next Start needs a new file
+            self.target.value = str(self.session.default_target(self.format.value or None))
+        self.progress.bar_style = "success" if not fin.error else "danger"
+        self._last_outcome = fin.outcome
+        self.status.value = f"status: <b>{fin.outcome}</b> (run saved)"
         keys = ("time_to_ready_s", "bytes_copied", "mean_copy_rate", "convergence",
                 "stall_count", "stall_time_s", "jobs", "samples")
         rows = "".join(f"<tr><td>{k}</td><td>{html.escape(with_unit(k, fin.summary.get(k)))}"
@@ -466,14 +477,6 @@ class MirrorPanel(w.VBox):
             f"<p class='kvmlab-meaning'>{html.escape(fin.meaning)}</p>"
             f"<p>run saved to <code>{html.escape(str(fin.run_path))}</code></p>"
             f"<table>{rows}</table>")
-        png = getattr(self, "_dashboard_png", None)
-        if png:
-            _show_image(self.dashboard, png)
-        if self.session is not None:                # the next Start needs a new file
-            self.target.value = str(self.session.default_target(self.format.value or None))
-        self.progress.bar_style = "success" if not fin.error else "danger"
-        self._last_outcome = fin.outcome
-        self.status.value = f"status: <b>{fin.outcome}</b> (run saved)"
 
     # -- teardown ------------------------------------------------------------------------
     def close(self) -> None:
