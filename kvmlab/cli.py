@@ -43,6 +43,18 @@ def main() -> None:
     with _one_line_errors("nothing was done"):
         trust.private_umask()             # runs, scratch and logs are ours alone
     _warnings_as_lines()
+    _no_iri_grammar()
+
+
+def _no_iri_grammar() -> None:
+    """Keep jsonschema (under papermill, nbformat and nbconvert) from importing
+    ``rfc3987_syntax``, which compiles an IRI grammar with lark at import: about 1.3 s of
+    CPU in every kvmlab process that reads a notebook, and a sweep starts one per point.
+    jsonschema imports it under ``suppress(ImportError)`` for its 'iri' format checker
+    alone; a notebook's schema checks no IRI.  (``None`` in ``sys.modules`` makes that
+    import fail, the standard way.)  Only the command's own process: a library user's
+    interpreter is left as it is."""
+    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
 
 
 class _OneLine(logging.Formatter):
