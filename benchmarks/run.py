@@ -38,12 +38,13 @@ from kvmlab.experiments.options import RunOptions
 from kvmlab.live.jobs import Job
 from kvmlab.live.record import Recorder
 from kvmlab.qemu import images
-from kvmlab.store.runs import _git_revision, _qemu_version
+from kvmlab.store.runs import provenance
+from kvmlab.store.sweepdir import read_points
 from kvmlab.store.tmpdirs import owned_tmpdir
+from kvmlab.units import MIB
 from kvmlab.vm.libvirt_lab import LibvirtMachine
 from kvmlab.vm.machine import Machine, resolve_accel
 
-MIB = 1024 * 1024
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
@@ -765,8 +766,8 @@ def bench_seed(tmp: Path, smoke: bool) -> dict[str, Any]:
     result = run_seed(qemu, tmp / "seed", workers=2, size="small" if smoke else "full",
                       cases="E4 paused,E4 running" if smoke else None, accel="tcg",
                       say=lambda _line: None, progress=False)
-    points = [json.loads(p.read_text()) for p in (result.folder / "points").glob("*/point.json")]
-    serial = sum(p["wall_s"] for p in points)
+    points = read_points(result.folder)
+    serial = sum(float(p.record["wall_s"]) for p in points)
     out: dict[str, Any] = {"builds": ", ".join(qemu), "runs": len(points),
                            "failed": len(result.failed), "wall_s": result.wall_s,
                            "wall_with_lab_note_s": time.monotonic() - t0,
@@ -920,10 +921,11 @@ def main(argv: list[str] | None = None) -> int:
                          "results.json (each table says when it was measured)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    prov = provenance()
     results: dict[str, Any] = {
         "smoke": args.smoke, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": {"cpus": os.cpu_count(), "cpu": cpu_model(), "accel": resolve_accel("auto"),
-                    "kvmlab": __version__, "git": _git_revision(), "qemu": _qemu_version(),
+                    "kvmlab": __version__, "git": prov["git_revision"], "qemu": prov["qemu_version"],
                     "python": platform.python_version()},
         "benchmarks": {}}
     previous = _previous(args.out / "results.json", args.smoke)

@@ -23,7 +23,8 @@ ODD = "my scratch 'q' $x ü"
 
 @pytest.fixture
 def odd_scratch(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    d = paths.data_dir() / "scratch" / ODD
+    # inside this session's own scratch folder: another worker's test uses the same name
+    d = paths.scratch_dir() / ODD
     d.mkdir(parents=True)
     monkeypatch.setenv("KVMLAB_SCRATCH", str(d))
     yield d
@@ -48,7 +49,7 @@ def test_guest_disk_fill_lands_in_a_folder_with_spaces(odd_scratch: Path) -> Non
 
 
 def test_e1_with_odd_scratch_and_run_folder(odd_scratch: Path, odd_opts: RunOptions) -> None:
-    res = mirror_basic(image_mib=48, fill_mib=8, after_ready_s=1.0, options=odd_opts)
+    res = mirror_basic(image_mib=48, fill_mib=8, after_ready_s=2.0, options=odd_opts)
     assert res.passed, res.verdict
     assert res.verdict["checked"] >= 5 and res.verdict["bad"] == 0
     assert not any(odd_scratch.iterdir())              # scratch images removed

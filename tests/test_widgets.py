@@ -36,6 +36,7 @@ def panel(runs: Path):
     assert scratch is None or not scratch.exists()
 
 
+@pytest.mark.timing                      # numbers and plot at least twice a second
 def test_panel_drives_a_mirror_through_every_state(panel: MirrorPanel, runs: Path) -> None:
     p = panel
     _until(lambda: _enabled(p) == {"start", "stop_vm"}, 10, "start enabled")
