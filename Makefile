@@ -1,6 +1,6 @@
 # kvmlab on a fresh Debian 12: `make demo`, `make check` and `make test`.
 # Each installs what it needs (Debian packages, a virtualenv, the guest) idempotently.
-#   make check  the pure tier: linters, mypy, tests on recorded runs; no QEMU needed (< 60 s)
+#   make check  the pure tier: linters, mypy, tests on recorded runs; no QEMU needed (~1 min)
 #   make test   check, then the integration tier against real QEMU, libvirtd and NFS
 
 PYTHON  ?= python3
