@@ -397,3 +397,18 @@ def test_a_full_disk_under_the_run_is_one_line_and_a_failed_run(size: str,
         assert not (mnt / "r" / "01_mirror_basic.html").exists()     # none cut off
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_the_command_never_compiles_jsonschemas_iri_grammar(tmp_path: Path) -> None:
+    """A sweep's points are each a ``kvmlab`` process that reads a notebook: none of them
+    imports rfc3987_syntax (jsonschema's IRI grammar, ~1.1 s of CPU), while papermill and
+    nbformat still load and the command still answers."""
+    env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1")
+    res = subprocess.run([sys.executable, "-m", "kvmlab", "seed", "--workers", "0", "--out",
+                          str(tmp_path / "s")], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert res.returncode == 2 and "workers=0 must be at least 1" in res.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in res.stderr.splitlines()
+                if line.startswith("import time:")}
+    # (a blocked import is still listed, with nothing below it: lark never loads)
+    assert {"nbformat", "jsonschema"} <= imported and "lark" not in imported
