@@ -479,7 +479,7 @@ def dashboard(run: RunData, *, job: str | None = None, window: float = 2.0,
 
     :param trace: draw the trace lanes and colour hold-ups by cause (when the run has a
         trace); False draws the samples only, stalls in red."""
-    job = job or next(iter(analysis.jobs(run.samples)), None)
+    job = job or next(iter(analysis.jobs_by_start(run.samples, run.events)), None)
     tr = run.trace if trace else None
     traced = tr is not None and not tr.empty
     held = causes.classify(run, job) if traced else None
@@ -506,14 +506,35 @@ def dashboard(run: RunData, *, job: str | None = None, window: float = 2.0,
     return fig
 
 
+def jobs_side_by_side(run: RunData, *, log: bool = False) -> Figure:
+    """A column per job (a VM with several disks mirrors each in its own job): progress
+    above, remaining bytes below, on one shared time axis."""
+    names: list[str | None] = [*analysis.jobs_by_start(run.samples, run.events)] or [None]
+    fig, axes = plt.subplots(2, len(names), figsize=(4.2 * len(names) + 1, 6), sharex=True,
+                             squeeze=False)
+    for col, name in enumerate(names):
+        progress(run.samples, run.events, ax=axes[0, col], job=name, xlabel=False)
+        convergence(run.samples, run.events, ax=axes[1, col], job=name, log=log)
+        axes[0, col].set_title(f"{name or 'no job'}: progress", fontsize=9)
+        axes[1, col].set_title(f"{name or 'no job'}: remaining", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def save_all(run: RunData, **kw: Any) -> list[str]:
-    """Write dashboard.png (and the single panels) into the run's folder; return the names."""
+    """Write dashboard.png (and the single panels) into the run's folder; return the names.
+    A run with several jobs also gets ``jobs.png`` (side by side) and a dashboard per job."""
     out = []
     figs = {"dashboard.png": dashboard(run, **kw),
             "progress.png": progress(run.samples, run.events),
             "convergence.png": convergence(run.samples, run.events),
             "rates.png": rates(run.samples, run.events, run.guest_ops),
             "image_sizes.png": image_sizes(run.sizes, run.events, run.samples)}
+    names = analysis.jobs_by_start(run.samples, run.events)
+    if len(names) > 1:
+        figs["jobs.png"] = jobs_side_by_side(run)
+        figs.update({f"dashboard-{name}.png": dashboard(run, **{**kw, "job": name})
+                     for name in names})
     for name, fig in figs.items():
         save_png(fig, run.path / name)
         plt.close(fig)

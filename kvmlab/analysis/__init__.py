@@ -31,6 +31,7 @@ from kvmlab.analysis.series import (  # the series' functions, reached here as t
     job_span,
     job_start,
     jobs,
+    jobs_by_start,
     paused_periods,
     progress_after,
     rates,
@@ -39,12 +40,12 @@ from kvmlab.analysis.series import (  # the series' functions, reached here as t
     time_of,
     windows,
 )
-from kvmlab.analysis.summary import summarize
+from kvmlab.analysis.summary import summarize, summarize_jobs
 
 __all__ = [
     "ACTIVE_STATUSES", "MIB", "PAUSED_STATUSES", "Period", "convergence", "duration",
     "during", "event_data", "fault_effect", "fault_windows", "flat_stretches",
     "guest_write_rate", "is_paused", "job_error", "job_events", "job_instances",
-    "job_samples", "job_span", "job_start", "jobs", "paused_periods", "progress_after",
-    "rates", "remaining", "stalls", "time_of", "windows", "summarize",
+    "job_samples", "job_span", "job_start", "jobs", "jobs_by_start", "paused_periods", "progress_after",
+    "rates", "remaining", "stalls", "time_of", "windows", "summarize", "summarize_jobs",
 ]

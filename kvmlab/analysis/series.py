@@ -406,6 +406,12 @@ def job_instances(samples: pd.DataFrame, events: pd.DataFrame) -> list[tuple[str
     return out
 
 
+def jobs_by_start(samples: pd.DataFrame, events: pd.DataFrame) -> list[str]:
+    """Job ids in the order the jobs started (QEMU lists the newest job first in a sample,
+    so :func:`jobs` puts jobs started together in reverse)."""
+    return list(dict.fromkeys(job for job, _, _ in job_instances(samples, events)))
+
+
 def duration(a: float | None, b: float | None) -> float | None:
     return b - a if a is not None and b is not None else None
 

@@ -18,6 +18,7 @@ from kvmlab.analysis.series import (  # the series' functions, reached here as t
     job_events,
     job_instances,
     job_samples,
+    jobs_by_start,
     paused_periods,
     rates,
     stalls,
@@ -101,6 +102,13 @@ def summarize(run: RunData, job: str | None = None, *, instance: int = 0,
     })
     row.update(_held(run, job, start, window_end, stall_min, stall_threshold))
     return row
+
+
+def summarize_jobs(run: RunData, **kw: Any) -> pd.DataFrame:
+    """:func:`summarize` for every job of the run (its first instance), a row each, side by
+    side: a VM with several disks mirrors each in a job of its own."""
+    return pd.DataFrame([summarize(run, job, **kw)
+                         for job in jobs_by_start(run.samples, run.events)])
 
 
 def _gaps(events: pd.DataFrame) -> dict[str, Any]:

@@ -206,23 +206,37 @@ def verify_image(lab: LabRun, image: Path, manifest: Manifest, *, label: str = "
             "manifest_entries": len(manifest), "in_flight_found": states}
 
 
-def synced_manifest(vm: Machine, base: Manifest | None = None,
-                    until: float | None = None) -> tuple[Manifest, list[dict[str, Any]]]:
-    """What a copy cut at host time *until* (default: now) must hold, and the ops in flight.
+def synced_manifest(vm: Machine, base: Manifest | None = None, until: float | None = None,
+                    *, disk: str = "vda", absent_from: float | None = None
+                    ) -> tuple[Manifest, list[dict[str, Any]]]:
+    """What a copy of guest disk *disk* cut at host time *until* (default: now) must hold,
+    and the ops in flight.
 
     An ``op`` line is printed after the guest's ``sync`` returned, so every op
     that arrived before *until* is on the image.  An operation that had begun
     (``begin`` line) but was not confirmed is in flight: its path may be in
     either state, so the manifest expects nothing of it and the verifier
     reports what it finds there.
+
+    *absent_from* (host time): a copy known to be cut before it (the guest was stopped
+    from *until* to *absent_from*) must not hold any path the guest first touched after
+    it: such paths are expected gone, so the check bounds the cut from both sides.
     """
     records = [r for r in vm.console.records.snapshot()
-               if (until is None or r.mono < until) and {"op", "path", "n", "t"} <= set(r.data)]
-    done = [dict(r.data) for r in records if r.name == "op" and "sha256" in r.data]
-    begun = [dict(r.data) for r in records if r.name == "begin"]
+               if {"op", "path", "n", "t"} <= set(r.data) and r.data.get("disk", "vda") == disk]
+    before = [r for r in records if until is None or r.mono < until]
+    done = [dict(r.data) for r in before if r.name == "op" and "sha256" in r.data]
+    begun = [dict(r.data) for r in before if r.name == "begin"]
     confirmed = {(o["op"], o["path"], o.get("n")) for o in done}
     in_flight = [b for b in begun if (b["op"], b["path"], b.get("n")) not in confirmed]
-    return Manifest.from_ops(done, base=base, in_flight=in_flight), in_flight
+    manifest = Manifest.from_ops(done, base=base, in_flight=in_flight)
+    if absent_from is not None:
+        seen = {str(r.data["path"]) for r in records if r.mono < absent_from}
+        seen |= set(manifest.files) | manifest.dirs | manifest.unknown
+        for r in records:
+            if r.mono >= absent_from and r.name == "begin" and str(r.data["path"]) not in seen:
+                manifest.gone.add(str(r.data["path"]))
+    return manifest, in_flight
 
 
 def snapshot_image(path: Path) -> dict[str, Any]:

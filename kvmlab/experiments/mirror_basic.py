@@ -15,14 +15,21 @@ The seed's steps, automated:
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from kvmlab import marks
-from kvmlab.errors import WaitTimeout
+from kvmlab.errors import BadInput, WaitTimeout
 from kvmlab.events import Record
 from kvmlab.experiments.common import ExperimentResult, LabRun, synced_manifest, verify_image
 from kvmlab.experiments.options import DEFAULT_OPTIONS, RunOptions
 from kvmlab.guest.workload import Workload
+from kvmlab.live.jobs import Job
+from kvmlab.model import JobOutcome
 from kvmlab.qemu.images import make_guest_disk
+from kvmlab.vm.machine import Drive, Machine, guest_dev
+
+#: most data disks beside the system disk
+MAX_DATA_DISKS = 3
 
 
 def mirror_basic(*, image_mib: int = 64, fill_mib: int = 16, disk_format: str = "qcow2",
@@ -30,6 +37,7 @@ def mirror_basic(*, image_mib: int = 64, fill_mib: int = 16, disk_format: str = 
                  speed: int = 8 * 1024 * 1024, sync: str = "full", target_format: str | None = None,
                  granularity: int | None = None, buf_size: int | None = None,
                  after_ready_s: float = 2.0, ready_timeout: float = 300,
+                 data_disks: int = 0, data_mib: int = 32,
                  options: RunOptions = DEFAULT_OPTIONS
                  ) -> ExperimentResult:
     """Run E1 and return its result; the verdict passes when the copy holds every synced change.
@@ -38,54 +46,155 @@ def mirror_basic(*, image_mib: int = 64, fill_mib: int = 16, disk_format: str = 
     :param workload_kib: size of each guest dd write; :param workload_rate_kib_s: its rate.
     :param speed: mirror speed limit in bytes/s (0 = unlimited); 8 MiB/s so that progress is visible.
     :param after_ready_s: how long the guest keeps working in the ready state before cancel.
+    :param data_disks: data disks beside the system disk (0 to 3), each ``data_mib`` MiB
+        with ``fill_mib / 2`` of data, written by the guest each round.  Every disk is
+        mirrored, and at READY all are cut together: the VM is stopped, every job
+        cancelled, the VM continued, so each copy is the same point in time (QEMU's
+        ``transaction`` has no mirror action; see the scenario table).
     """
+    if isinstance(data_disks, bool) or not isinstance(data_disks, int) \
+            or not 0 <= data_disks <= MAX_DATA_DISKS:
+        raise BadInput(f"data_disks={data_disks!r} must be an integer from 0 to {MAX_DATA_DISKS}")
     params = dict(locals())
     workload = Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s)
     with LabRun("mirror_basic", params, options) as lab:
         rec = lab.recorder
         source = lab.workdir / f"disk.{disk_format}"
-        target = lab.workdir / "x-mirror.img"
-        base = make_guest_disk(source, image_mib, disk_format, fill_mib)
-        rec.track("target", target)
-        with lab.machine(source, "source", mode="workload", workload=workload) as vm:
+        bases = [make_guest_disk(source, image_mib, disk_format, fill_mib)]
+        data = []
+        for k in range(1, data_disks + 1):
+            path = lab.workdir / f"data{k}.{disk_format}"
+            bases.append(make_guest_disk(path, data_mib, disk_format, fill_mib // 2))
+            data.append(Drive(path, f"data{k}", disk_format, lab.options.cache, data=True))
+        targets = [lab.workdir / "x-mirror.img"] + \
+            [lab.workdir / f"x-mirror-data{k}.img" for k in range(1, data_disks + 1)]
+        for t in targets:
+            rec.track(t.stem, t)
+        with lab.machine(source, "source", mode="workload", workload=workload,
+                         extra_drives=data) as vm:
             lab.note_machine(vm, "source")
             vm.wait_guest("op", timeout=120)          # the guest is busy: mirror now
-            rec.mark(marks.MIRROR_START, job=vm.disk_id)
             t_start = time.monotonic()
-            job = vm.mirror(vm.disk_id, target, target_format, sync=sync, speed=speed,
-                            granularity=granularity, buf_size=buf_size)
-            try:
-                ready: Record | None = job.wait_ready(ready_timeout)
-            except WaitTimeout:
-                ready = None                          # diverging or stalled: a result, not a crash
-            if ready is None:
-                rec.mark(marks.CANCEL, job=job.id, reason="not ready in time")
-                job.cancel(force=True)
+            jobs = []
+            for d, target in zip(vm.drives, targets):
+                rec.mark(marks.MIRROR_START, job=d.id)
+                jobs.append(vm.mirror(d.id, target, target_format, sync=sync, speed=speed,
+                                      granularity=granularity, buf_size=buf_size))
+            readies = _wait_all_ready(jobs, ready_timeout)
+            if None in readies:                   # diverging or stalled: a result, not a crash
+                for job in jobs:
+                    rec.mark(marks.CANCEL, job=job.id, reason="not ready in time")
+                    if job.ended is None:
+                        job.cancel(force=True)
+                outcomes = [job.wait_done(60) for job in jobs]
+                t_cut = t_resume = time.monotonic()
             else:
-                rec.mark(marks.READY_SEEN, job=job.id)
+                for job in jobs:
+                    rec.mark(marks.READY_SEEN, job=job.id)
                 time.sleep(after_ready_s)             # guest keeps writing while in sync
-                rec.mark(marks.CANCEL, job=job.id)
-            t_cut = time.monotonic()
-            if ready is not None:
-                job.cancel()
-            outcome = job.wait_done(60)
+                t_cut, t_resume, outcomes = _cut(lab, vm, jobs)
+                if len(jobs) > 1:         # writes after the cut, on every disk: none may be there
+                    _wait_begun_on_all(vm, len(jobs), t_resume, timeout=30)
             ops = vm.guest_ops()
-        if ready is None:
-            lab.verdict = {"pass": False, "ready": False, "job_end": outcome.event,
-                           "reason": f"not ready within {ready_timeout:g} s",
-                           "bytes_len": outcome.len, "bytes_offset": outcome.offset}
+        if None in readies:
+            waiting = [j.id for j, r in zip(jobs, readies) if r is None]
+            lab.verdict = {"pass": False, "ready": False, "job_end": outcomes[0].event,
+                           "reason": f"{', '.join(waiting)} not ready within {ready_timeout:g} s",
+                           "bytes_len": outcomes[0].len, "bytes_offset": outcomes[0].offset}
         else:
-            manifest, in_flight = synced_manifest(vm, base, until=t_cut)
+            first = readies[0]
+            assert first is not None
+            checks = []
+            for i, (job, target, base) in enumerate(zip(jobs, targets, bases)):
+                manifest, in_flight = synced_manifest(
+                    vm, base, until=t_cut, disk=guest_dev(i),
+                    absent_from=t_resume if len(jobs) > 1 else None)
+                checks.append((manifest, in_flight, verify_image(
+                    lab, target, manifest, label="verify" if i == 0 else f"verify-{job.id}")))
+            manifest, in_flight, checked = checks[0]
             synced = [r for r in ops if r.mono < t_cut]
-            checked = verify_image(lab, target, manifest)
+            all_ok = all(c["verify_pass"] for _, _, c in checks) and \
+                all(o.event == marks.BLOCK_JOB_COMPLETED and o.ok for o in outcomes)
             lab.verdict = {
-                "pass": checked["verify_pass"] and outcome.event == marks.BLOCK_JOB_COMPLETED
-                and outcome.ok, "ready": True,
-                "job_end": outcome.event, "job_error": outcome.error,
+                "pass": all_ok, "ready": True,
+                "job_end": outcomes[0].event, "job_error": outcomes[0].error,
                 "ops_before_cancel": len(synced), "ops_after_cancel": len(ops) - len(synced),
                 "ops_in_flight_at_cancel": len(in_flight),
                 "ops_during_mirror": sum(1 for r in ops if t_start <= r.mono < t_cut),
-                "time_to_ready_s": round(ready.mono - t_start, 3), "bytes_len": outcome.len,
+                "time_to_ready_s": round(first.mono - t_start, 3),
+                "bytes_len": outcomes[0].len,
                 **checked,
             }
+            if len(jobs) > 1:
+                lab.verdict["disks"] = [_disk_row(j, o, r, t_start, c, i)
+                                        for i, (j, o, r, c) in enumerate(zip(
+                                            jobs, outcomes, readies, checks))]
+                lab.verdict["cut_stopped_s"] = round(t_resume - t_cut, 3)
+                lab.verdict["same_point"] = all(d["verify_pass"] and d["absent_checked"] > 0
+                                                for d in lab.verdict["disks"])
+                lab.verdict["pass"] = all_ok and lab.verdict["same_point"]
     return lab.result()
+
+
+def _wait_all_ready(jobs: list[Job], timeout: float) -> list[Record | None]:
+    """Each job's READY record (None for one not ready by the shared deadline)."""
+    deadline = time.monotonic() + timeout
+    out: list[Record | None] = []
+    for job in jobs:
+        try:
+            out.append(job.wait_ready(max(0.1, deadline - time.monotonic())))
+        except WaitTimeout:
+            out.append(None)
+    return out
+
+
+def _wait_begun_on_all(vm: Machine, disks: int, since: float, timeout: float) -> None:
+    """Wait until the guest has begun a new operation on each of its first *disks* disks
+    after host time *since*."""
+    want = {guest_dev(i) for i in range(disks)}
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = {r.data.get("disk", "vda") for r in vm.console.records.snapshot()
+                if r.name == "begin" and r.mono >= since}
+        if want <= seen:
+            return
+        if time.monotonic() > deadline:
+            raise WaitTimeout(f"the guest wrote to {', '.join(sorted(seen)) or 'no disk'} of "
+                              f"{', '.join(sorted(want))} in the {timeout:g} s after the cut")
+        vm.wait_ops(1, None, after=time.monotonic(), timeout=max(0.1, deadline - time.monotonic()))
+
+
+def _cut(lab: LabRun, vm: Machine, jobs: list[Job]) -> tuple[float, float, list[JobOutcome]]:
+    """Cancel every job at READY; returns (cut-off, resume time, outcomes).
+
+    One disk: the seed's ``block_job_cancel`` while the guest runs.  Several: the VM is
+    stopped first, so every copy is cut at the same point in the guest's life, then every
+    job is cancelled and waited for, then the VM continues."""
+    rec = lab.recorder
+    if len(jobs) == 1:
+        rec.mark(marks.CANCEL, job=jobs[0].id)
+        t_cut = time.monotonic()
+        jobs[0].cancel()
+        return t_cut, t_cut, [jobs[0].wait_done(60)]
+    rec.mark(marks.STOP, reason="cut every disk at one point")
+    vm.stop()
+    t_cut = time.monotonic()
+    try:
+        for job in jobs:
+            rec.mark(marks.CANCEL, job=job.id)
+            job.cancel()
+        outcomes = [job.wait_done(60) for job in jobs]
+    finally:
+        vm.cont()
+        rec.mark(marks.CONT)
+    return t_cut, time.monotonic(), outcomes
+
+
+def _disk_row(job: Job, outcome: JobOutcome, ready: Any, t_start: float,
+              check: tuple[Any, Any, dict[str, Any]], index: int) -> dict[str, Any]:
+    """One disk of a multi-disk run, for the verdict's ``disks`` list."""
+    manifest, in_flight, checked = check
+    return {"disk": guest_dev(index), "job": job.id, "job_end": outcome.event,
+            "bytes_len": outcome.len, "time_to_ready_s": round(ready.mono - t_start, 3),
+            "verify_pass": checked["verify_pass"], "checked": checked["checked"],
+            "absent_checked": len(manifest.gone), "ops_in_flight_at_cut": len(in_flight)}

@@ -18,7 +18,7 @@ from kvmlab.events import Record, RecordLog
 
 PREFIX = "KVMLAB "
 _TEXT_KEYS = {"path", "sha256", "op", "mode", "why", "kind", "verdict", "error", "reason", "dev",
-              "check"}
+              "check", "disk", "data"}
 
 
 def _value(key: str, raw: str) -> Any:

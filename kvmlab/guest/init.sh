@@ -2,7 +2,8 @@
 # kvmlab guest init (busybox initramfs).  PID 1.
 #
 # Modes, chosen on the kernel command line with kvmlab.mode=:
-#   workload  the seed's file operations on /dev/vda, one KVMLAB line per operation
+#   workload  the seed's file operations on /dev/vda, one KVMLAB line per operation; with
+#             kvmlab.data=vdb,vdc also a dd per round on each data disk (mounted at /data/vdX)
 #   verify    check a manifest (from fw_cfg opt/kvmlab/manifest), print a verdict, power off
 #   idle      mount the disk and wait
 # Every line meant for the host starts with "KVMLAB " and is key=value separated by spaces.
@@ -17,7 +18,7 @@ now() { cut -d' ' -f1 /proc/uptime; }
 halt_now() { sync; umount /mnt 2>/dev/null; poweroff -f; }
 
 # Parameters: kvmlab.key=value -> P_key
-P_mode=idle; P_qga=0; P_dd_kib=1024; P_pause_ms=500; P_rounds=0; P_duration_s=0; P_max_files=0; P_then_pause_ms=0; P_change_after_s=0; P_style=seed; P_blocks=4; P_dev=/dev/vda
+P_mode=idle; P_qga=0; P_dd_kib=1024; P_pause_ms=500; P_rounds=0; P_duration_s=0; P_max_files=0; P_then_pause_ms=0; P_change_after_s=0; P_style=seed; P_blocks=4; P_dev=/dev/vda; P_data=
 for x in $(cat /proc/cmdline); do
   case "$x" in
     kvmlab.*=*) k=${x#kvmlab.}; k=${k%%=*}; v=${x#*=}
@@ -37,6 +38,16 @@ if ! mount -t ext4 "$P_dev" /mnt; then
   [ "$P_mode" = verify ] && { say verdict=fail checked=0 bad=1 reason=mount; halt_now; }
   while :; do sleep 3600; done
 fi
+# data disks (kvmlab.data=vdb,vdc): each mounted at /data/vdX, written by the workload
+mounted=
+for d in $(echo "$P_data" | tr ',' ' '); do
+  case "$d" in vd[b-z]) ;; *) say error=data-disk dev=$d t=$(now); continue;; esac
+  i=0
+  while [ ! -b "/dev/$d" ] && [ $i -lt 100 ]; do usleep 50000; i=$((i+1)); done
+  mkdir -p "/data/$d"
+  if mount -t ext4 "/dev/$d" "/data/$d"; then mounted="$mounted $d"
+  else say error=mount dev=/dev/$d t=$(now); fi
+done
 # the guest agent, when the host gave the VM its virtio-serial port (kvmlab.qga=1)
 if [ "$P_qga" = 1 ] && [ -x /usr/sbin/qemu-ga ]; then
   port=; i=0
@@ -54,16 +65,18 @@ if [ "$P_qga" = 1 ] && [ -x /usr/sbin/qemu-ga ]; then
 fi
 say ready t=$(now)
 
+# Operations act on the file system mounted at $R; on a data disk $D is "disk=vdX".
+R=/mnt; D=
 # begin NAME PATH : an operation starts (it is "in flight" until its op line).
-begin() { say begin op=$1 path=$2 n=$i t=$(now); }
+begin() { say begin op=$1 path=$2 n=$i $D t=$(now); }
 
 # op NAME PATH [K=V] : report one completed (synced) operation.
 op() {
   p="$2"; size=0; sum=-
-  if [ -f "/mnt$p" ]; then
-    size=$(stat -c %s "/mnt$p"); sum=$(sha256sum "/mnt$p" | cut -d' ' -f1)
+  if [ -f "$R$p" ]; then
+    size=$(stat -c %s "$R$p"); sum=$(sha256sum "$R$p" | cut -d' ' -f1)
   fi
-  say op=$1 path=$p size=$size sha256=$sum n=$i t=$(now) $3
+  say op=$1 path=$p size=$size sha256=$sum n=$i $D t=$(now) $3
 }
 
 # the microseconds between two "adjtimex" outputs (/proc/uptime counts only 10 ms steps;
@@ -75,11 +88,14 @@ elapsed_us() {
 
 workload() {
   mkdir -p /mnt/wl && sync
+  data=
+  for d in $mounted; do mkdir -p "/data/$d/wl" && data="$data $d"; done
+  sync
   if [ $((P_dd_kib % 64)) -eq 0 ]; then bs=65536; cnt=$((P_dd_kib / 64)); else bs=1024; cnt=$P_dd_kib; fi
   pause=$(awk "BEGIN{printf \"%.3f\", $P_pause_ms/1000}")
   t0=$(now); t0=${t0%.*}
   i=0; oldest=1
-  say workload_start t=$(now) dd_kib=$P_dd_kib pause_ms=$P_pause_ms
+  say workload_start t=$(now) dd_kib=$P_dd_kib pause_ms=$P_pause_ms${data:+ data=$(echo $data | tr ' ' ,)}
   while :; do
     i=$((i+1))
     [ "$P_rounds" -gt 0 ] && [ $i -gt "$P_rounds" ] && break
@@ -101,12 +117,23 @@ workload() {
       a=$(adjtimex); dd if=/dev/urandom of=/mnt/wl/w$i.bin bs=$bs count=$cnt conv=fsync 2>/dev/null
       rc=$?; b=$(adjtimex)
       [ $rc -eq 0 ] && sync && op dd /wl/w$i.bin "dd_us=$(elapsed_us "$a" "$b")"
+      for d in $data; do
+        R=/data/$d; D=disk=$d
+        begin dd /wl/w$i.bin
+        dd if=/dev/urandom of=$R/wl/w$i.bin bs=$bs count=$cnt conv=fsync 2>/dev/null && sync && op dd /wl/w$i.bin
+        R=/mnt; D=
+      done
     fi
     if [ $i -gt 1 ]; then
       begin rmdir /wl/d$((i-1)); rmdir /mnt/wl/d$((i-1)) && sync && op rmdir /wl/d$((i-1))
     fi
     if [ "$P_max_files" -gt 0 ] && [ $((i - oldest)) -ge "$P_max_files" ]; then
       begin rm /wl/w$oldest.bin; rm -f /mnt/wl/w$oldest.bin && sync && op rm /wl/w$oldest.bin
+      for d in $data; do
+        R=/data/$d; D=disk=$d
+        begin rm /wl/w$oldest.bin; rm -f $R/wl/w$oldest.bin && sync && op rm /wl/w$oldest.bin
+        R=/mnt; D=
+      done
       oldest=$((oldest+1))
     fi
     sleep "$pause"

@@ -9,6 +9,7 @@ domain; a transient domain leaves no definition behind.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
@@ -21,11 +22,11 @@ from typing import Any
 
 from kvmlab import _proc
 from kvmlab.backends.libvirt import LibvirtBackend, require_libvirt
-from kvmlab.errors import BackendError, LaunchError, WaitTimeout
+from kvmlab.errors import BackendError, BadInput, LaunchError, WaitTimeout
 from kvmlab.guest.console import Console
 from kvmlab.qemu import images
 from kvmlab.store.tmpdirs import own
-from kvmlab.vm.machine import Machine
+from kvmlab.vm.machine import Machine, guest_dev
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,9 @@ class LibvirtMachine(Machine):
     def __init__(self, *args: Any, uri: str = DEFAULT_URI, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.uri = uri
-        self.drives = [type(d)(d.path, f"vd{chr(ord('a') + i)}", d.format, d.cache, d.read_only)
-                       for i, d in enumerate(self.drives)]
+        if any(d.iothread for d in self.drives):
+            raise BadInput("a disk's own iothread is an option of the embedded lab (qmp backend)")
+        self.drives = [dataclasses.replace(d, id=guest_dev(i)) for i, d in enumerate(self.drives)]
         self.domain_name = f"{self.name}-{secrets.token_hex(3)}"
         self._dom: Any = None
         self._sock: socket.socket | None = None

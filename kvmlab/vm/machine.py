@@ -52,13 +52,20 @@ QEMU_BINARY = "qemu-system-x86_64"
 
 @dataclass(frozen=True)
 class Drive:
-    """One virtio-blk disk: its image, stable id (the seed's ``drive0``), format and cache mode."""
+    """One virtio-blk disk: its image, stable id (the seed's ``drive0``), format and cache mode.
+
+    :ivar data: a data disk: the workload guest mounts it (``/data/vdX``) and writes its
+        files there too, so a mirror of it has something to copy and to verify.
+    :ivar iothread: the disk's device runs in an iothread of its own (``-object iothread``).
+    """
 
     path: Path
     id: str = "drive0"
     format: str | None = None
     cache: str = "none"
     read_only: bool = False
+    data: bool = False
+    iothread: bool = False
 
     def __post_init__(self) -> None:
         if self.cache not in CACHE_MODES:
@@ -72,8 +79,17 @@ class Drive:
                 f"cache={self.cache}"]
         if self.read_only:
             opts.append("readonly=on")
-        return ["-drive", ",".join(opts),
-                "-device", f"virtio-blk-pci,drive={self.id},id=vd{index}"]
+        device = f"virtio-blk-pci,drive={self.id},id=vd{index}"
+        extra: list[str] = []
+        if self.iothread:
+            extra = ["-object", f"iothread,id=io-{self.id}"]
+            device += f",iothread=io-{self.id}"
+        return [*extra, "-drive", ",".join(opts), "-device", device]
+
+
+def guest_dev(index: int) -> str:
+    """The guest's name for the *index*-th virtio disk: ``vda``, ``vdb``..."""
+    return "vd" + chr(ord("a") + index)
 
 
 TMP_PREFIX = "kvmlab-vm-"
@@ -148,6 +164,8 @@ class Machine:
                 raise BadInput(f"disk image {d.path} does not exist")
         if len({d.id for d in drives}) != len(drives):
             raise BadInput("drive ids must be unique")
+        if len(drives) > 8:
+            raise BadInput(f"{len(drives)} disks: the lab VM takes at most 8")
         self.drives = drives
         self.mode = mode
         self.workload = workload or Workload()
@@ -224,6 +242,9 @@ class Machine:
         args = ["console=ttyS0", "quiet", "loglevel=3", "panic=-1", f"kvmlab.mode={self.mode}"]
         if self.mode == "workload":
             args += self.workload.kernel_args()
+            data = [guest_dev(i) for i, d in enumerate(self.drives) if d.data and i > 0]
+            if data:
+                args.append("kvmlab.data=" + ",".join(data))
         if self.with_agent:
             args.append("kvmlab.qga=1")
         return " ".join(args)
