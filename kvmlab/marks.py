@@ -35,6 +35,7 @@ SOURCE_MOVED: Final = "source_moved"
 SOURCE_DELETED: Final = "source_deleted"
 COPY_MODE: Final = "copy_mode"              #: a running mirror switched copy mode
 DIVERGING: Final = "diverging"              #: a wait gave up: the job will not converge
+SCENARIO_ACTION: Final = "scenario_action"  #: a catalogue scenario acted (a refused command...)
 
 #: steps that change a running job's conditions (the user's hand): a convergence verdict
 #: made before one says nothing about after it
@@ -45,7 +46,7 @@ GUEST_RATE_CHANGE: Final = "guest_rate_change"
 STEPS: Final = (RECORDER_START, RECORDER_STOP, ATTACH, SAMPLE_ERROR, MIRROR_START, READY_SEEN,
                 CANCEL, COMPLETE, COMMIT, PAUSE, RESUME, SET_SPEED, STOP, CONT,
                 RESUME_AFTER_ERROR, REMIRROR, GROW_TMPFS, SOURCE_MOVED, SOURCE_DELETED,
-                COPY_MODE, DIVERGING)
+                COPY_MODE, DIVERGING, SCENARIO_ACTION)
 
 # -- windows (a start and an end mark) ---------------------------------------------------
 NFS_OUTAGE: Final = "nfs_outage"
@@ -93,7 +94,7 @@ LABELS: Final = {
     BLOCK_JOB_ERROR: "error", STOP: "stop", CONT: "cont", COMMIT: "commit",
     SOURCE_MOVED: "old image moved", SOURCE_DELETED: "old image deleted",
     BLOCK_IO_ERROR: "I/O error", RESUME_AFTER_ERROR: "resume", REMIRROR: "mirror again",
-    COPY_MODE: "copy mode", DIVERGING: "will not converge",
+    COPY_MODE: "copy mode", DIVERGING: "will not converge", SCENARIO_ACTION: "action",
     **{start(w): w.replace("_", " ") for w in FAULT_WINDOWS},
     **{end(w): f"{w.replace('_', ' ')} end" for w in FAULT_WINDOWS},
 }

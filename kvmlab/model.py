@@ -42,6 +42,7 @@ class MirrorSpec:
     :ivar sync: ``full`` (HMP ``-f``: the whole chain), ``top`` (only the top layer), ``none``.
     :ivar mode: ``absolute-paths`` (QEMU creates the target) or ``existing`` (HMP ``-n``).
     :ivar speed: bytes per second, 0 for unlimited.
+    :ivar unmap: unmap target areas the source reads as zero (QEMU's default: yes).
     """
 
     device: str
@@ -56,6 +57,7 @@ class MirrorSpec:
     on_target_error: str = "report"
     copy_mode: str = "background"
     job_id: str | None = None
+    unmap: bool | None = None
 
     def __post_init__(self) -> None:
         if not self.device or not isinstance(self.device, str):
@@ -99,6 +101,8 @@ class MirrorSpec:
             args["granularity"] = self.granularity
         if self.buf_size is not None:
             args["buf-size"] = self.buf_size
+        if self.unmap is not None:
+            args["unmap"] = self.unmap
         return args
 
     def as_dict(self) -> dict[str, Any]:

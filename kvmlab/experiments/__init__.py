@@ -17,6 +17,7 @@ E7     :func:`shallow_existing`    ``-n`` mirror onto an overlay of the same bas
 C2/3   :func:`consistency_study`   what a live copy holds: nothing/stop/sync+stop/freeze
 C3     :func:`convergence_pressure` a guest outpacing the copy: background vs active mode
 C1     :func:`snapshot_methods`    mirror vs backup vs external snapshot, each quiesced 3 ways
+--     :func:`scenario`            one row of the scenario catalogue (tp-qemu/iotest cases)
 =====  ==========================  ===============================================
 """
 
@@ -27,6 +28,7 @@ from kvmlab.experiments.convergence import convergence_pressure
 from kvmlab.experiments.mirror_basic import mirror_basic
 from kvmlab.experiments.nfs_outage import mirror_nfs_outage
 from kvmlab.experiments.pivot import double_pivot, pivot, remove_source
+from kvmlab.experiments.scenarios import SCENARIOS, scenario
 from kvmlab.experiments.shallow import shallow_existing
 from kvmlab.experiments.snapshot_methods import METHODS, QUIESCE, snapshot_methods
 from kvmlab.experiments.target_faults import FAULTS, target_fault
@@ -50,4 +52,4 @@ __all__ = ["ExperimentResult", "LabRun", "verify_image", "mirror_basic", "mirror
            "commit_stopped",
            "pivot", "double_pivot", "remove_source", "shallow_existing", "SEED_CONCLUSIONS",
            "target_fault", "FAULTS", "consistency_study", "CUTS", "convergence_pressure",
-           "snapshot_methods", "METHODS", "QUIESCE"]
+           "snapshot_methods", "METHODS", "QUIESCE", "scenario", "SCENARIOS"]

@@ -23,7 +23,7 @@ from kvmlab.qemu.images import file_size, sha256
 from kvmlab.store.runs import FAILED, RunData, RunDir, load_run
 from kvmlab.store.tmpdirs import disown, own
 from kvmlab.vm import qemu_probe
-from kvmlab.vm.machine import Machine
+from kvmlab.vm.machine import Drive, Machine
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class LabRun:
     def result(self) -> ExperimentResult:
         return ExperimentResult(self.run.path, self.verdict or {}, load_run(self.run.path))
 
-    def machine(self, disk: Path, label: str, **kwargs: Any) -> Machine:
+    def machine(self, disk: Path | Drive, label: str, **kwargs: Any) -> Machine:
         """A lab VM on this run's backend (embedded QEMU, or a transient libvirt domain),
         with the options' cache mode and accelerator unless *kwargs* say otherwise; its
         console goes to ``console-<label>.log`` in the run folder, its QEMU trace events
@@ -254,7 +254,7 @@ def unchanged(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 @contextmanager
-def busy_vm(lab: LabRun, disk: Path, workload: Workload, *, label: str = "vm",
+def busy_vm(lab: LabRun, disk: Path | Drive, workload: Workload, *, label: str = "vm",
             **kwargs: Any) -> Iterator[Machine]:
     """A lab VM in workload mode, recorded, once the guest has made its first operation."""
     with lab.machine(disk, label, mode="workload", workload=workload, **kwargs) as vm:

@@ -56,84 +56,95 @@ def mirror_basic(*, image_mib: int = 64, fill_mib: int = 16, disk_format: str = 
             or not 0 <= data_disks <= MAX_DATA_DISKS:
         raise BadInput(f"data_disks={data_disks!r} must be an integer from 0 to {MAX_DATA_DISKS}")
     params = dict(locals())
-    workload = Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s)
     with LabRun("mirror_basic", params, options) as lab:
-        rec = lab.recorder
-        source = lab.workdir / f"disk.{disk_format}"
-        bases = [make_guest_disk(source, image_mib, disk_format, fill_mib)]
-        data = []
-        for k in range(1, data_disks + 1):
-            path = lab.workdir / f"data{k}.{disk_format}"
-            bases.append(make_guest_disk(path, data_mib, disk_format, fill_mib // 2))
-            data.append(Drive(path, f"data{k}", disk_format, lab.options.cache, data=True))
-        targets = [lab.workdir / "x-mirror.img"] + \
-            [lab.workdir / f"x-mirror-data{k}.img" for k in range(1, data_disks + 1)]
-        for t in targets:
-            rec.track(t.stem, t)
-        with lab.machine(source, "source", mode="workload", workload=workload,
-                         extra_drives=data) as vm:
-            lab.note_machine(vm, "source")
-            vm.wait_guest("op", timeout=120)          # the guest is busy: mirror now
-            t_start = time.monotonic()
-            jobs = []
-            for d, target in zip(vm.drives, targets):
-                rec.mark(marks.MIRROR_START, job=d.id)
-                jobs.append(vm.mirror(d.id, target, target_format, sync=sync, speed=speed,
-                                      granularity=granularity, buf_size=buf_size))
-            readies = _wait_all_ready(jobs, ready_timeout)
-            if None in readies:                   # diverging or stalled: a result, not a crash
-                for job in jobs:
-                    rec.mark(marks.CANCEL, job=job.id, reason="not ready in time")
-                    if job.ended is None:
-                        job.cancel(force=True)
-                outcomes = [job.wait_done(60) for job in jobs]
-                t_cut = t_resume = time.monotonic()
-            else:
-                for job in jobs:
-                    rec.mark(marks.READY_SEEN, job=job.id)
-                time.sleep(after_ready_s)             # guest keeps writing while in sync
-                t_cut, t_resume, outcomes = _cut(lab, vm, jobs)
-                if len(jobs) > 1:         # writes after the cut, on every disk: none may be there
-                    _wait_begun_on_all(vm, len(jobs), t_resume, timeout=30)
-            ops = vm.guest_ops()
-        if None in readies:
-            waiting = [j.id for j, r in zip(jobs, readies) if r is None]
-            lab.verdict = {"pass": False, "ready": False, "job_end": outcomes[0].event,
-                           "reason": f"{', '.join(waiting)} not ready within {ready_timeout:g} s",
-                           "bytes_len": outcomes[0].len, "bytes_offset": outcomes[0].offset}
-        else:
-            first = readies[0]
-            assert first is not None
-            checks = []
-            for i, (job, target, base) in enumerate(zip(jobs, targets, bases)):
-                manifest, in_flight = synced_manifest(
-                    vm, base, until=t_cut, disk=guest_dev(i),
-                    absent_from=t_resume if len(jobs) > 1 else None)
-                checks.append((manifest, in_flight, verify_image(
-                    lab, target, manifest, label="verify" if i == 0 else f"verify-{job.id}")))
-            manifest, in_flight, checked = checks[0]
-            synced = [r for r in ops if r.mono < t_cut]
-            all_ok = all(c["verify_pass"] for _, _, c in checks) and \
-                all(o.event == marks.BLOCK_JOB_COMPLETED and o.ok for o in outcomes)
-            lab.verdict = {
-                "pass": all_ok, "ready": True,
-                "job_end": outcomes[0].event, "job_error": outcomes[0].error,
-                "ops_before_cancel": len(synced), "ops_after_cancel": len(ops) - len(synced),
-                "ops_in_flight_at_cancel": len(in_flight),
-                "ops_during_mirror": sum(1 for r in ops if t_start <= r.mono < t_cut),
-                "time_to_ready_s": round(first.mono - t_start, 3),
-                "bytes_len": outcomes[0].len,
-                **checked,
-            }
-            if len(jobs) > 1:
-                lab.verdict["disks"] = [_disk_row(j, o, r, t_start, c, i)
-                                        for i, (j, o, r, c) in enumerate(zip(
-                                            jobs, outcomes, readies, checks))]
-                lab.verdict["cut_stopped_s"] = round(t_resume - t_cut, 3)
-                lab.verdict["same_point"] = all(d["verify_pass"] and d["absent_checked"] > 0
-                                                for d in lab.verdict["disks"])
-                lab.verdict["pass"] = all_ok and lab.verdict["same_point"]
+        lab.verdict = e1_steps(lab, **{k: v for k, v in params.items() if k != "options"})
     return lab.result()
+
+
+def e1_steps(lab: LabRun, *, image_mib: int, fill_mib: int, disk_format: str,
+             workload_kib: int, workload_rate_kib_s: float, speed: int, sync: str,
+             target_format: str | None, granularity: int | None, buf_size: int | None,
+             after_ready_s: float, ready_timeout: float, data_disks: int,
+             data_mib: int) -> dict[str, Any]:
+    """E1's steps in *lab* (see :func:`mirror_basic`); returns the verdict."""
+    workload = Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s)
+    rec = lab.recorder
+    source = lab.workdir / f"disk.{disk_format}"
+    bases = [make_guest_disk(source, image_mib, disk_format, fill_mib)]
+    data = []
+    for k in range(1, data_disks + 1):
+        path = lab.workdir / f"data{k}.{disk_format}"
+        bases.append(make_guest_disk(path, data_mib, disk_format, fill_mib // 2))
+        data.append(Drive(path, f"data{k}", disk_format, lab.options.cache, data=True))
+    targets = [lab.workdir / "x-mirror.img"] + \
+        [lab.workdir / f"x-mirror-data{k}.img" for k in range(1, data_disks + 1)]
+    for t in targets:
+        rec.track(t.stem, t)
+    with lab.machine(source, "source", mode="workload", workload=workload,
+                     extra_drives=data) as vm:
+        lab.note_machine(vm, "source")
+        vm.wait_guest("op", timeout=120)          # the guest is busy: mirror now
+        t_start = time.monotonic()
+        jobs = []
+        for d, target in zip(vm.drives, targets):
+            rec.mark(marks.MIRROR_START, job=d.id)
+            jobs.append(vm.mirror(d.id, target, target_format, sync=sync, speed=speed,
+                                  granularity=granularity, buf_size=buf_size))
+        readies = _wait_all_ready(jobs, ready_timeout)
+        if None in readies:                   # diverging or stalled: a result, not a crash
+            for job in jobs:
+                rec.mark(marks.CANCEL, job=job.id, reason="not ready in time")
+                if job.ended is None:
+                    job.cancel(force=True)
+            outcomes = [job.wait_done(60) for job in jobs]
+            t_cut = t_resume = time.monotonic()
+        else:
+            for job in jobs:
+                rec.mark(marks.READY_SEEN, job=job.id)
+            time.sleep(after_ready_s)             # guest keeps writing while in sync
+            t_cut, t_resume, outcomes = _cut(lab, vm, jobs)
+            if len(jobs) > 1:         # writes after the cut, on every disk: none may be there
+                _wait_begun_on_all(vm, len(jobs), t_resume, timeout=30)
+        ops = vm.guest_ops()
+    verdict: dict[str, Any]
+    if None in readies:
+        waiting = [j.id for j, r in zip(jobs, readies) if r is None]
+        verdict = {"pass": False, "ready": False, "job_end": outcomes[0].event,
+                   "reason": f"{', '.join(waiting)} not ready within {ready_timeout:g} s",
+                   "bytes_len": outcomes[0].len, "bytes_offset": outcomes[0].offset}
+    else:
+        first = readies[0]
+        assert first is not None
+        checks = []
+        for i, (job, target, base) in enumerate(zip(jobs, targets, bases)):
+            manifest, in_flight = synced_manifest(
+                vm, base, until=t_cut, disk=guest_dev(i),
+                absent_from=t_resume if len(jobs) > 1 else None)
+            checks.append((manifest, in_flight, verify_image(
+                lab, target, manifest, label="verify" if i == 0 else f"verify-{job.id}")))
+        manifest, in_flight, checked = checks[0]
+        synced = [r for r in ops if r.mono < t_cut]
+        all_ok = all(c["verify_pass"] for _, _, c in checks) and \
+            all(o.event == marks.BLOCK_JOB_COMPLETED and o.ok for o in outcomes)
+        verdict = {
+            "pass": all_ok, "ready": True,
+            "job_end": outcomes[0].event, "job_error": outcomes[0].error,
+            "ops_before_cancel": len(synced), "ops_after_cancel": len(ops) - len(synced),
+            "ops_in_flight_at_cancel": len(in_flight),
+            "ops_during_mirror": sum(1 for r in ops if t_start <= r.mono < t_cut),
+            "time_to_ready_s": round(first.mono - t_start, 3),
+            "bytes_len": outcomes[0].len,
+            **checked,
+        }
+        if len(jobs) > 1:
+            verdict["disks"] = [_disk_row(j, o, r, t_start, c, i)
+                                for i, (j, o, r, c) in enumerate(zip(
+                                    jobs, outcomes, readies, checks))]
+            verdict["cut_stopped_s"] = round(t_resume - t_cut, 3)
+            verdict["same_point"] = all(d["verify_pass"] and d["absent_checked"] > 0
+                                        for d in verdict["disks"])
+            verdict["pass"] = all_ok and verdict["same_point"]
+    return verdict
 
 
 def _wait_all_ready(jobs: list[Job], timeout: float) -> list[Record | None]:

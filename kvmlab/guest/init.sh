@@ -18,7 +18,7 @@ now() { cut -d' ' -f1 /proc/uptime; }
 halt_now() { sync; umount /mnt 2>/dev/null; poweroff -f; }
 
 # Parameters: kvmlab.key=value -> P_key
-P_mode=idle; P_qga=0; P_dd_kib=1024; P_pause_ms=500; P_rounds=0; P_duration_s=0; P_max_files=0; P_then_pause_ms=0; P_change_after_s=0; P_style=seed; P_blocks=4; P_dev=/dev/vda; P_data=
+P_mode=idle; P_qga=0; P_dd_kib=1024; P_pause_ms=500; P_rounds=0; P_duration_s=0; P_max_files=0; P_then_pause_ms=0; P_change_after_s=0; P_style=seed; P_blocks=4; P_poweroff=0; P_dev=/dev/vda; P_data=
 for x in $(cat /proc/cmdline); do
   case "$x" in
     kvmlab.*=*) k=${x#kvmlab.}; k=${k%%=*}; v=${x#*=}
@@ -203,6 +203,10 @@ verify() {
 
 case "$P_mode" in
   workload) if [ "$P_style" = consistency ]; then consistency; else workload; fi
+            # kvmlab.poweroff=1: the guest shuts down once its workload is done
+            if [ "$P_poweroff" = 1 ]; then
+              say poweroff t=$(now); sync; for d in $mounted; do umount "/data/$d"; done; halt_now
+            fi
             while :; do sleep 3600; done;;
   verify) verify;;
   *) while :; do sleep 3600; done;;

@@ -36,6 +36,8 @@ class Workload:
     :ivar change_after_s: seconds from the workload's start to that change.
     :ivar style: ``seed`` or ``consistency`` (see above).
     :ivar blocks: 4 KiB blocks per file in the ``consistency`` style.
+    :ivar poweroff: when the workload ends (:attr:`rounds`, :attr:`duration_s`), the guest
+        syncs, unmounts and powers off (a guest shutdown), instead of idling.
     """
 
     dd_kib: int = 1024
@@ -47,6 +49,7 @@ class Workload:
     change_after_s: int = 0
     style: str = "seed"
     blocks: int = 4
+    poweroff: bool = False
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
@@ -63,6 +66,8 @@ class Workload:
         if not math.isfinite(self.then_rate_kib_s) or self.then_rate_kib_s < 0:
             raise BadInput(f"workload then_rate_kib_s={self.then_rate_kib_s!r} must be a "
                            "finite, non-negative rate (KiB/s)")
+        if self.poweroff and not (self.rounds or self.duration_s):
+            raise BadInput("workload poweroff=True needs rounds or duration_s (when to power off)")
         if (self.then_rate_kib_s > 0) != (self.change_after_s > 0):
             raise BadInput(f"workload then_rate_kib_s={self.then_rate_kib_s!r} and "
                            f"change_after_s={self.change_after_s!r} go together: both > 0 "
@@ -86,6 +91,8 @@ class Workload:
                 f"kvmlab.max_files={self.max_files}"]
         if self.style != "seed":
             args += [f"kvmlab.style={self.style}", f"kvmlab.blocks={self.blocks}"]
+        if self.poweroff:
+            args.append("kvmlab.poweroff=1")
         if self.change_after_s:
             args += [f"kvmlab.then_pause_ms={self._pause(self.then_rate_kib_s)}",
                      f"kvmlab.change_after_s={self.change_after_s}"]
