@@ -112,3 +112,26 @@ def test_active_mirror_notebook_on_qemu_7_2(tmp_path: Path) -> None:
     html = (out / "11_active_mirror.html").read_text()
     assert "block-job-change came in 8.2" in html and "gave up: drive0: will not converge" in html
     assert (out / "active_mirror.png").exists()
+
+
+def test_scenarios_notebook_on_both_builds_and_in_the_report(tmp_path: Path) -> None:
+    """The catalogue's notebook with one cheap scenario on each build: a table per build,
+    the builds side by side, the CSVs; `kvmlab report` of the run carries the table."""
+    from kvmlab.report.document import make_report
+    out = run_notebook(NOTEBOOKS / "13_scenarios.ipynb",
+                       {"scenarios": "refuse_transaction", "verify": False, "accel": "tcg"},
+                       out=tmp_path / "scenarios")
+    runs = _runs(out)
+    assert len(runs) == 2 and all(m["verdict"]["pass"] for m in runs), runs
+    assert {m["qemu"]["version"].split()[-1] for m in runs} >= {"10.0.2"}
+    table = pd.read_csv(out / "scenarios.csv")
+    assert list(table["qemu"]) == ["system", "10.0"]
+    assert (table["qemu_error"].str.contains("drive-mirror")).all()
+    side = pd.read_csv(out / "scenarios_side_by_side.csv")
+    assert list(side.columns) == ["case", "measure", "system", "10.0", "differs", "why"]
+    assert set(side.measure) >= {"verdict", "job end", "QEMU's error", "copy verifies"}
+    html = (out / "13_scenarios.html").read_text()
+    assert "1 of 1 scenarios as the anchor expects" in html
+    (html_file,) = make_report([out], tmp_path / "report.html")
+    text = html_file.read_text()
+    assert "refuse_transaction" in text and "QAPI TransactionAction" in text

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from kvmlab import marks
-from kvmlab.errors import BackendError, BadInput, KvmlabError, WaitTimeout
+from kvmlab.analysis import converge
+from kvmlab.errors import BackendError, BadInput, JobDiverging, KvmlabError, WaitTimeout
 from kvmlab.experiments.common import (
     ExperimentResult,
     LabRun,
@@ -570,6 +571,90 @@ def _source_enospc(policy: str) -> Callable[[_Ctx], dict[str, Any]]:
     return run
 
 
+def _unplug(blockdev: bool) -> Callable[[_Ctx], dict[str, Any]]:
+    """A runner: ``device_del`` of a data disk's device while its mirror runs (the guest's
+    ACPI hot-unplug), the disk a ``-blockdev`` node (as libvirt and tp-qemu) or a
+    ``-drive``: what becomes of the job, deleting the disk's node, and the copy."""
+    return lambda c: _unplug_data_disk(c, blockdev)
+
+
+def _unplug_data_disk(c: _Ctx, blockdev: bool) -> dict[str, Any]:
+    source, _ = c.disk()
+    data_path = c.lab.workdir / "data1.qcow2"
+    base = make_guest_disk(data_path, 32, "qcow2", max(1, c.fill_mib // 2))
+    drive = Drive(data_path, "data1", "qcow2", c.lab.options.cache, data=True,
+                  blockdev=blockdev)
+    target = c.lab.workdir / "x-mirror.img"
+    out: dict[str, Any] = {}
+    with c.busy(source, extra_drives=[drive]) as vm:
+        vm.wait_ops(1, "dd", after=0.0, timeout=60)
+        since = len(vm.backend.events)
+        c.rec.track(target.stem, target)
+        c.rec.mark(marks.MIRROR_START, job=drive.id)
+        job = vm.mirror(drive.id, target, speed=min(c.speed, 2 * MIB), job_id=drive.id)
+        time.sleep(0.3)
+        node = drive.id if blockdev else _node_of(vm, data_path)
+        c.rec.mark(marks.SCENARIO_ACTION, action="device_del")
+        t_unplug = time.monotonic()
+        _qmp(vm, "device_del", {"id": "vd1"})
+        try:
+            vm.backend.events.wait("DEVICE_DELETED", {"device": "vd1"}, since=since, timeout=30)
+            out["unplugged"] = True
+        except WaitTimeout:
+            out["unplugged"] = False
+        out["job_running_after"] = job.ended is None
+        out["still_in_query_block"] = any(b.get("device") == drive.id
+                                          for b in _qmp(vm, "query-block"))
+        out["qemu_error"] = _refusal(lambda: _qmp(vm, "blockdev-del", {"node-name": node}))
+        out["guest_ops_after_action"] = _ops_after(vm, t_unplug)
+        t_ready = c.ready(job) if job.ended is None else None
+        out["ready"] = t_ready is not None
+        outcome = c.cancel(job)[1] if t_ready is not None else \
+            c.cancel(job, force=True)[1] if job.ended is None else job.wait_done(5)
+        out.update(_outcome(outcome))
+        out["copied_fraction"] = round(outcome.offset / outcome.len, 3) if outcome.len else None
+        out["events"] = _job_events(vm, since)
+        out["guest_io_errors"] = _io_errors(vm)
+    manifest, _ = synced_manifest(vm, base, until=t_unplug, disk="vdb")
+    if out["ready"]:
+        out.update(c.check_copy(target, manifest))
+    return out
+
+
+def _stress(c: _Ctx) -> dict[str, Any]:
+    """The guest writes as fast as it can under a modest speed limit: the job converges, or
+    the convergence predictor says it will not before the wait runs out."""
+    source, base = c.disk()
+    target = c.lab.workdir / "x-mirror.img"
+    wl = Workload(dd_kib=1024, rate_kib_s=64 * 1024)        # no pause to speak of
+    out: dict[str, Any] = {}
+    with busy_vm(c.lab, source, wl, label="source") as vm:
+        since = len(vm.backend.events)
+        t0 = time.monotonic()
+        job = c.mirror(vm, target, speed=2 * MIB)
+        try:
+            job.wait_ready(90, give_up_when="diverging", mark=c.rec.mark,
+                           predictor=converge.Predictor())
+            out["outcome"] = "converged"
+        except JobDiverging:
+            out["outcome"] = "said diverging"
+        except WaitTimeout:
+            out["outcome"] = "no verdict"
+        out["decided_after_s"] = round(time.monotonic() - t0, 1)
+        out["ready"] = job.is_ready
+        t_cut, outcome = c.cancel(job, force=not job.is_ready)
+        out.update(_outcome(outcome))
+        rate = [r for r in vm.guest_ops(since=t0, until=t_cut) if r.data.get("op") == "dd"]
+        out["guest_wrote_mib_s"] = round(sum(int(r.data.get("size", 0)) for r in rate) / MIB
+                                         / max(t_cut - t0, 1e-3), 2)
+        out["events"] = _job_events(vm, since)
+        out["guest_io_errors"] = _io_errors(vm)
+    if out["ready"]:
+        manifest, _ = synced_manifest(vm, base, until=t_cut)
+        out.update(c.check_copy(target, manifest))
+    return out
+
+
 FILTER_NODE = "kvmlab-mirror-top"
 
 #: the catalogue, in table order (kind, then name)
@@ -585,6 +670,19 @@ SCENARIO_LIST: tuple[Scenario, ...] = (
     Scenario("reset_after_ready", "lifecycle", "tp-qemu blockdev_mirror_vm_reboot",
              "the VM reboots while the job is READY; the job stays READY, the copy verifies",
              "job_survives", run=_reset(after_ready=True)),
+    Scenario("unplug_data_disk", "lifecycle", "tp-qemu blockdev_mirror_hotunplug",
+             "device_del of a -blockdev disk under a running mirror: the device goes, the "
+             "job goes on; deleting the disk's node is refused while the job holds it",
+             "unplug", "is busy: block device is in use by block job: mirror",
+             run=_unplug(blockdev=True)),
+    Scenario("unplug_drive_disk", "lifecycle",
+             "tp-qemu blockdev_mirror_hotunplug, with -drive instead of -blockdev",
+             "device_del of a -drive disk under a running mirror: QEMU deletes the drive "
+             "with its device and cancels its jobs (blockdev_auto_del); tp-qemu's "
+             "-blockdev disks keep theirs", "unplug_cancels", run=_unplug(blockdev=False)),
+    Scenario("stress", "lifecycle", "tp-qemu blockdev_mirror_stress",
+             "the guest writes as hard as it can: the job converges, or the convergence "
+             "predictor says it will not", "stress", run=_stress),
     Scenario("poweroff_at_ready", "lifecycle", "tp-qemu blockdev_mirror_ready_vm_down",
              "the guest powers off at READY: since QEMU 6.2 the job is cancelled "
              "(BLOCK_JOB_CANCELLED), before that it completed", "poweroff",
@@ -799,6 +897,42 @@ def _rule_source_enospc(o: dict[str, Any], sc: Scenario) -> tuple[bool, str]:
                   "job completed, the copy verifies")
 
 
+def _rule_unplug(o: dict[str, Any], sc: Scenario) -> tuple[bool, str]:
+    if not o.get("unplugged"):
+        return False, "no DEVICE_DELETED: the guest did not let the device go"
+    if o.get("job_running_after") is False:
+        return False, "the unplug ended the job"
+    if sc.expected_error not in str(o.get("qemu_error")):
+        return False, f"deleting the node was not refused as busy ({o.get('qemu_error')})"
+    ok, why = _rule_copy(o, sc)
+    return ok, ("unplugged; the job went on and the copy verifies" if ok else why)
+
+
+def _rule_unplug_cancels(o: dict[str, Any], sc: Scenario) -> tuple[bool, str]:
+    if not o.get("unplugged"):
+        return False, "no DEVICE_DELETED: the guest did not let the device go"
+    if o.get("job_running_after") is not False:
+        return False, "the job went on after its -drive was deleted"
+    if o.get("job_end") != marks.BLOCK_JOB_CANCELLED or o.get("job_error"):
+        return False, f"the job ended {o.get('job_end')} {o.get('job_error') or ''}".strip()
+    if not o.get("guest_ops_after_action"):
+        return False, "the guest stopped working after the unplug"
+    return True, ("unplugged; QEMU cancelled the job with the drive "
+                  f"({o.get('copied_fraction', 0) or 0:.0%} copied)")
+
+
+def _rule_stress(o: dict[str, Any], sc: Scenario) -> tuple[bool, str]:
+    said = o.get("outcome")
+    if said == "converged":
+        ok, why = _rule_copy(o, sc)
+        return ok, (f"converged with the guest writing {o.get('guest_wrote_mib_s')} MiB/s"
+                    if ok else why)
+    if said == "said diverging":
+        return True, (f"the predictor said 'will not converge' after "
+                      f"{o.get('decided_after_s')} s (guest {o.get('guest_wrote_mib_s')} MiB/s)")
+    return False, "neither READY nor a verdict before the wait ran out"
+
+
 def _rule_filter_node(o: dict[str, Any], sc: Scenario) -> tuple[bool, str]:
     if not o.get("filter_node_seen"):
         return False, "no node of that name while the job ran"
@@ -826,6 +960,7 @@ RULES: dict[str, Callable[[dict[str, Any], Scenario], tuple[bool, str]]] = {
     "sync_top": _rule_sync_top, "same_point": _rule_same_point,
     "filter_node": _rule_filter_node, "readonly": _rule_readonly, "sparse": _rule_sparse,
     "zeroes_written": _rule_zeroes_written, "source_enospc": _rule_source_enospc,
+    "unplug": _rule_unplug, "unplug_cancels": _rule_unplug_cancels, "stress": _rule_stress,
 }
 
 

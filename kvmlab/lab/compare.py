@@ -85,6 +85,30 @@ def behaviours(seed: Mapping[str, ExperimentResult], faults: Mapping[str, Experi
     return rows
 
 
+#: what the scenario table compares between builds (verdict field -> measure)
+SCENARIO_MEASURES = {"pass": "verdict", "job_end": "job end", "events": "events",
+                     "qemu_error": "QEMU's error", "guest_io_errors": "guest I/O errors",
+                     "copy_verifies": "copy verifies"}
+
+
+def scenario_behaviours(results: Mapping[str, ExperimentResult]) -> list[Row]:
+    """One build's rows from its scenario runs (:data:`SCENARIO_MEASURES`); QEMU's words
+    with paths reduced to file names."""
+    rows: list[Row] = []
+    for name, r in results.items():
+        v = r.verdict
+        for key, measure in SCENARIO_MEASURES.items():
+            value = v.get(key)
+            if key == "pass":
+                value = "PASS" if value else "FAIL"
+            elif key == "events" and isinstance(value, list):
+                value = " ".join(value)
+            elif isinstance(value, str):
+                value = strip_paths(value)
+            rows.append(Row(name, measure, value, r))
+    return rows
+
+
 def _numeric(values: list[Any]) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
@@ -166,9 +190,14 @@ def side_by_side(by_build: Mapping[str, list[Row] | list[list[Row]]],
 
 
 def highlight(df: pd.DataFrame) -> Any:
-    """The table with differing rows highlighted (a pandas Styler for notebooks and HTML)."""
-    return df.style.apply(lambda row: ["background-color: #ffe08a" if row["differs"] else ""
-                                       for _ in row], axis=1).hide(axis="index")
+    """The table with differing rows highlighted (a pandas Styler for notebooks and HTML):
+    amber where the builds differ in every run, pale where their values differ but too few
+    runs were made to call it a difference."""
+    def colour(row: pd.Series) -> list[str]:
+        c = ("background-color: #ffe08a" if row["differs"] else
+             "background-color: #fff5d6" if str(row["why"]).startswith("not judged") else "")
+        return [c for _ in row]
+    return df.style.apply(colour, axis=1).hide(axis="index")
 
 
 def differences(df: pd.DataFrame) -> pd.DataFrame:

@@ -12,10 +12,11 @@ import pandas as pd
 
 from kvmlab import analysis
 from kvmlab import experiments as ex
-from kvmlab.errors import BadInput
-from kvmlab.experiments import ExperimentResult
+from kvmlab.errors import BadInput, KvmlabError
+from kvmlab.experiments import ExperimentResult, scenarios
 from kvmlab.experiments.consistency import SEED_CACHES
 from kvmlab.lab.notebook import run_experiment
+from kvmlab.store.runs import load_run
 
 #: the seed's experiments as the suite runs them: name -> (experiment, variant)
 SEED_SUITE: dict[str, tuple[Callable[..., ExperimentResult], dict[str, Any]]] = {
@@ -114,6 +115,44 @@ FAULT_COLUMNS = ["fault", "on_target_error", "behaviour", "error_events", "error
 
 def fault_rows(results: Mapping[str, ExperimentResult]) -> pd.DataFrame:
     return pd.DataFrame([{c: r.verdict.get(c) for c in FAULT_COLUMNS} for r in results.values()])
+
+
+def scenario_runs(namespace: Mapping[str, Any], names: str | Iterable[str] | None = None,
+                  **overrides: Any) -> dict[str, ExperimentResult]:
+    """Run the catalogue's scenarios named in *names* (comma-separated; None: all), each a
+    sub-run of the notebook's run; all names are checked first, so a bad one runs nothing."""
+    chosen = chosen_names(names, ex.SCENARIOS, "scenario")
+    return {name: run_experiment(ex.scenario, namespace, many=True, name=name, **overrides)
+            for name in chosen}
+
+
+def scenario_rows(results: Mapping[str, ExperimentResult]) -> pd.DataFrame:
+    """The catalogue's table: a row per scenario run (:func:`kvmlab.experiments.scenarios.row`)."""
+    return pd.DataFrame([scenarios.row(r.verdict) for r in results.values()],
+                        columns=scenarios.COLUMNS)
+
+
+def scenario_results_in(folder: str | Path) -> dict[str, list[dict[str, ExperimentResult]]]:
+    """Every scenario run recorded under *folder* (a sweep's folder, or a notebook run's),
+    by QEMU build, as a list of repetitions (``{scenario: result}`` each): the table of a
+    sweep whose points ran the scenarios side by side."""
+    found: dict[str, list[dict[str, ExperimentResult]]] = {}
+    for meta_file in sorted(Path(folder).rglob("run.json")):
+        try:
+            data = load_run(meta_file.parent)
+        except KvmlabError:
+            continue
+        if data.meta.get("experiment") != "scenario" or not data.meta.get("verdict"):
+            continue
+        verdict = data.meta["verdict"]
+        build = str((data.meta.get("params") or {}).get("qemu", "system"))
+        reps = found.setdefault(build, [])
+        slot = next((r for r in reps if verdict["scenario"] not in r), None)
+        if slot is None:
+            slot = {}
+            reps.append(slot)
+        slot[verdict["scenario"]] = ExperimentResult(meta_file.parent, verdict, data)
+    return found
 
 
 def throttled(namespace: Mapping[str, Any], speed: int, ready_timeout: float = 30,

@@ -51,10 +51,13 @@ def _check_target(spec: MirrorSpec) -> bool:
 def check_mirror(backend: Backend, spec: MirrorSpec) -> bool:
     """The checks :func:`mirror` makes before sending anything; True if the target exists.
 
-    :raise BadInput: unknown drive, a job already on it, or a target that does not fit.
+    :raise BadInput: unknown drive (a ``-drive`` name or a disk's root node name), a job
+        already on it, or a target that does not fit.
     """
-    drives = {d.device for d in backend.block_info()}
-    if spec.device not in drives:
+    info = backend.block_info()
+    drives = {d.device for d in info if not d.device.startswith("/")} | \
+        {d.node_name for d in info if d.node_name and not d.node_name.startswith("#")}
+    if spec.device not in drives:       # a drive's name, or a -blockdev disk's root node
         known = ", ".join(sorted(x for x in drives if x)) or "none"
         raise BadInput(f"unknown drive {spec.device!r} (drives: {known})")
     job_id = spec.job_id or spec.device

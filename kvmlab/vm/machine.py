@@ -57,6 +57,10 @@ class Drive:
     :ivar data: a data disk: the workload guest mounts it (``/data/vdX``) and writes its
         files there too, so a mirror of it has something to copy and to verify.
     :ivar iothread: the disk's device runs in an iothread of its own (``-object iothread``).
+    :ivar blockdev: configured as libvirt and tp-qemu do, ``-blockdev`` (a node named
+        :attr:`id`) and a device on it, instead of ``-drive``: unplugging the device then
+        leaves the node (and its jobs) alone, where an unplugged ``-drive`` is deleted with
+        its jobs cancelled.
     """
 
     path: Path
@@ -66,8 +70,12 @@ class Drive:
     read_only: bool = False
     data: bool = False
     iothread: bool = False
+    blockdev: bool = False
 
     def __post_init__(self) -> None:
+        if self.blockdev and self.cache not in BLOCKDEV_CACHE:
+            raise BadInput(f"a -blockdev disk takes cache {' or '.join(BLOCKDEV_CACHE)}, "
+                           f"not {self.cache!r}")
         if self.cache not in CACHE_MODES:
             raise BadInput(f"cache={self.cache!r} is not one of {', '.join(CACHE_MODES)}")
         if not self.id.replace("_", "").replace("-", "").isalnum():
@@ -75,15 +83,20 @@ class Drive:
 
     def qemu_args(self, index: int) -> list[str]:
         fmt = self.format or images.info(self.path)["format"]
-        opts = [f"file={qemu_opt(self.path)}", f"format={fmt}", "if=none", f"id={self.id}",
-                f"cache={self.cache}"]
-        if self.read_only:
-            opts.append("readonly=on")
         device = f"virtio-blk-pci,drive={self.id},id=vd{index}"
         extra: list[str] = []
         if self.iothread:
             extra = ["-object", f"iothread,id=io-{self.id}"]
             device += f",iothread=io-{self.id}"
+        if self.blockdev:
+            node = {"driver": fmt, "node-name": self.id, "read-only": self.read_only,
+                    "cache": {"direct": BLOCKDEV_CACHE[self.cache]},
+                    "file": {"driver": "file", "filename": str(self.path)}}
+            return [*extra, "-blockdev", json.dumps(node), "-device", device]
+        opts = [f"file={qemu_opt(self.path)}", f"format={fmt}", "if=none", f"id={self.id}",
+                f"cache={self.cache}"]
+        if self.read_only:
+            opts.append("readonly=on")
         return [*extra, "-drive", ",".join(opts), "-device", device]
 
 
@@ -91,6 +104,9 @@ def guest_dev(index: int) -> str:
     """The guest's name for the *index*-th virtio disk: ``vda``, ``vdb``..."""
     return "vd" + chr(ord("a") + index)
 
+
+#: the cache modes a ``-blockdev`` disk takes, and its ``cache.direct``
+BLOCKDEV_CACHE = {"none": True, "writeback": False}
 
 TMP_PREFIX = "kvmlab-vm-"
 
