@@ -50,7 +50,7 @@ from typing import Optional
 scenarios: Optional[str] = None     # scenario names, comma-separated ("refuse_resize,sync_top"); None: all
 builds: str = "system 10.0"         # the QEMU builds to run on (names from kvmlab qemu list, or paths)
 runs: int = 1                       # runs of every scenario on each build (5 or more: differences are judged)
-from_sweep: Optional[str] = None    # a sweep folder whose points ran the scenarios: tabulate it instead of running
+from_sweep: Optional[str] = None    # a sweep folder (absolute path) whose points ran the scenarios: tabulate it instead of running
 image_mib: int = 64
 fill_mib: int = 16                  # data on the guest disk
 speed: int = 8388608                # the mirror's speed limit, bytes/s (scenarios that act on a running job cap it lower)
@@ -73,6 +73,8 @@ from kvmlab.qemu import builds as qemu_builds
 
 if from_sweep:
     by_build = suites.scenario_results_in(from_sweep)
+    if not by_build:
+        raise ValueError(f"no scenario runs in {Path(from_sweep).resolve()} (give the sweep folder's absolute path)")
     print(f"{sum(len(r) for reps in by_build.values() for r in reps)} scenario runs in {from_sweep}: "
           + ", ".join(f"{b} ({len(reps)} run{'s' if len(reps) != 1 else ''})" for b, reps in by_build.items()))
 else:

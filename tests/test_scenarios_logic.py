@@ -55,7 +55,7 @@ COUNTER = {
     "filter_node": "target_raw",              # no filter node named
     "readonly": "target_raw",                 # no pivot
     "sparse": "existing_no_unmap",            # the target stayed allocated
-    "zeroes_written": "existing_unmap",       # the target was unmapped
+    "zeroes_written": "target_raw",           # a new target: zero areas never written
     "source_enospc": "target_raw",            # no I/O error
     "unplug": "unplug_drive_disk",            # the unplug ended the job
     "unplug_cancels": "unplug_data_disk",     # the job went on

@@ -223,3 +223,32 @@ def test_panel_switches_a_running_mirror_to_active_mode_on_qemu_10(runs: Path) -
         assert run.samples["actively_synced"].dropna().any()
     finally:
         p.close()
+
+
+def test_panel_mirrors_a_data_disk_of_a_vm_with_several(runs: Path) -> None:
+    """A lab VM with two data disks: the panel offers every disk, and a job on one of the
+    data disks records that disk's job."""
+    p = MirrorPanel.lab(accel="tcg", fill_mib=8, image_mib=48, runs_dir=runs, refresh=0.25,
+                        data_disks=2)
+    try:
+        assert p.session is not None
+        assert list(p.drive.options) == ["drive0", "data1", "data2"]
+        assert "disks: drive0, data1, data2" in p.message.value
+        _until(lambda: "start" in _enabled(p), 10, "start enabled")
+        p.drive.value = "data2"
+        p.speed.value = 0
+        p.click("start")
+        _until(lambda: "ready" in p.status.value, 90, "ready")
+        time.sleep(2.0)                      # the guest writes a round or more at READY
+        p.click("cancel")
+        fin = p.session.wait_finished(30)
+        assert fin.outcome == "BLOCK_JOB_COMPLETED" and fin.error is None
+        run = load_run(fin.run_path)
+        assert set(run.samples["job"]) == {"data2"}
+        assert "disk" in run.guest_ops
+        # the guest wrote to the data disk while it was mirrored
+        assert "vdc" in set(run.guest_ops["disk"].dropna())
+    finally:
+        scratch = p.session.scratch if p.session else None
+        p.close()
+    assert scratch is None or not scratch.exists()

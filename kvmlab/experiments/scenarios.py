@@ -118,6 +118,18 @@ class _Ctx:
         job.cancel(force=force)
         return t, job.wait_done(60)
 
+    @property
+    def target(self) -> Path:
+        """The mirror's target image in the run's scratch folder."""
+        return Path(self.lab.workdir) / TARGET_FILE
+
+    def copy_holds(self, vm: Machine, base: Manifest, until: float | None = None,
+                   disk: str = "vda") -> dict[str, Any]:
+        """Does the target hold every operation the guest synced on *disk* before *until*
+        (and the disk's *base* content)?  See :meth:`check_copy`."""
+        manifest, _ = synced_manifest(vm, base, until=until, disk=disk)
+        return self.check_copy(self.target, manifest)
+
     def check_copy(self, target: Path, manifest: Manifest) -> dict[str, Any]:
         """Boot *target* in verify mode (unless ``verify`` is off): does it hold *manifest*?"""
         if not self.verify:
@@ -169,6 +181,8 @@ def _node_of(vm: Machine, filename: Path) -> str | None:
 
 
 TARGET_NODE = "kvmlab-target"
+#: the target image's name in the run's scratch folder
+TARGET_FILE = "x-mirror.img"
 
 
 def _blockdev_mirror(c: _Ctx, vm: Machine, target: Path, extra: dict[str, Any]) -> Job:
@@ -207,7 +221,7 @@ def _copy_at_ready(c: _Ctx, *, vm_kw: dict[str, Any] | None = None,
     verify the copy.  *blockdev*: ``blockdev-mirror`` onto a node added first, with these
     extra arguments, instead of ``drive-mirror``."""
     source, base = disk or c.disk()
-    target = c.lab.workdir / "x-mirror.img"
+    target = c.target
     out: dict[str, Any] = {}
     with c.busy(source, **(vm_kw or {})) as vm:
         since = len(vm.backend.events)
@@ -236,8 +250,7 @@ def _copy_at_ready(c: _Ctx, *, vm_kw: dict[str, Any] | None = None,
     fs = images.file_size(target)
     out["target_allocated"] = fs.allocated if fs else None
     if out["ready"]:
-        manifest, _ = synced_manifest(vm, base, until=t_cut)
-        out.update(c.check_copy(target, manifest))
+        out.update(c.copy_holds(vm, base, until=t_cut))
     return out
 
 
@@ -376,7 +389,7 @@ def _poweroff_at_ready(c: _Ctx) -> dict[str, Any]:
     """The guest shuts itself down (``poweroff``) while the job is READY: QEMU exits; what
     became of the job, and is the target a usable copy of the disk as the guest left it?"""
     source, base = c.disk()
-    target = c.lab.workdir / "x-mirror.img"
+    target = c.target
     wl = Workload(dd_kib=c.workload.dd_kib, rate_kib_s=c.workload.rate_kib_s,
                   duration_s=6, poweroff=True)
     out: dict[str, Any] = {}
@@ -392,49 +405,36 @@ def _poweroff_at_ready(c: _Ctx) -> dict[str, Any]:
         end = [e for e in out["events"] if e in marks.JOB_ENDED]
         out["job_end"] = end[0] if end else "none (QEMU exited)"
         out["guest_io_errors"] = _io_errors(vm)
-    manifest, _ = synced_manifest(vm, base)
-    out.update(c.check_copy(target, manifest))
+    out.update(c.copy_holds(vm, base))
     return out
 
 
-def _cancel_running(c: _Ctx) -> dict[str, Any]:
-    """``block-job-cancel`` before READY: the job ends CANCELLED, the target is a partial copy."""
-    source, base = c.disk()
-    target = c.lab.workdir / "x-mirror.img"
-    with c.busy(source) as vm:
-        since = len(vm.backend.events)
-        job = c.mirror(vm, target, speed=2 * MIB)
-        time.sleep(1.0)
-        was_ready = job.is_ready
-        _, outcome = c.cancel(job)
-        out = {"ready": was_ready, **_outcome(outcome), "events": _job_events(vm, since),
-               "guest_ops_after_cut": _ops_after(vm, time.monotonic(), timeout=10),
-               "guest_io_errors": _io_errors(vm)}
-    out["copied_fraction"] = round(outcome.offset / outcome.len, 3) if outcome.len else None
-    fs = images.file_size(target)
-    out["target_allocated"] = fs.allocated if fs else None
-    manifest, _ = synced_manifest(vm, base)
-    out.update(c.check_copy(target, manifest))
-    return out
-
-
-def _force_cancel_ready(c: _Ctx) -> dict[str, Any]:
-    """``block-job-cancel force=true`` after READY: CANCELLED, not COMPLETED."""
-    source, base = c.disk()
-    target = c.lab.workdir / "x-mirror.img"
-    with c.busy(source) as vm:
-        since = len(vm.backend.events)
-        job = c.mirror(vm, target)
-        ready = c.ready(job)
-        if ready is not None:
-            time.sleep(c.after_ready_s)
-        t_cut, outcome = c.cancel(job, force=True)
-        out = {"ready": ready is not None, **_outcome(outcome),
-               "events": _job_events(vm, since), "guest_io_errors": _io_errors(vm),
-               "guest_ops_after_cut": _ops_after(vm, t_cut, timeout=10)}
-    manifest, _ = synced_manifest(vm, base, until=t_cut)
-    out.update(c.check_copy(target, manifest))
-    return out
+def _cancel(at_ready: bool) -> Callable[[_Ctx], dict[str, Any]]:
+    """A runner: ``block-job-cancel`` before READY (the job ends CANCELLED, the target is a
+    partial copy), or ``force`` after READY (CANCELLED, not COMPLETED)."""
+    def run(c: _Ctx) -> dict[str, Any]:
+        source, base = c.disk()
+        with c.busy(source) as vm:
+            since = len(vm.backend.events)
+            job = c.mirror(vm, c.target, speed=c.speed if at_ready else 2 * MIB)
+            if at_ready:
+                ready = c.ready(job) is not None
+                time.sleep(c.after_ready_s if ready else 0)
+            else:
+                time.sleep(1.0)
+                ready = job.is_ready
+            t_cut, outcome = c.cancel(job, force=at_ready)
+            out = {"ready": ready, **_outcome(outcome), "events": _job_events(vm, since),
+                   "guest_io_errors": _io_errors(vm),
+                   "guest_ops_after_cut": _ops_after(vm, t_cut, timeout=10)}
+        if not at_ready:
+            out["copied_fraction"] = round(outcome.offset / outcome.len, 3) if outcome.len \
+                else None
+            fs = images.file_size(c.target)
+            out["target_allocated"] = fs.allocated if fs else None
+        out.update(c.copy_holds(vm, base, until=t_cut))
+        return out
+    return run
 
 
 def _sync_none(c: _Ctx) -> dict[str, Any]:
@@ -464,7 +464,7 @@ def _target(fmt: str, existing: bool = False, unmap: bool | None = None
     with *unmap*): what the host stored, and whether the copy verifies."""
     def run(c: _Ctx) -> dict[str, Any]:
         source, base = c.disk()
-        target = c.lab.workdir / "x-mirror.img"
+        target = c.target
         size = int(images.info(source)["virtual-size"])
         kw: dict[str, Any] = {"format": fmt}
         if existing:
@@ -506,7 +506,7 @@ def _readonly(c: _Ctx) -> dict[str, Any]:
     """A read-only source disk (``readonly=on``): the mirror copies it; after
     ``block-job-complete`` the drive runs on the target, still read-only."""
     source, base = c.disk()
-    target = c.lab.workdir / "x-mirror.img"
+    target = c.target
     drive = Drive(source, "drive0", "qcow2", c.lab.options.cache, read_only=True)
     out: dict[str, Any] = {}
     with c.lab.machine(drive, "source", mode="idle") as vm:
@@ -538,7 +538,7 @@ def _source_enospc(policy: str) -> Callable[[_Ctx], dict[str, Any]]:
     ``on-source-error=policy``: what the guest sees, what the job does, the copy."""
     def run(c: _Ctx) -> dict[str, Any]:
         made, base = c.disk()
-        target = c.lab.workdir / "x-mirror.img"
+        target = c.target
         room = -(-made.stat().st_size // MIB) + 6         # the image, then 6 MiB to fill
         wl = Workload(dd_kib=512, rate_kib_s=4096)
         out: dict[str, Any] = {"on_source_error": policy}
@@ -564,9 +564,8 @@ def _source_enospc(policy: str) -> Callable[[_Ctx], dict[str, Any]]:
                 out.update(_outcome(outcome))
                 out["events"] = _job_events(vm, since)
                 out["guest_io_errors"] = _io_errors(vm)
-            manifest, _ = synced_manifest(vm, base, until=min(t_err, t_cut))
             if out["ready"]:
-                out.update(c.check_copy(target, manifest))
+                out.update(c.copy_holds(vm, base, until=min(t_err, t_cut)))
         return out
     return run
 
@@ -584,7 +583,7 @@ def _unplug_data_disk(c: _Ctx, blockdev: bool) -> dict[str, Any]:
     base = make_guest_disk(data_path, 32, "qcow2", max(1, c.fill_mib // 2))
     drive = Drive(data_path, "data1", "qcow2", c.lab.options.cache, data=True,
                   blockdev=blockdev)
-    target = c.lab.workdir / "x-mirror.img"
+    target = c.target
     out: dict[str, Any] = {}
     with c.busy(source, extra_drives=[drive]) as vm:
         vm.wait_ops(1, "dd", after=0.0, timeout=60)
@@ -615,9 +614,8 @@ def _unplug_data_disk(c: _Ctx, blockdev: bool) -> dict[str, Any]:
         out["copied_fraction"] = round(outcome.offset / outcome.len, 3) if outcome.len else None
         out["events"] = _job_events(vm, since)
         out["guest_io_errors"] = _io_errors(vm)
-    manifest, _ = synced_manifest(vm, base, until=t_unplug, disk="vdb")
     if out["ready"]:
-        out.update(c.check_copy(target, manifest))
+        out.update(c.copy_holds(vm, base, until=t_unplug, disk="vdb"))
     return out
 
 
@@ -625,7 +623,7 @@ def _stress(c: _Ctx) -> dict[str, Any]:
     """The guest writes as fast as it can under a modest speed limit: the job converges, or
     the convergence predictor says it will not before the wait runs out."""
     source, base = c.disk()
-    target = c.lab.workdir / "x-mirror.img"
+    target = c.target
     wl = Workload(dd_kib=1024, rate_kib_s=64 * 1024)        # no pause to speak of
     out: dict[str, Any] = {}
     with busy_vm(c.lab, source, wl, label="source") as vm:
@@ -650,8 +648,7 @@ def _stress(c: _Ctx) -> dict[str, Any]:
         out["events"] = _job_events(vm, since)
         out["guest_io_errors"] = _io_errors(vm)
     if out["ready"]:
-        manifest, _ = synced_manifest(vm, base, until=t_cut)
-        out.update(c.check_copy(target, manifest))
+        out.update(c.copy_holds(vm, base, until=t_cut))
     return out
 
 
@@ -714,10 +711,11 @@ SCENARIO_LIST: tuple[Scenario, ...] = (
       for p in ("report", "stop", "ignore")),
     Scenario("cancel_running", "verbs", "tp-qemu blockdev_mirror_cancel_running_job",
              "cancel before READY: BLOCK_JOB_CANCELLED; the target holds part of the disk "
-             "and is not a usable copy", "cancelled_partial", run=_cancel_running),
+             "and is not a usable copy", "cancelled_partial", run=_cancel(at_ready=False)),
     Scenario("force_cancel_ready", "verbs", "QAPI block-job-cancel (force); iotest 041",
-             "force cancel after READY: BLOCK_JOB_CANCELLED (not COMPLETED); the target "
-             "was in sync when cancelled", "cancelled_ready", run=_force_cancel_ready),
+             "force cancel after READY: BLOCK_JOB_CANCELLED (not COMPLETED), without the "
+             "final sync a plain cancel makes: QEMU promises no point-in-time copy",
+             "cancelled_ready", run=_cancel(at_ready=True)),
     Scenario("sync_none", "sync", "tp-qemu blockdev_mirror_sync_none",
              "only writes made after the start reach the target (far less than the disk's "
              "data); the target is not a disk on its own", "sync_none", run=_sync_none),
@@ -944,7 +942,7 @@ def _rule_readonly(o: dict[str, Any], sc: Scenario) -> tuple[bool, str]:
         return False, "the job never became READY"
     if not _completed(o):
         return False, f"the job ended {o.get('job_end')}"
-    if o.get("now_on") != "x-mirror.img":
+    if o.get("now_on") != TARGET_FILE:
         return False, f"the drive runs on {o.get('now_on')!r}, not the target"
     if not o.get("still_read_only"):
         return False, "the drive became writable"

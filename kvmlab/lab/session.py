@@ -22,7 +22,7 @@ import shutil
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from kvmlab.qemu.images import make_guest_disk
 from kvmlab.qemu.trace import TraceSpec
 from kvmlab.store.runs import RunData, RunDir, load_run
 from kvmlab.vm import qemu_probe
-from kvmlab.vm.machine import Machine
+from kvmlab.vm.machine import Drive, Machine
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +87,17 @@ def _cleanup(machine: Machine | None, scratch: Path | None) -> None:
 
 
 class Session:
-    """One VM and the mirror jobs run on it by hand.  Close it to stop what it started."""
+    """One VM and the mirror jobs run on it by hand, one at a time, on any of its disks
+    (*drives*; the first job's is *drive*).  Close it to stop what it started."""
 
     def __init__(self, backend: Backend, *, drive: str, machine: Machine | None = None,
                  scratch: Path | None = None, label: str = "vm",
                  runs_dir: str | Path | None = None, sample_interval: float = 0.1,
-                 caps: Capabilities | None = None) -> None:
+                 caps: Capabilities | None = None, drives: Sequence[str] = ()) -> None:
         self.backend = backend
         self.drive = drive
+        #: the disks a job may mirror (the VM's own order)
+        self.drives = list(drives) or [drive]
         self.machine = machine
         self.scratch = scratch
         self.label = label
@@ -134,25 +137,35 @@ class Session:
     def lab(cls, *, image_mib: int = 64, fill_mib: int = 16, workload_kib: int = 256,
             workload_rate_kib_s: float = 512, accel: str = "auto", cache: str = "none",
             runs_dir: str | Path | None = None, sample_interval: float = 0.1,
-            boot_timeout: float = 120, qemu: str | Path | QemuBuild | None = None) -> Session:
+            boot_timeout: float = 120, qemu: str | Path | QemuBuild | None = None,
+            data_disks: int = 0) -> Session:
         """Launch a lab VM whose guest works on its disk; return once it is busy.
 
         :param qemu: the QEMU build of the VM and its images (``system``, ``10.0``, a path).
+        :param data_disks: data disks beside the system disk (0 to 3; ``data1``...), 32 MiB
+            each, written by the guest every round: a job may mirror any of them.
 
         Its QEMU writes the mirror's trace events (:mod:`kvmlab.qemu.trace`) to the session's
         scratch folder; each job's run records those from its start in ``trace.parquet``.
         """
         build = builds.resolve(qemu)               # bad name: nothing is created
+        if isinstance(data_disks, bool) or not isinstance(data_disks, int) \
+                or not 0 <= data_disks <= 3:
+            raise BadInput(f"data_disks={data_disks!r} must be an integer from 0 to 3")
         scratch = paths.scratch_dir() / \
             f"session-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         scratch.mkdir(parents=True)
         vm: Machine | None = None
         try:
             disk = scratch / "disk.qcow2"
+            data = [Drive(scratch / f"data{k}.qcow2", f"data{k}", "qcow2", cache, data=True)
+                    for k in range(1, data_disks + 1)]
             with builds.using(build):
                 make_guest_disk(disk, image_mib, "qcow2", fill_mib)
+                for d in data:
+                    make_guest_disk(d.path, 32, "qcow2", fill_mib // 2)
             vm = Machine(disk, mode="workload", cache=cache, accel=accel, name="kvmlab-panel",
-                         qemu=build,
+                         qemu=build, extra_drives=data,
                          workload=Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s),
                          console_log=scratch / "console.log",
                          trace=TraceSpec(scratch / "trace.log"))
@@ -162,7 +175,8 @@ class Session:
             _cleanup(vm, scratch)
             raise
         return cls(vm.backend, drive=vm.disk_id, machine=vm, scratch=scratch, label="lab",
-                   runs_dir=runs_dir, sample_interval=sample_interval)
+                   runs_dir=runs_dir, sample_interval=sample_interval,
+                   drives=[d.id for d in vm.drives])
 
     @classmethod
     def libvirt(cls, uri: str, domain: str, drive: str = "vda", **kw: Any) -> Session:
@@ -174,7 +188,8 @@ class Session:
             raise BadInput(f"domain {domain} has no disk {drive!r}")
         # the domain's QEMU is not one of kvmlab's builds: ask its monitor what it can do
         caps = read_capabilities(be.qmp("query-version"), be.qmp("query-qmp-schema"))
-        return cls(be, drive=drive, label=domain, caps=caps, **kw)
+        disks = [d.device for d in be.block_info() if d.device and d.file]
+        return cls(be, drive=drive, label=domain, caps=caps, drives=disks, **kw)
 
     def default_target(self, fmt: str | None = "qcow2") -> Path:
         """A fresh target path in the session's scratch folder (or data/scratch)."""
@@ -238,9 +253,11 @@ class Session:
         with self._lock:
             if self.active:
                 raise StateError("a job is already running in this session")
-            if spec.device != self.drive:
-                raise BadInput(f"this session's drive is {self.drive!r}, not {spec.device!r}")
+            if spec.device not in self.drives:
+                raise BadInput(f"this VM's disks are {', '.join(self.drives)}, not "
+                               f"{spec.device!r}")
             check_mirror(self.backend, spec)           # bad input: nothing is created
+            self.drive = spec.device
             run = RunDir.create("panel_mirror", spec.as_dict(), self.runs_dir)
             if self.machine is not None:
                 run.update(qemu=qemu_probe.recorded(self.machine.build))

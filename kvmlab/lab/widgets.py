@@ -214,7 +214,8 @@ class MirrorPanel(w.VBox):
         self.connect = w.Button(description="Connect", icon="plug")
         self.connect.on_click(lambda _b: self._act(self._connect))
         self.connect_row = w.HBox([self.backend, self.uri, self.domain, self.connect])
-        self.drive = w.Text(description="drive", style=style)
+        self.drive = w.Combobox(description="drive", style=style, ensure_option=False,
+                                placeholder="drive0, data1...")
         self.target = w.Text(description="target", style=style, layout=wide)
         self.format = w.Dropdown(options=[("qcow2", "qcow2"), ("raw", "raw"),
                                           ("same as source", "")], description="format",
@@ -260,6 +261,7 @@ class MirrorPanel(w.VBox):
     def _attach(self, session: Session) -> None:
         self.session = session
         session.on_finish.append(self._on_finish)
+        self.drive.options = tuple(session.drives)    # a VM with data disks: any of them
         self.drive.value = session.drive
         self.target.value = str(session.default_target(self.format.value or None))
         self.connect_row.layout.display = "none"
@@ -269,7 +271,9 @@ class MirrorPanel(w.VBox):
             if session.can_change else f"QEMU {session.qemu_version} cannot switch a running "
             "job (block-job-change came in QEMU 8.2)")
         self._say(f"connected: {html.escape(session.label)} ({session.backend.name}), "
-                  f"drive {html.escape(session.drive)}")
+                  f"drive {html.escape(session.drive)}" + (
+                      f" (disks: {html.escape(', '.join(session.drives))})"
+                      if len(session.drives) > 1 else ""))
 
     # -- actions -------------------------------------------------------------------------
     def _act(self, fn: Callable[[], None]) -> None:

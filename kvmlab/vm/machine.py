@@ -175,13 +175,13 @@ class Machine:
             drives.append(disk if isinstance(disk, Drive) else
                           Drive(Path(disk), format=disk_format, cache=cache))
         drives.extend(extra_drives)
+        if len(drives) > 8:
+            raise BadInput(f"{len(drives)} disks: the lab VM takes at most 8")
         for d in drives:
             if not Path(d.path).is_file():
                 raise BadInput(f"disk image {d.path} does not exist")
         if len({d.id for d in drives}) != len(drives):
             raise BadInput("drive ids must be unique")
-        if len(drives) > 8:
-            raise BadInput(f"{len(drives)} disks: the lab VM takes at most 8")
         self.drives = drives
         self.mode = mode
         self.workload = workload or Workload()
