@@ -56,7 +56,7 @@ SAMPLE_COLUMNS = ["t", "wall", "job", "type", "len", "offset", "remaining", "spe
 EVENT_COLUMNS = ["t", "wall", "source", "name", "job", "status", "qemu_time", "data"]
 SIZE_COLUMNS = ["t", "wall", "label", "path", "exists", "apparent", "allocated"]
 OP_COLUMNS = ["t", "wall", "op", "path", "size", "sha256", "round", "guest_t", "machine",
-              "dd_s"]
+              "dd_s", "disk"]
 COLUMNS = {"samples": SAMPLE_COLUMNS, "events": EVENT_COLUMNS, "sizes": SIZE_COLUMNS,
            "guest_ops": OP_COLUMNS}
 
@@ -367,7 +367,9 @@ class Recorder:
                 "path": d.get("path"), "size": d.get("size"), "sha256": d.get("sha256"),
                 "round": d.get("n"), "guest_t": d.get("t"), "machine": self._machine_label,
                 # how long the guest's dd (with its fsync) took: the write's latency
-                "dd_s": _seconds_us(d.get("dd_us"))})
+                "dd_s": _seconds_us(d.get("dd_us")),
+                # which of the guest's disks (``vdb``: a data disk; the system disk is vda)
+                "disk": d.get("disk", "vda")})
         else:
             self._streams["events"].add({
                 "t": rec.mono - self.t0, "wall": rec.wall, "source": "guest",
