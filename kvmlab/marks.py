@@ -36,6 +36,9 @@ SOURCE_DELETED: Final = "source_deleted"
 COPY_MODE: Final = "copy_mode"              #: a running mirror switched copy mode
 DIVERGING: Final = "diverging"              #: a wait gave up: the job will not converge
 SCENARIO_ACTION: Final = "scenario_action"  #: a catalogue scenario acted (a refused command...)
+NBD_EXPORTS: Final = "nbd_exports"          #: a migration's destination serves its disks
+MIGRATE: Final = "migrate"                  #: the source began migrating RAM and devices
+HANDOVER: Final = "handover"                #: the migration completed: the source lets go
 
 #: steps that change a running job's conditions (the user's hand): a convergence verdict
 #: made before one says nothing about after it
@@ -46,7 +49,7 @@ GUEST_RATE_CHANGE: Final = "guest_rate_change"
 STEPS: Final = (RECORDER_START, RECORDER_STOP, ATTACH, SAMPLE_ERROR, MIRROR_START, READY_SEEN,
                 CANCEL, COMPLETE, COMMIT, PAUSE, RESUME, SET_SPEED, STOP, CONT,
                 RESUME_AFTER_ERROR, REMIRROR, GROW_TMPFS, SOURCE_MOVED, SOURCE_DELETED,
-                COPY_MODE, DIVERGING, SCENARIO_ACTION)
+                COPY_MODE, DIVERGING, SCENARIO_ACTION, NBD_EXPORTS, MIGRATE, HANDOVER)
 
 # -- windows (a start and an end mark) ---------------------------------------------------
 NFS_OUTAGE: Final = "nfs_outage"
@@ -95,6 +98,7 @@ LABELS: Final = {
     SOURCE_MOVED: "old image moved", SOURCE_DELETED: "old image deleted",
     BLOCK_IO_ERROR: "I/O error", RESUME_AFTER_ERROR: "resume", REMIRROR: "mirror again",
     COPY_MODE: "copy mode", DIVERGING: "will not converge", SCENARIO_ACTION: "action",
+    NBD_EXPORTS: "NBD exports", MIGRATE: "migrate", HANDOVER: "handover",
     **{start(w): w.replace("_", " ") for w in FAULT_WINDOWS},
     **{end(w): f"{w.replace('_', ' ')} end" for w in FAULT_WINDOWS},
 }

@@ -521,6 +521,28 @@ def jobs_side_by_side(run: RunData, *, log: bool = False) -> Figure:
     return fig
 
 
+def migration(frame: pd.DataFrame, events: pd.DataFrame | None = None, *,
+              ax: Axes | None = None, xlabel: bool = True) -> Figure:
+    """A live migration's RAM (``query-migrate``): transferred and remaining MiB over time,
+    the expected downtime on a second axis; kvmlab's steps marked."""
+    fig, ax = _axes(ax)
+    if frame.empty or "ram_transferred" not in frame:
+        say_empty(ax, events, "migration samples")
+    else:
+        _line(ax, frame["t"], frame["ram_transferred"].astype(float) / MIB,
+              label="RAM transferred")
+        _line(ax, frame["t"], frame["ram_remaining"].astype(float) / MIB, linestyle="--",
+              label="RAM remaining")
+        if "expected_downtime" in frame and frame["expected_downtime"].notna().any():
+            twin = ax.twinx()
+            _line(twin, frame["t"], frame["expected_downtime"].astype(float), color="tab:red",
+                  linestyle=":", label="expected downtime")
+            twin.set_ylabel("expected downtime (ms)", color="tab:red")
+    mark_events(ax, events)
+    _finish(ax, "Migration: RAM and device state", "MiB", [], xlabel)
+    return fig
+
+
 def save_all(run: RunData, **kw: Any) -> list[str]:
     """Write dashboard.png (and the single panels) into the run's folder; return the names.
     A run with several jobs also gets ``jobs.png`` (side by side) and a dashboard per job."""

@@ -26,7 +26,8 @@ EXPERIMENT = {"01_mirror_basic": ex.mirror_basic, "02_mirror_nfs_outage": ex.mir
               "07_shallow_existing": ex.shallow_existing, "09_target_faults": ex.target_fault,
               "10_consistency": ex.consistency_study,
               "11_active_mirror": ex.convergence_pressure,
-              "12_snapshot_methods": ex.snapshot_methods}
+              "12_snapshot_methods": ex.snapshot_methods, "13_scenarios": ex.scenario,
+              "14_storage_migration": ex.storage_migration}
 OPTION_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunOptions)}
 
 

@@ -135,3 +135,16 @@ def test_scenarios_notebook_on_both_builds_and_in_the_report(tmp_path: Path) -> 
     (html_file,) = make_report([out], tmp_path / "report.html")
     text = html_file.read_text()
     assert "refuse_transaction" in text and "QAPI TransactionAction" in text
+
+
+def test_storage_migration_notebook(tmp_path: Path) -> None:
+    """Notebook 14 moves the busy VM to a second QEMU over a unix socket: the verdict, the
+    migration's time series beside the jobs, and its figure."""
+    out = run_notebook(NOTEBOOKS / "14_storage_migration.ipynb",
+                       {"accel": "tcg", "after_s": 1.0}, out=tmp_path / "migration")
+    (meta,) = _runs(out)
+    assert meta["status"] == "done" and meta["verdict"]["pass"] is True, meta["verdict"]
+    assert meta["params"]["nbd"] == "unix"
+    assert (out / "migration.parquet").exists() and (out / "migration.png").exists()
+    html = (out / "14_storage_migration.html").read_text()
+    assert "migration completed in" in html and "operations on its own" in html

@@ -173,3 +173,22 @@ def test_the_sweep_file_runs_every_scenario_on_both_builds() -> None:
                            "scenarios.yaml").read_text())
     assert spec["grid"]["scenarios"] == list(SCENARIOS)
     assert spec["grid"]["builds"] == ["system", "10.0"]
+
+
+def test_a_cancel_lands_a_moment_after_it_is_sent() -> None:
+    """An operation the guest began between the cancel and the job's end may be in the copy
+    or not: expected neither way (in flight), while one begun after the end is ignored."""
+    from kvmlab.events import Record
+
+    def rec(name: str, mono: float, **data: Any) -> Record:
+        return Record(name, {"n": 1, "t": mono, **data}, mono)
+
+    recs = [rec("begin", 1.0, op="mkdir", path="/wl/d1"),
+            rec("op", 1.1, op="mkdir", path="/wl/d1", sha256="-"),
+            rec("begin", 2.2, op="rmdir", path="/wl/d1"),          # during the cancel
+            rec("op", 2.3, op="rmdir", path="/wl/d1", sha256="-"),
+            rec("begin", 3.0, op="touch", path="/wl/f9")]           # after the job's end
+    m, in_flight = synced_manifest(_VM(recs), until=2.0)
+    assert m.dirs == {"/wl/d1"} and not in_flight
+    m, in_flight = synced_manifest(_VM(recs), until=2.0, settled=2.5)
+    assert not m.dirs and m.unknown == {"/wl/d1"} and len(in_flight) == 1

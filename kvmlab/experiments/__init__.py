@@ -18,6 +18,7 @@ C2/3   :func:`consistency_study`   what a live copy holds: nothing/stop/sync+sto
 C3     :func:`convergence_pressure` a guest outpacing the copy: background vs active mode
 C1     :func:`snapshot_methods`    mirror vs backup vs external snapshot, each quiesced 3 ways
 --     :func:`scenario`            one row of the scenario catalogue (tp-qemu/iotest cases)
+--     :func:`storage_migration`   a busy VM and its disks moved to a second QEMU (NBD + migrate)
 =====  ==========================  ===============================================
 """
 
@@ -25,6 +26,7 @@ from kvmlab.experiments.commit_stopped import commit_stopped
 from kvmlab.experiments.common import ExperimentResult, LabRun, verify_image
 from kvmlab.experiments.consistency import CUTS, consistency_study
 from kvmlab.experiments.convergence import convergence_pressure
+from kvmlab.experiments.migration import storage_migration
 from kvmlab.experiments.mirror_basic import mirror_basic
 from kvmlab.experiments.nfs_outage import mirror_nfs_outage
 from kvmlab.experiments.pivot import double_pivot, pivot, remove_source
@@ -52,4 +54,4 @@ __all__ = ["ExperimentResult", "LabRun", "verify_image", "mirror_basic", "mirror
            "commit_stopped",
            "pivot", "double_pivot", "remove_source", "shallow_existing", "SEED_CONCLUSIONS",
            "target_fault", "FAULTS", "consistency_study", "CUTS", "convergence_pressure",
-           "snapshot_methods", "METHODS", "QUIESCE", "scenario", "SCENARIOS"]
+           "snapshot_methods", "METHODS", "QUIESCE", "scenario", "SCENARIOS", "storage_migration"]

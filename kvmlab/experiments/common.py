@@ -207,8 +207,8 @@ def verify_image(lab: LabRun, image: Path, manifest: Manifest, *, label: str = "
 
 
 def synced_manifest(vm: Machine, base: Manifest | None = None, until: float | None = None,
-                    *, disk: str = "vda", absent_from: float | None = None
-                    ) -> tuple[Manifest, list[dict[str, Any]]]:
+                    *, disk: str = "vda", absent_from: float | None = None,
+                    settled: float | None = None) -> tuple[Manifest, list[dict[str, Any]]]:
     """What a copy of guest disk *disk* cut at host time *until* (default: now) must hold,
     and the ops in flight.
 
@@ -217,6 +217,10 @@ def synced_manifest(vm: Machine, base: Manifest | None = None, until: float | No
     (``begin`` line) but was not confirmed is in flight: its path may be in
     either state, so the manifest expects nothing of it and the verifier
     reports what it finds there.
+
+    *settled* (host time): when the cut took effect (the job's end arrived); a cancel sent
+    at *until* lands a moment later, so an operation the guest began between the two may
+    be in the copy or not: its path is in flight too.
 
     *absent_from* (host time): a copy known to be cut before it (the guest was stopped
     from *until* to *absent_from*) must not hold any path the guest first touched after
@@ -229,6 +233,9 @@ def synced_manifest(vm: Machine, base: Manifest | None = None, until: float | No
     begun = [dict(r.data) for r in before if r.name == "begin"]
     confirmed = {(o["op"], o["path"], o.get("n")) for o in done}
     in_flight = [b for b in begun if (b["op"], b["path"], b.get("n")) not in confirmed]
+    if until is not None and settled is not None:
+        in_flight += [dict(r.data) for r in records
+                      if r.name == "begin" and until <= r.mono < settled]
     manifest = Manifest.from_ops(done, base=base, in_flight=in_flight)
     if absent_from is not None:
         seen = {str(r.data["path"]) for r in records if r.mono < absent_from}

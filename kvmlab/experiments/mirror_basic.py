@@ -109,17 +109,20 @@ def e1_steps(lab: LabRun, *, image_mib: int, fill_mib: int, disk_format: str,
     verdict: dict[str, Any]
     if None in readies:
         waiting = [j.id for j, r in zip(jobs, readies) if r is None]
+        who = f"{', '.join(waiting)} " if len(jobs) > 1 else ""    # one disk: the seed's words
         verdict = {"pass": False, "ready": False, "job_end": outcomes[0].event,
-                   "reason": f"{', '.join(waiting)} not ready within {ready_timeout:g} s",
+                   "reason": f"{who}not ready within {ready_timeout:g} s",
                    "bytes_len": outcomes[0].len, "bytes_offset": outcomes[0].offset}
     else:
         first = readies[0]
         assert first is not None
         checks = []
         for i, (job, target, base) in enumerate(zip(jobs, targets, bases)):
+            several = len(jobs) > 1
             manifest, in_flight = synced_manifest(
                 vm, base, until=t_cut, disk=guest_dev(i),
-                absent_from=t_resume if len(jobs) > 1 else None)
+                absent_from=t_resume if several else None,
+                settled=None if several else t_resume)
             checks.append((manifest, in_flight, verify_image(
                 lab, target, manifest, label="verify" if i == 0 else f"verify-{job.id}")))
         manifest, in_flight, checked = checks[0]
@@ -178,15 +181,17 @@ def _wait_begun_on_all(vm: Machine, disks: int, since: float, timeout: float) ->
 def _cut(lab: LabRun, vm: Machine, jobs: list[Job]) -> tuple[float, float, list[JobOutcome]]:
     """Cancel every job at READY; returns (cut-off, resume time, outcomes).
 
-    One disk: the seed's ``block_job_cancel`` while the guest runs.  Several: the VM is
-    stopped first, so every copy is cut at the same point in the guest's life, then every
-    job is cancelled and waited for, then the VM continues."""
+    One disk: the seed's ``block_job_cancel`` while the guest runs; the cut lands between
+    the cancel and the job's end (the second time).  Several: the VM is stopped first, so
+    every copy is cut at the same point in the guest's life, then every job is cancelled
+    and waited for, then the VM continues (the second time)."""
     rec = lab.recorder
     if len(jobs) == 1:
         rec.mark(marks.CANCEL, job=jobs[0].id)
         t_cut = time.monotonic()
         jobs[0].cancel()
-        return t_cut, t_cut, [jobs[0].wait_done(60)]
+        outcome = jobs[0].wait_done(60)
+        return t_cut, time.monotonic(), [outcome]
     rec.mark(marks.STOP, reason="cut every disk at one point")
     vm.stop()
     t_cut = time.monotonic()

@@ -82,6 +82,8 @@ class _Ctx:
     after_ready_s: float
     verify: bool
     name: str
+    #: when the last cancel's job end arrived (the cut lands between the cancel and this)
+    settled: float | None = None
 
     @property
     def rec(self) -> Any:
@@ -112,11 +114,14 @@ class _Ctx:
         return rec.mono
 
     def cancel(self, job: Job, force: bool = False) -> tuple[float, JobOutcome]:
-        """``block-job-cancel`` (marked); the cut-off and how the job ended."""
+        """``block-job-cancel`` (marked); the cut-off and how the job ended (the time the
+        end arrived is :attr:`settled`)."""
         self.rec.mark(marks.CANCEL, job=job.id, force=force)
         t = time.monotonic()
         job.cancel(force=force)
-        return t, job.wait_done(60)
+        outcome = job.wait_done(60)
+        self.settled = time.monotonic()
+        return t, outcome
 
     @property
     def target(self) -> Path:
@@ -124,10 +129,11 @@ class _Ctx:
         return Path(self.lab.workdir) / TARGET_FILE
 
     def copy_holds(self, vm: Machine, base: Manifest, until: float | None = None,
-                   disk: str = "vda") -> dict[str, Any]:
+                   disk: str = "vda", settled: float | None = None) -> dict[str, Any]:
         """Does the target hold every operation the guest synced on *disk* before *until*
-        (and the disk's *base* content)?  See :meth:`check_copy`."""
-        manifest, _ = synced_manifest(vm, base, until=until, disk=disk)
+        (and the disk's *base* content)?  Operations begun between *until* and *settled*
+        (a cancel's landing) may be there or not.  See :meth:`check_copy`."""
+        manifest, _ = synced_manifest(vm, base, until=until, disk=disk, settled=settled)
         return self.check_copy(self.target, manifest)
 
     def check_copy(self, target: Path, manifest: Manifest) -> dict[str, Any]:
@@ -250,7 +256,7 @@ def _copy_at_ready(c: _Ctx, *, vm_kw: dict[str, Any] | None = None,
     fs = images.file_size(target)
     out["target_allocated"] = fs.allocated if fs else None
     if out["ready"]:
-        out.update(c.copy_holds(vm, base, until=t_cut))
+        out.update(c.copy_holds(vm, base, until=t_cut, settled=c.settled))
     return out
 
 
@@ -432,7 +438,7 @@ def _cancel(at_ready: bool) -> Callable[[_Ctx], dict[str, Any]]:
                 else None
             fs = images.file_size(c.target)
             out["target_allocated"] = fs.allocated if fs else None
-        out.update(c.copy_holds(vm, base, until=t_cut))
+        out.update(c.copy_holds(vm, base, until=t_cut, settled=c.settled))
         return out
     return run
 
@@ -648,7 +654,7 @@ def _stress(c: _Ctx) -> dict[str, Any]:
         out["events"] = _job_events(vm, since)
         out["guest_io_errors"] = _io_errors(vm)
     if out["ready"]:
-        out.update(c.copy_holds(vm, base, until=t_cut))
+        out.update(c.copy_holds(vm, base, until=t_cut, settled=c.settled))
     return out
 
 

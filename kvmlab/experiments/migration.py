@@ -1,0 +1,329 @@
+"""Live storage migration: mirror a running VM's disks into another QEMU, migrate, hand over.
+
+The flow libvirt's ``virsh migrate --copy-storage-all`` drives, and QEMU's iotest 194 tests,
+between two lab QEMUs on this host:
+
+1. the destination starts paused (``-S``) with ``-incoming defer`` and empty disks, and
+   serves them over NBD (``nbd-server-start`` on a unix socket or 127.0.0.1, one writable
+   ``block-export-add`` per disk);
+2. the source, its guest busy, mirrors every disk into those exports (``sync=full``,
+   ``mode=existing``, format raw: the server handles the image format);
+3. once every job is READY, the source migrates the VM's RAM and device state (``migrate``),
+   its progress sampled as a time series of its own (``query-migrate``: status, bytes
+   transferred and remaining, dirty-pages rate, expected and final downtime);
+4. when the migration completes the source is paused: it cancels its mirrors (each a last
+   sync, then COMPLETED), the destination stops its NBD server and continues (``cont``).
+
+The destination's guest then proves it has the data: it keeps working, and its disk, booted
+in a verify VM afterwards, holds every operation the guest synced on the source before the
+switchover and on the destination after it.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kvmlab import marks
+from kvmlab.errors import BadInput, WaitTimeout
+from kvmlab.experiments.common import (
+    ExperimentResult,
+    LabRun,
+    busy_vm,
+    synced_manifest,
+    verify_image,
+)
+from kvmlab.experiments.options import DEFAULT_OPTIONS, RunOptions
+from kvmlab.guest.workload import Manifest, Workload
+from kvmlab.live.jobs import Job
+from kvmlab.model import COPY_MODES, check_speed
+from kvmlab.qemu import images
+from kvmlab.qemu.images import make_guest_disk
+from kvmlab.units import MIB
+from kvmlab.vm.machine import Drive, Machine, guest_dev
+
+#: why the experiment runs on the embedded lab only
+MIGRATION_LIBVIRT = ("it drives two QEMUs' migration and NBD server over QMP itself; "
+                     "libvirt runs that flow on its own (virsh migrate --copy-storage-all)")
+TRANSPORTS = ("unix", "tcp")
+#: the migration stream's file in the run folder (a time series beside the block jobs)
+MIGRATION_FILE = "migration.parquet"
+
+
+def storage_migration(*, image_mib: int = 64, fill_mib: int = 16, data_disks: int = 0,
+                      nbd: str = "unix", speed: int = 0, copy_mode: str = "background",
+                      max_bandwidth: int = 0, downtime_limit_ms: int = 0,
+                      workload_kib: int = 256, workload_rate_kib_s: float = 512,
+                      ready_s: float = 2.0, after_s: float = 2.0, ready_timeout: float = 120,
+                      migrate_timeout: float = 120,
+                      options: RunOptions = DEFAULT_OPTIONS) -> ExperimentResult:
+    """Move a busy VM and its disks to a second QEMU; return the recorded handover.
+
+    :param data_disks: data disks beside the system disk (0 to 3), each mirrored too.
+    :param nbd: the destination's NBD server on a ``unix`` socket or on ``tcp`` 127.0.0.1.
+    :param speed: each mirror's speed limit (bytes/s, 0 = unlimited).
+    :param copy_mode: ``background`` or ``write-blocking`` (active) mirrors.
+    :param max_bandwidth: the migration's ``max-bandwidth`` (bytes/s; 0 = QEMU's default).
+    :param downtime_limit_ms: the migration's ``downtime-limit`` (0 = QEMU's default).
+    :param ready_s: how long the guest writes with every mirror READY (each write reaching
+        the destination's disk through the mirror) before the migration starts.
+    :param after_s: how long the destination runs on its own before it is checked.
+    """
+    if nbd not in TRANSPORTS:
+        raise BadInput(f"nbd={nbd!r} is not one of {', '.join(TRANSPORTS)}")
+    if copy_mode not in COPY_MODES:
+        raise BadInput(f"copy_mode={copy_mode!r} is not one of {', '.join(COPY_MODES)}")
+    if isinstance(data_disks, bool) or not isinstance(data_disks, int) \
+            or not 0 <= data_disks <= 3:
+        raise BadInput(f"data_disks={data_disks!r} must be an integer from 0 to 3")
+    check_speed(speed)
+    check_speed(max_bandwidth, "max_bandwidth")
+    if not 0 <= ready_s <= 3600 or not 0 <= after_s <= 3600:
+        raise BadInput(f"ready_s={ready_s!r} and after_s={after_s!r} must be 0 to 3600 s")
+    if isinstance(downtime_limit_ms, bool) or not isinstance(downtime_limit_ms, int) \
+            or not 0 <= downtime_limit_ms <= 2_000_000:
+        raise BadInput(f"downtime_limit_ms={downtime_limit_ms!r} must be 0 to 2000000 ms")
+    params = dict(locals())
+    workload = Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s)
+    with LabRun("storage_migration", params, options,
+                unsupported={"libvirt": MIGRATION_LIBVIRT}) as lab:
+        rec = lab.recorder
+        src_drives, dst_drives, bases = _disks(lab, image_mib, fill_mib, data_disks)
+        v: dict[str, Any] = {"disks": len(src_drives)}
+        with busy_vm(lab, src_drives[0], workload, label="source",
+                     extra_drives=src_drives[1:]) as src, \
+                lab.machine(dst_drives[0], "dest", mode="workload", workload=workload,
+                            extra_drives=dst_drives[1:],
+                            extra_args=["-S", "-incoming", "defer"]) as dst:
+            # 1. the destination serves its empty disks
+            url = _serve(dst, nbd)
+            rec.mark(marks.NBD_EXPORTS, url=url)
+            # 2. every disk mirrored into its export
+            t0 = time.monotonic()
+            jobs = []
+            for d in src.drives:
+                rec.mark(marks.MIRROR_START, job=d.id)
+                jobs.append(src.mirror(d.id, url.format(export=d.id), "raw", mode="existing",
+                                       speed=speed, copy_mode=copy_mode))
+            for job in jobs:
+                job.wait_ready(max(1.0, ready_timeout - (time.monotonic() - t0)))
+                rec.mark(marks.READY_SEEN, job=job.id)
+            v["time_to_ready_s"] = round(time.monotonic() - t0, 3)
+            time.sleep(ready_s)
+            # 3. RAM and device state
+            series = _MigrationSeries(src, rec.now, lab.options.sample_interval)
+            t_mig = time.monotonic()
+            with series:
+                _migrate(src, dst, max_bandwidth, downtime_limit_ms, rec)
+                status = _wait_migration(src, migrate_timeout)
+            v["migration_status"] = status
+            v["migration_s"] = round(time.monotonic() - t_mig, 3)
+            t_switch = time.monotonic()
+            v.update(series.final())
+            if status == "completed":
+                v.update(_handover(lab, src, dst, jobs, t_switch, after_s))
+            else:
+                for job in jobs:
+                    job.cancel(force=True)
+        if status == "completed":
+            # the destination's disks, booted: every synced operation, both sides of the switch
+            checks = [verify_image(lab, Path(drive.path),
+                                   _both_sides(src, dst, base, t_switch, guest_dev(i)),
+                                   label="verify" if i == 0 else f"verify-{drive.id}")
+                      for i, (drive, base) in enumerate(zip(dst_drives, bases))]
+            v["verify_pass"] = all(c["verify_pass"] for c in checks)
+            v["checked"] = sum(c["checked"] for c in checks)
+            v["pass"] = bool(v["jobs_completed"] and v["dest_ops_after"] > 0
+                             and v["dest_state"] == "running" and v["verify_pass"])
+        else:
+            v.update({"pass": False, "reason": f"the migration ended {status}"})
+        series.save(lab.run.path / MIGRATION_FILE)
+        lab.verdict = v
+    return lab.result()
+
+
+def _handover(lab: LabRun, src: Machine, dst: Machine, jobs: list[Job], t_switch: float,
+              after_s: float) -> dict[str, Any]:
+    """The source's last syncs (its mirrors cancelled at READY: COMPLETED), the NBD server
+    stopped, the destination continued; then does its guest keep working?"""
+    rec = lab.recorder
+    rec.mark(marks.HANDOVER)
+    for job in jobs:
+        rec.mark(marks.CANCEL, job=job.id)
+        job.cancel()
+    outcomes = [job.wait_done(60) for job in jobs]
+    _qmp(dst, "nbd-server-stop")
+    lab.note_machine(dst, "dest")          # its console, events and jobs from now on
+    t_cont = time.monotonic()
+    dst.cont()
+    rec.mark(marks.CONT, machine="dest")
+    try:
+        dst.wait_ops(2, None, after=t_cont, timeout=max(after_s, 30))
+    except WaitTimeout:
+        pass
+    time.sleep(after_s)
+    return {"handover_s": round(t_cont - t_switch, 3), "job_ends": [o.event for o in outcomes],
+            "jobs_completed": all(o.event == marks.BLOCK_JOB_COMPLETED and o.ok
+                                  for o in outcomes),
+            "source_state": src.backend.run_state(),
+            "dest_ops_after": len(dst.guest_ops(since=t_cont)),
+            "dest_state": dst.backend.run_state()}
+
+
+def _disks(lab: LabRun, image_mib: int, fill_mib: int, data_disks: int
+           ) -> tuple[list[Drive], list[Drive], list[Manifest]]:
+    """The source's disks (with data), the destination's (empty, the same sizes), and what
+    each source disk holds."""
+    cache = lab.options.cache
+    src, dst, bases = [], [], []
+    for k in range(data_disks + 1):
+        name = "drive0" if k == 0 else f"data{k}"
+        path = lab.workdir / f"{name}.qcow2"
+        mib = image_mib if k == 0 else 32
+        bases.append(make_guest_disk(path, mib, "qcow2", fill_mib if k == 0 else fill_mib // 2))
+        empty = images.create(lab.workdir / f"dest-{name}.qcow2",
+                              int(images.info(path)["virtual-size"]), "qcow2")
+        src.append(Drive(path, name, "qcow2", cache, data=k > 0))
+        dst.append(Drive(empty, name, "qcow2", cache, data=k > 0))
+    return src, dst, bases
+
+
+def _qmp(vm: Machine, cmd: str, args: dict[str, Any] | None = None) -> Any:
+    return vm.backend.execute(cmd, args)  # type: ignore[attr-defined]
+
+
+def _serve(dst: Machine, transport: str) -> str:
+    """Start the destination's NBD server and export every disk writable; the URL pattern
+    of an export (``{export}`` is the disk's id)."""
+    assert dst.tmpdir is not None
+    if transport == "unix":
+        sock = dst.tmpdir / "nbd.sock"
+        _qmp(dst, "nbd-server-start", {"addr": {"type": "unix", "data": {"path": str(sock)}}})
+        url = f"nbd+unix:///{{export}}?socket={sock}"
+    else:
+        port = _free_port()
+        _qmp(dst, "nbd-server-start", {"addr": {"type": "inet", "data": {
+            "host": "127.0.0.1", "port": str(port)}}})
+        url = f"nbd://127.0.0.1:{port}/{{export}}"
+    for d in dst.block_info():
+        if d.device and d.node_name:
+            _qmp(dst, "block-export-add", {"type": "nbd", "id": f"export-{d.device}",
+                                           "node-name": d.node_name, "name": d.device,
+                                           "writable": True})
+    return url
+
+
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 free a moment ago (the destination binds it next)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _migrate(src: Machine, dst: Machine, max_bandwidth: int, downtime_limit_ms: int,
+             rec: Any) -> None:
+    """Events on both sides, the user's limits on the source, the destination listening,
+    then ``migrate`` over a unix socket in the destination's private folder."""
+    assert dst.tmpdir is not None
+    caps = [{"capability": "events", "state": True}]
+    for vm in (src, dst):
+        _qmp(vm, "migrate-set-capabilities", {"capabilities": caps})
+    limits: dict[str, Any] = {}
+    if max_bandwidth:
+        limits["max-bandwidth"] = max_bandwidth
+    if downtime_limit_ms:
+        limits["downtime-limit"] = downtime_limit_ms
+    if limits:
+        _qmp(src, "migrate-set-parameters", limits)
+    uri = f"unix:{dst.tmpdir / 'migration.sock'}"
+    _qmp(dst, "migrate-incoming", {"uri": uri})
+    rec.mark(marks.MIGRATE, **limits)
+    _qmp(src, "migrate", {"uri": uri})
+
+
+def _wait_migration(src: Machine, timeout: float) -> str:
+    """The source's migration status once it ends: ``completed``, ``failed``, ``cancelled``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = str(_qmp(src, "query-migrate").get("status", ""))
+        if status in ("completed", "failed", "cancelled"):
+            return status
+        time.sleep(0.05)
+    _qmp(src, "migrate_cancel")
+    return "timed out"
+
+
+class _MigrationSeries:
+    """``query-migrate`` on the source every *interval* s, on a thread of its own: the
+    migration's time series beside the block jobs (``migration.parquet``)."""
+
+    COLUMNS = ("status", "total-time", "expected-downtime", "downtime", "setup-time")
+    RAM = ("transferred", "remaining", "total", "dirty-pages-rate", "mbps", "dirty-sync-count")
+
+    def __init__(self, vm: Machine, now: Any, interval: float) -> None:
+        self.vm, self.now, self.interval = vm, now, max(interval, 0.05)
+        self.rows: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kvmlab-migration", daemon=True)
+
+    def __enter__(self) -> _MigrationSeries:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sample()                       # the final state (downtime is set at the end)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def _sample(self) -> None:
+        try:
+            info = _qmp(self.vm, "query-migrate")
+        except Exception:  # noqa: BLE001 - a sample lost is a gap, not a failure
+            return
+        ram = info.get("ram") or {}
+        row = {"t": self.now(), **{k.replace("-", "_"): info.get(k) for k in self.COLUMNS},
+               **{f"ram_{k.replace('-', '_')}": ram.get(k) for k in self.RAM}}
+        self.rows.append(row)
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+    def final(self) -> dict[str, Any]:
+        """The verdict's migration figures: downtime, RAM moved, samples."""
+        last = self.rows[-1] if self.rows else {}
+        return {"downtime_ms": last.get("downtime"),
+                "expected_downtime_ms": max((r.get("expected_downtime") or 0
+                                             for r in self.rows), default=None),
+                "ram_transferred_mib": round((last.get("ram_transferred") or 0) / MIB, 2),
+                "migration_samples": len(self.rows)}
+
+    def save(self, path: Path) -> None:
+        if self.rows:
+            self.frame().to_parquet(path, index=False)
+
+
+def _both_sides(src: Machine, dst: Machine, base: Manifest, t_switch: float,
+                disk: str) -> Manifest:
+    """What a disk of the destination must hold: every operation the guest synced on the
+    source before the switchover, then every one it synced on the destination after it."""
+    manifest, _ = synced_manifest(src, base, until=t_switch, disk=disk)
+    after, in_flight = synced_manifest(dst, None, disk=disk)
+    for path, sha in after.files.items():
+        manifest.add_file(path, sha)
+    for path in after.dirs:
+        manifest.apply("mkdir", path)
+    for path in after.gone:
+        manifest.apply("rm", path)
+    for op in in_flight:
+        manifest.mark_unknown(str(op["path"]))
+    return manifest
+
