@@ -60,7 +60,7 @@ if os.environ.get("KVMLAB_TEST_TMP_PID") != str(os.getpid()):
 
 
 #: the programs kvmlab starts: QEMU, and the fault injectors' daemons
-DAEMONS = ("qemu-system", "qemu-storage-daemon", "ganesha.nfsd", "rpcbind")
+DAEMONS = ("qemu-system", "qemu-storage-daemon", "ganesha.nfsd", "rpcbind", "nbdkit")
 
 
 def qemu_pids(names: tuple[str, ...] = DAEMONS) -> set[int]:

@@ -16,9 +16,11 @@ from kvmlab.experiments.options import RunOptions
 
 @pytest.mark.qemu
 def test_a_busy_vm_and_its_disks_move_to_a_second_qemu(opts: RunOptions) -> None:
-    """Two disks over NBD on 127.0.0.1 (notebook 14's test takes the unix socket)."""
+    """Two disks over NBD on 127.0.0.1, each write 20 ms late through an nbdkit proxy
+    (notebook 14's test takes the unix socket, direct)."""
     data_disks = 1
-    res = storage_migration(nbd="tcp", data_disks=data_disks, after_s=1.0, options=opts)
+    res = storage_migration(nbd="tcp", data_disks=data_disks, link_delay_ms=20, after_s=1.0,
+                            ready_s=1.0, options=opts)
     v = res.verdict
     assert res.passed, v
     assert v["disks"] == 1 + data_disks and v["jobs_completed"]
@@ -36,6 +38,9 @@ def test_a_busy_vm_and_its_disks_move_to_a_second_qemu(opts: RunOptions) -> None
     assert names.index("migrate") < names.index("handover") < names.index("cont")
     # the destination's guest kept writing after the switch, on its own console
     assert (run.guest_ops["machine"] == "dest").any()
+    # the mirrors wrote through nbdkit (one proxy per disk), marked in the record
+    exports = [e for _, e in run.events.iterrows() if e["name"] == "nbd_exports"]
+    assert len(exports) == 2 and "delay_write_ms" in exports[1]["data"]
 
 
 def test_bad_input_is_one_line_before_anything_exists(tmp_path: Path) -> None:
@@ -43,7 +48,9 @@ def test_bad_input_is_one_line_before_anything_exists(tmp_path: Path) -> None:
     for kw, msg in (({"nbd": "rdma"}, "nbd='rdma'"), ({"data_disks": 4}, "data_disks=4"),
                     ({"copy_mode": "fast"}, "copy_mode='fast'"),
                     ({"downtime_limit_ms": -1}, "downtime_limit_ms=-1"),
-                    ({"max_bandwidth": -5}, "max_bandwidth")):
+                    ({"max_bandwidth": -5}, "max_bandwidth"),
+                    ({"link_delay_ms": 20_000}, "link_delay_ms=20000"),
+                    ({"link_rate_bps": -1}, "link_rate_bps")):
         with pytest.raises(BadInput, match=msg):
             storage_migration(options=opts, **kw)
     with pytest.raises(BadInput, match="libvirt backend"):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from kvmlab.experiments.common import (
     verify_image,
 )
 from kvmlab.experiments.options import DEFAULT_OPTIONS, RunOptions
+from kvmlab.faults import NbdkitProxy
 from kvmlab.guest.workload import Manifest, Workload
 from kvmlab.live.jobs import Job
 from kvmlab.model import COPY_MODES, check_speed
@@ -59,6 +61,7 @@ def storage_migration(*, image_mib: int = 64, fill_mib: int = 16, data_disks: in
                       nbd: str = "unix", speed: int = 0, copy_mode: str = "background",
                       max_bandwidth: int = 0, downtime_limit_ms: int = 0,
                       workload_kib: int = 256, workload_rate_kib_s: float = 512,
+                      link_delay_ms: int = 0, link_rate_bps: int = 0,
                       ready_s: float = 2.0, after_s: float = 2.0, ready_timeout: float = 120,
                       migrate_timeout: float = 120,
                       options: RunOptions = DEFAULT_OPTIONS) -> ExperimentResult:
@@ -70,6 +73,9 @@ def storage_migration(*, image_mib: int = 64, fill_mib: int = 16, data_disks: in
     :param copy_mode: ``background`` or ``write-blocking`` (active) mirrors.
     :param max_bandwidth: the migration's ``max-bandwidth`` (bytes/s; 0 = QEMU's default).
     :param downtime_limit_ms: the migration's ``downtime-limit`` (0 = QEMU's default).
+    :param link_delay_ms: latency added to every write on the NBD link (an nbdkit proxy with
+        its ``delay`` filter in front of each export); 0 for a direct link.
+    :param link_rate_bps: the NBD link's bandwidth cap, bytes/s (nbdkit's ``rate`` filter).
     :param ready_s: how long the guest writes with every mirror READY (each write reaching
         the destination's disk through the mirror) before the migration starts.
     :param after_s: how long the destination runs on its own before it is checked.
@@ -83,6 +89,10 @@ def storage_migration(*, image_mib: int = 64, fill_mib: int = 16, data_disks: in
         raise BadInput(f"data_disks={data_disks!r} must be an integer from 0 to 3")
     check_speed(speed)
     check_speed(max_bandwidth, "max_bandwidth")
+    check_speed(link_rate_bps, "link_rate_bps")
+    if isinstance(link_delay_ms, bool) or not isinstance(link_delay_ms, int) \
+            or not 0 <= link_delay_ms <= 10_000:
+        raise BadInput(f"link_delay_ms={link_delay_ms!r} must be 0 to 10000 ms")
     if not 0 <= ready_s <= 3600 or not 0 <= after_s <= 3600:
         raise BadInput(f"ready_s={ready_s!r} and after_s={after_s!r} must be 0 to 3600 s")
     if isinstance(downtime_limit_ms, bool) or not isinstance(downtime_limit_ms, int) \
@@ -91,7 +101,7 @@ def storage_migration(*, image_mib: int = 64, fill_mib: int = 16, data_disks: in
     params = dict(locals())
     workload = Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s)
     with LabRun("storage_migration", params, options,
-                unsupported={"libvirt": MIGRATION_LIBVIRT}) as lab:
+                unsupported={"libvirt": MIGRATION_LIBVIRT}) as lab, ExitStack() as links:
         rec = lab.recorder
         src_drives, dst_drives, bases = _disks(lab, image_mib, fill_mib, data_disks)
         v: dict[str, Any] = {"disks": len(src_drives)}
@@ -101,14 +111,18 @@ def storage_migration(*, image_mib: int = 64, fill_mib: int = 16, data_disks: in
                             extra_drives=dst_drives[1:],
                             extra_args=["-S", "-incoming", "defer"]) as dst:
             # 1. the destination serves its empty disks
-            url = _serve(dst, nbd)
-            rec.mark(marks.NBD_EXPORTS, url=url)
+            urls, upstream = _serve(dst, nbd)
+            rec.mark(marks.NBD_EXPORTS, urls=urls)
+            if link_delay_ms or link_rate_bps:        # an impaired link: nbdkit in between
+                urls = _proxies(links, upstream, list(urls), link_delay_ms, link_rate_bps)
+                rec.mark(marks.NBD_EXPORTS, urls=urls, delay_write_ms=link_delay_ms,
+                         rate_bps=link_rate_bps)
             # 2. every disk mirrored into its export
             t0 = time.monotonic()
             jobs = []
             for d in src.drives:
                 rec.mark(marks.MIRROR_START, job=d.id)
-                jobs.append(src.mirror(d.id, url.format(export=d.id), "raw", mode="existing",
+                jobs.append(src.mirror(d.id, urls[d.id], "raw", mode="existing",
                                        speed=speed, copy_mode=copy_mode))
             for job in jobs:
                 job.wait_ready(max(1.0, ready_timeout - (time.monotonic() - t0)))
@@ -197,25 +211,36 @@ def _qmp(vm: Machine, cmd: str, args: dict[str, Any] | None = None) -> Any:
     return vm.backend.execute(cmd, args)  # type: ignore[attr-defined]
 
 
-def _serve(dst: Machine, transport: str) -> str:
-    """Start the destination's NBD server and export every disk writable; the URL pattern
-    of an export (``{export}`` is the disk's id)."""
+def _serve(dst: Machine, transport: str) -> tuple[dict[str, str], Path | tuple[str, int]]:
+    """Start the destination's NBD server and export every disk writable (named by the
+    disk's id); the URL of each export, and where the server listens."""
     assert dst.tmpdir is not None
+    upstream: Path | tuple[str, int]
     if transport == "unix":
-        sock = dst.tmpdir / "nbd.sock"
-        _qmp(dst, "nbd-server-start", {"addr": {"type": "unix", "data": {"path": str(sock)}}})
-        url = f"nbd+unix:///{{export}}?socket={sock}"
+        upstream = dst.tmpdir / "nbd.sock"
+        _qmp(dst, "nbd-server-start", {"addr": {"type": "unix",
+                                                "data": {"path": str(upstream)}}})
+        url = f"nbd+unix:///{{export}}?socket={upstream}"
     else:
-        port = _free_port()
+        upstream = ("127.0.0.1", _free_port())
         _qmp(dst, "nbd-server-start", {"addr": {"type": "inet", "data": {
-            "host": "127.0.0.1", "port": str(port)}}})
-        url = f"nbd://127.0.0.1:{port}/{{export}}"
+            "host": upstream[0], "port": str(upstream[1])}}})
+        url = f"nbd://127.0.0.1:{upstream[1]}/{{export}}"
+    urls = {}
     for d in dst.block_info():
         if d.device and d.node_name:
             _qmp(dst, "block-export-add", {"type": "nbd", "id": f"export-{d.device}",
                                            "node-name": d.node_name, "name": d.device,
                                            "writable": True})
-    return url
+            urls[d.device] = url.format(export=d.device)
+    return urls, upstream
+
+
+def _proxies(stack: ExitStack, upstream: Path | tuple[str, int], exports: list[str],
+             delay_write_ms: int, rate_bps: int) -> dict[str, str]:
+    """An nbdkit proxy per export (stopped with *stack*): the URL of each."""
+    return {e: stack.enter_context(NbdkitProxy(upstream, e, delay_write_ms=delay_write_ms,
+                                               rate_bps=rate_bps)).url for e in exports}
 
 
 def _free_port() -> int:

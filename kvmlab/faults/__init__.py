@@ -15,8 +15,9 @@ every exit path.
 
 from kvmlab.faults.base import Mark, ProcessGroup, marked
 from kvmlab.faults.nbd import NbdServer
+from kvmlab.faults.nbdkit import NbdkitProxy
 from kvmlab.faults.nfs import NfsServer
 from kvmlab.faults.storage import SmallTmpfs, blkdebug_target
 
-__all__ = ["Mark", "NbdServer", "NfsServer", "ProcessGroup", "SmallTmpfs", "blkdebug_target",
+__all__ = ["Mark", "NbdServer", "NbdkitProxy", "NfsServer", "ProcessGroup", "SmallTmpfs", "blkdebug_target",
            "marked"]

@@ -1,0 +1,100 @@
+"""An impaired NBD link: nbdkit as a proxy in front of an NBD export, with its filters.
+
+nbdkit (Debian's ``nbdkit``) is the field's tool for this: its ``nbd`` plugin forwards to the
+real export, and its ``delay`` and ``rate`` filters add latency to every write and cap the
+bandwidth.  kvmlab starts one proxy per export on a unix socket in a private folder; QEMU
+then opens the proxy instead of the export.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+from kvmlab.errors import BadInput, StateError
+from kvmlab.faults.base import ProcessGroup, private_tmpdir, remove_tree, wait_until
+
+
+def _listening(sock: Path) -> bool:
+    if not sock.exists():
+        return False
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(0.2)
+        return s.connect_ex(str(sock)) == 0
+
+
+class NbdkitProxy:
+    """nbdkit forwarding to export *export* of the NBD server at unix socket *upstream*
+    (or at ``(host, port)``).
+
+    :param delay_write_ms: latency added to every write (the ``delay`` filter).
+    :param rate_bps: bandwidth cap, bytes/s (the ``rate`` filter); 0 for none.
+
+    A context manager: on exit nbdkit is stopped and its folder removed.
+    """
+
+    def __init__(self, upstream: str | Path | tuple[str, int], export: str, *,
+                 delay_write_ms: int = 0,
+                 rate_bps: int = 0) -> None:
+        if shutil.which("nbdkit") is None:
+            raise BadInput("nbdkit is not installed: run 'make setup' (Debian's nbdkit)")
+        for name, value in (("delay_write_ms", delay_write_ms), ("rate_bps", rate_bps)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise BadInput(f"{name}={value!r} must be a non-negative integer")
+        if not export.replace("-", "").replace("_", "").isalnum():
+            raise BadInput(f"export name {export!r} must be letters, digits, - and _")
+        self.upstream = upstream if isinstance(upstream, tuple) else Path(upstream)
+        self.export = export
+        self.delay_write_ms = delay_write_ms
+        self.rate_bps = rate_bps
+        self.tmp: Path | None = None
+        self.daemon: ProcessGroup | None = None
+
+    @property
+    def socket(self) -> Path:
+        if self.tmp is None:
+            raise StateError("nbdkit proxy not started")
+        return self.tmp / "nbdkit.sock"
+
+    @property
+    def url(self) -> str:
+        """What QEMU opens instead of the export (format raw)."""
+        return f"nbd+unix:///{self.export}?socket={self.socket}"
+
+    def command(self) -> list[str]:
+        cmd = ["nbdkit", "--foreground", "--exit-with-parent", "--unix", str(self.socket)]
+        if self.delay_write_ms:
+            cmd.append("--filter=delay")
+        if self.rate_bps:
+            cmd.append("--filter=rate")
+        where = ([f"hostname={self.upstream[0]}", f"port={self.upstream[1]}"]
+                 if isinstance(self.upstream, tuple) else [f"socket={self.upstream}"])
+        cmd += ["nbd", *where, f"export={self.export}"]
+        if self.delay_write_ms:
+            cmd.append(f"delay-write={self.delay_write_ms}ms")
+        if self.rate_bps:
+            cmd.append(f"rate={self.rate_bps * 8}")          # the filter counts bits/s
+        return cmd
+
+    def __enter__(self) -> NbdkitProxy:
+        try:
+            self.tmp = private_tmpdir()
+            self.daemon = ProcessGroup("nbdkit", self.command(), self.tmp / "nbdkit.log")
+            self.daemon.start()
+            wait_until(lambda: _listening(self.socket), 30, "nbdkit", self.daemon.check_alive)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            if self.daemon is not None:
+                self.daemon.stop()
+        finally:
+            remove_tree(self.tmp)
+            self.tmp = None
