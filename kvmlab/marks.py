@@ -39,6 +39,10 @@ SCENARIO_ACTION: Final = "scenario_action"  #: a catalogue scenario acted (a ref
 NBD_EXPORTS: Final = "nbd_exports"          #: a migration's destination serves its disks
 MIGRATE: Final = "migrate"                  #: the source began migrating RAM and devices
 HANDOVER: Final = "handover"                #: the migration completed: the source lets go
+SOURCE_QUIT: Final = "source_quit"          #: the source QEMU quit after the handover
+LINK_DOWN: Final = "link_down"              #: a migration's NBD link died (its proxies killed)
+DEST_KILLED: Final = "dest_killed"          #: the migration's destination QEMU killed
+MIGRATE_CANCEL: Final = "migrate_cancel"    #: the migration cancelled (migrate_cancel)
 
 #: steps that change a running job's conditions (the user's hand): a convergence verdict
 #: made before one says nothing about after it
@@ -49,7 +53,8 @@ GUEST_RATE_CHANGE: Final = "guest_rate_change"
 STEPS: Final = (RECORDER_START, RECORDER_STOP, ATTACH, SAMPLE_ERROR, MIRROR_START, READY_SEEN,
                 CANCEL, COMPLETE, COMMIT, PAUSE, RESUME, SET_SPEED, STOP, CONT,
                 RESUME_AFTER_ERROR, REMIRROR, GROW_TMPFS, SOURCE_MOVED, SOURCE_DELETED,
-                COPY_MODE, DIVERGING, SCENARIO_ACTION, NBD_EXPORTS, MIGRATE, HANDOVER)
+                COPY_MODE, DIVERGING, SCENARIO_ACTION, NBD_EXPORTS, MIGRATE, HANDOVER,
+                SOURCE_QUIT, LINK_DOWN, DEST_KILLED, MIGRATE_CANCEL)
 
 # -- windows (a start and an end mark) ---------------------------------------------------
 NFS_OUTAGE: Final = "nfs_outage"
@@ -99,6 +104,8 @@ LABELS: Final = {
     BLOCK_IO_ERROR: "I/O error", RESUME_AFTER_ERROR: "resume", REMIRROR: "mirror again",
     COPY_MODE: "copy mode", DIVERGING: "will not converge", SCENARIO_ACTION: "action",
     NBD_EXPORTS: "NBD exports", MIGRATE: "migrate", HANDOVER: "handover",
+    SOURCE_QUIT: "source quit", LINK_DOWN: "link down", DEST_KILLED: "destination killed",
+    MIGRATE_CANCEL: "migrate_cancel",
     **{start(w): w.replace("_", " ") for w in FAULT_WINDOWS},
     **{end(w): f"{w.replace('_', ' ')} end" for w in FAULT_WINDOWS},
 }

@@ -43,6 +43,31 @@ def test_a_busy_vm_and_its_disks_move_to_a_second_qemu(opts: RunOptions) -> None
     assert len(exports) == 2 and "delay_write_ms" in exports[1]["data"]
 
 
+@pytest.mark.qemu
+@pytest.mark.parametrize("fault,policy", [("link_before_ready", "report"),
+                                          ("link_after_ready", "stop"),
+                                          ("dest_dies", "report"),
+                                          ("migrate_cancel", "report")])
+def test_the_source_survives_each_fault_of_the_flow(fault: str, policy: str,
+                                                    opts: RunOptions) -> None:
+    """The link dies (its nbdkit proxy killed) before or after READY, the destination QEMU
+    dies during migrate, the migration is cancelled: the source VM runs on where it was,
+    its guest keeps working, QEMU's report is kept; nothing is left (the autouse fixture
+    counts QEMU and nbdkit processes)."""
+    res = storage_migration(fault=fault, on_target_error=policy, after_s=0.5, ready_s=0.5,
+                            max_bandwidth=32 << 20, speed=8 << 20, options=opts)
+    v = res.verdict
+    assert res.passed and v["source_survives"], v
+    assert v["source_state"] == "running" and v["guest_ops_after_fault"] >= 1
+    assert v["fault"] == fault and v["mirrors"] == "cancelled"
+    if fault.startswith("link"):
+        # the mirror's target failed: QEMU said so, as the policy asks
+        assert v["job_error_events"] >= 1 and v["error_actions"] == [policy], v
+    else:
+        assert v["migration_status"] == ("failed" if fault == "dest_dies" else "cancelled")
+    assert not list(res.run_path.glob("*.sock"))
+
+
 def test_bad_input_is_one_line_before_anything_exists(tmp_path: Path) -> None:
     opts = RunOptions(runs_dir=tmp_path)
     for kw, msg in (({"nbd": "rdma"}, "nbd='rdma'"), ({"data_disks": 4}, "data_disks=4"),
@@ -50,7 +75,9 @@ def test_bad_input_is_one_line_before_anything_exists(tmp_path: Path) -> None:
                     ({"downtime_limit_ms": -1}, "downtime_limit_ms=-1"),
                     ({"max_bandwidth": -5}, "max_bandwidth"),
                     ({"link_delay_ms": 20_000}, "link_delay_ms=20000"),
-                    ({"link_rate_bps": -1}, "link_rate_bps")):
+                    ({"link_rate_bps": -1}, "link_rate_bps"),
+                    ({"fault": "meteor"}, "fault='meteor'"),
+                    ({"on_dest_death": "panic"}, "on_dest_death='panic'")):
         with pytest.raises(BadInput, match=msg):
             storage_migration(options=opts, **kw)
     with pytest.raises(BadInput, match="libvirt backend"):

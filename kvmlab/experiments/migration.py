@@ -24,7 +24,9 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +45,7 @@ from kvmlab.experiments.options import DEFAULT_OPTIONS, RunOptions
 from kvmlab.faults import NbdkitProxy
 from kvmlab.guest.workload import Manifest, Workload
 from kvmlab.live.jobs import Job
-from kvmlab.model import COPY_MODES, check_speed
+from kvmlab.model import COPY_MODES, ERROR_POLICIES_TARGET, check_speed
 from kvmlab.qemu import images
 from kvmlab.qemu.images import make_guest_disk
 from kvmlab.units import MIB
@@ -53,6 +55,8 @@ from kvmlab.vm.machine import Drive, Machine, guest_dev
 MIGRATION_LIBVIRT = ("it drives two QEMUs' migration and NBD server over QMP itself; "
                      "libvirt runs that flow on its own (virsh migrate --copy-storage-all)")
 TRANSPORTS = ("unix", "tcp")
+#: faults during the flow (see :func:`storage_migration`)
+FAULTS = ("link_before_ready", "link_after_ready", "dest_dies", "migrate_cancel")
 #: the migration stream's file in the run folder (a time series beside the block jobs)
 MIGRATION_FILE = "migration.parquet"
 
@@ -62,7 +66,9 @@ def storage_migration(*, image_mib: int = 64, fill_mib: int = 16, data_disks: in
                       max_bandwidth: int = 0, downtime_limit_ms: int = 0,
                       workload_kib: int = 256, workload_rate_kib_s: float = 512,
                       link_delay_ms: int = 0, link_rate_bps: int = 0,
-                      ready_s: float = 2.0, after_s: float = 2.0, ready_timeout: float = 120,
+                      ready_s: float = 2.0, after_s: float = 2.0,
+                      fault: str = "none", on_target_error: str = "report",
+                      on_dest_death: str = "cancel", source_after: str = "quit", ready_timeout: float = 120,
                       migrate_timeout: float = 120,
                       options: RunOptions = DEFAULT_OPTIONS) -> ExperimentResult:
     """Move a busy VM and its disks to a second QEMU; return the recorded handover.
@@ -79,7 +85,24 @@ def storage_migration(*, image_mib: int = 64, fill_mib: int = 16, data_disks: in
     :param ready_s: how long the guest writes with every mirror READY (each write reaching
         the destination's disk through the mirror) before the migration starts.
     :param after_s: how long the destination runs on its own before it is checked.
+    :param fault: ``none``, or one of :data:`FAULTS`: the NBD link dies (its nbdkit proxy
+        killed) before READY or after READY before ``migrate``; the destination QEMU dies
+        during ``migrate``; the migration is cancelled after READY.  A fault run passes
+        when the source VM survives where it was and its guest keeps working.
+    :param on_target_error: the mirrors' policy when their target fails.
+    :param on_dest_death: after a failed migration, ``cancel`` the source's mirrors or
+        ``keep`` them as they are.
+    :param source_after: after a handover, ``quit`` the source QEMU (as libvirt does) or
+        ``keep`` it, paused, until the run ends.
     """
+    if fault not in ("none", *FAULTS):
+        raise BadInput(f"fault={fault!r} is not one of none, {', '.join(FAULTS)}")
+    if on_target_error not in ERROR_POLICIES_TARGET:
+        raise BadInput(f"on_target_error={on_target_error!r} is not one of "
+                       f"{', '.join(ERROR_POLICIES_TARGET)}")
+    if on_dest_death not in ("cancel", "keep") or source_after not in ("quit", "keep"):
+        raise BadInput(f"on_dest_death={on_dest_death!r} must be cancel or keep, "
+                       f"source_after={source_after!r} quit or keep")
     if nbd not in TRANSPORTS:
         raise BadInput(f"nbd={nbd!r} is not one of {', '.join(TRANSPORTS)}")
     if copy_mode not in COPY_MODES:
@@ -100,65 +123,199 @@ def storage_migration(*, image_mib: int = 64, fill_mib: int = 16, data_disks: in
         raise BadInput(f"downtime_limit_ms={downtime_limit_ms!r} must be 0 to 2000000 ms")
     params = dict(locals())
     workload = Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s)
+    flow = _Flow(nbd=nbd, speed=speed, copy_mode=copy_mode, max_bandwidth=max_bandwidth,
+                 downtime_limit_ms=downtime_limit_ms, link_delay_ms=link_delay_ms,
+                 link_rate_bps=link_rate_bps, ready_s=ready_s, after_s=after_s,
+                 fault=fault, on_target_error=on_target_error, on_dest_death=on_dest_death,
+                 source_after=source_after, ready_timeout=ready_timeout,
+                 migrate_timeout=migrate_timeout)
     with LabRun("storage_migration", params, options,
                 unsupported={"libvirt": MIGRATION_LIBVIRT}) as lab, ExitStack() as links:
-        rec = lab.recorder
         src_drives, dst_drives, bases = _disks(lab, image_mib, fill_mib, data_disks)
-        v: dict[str, Any] = {"disks": len(src_drives)}
         with busy_vm(lab, src_drives[0], workload, label="source",
                      extra_drives=src_drives[1:]) as src, \
                 lab.machine(dst_drives[0], "dest", mode="workload", workload=workload,
                             extra_drives=dst_drives[1:],
                             extra_args=["-S", "-incoming", "defer"]) as dst:
-            # 1. the destination serves its empty disks
-            urls, upstream = _serve(dst, nbd)
-            rec.mark(marks.NBD_EXPORTS, urls=urls)
-            if link_delay_ms or link_rate_bps:        # an impaired link: nbdkit in between
-                urls = _proxies(links, upstream, list(urls), link_delay_ms, link_rate_bps)
-                rec.mark(marks.NBD_EXPORTS, urls=urls, delay_write_ms=link_delay_ms,
-                         rate_bps=link_rate_bps)
-            # 2. every disk mirrored into its export
-            t0 = time.monotonic()
-            jobs = []
-            for d in src.drives:
-                rec.mark(marks.MIRROR_START, job=d.id)
-                jobs.append(src.mirror(d.id, urls[d.id], "raw", mode="existing",
-                                       speed=speed, copy_mode=copy_mode))
-            for job in jobs:
-                job.wait_ready(max(1.0, ready_timeout - (time.monotonic() - t0)))
-                rec.mark(marks.READY_SEEN, job=job.id)
-            v["time_to_ready_s"] = round(time.monotonic() - t0, 3)
-            time.sleep(ready_s)
-            # 3. RAM and device state
-            series = _MigrationSeries(src, rec.now, lab.options.sample_interval)
-            t_mig = time.monotonic()
-            with series:
-                _migrate(src, dst, max_bandwidth, downtime_limit_ms, rec)
-                status = _wait_migration(src, migrate_timeout)
-            v["migration_status"] = status
-            v["migration_s"] = round(time.monotonic() - t_mig, 3)
-            t_switch = time.monotonic()
-            v.update(series.final())
-            if status == "completed":
-                v.update(_handover(lab, src, dst, jobs, t_switch, after_s))
-            else:
-                for job in jobs:
-                    job.cancel(force=True)
-        if status == "completed":
+            v = {"disks": len(src_drives), **flow.run(lab, src, dst, links)}
+        if fault == "none" and v.get("migration_status") == "completed":
             # the destination's disks, booted: every synced operation, both sides of the switch
             checks = [verify_image(lab, Path(drive.path),
-                                   _both_sides(src, dst, base, t_switch, guest_dev(i)),
+                                   _both_sides(src, dst, base, flow.t_switch, guest_dev(i)),
                                    label="verify" if i == 0 else f"verify-{drive.id}")
                       for i, (drive, base) in enumerate(zip(dst_drives, bases))]
             v["verify_pass"] = all(c["verify_pass"] for c in checks)
             v["checked"] = sum(c["checked"] for c in checks)
             v["pass"] = bool(v["jobs_completed"] and v["dest_ops_after"] > 0
                              and v["dest_state"] == "running" and v["verify_pass"])
-        else:
-            v.update({"pass": False, "reason": f"the migration ended {status}"})
-        series.save(lab.run.path / MIGRATION_FILE)
+        elif fault == "none":
+            v.update({"pass": False, "reason": f"the migration ended {v['migration_status']}"})
         lab.verdict = v
     return lab.result()
+
+
+@dataclass
+class _Flow:
+    """The migration's steps with the user's choices; :meth:`run` returns the verdict's
+    measures (a fault run: what the source did, and whether it survived)."""
+
+    nbd: str
+    speed: int
+    copy_mode: str
+    max_bandwidth: int
+    downtime_limit_ms: int
+    link_delay_ms: int
+    link_rate_bps: int
+    ready_s: float
+    after_s: float
+    fault: str
+    on_target_error: str
+    on_dest_death: str
+    source_after: str
+    ready_timeout: float
+    migrate_timeout: float
+    t_switch: float = 0.0
+
+    def run(self, lab: LabRun, src: Machine, dst: Machine, links: ExitStack) -> dict[str, Any]:
+        rec = lab.recorder
+        v: dict[str, Any] = {}
+        # 1. the destination serves its empty disks (behind nbdkit when the link is impaired
+        #    or is to die)
+        urls, upstream = _serve(dst, self.nbd)
+        rec.mark(marks.NBD_EXPORTS, urls=urls)
+        proxies: dict[str, NbdkitProxy] = {}
+        if self.link_delay_ms or self.link_rate_bps or self.fault.startswith("link"):
+            proxies = _proxies(links, upstream, list(urls), self.link_delay_ms,
+                               self.link_rate_bps)
+            urls = {e: p.url for e, p in proxies.items()}
+            rec.mark(marks.NBD_EXPORTS, urls=urls, delay_write_ms=self.link_delay_ms,
+                     rate_bps=self.link_rate_bps)
+        # 2. every disk mirrored into its export
+        t0 = time.monotonic()
+        jobs = []
+        for d in src.drives:
+            rec.mark(marks.MIRROR_START, job=d.id)
+            jobs.append(src.mirror(d.id, urls[d.id], "raw", mode="existing", speed=self.speed,
+                                   copy_mode=self.copy_mode,
+                                   on_target_error=self.on_target_error))
+        if self.fault == "link_before_ready":
+            time.sleep(0.3)
+            return self._fault(lab, src, jobs, lambda: _cut_links(rec, proxies))
+        v["ready_s_per_disk"] = []
+        for job in jobs:
+            job.wait_ready(max(1.0, self.ready_timeout - (time.monotonic() - t0)))
+            rec.mark(marks.READY_SEEN, job=job.id)
+            v["ready_s_per_disk"].append(round(time.monotonic() - t0, 3))
+        v["time_to_ready_s"] = max(v["ready_s_per_disk"])
+        t_ready = time.monotonic()
+        time.sleep(self.ready_s)
+        if self.fault == "link_after_ready":
+            return {**v, **self._fault(lab, src, jobs, lambda: _cut_links(rec, proxies))}
+        # 3. RAM and device state
+        series = _MigrationSeries(src, rec.now, lab.options.sample_interval)
+        t_mig = time.monotonic()
+        with series:
+            _migrate(src, dst, self.max_bandwidth, self.downtime_limit_ms, rec)
+            if self.fault == "dest_dies":
+                time.sleep(0.1)
+                rec.mark(marks.DEST_KILLED)
+                dst.kill()
+            elif self.fault == "migrate_cancel":
+                time.sleep(0.1)
+                rec.mark(marks.MIGRATE_CANCEL)
+                _qmp(src, "migrate_cancel")
+            status = _wait_migration(src, self.migrate_timeout)
+        v["migration_status"] = status
+        v["migration_s"] = round(time.monotonic() - t_mig, 3)
+        self.t_switch = time.monotonic()
+        v.update(series.final())
+        series.save(lab.run.path / MIGRATION_FILE)
+        if self.fault != "none":
+            return {**v, **self._fault(lab, src, jobs, None)}
+        if status != "completed":
+            for job in jobs:
+                job.cancel(force=True)
+            return v
+        # 4. the handover
+        v.update(_handover(lab, src, dst, jobs, self.t_switch, self.after_s))
+        if self.source_after == "quit":
+            src.shutdown()
+            rec.mark(marks.SOURCE_QUIT)
+        v["source_gone"] = not src.running
+        v["guest_gap_s"] = _guest_gap(src, dst, t_mig)
+        v["dd_latency_ms"] = _latency_by_phase(src, dst, t0, t_ready, t_mig)
+        return v
+
+    def _fault(self, lab: LabRun, src: Machine, jobs: list[Job],
+               act: Callable[[], None] | None) -> dict[str, Any]:
+        """Do the fault (*act*: None when it was done already), watch the source for 3 s:
+        what QEMU reported, what became of the mirrors, and does the VM live on?"""
+        since = len(src.backend.events)
+        t = time.monotonic()
+        if act is not None:
+            act()
+        time.sleep(3.0)
+        events = src.backend.events.snapshot()[since:]
+        errors = [dict(e.data) for e in events if e.name == marks.BLOCK_JOB_ERROR]
+        out: dict[str, Any] = {
+            "fault": self.fault, "on_target_error": self.on_target_error,
+            "job_error_events": len(errors),
+            "error_actions": sorted({str(e.get("action")) for e in errors}),
+            "jobs_after": {job.id: _job_state(job) for job in jobs},
+            "source_state": src.backend.run_state(),
+            "guest_ops_after_fault": len(src.guest_ops(since=t)),
+        }
+        if self.on_dest_death == "cancel":
+            for job in jobs:
+                if job.ended is None:
+                    lab.recorder.mark(marks.CANCEL, job=job.id, reason=self.fault)
+                    job.cancel(force=True)
+                    job.wait_done(30)
+        out["mirrors"] = "cancelled" if self.on_dest_death == "cancel" else "kept"
+        out["source_survives"] = (out["source_state"] == "running"
+                                  and out["guest_ops_after_fault"] > 0)
+        out["pass"] = out["source_survives"]
+        return out
+
+
+def _job_state(job: Job) -> str:
+    """A job in a few words: ``ready, io-status ok``, ``paused, io-status failed``, or how it
+    ended (``ended: <QEMU's error>``)."""
+    if job.ended is not None:
+        err = job.ended.data.get("error")
+        return f"ended: {err}" if err else f"ended: {job.ended.name}"
+    info = job.info()
+    return "gone" if info is None else f"{info.status}, io-status {info.io_status}"
+
+
+def _cut_links(rec: Any, proxies: dict[str, NbdkitProxy]) -> None:
+    """The NBD link dies: every nbdkit proxy killed (marked ``link_down``)."""
+    rec.mark(marks.LINK_DOWN)
+    for p in proxies.values():
+        p.kill()
+
+
+def _guest_gap(src: Machine, dst: Machine, since: float) -> float | None:
+    """The downtime as the guest's work shows it: the longest pause, in host time, between
+    two of its operations from the migration's start on (the source's, then the
+    destination's)."""
+    times = sorted([r.mono for r in src.guest_ops(since=since)] +
+                   [r.mono for r in dst.guest_ops()])
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    return round(max(gaps), 3) if gaps else None
+
+
+def _latency_by_phase(src: Machine, dst: Machine, t0: float, t_ready: float,
+                      t_mig: float) -> dict[str, float | None]:
+    """The median latency (ms) of the guest's dd writes with their fsync, by phase: before
+    the mirrors, while they copy, at READY, and on the destination."""
+    def median(records: list[Any]) -> float | None:
+        us = sorted(int(r.data["dd_us"]) for r in records if "dd_us" in r.data)
+        return round(us[len(us) // 2] / 1000, 1) if us else None
+    return {"before": median(src.guest_ops(until=t0)),
+            "copying": median(src.guest_ops(since=t0, until=t_ready)),
+            "ready": median(src.guest_ops(since=t_ready, until=t_mig)),
+            "destination": median(dst.guest_ops())}
 
 
 def _handover(lab: LabRun, src: Machine, dst: Machine, jobs: list[Job], t_switch: float,
@@ -237,10 +394,10 @@ def _serve(dst: Machine, transport: str) -> tuple[dict[str, str], Path | tuple[s
 
 
 def _proxies(stack: ExitStack, upstream: Path | tuple[str, int], exports: list[str],
-             delay_write_ms: int, rate_bps: int) -> dict[str, str]:
-    """An nbdkit proxy per export (stopped with *stack*): the URL of each."""
+             delay_write_ms: int, rate_bps: int) -> dict[str, NbdkitProxy]:
+    """An nbdkit proxy per export, started (and stopped with *stack*)."""
     return {e: stack.enter_context(NbdkitProxy(upstream, e, delay_write_ms=delay_write_ms,
-                                               rate_bps=rate_bps)).url for e in exports}
+                                               rate_bps=rate_bps)) for e in exports}
 
 
 def _free_port() -> int:

@@ -91,6 +91,12 @@ class NbdkitProxy:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def kill(self) -> None:
+        """The link dies: nbdkit killed (SIGKILL), its connections dropped mid-request."""
+        if self.daemon is None or not self.daemon.running:
+            raise StateError("the nbdkit proxy is not running")
+        self.daemon.signal(9)
+
     def close(self) -> None:
         try:
             if self.daemon is not None:
