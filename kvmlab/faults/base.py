@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import weakref
@@ -153,3 +154,42 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str,
 def remove_tree(path: Path | None) -> None:
     if path is not None:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def unix_listening(sock: Path) -> bool:
+    """Something accepts connections on unix socket *sock*."""
+    if not sock.exists():
+        return False
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(0.2)
+        return s.connect_ex(str(sock)) == 0
+
+
+class SocketDaemon:
+    """A daemon kvmlab runs in a private folder of its own, serving on a unix socket there
+    (:attr:`SOCKET`).  A context manager: on exit the daemon stops and the folder goes."""
+
+    SOCKET = "daemon.sock"
+    tmp: Path | None = None
+    daemon: ProcessGroup | None = None
+
+    @property
+    def socket(self) -> Path:
+        if self.tmp is None:
+            raise StateError(f"{type(self).__name__} not started")
+        return self.tmp / self.SOCKET
+
+    @property
+    def running(self) -> bool:
+        return self.daemon is not None and self.daemon.running
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            if self.daemon is not None:
+                self.daemon.stop()
+        finally:
+            remove_tree(self.tmp)
+            self.tmp = None

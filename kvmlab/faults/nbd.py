@@ -14,7 +14,6 @@ turn: the case of a target on a slow network or a busy array.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +21,15 @@ from pathlib import Path
 from kvmlab import marks
 from kvmlab._proc import qemu_opt
 from kvmlab.errors import BadInput, StateError
-from kvmlab.faults.base import Mark, ProcessGroup, no_mark, private_tmpdir, remove_tree, wait_until
+from kvmlab.faults.base import (
+    Mark,
+    ProcessGroup,
+    SocketDaemon,
+    no_mark,
+    private_tmpdir,
+    unix_listening,
+    wait_until,
+)
 from kvmlab.model import check_speed
 from kvmlab.qemu import builds
 from kvmlab.qemu.builds import QemuBuild
@@ -30,15 +37,7 @@ from kvmlab.qemu.builds import QemuBuild
 EXPORT = "target"
 
 
-def _listening(sock: Path) -> bool:
-    if not sock.exists():
-        return False
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(0.2)
-        return s.connect_ex(str(sock)) == 0
-
-
-class NbdServer:
+class NbdServer(SocketDaemon):
     """``qemu-storage-daemon`` exporting *image* (format *fmt*) writable over NBD.
 
     *write_bps* > 0 limits the export's writes to that many bytes/s (a throttle group).
@@ -46,6 +45,8 @@ class NbdServer:
     A context manager; on exit the daemon is stopped and its temp dir removed.  The daemon
     is the current QEMU build's (:func:`kvmlab.qemu.builds.current`), or *qemu*'s.
     """
+
+    SOCKET = "nbd.sock"
 
     def __init__(self, image: str | Path, fmt: str = "qcow2", *, mark: Mark | None = None,
                  qemu: str | Path | QemuBuild | None = None, write_bps: int = 0) -> None:
@@ -58,15 +59,8 @@ class NbdServer:
             raise BadInput(f"NBD image format {fmt!r} must be raw or qcow2")
         self.fmt = fmt
         self.mark = mark or no_mark
-        self.tmp: Path | None = None
-        self.daemon: ProcessGroup | None = None
         self.starts = 0
 
-    @property
-    def socket(self) -> Path:
-        if self.tmp is None:
-            raise StateError("NBD server not started")
-        return self.tmp / "nbd.sock"
 
     @property
     def url(self) -> str:
@@ -81,9 +75,6 @@ class NbdServer:
             self.close()
             raise
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _start(self) -> None:
         assert self.tmp is not None
@@ -105,11 +96,8 @@ class NbdServer:
                                    env=self.build.env())
         self.starts += 1
         self.daemon.start()
-        wait_until(lambda: _listening(sock), 30, "qemu-storage-daemon", self.daemon.check_alive)
-
-    @property
-    def running(self) -> bool:
-        return self.daemon is not None and self.daemon.running
+        wait_until(lambda: unix_listening(sock), 30, "qemu-storage-daemon",
+                   self.daemon.check_alive)
 
     @contextmanager
     def suspend(self) -> Iterator[None]:
@@ -139,11 +127,3 @@ class NbdServer:
         finally:
             self._start()
             self.mark(marks.end(marks.NBD_DOWN))
-
-    def close(self) -> None:
-        try:
-            if self.daemon is not None:
-                self.daemon.stop()
-        finally:
-            remove_tree(self.tmp)
-            self.tmp = None

@@ -9,22 +9,13 @@ then opens the proxy instead of the export.
 from __future__ import annotations
 
 import shutil
-import socket
 from pathlib import Path
 
 from kvmlab.errors import BadInput, StateError
-from kvmlab.faults.base import ProcessGroup, private_tmpdir, remove_tree, wait_until
+from kvmlab.faults.base import ProcessGroup, SocketDaemon, private_tmpdir, unix_listening, wait_until
 
 
-def _listening(sock: Path) -> bool:
-    if not sock.exists():
-        return False
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(0.2)
-        return s.connect_ex(str(sock)) == 0
-
-
-class NbdkitProxy:
+class NbdkitProxy(SocketDaemon):
     """nbdkit forwarding to export *export* of the NBD server at unix socket *upstream*
     (or at ``(host, port)``).
 
@@ -34,9 +25,10 @@ class NbdkitProxy:
     A context manager: on exit nbdkit is stopped and its folder removed.
     """
 
+    SOCKET = "nbdkit.sock"
+
     def __init__(self, upstream: str | Path | tuple[str, int], export: str, *,
-                 delay_write_ms: int = 0,
-                 rate_bps: int = 0) -> None:
+                 delay_write_ms: int = 0, rate_bps: int = 0) -> None:
         if shutil.which("nbdkit") is None:
             raise BadInput("nbdkit is not installed: run 'make setup' (Debian's nbdkit)")
         for name, value in (("delay_write_ms", delay_write_ms), ("rate_bps", rate_bps)):
@@ -48,14 +40,7 @@ class NbdkitProxy:
         self.export = export
         self.delay_write_ms = delay_write_ms
         self.rate_bps = rate_bps
-        self.tmp: Path | None = None
-        self.daemon: ProcessGroup | None = None
 
-    @property
-    def socket(self) -> Path:
-        if self.tmp is None:
-            raise StateError("nbdkit proxy not started")
-        return self.tmp / "nbdkit.sock"
 
     @property
     def url(self) -> str:
@@ -82,25 +67,15 @@ class NbdkitProxy:
             self.tmp = private_tmpdir()
             self.daemon = ProcessGroup("nbdkit", self.command(), self.tmp / "nbdkit.log")
             self.daemon.start()
-            wait_until(lambda: _listening(self.socket), 30, "nbdkit", self.daemon.check_alive)
+            wait_until(lambda: unix_listening(self.socket), 30, "nbdkit",
+                       self.daemon.check_alive)
         except BaseException:
             self.close()
             raise
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def kill(self) -> None:
         """The link dies: nbdkit killed (SIGKILL), its connections dropped mid-request."""
         if self.daemon is None or not self.daemon.running:
             raise StateError("the nbdkit proxy is not running")
         self.daemon.signal(9)
-
-    def close(self) -> None:
-        try:
-            if self.daemon is not None:
-                self.daemon.stop()
-        finally:
-            remove_tree(self.tmp)
-            self.tmp = None
