@@ -21,6 +21,7 @@ switchover and on the destination after it.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 import time
@@ -49,7 +50,7 @@ from kvmlab.model import COPY_MODES, ERROR_POLICIES_TARGET, check_speed
 from kvmlab.qemu import images
 from kvmlab.qemu.images import make_guest_disk
 from kvmlab.units import MIB
-from kvmlab.vm.machine import Drive, Machine, guest_dev
+from kvmlab.vm.machine import Drive, Machine, data_drive, guest_dev
 
 #: why the experiment runs on the embedded lab only
 MIGRATION_LIBVIRT = ("it drives two QEMUs' migration and NBD server over QMP itself; "
@@ -223,7 +224,7 @@ class _Flow:
             elif self.fault == "migrate_cancel":
                 time.sleep(0.1)
                 rec.mark(marks.MIGRATE_CANCEL)
-                _qmp(src, "migrate_cancel")
+                src.qmp("migrate_cancel")
             status = _wait_migration(src, self.migrate_timeout)
         v["migration_status"] = status
         v["migration_s"] = round(time.monotonic() - t_mig, 3)
@@ -328,7 +329,7 @@ def _handover(lab: LabRun, src: Machine, dst: Machine, jobs: list[Job], t_switch
         rec.mark(marks.CANCEL, job=job.id)
         job.cancel()
     outcomes = [job.wait_done(60) for job in jobs]
-    _qmp(dst, "nbd-server-stop")
+    dst.qmp("nbd-server-stop")
     lab.note_machine(dst, "dest")          # its console, events and jobs from now on
     t_cont = time.monotonic()
     dst.cont()
@@ -351,21 +352,18 @@ def _disks(lab: LabRun, image_mib: int, fill_mib: int, data_disks: int
     """The source's disks (with data), the destination's (empty, the same sizes), and what
     each source disk holds."""
     cache = lab.options.cache
-    src, dst, bases = [], [], []
-    for k in range(data_disks + 1):
-        name = "drive0" if k == 0 else f"data{k}"
-        path = lab.workdir / f"{name}.qcow2"
-        mib = image_mib if k == 0 else 32
-        bases.append(make_guest_disk(path, mib, "qcow2", fill_mib if k == 0 else fill_mib // 2))
-        empty = images.create(lab.workdir / f"dest-{name}.qcow2",
-                              int(images.info(path)["virtual-size"]), "qcow2")
-        src.append(Drive(path, name, "qcow2", cache, data=k > 0))
-        dst.append(Drive(empty, name, "qcow2", cache, data=k > 0))
+    system = lab.workdir / "drive0.qcow2"
+    src = [Drive(system, "drive0", "qcow2", cache)]
+    bases = [make_guest_disk(system, image_mib, "qcow2", fill_mib)]
+    for k in range(1, data_disks + 1):
+        drive, base = data_drive(lab.workdir, k, fill_mib=fill_mib // 2, cache=cache)
+        src.append(drive)
+        bases.append(base)
+    dst = [dataclasses.replace(d, path=images.create(
+        lab.workdir / f"dest-{d.id}.qcow2", int(images.info(d.path)["virtual-size"]), "qcow2"))
+        for d in src]
     return src, dst, bases
 
-
-def _qmp(vm: Machine, cmd: str, args: dict[str, Any] | None = None) -> Any:
-    return vm.backend.execute(cmd, args)  # type: ignore[attr-defined]
 
 
 def _serve(dst: Machine, transport: str) -> tuple[dict[str, str], Path | tuple[str, int]]:
@@ -375,18 +373,18 @@ def _serve(dst: Machine, transport: str) -> tuple[dict[str, str], Path | tuple[s
     upstream: Path | tuple[str, int]
     if transport == "unix":
         upstream = dst.tmpdir / "nbd.sock"
-        _qmp(dst, "nbd-server-start", {"addr": {"type": "unix",
+        dst.qmp("nbd-server-start", {"addr": {"type": "unix",
                                                 "data": {"path": str(upstream)}}})
         url = f"nbd+unix:///{{export}}?socket={upstream}"
     else:
         upstream = ("127.0.0.1", _free_port())
-        _qmp(dst, "nbd-server-start", {"addr": {"type": "inet", "data": {
+        dst.qmp("nbd-server-start", {"addr": {"type": "inet", "data": {
             "host": upstream[0], "port": str(upstream[1])}}})
         url = f"nbd://127.0.0.1:{upstream[1]}/{{export}}"
     urls = {}
     for d in dst.block_info():
         if d.device and d.node_name:
-            _qmp(dst, "block-export-add", {"type": "nbd", "id": f"export-{d.device}",
+            dst.qmp("block-export-add", {"type": "nbd", "id": f"export-{d.device}",
                                            "node-name": d.node_name, "name": d.device,
                                            "writable": True})
             urls[d.device] = url.format(export=d.device)
@@ -414,29 +412,29 @@ def _migrate(src: Machine, dst: Machine, max_bandwidth: int, downtime_limit_ms: 
     assert dst.tmpdir is not None
     caps = [{"capability": "events", "state": True}]
     for vm in (src, dst):
-        _qmp(vm, "migrate-set-capabilities", {"capabilities": caps})
+        vm.qmp("migrate-set-capabilities", {"capabilities": caps})
     limits: dict[str, Any] = {}
     if max_bandwidth:
         limits["max-bandwidth"] = max_bandwidth
     if downtime_limit_ms:
         limits["downtime-limit"] = downtime_limit_ms
     if limits:
-        _qmp(src, "migrate-set-parameters", limits)
+        src.qmp("migrate-set-parameters", limits)
     uri = f"unix:{dst.tmpdir / 'migration.sock'}"
-    _qmp(dst, "migrate-incoming", {"uri": uri})
+    dst.qmp("migrate-incoming", {"uri": uri})
     rec.mark(marks.MIGRATE, **limits)
-    _qmp(src, "migrate", {"uri": uri})
+    src.qmp("migrate", {"uri": uri})
 
 
 def _wait_migration(src: Machine, timeout: float) -> str:
     """The source's migration status once it ends: ``completed``, ``failed``, ``cancelled``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        status = str(_qmp(src, "query-migrate").get("status", ""))
+        status = str(src.qmp("query-migrate").get("status", ""))
         if status in ("completed", "failed", "cancelled"):
             return status
         time.sleep(0.05)
-    _qmp(src, "migrate_cancel")
+    src.qmp("migrate_cancel")
     return "timed out"
 
 
@@ -468,7 +466,7 @@ class _MigrationSeries:
 
     def _sample(self) -> None:
         try:
-            info = _qmp(self.vm, "query-migrate")
+            info = self.vm.qmp("query-migrate")
         except Exception:  # noqa: BLE001 - a sample lost is a gap, not a failure
             return
         ram = info.get("ram") or {}

@@ -26,7 +26,7 @@ from kvmlab.guest.workload import Workload
 from kvmlab.live.jobs import Job
 from kvmlab.model import JobOutcome
 from kvmlab.qemu.images import make_guest_disk
-from kvmlab.vm.machine import Drive, Machine, guest_dev
+from kvmlab.vm.machine import Machine, data_drive, guest_dev
 
 #: most data disks beside the system disk
 MAX_DATA_DISKS = 3
@@ -73,9 +73,10 @@ def e1_steps(lab: LabRun, *, image_mib: int, fill_mib: int, disk_format: str,
     bases = [make_guest_disk(source, image_mib, disk_format, fill_mib)]
     data = []
     for k in range(1, data_disks + 1):
-        path = lab.workdir / f"data{k}.{disk_format}"
-        bases.append(make_guest_disk(path, data_mib, disk_format, fill_mib // 2))
-        data.append(Drive(path, f"data{k}", disk_format, lab.options.cache, data=True))
+        drive, base = data_drive(lab.workdir, k, size_mib=data_mib, fill_mib=fill_mib // 2,
+                                 fmt=disk_format, cache=lab.options.cache)
+        data.append(drive)
+        bases.append(base)
     targets = [lab.workdir / "x-mirror.img"] + \
         [lab.workdir / f"x-mirror-data{k}.img" for k in range(1, data_disks + 1)]
     for t in targets:

@@ -39,7 +39,7 @@ from kvmlab.model import JobOutcome
 from kvmlab.qemu import images
 from kvmlab.qemu.images import make_guest_disk
 from kvmlab.units import MIB
-from kvmlab.vm.machine import Drive, Machine
+from kvmlab.vm.machine import Drive, Machine, data_drive
 
 #: why the catalogue runs on the embedded lab only
 SCENARIOS_LIBVIRT = (
@@ -145,10 +145,6 @@ class _Ctx:
                 "bad": got["bad"]}
 
 
-def _qmp(vm: Machine, cmd: str, args: dict[str, Any] | None = None) -> Any:
-    """A raw QMP command on the embedded lab's connection."""
-    return vm.backend.execute(cmd, args)  # type: ignore[attr-defined]
-
 
 def _refusal(fn: Callable[[], Any]) -> str | None:
     """QEMU's refusal of *fn*'s command in its own words, or None if it was accepted."""
@@ -180,7 +176,7 @@ def _ops_after(vm: Machine, t: float, timeout: float = 20) -> int:
 
 def _node_of(vm: Machine, filename: Path) -> str | None:
     """The node name QEMU gave the format node of image *filename*."""
-    for n in _qmp(vm, "query-named-block-nodes"):
+    for n in vm.qmp("query-named-block-nodes"):
         if n.get("file") == str(filename) and n.get("drv") != "file":
             return str(n["node-name"])
     return None
@@ -197,16 +193,16 @@ def _blockdev_mirror(c: _Ctx, vm: Machine, target: Path, extra: dict[str, Any]) 
     size = int(images.info(Path(vm.drives[0].path))["virtual-size"])
     images.create(target, size, "qcow2")
     c.rec.track(target.stem, target)
-    _qmp(vm, "blockdev-add", {"driver": "qcow2", "node-name": TARGET_NODE,
+    vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": TARGET_NODE,
                               "file": {"driver": "file", "filename": str(target)}})
     since = len(vm.backend.events)
     c.rec.mark(marks.MIRROR_START, job=vm.disk_id)
     try:
-        _qmp(vm, "blockdev-mirror", {"job-id": vm.disk_id, "device": vm.disk_id,
+        vm.qmp("blockdev-mirror", {"job-id": vm.disk_id, "device": vm.disk_id,
                                      "target": TARGET_NODE, "sync": "full",
                                      "speed": c.speed, **extra})
     except BackendError:
-        _qmp(vm, "blockdev-del", {"node-name": TARGET_NODE})
+        vm.qmp("blockdev-del", {"node-name": TARGET_NODE})
         raise
     return Job(vm.backend, vm.disk_id, None, since)
 
@@ -252,7 +248,7 @@ def _copy_at_ready(c: _Ctx, *, vm_kw: dict[str, Any] | None = None,
         out["events"] = _job_events(vm, since)
         out["guest_io_errors"] = _io_errors(vm)
         if blockdev is not None:                  # release the target before it is booted
-            _qmp(vm, "blockdev-del", {"node-name": TARGET_NODE})
+            vm.qmp("blockdev-del", {"node-name": TARGET_NODE})
     fs = images.file_size(target)
     out["target_allocated"] = fs.allocated if fs else None
     if out["ready"]:
@@ -294,27 +290,27 @@ def _refused(action: str) -> Callable[[_Ctx], dict[str, Any]]:
 
 
 def _second_mirror(c: _Ctx, vm: Machine, job: Job) -> Any:
-    return _qmp(vm, "drive-mirror", {"device": vm.disk_id, "job-id": "second",
+    return vm.qmp("drive-mirror", {"device": vm.disk_id, "job-id": "second",
                                      "target": str(c.lab.workdir / "second.img"),
                                      "sync": "full", "format": "qcow2"})
 
 
 def _resize(c: _Ctx, vm: Machine, job: Job) -> Any:
-    return _qmp(vm, "block_resize", {"device": vm.disk_id, "size": 2 * c.image_mib * MIB})
+    return vm.qmp("block_resize", {"device": vm.disk_id, "size": 2 * c.image_mib * MIB})
 
 
 def _snapshot(c: _Ctx, vm: Machine, job: Job) -> Any:
-    return _qmp(vm, "blockdev-snapshot-sync", {
+    return vm.qmp("blockdev-snapshot-sync", {
         "device": vm.disk_id, "snapshot-file": str(c.lab.workdir / "snap.qcow2"),
         "format": "qcow2"})
 
 
 def _commit(c: _Ctx, vm: Machine, job: Job) -> Any:
-    return _qmp(vm, "block-commit", {"device": vm.disk_id, "job-id": "commit0"})
+    return vm.qmp("block-commit", {"device": vm.disk_id, "job-id": "commit0"})
 
 
 def _del_target(c: _Ctx, vm: Machine, job: Job) -> Any:
-    return _qmp(vm, "blockdev-del", {"node-name": TARGET_NODE})
+    return vm.qmp("blockdev-del", {"node-name": TARGET_NODE})
 
 
 def _same_target(c: _Ctx, vm: Machine) -> Any:
@@ -322,17 +318,17 @@ def _same_target(c: _Ctx, vm: Machine) -> Any:
     node = _node_of(vm, Path(vm.drives[0].path))
     if node is None:
         raise BadInput("the source's node is not in query-named-block-nodes")
-    return _qmp(vm, "blockdev-mirror", {"device": vm.disk_id, "job-id": "self",
+    return vm.qmp("blockdev-mirror", {"device": vm.disk_id, "job-id": "self",
                                         "target": node, "sync": "full"})
 
 
 def _in_transaction(c: _Ctx, vm: Machine, job: Job) -> Any:
-    return _qmp(vm, "transaction", {"actions": [{"type": "drive-mirror", "data": {
+    return vm.qmp("transaction", {"actions": [{"type": "drive-mirror", "data": {
         "device": vm.disk_id, "target": str(c.lab.workdir / "tx.img"), "sync": "full"}}]})
 
 
 def _complete_early(c: _Ctx, vm: Machine, job: Job) -> Any:
-    return _qmp(vm, "block-job-complete", {"device": job.id})
+    return vm.qmp("block-job-complete", {"device": job.id})
 
 
 _ACTIONS: dict[str, Callable[[_Ctx, Machine, Job], Any]] = {
@@ -362,7 +358,7 @@ def _reset(after_ready: bool) -> Callable[[_Ctx], dict[str, Any]]:
     """A runner: the guest is reset (QMP ``system_reset``; the VM reboots, as a guest's
     ``reboot`` does) before or after READY; the job goes on and the copy verifies."""
     def during(c: _Ctx, vm: Machine, job: Job) -> dict[str, Any]:
-        _qmp(vm, "set-action", {"reboot": "reset"})    # else -no-reboot makes a reset a quit
+        vm.qmp("set-action", {"reboot": "reset"})    # else -no-reboot makes a reset a quit
         if after_ready and c.ready(job) is None:
             return {"reset_at": "never ready"}
         if not after_ready:
@@ -371,7 +367,7 @@ def _reset(after_ready: bool) -> Callable[[_Ctx], dict[str, Any]]:
         booted = sum(1 for r in vm.console.records.snapshot() if r.name == "boot")
         c.rec.mark(marks.SCENARIO_ACTION, action="system_reset")
         t = time.monotonic()
-        _qmp(vm, "system_reset")
+        vm.qmp("system_reset")
         try:
             vm.wait_guest("boot", timeout=60, since=0)
             deadline = time.monotonic() + 60
@@ -502,7 +498,7 @@ def _filter_node(c: _Ctx) -> dict[str, Any]:
     """``filter-node-name``: the mirror's filter node has the name given while the job
     runs, and is gone once it ends."""
     def during(c: _Ctx, vm: Machine, job: Job) -> dict[str, Any]:
-        names = {n.get("node-name") for n in _qmp(vm, "query-named-block-nodes")}
+        names = {n.get("node-name") for n in vm.qmp("query-named-block-nodes")}
         return {"filter_node_seen": FILTER_NODE in names}
 
     return _copy_at_ready(c, during=during, blockdev={"filter-node-name": FILTER_NODE})
@@ -528,7 +524,7 @@ def _readonly(c: _Ctx) -> dict[str, Any]:
             job.cancel(force=True)
         out.update(_outcome(job.wait_done(60)))
         blk: dict[str, Any] = next(
-            (b for b in _qmp(vm, "query-block") if b.get("device") == vm.disk_id), {})
+            (b for b in vm.qmp("query-block") if b.get("device") == vm.disk_id), {})
         inserted = blk.get("inserted") or {}
         out["now_on"] = Path(str(inserted.get("file", ""))).name
         out["still_read_only"] = bool(inserted.get("ro"))
@@ -585,10 +581,9 @@ def _unplug(blockdev: bool) -> Callable[[_Ctx], dict[str, Any]]:
 
 def _unplug_data_disk(c: _Ctx, blockdev: bool) -> dict[str, Any]:
     source, _ = c.disk()
-    data_path = c.lab.workdir / "data1.qcow2"
-    base = make_guest_disk(data_path, 32, "qcow2", max(1, c.fill_mib // 2))
-    drive = Drive(data_path, "data1", "qcow2", c.lab.options.cache, data=True,
-                  blockdev=blockdev)
+    drive, base = data_drive(c.lab.workdir, 1, fill_mib=max(1, c.fill_mib // 2),
+                             cache=c.lab.options.cache, blockdev=blockdev)
+    data_path = Path(drive.path)
     target = c.target
     out: dict[str, Any] = {}
     with c.busy(source, extra_drives=[drive]) as vm:
@@ -601,7 +596,7 @@ def _unplug_data_disk(c: _Ctx, blockdev: bool) -> dict[str, Any]:
         node = drive.id if blockdev else _node_of(vm, data_path)
         c.rec.mark(marks.SCENARIO_ACTION, action="device_del")
         t_unplug = time.monotonic()
-        _qmp(vm, "device_del", {"id": "vd1"})
+        vm.qmp("device_del", {"id": "vd1"})
         try:
             vm.backend.events.wait("DEVICE_DELETED", {"device": "vd1"}, since=since, timeout=30)
             out["unplugged"] = True
@@ -609,8 +604,8 @@ def _unplug_data_disk(c: _Ctx, blockdev: bool) -> dict[str, Any]:
             out["unplugged"] = False
         out["job_running_after"] = job.ended is None
         out["still_in_query_block"] = any(b.get("device") == drive.id
-                                          for b in _qmp(vm, "query-block"))
-        out["qemu_error"] = _refusal(lambda: _qmp(vm, "blockdev-del", {"node-name": node}))
+                                          for b in vm.qmp("query-block"))
+        out["qemu_error"] = _refusal(lambda: vm.qmp("blockdev-del", {"node-name": node}))
         out["guest_ops_after_action"] = _ops_after(vm, t_unplug)
         t_ready = c.ready(job) if job.ended is None else None
         out["ready"] = t_ready is not None

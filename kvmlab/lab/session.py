@@ -41,7 +41,7 @@ from kvmlab.qemu.images import make_guest_disk
 from kvmlab.qemu.trace import TraceSpec
 from kvmlab.store.runs import RunData, RunDir, load_run
 from kvmlab.vm import qemu_probe
-from kvmlab.vm.machine import Drive, Machine
+from kvmlab.vm.machine import Machine, data_drive
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +158,10 @@ class Session:
         vm: Machine | None = None
         try:
             disk = scratch / "disk.qcow2"
-            data = [Drive(scratch / f"data{k}.qcow2", f"data{k}", "qcow2", cache, data=True)
-                    for k in range(1, data_disks + 1)]
             with builds.using(build):
                 make_guest_disk(disk, image_mib, "qcow2", fill_mib)
-                for d in data:
-                    make_guest_disk(d.path, 32, "qcow2", fill_mib // 2)
+                data = [data_drive(scratch, k, fill_mib=fill_mib // 2, cache=cache)[0]
+                        for k in range(1, data_disks + 1)]
             vm = Machine(disk, mode="workload", cache=cache, accel=accel, name="kvmlab-panel",
                          qemu=build, extra_drives=data,
                          workload=Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s),

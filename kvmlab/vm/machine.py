@@ -100,6 +100,15 @@ class Drive:
         return [*extra, "-drive", ",".join(opts), "-device", device]
 
 
+def data_drive(folder: Path, k: int, *, size_mib: int = 32, fill_mib: int = 0,
+               fmt: str = "qcow2", cache: str = "none", **kw: Any) -> tuple[Drive, Manifest]:
+    """Data disk number *k* (``data<k>``) made in *folder*: the :class:`Drive` the guest
+    mounts and writes, and what it holds (*fill_mib* of random data)."""
+    path = Path(folder) / f"data{k}.{fmt}"
+    base = images.make_guest_disk(path, size_mib, fmt, fill_mib)
+    return Drive(path, f"data{k}", fmt, cache, data=True, **kw), base
+
+
 def guest_dev(index: int) -> str:
     """The guest's name for the *index*-th virtio disk: ``vda``, ``vdb``..."""
     return "vd" + chr(ord("a") + index)
@@ -565,6 +574,13 @@ class Machine:
 
     def block_info(self) -> list[DriveInfo]:
         return self.backend.block_info()
+
+    def qmp(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        """A raw QMP command on the embedded lab's own connection (QEMU's refusal is
+        :class:`~kvmlab.errors.BackendError` with QEMU's words)."""
+        if self._qmp is None:
+            raise StateError("raw QMP needs a VM kvmlab launched itself (the qmp backend)")
+        return self._qmp.execute(command, arguments)
 
 
 # -- accelerator detection ------------------------------------------------------------
