@@ -30,6 +30,11 @@
 # side, that is what a two-sided Mann-Whitney rank test calls different at p = 0.008. A behaviour
 # that spreads within a build is shown as varying ("8–24 (n=5)"), never as a difference.
 # `kvmlab qemu list` shows the builds installed; `kvmlab qemu add 10.0` installs 10.0.
+#
+# The repetitions can run side by side: `kvmlab sweep notebooks/sweeps/qemu_versions.yaml
+# --workers 2` runs each build's suite once per point (5 repetitions, the builds taking turns),
+# each point keeping its rows in `behaviours.json`; then run this notebook with `from_sweep` set
+# to the sweep's folder to put every repetition in one table.
 
 # %% tags=["parameters"]
 # Parameters (papermill injects overrides below this cell); defaults as in the experiment
@@ -37,6 +42,7 @@ from typing import Optional
 
 builds: str = "system 10.0"         # the QEMU builds to compare (names from kvmlab qemu list, or paths)
 runs: int = 5                       # runs of every case on each build (fewer than 5: nothing is judged)
+from_sweep: Optional[str] = None    # a sweep folder (absolute path) whose points ran this notebook: tabulate their rows instead of running
 experiments: Optional[str] = None   # seed experiments to run, comma-separated ("E1,E4 paused"); None: all
 cases: str = "nbd_suspend:report nbd_down:report eio:report eio:ignore eio:stop enospc:enospc enospc:report throttle:report"  # fault:policy pairs
 throttle_speed: int = 2097152       # speed limit of the throttled mirror, bytes/s (2 MiB/s)
@@ -61,7 +67,7 @@ from kvmlab.lab.notebook import display
 from kvmlab.qemu import builds as qemu_builds
 from kvmlab.vm import qemu_probe
 
-chosen = [qemu_builds.resolve(b) for b in builds.split()]   # a bad name stops here, nothing run
+chosen = [] if from_sweep else [qemu_builds.resolve(b) for b in builds.split()]   # a bad name stops here, nothing run
 for b in chosen:
     c = qemu_probe.capabilities(b)
     print(f"{b.name}: QEMU {c.version}; copy modes {'/'.join(c.copy_modes)}; "
@@ -72,7 +78,14 @@ for b in chosen:
 if runs < 1:
     raise ValueError(f"runs={runs} must be at least 1")
 by_build: dict[str, list[list[compare.Row]]] = {b.name: [] for b in chosen}
-for k in range(runs):                  # the builds take turns, so drift hits both alike
+if from_sweep:
+    by_build = compare.rows_in(from_sweep)
+    if not by_build:
+        raise ValueError(f"no behaviour rows in {Path(from_sweep).resolve()} (give the sweep folder's absolute path)")
+    runs = min(len(reps) for reps in by_build.values())
+    print(f"rows of {sum(len(reps) for reps in by_build.values())} suite runs in {from_sweep}: "
+          + ", ".join(f"{b} ({len(reps)} run{'s' if len(reps) != 1 else ''})" for b, reps in by_build.items()))
+for k in range(0 if from_sweep else runs):   # the builds take turns, so drift hits both alike
     for b in chosen:
         print(f"== QEMU {b.name} ({b.version}), run {k + 1} of {runs}")
         seed = suites.seed_suite(globals(), experiments, qemu=b.name)
@@ -84,6 +97,8 @@ for k in range(runs):                  # the builds take turns, so drift hits bo
         throttled = suites.throttled(globals(), throttle_speed, throttle_timeout, qemu=b.name)
         print(f"  throttled mirror {'PASS' if throttled.passed else 'FAIL'}  {throttled.run_path.name}")
         by_build[b.name].append(compare.behaviours(seed, faults, throttled))
+if run_path and not from_sweep:
+    compare.save_rows(by_build, run_path)   # behaviours.json: a sweep's points are tabulated from it
 
 # %% [markdown]
 # ## Side by side (differences highlighted)

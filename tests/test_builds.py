@@ -256,6 +256,36 @@ def test_side_by_side_flags_real_differences_only() -> None:
     assert set(one["why"]) == {"same", "not judged: fewer than 5 runs on a build"}
 
 
+def test_rows_kept_apart_are_tabulated_as_one(tmp_path: Path) -> None:
+    """A sweep's points each keep one run's rows (behaviours.json); read back together
+    they make the same table as the runs made in one notebook, with 5 runs a side."""
+    from kvmlab.errors import BadInput
+    from kvmlab.lab.compare import Row, rows_in, save_rows, side_by_side
+
+    def run(k: int, build: str) -> list[Row]:
+        ends = "completed" if build == "a" else "cancelled"
+        return [Row("x", "job end", ends, path=f"/runs/{build}{k}"),
+                Row("enospc", "BLOCK_JOB_ERROR events", [24, 9, 8, 24, 24][k]),
+                Row("E1", "time_to_ready_s", 2.2 + k / 100)]
+    together = {b: [run(k, b) for k in range(5)] for b in ("a", "b")}
+    for k in range(5):                        # points: one run of one build each
+        for b in ("a", "b"):
+            point = tmp_path / "points" / f"builds-{b}_r{k}" / "run-1"
+            point.mkdir(parents=True)
+            save_rows({b: [run(k, b)]}, point)
+    back = rows_in(tmp_path)
+    assert list(back) == ["a", "b"] and [len(v) for v in back.values()] == [5, 5]
+    assert back["a"][3][0].folder == "/runs/a3"
+    assert side_by_side(back).equals(side_by_side(together))
+    t = side_by_side(back).set_index(["case", "measure"])
+    assert t.loc[("x", "job end"), "differs"]
+    assert t.loc[("enospc", "BLOCK_JOB_ERROR events"), "why"] == "varies within a build"
+    (tmp_path / "points" / "bad").mkdir()
+    (tmp_path / "points" / "bad" / "behaviours.json").write_text("[1, 2]")
+    with pytest.raises(BadInput, match="not a file of behaviour rows"):
+        rows_in(tmp_path)
+
+
 @pytest.mark.qemu
 def test_panel_on_the_other_build(tmp_path: Path) -> None:
     """The panel's lab VM on 10.0: its status names the QEMU, a job's run records the build."""

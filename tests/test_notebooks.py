@@ -84,6 +84,13 @@ def test_qemu_versions_notebook(tmp_path: Path) -> None:
     assert set(table.why) <= {"same", "not judged: fewer than 5 runs on a build"}
     assert "behaviours differ between system, 10.0 (1 run each)" in \
         (out / "30_qemu_versions.html").read_text()
+    # the rows are kept (a sweep's points are tabulated from them): the same table again,
+    # from the file, with no QEMU run
+    again = run_notebook(NOTEBOOKS / "30_qemu_versions.ipynb",
+                         {"from_sweep": str(out)},
+                         out=tmp_path / "tabulated")
+    assert pd.read_csv(again / "qemu_versions.csv").equals(table)
+    assert not list(again.glob("*/run.json"))
 
 
 @pytest.mark.timing

@@ -42,6 +42,9 @@ def test_grid_is_a_cartesian_product() -> None:
     assert {p.params["sync"] for p in pts} == {"full", "top"}
     assert len({p.name for p in pts}) == 8          # distinct folders
     assert all(p.params["image_mib"] == 48 for p in pts)
+    # the repetitions take turns: every point once, then every point again
+    assert [p.repeat for p in pts] == [0] * 4 + [1] * 4
+    assert [p.params for p in pts[:4]] == [p.params for p in pts[4:]]
 
 
 @pytest.mark.parametrize("spec,msg", [

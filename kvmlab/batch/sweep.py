@@ -72,7 +72,8 @@ class SweepSpec:
     repeat: int = 1
 
     def plan(self) -> list[Point]:
-        """The cartesian product of the grid (or the listed points), times *repeat*."""
+        """The cartesian product of the grid (or the listed points), times *repeat*, the
+        repetitions taking turns."""
         if self.repeat < 1:
             raise BadInput(f"repeat={self.repeat} must be at least 1")
         if self.grid and self.points:
@@ -88,11 +89,14 @@ class SweepSpec:
             combos = [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*self.grid.values())]
         else:
             combos = [{}]                          # one point (repeated, or rejected below)
-        out: list[Point] = []
+        fulls = []
         for combo in combos:
             full = {**self.params, **combo}
             check_parameters(self.notebook, full)     # (numbers for str parameters: text)
-            out.extend(Point(full, r) for r in range(self.repeat))
+            fulls.append(full)
+        # repetitions take turns (every point once, then every point again), so drift over
+        # the sweep's hours hits every point alike
+        out = [Point(full, r) for r in range(self.repeat) for full in fulls]
         if len(out) == 1 and not self.points:
             raise BadInput("nothing to sweep: give a grid (--grid NAME=V1,V2,...), points, "
                            "or --repeat above 1")

@@ -11,8 +11,10 @@ their file names, so two runs' scratch folders never count as a difference.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -21,9 +23,12 @@ from matplotlib.figure import Figure
 
 from kvmlab import analysis
 from kvmlab.analysis.series import strip_paths
+from kvmlab.errors import BadInput
 from kvmlab.experiments import ExperimentResult
 from kvmlab.lab.suites import rate_fidelity
 from kvmlab.plots import convergence
+from kvmlab.store.runs import load_run
+from kvmlab.trust import write_atomic
 from kvmlab.units import MIB
 
 #: a behaviour is judged only with at least this many runs per build: one run each cannot
@@ -37,12 +42,52 @@ MIN_ABS = {"time_to_ready_s": 0.5, "MiB copied": 1.0, "fault_stall_s": 0.5,
 
 @dataclass
 class Row:
-    """One measured behaviour of one build, with the run that shows it."""
+    """One measured behaviour of one build, with the run that shows it (*run*, or only
+    its folder, *path*, when read back from a file)."""
 
     case: str
     measure: str
     value: Any
     run: ExperimentResult | None = None
+    path: str | None = None
+
+    @property
+    def folder(self) -> str | None:
+        return str(self.run.run_path) if self.run is not None else self.path
+
+
+#: the file in which a notebook run keeps its behaviour rows (:func:`save_rows`)
+ROWS_FILE = "behaviours.json"
+
+
+def save_rows(by_build: Mapping[str, list[Row] | list[list[Row]]], folder: str | Path) -> Path:
+    """Keep every build's runs of behaviour rows in *folder*/``behaviours.json``, so that
+    runs made apart (a sweep's points, side by side) can be tabulated as one
+    (:func:`rows_in`).  Values are kept as JSON keeps them; each row names its run's folder."""
+    data = {build: [[{"case": r.case, "measure": r.measure, "value": r.value,
+                      "path": r.folder} for r in rows] for rows in _runs(reps)]
+            for build, reps in by_build.items()}
+    out = Path(folder) / ROWS_FILE
+    write_atomic(out, json.dumps(data, indent=1, default=str) + "\n")
+    return out
+
+
+def rows_in(folder: str | Path) -> dict[str, list[list[Row]]]:
+    """Every run's behaviour rows kept under *folder* (a sweep's folder, a notebook run's),
+    by build, in the order of the files' paths: the repetitions of a sweep tabulated as
+    one comparison.  A file that is not a mapping of build -> runs is one line."""
+    found: dict[str, list[list[Row]]] = {}
+    for f in sorted(Path(folder).rglob(ROWS_FILE)):
+        try:
+            data = json.loads(f.read_text())
+            for build, reps in data.items():
+                for rows in reps:
+                    found.setdefault(str(build), []).append(
+                        [Row(r["case"], r["measure"], r["value"], path=r.get("path"))
+                         for r in rows])
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise BadInput(f"{f}: not a file of behaviour rows ({e})") from None
+    return found
 
 
 def _verdict_rows(case: str, r: ExperimentResult) -> list[Row]:
@@ -214,11 +259,12 @@ def figure(case: str, measure: str, by_build: Mapping[str, list[Row] | list[list
     fig, axes = plt.subplots(1, len(found), figsize=(5.5 * len(found), 3.2), squeeze=False,
                              sharey=True)
     for ax, (build, row) in zip(axes[0], found.items()):
-        if row is None or row.run is None:
+        if row is None or row.folder is None:
             ax.set_axis_off()
             ax.set_title(f"QEMU {build}: not run")
             continue
-        convergence(row.run.data.samples, row.run.data.events, ax=ax)
+        data = row.run.data if row.run is not None else load_run(row.folder)
+        convergence(data.samples, data.events, ax=ax)
         ax.set_title(f"QEMU {build}: {measure} = {row.value}", fontsize=9)
     fig.suptitle(f"{case}: {measure} differs")
     fig.tight_layout()
