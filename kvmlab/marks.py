@@ -43,6 +43,8 @@ SOURCE_QUIT: Final = "source_quit"          #: the source QEMU quit after the ha
 LINK_DOWN: Final = "link_down"              #: a migration's NBD link died (its proxies killed)
 DEST_KILLED: Final = "dest_killed"          #: the migration's destination QEMU killed
 MIGRATE_CANCEL: Final = "migrate_cancel"    #: the migration cancelled (migrate_cancel)
+RAM_DIVERGING: Final = "ram_diverging"      #: the RAM predictor said the migration will not converge
+DISKS_NOT_READY: Final = "disks_not_ready"  #: a migration gave up waiting for its mirrors' READY
 
 #: steps that change a running job's conditions (the user's hand): a convergence verdict
 #: made before one says nothing about after it
@@ -54,7 +56,8 @@ STEPS: Final = (RECORDER_START, RECORDER_STOP, ATTACH, SAMPLE_ERROR, MIRROR_STAR
                 CANCEL, COMPLETE, COMMIT, PAUSE, RESUME, SET_SPEED, STOP, CONT,
                 RESUME_AFTER_ERROR, REMIRROR, GROW_TMPFS, SOURCE_MOVED, SOURCE_DELETED,
                 COPY_MODE, DIVERGING, SCENARIO_ACTION, NBD_EXPORTS, MIGRATE, HANDOVER,
-                SOURCE_QUIT, LINK_DOWN, DEST_KILLED, MIGRATE_CANCEL)
+                SOURCE_QUIT, LINK_DOWN, DEST_KILLED, MIGRATE_CANCEL, RAM_DIVERGING,
+                DISKS_NOT_READY)
 
 # -- windows (a start and an end mark) ---------------------------------------------------
 NFS_OUTAGE: Final = "nfs_outage"
@@ -105,7 +108,8 @@ LABELS: Final = {
     COPY_MODE: "copy mode", DIVERGING: "will not converge", SCENARIO_ACTION: "action",
     NBD_EXPORTS: "NBD exports", MIGRATE: "migrate", HANDOVER: "handover",
     SOURCE_QUIT: "source quit", LINK_DOWN: "link down", DEST_KILLED: "destination killed",
-    MIGRATE_CANCEL: "migrate_cancel",
+    MIGRATE_CANCEL: "migrate_cancel", RAM_DIVERGING: "RAM will not converge",
+    DISKS_NOT_READY: "gave up on READY",
     **{start(w): w.replace("_", " ") for w in FAULT_WINDOWS},
     **{end(w): f"{w.replace('_', ' ')} end" for w in FAULT_WINDOWS},
 }

@@ -389,3 +389,21 @@ def test_a_guest_rate_change_is_on_the_kernel_line_and_checked() -> None:
         Workload(then_rate_kib_s=2048)
     with pytest.raises(BadInput, match="finite, non-negative"):
         Workload(then_rate_kib_s=float("inf"), change_after_s=5)
+
+
+def test_a_job_hovering_near_ready_without_a_limit_is_hovering_not_diverging() -> None:
+    """A storage migration's mirror over a 2 MiB/s NBD link (nbdkit's rate filter, no
+    speed limit) with the guest writing 2 MiB/s: its remaining bytes hovered at 0.5-1.5 MiB
+    for half a minute, then READY came in a lull.  That is "hovering", not "will not
+    converge" (said at 35.8 s before, a false alarm), and the text says what READY needs."""
+    run = load_run(RUNS / "migration-hover")
+    pred = converge.predict(run.samples, "drive0", run.events)
+    assert converge.first_verdict(pred) is None
+    hover = pred[pred["state"] == "hovering"]
+    ready = float(run.events.loc[run.events["name"] == marks.BLOCK_JOB_READY, "t"].iloc[0])
+    assert len(hover) and float(hover["t"].iloc[0]) < ready - 10
+    out = converge.Outlook(**{k: hover.iloc[0][k] for k in converge.Outlook.__dataclass_fields__})
+    assert "hovering near READY" in out.text() and "lull" in out.text()
+    assert out.eta_s is None or out.eta_s != out.eta_s
+    score = converge.accuracy(run.samples, run.events)
+    assert score["converged"] and not score["false_alarm"] and score["said_diverging_s"] is None

@@ -16,12 +16,13 @@ import pandas as pd
 
 from kvmlab import marks
 from kvmlab.analysis.series import job_samples, time_of
-from kvmlab.live.predictor import STATES, Outlook, Predictor
-from kvmlab.store.runs import load_run
+from kvmlab.live.predictor import STATES, Outlook, Predictor, RamPredictor, ram_outlook
+from kvmlab.store.runs import load_run, read_migration
 from kvmlab.units import MIB
 
-__all__ = ["STATES", "Outlook", "Predictor", "predict", "first_verdict", "accuracy",
-           "score_runs", "accuracy_summary", "write_cost"]
+__all__ = ["STATES", "Outlook", "Predictor", "RamPredictor", "predict", "first_verdict",
+           "accuracy", "ram_predict", "ram_accuracy", "score_runs", "accuracy_summary",
+           "write_cost"]
 
 
 def predict(samples: pd.DataFrame, job: str | None = None, events: pd.DataFrame | None = None,
@@ -100,7 +101,11 @@ def accuracy(samples: pd.DataFrame, events: pd.DataFrame, job: str | None = None
     job = str(s["job"].iloc[0])
     start = float(s["t"].iloc[0])
     pred = predict(s, job, events, **kw)
-    ready = time_of(events, job, (marks.BLOCK_JOB_READY,), after=start)
+    # READY can come before the first sample (a small disk over a fast link): looked for
+    # from the job's start mark
+    begun = time_of(events, job, (marks.MIRROR_START,))
+    ready = time_of(events, job, (marks.BLOCK_JOB_READY,),
+                    after=start if begun is None else min(begun, start))
     live = time_of(events, job, (marks.DIVERGING,), after=start)
     switched = time_of(events, job, (marks.COPY_MODE,), after=start)
     changes = [t for t in condition_changes(events, job, guest=True) if t >= start]
@@ -118,7 +123,7 @@ def accuracy(samples: pd.DataFrame, events: pd.DataFrame, job: str | None = None
     false_alarms = [a for a in said_at if falsified(a)]
     row: dict[str, Any] = {
         "job": job, "converged": ready is not None,
-        "time_to_ready_s": None if ready is None else round(ready - start, 3),
+        "time_to_ready_s": None if ready is None else round(max(0.0, ready - start), 3),
         "said_diverging_s": None if said is None else round(said - start, 3),
         "switched_s": None if switched is None else round(switched - start, 3),
         "changed_s": None if not changes else round(changes[0] - start, 3),
@@ -144,9 +149,35 @@ def accuracy(samples: pd.DataFrame, events: pd.DataFrame, job: str | None = None
     return row
 
 
+def ram_predict(migration: pd.DataFrame, **kw: Any) -> pd.DataFrame:
+    """The RAM predictor replayed over a migration's ``query-migrate`` samples (the
+    ``migration`` stream): one row per sample, as :func:`predict`.  *kw* go to
+    :class:`RamPredictor`."""
+    p = RamPredictor(**kw)
+    rows = [ram_outlook(p, r).as_dict() for r in migration.to_dict("records")]
+    return pd.DataFrame(rows, columns=[*Outlook.__dataclass_fields__, "net_rate"])
+
+
+def ram_accuracy(migration: pd.DataFrame, **kw: Any) -> dict[str, Any]:
+    """The RAM predictor replayed over one migration, scored against how it ended:
+    ``ram_converged`` (it completed; None: no migration), ``ram_said_diverging_s`` (s after
+    its first sample; None: never) and ``ram_false_alarm`` ("will not converge", then it
+    completed: the migration's limits are never changed while it runs)."""
+    if migration.empty or "status" not in migration:
+        return {"ram_converged": None, "ram_said_diverging_s": None, "ram_false_alarm": False}
+    pred = ram_predict(migration, **kw)
+    said = first_verdict(pred)
+    done = bool((migration["status"] == "completed").any())
+    start = float(migration["t"].iloc[0])
+    return {"ram_converged": done,
+            "ram_said_diverging_s": None if said is None else round(said - start, 3),
+            "ram_false_alarm": bool(done and said is not None)}
+
+
 def score_runs(folder: str | Path, **kw: Any) -> pd.DataFrame:
     """:func:`accuracy` of every recorded run under *folder* (a sweep, a notebook run or
-    one run), a row each with the run's folder, QEMU build and mirror parameters."""
+    one run), a row each with the run's folder, QEMU build and mirror parameters; a
+    storage migration's row adds its RAM stream's (:func:`ram_accuracy`)."""
     rows = []
     for rj in sorted(Path(folder).rglob("run.json")):
         run = load_run(rj.parent)
@@ -156,8 +187,10 @@ def score_runs(folder: str | Path, **kw: Any) -> pd.DataFrame:
                      **{k: params.get(k) for k in ("qemu", "copy_mode", "speed", "workload_kib",
                                                     "workload_rate_kib_s", "slow_target_bps",
                                                     "workload_then_rate_kib_s",
-                                                    "raise_speed_to")},
-                     **accuracy(run.samples, run.events, **kw)})
+                                                    "raise_speed_to", "link_rate_bps", "max_bandwidth")},
+                     **accuracy(run.samples, run.events, **kw),
+                     **(ram_accuracy(read_migration(rj.parent))
+                        if run.meta.get("experiment") == "storage_migration" else {})})
     return pd.DataFrame(rows)
 
 
@@ -196,7 +229,24 @@ def accuracy_summary(table: pd.DataFrame) -> dict[str, Any]:
             "never_flagged": int(said.isna().sum()),
             "never_flagged_but_converging": int((said.isna()
                                                  & (div["last_state"] == "converging")).sum()),
-            "false_alarms": int(conv["false_alarm"].fillna(False).astype(bool).sum())}
+            "false_alarms": int(conv["false_alarm"].fillna(False).astype(bool).sum()),
+            **_ram_summary(table)}
+
+
+def _ram_summary(table: pd.DataFrame) -> dict[str, Any]:
+    """The RAM stream's figures of scored storage migrations (none without)."""
+    if "ram_converged" not in table:
+        return {}
+    ram = table[table["ram_converged"].notna()]
+    stuck = ram[ram["ram_converged"] == False]  # noqa: E712
+    said = pd.to_numeric(stuck["ram_said_diverging_s"], errors="coerce")
+    return {"ram_migrations": int(len(ram)),
+            "ram_completed": int((ram["ram_converged"] == True).sum()),  # noqa: E712
+            "ram_never_completed": int(len(stuck)),
+            "ram_never_flagged": int(said.isna().sum()),
+            "ram_said_diverging_median_s": None if said.dropna().empty
+            else round(float(said.median()), 3),
+            "ram_false_alarms": int(ram["ram_false_alarm"].astype(bool).sum())}
 
 
 # -- the guest's side: what a mirror costs its writes -----------------------------------------

@@ -46,9 +46,11 @@ from kvmlab.experiments.options import DEFAULT_OPTIONS, RunOptions
 from kvmlab.faults import NbdkitProxy
 from kvmlab.guest.workload import Manifest, Workload
 from kvmlab.live.jobs import Job
+from kvmlab.live.predictor import Outlook, RamPredictor, ram_outlook
 from kvmlab.model import COPY_MODES, ERROR_POLICIES_TARGET, check_speed
 from kvmlab.qemu import images
 from kvmlab.qemu.images import make_guest_disk
+from kvmlab.store.runs import MIGRATION_FILE
 from kvmlab.units import MIB
 from kvmlab.vm.machine import Drive, Machine, data_drive, guest_dev
 
@@ -58,8 +60,6 @@ MIGRATION_LIBVIRT = ("it drives two QEMUs' migration and NBD server over QMP its
 TRANSPORTS = ("unix", "tcp")
 #: faults during the flow (see :func:`storage_migration`)
 FAULTS = ("link_before_ready", "link_after_ready", "dest_dies", "migrate_cancel")
-#: the migration stream's file in the run folder (a time series beside the block jobs)
-MIGRATION_FILE = "migration.parquet"
 
 
 def storage_migration(*, image_mib: int = 64, fill_mib: int = 16, data_disks: int = 0,
@@ -70,6 +70,7 @@ def storage_migration(*, image_mib: int = 64, fill_mib: int = 16, data_disks: in
                       ready_s: float = 2.0, after_s: float = 2.0,
                       fault: str = "none", on_target_error: str = "report",
                       on_dest_death: str = "cancel", source_after: str = "quit", ready_timeout: float = 120,
+                      give_up_when: str | None = None, stall_timeout: float = 30,
                       migrate_timeout: float = 120,
                       options: RunOptions = DEFAULT_OPTIONS) -> ExperimentResult:
     """Move a busy VM and its disks to a second QEMU; return the recorded handover.
@@ -95,6 +96,13 @@ def storage_migration(*, image_mib: int = 64, fill_mib: int = 16, data_disks: in
         ``keep`` them as they are.
     :param source_after: after a handover, ``quit`` the source QEMU (as libvirt does) or
         ``keep`` it, paused, until the run ends.
+    :param give_up_when: ``"diverging"``: stop waiting for READY as soon as the convergence
+        predictor says a mirror will not converge; None: wait *ready_timeout* (or until no
+        progress for *stall_timeout* s).  Either way a migration whose disks never get
+        READY ends there: its mirrors cancelled, the source running on, the verdict FAIL
+        with the predictor's last word.  The RAM stream has its predictor too
+        (:class:`~kvmlab.live.predictor.RamPredictor`: "RAM will not converge: dirtying X
+        MiB/s over Y MiB/s", marked ``ram_diverging``); *migrate_timeout* cancels it.
     """
     if fault not in ("none", *FAULTS):
         raise BadInput(f"fault={fault!r} is not one of none, {', '.join(FAULTS)}")
@@ -104,6 +112,10 @@ def storage_migration(*, image_mib: int = 64, fill_mib: int = 16, data_disks: in
     if on_dest_death not in ("cancel", "keep") or source_after not in ("quit", "keep"):
         raise BadInput(f"on_dest_death={on_dest_death!r} must be cancel or keep, "
                        f"source_after={source_after!r} quit or keep")
+    if give_up_when not in (None, "diverging"):
+        raise BadInput(f"give_up_when={give_up_when!r}: the only policy is 'diverging'")
+    if not 0 < stall_timeout <= 3600:
+        raise BadInput(f"stall_timeout={stall_timeout!r} must be 0 to 3600 s")
     if nbd not in TRANSPORTS:
         raise BadInput(f"nbd={nbd!r} is not one of {', '.join(TRANSPORTS)}")
     if copy_mode not in COPY_MODES:
@@ -129,6 +141,7 @@ def storage_migration(*, image_mib: int = 64, fill_mib: int = 16, data_disks: in
                  link_rate_bps=link_rate_bps, ready_s=ready_s, after_s=after_s,
                  fault=fault, on_target_error=on_target_error, on_dest_death=on_dest_death,
                  source_after=source_after, ready_timeout=ready_timeout,
+                 give_up_when=give_up_when, stall_timeout=stall_timeout,
                  migrate_timeout=migrate_timeout)
     with LabRun("storage_migration", params, options,
                 unsupported={"libvirt": MIGRATION_LIBVIRT}) as lab, ExitStack() as links:
@@ -150,7 +163,8 @@ def storage_migration(*, image_mib: int = 64, fill_mib: int = 16, data_disks: in
             v["pass"] = bool(v["jobs_completed"] and v["dest_ops_after"] > 0
                              and v["dest_state"] == "running" and v["verify_pass"])
         elif fault == "none":
-            v.update({"pass": False, "reason": f"the migration ended {v['migration_status']}"})
+            v.update({"pass": False, "reason": v.get("reason")
+                      or f"the migration ended {v.get('migration_status')}"})
         lab.verdict = v
     return lab.result()
 
@@ -174,6 +188,8 @@ class _Flow:
     on_dest_death: str
     source_after: str
     ready_timeout: float
+    give_up_when: str | None
+    stall_timeout: float
     migrate_timeout: float
     t_switch: float = 0.0
 
@@ -204,7 +220,12 @@ class _Flow:
             return self._fault(lab, src, jobs, lambda: _cut_links(rec, proxies))
         v["ready_s_per_disk"] = []
         for job in jobs:
-            job.wait_ready(max(1.0, self.ready_timeout - (time.monotonic() - t0)))
+            try:
+                job.wait_ready(max(1.0, self.ready_timeout - (time.monotonic() - t0)),
+                               give_up_when=self.give_up_when,
+                               stall_timeout=self.stall_timeout, mark=rec.mark)
+            except WaitTimeout as err:       # never READY: diverging, stalled, too slow
+                return {**v, **self._not_ready(lab, src, jobs, job, err)}
             rec.mark(marks.READY_SEEN, job=job.id)
             v["ready_s_per_disk"].append(round(time.monotonic() - t0, 3))
         v["time_to_ready_s"] = max(v["ready_s_per_disk"])
@@ -225,7 +246,7 @@ class _Flow:
                 time.sleep(0.1)
                 rec.mark(marks.MIGRATE_CANCEL)
                 src.qmp("migrate_cancel")
-            status = _wait_migration(src, self.migrate_timeout)
+            status = _wait_migration(src, self.migrate_timeout, series, rec)
         v["migration_status"] = status
         v["migration_s"] = round(time.monotonic() - t_mig, 3)
         self.t_switch = time.monotonic()
@@ -246,6 +267,24 @@ class _Flow:
         v["guest_gap_s"] = _guest_gap(src, dst, t_mig)
         v["dd_latency_ms"] = _latency_by_phase(src, dst, t0, t_ready, t_mig)
         return v
+
+    def _not_ready(self, lab: LabRun, src: Machine, jobs: list[Job], job: Job,
+                   err: WaitTimeout) -> dict[str, Any]:
+        """A disk never got READY: say why (the predictor's last word), cancel every
+        mirror, and check that the source lives on; no migration is tried."""
+        outlook = job.outlook
+        lab.recorder.mark(marks.DISKS_NOT_READY, job=job.id, why=str(err))
+        for j in jobs:
+            if j.ended is None:
+                j.cancel(force=True)
+                j.wait_done(30)
+        t = time.monotonic()
+        time.sleep(1.0)
+        alive = src.backend.run_state() == "running" and len(src.guest_ops(since=t)) > 0
+        return {"outcome": "disks never READY", "not_ready_job": job.id,
+                "disk_outlook": outlook.text() if outlook is not None else None,
+                "migration_status": "not started", "source_survives": alive,
+                "pass": False, "reason": f"{job.id} never READY: {err}"}
 
     def _fault(self, lab: LabRun, src: Machine, jobs: list[Job],
                act: Callable[[], None] | None) -> dict[str, Any]:
@@ -426,11 +465,18 @@ def _migrate(src: Machine, dst: Machine, max_bandwidth: int, downtime_limit_ms: 
     src.qmp("migrate", {"uri": uri})
 
 
-def _wait_migration(src: Machine, timeout: float) -> str:
-    """The source's migration status once it ends: ``completed``, ``failed``, ``cancelled``."""
+def _wait_migration(src: Machine, timeout: float, series: _MigrationSeries, rec: Any) -> str:
+    """The source's migration status once it ends: ``completed``, ``failed``, ``cancelled``
+    (or ``timed out``: then cancelled), from *series*' samples; the RAM predictor's "will
+    not converge" marked (``ram_diverging``) when it is first said."""
     deadline = time.monotonic() + timeout
+    said = False
     while time.monotonic() < deadline:
-        status = str(src.qmp("query-migrate").get("status", ""))
+        status, outlook = series.latest()
+        if outlook is not None and outlook.state == "diverging" and not said:
+            said = True
+            rec.mark(marks.RAM_DIVERGING, text=outlook.text(),
+                     dirty_rate=outlook.dirty_rate, transfer_rate=outlook.copy_rate)
         if status in ("completed", "failed", "cancelled"):
             return status
         time.sleep(0.05)
@@ -443,11 +489,14 @@ class _MigrationSeries:
     migration's time series beside the block jobs (``migration.parquet``)."""
 
     COLUMNS = ("status", "total-time", "expected-downtime", "downtime", "setup-time")
-    RAM = ("transferred", "remaining", "total", "dirty-pages-rate", "mbps", "dirty-sync-count")
+    RAM = ("transferred", "remaining", "total", "dirty-pages-rate", "mbps", "dirty-sync-count",
+           "page-size")
 
     def __init__(self, vm: Machine, now: Any, interval: float) -> None:
         self.vm, self.now, self.interval = vm, now, max(interval, 0.05)
         self.rows: list[dict[str, Any]] = []
+        self.ram = RamPredictor()
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kvmlab-migration", daemon=True)
 
@@ -472,7 +521,14 @@ class _MigrationSeries:
         ram = info.get("ram") or {}
         row = {"t": self.now(), **{k.replace("-", "_"): info.get(k) for k in self.COLUMNS},
                **{f"ram_{k.replace('-', '_')}": ram.get(k) for k in self.RAM}}
-        self.rows.append(row)
+        outlook = ram_outlook(self.ram, row)
+        with self._lock:
+            self.rows.append({**row, "ram_state": outlook.state})
+
+    def latest(self) -> tuple[str, Outlook | None]:
+        """The last sample's status and the RAM predictor's outlook then."""
+        with self._lock:
+            return (str(self.rows[-1].get("status") or "") if self.rows else "", self.ram.last)
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
@@ -480,7 +536,12 @@ class _MigrationSeries:
     def final(self) -> dict[str, Any]:
         """The verdict's migration figures: downtime, RAM moved, samples."""
         last = self.rows[-1] if self.rows else {}
+        said = self.ram.first_seen.get("diverging")
+        start = self.rows[0]["t"] if self.rows else None
         return {"downtime_ms": last.get("downtime"),
+                "ram_said_diverging_s": (round(said - start, 3) if said is not None
+                                         and start is not None else None),
+                "ram_outlook": self.ram.last.text() if self.ram.last is not None else None,
                 "expected_downtime_ms": max((r.get("expected_downtime") or 0
                                              for r in self.rows), default=None),
                 "ram_transferred_mib": round((last.get("ram_transferred") or 0) / MIB, 2),

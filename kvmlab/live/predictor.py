@@ -13,6 +13,10 @@ If remaining falls, the ETA to ready is remaining over that rate.  If the job co
 remaining does not fall, it **will not converge at current rates**: the verdict an
 engineer wants instead of a timeout sized by guessing.  If nothing is copied the job is
 **stalled** (a dead target, a pause), which is another question (:mod:`kvmlab.analysis.causes`).
+A job with no speed limit whose remaining bytes hover near zero for long, copying as fast
+as the guest dirties (a guest writing as fast as the link carries), is **hovering**: READY
+comes only in a lull of the guest's writes, which no rate can promise or rule out, so it is
+neither an ETA nor "will not converge".
 
 The predictor is careful before it says "diverging": it needs :attr:`Predictor.evidence`
 seconds of samples; near zero it judges over a long window that covers several of a bursty
@@ -24,6 +28,7 @@ measured on held-out recordings (``benchmarks/predictor.py``), not assumed.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,7 +36,8 @@ from kvmlab import rates
 from kvmlab.units import MIB
 
 #: the verdicts, in the order a job usually passes through them
-STATES = ("unknown", "converging", "diverging", "stalled", "paused", "ready", "ended")
+STATES = ("unknown", "converging", "hovering", "diverging", "stalled", "paused", "ready",
+          "ended")
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class Outlook:
     since: float | None = None            #: when the current state began
     eta_low_s: float | None = None        #: the ETA's honest range: READY is expected
     eta_high_s: float | None = None       #: between these (see :class:`Predictor`)
+    stream: str = "disk"                  #: ``disk`` (a mirror) or ``ram`` (a migration)
 
     @property
     def net_rate(self) -> float | None:
@@ -62,10 +69,17 @@ class Outlook:
                     and round(self.eta_high_s) > round(self.eta_low_s):
                 return f"ETA {self.eta_low_s:.0f}–{self.eta_high_s:.0f} s"
             return f"ETA {self.eta_s:.0f} s"
+        if self.state == "diverging" and self.stream == "ram":
+            return (f"RAM will not converge: dirtying {_rate(self.dirty_rate)} over "
+                    f"{_rate(self.copy_rate)} ({self.remaining / MIB:.1f} MiB left)")
         if self.state == "diverging":
             return (f"will not converge at current rates (copy {_rate(self.copy_rate)}, "
                     f"guest dirtying {_rate(self.dirty_rate)}, "
                     f"{self.remaining / MIB:.1f} MiB left)")
+        if self.state == "hovering":
+            return (f"hovering near READY ({self.remaining / MIB:.1f} MiB left; copy "
+                    f"{_rate(self.copy_rate)} ≈ guest dirtying {_rate(self.dirty_rate)}): "
+                    "READY needs a lull in the guest's writes")
         if self.state == "stalled":
             return "stalled (no progress)"
         return {"unknown": "measuring rates"}.get(self.state, self.state)
@@ -90,8 +104,9 @@ class Predictor:
     :param bursts: the window covers at least this many gaps between copy steps (falls
         of the remaining bytes: in write-blocking mode the counters move with every
         guest write, but the copy still comes in steps).
-    :param hover_limit: hovering near zero this many seconds without READY is no longer
-        "a moment away": it is said to diverge.
+    :param hover_limit: near zero this many seconds without READY (and no speed limit) is
+        no longer "a moment away": it is said to be ``hovering`` (READY only in a lull of
+        the guest's writes: a coin toss that no rate decides, so not "diverging").
     :param quantize: the ETA adds this many typical gaps between steps (a rate-limited
         mirror copies in steps seconds apart, so the last bytes land a step later than a
         smooth rate says).
@@ -103,7 +118,7 @@ class Predictor:
         not fall.  READY needs a moment with nothing dirty: a guest that writes in bursts
         leaves the job idle between them (a share well under 1), one that dirties as fast
         as the job may copy never does.  Without a limit: remaining that does not fall,
-        or hovering near zero for :attr:`hover_limit` seconds.
+        or (``hovering``) near zero for :attr:`hover_limit` seconds.
     :param fall: "did not fall" means by less than this share of what was copied.
     :param patience: waits this many times longer before "diverging" (the long window,
         the hover limit and the confirmation): fewer, later alarms.
@@ -178,10 +193,11 @@ class Predictor:
             state = "unknown"
         elif offset - off0 < self.progress:
             state = "stalled"
-        elif self._will_not_finish(t, remaining, copy):
+        elif (stuck := self._will_not_finish(t, remaining, copy)) is not None:
             # the guest keeps the job copying at its limit and the backlog does not fall:
-            # whatever it copies is dirtied again, so READY never comes
-            state = "diverging"
+            # whatever it copies is dirtied again, so READY never comes (or, near zero
+            # without a limit, only in a lull: hovering)
+            state = stuck
         elif remaining > 0 and copy - dirty > 0:
             state = "converging"
             eta = remaining / (copy - dirty) + (self._step_gap() if remaining else 0.0)
@@ -229,28 +245,29 @@ class Predictor:
         copy = rates.latest([r[0] for r in rows], [r[1] for r in rows], span) or 0.0
         return max(0.0, copy) / self._speed
 
-    def _will_not_finish(self, t: float, remaining: int, copy: float) -> bool:
-        """Over the long window the backlog did not fall, and the job copied at its limit
-        (under a speed limit) or, without one, it hovered near zero for the hover limit."""
+    def _will_not_finish(self, t: float, remaining: int, copy: float) -> str | None:
+        """``diverging``: over the long window the backlog did not fall, and the job copied
+        at its limit (under a speed limit) or, without one, the backlog stayed large;
+        ``hovering``: without a limit, near zero for the hover limit; else None."""
         rows = self._long
         span = rows[-1][0] - rows[0][0] if len(rows) >= 2 else 0.0
         if span < self._long_span() * 0.95:
-            return False
+            return None
         copied = rows[-1][1] - rows[0][1]
         fell = (rows[0][2] - rows[0][1]) - (rows[-1][2] - rows[-1][1])
         if fell > self.fall * copied:
             self._hover_t = None
-            return False
+            return None
         share = self.busy_share()
         if share is not None:
-            return share >= self.busy
+            return "diverging" if share >= self.busy else None
         # no limit: a backlog that stays large, or one near zero that never reaches READY
         if remaining > copy * self.hover_s:
             self._hover_t = None
-            return True
+            return "diverging"
         if self._hover_t is None:
             self._hover_t = t
-        return t - self._hover_t >= self.hover_limit
+        return "hovering" if t - self._hover_t >= self.hover_limit else None
 
     def _step_gap(self) -> float:
         """A rate-limited mirror copies in steps seconds apart; the last step comes one
@@ -298,3 +315,85 @@ class Predictor:
             self._state, self._since = state, t_state
             self.first_seen.setdefault(state, t)
         return state
+
+
+class RamPredictor:
+    """Online convergence verdict for a migration's RAM stream (feed :meth:`add` every
+    ``query-migrate`` sample of the source).
+
+    RAM is sent in passes: after the first, each pass sends what the guest dirtied during
+    the last, and QEMU stops the VM for the switchover once what is left fits in the
+    downtime limit at the link's rate.  A guest that dirties pages as fast as they are
+    sent keeps every pass as big as the last: **"RAM will not converge: dirtying X MiB/s
+    over Y MiB/s"**.  The transfer rate is how fast ``ram.transferred`` grows over the
+    window; the dirty rate is QEMU's ``dirty-pages-rate`` times the page size.
+
+    :param window: seconds of samples the transfer rate is measured over.
+    :param passes: a verdict only once QEMU has synced the dirty bitmap this many times
+        (the first pass sends all of RAM; it says nothing of the dirtying).
+    :param busy: "diverging" when the dirty rate is at least this share of the transfer
+        rate and the remaining bytes did not fall over the window...
+    :param confirm: ...and that held this many seconds.
+    """
+
+    def __init__(self, window: float = 3.0, passes: int = 3, busy: float = 0.9,
+                 confirm: float = 2.0) -> None:
+        self.window, self.passes, self.busy, self.confirm = window, passes, busy, confirm
+        self._rows: deque[tuple[float, int, int]] = deque()
+        self._pending: float | None = None
+        self._state = "unknown"
+        self._since: float | None = None
+        self.last: Outlook | None = None
+        #: when each state was first said (seconds, the caller's clock)
+        self.first_seen: dict[str, float] = {}
+
+    def add(self, t: float, status: str, transferred: int | None, remaining: int | None,
+            dirty_pages_rate: float | None, page_size: int | None = None,
+            sync_count: int | None = None) -> Outlook:
+        """One ``query-migrate`` sample (its ``ram`` fields); the outlook after it."""
+        rem = int(remaining or 0)
+        if status == "completed":
+            state, rate, dirty = "ready", None, None
+        elif status != "active" or transferred is None:
+            state, rate, dirty = ("unknown" if status in ("setup", "") else "ended"), None, None
+        else:
+            rows = self._rows
+            rows.append((t, int(transferred), rem))
+            while len(rows) > 2 and t - rows[1][0] >= self.window:
+                rows.popleft()
+            rate = rates.latest([r[0] for r in rows], [r[1] for r in rows], self.window,
+                                min_span=self.window * 0.8)
+            dirty = float(dirty_pages_rate or 0) * int(page_size or 4096)
+            if rate is None or int(sync_count or 0) < self.passes:
+                state = "unknown"
+            elif dirty >= self.busy * rate and rows[-1][2] >= self.busy * rows[0][2]:
+                state = "diverging"
+            else:
+                state = "converging"
+        if state == "diverging" and self._state != "diverging":
+            self._pending = t if self._pending is None else self._pending
+            if t - self._pending < self.confirm:
+                state = self._state
+        elif state != "diverging":
+            self._pending = None
+        if state != self._state:
+            self._state = state
+            self._since = self._pending if state == "diverging" and self._pending else t
+            self.first_seen.setdefault(state, t)
+        eta = None
+        if state == "converging" and rate and dirty is not None and rate > dirty:
+            eta = rem / (rate - dirty)
+        self.last = Outlook(t, state, rem, rate, dirty, eta, self._since, stream="ram")
+        return self.last
+
+
+def ram_outlook(pred: RamPredictor, row: Mapping[Any, Any]) -> Outlook:
+    """Feed one ``query-migrate`` sample, as the migration's time series keeps it (``t``,
+    ``status``, ``ram_transferred``, ``ram_remaining``, ``ram_dirty_pages_rate``,
+    ``ram_page_size``, ``ram_dirty_sync_count``), to *pred*."""
+    def num(key: str) -> Any:
+        v = row.get(key)
+        return None if v is None or v != v else v       # (NaN from a parquet column)
+    return pred.add(float(row["t"]), str(row.get("status") or ""), num("ram_transferred"),
+                    num("ram_remaining"), num("ram_dirty_pages_rate"), num("ram_page_size"),
+                    num("ram_dirty_sync_count"))

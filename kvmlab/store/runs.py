@@ -251,6 +251,16 @@ def read_trace(path: Path, events: pd.DataFrame | None = None) -> pd.DataFrame:
     return trace.frame([])
 
 
+#: a storage migration's RAM stream (``query-migrate`` samples), beside the block jobs
+MIGRATION_FILE = "migration.parquet"
+
+
+def read_migration(path: Path) -> pd.DataFrame:
+    """The ``migration`` stream of the run in *path* (empty for a run without one)."""
+    pq = Path(path) / MIGRATION_FILE
+    return _read_parquet(pq) if pq.exists() else pd.DataFrame()
+
+
 #: the status of a run whose process was killed before it could finish it
 KILLED = "killed"
 #: the space reserves kept in a run folder (the run's own, and its notebook run's): a
