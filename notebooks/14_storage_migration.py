@@ -38,13 +38,18 @@ speed: int = 0                      # each mirror's speed limit, bytes/s (0 for 
 copy_mode: str = "background"       # "background" or "write-blocking" (active) mirrors
 link_delay_ms: int = 0              # latency added to every write on the NBD link (an nbdkit proxy per disk), 0: direct
 link_rate_bps: int = 0              # the NBD link's bandwidth cap, bytes/s (nbdkit's rate filter), 0: none
+link_error_rate: float = 0.0        # share of writes on the NBD link failing with EIO (nbdkit's error filter), 0: none
+on_target_error: str = "report"     # the mirrors' policy when a write to the destination fails
 max_bandwidth: int = 0              # the migration's max-bandwidth, bytes/s (0: QEMU's default)
 downtime_limit_ms: int = 0          # the migration's downtime-limit (0: QEMU's default)
 workload_kib: int = 256             # size of each guest dd write (KiB)
 workload_rate_kib_s: float = 512    # guest write rate (KiB/s)
+ram_mib_s: float = 0.0              # the guest also rewrites this many MiB/s of its RAM (what the migration must outpace)
 ready_s: float = 2.0                # how long the guest writes with every mirror READY before the migration
 after_s: float = 2.0                # how long the destination runs on its own before it is checked
 ready_timeout: float = 120.0        # the mirrors must be READY by then
+give_up_when: Optional[str] = None  # "diverging": stop waiting for READY when the predictor says a mirror will not converge
+stall_timeout: float = 30.0         # stop waiting for READY after this long without progress
 migrate_timeout: float = 120.0      # the migration must end by then (else it is cancelled)
 sample_interval: float = 0.1        # seconds between query-block-jobs and query-migrate samples
 cache: str = "none"                 # the seed's cache mode
@@ -58,8 +63,8 @@ import pandas as pd
 
 from kvmlab import experiments as ex
 from kvmlab import plots
-from kvmlab.experiments.migration import MIGRATION_FILE
 from kvmlab.lab.notebook import display, run_experiment, show_verdict
+from kvmlab.store.runs import MIGRATION_FILE
 
 # %%
 result = run_experiment(ex.storage_migration, globals())

@@ -56,6 +56,17 @@ def test_workload_rate_sets_pause() -> None:
         Workload(rate_kib_s=0)
 
 
+def test_a_workload_that_dirties_ram_ticks_four_times_a_second() -> None:
+    """ram_mib_s: a quarter of the rate rewritten every 250 ms over the RAM set."""
+    args = Workload(ram_mib_s=16, ram_set_mib=48).kernel_args()
+    assert {"kvmlab.ram_tick_kib=4096", "kvmlab.ram_set_mib=48"} <= set(args)
+    assert not any(a.startswith("kvmlab.ram") for a in Workload().kernel_args())
+    for bad in ({"ram_mib_s": -1}, {"ram_mib_s": float("inf")}, {"ram_set_mib": 0},
+                {"ram_set_mib": 1.5}):
+        with pytest.raises(BadInput, match="ram_"):
+            Workload(**bad)  # type: ignore[arg-type]
+
+
 def test_in_flight_operations_are_not_judged() -> None:
     done = [{"op": "mkdir", "path": "/wl/d3", "n": 3}, {"op": "dd", "path": "/wl/w3.bin",
                                                          "sha256": "ab" * 32, "n": 3}]

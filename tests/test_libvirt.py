@@ -218,3 +218,17 @@ def test_qemu_dac_uid_from_capabilities() -> None:
     assert qemu_dac_uid(CAPS) == 64055
     assert qemu_dac_uid(CAPS.replace("+64055:+994", "+0:+0")) == 0
     assert qemu_dac_uid("<capabilities><host/></capabilities>") is None
+
+
+def test_storage_migration_through_libvirt(opts: RunOptions) -> None:
+    """libvirt will not migrate a domain to its own host: its part of the flow is blockCopy
+    of every disk into the destination's NBD exports (a network disk each), READY, and
+    the disks cut at one point and verified."""
+    r = ex.storage_migration(data_disks=1, image_mib=48, fill_mib=8, ready_s=0.5,
+                             options=opts.replace(backend="libvirt", accel="auto"))
+    v = r.verdict
+    assert r.passed and v["outcome"] == "mirrored and cut", v
+    assert v["migration_status"] == "not run (libvirt)" and v["jobs_completed"]
+    assert v["verify_pass"] and v["checked"] >= 3 and v["disks"] == 2
+    assert r.data.meta["backend"] == "libvirt"
+    assert set(r.data.samples["job"]) == {"vda", "vdb"}

@@ -10,8 +10,9 @@ import pytest
 from kvmlab import load_run
 from kvmlab.errors import BadInput
 from kvmlab.experiments import storage_migration
-from kvmlab.experiments.migration import MIGRATION_FILE
 from kvmlab.experiments.options import RunOptions
+from kvmlab.faults import NbdkitProxy
+from kvmlab.store.runs import MIGRATION_FILE
 
 
 @pytest.mark.qemu
@@ -80,6 +81,82 @@ def test_bad_input_is_one_line_before_anything_exists(tmp_path: Path) -> None:
                     ({"on_dest_death": "panic"}, "on_dest_death='panic'")):
         with pytest.raises(BadInput, match=msg):
             storage_migration(options=opts, **kw)
-    with pytest.raises(BadInput, match="libvirt backend"):
-        storage_migration(options=opts.replace(backend="libvirt"))
+    for kw, msg in (({"link_error_rate": 2}, "link_error_rate=2"),
+                    ({"give_up_when": "soon"}, "give_up_when='soon'"),
+                    ({"stall_timeout": 0}, "stall_timeout=0")):
+        with pytest.raises(BadInput, match=msg):
+            storage_migration(options=opts, **kw)
+    # libvirt mirrors into the exports but will not migrate to its own host
+    for kw in ({"fault": "dest_dies"}, {"fault": "migrate_cancel"},
+               {"on_target_error": "stop"}):
+        with pytest.raises(BadInput, match="on libvirt, .*refuses to migrate a domain"):
+            storage_migration(options=opts.replace(backend="libvirt"), **kw)
     assert not list(tmp_path.iterdir())
+
+
+def test_the_link_impairments_are_nbdkit_filters() -> None:
+    """Latency, bandwidth and write errors on the NBD link: nbdkit's delay, rate and error
+    filters, with the values given (the rate filter counts bits)."""
+    p = NbdkitProxy(("127.0.0.1", 10809), "drive0", delay_write_ms=20, rate_bps=1 << 20,
+                    error_rate=0.02)
+    p.tmp = Path("/run/x")
+    cmd = p.command()
+    assert [c for c in cmd if c.startswith("--filter=")] == \
+        ["--filter=error", "--filter=delay", "--filter=rate"]
+    assert {"hostname=127.0.0.1", "port=10809", "export=drive0", "delay-write=20ms",
+            f"rate={8 << 20}", "error=EIO", "error-pwrite-rate=0.02",
+            "error-zero-rate=0.02"} <= set(cmd)
+    plain = NbdkitProxy(Path("/run/x/nbd.sock"), "drive1")
+    plain.tmp = Path("/run/x")
+    assert not [c for c in plain.command() if c.startswith("--filter=")]
+    with pytest.raises(BadInput, match="error_rate=1.5"):
+        NbdkitProxy(Path("/s"), "d", error_rate=1.5)
+
+
+def test_libvirt_copies_into_an_nbd_export_as_a_network_disk() -> None:
+    """blockCopy's destination for the exports' URLs (unix socket, TCP) and for a file."""
+    import xml.etree.ElementTree as ET
+
+    from kvmlab.backends.libvirt import copy_destination
+
+    def xml(target: str) -> str:
+        return ET.tostring(copy_destination(target, "raw"), encoding="unicode")
+    assert xml("nbd+unix:///drive0?socket=/run/d/nbd.sock") == (
+        '<disk type="network"><driver type="raw" /><source protocol="nbd" name="drive0">'
+        '<host transport="unix" socket="/run/d/nbd.sock" /></source></disk>')
+    assert '<host name="127.0.0.1" port="10809" />' in xml("nbd://127.0.0.1:10809/drive1")
+    assert xml("/data/t.img") == \
+        '<disk type="file"><source file="/data/t.img" /><driver type="raw" /></disk>'
+    for bad, msg in (("nbd+unix:///drive0", "needs \\?socket"), ("nbd:///x", "host and a port")):
+        with pytest.raises(BadInput, match=msg):
+            copy_destination(bad, "raw")
+
+
+@pytest.mark.qemu
+def test_disks_that_never_get_ready_end_the_flow_with_the_predictors_word(
+        opts: RunOptions) -> None:
+    """A 256 KiB/s link under 16 MiB of data: READY cannot come within 8 s.  The flow says
+    which disk and why, cancels every mirror and tries no migration; the source runs on."""
+    res = storage_migration(link_rate_bps=256 << 10, ready_timeout=8, options=opts)
+    v = res.verdict
+    assert not res.passed and v["outcome"] == "disks never READY", v
+    assert v["not_ready_job"] == "drive0" and "drive0 never READY" in v["reason"]
+    assert v["migration_status"] == "not started" and v["source_survives"]
+    assert v["disk_outlook"] and "ETA" in v["disk_outlook"], v["disk_outlook"]
+    run = load_run(res.run_path)
+    names = list(run.events["name"])
+    assert "disks_not_ready" in names and "migrate" not in names
+    assert not (res.run_path / MIGRATION_FILE).exists()
+
+
+@pytest.mark.qemu
+def test_write_errors_on_the_link_are_retried_under_ignore(opts: RunOptions) -> None:
+    """2 % of the writes on the NBD link fail (nbdkit's error filter): with
+    ``on-target-error=ignore`` QEMU reports each and copies the area again, and the
+    destination still verifies after the handover."""
+    res = storage_migration(link_error_rate=0.02, on_target_error="ignore", after_s=0.5,
+                            ready_s=0.5, options=opts)
+    v = res.verdict
+    assert res.passed and v["verify_pass"], v
+    assert v["job_error_events"] >= 1 and v["error_actions"] == ["ignore"], v
+    assert v["migration_status"] == "completed"

@@ -87,6 +87,16 @@ def test_refusal_rule_checks_qemus_words_the_job_and_the_guest() -> None:
                             SCENARIOS["refuse_same_target"])[0]
 
 
+def test_stress_takes_will_not_converge_only_from_a_guest_over_the_limit() -> None:
+    """A "will not converge" is the stress scenario's right answer only if the guest wrote
+    faster than the job's limit; under it, the verdict was a false alarm."""
+    sc = SCENARIOS["stress"]
+    real = observed("7.2", "stress")
+    assert RULES["stress"](real, sc)[0] and real["guest_wrote_mib_s"] > 2
+    ok, why = RULES["stress"]({**real, "guest_wrote_mib_s": 1.2}, sc)
+    assert not ok and "false alarm" in why
+
+
 def test_a_scenario_that_did_not_run_says_why_and_passes_nothing() -> None:
     got = judge("iothread", {"ran": False, "why_not": "no iothreads in this build"})
     assert got == {"pass": False, "why": "not run here: no iothreads in this build"}

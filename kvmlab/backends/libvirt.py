@@ -35,6 +35,7 @@ import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from kvmlab import marks
 from kvmlab.errors import BackendError, BadInput, StateError
@@ -268,9 +269,7 @@ class LibvirtBackend:
             raise BadInput("libvirt blockCopy does not take on-source-error/on-target-error")
         fmt = spec.format or next((d.format for d in self.block_info() if d.device == disk),
                                   None) or "raw"
-        dest = ET.Element("disk", type="file")
-        ET.SubElement(dest, "source", file=spec.target)
-        ET.SubElement(dest, "driver", type=fmt)
+        dest = copy_destination(spec.target, fmt)
         params: dict[str, int] = {}
         if spec.speed:
             params[libvirt.VIR_DOMAIN_BLOCK_COPY_BANDWIDTH] = spec.speed
@@ -487,3 +486,31 @@ _JOB_TYPES = {1: "stream", 2: "mirror", 3: "commit", 4: "commit", 5: "backup"}
 def _msg(err: Any) -> str:
     text = str(err.get_error_message() if hasattr(err, "get_error_message") else err)
     return text.strip().splitlines()[0] if text.strip() else "libvirt error"
+
+
+def copy_destination(target: str, fmt: str) -> ET.Element:
+    """blockCopy's destination ``<disk>``: a file, or an NBD export given as QEMU's URL
+    (``nbd+unix:///<export>?socket=<path>``, ``nbd://<host>:<port>/<export>``): a
+    ``type='network'`` disk, as libvirt writes one for its own storage migration."""
+    if not target.startswith(("nbd:", "nbd+unix:")):
+        dest = ET.Element("disk", type="file")
+        ET.SubElement(dest, "source", file=target)
+        ET.SubElement(dest, "driver", type=fmt)
+        return dest
+    url = urlsplit(target)
+    export = url.path.lstrip("/")
+    dest = ET.Element("disk", type="network")
+    ET.SubElement(dest, "driver", type=fmt)
+    src = ET.SubElement(dest, "source", protocol="nbd")
+    if export:
+        src.set("name", export)
+    if url.scheme == "nbd+unix":
+        socket = parse_qs(url.query).get("socket", [""])[0]
+        if not socket:
+            raise BadInput(f"{target!r}: an nbd+unix URL needs ?socket=<path>")
+        ET.SubElement(src, "host", transport="unix", socket=socket)
+    else:
+        if not url.hostname or not url.port:
+            raise BadInput(f"{target!r}: an nbd URL needs a host and a port")
+        ET.SubElement(src, "host", name=url.hostname, port=str(url.port))
+    return dest

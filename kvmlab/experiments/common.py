@@ -23,7 +23,7 @@ from kvmlab.qemu.images import file_size, sha256
 from kvmlab.store.runs import FAILED, RunData, RunDir, load_run
 from kvmlab.store.tmpdirs import disown, own
 from kvmlab.vm import qemu_probe
-from kvmlab.vm.machine import Drive, Machine
+from kvmlab.vm.machine import Drive, Machine, guest_dev
 
 log = logging.getLogger(__name__)
 
@@ -152,17 +152,20 @@ class LabRun:
     def result(self) -> ExperimentResult:
         return ExperimentResult(self.run.path, self.verdict or {}, load_run(self.run.path))
 
-    def machine(self, disk: Path | Drive, label: str, **kwargs: Any) -> Machine:
-        """A lab VM on this run's backend (embedded QEMU, or a transient libvirt domain),
-        with the options' cache mode and accelerator unless *kwargs* say otherwise; its
-        console goes to ``console-<label>.log`` in the run folder, its QEMU trace events
-        (unless ``trace=off``) to ``trace-<label>.log`` there (then ``trace.parquet``)."""
+    def machine(self, disk: Path | Drive, label: str, *, embedded: bool = False,
+                **kwargs: Any) -> Machine:
+        """A lab VM on this run's backend (embedded QEMU, or a transient libvirt domain;
+        *embedded*: QEMU run by kvmlab whatever the backend, as a storage migration's
+        destination), with the options' cache mode and accelerator unless *kwargs* say
+        otherwise; its console goes to ``console-<label>.log`` in the run folder, its QEMU
+        trace events (unless ``trace=off``) to ``trace-<label>.log`` there (then
+        ``trace.parquet``)."""
         kwargs.setdefault("cache", self.options.cache)
         kwargs.setdefault("accel", self.options.accel)
         if self.trace_events:
             kwargs.setdefault("trace", trace.TraceSpec(self.run.path / f"trace-{label}.log",
                                                        self.trace_events))
-        if self.options.backend == "libvirt":
+        if self.options.backend == "libvirt" and not embedded:
             from kvmlab.vm.libvirt_lab import LibvirtMachine
             kwargs.pop("accel")  # libvirt lab domains are type='qemu' (TCG)
             return LibvirtMachine(disk, console_log=self.run.path / f"console-{label}.log",
@@ -350,3 +353,47 @@ def fault_behaviour(effect: dict[str, Any], steps: list[dict[str, Any]],
     if effect["statuses"] and effect["stall_s"] >= effect["window_s"] / 2:
         return "stalled"
     return "slowed" if effect["samples_in_window"] else "unaffected"
+
+
+def wait_begun_on_all(vm: Machine, disks: int, since: float, timeout: float) -> None:
+    """Wait until the guest has begun a new operation on each of its first *disks* disks
+    after host time *since*."""
+    want = {guest_dev(i) for i in range(disks)}
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = {r.data.get("disk", "vda") for r in vm.console.records.snapshot()
+                if r.name == "begin" and r.mono >= since}
+        if want <= seen:
+            return
+        if time.monotonic() > deadline:
+            raise WaitTimeout(f"the guest wrote to {', '.join(sorted(seen)) or 'no disk'} of "
+                              f"{', '.join(sorted(want))} in the {timeout:g} s after the cut")
+        vm.wait_ops(1, None, after=time.monotonic(), timeout=max(0.1, deadline - time.monotonic()))
+
+
+def cut_at_ready(lab: LabRun, vm: Machine, jobs: list[Job]) -> tuple[float, float, list[JobOutcome]]:
+    """Cancel every job at READY; returns (cut-off, resume time, outcomes).
+
+    One disk: the seed's ``block_job_cancel`` while the guest runs; the cut lands between
+    the cancel and the job's end (the second time).  Several: the VM is stopped first, so
+    every copy is cut at the same point in the guest's life, then every job is cancelled
+    and waited for, then the VM continues (the second time)."""
+    rec = lab.recorder
+    if len(jobs) == 1:
+        rec.mark(marks.CANCEL, job=jobs[0].id)
+        t_cut = time.monotonic()
+        jobs[0].cancel()
+        outcome = jobs[0].wait_done(60)
+        return t_cut, time.monotonic(), [outcome]
+    rec.mark(marks.STOP, reason="cut every disk at one point")
+    vm.stop()
+    t_cut = time.monotonic()
+    try:
+        for job in jobs:
+            rec.mark(marks.CANCEL, job=job.id)
+            job.cancel()
+        outcomes = [job.wait_done(60) for job in jobs]
+    finally:
+        vm.cont()
+        rec.mark(marks.CONT)
+    return t_cut, time.monotonic(), outcomes

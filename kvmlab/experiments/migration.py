@@ -34,13 +34,15 @@ from typing import Any
 import pandas as pd
 
 from kvmlab import marks
-from kvmlab.errors import BadInput, WaitTimeout
+from kvmlab.errors import BackendError, BadInput, WaitTimeout
 from kvmlab.experiments.common import (
     ExperimentResult,
     LabRun,
     busy_vm,
+    cut_at_ready,
     synced_manifest,
     verify_image,
+    wait_begun_on_all,
 )
 from kvmlab.experiments.options import DEFAULT_OPTIONS, RunOptions
 from kvmlab.faults import NbdkitProxy
@@ -54,9 +56,10 @@ from kvmlab.store.runs import MIGRATION_FILE
 from kvmlab.units import MIB
 from kvmlab.vm.machine import Drive, Machine, data_drive, guest_dev
 
-#: why the experiment runs on the embedded lab only
-MIGRATION_LIBVIRT = ("it drives two QEMUs' migration and NBD server over QMP itself; "
-                     "libvirt runs that flow on its own (virsh migrate --copy-storage-all)")
+#: what the libvirt backend does of the flow, in one line
+MIGRATION_LIBVIRT = ("on libvirt the source's mirrors are blockCopy jobs into the destination's "
+                     "NBD exports, cut together at READY and verified; libvirt refuses to "
+                     "migrate a domain to the host it runs on, so no migrate, no handover")
 TRANSPORTS = ("unix", "tcp")
 #: faults during the flow (see :func:`storage_migration`)
 FAULTS = ("link_before_ready", "link_after_ready", "dest_dies", "migrate_cancel")
@@ -66,8 +69,9 @@ def storage_migration(*, image_mib: int = 64, fill_mib: int = 16, data_disks: in
                       nbd: str = "unix", speed: int = 0, copy_mode: str = "background",
                       max_bandwidth: int = 0, downtime_limit_ms: int = 0,
                       workload_kib: int = 256, workload_rate_kib_s: float = 512,
+                      ram_mib_s: float = 0,
                       link_delay_ms: int = 0, link_rate_bps: int = 0,
-                      ready_s: float = 2.0, after_s: float = 2.0,
+                      link_error_rate: float = 0, ready_s: float = 2.0, after_s: float = 2.0,
                       fault: str = "none", on_target_error: str = "report",
                       on_dest_death: str = "cancel", source_after: str = "quit", ready_timeout: float = 120,
                       give_up_when: str | None = None, stall_timeout: float = 30,
@@ -81,9 +85,14 @@ def storage_migration(*, image_mib: int = 64, fill_mib: int = 16, data_disks: in
     :param copy_mode: ``background`` or ``write-blocking`` (active) mirrors.
     :param max_bandwidth: the migration's ``max-bandwidth`` (bytes/s; 0 = QEMU's default).
     :param downtime_limit_ms: the migration's ``downtime-limit`` (0 = QEMU's default).
+    :param ram_mib_s: the guest also rewrites this many MiB/s of its RAM (no disk I/O):
+        what the migration's RAM stream must outpace (:class:`Workload`'s ``ram_mib_s``).
     :param link_delay_ms: latency added to every write on the NBD link (an nbdkit proxy with
         its ``delay`` filter in front of each export); 0 for a direct link.
     :param link_rate_bps: the NBD link's bandwidth cap, bytes/s (nbdkit's ``rate`` filter).
+    :param link_error_rate: the share of writes on the NBD link that fail with EIO
+        (nbdkit's ``error`` filter), 0 to 1; what the mirrors do then is
+        *on_target_error*'s.
     :param ready_s: how long the guest writes with every mirror READY (each write reaching
         the destination's disk through the mirror) before the migration starts.
     :param after_s: how long the destination runs on its own before it is checked.
@@ -96,6 +105,12 @@ def storage_migration(*, image_mib: int = 64, fill_mib: int = 16, data_disks: in
         ``keep`` them as they are.
     :param source_after: after a handover, ``quit`` the source QEMU (as libvirt does) or
         ``keep`` it, paused, until the run ends.
+
+    On the libvirt backend (:data:`MIGRATION_LIBVIRT`) the source is a libvirt domain and
+    each mirror a ``blockCopy`` into the destination's export (libvirt's own storage
+    migration does the same); the flow stops at READY: every disk is cut at one point
+    (the VM stopped, the jobs cancelled, the VM continued) and the destination's disks are
+    verified.  It takes no error policy and no migration fault.
     :param give_up_when: ``"diverging"``: stop waiting for READY as soon as the convergence
         predictor says a mirror will not converge; None: wait *ready_timeout* (or until no
         progress for *stall_timeout* s).  Either way a migration whose disks never get
@@ -126,6 +141,9 @@ def storage_migration(*, image_mib: int = 64, fill_mib: int = 16, data_disks: in
     check_speed(speed)
     check_speed(max_bandwidth, "max_bandwidth")
     check_speed(link_rate_bps, "link_rate_bps")
+    if isinstance(link_error_rate, bool) or not isinstance(link_error_rate, (int, float)) \
+            or not 0 <= link_error_rate <= 1:
+        raise BadInput(f"link_error_rate={link_error_rate!r} must be a share from 0 to 1")
     if isinstance(link_delay_ms, bool) or not isinstance(link_delay_ms, int) \
             or not 0 <= link_delay_ms <= 10_000:
         raise BadInput(f"link_delay_ms={link_delay_ms!r} must be 0 to 10000 ms")
@@ -134,25 +152,42 @@ def storage_migration(*, image_mib: int = 64, fill_mib: int = 16, data_disks: in
     if isinstance(downtime_limit_ms, bool) or not isinstance(downtime_limit_ms, int) \
             or not 0 <= downtime_limit_ms <= 2_000_000:
         raise BadInput(f"downtime_limit_ms={downtime_limit_ms!r} must be 0 to 2000000 ms")
+    libvirt = options.backend == "libvirt"
+    if libvirt and (on_target_error != "report" or fault in ("dest_dies", "migrate_cancel")):
+        raise BadInput(f"on libvirt, {MIGRATION_LIBVIRT}: on_target_error must be report and "
+                       f"fault none, link_before_ready or link_after_ready")
     params = dict(locals())
-    workload = Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s)
+    workload = Workload(dd_kib=workload_kib, rate_kib_s=workload_rate_kib_s,
+                        ram_mib_s=ram_mib_s)
     flow = _Flow(nbd=nbd, speed=speed, copy_mode=copy_mode, max_bandwidth=max_bandwidth,
                  downtime_limit_ms=downtime_limit_ms, link_delay_ms=link_delay_ms,
-                 link_rate_bps=link_rate_bps, ready_s=ready_s, after_s=after_s,
+                 link_rate_bps=link_rate_bps, link_error_rate=float(link_error_rate),
+                 ready_s=ready_s, after_s=after_s,
                  fault=fault, on_target_error=on_target_error, on_dest_death=on_dest_death,
                  source_after=source_after, ready_timeout=ready_timeout,
                  give_up_when=give_up_when, stall_timeout=stall_timeout,
-                 migrate_timeout=migrate_timeout)
-    with LabRun("storage_migration", params, options,
-                unsupported={"libvirt": MIGRATION_LIBVIRT}) as lab, ExitStack() as links:
+                 migrate_timeout=migrate_timeout, libvirt=libvirt)
+    with LabRun("storage_migration", params, options) as lab, ExitStack() as links:
         src_drives, dst_drives, bases = _disks(lab, image_mib, fill_mib, data_disks)
         with busy_vm(lab, src_drives[0], workload, label="source",
                      extra_drives=src_drives[1:]) as src, \
-                lab.machine(dst_drives[0], "dest", mode="workload", workload=workload,
-                            extra_drives=dst_drives[1:],
+                lab.machine(dst_drives[0], "dest", embedded=True, mode="workload",
+                            workload=workload, extra_drives=dst_drives[1:],
                             extra_args=["-S", "-incoming", "defer"]) as dst:
             v = {"disks": len(src_drives), **flow.run(lab, src, dst, links)}
-        if fault == "none" and v.get("migration_status") == "completed":
+        if fault == "none" and v.get("outcome") == "mirrored and cut":
+            # libvirt: the destination's disks hold the source's, cut at one point
+            several = len(src_drives) > 1
+            checks = [verify_image(lab, Path(drive.path), synced_manifest(
+                src, base, until=flow.t_cut, disk=guest_dev(i),
+                absent_from=flow.t_switch if several else None,
+                settled=None if several else flow.t_switch)[0],
+                label="verify" if i == 0 else f"verify-{drive.id}")
+                for i, (drive, base) in enumerate(zip(dst_drives, bases))]
+            v["verify_pass"] = all(c["verify_pass"] for c in checks)
+            v["checked"] = sum(c["checked"] for c in checks)
+            v["pass"] = bool(v["jobs_completed"] and v["verify_pass"])
+        elif fault == "none" and v.get("migration_status") == "completed":
             # the destination's disks, booted: every synced operation, both sides of the switch
             checks = [verify_image(lab, Path(drive.path),
                                    _both_sides(src, dst, base, flow.t_switch, guest_dev(i)),
@@ -181,6 +216,7 @@ class _Flow:
     downtime_limit_ms: int
     link_delay_ms: int
     link_rate_bps: int
+    link_error_rate: float
     ready_s: float
     after_s: float
     fault: str
@@ -191,7 +227,9 @@ class _Flow:
     give_up_when: str | None
     stall_timeout: float
     migrate_timeout: float
+    libvirt: bool = False
     t_switch: float = 0.0
+    t_cut: float = 0.0
 
     def run(self, lab: LabRun, src: Machine, dst: Machine, links: ExitStack) -> dict[str, Any]:
         rec = lab.recorder
@@ -201,12 +239,13 @@ class _Flow:
         urls, upstream = _serve(dst, self.nbd)
         rec.mark(marks.NBD_EXPORTS, urls=urls)
         proxies: dict[str, NbdkitProxy] = {}
-        if self.link_delay_ms or self.link_rate_bps or self.fault.startswith("link"):
+        if self.link_delay_ms or self.link_rate_bps or self.link_error_rate \
+                or self.fault.startswith("link"):
             proxies = _proxies(links, upstream, list(urls), self.link_delay_ms,
-                               self.link_rate_bps)
+                               self.link_rate_bps, self.link_error_rate)
             urls = {e: p.url for e, p in proxies.items()}
             rec.mark(marks.NBD_EXPORTS, urls=urls, delay_write_ms=self.link_delay_ms,
-                     rate_bps=self.link_rate_bps)
+                     rate_bps=self.link_rate_bps, error_rate=self.link_error_rate)
         # 2. every disk mirrored into its export
         t0 = time.monotonic()
         jobs = []
@@ -233,6 +272,15 @@ class _Flow:
         time.sleep(self.ready_s)
         if self.fault == "link_after_ready":
             return {**v, **self._fault(lab, src, jobs, lambda: _cut_links(rec, proxies))}
+        if self.libvirt:
+            # libvirt will not migrate to its own host: every disk cut at one point instead
+            self.t_cut, self.t_switch, outcomes = cut_at_ready(lab, src, jobs)
+            if len(jobs) > 1:
+                wait_begun_on_all(src, len(jobs), self.t_switch, timeout=30)
+            return {**v, "outcome": "mirrored and cut", "migration_status": "not run (libvirt)",
+                    "jobs_completed": all(o.event == marks.BLOCK_JOB_COMPLETED and o.ok
+                                          for o in outcomes),
+                    "cut_stopped_s": round(self.t_switch - self.t_cut, 3)}
         # 3. RAM and device state
         series = _MigrationSeries(src, rec.now, lab.options.sample_interval)
         t_mig = time.monotonic()
@@ -266,6 +314,7 @@ class _Flow:
         v["source_gone"] = not src.running
         v["guest_gap_s"] = _guest_gap(src, dst, t_mig)
         v["dd_latency_ms"] = _latency_by_phase(src, dst, t0, t_ready, t_mig)
+        v.update(_job_errors(src))
         return v
 
     def _not_ready(self, lab: LabRun, src: Machine, jobs: list[Job], job: Job,
@@ -281,7 +330,7 @@ class _Flow:
         t = time.monotonic()
         time.sleep(1.0)
         alive = src.backend.run_state() == "running" and len(src.guest_ops(since=t)) > 0
-        return {"outcome": "disks never READY", "not_ready_job": job.id,
+        return {**_job_errors(src), "outcome": "disks never READY", "not_ready_job": job.id,
                 "disk_outlook": outlook.text() if outlook is not None else None,
                 "migration_status": "not started", "source_survives": alive,
                 "pass": False, "reason": f"{job.id} never READY: {err}"}
@@ -416,10 +465,18 @@ def _serve(dst: Machine, transport: str) -> tuple[dict[str, str], Path | tuple[s
                                                 "data": {"path": str(upstream)}}})
         url = f"nbd+unix:///{{export}}?socket={upstream}"
     else:
-        upstream = ("127.0.0.1", _free_port())
-        dst.qmp("nbd-server-start", {"addr": {"type": "inet", "data": {
-            "host": upstream[0], "port": str(upstream[1])}}})
-        url = f"nbd://127.0.0.1:{upstream[1]}/{{export}}"
+        for attempt in range(5):
+            # a port free a moment ago; another process may take it first: then another
+            port = _free_port()
+            try:
+                dst.qmp("nbd-server-start", {"addr": {"type": "inet", "data": {
+                    "host": "127.0.0.1", "port": str(port)}}})
+                break
+            except BackendError as err:
+                if "in use" not in str(err) or attempt == 4:
+                    raise
+        upstream = ("127.0.0.1", port)
+        url = f"nbd://127.0.0.1:{port}/{{export}}"
     urls = {}
     for d in dst.block_info():
         if d.device and d.node_name:
@@ -431,10 +488,19 @@ def _serve(dst: Machine, transport: str) -> tuple[dict[str, str], Path | tuple[s
 
 
 def _proxies(stack: ExitStack, upstream: Path | tuple[str, int], exports: list[str],
-             delay_write_ms: int, rate_bps: int) -> dict[str, NbdkitProxy]:
+             delay_write_ms: int, rate_bps: int, error_rate: float) -> dict[str, NbdkitProxy]:
     """An nbdkit proxy per export, started (and stopped with *stack*)."""
     return {e: stack.enter_context(NbdkitProxy(upstream, e, delay_write_ms=delay_write_ms,
-                                               rate_bps=rate_bps)) for e in exports}
+                                               rate_bps=rate_bps, error_rate=error_rate))
+            for e in exports}
+
+
+def _job_errors(src: Machine) -> dict[str, Any]:
+    """The mirrors' ``BLOCK_JOB_ERROR`` events so far on the source: how many, which actions."""
+    errors = [dict(e.data) for e in src.backend.events.snapshot()
+              if e.name == marks.BLOCK_JOB_ERROR]
+    return {"job_error_events": len(errors),
+            "error_actions": sorted({str(e.get("action")) for e in errors})}
 
 
 def _free_port() -> int:

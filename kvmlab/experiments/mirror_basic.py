@@ -20,13 +20,20 @@ from typing import Any
 from kvmlab import marks
 from kvmlab.errors import BadInput, WaitTimeout
 from kvmlab.events import Record
-from kvmlab.experiments.common import ExperimentResult, LabRun, synced_manifest, verify_image
+from kvmlab.experiments.common import (
+    ExperimentResult,
+    LabRun,
+    cut_at_ready,
+    synced_manifest,
+    verify_image,
+    wait_begun_on_all,
+)
 from kvmlab.experiments.options import DEFAULT_OPTIONS, RunOptions
 from kvmlab.guest.workload import Workload
 from kvmlab.live.jobs import Job
 from kvmlab.model import JobOutcome
 from kvmlab.qemu.images import make_guest_disk
-from kvmlab.vm.machine import Machine, data_drive, guest_dev
+from kvmlab.vm.machine import data_drive, guest_dev
 
 #: most data disks beside the system disk
 MAX_DATA_DISKS = 3
@@ -103,9 +110,9 @@ def e1_steps(lab: LabRun, *, image_mib: int, fill_mib: int, disk_format: str,
             for job in jobs:
                 rec.mark(marks.READY_SEEN, job=job.id)
             time.sleep(after_ready_s)             # guest keeps writing while in sync
-            t_cut, t_resume, outcomes = _cut(lab, vm, jobs)
+            t_cut, t_resume, outcomes = cut_at_ready(lab, vm, jobs)
             if len(jobs) > 1:         # writes after the cut, on every disk: none may be there
-                _wait_begun_on_all(vm, len(jobs), t_resume, timeout=30)
+                wait_begun_on_all(vm, len(jobs), t_resume, timeout=30)
         ops = vm.guest_ops()
     verdict: dict[str, Any]
     if None in readies:
@@ -161,50 +168,6 @@ def _wait_all_ready(jobs: list[Job], timeout: float) -> list[Record | None]:
         except WaitTimeout:
             out.append(None)
     return out
-
-
-def _wait_begun_on_all(vm: Machine, disks: int, since: float, timeout: float) -> None:
-    """Wait until the guest has begun a new operation on each of its first *disks* disks
-    after host time *since*."""
-    want = {guest_dev(i) for i in range(disks)}
-    deadline = time.monotonic() + timeout
-    while True:
-        seen = {r.data.get("disk", "vda") for r in vm.console.records.snapshot()
-                if r.name == "begin" and r.mono >= since}
-        if want <= seen:
-            return
-        if time.monotonic() > deadline:
-            raise WaitTimeout(f"the guest wrote to {', '.join(sorted(seen)) or 'no disk'} of "
-                              f"{', '.join(sorted(want))} in the {timeout:g} s after the cut")
-        vm.wait_ops(1, None, after=time.monotonic(), timeout=max(0.1, deadline - time.monotonic()))
-
-
-def _cut(lab: LabRun, vm: Machine, jobs: list[Job]) -> tuple[float, float, list[JobOutcome]]:
-    """Cancel every job at READY; returns (cut-off, resume time, outcomes).
-
-    One disk: the seed's ``block_job_cancel`` while the guest runs; the cut lands between
-    the cancel and the job's end (the second time).  Several: the VM is stopped first, so
-    every copy is cut at the same point in the guest's life, then every job is cancelled
-    and waited for, then the VM continues (the second time)."""
-    rec = lab.recorder
-    if len(jobs) == 1:
-        rec.mark(marks.CANCEL, job=jobs[0].id)
-        t_cut = time.monotonic()
-        jobs[0].cancel()
-        outcome = jobs[0].wait_done(60)
-        return t_cut, time.monotonic(), [outcome]
-    rec.mark(marks.STOP, reason="cut every disk at one point")
-    vm.stop()
-    t_cut = time.monotonic()
-    try:
-        for job in jobs:
-            rec.mark(marks.CANCEL, job=job.id)
-            job.cancel()
-        outcomes = [job.wait_done(60) for job in jobs]
-    finally:
-        vm.cont()
-        rec.mark(marks.CONT)
-    return t_cut, time.monotonic(), outcomes
 
 
 def _disk_row(job: Job, outcome: JobOutcome, ready: Any, t_start: float,

@@ -21,6 +21,8 @@ class NbdkitProxy(SocketDaemon):
 
     :param delay_write_ms: latency added to every write (the ``delay`` filter).
     :param rate_bps: bandwidth cap, bytes/s (the ``rate`` filter); 0 for none.
+    :param error_rate: the share of writes (and zero requests) that fail with EIO (the
+        ``error`` filter), 0 to 1; 0 for none.
 
     A context manager: on exit nbdkit is stopped and its folder removed.
     """
@@ -28,18 +30,22 @@ class NbdkitProxy(SocketDaemon):
     SOCKET = "nbdkit.sock"
 
     def __init__(self, upstream: str | Path | tuple[str, int], export: str, *,
-                 delay_write_ms: int = 0, rate_bps: int = 0) -> None:
+                 delay_write_ms: int = 0, rate_bps: int = 0, error_rate: float = 0) -> None:
         if shutil.which("nbdkit") is None:
             raise BadInput("nbdkit is not installed: run 'make setup' (Debian's nbdkit)")
         for name, value in (("delay_write_ms", delay_write_ms), ("rate_bps", rate_bps)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise BadInput(f"{name}={value!r} must be a non-negative integer")
+        if isinstance(error_rate, bool) or not isinstance(error_rate, (int, float)) \
+                or not 0 <= error_rate <= 1:
+            raise BadInput(f"error_rate={error_rate!r} must be a share from 0 to 1")
         if not export.replace("-", "").replace("_", "").isalnum():
             raise BadInput(f"export name {export!r} must be letters, digits, - and _")
         self.upstream = upstream if isinstance(upstream, tuple) else Path(upstream)
         self.export = export
         self.delay_write_ms = delay_write_ms
         self.rate_bps = rate_bps
+        self.error_rate = float(error_rate)
 
 
     @property
@@ -49,6 +55,8 @@ class NbdkitProxy(SocketDaemon):
 
     def command(self) -> list[str]:
         cmd = ["nbdkit", "--foreground", "--exit-with-parent", "--unix", str(self.socket)]
+        if self.error_rate:
+            cmd.append("--filter=error")
         if self.delay_write_ms:
             cmd.append("--filter=delay")
         if self.rate_bps:
@@ -60,6 +68,9 @@ class NbdkitProxy(SocketDaemon):
             cmd.append(f"delay-write={self.delay_write_ms}ms")
         if self.rate_bps:
             cmd.append(f"rate={self.rate_bps * 8}")          # the filter counts bits/s
+        if self.error_rate:
+            cmd += ["error=EIO", f"error-pwrite-rate={self.error_rate:g}",
+                    f"error-zero-rate={self.error_rate:g}"]
         return cmd
 
     def __enter__(self) -> NbdkitProxy:

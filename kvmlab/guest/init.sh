@@ -18,7 +18,7 @@ now() { cut -d' ' -f1 /proc/uptime; }
 halt_now() { sync; umount /mnt 2>/dev/null; poweroff -f; }
 
 # Parameters: kvmlab.key=value -> P_key
-P_mode=idle; P_qga=0; P_dd_kib=1024; P_pause_ms=500; P_rounds=0; P_duration_s=0; P_max_files=0; P_then_pause_ms=0; P_change_after_s=0; P_style=seed; P_blocks=4; P_poweroff=0; P_dev=/dev/vda; P_data=
+P_mode=idle; P_qga=0; P_dd_kib=1024; P_pause_ms=500; P_rounds=0; P_duration_s=0; P_max_files=0; P_then_pause_ms=0; P_change_after_s=0; P_style=seed; P_blocks=4; P_poweroff=0; P_dev=/dev/vda; P_data=; P_ram_tick_kib=0; P_ram_set_mib=32
 for x in $(cat /proc/cmdline); do
   case "$x" in
     kvmlab.*=*) k=${x#kvmlab.}; k=${k%%=*}; v=${x#*=}
@@ -86,7 +86,25 @@ elapsed_us() {
     END{printf "%.0f", (s[1]-s[0])*1000000 + u[1]-u[0]}'
 }
 
+# kvmlab.ram_tick_kib=K: 4 times a second K KiB of random data rewritten in place over a
+# set of kvmlab.ram_set_mib MiB in RAM (the rootfs is RAM), no disk I/O: a buffer pool's
+# dirtying, for a live migration's RAM stream
+ram_dirtier() {
+  dd if=/dev/urandom of=/tmp/ram.src bs=1024 count="$P_ram_tick_kib" 2>/dev/null
+  dd if=/dev/urandom of=/tmp/ram.set bs=1048576 count="$P_ram_set_mib" 2>/dev/null
+  slots=$((P_ram_set_mib * 1024 / P_ram_tick_kib)); [ "$slots" -lt 1 ] && slots=1
+  say ram_dirtier tick_kib=$P_ram_tick_kib set_mib=$P_ram_set_mib t=$(now)
+  k=0
+  while :; do
+    dd if=/tmp/ram.src of=/tmp/ram.set bs=1024 count="$P_ram_tick_kib" \
+       seek=$((k * P_ram_tick_kib)) conv=notrunc 2>/dev/null
+    k=$(((k + 1) % slots))
+    usleep 250000
+  done
+}
+
 workload() {
+  [ "$P_ram_tick_kib" -gt 0 ] && ram_dirtier &
   mkdir -p /mnt/wl && sync
   data=
   for d in $mounted; do mkdir -p "/data/$d/wl" && data="$data $d"; done

@@ -38,6 +38,11 @@ class Workload:
     :ivar blocks: 4 KiB blocks per file in the ``consistency`` style.
     :ivar poweroff: when the workload ends (:attr:`rounds`, :attr:`duration_s`), the guest
         syncs, unmounts and powers off (a guest shutdown), instead of idling.
+    :ivar ram_mib_s: beside the file operations, the guest rewrites this many MiB/s of its
+        RAM (random data, in place, over a set of :attr:`ram_set_mib` MiB; no disk I/O): a
+        buffer pool's dirtying, what a live migration's RAM stream has to keep up with.
+        0: none.
+    :ivar ram_set_mib: the RAM set those writes cycle over.
     """
 
     dd_kib: int = 1024
@@ -50,6 +55,8 @@ class Workload:
     style: str = "seed"
     blocks: int = 4
     poweroff: bool = False
+    ram_mib_s: float = 0.0
+    ram_set_mib: int = 32
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
@@ -66,6 +73,12 @@ class Workload:
         if not math.isfinite(self.then_rate_kib_s) or self.then_rate_kib_s < 0:
             raise BadInput(f"workload then_rate_kib_s={self.then_rate_kib_s!r} must be a "
                            "finite, non-negative rate (KiB/s)")
+        if not math.isfinite(self.ram_mib_s) or not 0 <= self.ram_mib_s <= 256:
+            raise BadInput(f"workload ram_mib_s={self.ram_mib_s!r} must be 0 to 256 MiB/s")
+        if isinstance(self.ram_set_mib, bool) or not isinstance(self.ram_set_mib, int) \
+                or not 1 <= self.ram_set_mib <= 128:
+            raise BadInput(f"workload ram_set_mib={self.ram_set_mib!r} must be an integer "
+                           "from 1 to 128")
         if self.poweroff and not (self.rounds or self.duration_s):
             raise BadInput("workload poweroff=True needs rounds or duration_s (when to power off)")
         if (self.then_rate_kib_s > 0) != (self.change_after_s > 0):
@@ -93,6 +106,10 @@ class Workload:
             args += [f"kvmlab.style={self.style}", f"kvmlab.blocks={self.blocks}"]
         if self.poweroff:
             args.append("kvmlab.poweroff=1")
+        if self.ram_mib_s:
+            # 4 ticks a second, each rewriting a quarter of the rate (KiB)
+            args += [f"kvmlab.ram_tick_kib={max(4, round(self.ram_mib_s * 1024 / 4))}",
+                     f"kvmlab.ram_set_mib={self.ram_set_mib}"]
         if self.change_after_s:
             args += [f"kvmlab.then_pause_ms={self._pause(self.then_rate_kib_s)}",
                      f"kvmlab.change_after_s={self.change_after_s}"]
