@@ -9,7 +9,7 @@ import pytest
 
 from kvmlab import analysis
 from kvmlab.analysis import causes
-from kvmlab.errors import BadInput
+from kvmlab.errors import BadInput, StateError
 from kvmlab.experiments import target_fault
 from kvmlab.experiments.options import RunOptions
 from kvmlab.faults import NbdServer, SmallTmpfs, blkdebug_target
@@ -47,6 +47,37 @@ def test_nbd_server_and_tmpfs_leave_nothing(scratch: Path) -> None:
             (folder / "big").write_bytes(b"x" * (3 << 20))
         mnt = folder
     assert not _mounted(mnt) and not mnt.exists()
+
+
+def test_nbdkit_controls_switch_errors_rate_and_pause_while_it_runs(scratch: Path) -> None:
+    """nbdkit in front of an export, its impairments switched by its own means while it
+    serves: write errors only while switched on, requests held by the pause filter until
+    resumed, the rate set through its file; nothing left after."""
+    from kvmlab.faults import NbdkitProxy
+
+    def write(url: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 7 0 1M", url],
+                              capture_output=True, text=True, timeout=timeout)
+    img = images.create(scratch / "t.qcow2", 8 << 20, "qcow2")
+    with NbdServer(img, "qcow2") as nbd, \
+            NbdkitProxy(nbd.socket, "target", error_rate=1.0, controls=True) as proxy:
+        assert "wrote 1048576" in write(proxy.url).stdout
+        proxy.errors(True)
+        bad = write(proxy.url)
+        assert "Input/output error" in bad.stdout + bad.stderr
+        proxy.errors(False)
+        assert "wrote 1048576" in write(proxy.url).stdout
+        proxy.pause()
+        with pytest.raises(subprocess.TimeoutExpired):
+            write(proxy.url, timeout=2)
+        proxy.resume()
+        assert "wrote 1048576" in write(proxy.url).stdout
+        proxy.set_rate(256 << 10)                     # 1 MiB at 256 KiB/s: seconds
+        assert (proxy.tmp / "rate").read_text().strip() == str(256 << 13)
+        folder = proxy.tmp
+    assert not folder.exists()
+    with pytest.raises(StateError, match="controls"):
+        NbdkitProxy(Path("/s"), "d").errors(True)
 
 
 def test_fault_bad_input(scratch: Path, opts: RunOptions) -> None:

@@ -187,7 +187,8 @@ def score_runs(folder: str | Path, **kw: Any) -> pd.DataFrame:
                      **{k: params.get(k) for k in ("qemu", "copy_mode", "speed", "workload_kib",
                                                     "workload_rate_kib_s", "slow_target_bps",
                                                     "workload_then_rate_kib_s",
-                                                    "raise_speed_to", "link_rate_bps", "max_bandwidth")},
+                                                    "raise_speed_to", "link_rate_bps", "max_bandwidth",
+                                                    "ram_mib_s")},
                      **accuracy(run.samples, run.events, **kw),
                      **(ram_accuracy(read_migration(rj.parent))
                         if run.meta.get("experiment") == "storage_migration" else {})})
