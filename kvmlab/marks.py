@@ -66,13 +66,18 @@ NBD_DOWN: Final = "nbd_down"
 EIO: Final = "eio"
 ENOSPC: Final = "enospc"
 THROTTLE: Final = "throttle"
+NBDKIT_DELAY: Final = "nbdkit_delay"        #: every write to the target late (nbdkit's delay filter)
+NBDKIT_ERROR: Final = "nbdkit_error"        #: a share of the target's writes fail (nbdkit's error filter)
+NBDKIT_RATE: Final = "nbdkit_rate"          #: the target's bandwidth capped (nbdkit's rate filter)
+NBDKIT_PAUSE: Final = "nbdkit_pause"        #: the target's requests held (nbdkit's pause filter)
 FSFREEZE: Final = "fsfreeze"                #: the guest's file systems frozen: not a fault
 #: no job sample for over :data:`kvmlab.live.record.GAP_INTERVALS` intervals: a hole in the
 #: record (the recording process was stopped, the host was busy or suspended), not a fault
 SAMPLE_GAP: Final = "sample_gap"
 
 #: windows in which the target misbehaves: :func:`kvmlab.analysis.fault_windows`
-FAULT_WINDOWS: Final = (NFS_OUTAGE, NBD_SUSPEND, NBD_DOWN, EIO, ENOSPC, THROTTLE)
+FAULT_WINDOWS: Final = (NFS_OUTAGE, NBD_SUSPEND, NBD_DOWN, EIO, ENOSPC, THROTTLE, NBDKIT_DELAY,
+                        NBDKIT_ERROR, NBDKIT_RATE, NBDKIT_PAUSE)
 WINDOWS: Final = (*FAULT_WINDOWS, FSFREEZE, SAMPLE_GAP)
 
 

@@ -90,4 +90,11 @@ print(f"mirrors READY after {v.get('time_to_ready_s')} s; migration {v.get('migr
       f"{v.get('migration_s')} s, {v.get('ram_transferred_mib')} MiB of RAM, downtime {v.get('downtime_ms')} ms "
       f"(expected at most {v.get('expected_downtime_ms')} ms); handover {v.get('handover_s')} s; "
       f"the destination's guest made {v.get('dest_ops_after')} operations on its own")
+if v.get("outcome"):
+    print(f"outcome: {v['outcome']}" + (f" ({v['disk_outlook']})" if v.get("disk_outlook") else ""))
+if v.get("ram_outlook"):
+    said = v.get("ram_said_diverging_s")
+    print(f"RAM stream: {v['ram_outlook']}" + (f"; said 'will not converge' {said} s into the migration" if said is not None else ""))
+if v.get("job_error_events"):
+    print(f"the mirrors reported {v['job_error_events']} target error(s), action {', '.join(v.get('error_actions') or [])}")
 display(migration.tail(5))

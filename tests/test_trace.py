@@ -147,6 +147,20 @@ def test_recorded_throttle_on_qemu_10_is_throttled() -> None:
     assert not (held["cause"] == "target").any()
 
 
+def test_a_target_answering_slowly_is_the_target_with_its_answer_time() -> None:
+    """A storage migration's mirror over a 2 MiB/s NBD link (nbdkit's rate filter): the
+    job progresses, but every write waits for the link, hundreds of ms each: the target
+    is what holds it up.  The guest dirtying as fast as the copy (no trace of a slow
+    answer) stays "dirtying"."""
+    held = causes.classify(load_run(RUNS / "migration-hover"))
+    slow = held[held["cause"] == "target"]
+    assert slow["duration"].sum() >= 30, held
+    assert (slow["latency_ms"] >= causes.SLOW_ANSWER_S * 1e3).all()
+    assert slow["onset"].isna().all() and (slow["completed"].isna()).all()
+    dirtying = causes.classify(load_run(RUNS / "trace-dirtying"))
+    assert not (dirtying["cause"] == "target").any()
+
+
 def test_recorded_limit_below_the_guests_rate_is_dirtying() -> None:
     run = load_run(RUNS / "trace-dirtying")
     held = causes.classify(run)

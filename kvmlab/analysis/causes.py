@@ -5,7 +5,10 @@
 - **throttled**: sleeping for the speed limit (``mirror_before_sleep`` with a delay on
   QEMU 7.2; on 10.0, which sleeps in the rate limiter without a trace point, no request in
   flight while a limit is set);
-- **target**: target not answering: requests in flight, none completing.  The outage
+- **target**: target not answering: requests in flight, none completing; or answering
+  slowly: for at least *min_duration* s before READY, requests nearly always in flight and
+  each taking :data:`SLOW_ANSWER_S` or more (a target whose every write is late; the job
+  progresses, slowly, and the row's ``latency_ms`` says how late).  The outage
   began in the **onset interval**: after the last request answered (``last_completed``)
   and at or before the first request left unanswered (``onset``), not at the first flat
   sample.  Its width (``onset_width``) is bounded by the job's gap between request
@@ -36,12 +39,13 @@ from kvmlab.store.runs import RunData
 
 CAUSES = ("throttled", "target", "dirtying", "paused", "error", "unknown")
 LABELS = {"throttled": "throttled (sleeping for the speed limit)",
-          "target": "target not answering", "dirtying": "guest dirtying as fast as the copy",
+          "target": "target not answering (or slow)", "dirtying": "guest dirtying as fast as the copy",
           "paused": "paused", "error": "stopped on an error", "unknown": "cause unknown"}
 COLORS = {"throttled": "tab:orange", "target": "tab:red", "dirtying": "tab:olive",
           "paused": "0.6", "error": "black", "unknown": "tab:pink"}
 COLUMNS = ["start", "end", "duration", "cause", "job", "onset", "onset_latest",
-           "last_completed", "onset_width", "completed", "in_flight_share", "sleep_s"]
+           "last_completed", "onset_width", "completed", "in_flight_share", "sleep_s",
+           "latency_ms"]
 _ISSUE = "mirror_one_iteration"
 _DONE = "mirror_iteration_done"
 #: a trace job and a JOB_STATUS_CHANGE 'created' event further apart are not the same job
@@ -269,6 +273,9 @@ PRIORITY = ("error", "paused", "target", "dirtying", "throttled", "unknown")
 MAX_SLEEP = 3600.0
 #: throttled stretches are found in bins this long
 BIN = 0.5
+#: a target whose answers (the median of a bin's) take this long or longer is slow: a
+#: local disk or a healthy NBD server answers a mirror's write in milliseconds
+SLOW_ANSWER_S = 0.1
 
 
 def _stopped_on_error(events: pd.DataFrame, job: str) -> list[tuple[float, float]]:
@@ -288,6 +295,36 @@ def _stopped_on_error(events: pd.DataFrame, job: str) -> list[tuple[float, float
         k = int(np.searchsorted(again, t, side="right"))
         end = float(again[k]) if k < len(again) else float(ev["t"].max())
         out.append((float(t), max(end, float(t) + STEP)))
+    return out
+
+
+def _slow_target_stretches(js: pd.DataFrame, tr: JobTrace, min_duration: float
+                           ) -> list[tuple[float, float, float]]:
+    """Stretches before READY of at least *min_duration* s, in bins of :data:`BIN` s, in
+    which requests were in flight nearly all the time (not sleeping for a limit) and the
+    answers that came took :data:`SLOW_ANSWER_S` or more (their median, at least two per
+    bin): (start, end, median answer time in ms)."""
+    running = js[(js["status"] == "running") & ~js["ready"].fillna(False).astype(bool)]
+    if running.empty or not tr:
+        return []
+    t_done, lat = tr._latencies()
+    if not len(lat):
+        return []
+    rt = running["t"].to_numpy(dtype="float64")
+    t0, t1 = float(rt.min()), float(rt.max())
+    a = np.arange(t0, t1, BIN)
+    b = np.minimum(a + BIN, t1)
+    lo, hi = np.searchsorted(t_done, a), np.searchsorted(t_done, b, side="right")
+    median = np.array([float(np.median(lat[i:j])) if j - i >= 2 else 0.0
+                       for i, j in zip(lo, hi)])
+    busy = (tr.in_flight_share(a, b) >= 0.8) & (tr.slept(a, b) < 0.3 * (b - a))
+    on = busy & (median >= SLOW_ANSWER_S)
+    out: list[tuple[float, float, float]] = []
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], on.astype(np.int8), [0]])))
+    for i, j in zip(edges[::2], edges[1::2]):
+        start, end = float(a[i]), float(b[j - 1])
+        if end - start >= min_duration:
+            out.append((start, end, round(float(np.median(median[i:j])) * 1e3, 1)))
     return out
 
 
@@ -351,6 +388,8 @@ def classify(run: RunData, job: str | None = None, *, min_duration: float = 2.0,
         found.append(_row(a, b, "dirtying" if tr else "unknown", job))
     for a, b in _throttled_stretches(js, tr, min_duration):
         found.append(_row(a, b, "throttled", job))
+    for a, b, ms in _slow_target_stretches(js, tr, min_duration):
+        found.append(_row(a, b, "target", job, latency_ms=ms))
     return _paint(found)
 
 
@@ -392,7 +431,7 @@ def _row(a: float, b: float, cause: str, job: str, **extra: Any) -> dict[str, An
     return {"start": a, "end": b, "duration": b - a, "cause": cause, "job": job,
             "onset": None, "onset_latest": None, "last_completed": None, "onset_width": None,
             "completed": None,
-            "in_flight_share": None, "sleep_s": None, **extra}
+            "in_flight_share": None, "sleep_s": None, "latency_ms": None, **extra}
 
 
 def _stall_rows(tr: JobTrace, job: str, a: np.ndarray, b: np.ndarray, speed: np.ndarray

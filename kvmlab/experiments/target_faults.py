@@ -8,6 +8,11 @@ One function, :func:`target_fault`, for each *fault*:
 ``eio``          the target's first writes fail with EIO (QEMU's ``blkdebug``)
 ``enospc``       the target sits on a small tmpfs and runs out of space; recovery grows it
 ``throttle``     the copy limit drops (``block-job-set-speed``) for the fault window
+``nbdkit_*``     the NBD export behind nbdkit, impaired by its own filters: ``nbdkit_delay``
+                 every write *delay_ms* late (the whole copy, to READY), ``nbdkit_error`` a
+                 share *error_rate* of writes fail with EIO during the window,
+                 ``nbdkit_rate`` the bandwidth capped to *throttle_speed* during it,
+                 ``nbdkit_pause`` every request held during it (the pause filter)
 ===============  ===========================================================================
 
 Each run records the fault window (shaded on the plots), what the job
@@ -38,7 +43,8 @@ from kvmlab.experiments.common import (
     verify_image,
 )
 from kvmlab.experiments.options import DEFAULT_OPTIONS, RunOptions
-from kvmlab.faults import NbdServer, SmallTmpfs, blkdebug_target, marked
+from kvmlab.faults import NbdkitProxy, NbdServer, SmallTmpfs, blkdebug_target, marked
+from kvmlab.faults.nbd import EXPORT as NBD_EXPORT
 from kvmlab.guest.workload import Workload
 from kvmlab.live.jobs import Job
 from kvmlab.model import ERROR_POLICIES_TARGET
@@ -51,12 +57,14 @@ FAULTS_LIBVIRT = (
     "its targets (an NBD export, a blkdebug json: filename) are QMP-only; libvirt's "
     "blockCopy takes neither")
 
-FAULTS = ("nbd_suspend", "nbd_down", "eio", "enospc", "throttle")
+FAULTS = ("nbd_suspend", "nbd_down", "eio", "enospc", "throttle", "nbdkit_delay",
+          "nbdkit_error", "nbdkit_rate", "nbdkit_pause")
 
 
 def target_fault(*, fault: str = "eio", on_target_error: str = "report",
                  fault_after_s: float = 1.0, fault_s: float = 3.0, errors: int = 1,
                  tmpfs_mib: int = 8, throttle_speed: int = 256 * 1024,
+                 delay_ms: int = 50, error_rate: float = 0.01,
                  image_mib: int = 64, fill_mib: int = 16, disk_format: str = "qcow2",
                  speed: int = 8 * 1024 * 1024, buf_size: int | None = 256 * 1024,
                  workload_kib: int = 256, workload_rate_kib_s: float = 512,
@@ -69,6 +77,10 @@ def target_fault(*, fault: str = "eio", on_target_error: str = "report",
     :param fault_after_s, fault_s: when the timed faults (nbd_*, throttle) start, and how long.
     :param errors: how many target writes fail, for ``eio``.
     :param tmpfs_mib: size of the tmpfs the ``enospc`` target lives on (less than the data).
+    :param throttle_speed: the limit of ``throttle``, and the bandwidth of ``nbdkit_rate``
+        (bytes/s).
+    :param delay_ms: how late every write is, for ``nbdkit_delay``.
+    :param error_rate: the share of writes that fail, for ``nbdkit_error`` (0 to 1).
     :param verify: boot the copy and check the guest's synced operations.
     """
     if fault not in FAULTS:
@@ -76,6 +88,11 @@ def target_fault(*, fault: str = "eio", on_target_error: str = "report",
     if on_target_error not in ERROR_POLICIES_TARGET:
         raise BadInput(f"on_target_error={on_target_error!r} is not one of "
                        f"{', '.join(ERROR_POLICIES_TARGET)}")
+    if isinstance(delay_ms, bool) or not isinstance(delay_ms, int) or not 0 < delay_ms <= 10_000:
+        raise BadInput(f"delay_ms={delay_ms!r} must be 1 to 10000 ms")
+    if isinstance(error_rate, bool) or not isinstance(error_rate, (int, float)) \
+            or not 0 < error_rate <= 1:
+        raise BadInput(f"error_rate={error_rate!r} must be a share above 0, at most 1")
     if fault == "enospc" and tmpfs_mib >= fill_mib:
         raise BadInput(f"tmpfs_mib={tmpfs_mib} must be below fill_mib={fill_mib} to run out")
     params = dict(locals())
@@ -86,7 +103,8 @@ def target_fault(*, fault: str = "eio", on_target_error: str = "report",
         source = lab.workdir / f"disk.{disk_format}"
         base = make_guest_disk(source, image_mib, disk_format, fill_mib)
         vsize = int(images.info(source)["virtual-size"])
-        target = _Target.make(fault, lab, stack, keep, vsize, errors=errors, tmpfs_mib=tmpfs_mib)
+        target = _Target.make(fault, lab, stack, keep, vsize, errors=errors, tmpfs_mib=tmpfs_mib,
+                              delay_ms=delay_ms, error_rate=error_rate)
         rec.track("target", target.file)
         vm = stack.enter_context(busy_vm(lab, source, workload, label="source"))
 
@@ -144,13 +162,26 @@ class _Target:
         self.format = fmt
         self.kind = kind
         self.nbd: NbdServer | None = None
+        self.proxy: NbdkitProxy | None = None
         self.tmpfs: SmallTmpfs | None = None
 
     @classmethod
     def make(cls, fault: str, lab: LabRun, stack: ExitStack, keep: ExitStack, vsize: int, *,
-             errors: int, tmpfs_mib: int) -> _Target:
+             errors: int, tmpfs_mib: int, delay_ms: int = 0, error_rate: float = 0) -> _Target:
         """The target for *fault*; daemons go on *stack*, mounts on *keep* (closed later)."""
         mark = lab.recorder.mark
+        if fault.startswith("nbdkit"):
+            # qemu-storage-daemon's export behind nbdkit, whose filters make the fault
+            file = lab.workdir / "target.qcow2"
+            images.create(file, vsize, "qcow2")
+            t = cls(file, "", "raw", fault)
+            t.nbd = stack.enter_context(NbdServer(file, "qcow2", mark=mark))
+            t.proxy = stack.enter_context(NbdkitProxy(
+                t.nbd.socket, NBD_EXPORT, controls=True,
+                delay_write_ms=delay_ms if fault == "nbdkit_delay" else 0,
+                error_rate=error_rate if fault == "nbdkit_error" else 0))
+            t.faulty = t.proxy.url
+            return t
         if fault.startswith("nbd"):
             file = lab.workdir / "target.qcow2"
             images.create(file, vsize, "qcow2")
@@ -176,6 +207,9 @@ class _Target:
         if self.tmpfs is not None and self.tmpfs.path is not None:
             self.tmpfs.grow(self.tmpfs.size_mib * 16)
             return str(self.file)
+        if self.proxy is not None:
+            self.proxy.errors(False)
+            return self.proxy.url
         if self.nbd is not None:
             return self.nbd.url
         return str(self.file)                  # eio: the plain image, without blkdebug
@@ -196,8 +230,37 @@ class _Target:
                 mark(marks.end(self.kind))
             yield
             return
+        if self.kind == "nbdkit_delay":
+            # the filter delays every write from the start: the window is the whole copy
+            with marked(mark, marks.NBDKIT_DELAY):
+                _wait_ready_or_error(job, 300)
+            yield
+            return
         time.sleep(after)
-        if self.kind == "throttle":
+        if self.proxy is not None:
+            proxy = self.proxy
+            with marked(mark, self.kind):
+                t_on = time.monotonic()
+                if self.kind == "nbdkit_error":
+                    proxy.errors(True)
+                elif self.kind == "nbdkit_rate":
+                    proxy.set_rate(throttle_speed)
+                else:
+                    proxy.pause()
+                try:
+                    if self.kind == "nbdkit_error":
+                        # errors come at random: the window lasts until QEMU has seen one
+                        # (or the job is READY), and at least *length*
+                        _wait_error(job, 60)
+                    time.sleep(max(0.0, length - (time.monotonic() - t_on)))
+                finally:
+                    if self.kind == "nbdkit_error":
+                        proxy.errors(False)
+                    elif self.kind == "nbdkit_rate":
+                        proxy.set_rate(0)
+                    else:
+                        proxy.resume()
+        elif self.kind == "throttle":
             with marked(mark, marks.THROTTLE, speed=throttle_speed):
                 mark(marks.SET_SPEED, job=job.id, speed=throttle_speed)
                 job.set_speed(throttle_speed)
@@ -221,6 +284,16 @@ def _wait_error(job: Job, timeout: float) -> None:
             and job.ended is None and not job.is_ready:
         if time.monotonic() > deadline:
             raise WaitTimeout(f"{job.id}: no target error within {timeout:g} s")
+        time.sleep(0.05)
+
+
+def _wait_ready_or_error(job: Job, timeout: float) -> None:
+    """Until the job is ready, ends or reports an error (a slow target's whole copy)."""
+    deadline = time.monotonic() + timeout
+    while not job.is_ready and job.ended is None and job.backend.events.find(
+            marks.BLOCK_JOB_ERROR, {"device": job.id}, since=job.since) is None:
+        if time.monotonic() > deadline:
+            raise WaitTimeout(f"{job.id}: not ready within {timeout:g} s of a slow target")
         time.sleep(0.05)
 
 
