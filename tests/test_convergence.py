@@ -407,3 +407,48 @@ def test_a_job_hovering_near_ready_without_a_limit_is_hovering_not_diverging() -
     assert out.eta_s is None or out.eta_s != out.eta_s
     score = converge.accuracy(run.samples, run.events)
     assert score["converged"] and not score["false_alarm"] and score["said_diverging_s"] is None
+
+
+# -- the RAM stream of a storage migration (tests/data/runs/migration-ram-*) ------------------
+def _migration(folder: str) -> pd.DataFrame:
+    from kvmlab.store.runs import read_migration
+    return read_migration(RUNS / folder)
+
+
+def test_ram_the_guest_dirties_as_fast_as_the_link_is_said_not_to_converge() -> None:
+    """A guest rewriting 24 MiB/s of a 32 MiB set against an 8 MiB/s max-bandwidth: every
+    pass after the first is the whole set again (QEMU's dirty rate ~ the transfer rate);
+    the migration never completed in 40 s.  One with 4 MiB/s against 16 MiB/s completed
+    in 9.4 s and was never called diverging."""
+    stuck, done = _migration("migration-ram-diverging"), _migration("migration-ram-converging")
+    a = converge.ram_accuracy(stuck)
+    assert a["ram_converged"] is False and a["ram_said_diverging_s"] is not None
+    pred = converge.ram_predict(stuck)
+    first = pred[pred["state"] == "diverging"].iloc[0]
+    sync = stuck.loc[stuck["t"] <= first["t"], "ram_dirty_sync_count"].iloc[-1]
+    assert sync >= 3                          # after the first pass, which says nothing
+    text = converge.Outlook(**{k: first[k] for k in converge.Outlook.__dataclass_fields__}).text()
+    assert text.startswith("RAM will not converge: dirtying ") and " over " in text
+    assert first["dirty_rate"] >= 0.9 * first["copy_rate"] > 0
+    b = converge.ram_accuracy(done)
+    assert b == {"ram_converged": True, "ram_said_diverging_s": None, "ram_false_alarm": False}
+    assert converge.ram_predict(done)["state"].iloc[-1] == "ready"
+
+
+def test_the_ram_verdict_can_miss_and_can_false_alarm() -> None:
+    """Evidence for each outcome on the same recordings: asked for a dirty rate twice the
+    link's, it misses the stuck migration; content with a third of it, it calls the one
+    that completed diverging (a false alarm, counted as such)."""
+    assert converge.ram_accuracy(_migration("migration-ram-diverging"), busy=2.0)[
+        "ram_said_diverging_s"] is None
+    loose = converge.ram_accuracy(_migration("migration-ram-converging"), busy=0.3, confirm=0.5)
+    assert loose["ram_false_alarm"] and loose["ram_said_diverging_s"] is not None
+    table = pd.DataFrame([{"converged": True, "false_alarm": False, "said_diverging_s": None,
+                           "eta_error_rel": None, "eta_error_s": None, "last_state": "ready",
+                           **loose},
+                          {"converged": True, "false_alarm": False, "said_diverging_s": None,
+                           "eta_error_rel": None, "eta_error_s": None, "last_state": "ready",
+                           **converge.ram_accuracy(_migration("migration-ram-diverging"))}])
+    s = converge.accuracy_summary(table)
+    assert (s["ram_migrations"], s["ram_completed"], s["ram_false_alarms"],
+            s["ram_never_flagged"]) == (2, 1, 1, 0)

@@ -90,14 +90,16 @@ elapsed_us() {
 # set of kvmlab.ram_set_mib MiB in RAM (the rootfs is RAM), no disk I/O: a buffer pool's
 # dirtying, for a live migration's RAM stream
 ram_dirtier() {
-  dd if=/dev/urandom of=/tmp/ram.src bs=1024 count="$P_ram_tick_kib" 2>/dev/null
+  mkdir -p /tmp
+  chunks=$((P_ram_tick_kib / 64))          # 64 KiB blocks per tick (few system calls)
+  dd if=/dev/urandom of=/tmp/ram.src bs=65536 count="$chunks" 2>/dev/null
   dd if=/dev/urandom of=/tmp/ram.set bs=1048576 count="$P_ram_set_mib" 2>/dev/null
-  slots=$((P_ram_set_mib * 1024 / P_ram_tick_kib)); [ "$slots" -lt 1 ] && slots=1
-  say ram_dirtier tick_kib=$P_ram_tick_kib set_mib=$P_ram_set_mib t=$(now)
+  slots=$((P_ram_set_mib * 16 / chunks)); [ "$slots" -lt 1 ] && slots=1
+  say ram_dirtier tick_kib=$P_ram_tick_kib set_mib=$P_ram_set_mib set_bytes=$(stat -c %s /tmp/ram.set) t=$(now)
   k=0
   while :; do
-    dd if=/tmp/ram.src of=/tmp/ram.set bs=1024 count="$P_ram_tick_kib" \
-       seek=$((k * P_ram_tick_kib)) conv=notrunc 2>/dev/null
+    dd if=/tmp/ram.src of=/tmp/ram.set bs=65536 count="$chunks" \
+       seek=$((k * chunks)) conv=notrunc 2>/dev/null
     k=$(((k + 1) % slots))
     usleep 250000
   done

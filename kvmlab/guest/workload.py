@@ -107,8 +107,9 @@ class Workload:
         if self.poweroff:
             args.append("kvmlab.poweroff=1")
         if self.ram_mib_s:
-            # 4 ticks a second, each rewriting a quarter of the rate (KiB)
-            args += [f"kvmlab.ram_tick_kib={max(4, round(self.ram_mib_s * 1024 / 4))}",
+            # 4 ticks a second, each rewriting a quarter of the rate (KiB, in 64 KiB blocks)
+            tick = max(64, round(self.ram_mib_s * 1024 / 4 / 64) * 64)
+            args += [f"kvmlab.ram_tick_kib={tick}",
                      f"kvmlab.ram_set_mib={self.ram_set_mib}"]
         if self.change_after_s:
             args += [f"kvmlab.then_pause_ms={self._pause(self.then_rate_kib_s)}",
