@@ -151,10 +151,10 @@ def test_disks_that_never_get_ready_end_the_flow_with_the_predictors_word(
 
 @pytest.mark.qemu
 def test_write_errors_on_the_link_are_retried_under_ignore(opts: RunOptions) -> None:
-    """2 % of the writes on the NBD link fail (nbdkit's error filter): with
+    """A fifth of the writes on the NBD link fail (nbdkit's error filter): with
     ``on-target-error=ignore`` QEMU reports each and copies the area again, and the
     destination still verifies after the handover."""
-    res = storage_migration(link_error_rate=0.02, on_target_error="ignore", after_s=0.5,
+    res = storage_migration(link_error_rate=0.2, on_target_error="ignore", after_s=0.5,
                             ready_s=0.5, options=opts)
     v = res.verdict
     assert res.passed and v["verify_pass"], v

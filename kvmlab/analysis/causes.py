@@ -302,8 +302,8 @@ def _slow_target_stretches(js: pd.DataFrame, tr: JobTrace, min_duration: float
                            ) -> list[tuple[float, float, float]]:
     """Stretches before READY of at least *min_duration* s, in bins of :data:`BIN` s, in
     which requests were in flight nearly all the time (not sleeping for a limit) and the
-    answers that came took :data:`SLOW_ANSWER_S` or more (their median, at least two per
-    bin): (start, end, median answer time in ms)."""
+    answers that came took :data:`SLOW_ANSWER_S` or more (the median of those within half
+    a bin of it): (start, end, median answer time in ms)."""
     running = js[(js["status"] == "running") & ~js["ready"].fillna(False).astype(bool)]
     if running.empty or not tr:
         return []
@@ -314,9 +314,11 @@ def _slow_target_stretches(js: pd.DataFrame, tr: JobTrace, min_duration: float
     t0, t1 = float(rt.min()), float(rt.max())
     a = np.arange(t0, t1, BIN)
     b = np.minimum(a + BIN, t1)
-    lo, hi = np.searchsorted(t_done, a), np.searchsorted(t_done, b, side="right")
-    median = np.array([float(np.median(lat[i:j])) if j - i >= 2 else 0.0
-                       for i, j in zip(lo, hi)])
+    # the answers in and around each bin (half a bin either side: a slow link answers a
+    # few a second)
+    lo = np.searchsorted(t_done, a - BIN / 2)
+    hi = np.searchsorted(t_done, b + BIN / 2, side="right")
+    median = np.array([float(np.median(lat[i:j])) if j > i else 0.0 for i, j in zip(lo, hi)])
     busy = (tr.in_flight_share(a, b) >= 0.8) & (tr.slept(a, b) < 0.3 * (b - a))
     on = busy & (median >= SLOW_ANSWER_S)
     out: list[tuple[float, float, float]] = []

@@ -249,9 +249,9 @@ class _Flow:
         # 2. every disk mirrored into its export
         t0 = time.monotonic()
         jobs = []
-        for d in src.drives:
+        for d, dd in zip(src.drives, dst.drives, strict=True):  # (libvirt names vda, vdb...)
             rec.mark(marks.MIRROR_START, job=d.id)
-            jobs.append(src.mirror(d.id, urls[d.id], "raw", mode="existing", speed=self.speed,
+            jobs.append(src.mirror(d.id, urls[dd.id], "raw", mode="existing", speed=self.speed,
                                    copy_mode=self.copy_mode,
                                    on_target_error=self.on_target_error))
         if self.fault == "link_before_ready":
@@ -264,7 +264,7 @@ class _Flow:
                                give_up_when=self.give_up_when,
                                stall_timeout=self.stall_timeout, mark=rec.mark)
             except WaitTimeout as err:       # never READY: diverging, stalled, too slow
-                return {**v, **self._not_ready(lab, src, jobs, job, err)}
+                return {**v, **self._not_ready(lab, src, dst, jobs, job, err, proxies)}
             rec.mark(marks.READY_SEEN, job=job.id)
             v["ready_s_per_disk"].append(round(time.monotonic() - t0, 3))
         v["time_to_ready_s"] = max(v["ready_s_per_disk"])
@@ -317,15 +317,24 @@ class _Flow:
         v.update(_job_errors(src))
         return v
 
-    def _not_ready(self, lab: LabRun, src: Machine, jobs: list[Job], job: Job,
-                   err: WaitTimeout) -> dict[str, Any]:
+    def _not_ready(self, lab: LabRun, src: Machine, dst: Machine, jobs: list[Job], job: Job,
+                   err: WaitTimeout, proxies: dict[str, NbdkitProxy]) -> dict[str, Any]:
         """A disk never got READY: say why (the predictor's last word), cancel every
-        mirror, and check that the source lives on; no migration is tried."""
+        mirror, and check that the source lives on; no migration is tried.  A cancel waits
+        for the requests in flight, which a slow link answers in minutes: after 5 s the
+        link is closed (as an aborted migration closes it), so they fail at once."""
         outlook = job.outlook
         lab.recorder.mark(marks.DISKS_NOT_READY, job=job.id, why=str(err))
         for j in jobs:
             if j.ended is None:
                 j.cancel(force=True)
+        if any(not _ended(j, 5.0) for j in jobs):
+            if proxies:
+                _cut_links(lab.recorder, proxies)
+            else:
+                lab.recorder.mark(marks.LINK_DOWN)
+                dst.qmp("nbd-server-stop")
+            for j in jobs:
                 j.wait_done(30)
         t = time.monotonic()
         time.sleep(1.0)
@@ -365,6 +374,15 @@ class _Flow:
                                   and out["guest_ops_after_fault"] > 0)
         out["pass"] = out["source_survives"]
         return out
+
+
+def _ended(job: Job, timeout: float) -> bool:
+    """Did *job* end within *timeout* s?"""
+    try:
+        job.wait_done(timeout)
+    except WaitTimeout:
+        return False
+    return True
 
 
 def _job_state(job: Job) -> str:

@@ -104,12 +104,13 @@ def mirror_nfs_outage(*, outage: str = "stop", outage_after_s: float = 2.0,
                                         restart=lambda: start("existing"))
             t_ready = time.monotonic()
             t_cut, outcome = cancel_after(lab, job, after_ready_s)
+            t_settled = time.monotonic()      # the job ended: the cut took effect before this
         frames = rec.frames()
         windows = analysis.fault_windows(frames["events"])
         w = windows[windows["name"] == "nfs_outage"].iloc[0]
         effect = analysis.fault_effect(frames["samples"], frames["events"], float(w["start"]),
                                        float(w["end"]), job.id)
-        manifest, in_flight = synced_manifest(vm, base, until=t_cut)
+        manifest, in_flight = synced_manifest(vm, base, until=t_cut, settled=t_settled)
         checked = verify_image(lab, local_copy, manifest)
         lab.verdict = {
             "pass": bool(checked["verify_pass"] and outcome.ok

@@ -122,6 +122,7 @@ def target_fault(*, fault: str = "eio", on_target_error: str = "report",
                                     restart=lambda: start(target.repair(lab)))
         t_ready = time.monotonic()
         t_cut, outcome = cancel_after(lab, job, after_ready_s)
+        t_settled = time.monotonic()      # the job ended: the cut took effect before this
         stack.close()                 # VM down, NBD daemon stopped (the tmpfs stays to verify)
         frames = rec.frames()
         windows = analysis.fault_windows(frames["events"])
@@ -144,7 +145,7 @@ def target_fault(*, fault: str = "eio", on_target_error: str = "report",
         }
         ok = outcome.ok and outcome.event == marks.BLOCK_JOB_COMPLETED
         if verify:
-            manifest, in_flight = synced_manifest(vm, base, until=t_cut)
+            manifest, in_flight = synced_manifest(vm, base, until=t_cut, settled=t_settled)
             checked = verify_image(lab, target.file, manifest)
             lab.verdict.update(checked, ops_in_flight_at_cancel=len(in_flight))
             ok = ok and checked["verify_pass"]
