@@ -728,7 +728,11 @@ def bench_predictor(tmp: Path, smoke: bool) -> dict[str, Any]:
         out[name] = {k: summary[k] for k in (
             "runs", "converged", "false_alarms", "diverged", "never_flagged",
             "said_diverging_median_s", "said_diverging_latest_s", "eta_range_coverage",
-            "eta_error_median_signed_rel", "eta_error_worst_signed_rel")}
+            "eta_error_median_signed_rel", "eta_error_worst_signed_rel",
+            # storage migrations: runs not READY in time that still converged, and the RAM
+            *(("never_flagged_but_converging", "ram_migrations", "ram_completed",
+               "ram_false_alarms", "ram_never_completed", "ram_never_flagged",
+               "ram_said_diverging_median_s") if name == "migration" else ()))}
         if name == "evaluation" and not smoke:
             out["evaluation_runs"] = {
                 f"{r.qemu} {r.workload_kib} KiB at {r.workload_rate_kib_s:g} KiB/s, limit "
@@ -861,7 +865,8 @@ TARGETS = {
     "predictor": "the convergence predictor on its held-out evaluation set (settings chosen "
                  "on the tuning and development sets only): 0 false alarms, every run that "
                  "never reached READY flagged, READY inside the ETA range at half-way in "
-                 ">= 80 % of runs",
+                 ">= 80 % of runs; on storage migrations (both streams, recorded after the "
+                 "settings were chosen): 0 false alarms",
 }
 
 

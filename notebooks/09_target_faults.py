@@ -26,6 +26,10 @@
 # | `eio` | QEMU's `blkdebug` makes the target's first write fail with EIO | `block-job-resume` (policy `stop`) or a new mirror onto the plain image |
 # | `enospc` | the target sits on a small tmpfs and runs out of space | grow the tmpfs, then resume (policy `enospc`/`stop`) or mirror again |
 # | `throttle` | `block-job-set-speed` drops to `throttle_speed` for `fault_s` | none |
+# | `nbdkit_delay` | the export behind nbdkit (the field's tool for storage faults): its `delay` filter makes every write `delay_ms` late, the whole copy | none |
+# | `nbdkit_error` | nbdkit's `error` filter fails a share `error_rate` of the writes with EIO, switched on for the window (at least until QEMU has seen one) | as `eio` |
+# | `nbdkit_rate` | nbdkit's `rate` filter caps the link to `throttle_speed` for `fault_s` (set while it runs, through its rate file) | none |
+# | `nbdkit_pause` | nbdkit's `pause` filter holds every request for `fault_s`, then lets them go | none |
 #
 # Every fault window is marked in the recording and shaded on the plots.
 
@@ -33,9 +37,12 @@
 # Parameters (papermill injects overrides below this cell); defaults as in the experiment
 from typing import Optional
 
-cases: str = "nbd_suspend:report nbd_down:report eio:report eio:ignore eio:stop enospc:enospc enospc:report throttle:report"  # fault:policy pairs
+cases: str = "nbd_suspend:report nbd_down:report eio:report eio:ignore eio:stop enospc:enospc enospc:report throttle:report nbdkit_delay:report nbdkit_error:report nbdkit_error:ignore nbdkit_error:stop nbdkit_rate:report nbdkit_pause:report"  # fault:policy pairs
 fault_after_s: float = 1.0          # when the timed faults start, after the mirror
 fault_s: float = 3.0                # how long the timed faults last
+throttle_speed: int = 262144        # the limit of throttle, the link of nbdkit_rate (bytes/s)
+delay_ms: int = 50                  # how late every write is, for nbdkit_delay
+error_rate: float = 0.01            # the share of writes that fail, for nbdkit_error
 fill_mib: int = 16                  # data on the guest disk
 verify: bool = True                 # boot each copy and check the guest's synced operations
 sample_interval: float = 0.1        # seconds between query-block-jobs samples

@@ -28,6 +28,7 @@ def test_a_busy_vm_and_its_disks_move_to_a_second_qemu(opts: RunOptions) -> None
     assert v["job_ends"] == ["BLOCK_JOB_COMPLETED"] * (1 + data_disks)
     assert v["migration_status"] == "completed" and v["migration_s"] > 0
     assert v["ram_transferred_mib"] > 1 and v["downtime_ms"] is not None
+    assert v["disk_copied_mib"] > 64              # the system disk's 64 MiB and the data disk
     # the source stays paused after handing over; the destination runs the guest on
     assert v["source_state"] == "postmigrate" and v["dest_state"] == "running"
     assert v["dest_ops_after"] >= 1 and v["verify_pass"] and v["checked"] >= 5

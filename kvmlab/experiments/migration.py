@@ -448,6 +448,10 @@ def _handover(lab: LabRun, src: Machine, dst: Machine, jobs: list[Job], t_switch
     return {"handover_s": round(t_cont - t_switch, 3), "job_ends": [o.event for o in outcomes],
             "jobs_completed": all(o.event == marks.BLOCK_JOB_COMPLETED and o.ok
                                   for o in outcomes),
+            # what the mirrors moved: each job's offset when it ended (every disk's length,
+            # its zero areas sent as zero requests without data, plus what the guest
+            # dirtied again and was copied once more)
+            "disk_copied_mib": round(sum(o.offset for o in outcomes) / MIB, 2),
             "source_state": src.backend.run_state(),
             "dest_ops_after": len(dst.guest_ops(since=t_cont)),
             "dest_state": dst.backend.run_state()}
