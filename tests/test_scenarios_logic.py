@@ -55,6 +55,7 @@ COUNTER = {
     "filter_node": "target_raw",              # no filter node named
     "readonly": "target_raw",                 # no pivot
     "sparse": "existing_no_unmap",            # the target stayed allocated
+    "allocation": "cancel_running",           # no copy to measure
     "zeroes_written": "target_raw",           # a new target: zero areas never written
     "source_enospc": "target_raw",            # no I/O error
     "unplug": "unplug_drive_disk",            # the unplug ended the job
@@ -125,6 +126,13 @@ def test_bad_input_is_one_line_before_anything_is_created(tmp_path: Path) -> Non
         Workload(poweroff=True)
     with pytest.raises(BadInput, match="at most 8"):
         Machine(extra_drives=[Drive(tmp_path, f"d{i}") for i in range(9)])
+    with pytest.raises(BadInput, match="discard='trim'"):
+        Drive(tmp_path, discard="trim")
+    # discard=unmap reaches QEMU on either kind of drive; the default adds nothing
+    assert "discard=unmap" in Drive(tmp_path, format="raw", discard="unmap").qemu_args(0)[1]
+    assert '"discard": "unmap"' in Drive(tmp_path, format="raw", blockdev=True,
+                                         discard="unmap").qemu_args(0)[1]
+    assert "discard" not in " ".join(Drive(tmp_path, format="raw").qemu_args(0))
 
 
 def test_data_disks_reach_the_guest_and_an_iothread_its_device(tmp_path: Path) -> None:

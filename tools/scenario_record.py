@@ -4,7 +4,8 @@
 
 reads every scenario run under the folder(s) (one per scenario and build: a run of
 ``notebooks/sweeps/scenarios.yaml``) and writes ``tests/data/scenarios/<major.minor>.json``:
-each scenario's verdict as QEMU produced it, without the verifier's long lists.
+each scenario's verdict as QEMU produced it, without the verifier's long lists (the
+scenarios not run there keep their records).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ def main(folders: list[str]) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     for short, verdicts in sorted(by_version.items()):
         path = OUT / f"{short}.json"
+        # the scenarios run here replace their records; the others are kept
+        kept = json.loads(path.read_text()) if path.exists() else {}
+        verdicts = {**kept, **verdicts}
         path.write_text(json.dumps(dict(sorted(verdicts.items())), indent=1, default=str) + "\n")
         print(f"{path}: {len(verdicts)} scenarios")
 

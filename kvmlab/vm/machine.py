@@ -50,6 +50,10 @@ GUEST_MODES = ("idle", "workload", "verify")
 QEMU_BINARY = "qemu-system-x86_64"
 
 
+#: a drive's discard modes (QEMU's ``-drive discard=``)
+DISCARD_MODES = ("ignore", "unmap")
+
+
 @dataclass(frozen=True)
 class Drive:
     """One virtio-blk disk: its image, stable id (the seed's ``drive0``), format and cache mode.
@@ -61,6 +65,9 @@ class Drive:
         :attr:`id`) and a device on it, instead of ``-drive``: unplugging the device then
         leaves the node (and its jobs) alone, where an unplugged ``-drive`` is deleted with
         its jobs cancelled.
+    :ivar discard: ``ignore`` (QEMU's default) or ``unmap`` (libvirt's ``discard='unmap'``):
+        whether discard requests reach the image.  QEMU 10.0 also unmaps an existing mirror
+        target's zero areas only with ``unmap``.
     """
 
     path: Path
@@ -71,8 +78,11 @@ class Drive:
     data: bool = False
     iothread: bool = False
     blockdev: bool = False
+    discard: str = "ignore"
 
     def __post_init__(self) -> None:
+        if self.discard not in DISCARD_MODES:
+            raise BadInput(f"discard={self.discard!r} is not one of {', '.join(DISCARD_MODES)}")
         if self.blockdev and self.cache not in BLOCKDEV_CACHE:
             raise BadInput(f"a -blockdev disk takes cache {' or '.join(BLOCKDEV_CACHE)}, "
                            f"not {self.cache!r}")
@@ -91,12 +101,15 @@ class Drive:
         if self.blockdev:
             node = {"driver": fmt, "node-name": self.id, "read-only": self.read_only,
                     "cache": {"direct": BLOCKDEV_CACHE[self.cache]},
+                    **({"discard": "unmap"} if self.discard == "unmap" else {}),
                     "file": {"driver": "file", "filename": str(self.path)}}
             return [*extra, "-blockdev", json.dumps(node), "-device", device]
         opts = [f"file={qemu_opt(self.path)}", f"format={fmt}", "if=none", f"id={self.id}",
                 f"cache={self.cache}"]
         if self.read_only:
             opts.append("readonly=on")
+        if self.discard == "unmap":
+            opts.append("discard=unmap")
         return [*extra, "-drive", ",".join(opts), "-device", device]
 
 
