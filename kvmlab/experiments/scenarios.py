@@ -870,20 +870,6 @@ def _rule_same_point(o: dict[str, Any], sc: Scenario) -> tuple[bool, str]:
     return True, f"{len(disks)} disks, every copy verifies, all cut at one point"
 
 
-def _rule_sparse(o: dict[str, Any], sc: Scenario) -> tuple[bool, str]:
-    """The copy verifies and the host stores about what the source holds (within 25 %
-    and 1 MiB): zero areas are neither copied nor left allocated."""
-    ok, why = _rule_copy(o, sc)
-    if not ok:
-        return ok, why
-    tgt, src = o.get("target_allocated"), o.get("source_allocated")
-    if tgt is None or src is None:
-        return False, "the target's or the source's allocation was not measured"
-    if tgt > 1.25 * src + MIB:
-        return False, f"the target holds {tgt / MIB:.1f} MiB for the source's {src / MIB:.1f}"
-    return True, f"verifies; target {tgt / MIB:.1f} MiB on the host, source {src / MIB:.1f} MiB"
-
-
 def _rule_allocation(o: dict[str, Any], sc: Scenario) -> tuple[bool, str]:
     """The copy verifies; what the host stores is recorded, not judged (the builds differ)."""
     ok, why = _rule_copy(o, sc)
@@ -893,6 +879,16 @@ def _rule_allocation(o: dict[str, Any], sc: Scenario) -> tuple[bool, str]:
     if tgt is None or src is None:
         return False, "the target's or the source's allocation was not measured"
     return True, f"verifies; target {tgt / MIB:.1f} MiB on the host, source {src / MIB:.1f} MiB"
+
+
+def _rule_sparse(o: dict[str, Any], sc: Scenario) -> tuple[bool, str]:
+    """:func:`_rule_allocation`, and the host stores about what the source holds (within
+    25 % and 1 MiB): zero areas are neither copied nor left allocated."""
+    ok, why = _rule_allocation(o, sc)
+    if ok and o["target_allocated"] > 1.25 * o["source_allocated"] + MIB:
+        return False, (f"the target holds {o['target_allocated'] / MIB:.1f} MiB for the "
+                       f"source's {o['source_allocated'] / MIB:.1f}")
+    return ok, why
 
 
 def _rule_zeroes_written(o: dict[str, Any], sc: Scenario) -> tuple[bool, str]:
