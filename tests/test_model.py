@@ -57,3 +57,18 @@ def test_jobinfo_from_qemu_reply() -> None:
            "paused": False, "speed": 8388608, "ready": False, "type": "mirror"}
     info = JobInfo.from_qmp(raw)
     assert (info.id, info.remaining, info.status) == ("drive0", 17563648 - 4325376, "running")
+
+
+@pytest.mark.parametrize("outcome,action,forced,words", [
+    ("BLOCK_JOB_COMPLETED", "cancel", False, "point-in-time copy of vda"),
+    ("BLOCK_JOB_COMPLETED", "complete", False, "completed (pivot)"),
+    ("BLOCK_JOB_CANCELLED", "cancel", False, "cancelled before READY"),
+    ("BLOCK_JOB_CANCELLED", "cancel", True, "force-cancelled while paused"),
+    ("BLOCK_JOB_COMPLETED", "cancel", True, "point-in-time copy of vda"),  # force at READY
+])
+def test_a_jobs_end_is_said_as_what_it_means_for_the_target(outcome: str, action: str,
+                                                            forced: bool, words: str) -> None:
+    from kvmlab.lab.session import end_meaning
+    said = end_meaning(outcome, None, action, "t.qcow2", "vda", forced)
+    assert words in said and "t.qcow2" in said
+    assert end_meaning(outcome, "EIO", action, "t.qcow2", "vda").startswith("failed (EIO)")

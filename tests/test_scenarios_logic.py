@@ -88,6 +88,24 @@ def test_refusal_rule_checks_qemus_words_the_job_and_the_guest() -> None:
                             SCENARIOS["refuse_same_target"])[0]
 
 
+@pytest.mark.parametrize("build", sorted(RECORDED))
+def test_a_reboot_counts_only_when_the_guest_ran_its_own_shutdown_and_came_back(
+        build: str) -> None:
+    """The guest's reboot (its own ``shutdown -r`` through the agent) against the host's
+    reset: one rule, which names what happened and fails if the guest never ran its
+    shutdown or never booted again."""
+    sc = SCENARIOS["guest_reboot_after_ready"]
+    real = observed(build, "guest_reboot_after_ready")
+    ok, why = RULES["job_survives"](real, sc)
+    assert ok and why.startswith("reboot at ready") and real["guest_shutdown_said"]
+    assert RULES["job_survives"](observed(build, "reset_after_ready"),
+                                 SCENARIOS["reset_after_ready"])[1].startswith("reset at ready")
+    ok, why = RULES["job_survives"]({**real, "guest_shutdown_said": False}, sc)
+    assert not ok and "never ran its shutdown" in why
+    ok, why = RULES["job_survives"]({**real, "rebooted": False}, sc)
+    assert not ok and "did not boot again after the reboot" in why
+
+
 def test_stress_takes_will_not_converge_only_from_a_guest_over_the_limit() -> None:
     """A "will not converge" is the stress scenario's right answer only if the guest wrote
     faster than the job's limit; under it, the verdict was a false alarm."""

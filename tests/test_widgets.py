@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from kvmlab import load_run
+from kvmlab.errors import KvmlabError
 from kvmlab.lab import widgets
-from kvmlab.lab.widgets import MirrorPanel
+from kvmlab.lab.widgets import MirrorPanel, MirrorPanels
 
 pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
 
@@ -225,30 +226,53 @@ def test_panel_switches_a_running_mirror_to_active_mode_on_qemu_10(runs: Path) -
         p.close()
 
 
-def test_panel_mirrors_a_data_disk_of_a_vm_with_several(runs: Path) -> None:
-    """A lab VM with two data disks: the panel offers every disk, and a job on one of the
-    data disks records that disk's job."""
-    p = MirrorPanel.lab(accel="tcg", fill_mib=8, image_mib=48, runs_dir=runs, refresh=0.25,
-                        data_disks=2)
+def test_panels_side_by_side_run_a_job_on_each_disk_at_once(runs: Path) -> None:
+    """A lab VM with a data disk: one panel per disk, a job on each at the same time, each
+    steered on its own (one cancelled at READY, one paused then cancelled before READY)
+    and recorded in its own run, with its own summary and dashboard."""
+    ps = MirrorPanels.lab(accel="tcg", fill_mib=8, image_mib=48, runs_dir=runs,
+                          refresh=0.25, data_disks=1)
+    owner = ps.session
     try:
-        assert p.session is not None
-        assert list(p.drive.options) == ["drive0", "data1", "data2"]
-        assert "disks: drive0, data1, data2" in p.message.value
-        _until(lambda: "start" in _enabled(p), 10, "start enabled")
-        p.drive.value = "data2"
-        p.speed.value = 0
-        p.click("start")
-        _until(lambda: "ready" in p.status.value, 90, "ready")
-        time.sleep(2.0)                      # the guest writes a round or more at READY
-        p.click("cancel")
-        fin = p.session.wait_finished(30)
-        assert fin.outcome == "BLOCK_JOB_COMPLETED" and fin.error is None
-        run = load_run(fin.run_path)
-        assert set(run.samples["job"]) == {"data2"}
-        assert "disk" in run.guest_ops
-        # the guest wrote to the data disk while it was mirrored
-        assert "vdc" in set(run.guest_ops["disk"].dropna())
+        assert [list(p.drive.options) for p in ps.panels] == [["drive0"], ["data1"]]
+        assert owner.drives == ["drive0", "data1"]
+        a, b = ps["drive0"], ps["data1"]
+        assert a.target.value != b.target.value          # each its own target file
+        for p in (a, b):
+            _until(lambda p=p: "start" in _enabled(p), 10, "start enabled")
+        b.speed.value = 256 << 10                          # slow: still running later
+        a.speed.value = 0
+        a.click("start")
+        b.click("start")
+        _until(lambda: "ready" in a.status.value, 90, "drive0 ready")
+        assert "running" in b.status.value and b.session.active
+        b.click("pause")
+        _until(lambda: "paused" in b.status.value, 10, "data1 paused")
+        assert "ready" in a.status.value                   # the other job is untouched
+        time.sleep(1.0)
+        a.click("cancel")
+        b.click("cancel")
+        fa, fb = a.session.wait_finished(30), b.session.wait_finished(30)
+        assert fa.run_path != fb.run_path
+        assert (fa.job, fb.job) == ("drive0", "data1")
+        assert fa.outcome == "BLOCK_JOB_COMPLETED" and "point-in-time copy" in fa.meaning
+        # QEMU refuses a plain cancel of a paused job: the session forces it, and says so
+        assert fb.outcome == "BLOCK_JOB_CANCELLED" and fb.meaning.startswith("force-cancelled")
+        assert "#b00020" not in b.message.value          # no error said
+        # each summary is its own job's, though both runs recorded both jobs
+        assert fa.summary["job"] == "drive0" and fb.summary["job"] == "data1"
+        assert fa.summary["time_to_ready_s"] > 0
+        assert fb.summary.get("time_to_ready_s") is None
+        run_b = load_run(fb.run_path)
+        assert "data1" in set(run_b.samples["job"])
+        assert "vdb" in set(run_b.guest_ops["disk"].dropna())   # the guest wrote data1
+        for p in (a, b):
+            _until(lambda p=p: "Summary" in p.summary.value, 30, "summary shown")
+            assert (p.session.finished.run_path / "dashboard.png").stat().st_size > 10_000
+        with pytest.raises(KvmlabError, match="already has a session"):
+            owner.beside("data1")
     finally:
-        scratch = p.session.scratch if p.session else None
-        p.close()
+        scratch = owner.scratch
+        ps.close()
+    assert not b.session.active and MirrorPanel.current is None
     assert scratch is None or not scratch.exists()

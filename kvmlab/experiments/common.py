@@ -371,6 +371,38 @@ def wait_begun_on_all(vm: Machine, disks: int, since: float, timeout: float) -> 
         vm.wait_ops(1, None, after=time.monotonic(), timeout=max(0.1, deadline - time.monotonic()))
 
 
+@contextmanager
+def vm_stopped(lab: LabRun, vm: Machine, reason: str) -> Iterator[None]:
+    """The VM's vCPUs stopped for the block (marked ``stop`` and ``cont`` in the record):
+    what QEMU does in that block happens at one point in the guest's life.  QEMU's
+    ``transaction`` has no mirror action, so this is how several mirrors start, or are
+    cut, together."""
+    lab.recorder.mark(marks.STOP, reason=reason)
+    vm.stop()
+    try:
+        yield
+    finally:
+        vm.cont()
+        lab.recorder.mark(marks.CONT)
+
+
+def start_together(lab: LabRun, vm: Machine, start: Callable[[Drive], Job],
+                   drives: Sequence[Drive]) -> tuple[list[Job], float]:
+    """Start a mirror of each of *drives* (``start(drive)``); several at one point of the
+    guest's life, with the VM stopped around the starts.  Returns the jobs and how long the
+    VM was stopped (0 for one drive)."""
+    if len(drives) == 1:
+        lab.recorder.mark(marks.MIRROR_START, job=drives[0].id)
+        return [start(drives[0])], 0.0
+    jobs: list[Job] = []
+    t0 = time.monotonic()
+    with vm_stopped(lab, vm, "start every mirror at one point"):
+        for d in drives:
+            lab.recorder.mark(marks.MIRROR_START, job=d.id)
+            jobs.append(start(d))
+    return jobs, time.monotonic() - t0
+
+
 def cut_at_ready(lab: LabRun, vm: Machine, jobs: list[Job]) -> tuple[float, float, list[JobOutcome]]:
     """Cancel every job at READY; returns (cut-off, resume time, outcomes).
 
@@ -385,15 +417,10 @@ def cut_at_ready(lab: LabRun, vm: Machine, jobs: list[Job]) -> tuple[float, floa
         jobs[0].cancel()
         outcome = jobs[0].wait_done(60)
         return t_cut, time.monotonic(), [outcome]
-    rec.mark(marks.STOP, reason="cut every disk at one point")
-    vm.stop()
-    t_cut = time.monotonic()
-    try:
+    with vm_stopped(lab, vm, "cut every disk at one point"):
+        t_cut = time.monotonic()
         for job in jobs:
             rec.mark(marks.CANCEL, job=job.id)
             job.cancel()
         outcomes = [job.wait_done(60) for job in jobs]
-    finally:
-        vm.cont()
-        rec.mark(marks.CONT)
     return t_cut, time.monotonic(), outcomes

@@ -40,6 +40,7 @@ from kvmlab.experiments.common import (
     LabRun,
     busy_vm,
     cut_at_ready,
+    start_together,
     synced_manifest,
     verify_image,
     wait_begun_on_all,
@@ -248,12 +249,12 @@ class _Flow:
                      rate_bps=self.link_rate_bps, error_rate=self.link_error_rate)
         # 2. every disk mirrored into its export
         t0 = time.monotonic()
-        jobs = []
-        for d, dd in zip(src.drives, dst.drives, strict=True):  # (libvirt names vda, vdb...)
-            rec.mark(marks.MIRROR_START, job=d.id)
-            jobs.append(src.mirror(d.id, urls[dd.id], "raw", mode="existing", speed=self.speed,
-                                   copy_mode=self.copy_mode,
-                                   on_target_error=self.on_target_error))
+        url_of = {d.id: urls[dd.id]                   # (libvirt names vda, vdb...)
+                  for d, dd in zip(src.drives, dst.drives, strict=True)}
+        jobs, _ = start_together(
+            lab, src, lambda d: src.mirror(d.id, url_of[d.id], "raw", mode="existing",
+                                           speed=self.speed, copy_mode=self.copy_mode,
+                                           on_target_error=self.on_target_error), src.drives)
         if self.fault == "link_before_ready":
             time.sleep(0.3)
             return self._fault(lab, src, jobs, lambda: _cut_links(rec, proxies))

@@ -24,6 +24,7 @@ from kvmlab.experiments.common import (
     ExperimentResult,
     LabRun,
     cut_at_ready,
+    start_together,
     synced_manifest,
     verify_image,
     wait_begun_on_all,
@@ -93,11 +94,11 @@ def e1_steps(lab: LabRun, *, image_mib: int, fill_mib: int, disk_format: str,
         lab.note_machine(vm, "source")
         vm.wait_guest("op", timeout=120)          # the guest is busy: mirror now
         t_start = time.monotonic()
-        jobs = []
-        for d, target in zip(vm.drives, targets):
-            rec.mark(marks.MIRROR_START, job=d.id)
-            jobs.append(vm.mirror(d.id, target, target_format, sync=sync, speed=speed,
-                                  granularity=granularity, buf_size=buf_size))
+        target_of = {d.id: t for d, t in zip(vm.drives, targets)}
+        jobs, start_stopped_s = start_together(
+            lab, vm, lambda d: vm.mirror(d.id, target_of[d.id], target_format, sync=sync,
+                                         speed=speed, granularity=granularity,
+                                         buf_size=buf_size), vm.drives)
         readies = _wait_all_ready(jobs, ready_timeout)
         if None in readies:                   # diverging or stalled: a result, not a crash
             for job in jobs:
@@ -151,6 +152,7 @@ def e1_steps(lab: LabRun, *, image_mib: int, fill_mib: int, disk_format: str,
             verdict["disks"] = [_disk_row(j, o, r, t_start, c, i)
                                 for i, (j, o, r, c) in enumerate(zip(
                                     jobs, outcomes, readies, checks))]
+            verdict["start_stopped_s"] = round(start_stopped_s, 3)
             verdict["cut_stopped_s"] = round(t_resume - t_cut, 3)
             verdict["same_point"] = all(d["verify_pass"] and d["absent_checked"] > 0
                                         for d in verdict["disks"])

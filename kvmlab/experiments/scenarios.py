@@ -354,36 +354,48 @@ def _disks_at_once(c: _Ctx) -> dict[str, Any]:
             "same_point": bool(v.get("same_point")), "cut_stopped_s": v.get("cut_stopped_s")}
 
 
-def _reset(after_ready: bool) -> Callable[[_Ctx], dict[str, Any]]:
-    """A runner: the guest is reset (QMP ``system_reset``; the VM reboots, as a guest's
-    ``reboot`` does) before or after READY; the job goes on and the copy verifies."""
+def _reboot(after_ready: bool, by_guest: bool) -> Callable[[_Ctx], dict[str, Any]]:
+    """A runner: the VM reboots before or after READY, either reset by the host (QMP
+    ``system_reset``, tp-qemu's method) or by the guest itself (its own ``shutdown -r``,
+    started through the guest agent: it syncs its disks, then reboots the kernel).  The
+    job goes on and the copy verifies."""
+    action = "guest shutdown -r" if by_guest else "system_reset"
+
     def during(c: _Ctx, vm: Machine, job: Job) -> dict[str, Any]:
         vm.qmp("set-action", {"reboot": "reset"})    # else -no-reboot makes a reset a quit
+        agent = vm.agent() if by_guest else None
         if after_ready and c.ready(job) is None:
             return {"reset_at": "never ready"}
         if not after_ready:
             time.sleep(0.3)
         at = "ready" if job.is_ready else "running"
         booted = sum(1 for r in vm.console.records.snapshot() if r.name == "boot")
-        c.rec.mark(marks.SCENARIO_ACTION, action="system_reset")
+        c.rec.mark(marks.SCENARIO_ACTION, action=action)
         t = time.monotonic()
-        vm.qmp("system_reset")
+        if agent is not None:
+            agent.reboot()
+        else:
+            vm.qmp("system_reset")
         try:
-            vm.wait_guest("boot", timeout=60, since=0)
             deadline = time.monotonic() + 60
             while sum(1 for r in vm.console.records.snapshot() if r.name == "boot") <= booted:
                 if time.monotonic() > deadline:
-                    raise WaitTimeout("the guest did not boot again after the reset")
+                    raise WaitTimeout("the guest did not boot again after the reboot")
                 time.sleep(0.1)
             rebooted = True
         except WaitTimeout:
             rebooted = False
-        return {"reset_at": at, "rebooted": rebooted, "job_running_after": job.ended is None,
-                "guest_ops_after_action": _ops_after(vm, t, timeout=30)}
+        out = {"reset_at": at, "rebooted": rebooted, "job_running_after": job.ended is None,
+               "guest_ops_after_action": _ops_after(vm, t, timeout=30)}
+        if by_guest:
+            out["guest_shutdown_said"] = any(r.name == "shutdown"
+                                             for r in vm.console.records.snapshot())
+        return out
 
     def run(c: _Ctx) -> dict[str, Any]:
         speed = c.speed if after_ready else min(c.speed, 2 * MIB)
-        return _copy_at_ready(c, during=during, mirror_kw={"speed": speed})
+        return _copy_at_ready(c, during=during, mirror_kw={"speed": speed},
+                              vm_kw={"agent": True} if by_guest else None)
     return run
 
 
@@ -670,12 +682,23 @@ SCENARIO_LIST: tuple[Scenario, ...] = (
              "every disk mirrored, all cut at one point; QEMU's transaction has no mirror "
              "action, so the point is made by stopping the VM around the cancels",
              "same_point", run=_disks_at_once),
-    Scenario("reset_before_ready", "lifecycle", "tp-qemu blockdev_mirror_vm_reboot",
+    Scenario("reset_before_ready", "lifecycle",
+             "tp-qemu blockdev_mirror_vm_reboot (its reboot is system_reset)",
              "the VM reboots during the mirror; the job goes on, the copy holds the data",
-             "job_survives", run=_reset(after_ready=False)),
-    Scenario("reset_after_ready", "lifecycle", "tp-qemu blockdev_mirror_vm_reboot",
+             "job_survives", run=_reboot(after_ready=False, by_guest=False)),
+    Scenario("reset_after_ready", "lifecycle",
+             "tp-qemu blockdev_mirror_vm_reboot (its reboot is system_reset)",
              "the VM reboots while the job is READY; the job stays READY, the copy verifies",
-             "job_survives", run=_reset(after_ready=True)),
+             "job_survives", run=_reboot(after_ready=True, by_guest=False)),
+    Scenario("guest_reboot_before_ready", "lifecycle",
+             "tp-qemu drive_mirror_reboot with reboot_method=shell (the guest's own reboot)",
+             "the guest reboots itself during the mirror (it syncs, then restarts its "
+             "kernel); the job goes on, the copy holds every synced write",
+             "job_survives", run=_reboot(after_ready=False, by_guest=True)),
+    Scenario("guest_reboot_after_ready", "lifecycle",
+             "tp-qemu drive_mirror_reboot with reboot_method=shell (the guest's own reboot)",
+             "the guest reboots itself while the job is READY; the job stays READY, the "
+             "copy verifies", "job_survives", run=_reboot(after_ready=True, by_guest=True)),
     Scenario("unplug_data_disk", "lifecycle", "tp-qemu blockdev_mirror_hotunplug",
              "device_del of a -blockdev disk under a running mirror: the device goes, the "
              "job goes on; deleting the disk's node is refused while the job holds it",
@@ -798,12 +821,15 @@ def _rule_refused(o: dict[str, Any], sc: Scenario) -> tuple[bool, str]:
 
 
 def _rule_job_survives(o: dict[str, Any], sc: Scenario) -> tuple[bool, str]:
+    how = "reboot" if "guest_shutdown_said" in o else "reset"
+    if o.get("guest_shutdown_said") is False:
+        return False, "the guest never ran its shutdown"
     if not o.get("rebooted"):
-        return False, "the guest did not boot again after the reset"
+        return False, f"the guest did not boot again after the {how}"
     if not o.get("job_running_after"):
-        return False, "the job ended at the reset"
+        return False, f"the job ended at the {how}"
     ok, why = _rule_copy(o, sc)
-    return ok, (f"reset at {o.get('reset_at')}: the job went on, the copy verifies"
+    return ok, (f"{how} at {o.get('reset_at')}: the job went on, the copy verifies"
                 if ok else why)
 
 

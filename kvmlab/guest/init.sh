@@ -57,7 +57,18 @@ if [ "$P_qga" = 1 ] && [ -x /usr/sbin/qemu-ga ]; then
     done
     [ -z "$port" ] && usleep 50000; i=$((i+1))
   done
-  mkdir -p /run /var/run /tmp
+  mkdir -p /run /var/run /tmp /sbin
+  # the guest's own shutdown, as qemu-ga's guest-shutdown runs it (/sbin/shutdown -r|-P|-H
+  # +0 ...; busybox has none): it says so, returns at once (qemu-ga waits for it), then
+  # syncs every disk and reboots, powers off or halts the kernel
+  cat > /sbin/shutdown <<'EOS'
+#!/bin/busybox sh
+case "$1" in -r) how=reboot;; -H) how=halt;; *) how=poweroff;; esac
+echo "KVMLAB shutdown how=$how t=$(cut -d' ' -f1 /proc/uptime)" > /dev/console
+( sleep 0.2; sync; "$how" -f ) </dev/null >/dev/null 2>&1 &
+exit 0
+EOS
+  chmod 755 /sbin/shutdown
   if [ -n "$port" ] && [ -c "$port" ]; then
     /usr/sbin/qemu-ga -m virtio-serial -p "$port" -t /run -f /run/qemu-ga.pid -l /run/qemu-ga.log &
     say qga port=$port t=$(now)

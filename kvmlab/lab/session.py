@@ -60,14 +60,20 @@ class Finished:
     failures: list[str] = field(default_factory=list)
     #: what the end means for the target, in words (a point-in-time copy, a pivot...)
     meaning: str = ""
+    #: the job's id (its device: ``drive0``, ``data1``...)
+    job: str | None = None
 
 
 def end_meaning(outcome: str, error: str | None, action: str | None, target: str,
-                drive: str) -> str:
+                drive: str, forced: bool = False) -> str:
     """What a job's end means for its target: QEMU says BLOCK_JOB_COMPLETED both for a
-    pivot and for a cancel after READY, which users read as the same thing."""
+    pivot and for a cancel after READY, which users read as the same thing.  *forced*: the
+    cancel was sent with ``force`` (a paused job: QEMU refuses a plain cancel of one)."""
     if error:
         return f"failed ({error}): {target} is incomplete, not a usable copy"
+    if forced and outcome == marks.BLOCK_JOB_CANCELLED:
+        return (f"force-cancelled while paused (QEMU cancels a paused job only with force): "
+                f"{target} is not a usable copy")
     if outcome == marks.BLOCK_JOB_COMPLETED and action == marks.CANCEL:
         return (f"cancelled after READY: {target} is a point-in-time copy of {drive} as of "
                 "the cancel (QEMU reports the job as completed); the VM goes on using its "
@@ -88,13 +94,21 @@ def _cleanup(machine: Machine | None, scratch: Path | None) -> None:
 
 class Session:
     """One VM and the mirror jobs run on it by hand, one at a time, on any of its disks
-    (*drives*; the first job's is *drive*).  Close it to stop what it started."""
+    (*drives*; the first job's is *drive*).  Close it to stop what it started.
+
+    For a job on each disk at once, :meth:`beside` opens more sessions on the same VM,
+    one per disk: each runs and records its own job."""
 
     def __init__(self, backend: Backend, *, drive: str, machine: Machine | None = None,
                  scratch: Path | None = None, label: str = "vm",
                  runs_dir: str | Path | None = None, sample_interval: float = 0.1,
-                 caps: Capabilities | None = None, drives: Sequence[str] = ()) -> None:
+                 caps: Capabilities | None = None, drives: Sequence[str] = (),
+                 owner: bool = True) -> None:
         self.backend = backend
+        #: this session started (or attached) the VM and stops (or detaches) it at close;
+        #: a session :meth:`beside` another is not, and leaves the VM alone
+        self.owner = owner
+        self._beside: list[Session] = []
         self.drive = drive
         #: the disks a job may mirror (the VM's own order)
         self.drives = list(drives) or [drive]
@@ -108,6 +122,7 @@ class Session:
         self.job: Job | None = None
         self.spec: MirrorSpec | None = None
         self._end_action: str | None = None         # the step that asked the job to end
+        self._forced = False                         # ... and whether it forced a cancel
         self.recorder: Recorder | None = None
         self.run: RunDir | None = None
         self.finished: Finished | None = None
@@ -116,7 +131,8 @@ class Session:
         self._watch: threading.Thread | None = None
         self._closed = False
         self._qemu_version: str | None = None
-        self._finalizer = weakref.finalize(self, _cleanup, machine, scratch)
+        self._finalizer = weakref.finalize(self, _cleanup, machine if owner else None,
+                                           scratch if owner else None)
 
     @property
     def qemu_version(self) -> str:
@@ -189,14 +205,35 @@ class Session:
         disks = [d.device for d in be.block_info() if d.device and d.file]
         return cls(be, drive=drive, label=domain, caps=caps, drives=disks, **kw)
 
+    def beside(self, drive: str) -> Session:
+        """Another session on this VM, for a job on *drive* while this session's runs: one
+        job per disk side by side, each started, steered and recorded on its own (its own
+        run folder, its own summary).  The VM stays this session's: closing this session
+        closes those beside it first."""
+        if self._closed or not self.owner:
+            raise StateError("open sessions beside the session that owns the VM, while it is open")
+        if drive not in self.drives:
+            raise BadInput(f"this VM's disks are {', '.join(self.drives)}, not {drive!r}")
+        taken = [self.drive] + [s.drive for s in self._beside if not s._closed]
+        if drive in taken:
+            raise BadInput(f"disk {drive} already has a session; one job per disk")
+        other = Session(self.backend, drive=drive, machine=self.machine, scratch=self.scratch,
+                        label=self.label, runs_dir=self.runs_dir,
+                        sample_interval=self.sample_interval, caps=self.caps,
+                        drives=[drive], owner=False)
+        other._qemu_version = self._qemu_version
+        self._beside.append(other)
+        return other
+
     def default_target(self, fmt: str | None = "qcow2") -> Path:
-        """A fresh target path in the session's scratch folder (or data/scratch)."""
+        """A fresh target path in the session's scratch folder (or data/scratch), named
+        after the disk (sessions side by side share the folder)."""
         folder = self.scratch or paths.scratch_dir()
         folder.mkdir(parents=True, exist_ok=True)
         n = 1
-        while (folder / f"mirror-{n}.{fmt or 'img'}").exists():
+        while (folder / f"mirror-{self.drive}-{n}.{fmt or 'img'}").exists():
             n += 1
-        return folder / f"mirror-{n}.{fmt or 'img'}"
+        return folder / f"mirror-{self.drive}-{n}.{fmt or 'img'}"
 
     # -- state -------------------------------------------------------------------------
     @property
@@ -277,7 +314,7 @@ class Session:
             run.update(backend=self.backend.name, versions=self.backend.versions(),
                        accel=self.machine.accel if self.machine else None)
             self.job, self.recorder, self.run, self.finished = job, rec, run, None
-            self.spec, self._end_action = spec, None
+            self.spec, self._end_action, self._forced = spec, None, False
             self._watch = threading.Thread(target=self._watch_job, args=(job, rec, run),
                                            name="kvmlab-session-watch", daemon=True)
             self._watch.start()
@@ -298,10 +335,15 @@ class Session:
         job.resume()
 
     def cancel(self) -> None:
+        """``block-job-cancel``; a paused job with ``force``, since QEMU refuses a plain
+        cancel of a paused job ("is currently paused") and the panel offers Cancel there."""
         job = self._require("cancel")
+        info = self.info()
+        force = bool(info is not None and info.paused)
         self._end_action = marks.CANCEL
-        self._mark(marks.CANCEL, job=job.id)
-        job.cancel()
+        self._forced = force
+        self._mark(marks.CANCEL, job=job.id, force=force)
+        job.cancel(force=force)
 
     def complete(self) -> None:
         job = self._require("complete")
@@ -352,13 +394,15 @@ class Session:
                        {"pass": end is not None and not error, "job_end": outcome,
                         "job_error": error})
             data = load_run(run.path)
-            try:
-                summary = analysis.summarize(data)
+            try:                      # this job's (others may run beside it on the VM)
+                summary = analysis.summarize(data, job.id)
             except Exception as err:  # noqa: BLE001 - the run is saved; report, do not lose it
                 summary = {"summary_error": f"{type(err).__name__}: {err}"}
             target = self.spec.target if self.spec else "the target"
-            meaning = end_meaning(outcome, error, self._end_action, str(target), self.drive)
-            fin = Finished(run.path, outcome, error, summary, data, meaning=meaning)
+            meaning = end_meaning(outcome, error, self._end_action, str(target), self.drive,
+                                  self._forced)
+            fin = Finished(run.path, outcome, error, summary, data, meaning=meaning,
+                           job=job.id)
             run.update(meaning=meaning)
         # the run is saved; now the display's callbacks (best effort), then publish
         for cb in list(self.on_finish):
@@ -382,6 +426,8 @@ class Session:
         """Cancel a running job, save its run, stop the lab VM, remove scratch.  Idempotent."""
         if self._closed:
             return
+        for other in self._beside:                 # their jobs end before the VM does
+            other.close()
         try:
             if self.active and self.job is not None:
                 try:
@@ -397,6 +443,6 @@ class Session:
                 self._finish(self.job, self.recorder, self.run)
         finally:
             self._closed = True
-            if self.machine is None:
+            if self.owner and self.machine is None:
                 self.backend.close()
             self._finalizer()

@@ -2,7 +2,8 @@
 
 ``MirrorPanel.lab()`` opens the panel on a lab VM that kvmlab starts;
 ``MirrorPanel.libvirt(uri, domain)`` on an existing libvirt domain; or build
-the panel empty and use its connect row.  Display only: every action goes to
+the panel empty and use its connect row.  ``MirrorPanels.lab(data_disks=2)`` opens
+one panel per disk of one VM, side by side, each with its own job and run.  Display only: every action goes to
 a :class:`kvmlab.lab.session.Session`, which records each job in
 ``data/runs/<run-id>/`` on its own threads.  The live view refreshes from a
 background thread (the kernel stays free for other cells) every
@@ -16,7 +17,7 @@ import html
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,18 +99,20 @@ class LivePlot:
         with self._lock:
             return fn()
 
-    def draw(self, samples: Any, events: Any, trace: Any = None) -> None:
+    def draw(self, samples: Any, events: Any, trace: Any = None,
+             job: str | None = None) -> None:
         """Redraw with *samples*, *events* and QEMU's *trace* (hold-ups coloured by cause,
         a lane of requests in flight and throttle sleeps), keeping a view the user zoomed
         to."""
-        self._locked(lambda: self._redraw(samples, events, trace))
+        self._locked(lambda: self._redraw(samples, events, trace, job))
         if self.canvas is not None:
             self.canvas.layout.display = None
             self.canvas.draw_idle()
         else:
             _show_image(self.widget, self._locked(lambda: plots.png(self.fig)))
 
-    def _redraw(self, samples: Any, events: Any, trace: Any = None) -> None:
+    def _redraw(self, samples: Any, events: Any, trace: Any = None,
+                job: str | None = None) -> None:
         view = (self.ax.get_xlim(), self.ax.get_ylim()) if self.zoomed else None
         self.ax.clear()
         self.lane.clear()
@@ -117,7 +120,7 @@ class LivePlot:
         if trace is not None and len(trace):
             held = causes.classify(RunData(Path("."), {}, {"samples": samples, "events": events,
                                                            "trace": trace}))
-        plots.convergence(samples, events, ax=self.ax, xlabel=False, held=held)
+        plots.convergence(samples, events, ax=self.ax, xlabel=False, held=held, job=job)
         plots.in_flight_lane(trace, events, ax=self.lane)
         self._auto = (self.ax.get_xlim(), self.ax.get_ylim())
         if view is not None:
@@ -146,14 +149,17 @@ class MirrorPanel(w.VBox):
                ("stop_vm", "Stop VM", "pause-circle", ""),
                ("cont_vm", "Continue VM", "play-circle", ""))
 
-    #: the panel open in this kernel: running its cell again replaces it (and closes its
-    #: VM) instead of leaving a second VM running
-    current: MirrorPanel | None = None
+    #: the panel (or row of panels) open in this kernel: running its cell again replaces
+    #: it (and closes its VM) instead of leaving a second VM running
+    current: MirrorPanel | MirrorPanels | None = None
 
     def __init__(self, session: Session | None = None, *, refresh: float = 0.4,
                  lab_options: dict[str, Any] | None = None,
-                 interactive: bool | None = None) -> None:
-        MirrorPanel.close_current()
+                 interactive: bool | None = None, replace: bool = True) -> None:
+        """:param replace: close the panel open before in this kernel, and become the
+            current one (a row of panels manages that for the panels it holds)."""
+        if replace:
+            MirrorPanel.close_current()
         self.session = session
         self._predictor = Predictor()
         #: the convergence predictor's latest answer for the running job
@@ -179,7 +185,8 @@ class MirrorPanel(w.VBox):
         if session is not None:
             self._attach(session)
         self._start_refresh()
-        MirrorPanel.current = self
+        if replace:
+            MirrorPanel.current = self
 
     @classmethod
     def close_current(cls) -> None:
@@ -402,7 +409,7 @@ class MirrorPanel(w.VBox):
             frames = rec.live_frames()
             samples, events = frames["samples"], frames["events"]
             self._numbers(info, samples)
-            self._events(events)
+            self._events(events, self._job())
         fin = s.finished
         if fin is not None and fin is not self._shown_finish:
             self._show_finish(fin)
@@ -422,10 +429,18 @@ class MirrorPanel(w.VBox):
         if len(samples) < 2 or len(samples) == self._plotted:
             return
         self._plotted = len(samples)
-        self.plot.draw(samples, events, frames.get("trace"))
+        self.plot.draw(samples, events, frames.get("trace"), self._job())
+
+    def _job(self) -> str | None:
+        """The session's job id: a VM may run other jobs beside it, which this panel's
+        numbers, plot and events leave out."""
+        s = self.session
+        return s.job.id if s is not None and s.job is not None else None
 
     def _numbers(self, info: Any, samples: Any) -> None:
-        r = analysis.rates(samples, None, 2.0) if len(samples) >= 2 else None
+        job = self._job()
+        mine = analysis.job_samples(samples, job) if job and len(samples) else samples
+        r = analysis.rates(mine, job, 2.0) if len(mine) >= 2 else None
         copy = float(r["copy_rate"].iloc[-1]) if r is not None and len(r) else 0.0
         dirty = float(r["dirty_rate"].iloc[-1]) if r is not None and len(r) else 0.0
         if info is None:
@@ -441,8 +456,11 @@ class MirrorPanel(w.VBox):
             f"&nbsp;|&nbsp; limit {plots.fmt_rate(info.speed) if info.speed else 'none'}"
             f"<br><span class='kvmlab-outlook'>{html.escape(out.text())}</span>")
 
-    def _events(self, events: Any) -> None:
-        ev = events[events["source"] != "guest"].tail(12)
+    def _events(self, events: Any, job: str | None = None) -> None:
+        ev = events[events["source"] != "guest"]
+        if job is not None:                         # the VM's events and this job's
+            ev = ev[ev["job"].isna() | (ev["job"] == job)]
+        ev = ev.tail(12)
         lines = [f"{row.t:8.2f}s {row.source:7s} {row.name} {_text(row.job)} {_text(row.status)}"
                  for row in ev.itertuples()]
         self.log_view.value = "<pre style='font-size:11px;margin:0'>" + \
@@ -451,7 +469,7 @@ class MirrorPanel(w.VBox):
     def _on_finish(self, fin: Finished) -> None:
         """Called by the session's watcher when a run is saved: draw the dashboard."""
         import matplotlib.pyplot as plt
-        fig = plots.dashboard(fin.data)
+        fig = plots.dashboard(fin.data, job=fin.job)
         try:
             self._dashboard_png = plots.png(fig)
             plots.save_png(fig, fin.run_path / "dashboard.png")
@@ -495,6 +513,65 @@ class MirrorPanel(w.VBox):
         self.plot.close()
         super().close()
 
+
+
+class MirrorPanels(w.VBox):
+    """One :class:`MirrorPanel` per disk of one VM, side by side: a job on every disk at
+    once, each started, steered and recorded on its own (its own run folder and summary;
+    :meth:`Session.beside`).  ``display(panels)``; :meth:`close` stops what they started."""
+
+    def __init__(self, session: Session, drives: Sequence[str] | None = None, *,
+                 refresh: float = 0.4, interactive: bool | None = None) -> None:
+        drives = list(drives) if drives is not None else list(session.drives)
+        unknown = [d for d in drives if d not in session.drives]
+        if not drives or unknown:
+            raise KvmlabError(f"this VM's disks are {', '.join(session.drives)}; "
+                              f"not {', '.join(unknown) or 'none'}")
+        MirrorPanel.close_current()
+        self.session = session
+        first, rest = drives[0], drives[1:]
+        session.drive = first
+        sessions = [session] + [session.beside(d) for d in rest]
+        self.panels = [MirrorPanel(s, refresh=refresh, interactive=interactive,
+                                   replace=False) for s in sessions]
+        for p, d in zip(self.panels, drives, strict=True):
+            p.drive.options = (d,)              # each panel keeps to its own disk
+            p.drive.value = d
+            p.drive.disabled = True
+            p.layout = w.Layout(width=f"{100 // len(drives)}%", min_width="560px",
+                                border="1px solid #ddd", padding="4px")
+        super().__init__([w.HTML(f"<b>{html.escape(session.label)}</b>: one job per disk "
+                                 f"({html.escape(', '.join(drives))})"),
+                          w.HBox(self.panels, layout=w.Layout(overflow="auto",
+                                                              width="100%"))])
+        self.add_class("kvmlab-panels")
+        MirrorPanel.current = self
+
+    @classmethod
+    def lab(cls, *, data_disks: int = 1, **kw: Any) -> MirrorPanels:
+        """Launch a lab VM with *data_disks* data disks (see :meth:`Session.lab`) and open
+        a panel for each of its disks."""
+        MirrorPanel.close_current()                # before a second VM is launched
+        refresh = kw.pop("refresh", 0.4)
+        interactive = kw.pop("interactive", None)
+        return cls(Session.lab(data_disks=data_disks, **kw), refresh=refresh,
+                   interactive=interactive)
+
+    def __getitem__(self, drive: str) -> MirrorPanel:
+        """The panel of *drive*."""
+        for p in self.panels:
+            if p.session is not None and p.session.drive == drive:
+                return p
+        raise KeyError(drive)
+
+    def close(self) -> None:
+        """Close every panel (each saves its running job's run), the others before the one
+        that owns the VM, which then stops it."""
+        for p in reversed(self.panels):
+            p.close()
+        if MirrorPanel.current is self:
+            MirrorPanel.current = None
+        super().close()
 
 
 def _text(v: Any) -> str:

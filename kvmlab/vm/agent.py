@@ -94,6 +94,14 @@ class GuestAgent:
     def fsfreeze_status(self) -> str:
         return str(self.execute("guest-fsfreeze-status"))
 
+    def reboot(self) -> int:
+        """Have the guest reboot itself: its own ``/sbin/shutdown -r +0`` (what ``reboot`` in
+        its shell and qemu-ga's ``guest-shutdown`` run; it syncs the disks first), started
+        with ``guest-exec``.  ``guest-shutdown`` itself never answers on success, so it
+        cannot be awaited.  Returns the command's pid in the guest."""
+        return int(self.execute("guest-exec", {"path": "/sbin/shutdown",
+                                               "arg": ["-r", "+0"]})["pid"])
+
     def close(self) -> None:
         """Disconnect and stop the loop thread.  Idempotent."""
         if self._aio.alive:
