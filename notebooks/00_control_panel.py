@@ -27,6 +27,10 @@
 # Every job is recorded like the experiments: when it ends, the run is saved under
 # `data/runs/<run-id>/` and the panel shows its analysis summary and dashboard.
 # For an existing libvirt domain instead: `MirrorPanel.libvirt("qemu:///system", "mydomain")`.
+#
+# With `data_disks` of 1 to 3 the VM gets that many data disks and the cell shows one panel per
+# disk, side by side (`MirrorPanels`): a job on every disk at once, each steered and recorded on
+# its own.
 
 # %% tags=["parameters"]
 # Parameters (papermill injects overrides below this cell); defaults as in the experiment
@@ -36,12 +40,15 @@ accel: str = "auto"                 # auto: KVM only if a guest really boots und
 qemu: str = "system"                # QEMU build: "system", an installed one ("10.0", see kvmlab qemu list) or a binary's path
 fill_mib: int = 16                  # random data on the lab VM's disk
 workload_rate_kib_s: int = 512      # the guest's write rate
+data_disks: int = 0                 # 1 to 3: data disks too, and one panel per disk side by side
 run_path: Optional[str] = None      # kvmlab run sets it, None for data/runs/<run-id>
 
 # %%
-from kvmlab.lab.widgets import MirrorPanel
+from kvmlab.lab.widgets import MirrorPanel, MirrorPanels
 
-panel = MirrorPanel.lab(accel=accel, qemu=qemu, fill_mib=fill_mib, workload_rate_kib_s=workload_rate_kib_s)
+vm_options = dict(accel=accel, qemu=qemu, fill_mib=fill_mib, workload_rate_kib_s=workload_rate_kib_s)
+panel = (MirrorPanels.lab(data_disks=data_disks, **vm_options) if data_disks
+         else MirrorPanel.lab(**vm_options))
 panel  # noqa: B018 - the cell's value is the panel Jupyter displays
 
 # %% [markdown]
