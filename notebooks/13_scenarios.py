@@ -26,8 +26,8 @@
 #
 # | kind | scenarios |
 # |---|---|
-# | disks | three disks mirrored together, all cut at one point (QEMU's `transaction` has no mirror action: the VM is stopped around the cancels) |
-# | lifecycle | the VM reset before and after READY; a data disk unplugged (`device_del`) under its mirror, as a `-blockdev` node and as a `-drive`; the guest writing as hard as it can; the guest powering off at READY |
+# | disks | three disks mirrored together, started and cut at one point (QEMU's `transaction` has no mirror action: the VM is stopped around the starts and around the cancels) |
+# | lifecycle | the VM reset (`system_reset`) and the guest rebooting itself (its own `shutdown -r`, through the agent), each before and after READY; a data disk unplugged (`device_del`) under its mirror, as a `-blockdev` node and as a `-drive`; the guest writing as hard as it can; the guest powering off at READY |
 # | refused | a second mirror, `block_resize`, a snapshot, a commit, deleting the target node, a disk mirrored into itself, a mirror inside `transaction`, `block-job-complete` before READY |
 # | policy | the source's file system full, with `on-source-error` report, stop, ignore |
 # | verbs | cancel before READY; force cancel after READY |

@@ -351,7 +351,8 @@ def _disks_at_once(c: _Ctx) -> dict[str, Any]:
     return {"ready": v.get("ready"), "job_end": v.get("job_end"), "disks": disks,
             "jobs_completed": sum(d["job_end"] == marks.BLOCK_JOB_COMPLETED for d in disks),
             "copy_verifies": all(d["verify_pass"] for d in disks) if disks else False,
-            "same_point": bool(v.get("same_point")), "cut_stopped_s": v.get("cut_stopped_s")}
+            "same_point": bool(v.get("same_point")), "cut_stopped_s": v.get("cut_stopped_s"),
+            "start_stopped_s": v.get("start_stopped_s")}
 
 
 def _reboot(after_ready: bool, by_guest: bool) -> Callable[[_Ctx], dict[str, Any]]:
@@ -679,8 +680,8 @@ FILTER_NODE = "kvmlab-mirror-top"
 SCENARIO_LIST: tuple[Scenario, ...] = (
     Scenario("disks_at_once", "disks", "tp-qemu blockdev_mirror_multiple_blocks; iotest 041 "
              "(several mirrors); QAPI TransactionAction",
-             "every disk mirrored, all cut at one point; QEMU's transaction has no mirror "
-             "action, so the point is made by stopping the VM around the cancels",
+             "every disk mirrored, all started and cut at one point; QEMU's transaction has "
+             "no mirror action, so the VM is stopped around the starts and around the cancels",
              "same_point", run=_disks_at_once),
     Scenario("reset_before_ready", "lifecycle",
              "tp-qemu blockdev_mirror_vm_reboot (its reboot is system_reset)",
