@@ -49,7 +49,7 @@ def test_seed_on_two_builds_writes_the_lab_note(tmp_path: Path) -> None:
     # (C1-C3, Q1-Q3), the mirror beside backup (Q4).  Each other case runs in its own
     # experiment's test, and every claim's judge on recorded runs of the whole suite on both
     # builds in the pure tier (tests/test_labnote.py).
-    cases = ["E1", "E4 paused", "E6", "C2/3 none", "S mirror", "S backup"]
+    cases = ["E1", "E4 paused", "E4 running", "E6", "C2/3 none", "S mirror", "S backup"]
     assert set(cases) <= set(SEED_SUITE)
     asked = labnote.claims_for(cases)
     res = subprocess.run([*KVMLAB, "seed", "--qemu", "system,10.0", "--workers", "2",
@@ -59,12 +59,12 @@ def test_seed_on_two_builds_writes_the_lab_note(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     # it talks: what it runs, then a verdict per build
     n_seed = len([c for c in asked if not c.own])
-    assert "kvmlab seed: 12 runs (6 cases on system (QEMU 7.2" in res.stderr
+    assert "kvmlab seed: 14 runs (7 cases on system (QEMU 7.2" in res.stderr
     assert "QEMU 10.0: " in res.stderr and f"of the seed's {n_seed} claims agree" in res.stderr
     assert "kvmlab's own questions: " in res.stderr
     assert f"lab note: {out / 'labnote.html'}" in res.stdout
     points = [json.loads(p.read_text()) for p in out.glob("points/*/point.json")]
-    assert len(points) == 12 and all(p["status"] == "done" for p in points)
+    assert len(points) == 14 and all(p["status"] == "done" for p in points)
 
     soup = BeautifulSoup((out / "labnote.html").read_text(), "html.parser")
     assert not soup.select(".jp-InputArea, .input_area, pre code")       # no code
@@ -95,7 +95,7 @@ def test_seed_on_two_builds_writes_the_lab_note(tmp_path: Path) -> None:
     assert imgs and all(i["src"].startswith("data:image/png;base64,") for i in imgs)
     no_samples = [li for li in soup.select("section.claim li")
                   if "ended before the first sample" in li.get_text()]
-    assert len(imgs) + len(no_samples) == 2 * 3 + 2
+    assert len(imgs) + len(no_samples) == 2 * 4 + 2
     # kvmlab's own questions; Q4 with the snapshot methods' table and chart per build
     q4 = next(q for q in own if q.h2.get_text().split(". ", 1)[1].startswith("Q4"))
     assert len(q4.select("figure img")) == 2 and len(q4.select("table")) == 2
