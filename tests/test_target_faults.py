@@ -156,11 +156,12 @@ def test_nbdkit_faults_are_found_with_their_cause(fault: str, policy: str,
     and a capped link (512 KiB/s) as the target answering slowly, write errors (5 % of
     writes) as errors QEMU reports with the policy's action; each copy verifies."""
     window = 5.0 if fault == "nbdkit_rate" else 3.0    # nbdkit takes a moment to read a rate
-    # every write of the whole copy is 200 ms late: 4 MiB of data still outlast the window
-    fill = 4 if fault == "nbdkit_delay" else 16
+    # every write of the whole copy is 200 ms late (the window is the copy, to READY): a
+    # 16 MiB disk takes 20-30 s, a 64 MiB one over 2 minutes
+    size = {"image_mib": 16, "fill_mib": 4} if fault == "nbdkit_delay" else {"fill_mib": 16}
     r = target_fault(fault=fault, on_target_error=policy, fault_after_s=0.3, fault_s=window,
-                     fill_mib=fill, delay_ms=200, error_rate=0.05, throttle_speed=512 << 10,
-                     options=opts)
+                     delay_ms=200, error_rate=0.05, throttle_speed=512 << 10, options=opts,
+                     **size)
     v = r.verdict
     assert r.passed and v["verify_pass"], v
     windows = analysis.fault_windows(r.data.events)
