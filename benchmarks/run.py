@@ -784,6 +784,44 @@ def bench_seed(tmp: Path, smoke: bool) -> dict[str, Any]:
     return out
 
 
+# -- 12. the guest's boot: what every experiment and every test pays per VM -------------------
+class _WithCryptoSelfTests(Machine):
+    """A lab VM whose kernel runs its crypto self-tests (kvmlab's guests skip them)."""
+
+    def kernel_cmdline(self) -> str:
+        return super().kernel_cmdline().replace(" cryptomgr.notests", "")
+
+
+def bench_boot(tmp: Path, smoke: bool) -> dict[str, Any]:
+    """From QEMU's start to the guest's init (its ``boot`` line) and to its disk mounted
+    (``ready``), under the accelerator this host uses, with and without the kernel's crypto
+    self-tests, the two alternated boot by boot: ratio skipped / run."""
+    reps = 1 if smoke else 9
+    disk = tmp / "boot.qcow2"
+    images.make_guest_disk(disk, 32, fill_mib=0)
+    times: dict[str, dict[str, list[float]]] = {v: {"init": [], "ready": []}
+                                                for v in ("skipped", "run")}
+    for _ in range(reps):
+        for variant, cls in (("skipped", Machine), ("run", _WithCryptoSelfTests)):
+            vm = cls(disk, mode="idle", name="kvmlab-bench-boot")
+            t0 = time.monotonic()
+            try:
+                vm.launch()
+                init = vm.wait_guest("boot", timeout=60)
+                ready = vm.wait_guest("ready", timeout=60)
+            finally:
+                vm.shutdown(hard=True)
+            times[variant]["init"].append(init.mono - t0)
+            times[variant]["ready"].append(ready.mono - t0)
+    out: dict[str, Any] = {"reps": reps, "accel": resolve_accel("auto")}
+    for variant, t in times.items():
+        out[f"to_init_{variant}_s"] = median(t["init"])
+        out[f"to_ready_{variant}_s"] = median(t["ready"])
+    out["ratio_to_ready_skipped_over_run"] = median(
+        [a / b for a, b in zip(times["skipped"]["ready"], times["run"]["ready"], strict=True)])
+    return out
+
+
 # -- report --------------------------------------------------------------------------------
 #: the recorder fed one job's samples at 100 Hz for *hours* (in far less time), in a
 #: process of its own: its RSS before and at the end, with the rows left in the live window
@@ -862,6 +900,9 @@ TARGETS = {
             "study cuts 10 copies per cell)",
     "memory": "the recorder's RSS grows < 50 MB over a 1-hour run at 100 Hz "
               "(window_rss_growth_mb_per_hour)",
+    "boot": "the lab guest's boot (QEMU start to its disk mounted) with the kernel's crypto "
+            "self-tests skipped against run, alternated: ratio < 0.9 (no target for the "
+            "absolute time: it is what every VM of every test pays)",
     "predictor": "the convergence predictor on its held-out evaluation set (settings chosen "
                  "on the tuning and development sets only): 0 false alarms, every run that "
                  "never reached READY flagged, READY inside the ETA range at half-way in "
@@ -940,7 +981,7 @@ def main(argv: list[str] | None = None) -> int:
            "sweep": bench_sweep, "live_plot": bench_live_plot,
            "qemu_builds": bench_qemu_builds, "trace": bench_trace,
            "convergence": bench_convergence, "seed": bench_seed, "memory": bench_memory,
-           "predictor": bench_predictor}
+           "predictor": bench_predictor, "boot": bench_boot}
     paths.scratch_dir().mkdir(parents=True, exist_ok=True)
     tmp = owned_tmpdir("bench-", paths.scratch_dir())        # reaped if we are killed
     try:

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PARTS = {
     "libvirt-shm": ("sample_cost", "recording_overhead", "trace"),
     "runs": ("throughput", "end_to_end", "sweep", "live_plot", "qemu_builds", "memory",
-             "predictor"),
+             "predictor", "boot"),
     "verdicts": ("convergence", "seed"),
 }
 
@@ -34,6 +34,10 @@ def _check(b: dict[str, Any]) -> None:
     if "qemu_builds" in b:
         assert b["qemu_builds"]["all_passed"] is True
         assert b["qemu_builds"]["ratio_watch_cpu"] > 0
+    if "boot" in b:
+        bt = b["boot"]
+        assert bt["to_init_skipped_s"] > 0 and bt["to_ready_run_s"] > bt["to_init_run_s"]
+        assert bt["ratio_to_ready_skipped_over_run"] > 0
     if "live_plot" in b:
         assert b["live_plot"]["ipympl_over_png"] > 0
     if "trace" in b:
