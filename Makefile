@@ -9,7 +9,7 @@ PY      := $(VENV)/bin/python
 APT_PKGS := qemu-system-x86 qemu-utils qemu-block-extra busybox-static cpio e2fsprogs poppler-utils \
             kmod util-linux procps apt \
             libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config gcc \
-            nfs-ganesha nfs-ganesha-vfs rpcbind qemu-guest-agent chromium acl nbdkit
+            nfs-ganesha nfs-ganesha-vfs rpcbind qemu-guest-agent chromium acl nbdkit fio
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 

@@ -50,6 +50,23 @@ def test_launch_boot_and_shutdown(disk: Path) -> None:
     assert vm.exitcode == 0
 
 
+def test_fio_runs_in_the_guest_from_its_tools_disk(disk: Path) -> None:
+    """The guest mounts the read-only tools disk (found by its serial, after the VM's own
+    disks) and runs Debian's fio from it, through the loader and the ~80 MiB of libraries
+    fio links: the same version as the host's."""
+    host = subprocess.run(["fio", "--version"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    vm = Machine(disk, accel="tcg", tools=True)
+    vm.launch()
+    try:
+        tools = vm.wait_guest("tools", timeout=60)
+        assert tools.data["fio"] == host.replace(" ", "_") and tools.data["dev"] == "/dev/vdb"
+        vm.wait_guest("ready", timeout=30)
+        assert [d.id for d in vm.drives] == ["drive0"]
+    finally:
+        vm.shutdown()
+
+
 def test_qmp_short_form(disk: Path) -> None:
     """The watch's id-less query: answers, reports QEMU's errors, a second concurrent one
     (qemu.qmp allows one id-less command at a time) takes the normal path, and a lost

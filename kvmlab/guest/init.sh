@@ -18,7 +18,7 @@ now() { cut -d' ' -f1 /proc/uptime; }
 halt_now() { sync; umount /mnt 2>/dev/null; poweroff -f; }
 
 # Parameters: kvmlab.key=value -> P_key
-P_mode=idle; P_qga=0; P_dd_kib=1024; P_pause_ms=500; P_rounds=0; P_duration_s=0; P_max_files=0; P_then_pause_ms=0; P_change_after_s=0; P_style=seed; P_blocks=4; P_poweroff=0; P_dev=/dev/vda; P_data=; P_ram_tick_kib=0; P_ram_set_mib=32
+P_mode=idle; P_qga=0; P_dd_kib=1024; P_pause_ms=500; P_rounds=0; P_duration_s=0; P_max_files=0; P_then_pause_ms=0; P_change_after_s=0; P_style=seed; P_blocks=4; P_poweroff=0; P_dev=/dev/vda; P_data=; P_ram_tick_kib=0; P_ram_set_mib=32; P_tools=0
 for x in $(cat /proc/cmdline); do
   case "$x" in
     kvmlab.*=*) k=${x#kvmlab.}; k=${k%%=*}; v=${x#*=}
@@ -48,6 +48,21 @@ for d in $(echo "$P_data" | tr ',' ' '); do
   if mount -t ext4 "/dev/$d" "/data/$d"; then mounted="$mounted $d"
   else say error=mount dev=/dev/$d t=$(now); fi
 done
+# kvmlab.tools=1: the read-only tools disk (fio and its libraries), found by its serial
+if [ "$P_tools" = 1 ]; then
+  tdev=; i=0
+  while [ -z "$tdev" ] && [ $i -lt 100 ]; do
+    for blk in /sys/block/vd*; do
+      [ "$(cat "$blk/serial" 2>/dev/null)" = kvmlab-tools ] && tdev=/dev/${blk##*/}
+    done
+    [ -z "$tdev" ] && usleep 50000; i=$((i+1))
+  done
+  mkdir -p /tools
+  if [ -n "$tdev" ] && mount -t ext4 -o ro "$tdev" /tools; then
+    say tools fio=$(/tools/lib64/ld-linux-x86-64.so.2 --library-path "$(cat /tools/libpath)" \
+      /tools/usr/bin/fio --version 2>&1 | tr ' ' _) dev=$tdev t=$(now)
+  else say error=tools dev=$tdev t=$(now); fi
+fi
 # the guest agent, when the host gave the VM its virtio-serial port (kvmlab.qga=1)
 if [ "$P_qga" = 1 ] && [ -x /usr/sbin/qemu-ga ]; then
   port=; i=0

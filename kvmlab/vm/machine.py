@@ -30,7 +30,7 @@ from kvmlab.backends.base import Backend
 from kvmlab.backends.qmp import QMPBackend
 from kvmlab.errors import BadInput, GuestFailed, LaunchError, StateError, Untrusted, WaitTimeout
 from kvmlab.events import Record
-from kvmlab.guest.build import Guest, load_guest
+from kvmlab.guest.build import TOOLS_SERIAL, Guest, load_guest
 from kvmlab.guest.console import Console
 from kvmlab.guest.workload import Manifest, Workload
 from kvmlab.live import jobs
@@ -183,7 +183,7 @@ class Machine:
                  console_log: str | Path | None = None, name: str = "kvmlab",
                  extra_args: Sequence[str] = (), boot_timeout: float = 60,
                  die_with_parent: bool = True, agent: bool = False,
-                 trace: TraceSpec | None = None) -> None:
+                 trace: TraceSpec | None = None, tools: bool = False) -> None:
         if mode not in GUEST_MODES:
             raise BadInput(f"mode={mode!r} is not one of {', '.join(GUEST_MODES)}")
         if accel not in ACCELS:
@@ -225,6 +225,11 @@ class Machine:
         self.trace = trace
         if agent and not self.guest.has_agent:
             raise BadInput("this guest has no qemu-ga: install qemu-guest-agent, then "
+                           "'kvmlab guest build --force'")
+        #: the guest's read-only tools disk (fio), mounted at /tools in the guest
+        self.tools = self.guest.tools if tools else None
+        if tools and self.tools is None:
+            raise BadInput("this guest has no tools disk (fio): install fio, then "
                            "'kvmlab guest build --force'")
         self._agent: GuestAgent | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -289,6 +294,8 @@ class Machine:
                 args.append("kvmlab.data=" + ",".join(data))
         if self.with_agent:
             args.append("kvmlab.qga=1")
+        if self.tools is not None:
+            args.append("kvmlab.tools=1")
         return " ".join(args)
 
     def _command(self, accel: str, qmp_sock: Path, manifest_file: Path | None) -> list[str]:
@@ -307,6 +314,10 @@ class Machine:
             cmd += ["-device", "virtio-serial-pci,id=vser0",
                     "-chardev", f"socket,id=qga0,path={qemu_opt(sock)},server=on,wait=off",
                     "-device", f"virtserialport,bus=vser0.0,chardev=qga0,name={AGENT_PORT}"]
+        if self.tools is not None:     # not one of the VM's disks: no job, no record
+            cmd += ["-drive", f"if=none,id={TOOLS_SERIAL},file={qemu_opt(self.tools)},"
+                              "format=raw,readonly=on",
+                    "-device", f"virtio-blk-pci,drive={TOOLS_SERIAL},serial={TOOLS_SERIAL}"]
         if manifest_file is not None:
             cmd += ["-fw_cfg", f"name=opt/kvmlab/manifest,file={qemu_opt(manifest_file)}"]
         if self.trace is not None:
