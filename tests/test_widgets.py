@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kvmlab import load_run
-from kvmlab.errors import KvmlabError
+from kvmlab.errors import BadInput, KvmlabError
 from kvmlab.lab import widgets
 from kvmlab.lab.widgets import MirrorPanel, MirrorPanels
 
@@ -271,6 +271,9 @@ def test_panels_side_by_side_run_a_job_on_each_disk_at_once(runs: Path) -> None:
             assert (p.session.finished.run_path / "dashboard.png").stat().st_size > 10_000
         with pytest.raises(KvmlabError, match="already has a session"):
             owner.beside("data1")
+        with pytest.raises(BadInput, match="one panel per disk"):   # before anything changes
+            MirrorPanels(owner, ["data1", "data1"])
+        assert MirrorPanel.current is ps
     finally:
         scratch = owner.scratch
         ps.close()

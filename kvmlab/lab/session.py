@@ -221,7 +221,6 @@ class Session:
                         label=self.label, runs_dir=self.runs_dir,
                         sample_interval=self.sample_interval, caps=self.caps,
                         drives=[drive], owner=False)
-        other._qemu_version = self._qemu_version
         self._beside.append(other)
         return other
 

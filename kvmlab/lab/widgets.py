@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from kvmlab import analysis, plots
 from kvmlab.analysis import causes
 from kvmlab.analysis.converge import Outlook, Predictor
-from kvmlab.errors import KvmlabError
+from kvmlab.errors import BadInput, KvmlabError
 from kvmlab.lab.session import Finished, Session
 from kvmlab.model import MIRROR_MODES, SYNC_MODES, MirrorSpec
 from kvmlab.store.runs import RunData
@@ -438,9 +438,7 @@ class MirrorPanel(w.VBox):
         return s.job.id if s is not None and s.job is not None else None
 
     def _numbers(self, info: Any, samples: Any) -> None:
-        job = self._job()
-        mine = analysis.job_samples(samples, job) if job and len(samples) else samples
-        r = analysis.rates(mine, job, 2.0) if len(mine) >= 2 else None
+        r = analysis.rates(samples, self._job(), 2.0) if len(samples) >= 2 else None
         copy = float(r["copy_rate"].iloc[-1]) if r is not None and len(r) else 0.0
         dirty = float(r["dirty_rate"].iloc[-1]) if r is not None and len(r) else 0.0
         if info is None:
@@ -524,9 +522,9 @@ class MirrorPanels(w.VBox):
                  refresh: float = 0.4, interactive: bool | None = None) -> None:
         drives = list(drives) if drives is not None else list(session.drives)
         unknown = [d for d in drives if d not in session.drives]
-        if not drives or unknown:
-            raise KvmlabError(f"this VM's disks are {', '.join(session.drives)}; "
-                              f"not {', '.join(unknown) or 'none'}")
+        if not drives or unknown or len(set(drives)) != len(drives):
+            raise BadInput(f"one panel per disk of this VM ({', '.join(session.drives)}), "
+                           f"not {', '.join(drives) or 'none'}")
         MirrorPanel.close_current()
         self.session = session
         first, rest = drives[0], drives[1:]
@@ -554,8 +552,12 @@ class MirrorPanels(w.VBox):
         MirrorPanel.close_current()                # before a second VM is launched
         refresh = kw.pop("refresh", 0.4)
         interactive = kw.pop("interactive", None)
-        return cls(Session.lab(data_disks=data_disks, **kw), refresh=refresh,
-                   interactive=interactive)
+        session = Session.lab(data_disks=data_disks, **kw)
+        try:
+            return cls(session, refresh=refresh, interactive=interactive)
+        except BaseException:
+            session.close()                        # its VM and scratch go with it
+            raise
 
     def __getitem__(self, drive: str) -> MirrorPanel:
         """The panel of *drive*."""
