@@ -112,8 +112,11 @@ CASES = [
                  else []) for c in CASES])
 def test_target_fault(fault: str, policy: str, behaviour: str, steps: list[str], verify: bool,
                       opts: RunOptions) -> None:
+    # under the throttle the guest writes below the limit, or its backlog ("dirtying")
+    # would be the cause the window is found with
+    rate = {"workload_rate_kib_s": 64} if fault == "throttle" else {}
     r = target_fault(fault=fault, on_target_error=policy, fault_after_s=1.0, fault_s=3.0,
-                     fill_mib=16, verify=verify, options=opts)
+                     fill_mib=16, verify=verify, options=opts, **rate)
     v = r.verdict
     assert r.passed, v
     assert v["behaviour"] == behaviour, v

@@ -259,7 +259,10 @@ def test_speed_limit_below_the_guests_rate_is_dirtying(qemu: str, opts: RunOptio
     run = r.data
     held = causes.classify(run)
     assert (held["cause"] == "dirtying").any(), held
-    assert held.loc[held["cause"] == "dirtying", "duration"].max() >= 6
+    # the backlog may dip for a moment between the guest's bursts, which splits the
+    # period in two; what counts is that most of the 12 s were the guest's doing
+    assert held.loc[held["cause"] == "dirtying", "duration"].sum() >= 6, held
+    assert not run.events["name"].eq("BLOCK_JOB_READY").any()
     assert not (held["cause"] == "target").any()
     assert len(run.trace) and not list(r.run_path.glob("trace-*.log"))
 
@@ -267,7 +270,10 @@ def test_speed_limit_below_the_guests_rate_is_dirtying(qemu: str, opts: RunOptio
 @pytest.mark.timing
 @pytest.mark.qemu
 def test_throttle_on_qemu_10_is_throttled(opts: RunOptions) -> None:
-    r = ex.target_fault(fault="throttle", fill_mib=16, verify=False,
+    """The guest writes 64 KiB/s, well below the 256 KiB/s limit: the backlog falls all
+    through the window, so the hold-up can only be the limit (a guest writing faster than
+    the limit makes it "dirtying" too, which wins)."""
+    r = ex.target_fault(fault="throttle", fill_mib=16, verify=False, workload_rate_kib_s=64,
                         options=opts.replace(qemu="10.0"))
     w, held = _window_cause(r.data, "throttle")
     assert causes.cause_at(held, (w["start"] + w["end"]) / 2) == "throttled", held
