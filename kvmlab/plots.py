@@ -390,6 +390,38 @@ def rates(samples: pd.DataFrame, events: pd.DataFrame | None = None,
     return fig
 
 
+def guest_io(frame: pd.DataFrame, events: pd.DataFrame | None = None,
+             samples: pd.DataFrame | None = None, *, ax: Axes | None = None,
+             xlabel: bool = True, held: pd.DataFrame | None = None) -> Figure:
+    """What the guest's fio did each second (``guest_io.parquet``): read and write MiB/s,
+    and on a second axis the completion latency (p50 solid, p99 dashed, ms): the mirror's
+    cost to the guest, on the mirror's time axis."""
+    fig, ax = _axes(ax)
+    if frame is None or frame.empty:
+        say_empty(ax, None, "fio results (workload=files)")
+    else:
+        lat = ax.twinx()
+        for i, d in enumerate(("read", "write")):
+            if not (frame[f"{d}_iops"] > 0).any():
+                continue
+            _line(ax, frame["t"], frame[f"{d}_bw"] / MIB, step=True, color=f"C{i}",
+                  label=f"guest {d} MiB/s")
+            _line(lat, frame["t"], frame[f"{d}_p50_us"] / 1000, color=f"C{i + 2}",
+                  label=f"{d} latency p50")
+            _line(lat, frame["t"], frame[f"{d}_p99_us"] / 1000, color=f"C{i + 2}",
+                  linestyle="--", label=f"{d} latency p99")
+        ax.set_ylim(bottom=0)
+        lat.set_ylabel("latency (ms)")
+        lat.set_ylim(bottom=0)
+        lines, labels = lat.get_legend_handles_labels()
+        if lines:
+            lat.legend(lines, labels, loc="upper right", fontsize=8)
+    extra = shade_periods(ax, samples, None, held) if samples is not None else []
+    mark_events(ax, events)
+    _finish(ax, "The guest's I/O (fio, per second)", "MiB/s", extra, xlabel)
+    return fig
+
+
 def image_sizes(sizes: pd.DataFrame, events: pd.DataFrame | None = None,
                 samples: pd.DataFrame | None = None, *, ax: Axes | None = None,
                 xlabel: bool = True, held: pd.DataFrame | None = None) -> Figure:
@@ -483,9 +515,12 @@ def dashboard(run: RunData, *, job: str | None = None, window: float = 2.0,
     tr = run.trace if trace else None
     traced = tr is not None and not tr.empty
     held = causes.classify(run, job) if traced else None
+    io = run.guest_io
     heights = [3, 1, 1, 1, 1, 3, 3, 3] if traced else [1, 1, 1, 1]
-    fig, axes = plt.subplots(len(heights), 1, figsize=(10, 17 if traced else 13), sharex=True,
-                             gridspec_kw={"height_ratios": heights})
+    if not io.empty:                       # the guest ran fio: its I/O beside the mirror's
+        heights.append(heights[-1])
+    fig, axes = plt.subplots(len(heights), 1, sharex=True, gridspec_kw={"height_ratios": heights},
+                             figsize=(10, (17 if traced else 13) * len(heights) / (8 if traced else 4)))
     top, rest = axes[0], list(axes[5:] if traced else axes[1:])
     progress(run.samples, run.events, ax=top, job=job, xlabel=False, held=held)
     if traced:
@@ -493,7 +528,10 @@ def dashboard(run: RunData, *, job: str | None = None, window: float = 2.0,
     convergence(run.samples, run.events, ax=rest[0], job=job, log=log, xlabel=False, held=held)
     rates(run.samples, run.events, run.guest_ops, ax=rest[1], job=job, window=window,
           xlabel=False, held=held)
-    image_sizes(run.sizes, run.events, run.samples, ax=rest[2], held=held)
+    image_sizes(run.sizes, run.events, run.samples, ax=rest[2], held=held,
+                xlabel=io.empty)
+    if not io.empty:
+        guest_io(io, run.events, run.samples, ax=rest[3], held=held)
     meta = run.meta
     verdict = (meta.get("verdict") or {}).get("pass")
     fig.suptitle(f"{meta.get('experiment', '')} {meta.get('run_id', '')}  "

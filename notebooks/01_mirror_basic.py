@@ -47,6 +47,7 @@ after_ready_s: float = 2.0          # guest keeps working this long in the ready
 ready_timeout: float = 300.0        # give up (verdict "not ready") if the job is not ready by then
 data_disks: int = 0                 # data disks beside the system disk (0-3): all mirrored, cut together at READY
 data_mib: int = 32                  # size of each data disk
+workload: str = "files"             # "files" (the guest's file operations), or fio beside them: a profile (rand-write-4k, seq-write-1m, rand-rw-70-30, db-like, bursty; "name:KiB/s") or a .fio job file
 sample_interval: float = 0.1        # seconds between query-block-jobs samples
 cache: str = "none"                 # the seed's cache mode
 accel: str = "auto"                 # auto: KVM only if a guest really boots under it, else TCG

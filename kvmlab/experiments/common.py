@@ -11,9 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from kvmlab import marks, paths, trust
-from kvmlab.errors import BadInput, JobError, NoSpace, WaitTimeout
+from kvmlab.errors import BadInput, GuestFailed, JobError, NoSpace, WaitTimeout
 from kvmlab.experiments.options import DEFAULT_OPTIONS, RunOptions
+from kvmlab.guest import fio
 from kvmlab.guest.workload import Manifest, Workload
 from kvmlab.live.jobs import Job
 from kvmlab.live.record import Recorder
@@ -83,6 +86,8 @@ class LabRun:
         self.scratch_parent = Path(scratch) if scratch else paths.scratch_dir()
         self.verdict: dict[str, Any] | None = None
         self.extra: dict[str, Any] = {}
+        #: the fio job every workload-mode VM of the run runs (None: file operations alone)
+        self.fio = fio.parse(options.workload)
 
     def __enter__(self) -> LabRun:
         stack = ExitStack()
@@ -118,7 +123,9 @@ class LabRun:
     def _finish(self, exc: BaseException | None) -> None:
         stop_error: BaseException | None = None
         try:
-            self.recorder.stop()
+            frames = self.recorder.stop()
+            if self.fio is not None:
+                self._keep_guest_io(frames["events"])
         except BaseException as err:  # noqa: BLE001 - said in run.json, raised below
             stop_error = err
         if not self.options.keep_images:
@@ -149,6 +156,19 @@ class LabRun:
         if isinstance(failure, NoSpace) and failure is not exc:
             raise failure from exc
 
+    def _keep_guest_io(self, events: pd.DataFrame) -> None:
+        """Write ``guest_io.parquet`` from the guests' fio lines; say in run.json what fio
+        did.  fio failing in the guest (a job file it refused) fails the run."""
+        assert self.fio is not None
+        io = fio.guest_io(events)
+        why = fio.failure(events)
+        self.extra["fio"] = {"job": self.fio.name, "seconds": len(io), "error": why}
+        if not io.empty:
+            with trust.writing(self.run.path, fio.GUEST_IO_FILE):
+                io.to_parquet(self.run.path / fio.GUEST_IO_FILE, index=False)
+        if why is not None:
+            raise GuestFailed(f"fio in the guest failed ({self.fio.name}): {why}")
+
     def result(self) -> ExperimentResult:
         return ExperimentResult(self.run.path, self.verdict or {}, load_run(self.run.path))
 
@@ -162,6 +182,8 @@ class LabRun:
         ``trace.parquet``)."""
         kwargs.setdefault("cache", self.options.cache)
         kwargs.setdefault("accel", self.options.accel)
+        if kwargs.get("mode") == "workload" and self.fio is not None:
+            kwargs.setdefault("fio", self.fio)
         if self.trace_events:
             kwargs.setdefault("trace", trace.TraceSpec(self.run.path / f"trace-{label}.log",
                                                        self.trace_events))

@@ -3,7 +3,8 @@
 Every experiment takes its own parameters (image size, speed, fault...) as keywords and
 one :class:`RunOptions` for the rest, which :class:`~kvmlab.experiments.common.LabRun`
 applies: where the run folder goes, how often jobs are sampled, which backend and
-accelerator run the VMs, the drives' cache mode, whether the images are kept.  Notebooks
+accelerator run the VMs, the drives' cache mode, whether the images are kept, and the
+I/O pattern a busy guest makes (``workload``: every experiment whose guest works takes it).  Notebooks
 build it from their parameters with :meth:`RunOptions.from_params`.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kvmlab.errors import BadInput
+from kvmlab.guest import fio
 from kvmlab.model import ACCELS, CACHE_MODES
 from kvmlab.qemu import builds
 from kvmlab.qemu.builds import SYSTEM
@@ -49,6 +51,10 @@ class RunOptions:
     :param trace: QEMU trace events recorded into ``trace.parquet`` (:mod:`kvmlab.qemu.trace`):
         ``default`` (the mirror's and the job's), ``off``, or names/patterns separated by
         commas (checked against the build's ``-trace help``).
+    :param workload: what a busy guest does: ``files`` (its file operations alone), or
+        fio beside them: a profile (:data:`kvmlab.guest.fio.PROFILES`, ``name`` or
+        ``name:KiB/s``) or a job file (``*.fio``).  fio's per-second results become the
+        run's ``guest_io.parquet``.
     """
 
     runs_dir: Path | None = None
@@ -61,6 +67,7 @@ class RunOptions:
     cache: str = "none"
     qemu: str = SYSTEM
     trace: str = "default"
+    workload: str = fio.FILES
 
     def __post_init__(self) -> None:
         for name in ("runs_dir", "run_path"):
@@ -80,6 +87,14 @@ class RunOptions:
             raise BadInput(f"trace={self.trace!r} must be on, off or event names separated "
                            "by commas")
         parse_spec(self.trace)
+        if isinstance(self.workload, Path):
+            object.__setattr__(self, "workload", str(self.workload))
+        if not isinstance(self.workload, str):
+            raise BadInput(f"workload={self.workload!r} must be 'files', a fio profile or a "
+                           ".fio job file")
+        if fio.parse(self.workload) is not None and self.backend != "qmp":
+            raise BadInput("fio workloads run on the qmp backend (the guest's tools disk is "
+                           "an option of the embedded lab)")
         if isinstance(self.sample_interval, bool) or not (
                 isinstance(self.sample_interval, (int, float))
                 and MIN_SAMPLE_INTERVAL <= self.sample_interval <= MAX_SAMPLE_INTERVAL):

@@ -18,7 +18,7 @@ from kvmlab.events import Record, RecordLog
 
 PREFIX = "KVMLAB "
 _TEXT_KEYS = {"path", "sha256", "op", "mode", "why", "kind", "verdict", "error", "reason", "dev",
-              "check", "disk", "data"}
+              "check", "disk", "data", "r_lat", "w_lat"}
 
 
 def _value(key: str, raw: str) -> Any:

@@ -18,7 +18,7 @@ now() { cut -d' ' -f1 /proc/uptime; }
 halt_now() { sync; umount /mnt 2>/dev/null; poweroff -f; }
 
 # Parameters: kvmlab.key=value -> P_key
-P_mode=idle; P_qga=0; P_dd_kib=1024; P_pause_ms=500; P_rounds=0; P_duration_s=0; P_max_files=0; P_then_pause_ms=0; P_change_after_s=0; P_style=seed; P_blocks=4; P_poweroff=0; P_dev=/dev/vda; P_data=; P_ram_tick_kib=0; P_ram_set_mib=32; P_tools=0
+P_mode=idle; P_qga=0; P_dd_kib=1024; P_pause_ms=500; P_rounds=0; P_duration_s=0; P_max_files=0; P_then_pause_ms=0; P_change_after_s=0; P_style=seed; P_blocks=4; P_poweroff=0; P_dev=/dev/vda; P_data=; P_ram_tick_kib=0; P_ram_set_mib=32; P_tools=0; P_fio=0
 for x in $(cat /proc/cmdline); do
   case "$x" in
     kvmlab.*=*) k=${x#kvmlab.}; k=${k%%=*}; v=${x#*=}
@@ -129,6 +129,59 @@ ram_dirtier() {
     k=$(((k + 1) % slots))
     usleep 250000
   done
+}
+
+# kvmlab.fio=1: fio from the tools disk runs the job file the host passed (fw_cfg
+# opt/kvmlab/fio) on /mnt/fio, beside the file operations; its JSON status, once a second,
+# becomes one "KVMLAB fio_status" line (kvmlab.guest.fio reads them back)
+fio_run() {
+  jf=/sys/firmware/qemu_fw_cfg/by_name/opt/kvmlab/fio/raw
+  if [ ! -r "$jf" ] || [ ! -x /tools/usr/bin/fio ]; then say error=fio why=no-job-or-tools t=$(now); return; fi
+  mkdir -p /mnt/fio /tmp && cp "$jf" /tmp/job.fio
+  cat > /tmp/fio_status.awk <<'EOA'
+# fio's JSON status blocks (one a second) -> one KVMLAB fio_status line each
+function flush(   d, k, s, out) {
+  out = "KVMLAB fio_status ms=" ms
+  for (d = 1; d <= 2; d++) {
+    out = out " " sub1[d] "_bytes=" (bytes[d] + 0) " " sub1[d] "_ios=" (ios[d] + 0)
+    s = ""
+    for (k in lat) { split(k, kk, SUBSEP); if (kk[1] == d) s = s (s == "" ? "" : ",") kk[2] ":" lat[k] }
+    out = out " " sub1[d] "_lat=" (s == "" ? "-" : s)
+  }
+  print out; fflush()
+  split("", bytes); split("", ios); split("", lat); dir = 0; depth = 0
+}
+# a latency (ns) -> its bucket: 8 linear steps per power of two (busybox awk has no log)
+function bucket(v,   e) { e = 0; while (v >= 2) { v /= 2; e++ }; return e * 8 + int((v - 1) * 8) }
+BEGIN { sub1[1] = "r"; sub1[2] = "w" }
+{
+  line = $0
+  if (line ~ /^\}/) { flush(); next }
+  if (line ~ /"timestamp_ms" :/) { v = line; gsub(/[^0-9]/, "", v); ms = v }
+  opens = gsub(/\{/, "{", line); closes = gsub(/\}/, "}", line)
+  if (line ~ /^ *"read" : \{/) { dir = 1; base = depth }
+  else if (line ~ /^ *"write" : \{/) { dir = 2; base = depth }
+  else if (line ~ /^ *"(trim|sync)" : \{/) { dir = 0 }
+  if (dir && line ~ /^ *"clat_ns" : \{/) inclat = depth + 1
+  if (dir && inclat && line ~ /^ *"bins" : \{/) inbins = 1
+  else if (inbins && line ~ /^ *"[0-9]+" : [0-9]+/) {
+    split(line, kv, "\""); n = kv[3]; gsub(/[^0-9]/, "", n)
+    lat[dir, bucket(kv[2] + 0)] += n
+  } else if (dir && depth == base + 1 && line ~ /"io_bytes" :/) { v = line; gsub(/[^0-9]/, "", v); bytes[dir] += v }
+  else if (dir && depth == base + 1 && line ~ /"total_ios" :/) { v = line; gsub(/[^0-9]/, "", v); ios[dir] += v }
+  depth += opens - closes
+  if (inbins && closes && !opens) inbins = 0
+  if (inclat && depth < inclat) inclat = 0
+  if (dir && depth <= base) dir = 0
+}
+EOA
+  say fio_start t=$(now)
+  { /tools/lib64/ld-linux-x86-64.so.2 --library-path "$(cat /tools/libpath)" /tools/usr/bin/fio \
+      --status-interval=1 --output-format=json+ /tmp/job.fio 2>/tmp/fio.err; echo $? > /tmp/fio.rc; } \
+    | awk -f /tmp/fio_status.awk > /dev/console
+  rc=$(cat /tmp/fio.rc)
+  if [ "$rc" = 0 ]; then say fio_done rc=0 t=$(now)
+  else say fio_done rc=$rc why=$(head -c 160 /tmp/fio.err | tr -c 'A-Za-z0-9._:/=,-' _) t=$(now); fi
 }
 
 workload() {
@@ -248,7 +301,8 @@ verify() {
 }
 
 case "$P_mode" in
-  workload) if [ "$P_style" = consistency ]; then consistency; else workload; fi
+  workload) [ "$P_fio" = 1 ] && fio_run &
+            if [ "$P_style" = consistency ]; then consistency; else workload; fi
             # kvmlab.poweroff=1: the guest shuts down once its workload is done
             if [ "$P_poweroff" = 1 ]; then
               say poweroff t=$(now); sync; for d in $mounted; do umount "/data/$d"; done; halt_now

@@ -19,6 +19,7 @@ import pandas as pd
 from kvmlab import _proc, paths, trust
 from kvmlab._version import __version__
 from kvmlab.errors import BadInput, KvmlabError
+from kvmlab.guest.fio import read_guest_io
 from kvmlab.qemu import builds, trace
 
 STREAMS = ("samples", "events", "sizes", "guest_ops")
@@ -189,6 +190,14 @@ class RunData:
         if "trace" not in self.frames:
             self.frames["trace"] = read_trace(self.path, self.frames.get("events"))
         return self.frames["trace"]
+
+    @property
+    def guest_io(self) -> pd.DataFrame:
+        """The guest's fio results, per second (:mod:`kvmlab.guest.fio`); empty for a run
+        whose guest ran no fio."""
+        if "guest_io" not in self.frames:
+            self.frames["guest_io"] = read_guest_io(self.path)
+        return self.frames["guest_io"]
 
     @property
     def verdict(self) -> dict[str, Any] | None:

@@ -42,6 +42,9 @@ class LibvirtMachine(Machine):
     def __init__(self, *args: Any, uri: str = DEFAULT_URI, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.uri = uri
+        if self.tools is not None:
+            raise BadInput("the guest's tools disk (fio workloads) is an option of the "
+                           "embedded lab (qmp backend)")
         if any(d.iothread for d in self.drives):
             raise BadInput("a disk's own iothread is an option of the embedded lab (qmp backend)")
         self.drives = [dataclasses.replace(d, id=guest_dev(i)) for i, d in enumerate(self.drives)]

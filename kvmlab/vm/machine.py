@@ -32,6 +32,7 @@ from kvmlab.errors import BadInput, GuestFailed, LaunchError, StateError, Untrus
 from kvmlab.events import Record
 from kvmlab.guest.build import TOOLS_SERIAL, Guest, load_guest
 from kvmlab.guest.console import Console
+from kvmlab.guest.fio import FioJob
 from kvmlab.guest.workload import Manifest, Workload
 from kvmlab.live import jobs
 from kvmlab.model import ACCELS, CACHE_MODES, DriveInfo, MirrorSpec
@@ -168,6 +169,9 @@ class Machine:
     :param qemu: the QEMU build (a name such as ``10.0``, a binary's path, a
         :class:`~kvmlab.qemu.builds.QemuBuild`); None: the current one (``system`` by default).
     :param console_log: file to append the raw serial console to.
+    :param tools: attach the guest's read-only tools disk (fio), mounted at ``/tools``.
+    :param fio: a fio job (:mod:`kvmlab.guest.fio`) the workload guest runs beside its file
+        operations, passed by fw_cfg; it implies *tools*.
     :param trace: QEMU's trace events of this VM, written to ``trace.path`` (see
         :mod:`kvmlab.qemu.trace`); an event the build lacks is :class:`BadInput` here.
     :param die_with_parent: QEMU gets SIGKILL if the thread that launched it dies
@@ -183,7 +187,8 @@ class Machine:
                  console_log: str | Path | None = None, name: str = "kvmlab",
                  extra_args: Sequence[str] = (), boot_timeout: float = 60,
                  die_with_parent: bool = True, agent: bool = False,
-                 trace: TraceSpec | None = None, tools: bool = False) -> None:
+                 trace: TraceSpec | None = None, tools: bool = False,
+                 fio: FioJob | None = None) -> None:
         if mode not in GUEST_MODES:
             raise BadInput(f"mode={mode!r} is not one of {', '.join(GUEST_MODES)}")
         if accel not in ACCELS:
@@ -192,6 +197,8 @@ class Machine:
             raise BadInput(f"cache={cache!r} is not one of {', '.join(CACHE_MODES)}")
         if mode == "verify" and manifest is None:
             raise BadInput("verify mode needs a manifest")
+        if fio is not None and mode != "workload":
+            raise BadInput(f"a fio workload runs in workload mode, not {mode}")
         drives: list[Drive] = []
         if disk is not None:
             drives.append(disk if isinstance(disk, Drive) else
@@ -226,6 +233,9 @@ class Machine:
         if agent and not self.guest.has_agent:
             raise BadInput("this guest has no qemu-ga: install qemu-guest-agent, then "
                            "'kvmlab guest build --force'")
+        #: the fio job the guest runs beside its file operations (from its tools disk)
+        self.fio = fio
+        tools = tools or fio is not None
         #: the guest's read-only tools disk (fio), mounted at /tools in the guest
         self.tools = self.guest.tools if tools else None
         if tools and self.tools is None:
@@ -240,6 +250,7 @@ class Machine:
         self._launched = False
         self._accel_wanted = "tcg"
         self._manifest_file: Path | None = None
+        self._fio_file: Path | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self.exitcode: int | None = None
         self.command: list[str] = []
@@ -296,6 +307,8 @@ class Machine:
             args.append("kvmlab.qga=1")
         if self.tools is not None:
             args.append("kvmlab.tools=1")
+        if self.fio is not None:
+            args.append("kvmlab.fio=1")
         return " ".join(args)
 
     def _command(self, accel: str, qmp_sock: Path, manifest_file: Path | None) -> list[str]:
@@ -320,6 +333,8 @@ class Machine:
                     "-device", f"virtio-blk-pci,drive={TOOLS_SERIAL},serial={TOOLS_SERIAL}"]
         if manifest_file is not None:
             cmd += ["-fw_cfg", f"name=opt/kvmlab/manifest,file={qemu_opt(manifest_file)}"]
+        if self._fio_file is not None:
+            cmd += ["-fw_cfg", f"name=opt/kvmlab/fio,file={qemu_opt(self._fio_file)}"]
         if self.trace is not None:
             cmd += self.trace.qemu_args()
         return cmd + self.extra_args
@@ -366,6 +381,7 @@ class Machine:
         self._tmpdir = str(owned_tmpdir(TMP_PREFIX, mode=self.tmpdir_mode))
         tmp = Path(self._tmpdir)
         self._manifest_file = self.manifest.write(tmp / "manifest") if self.manifest else None
+        self._fio_file = self.fio.write(tmp / "job.fio") if self.fio else None
 
     def _launch(self) -> None:
         """Bind the QMP socket, start QEMU with its console on a pipe."""

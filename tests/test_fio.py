@@ -1,0 +1,121 @@
+"""The guest's fio workloads, without QEMU: profiles, job files, and the per-second series
+read back from a real run's fio lines (tests/data/fio)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kvmlab.errors import BadInput
+from kvmlab.experiments.options import RunOptions
+from kvmlab.guest import fio
+
+DATA = Path(__file__).resolve().parent / "data" / "fio"
+
+
+@pytest.mark.parametrize("name", list(fio.PROFILES))
+def test_every_profile_is_a_job_on_the_mirrored_disk_at_its_rate(name: str) -> None:
+    job = fio.parse(f"{name}:512")
+    assert job is not None and job.name == name and job.rate_kib_s == 512
+    text = job.text
+    assert f"[{name}]" in text and "directory=/mnt/fio" in text and "direct=1" in text
+    rate = next(line for line in text.splitlines() if line.startswith("rate="))
+    # the mixed profile shares the rate 70/30 between reads and writes
+    assert rate == ("rate=358k,153k" if name == "rand-rw-70-30" else "rate=512k")
+
+
+def test_a_profile_without_a_rate_gets_the_default() -> None:
+    job = fio.parse("db-like")
+    assert job is not None and job.rate_kib_s == fio.DEFAULT_RATE_KIB_S
+    assert "fsync=1" in job.text and "bs=8k" in job.text
+
+
+def test_files_is_no_fio() -> None:
+    assert fio.parse("files") is None and fio.parse(None) is None
+
+
+@pytest.mark.parametrize("spec,words", [
+    ("rand-write-8k", "is not 'files', a job file"),
+    ("rand-write-4k:fast", "must be KiB/s"),
+    ("rand-write-4k:0", "must be 4 to"),
+    ("/no/such/job.fio", "cannot read fio job file"),
+])
+def test_a_bad_workload_is_one_line_before_anything_runs(spec: str, words: str) -> None:
+    with pytest.raises(BadInput, match=words):
+        RunOptions(workload=spec)
+
+
+def test_fio_on_libvirt_is_refused_up_front() -> None:
+    with pytest.raises(BadInput, match="qmp backend"):
+        RunOptions(workload="bursty", backend="libvirt")
+    assert RunOptions(workload="files", backend="libvirt").workload == "files"
+
+
+def test_a_job_file_gets_kvmlabs_folder_ahead_of_its_own(tmp_path: Path) -> None:
+    f = tmp_path / "mine.fio"
+    f.write_text("[global]\nbs=16k\n[mine]\nrw=randwrite\nsize=4m\nrate=100k")
+    job = fio.parse(str(f))
+    assert job is not None and job.name == "mine.fio" and job.rate_kib_s is None
+    assert job.text.startswith("[global]\ndirectory=/mnt/fio\n[global]\nbs=16k\n")
+    assert job.text.endswith("rate=100k\n")
+    assert RunOptions(workload=f).workload == str(f)       # a Path is kept as text
+
+
+@pytest.mark.parametrize("body,words", [
+    ("[global]\nrw=write\n", "no job section"),
+    ("\xff\xfe", "not UTF-8"),
+    ("[x]\n" + "#" * (fio.MAX_JOB_BYTES + 1), "is over 64 KiB"),
+])
+def test_a_job_file_that_is_no_job_is_refused(tmp_path: Path, body: str, words: str) -> None:
+    f = tmp_path / "bad.fio"
+    f.write_bytes(body.encode("latin-1"))
+    with pytest.raises(BadInput, match=words):
+        fio.parse(str(f))
+
+
+@pytest.mark.parametrize("ns", [1, 7, 100, 3288, 52049, 1_000_000, 123_456_789])
+def test_a_latency_falls_in_a_bucket_whose_middle_is_within_an_eighth(ns: int) -> None:
+    mid = fio.bucket_ns(fio.bucket_of(ns))
+    assert abs(mid - ns) <= ns / 8 + 1
+
+
+def test_percentiles_of_bucket_counts() -> None:
+    counts = {fio.bucket_of(1000): 98, fio.bucket_of(50_000): 2}
+    assert fio.percentile(counts, 0.5) == pytest.approx(1.0, rel=0.13)      # 1 us
+    assert fio.percentile(counts, 0.99) == pytest.approx(50.0, rel=0.13)    # 50 us
+    assert math.isnan(fio.percentile({}, 0.5))
+    assert fio.parse_buckets("92:1,94:9,92:2") == {92: 3, 94: 9} and fio.parse_buckets("-") == {}
+
+
+def test_the_recorded_run_reads_back_as_its_rate_per_second() -> None:
+    """A real run: fio wrote 256 random 4 KiB blocks a second (rate 1 MiB/s) in the guest
+    while a mirror ran; every second's row says so, and only writes."""
+    events = pd.read_parquet(DATA / "rand-write-4k-1m-events.parquet")
+    io = fio.guest_io(events)
+    assert list(io.columns) == fio.COLUMNS
+    assert len(io) == (events["name"] == fio.STATUS).sum() - 1
+    assert io["write_iops"].median() == pytest.approx(256, rel=0.02)
+    assert io["write_bw"].median() == pytest.approx(1 << 20, rel=0.02)
+    assert (io["read_iops"] == 0).all() and io["read_p50_us"].isna().all()
+    assert (io["write_p50_us"] < io["write_p99_us"]).all()
+    assert 100 < io["write_p50_us"].median() < 5000            # TCG: a fraction of a ms
+    assert io["t"].is_monotonic_increasing and fio.failure(events) is None
+
+
+def _guest_events(*rows: tuple[str, dict]) -> pd.DataFrame:
+    return pd.DataFrame([{"t": float(i), "name": n, "data": json.dumps(d)}
+                         for i, (n, d) in enumerate(rows)])
+
+
+def test_fio_failing_in_the_guest_is_said_with_its_words() -> None:
+    assert fio.failure(_guest_events((fio.DONE, {"rc": 1, "why": "fio:_unknown_option_rw"}))) \
+        == "exit 1: fio:_unknown_option_rw"
+    assert fio.failure(_guest_events((fio.ERROR, {"error": "fio", "why": "no-job-or-tools"}))) \
+        == "no-job-or-tools"
+    assert fio.failure(_guest_events((fio.DONE, {"rc": 0}),
+                                     (fio.ERROR, {"error": "mount", "dev": "/dev/vdb"}))) is None
+    assert fio.guest_io(pd.DataFrame()).empty
