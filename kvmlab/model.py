@@ -70,11 +70,8 @@ class MirrorSpec:
         _one_of("on_target_error", self.on_target_error, ERROR_POLICIES_TARGET)
         _one_of("copy_mode", self.copy_mode, COPY_MODES)
         check_speed(self.speed)
-        g = self.granularity
-        if g is not None:
-            if (not isinstance(g, int) or g < MIN_GRANULARITY or g > MAX_GRANULARITY
-                    or g & (g - 1)):
-                raise BadInput(f"granularity={g} must be a power of two from 512 B to 64 MiB")
+        if self.granularity is not None:
+            check_granularity(self.granularity)
         if self.buf_size is not None and (not isinstance(self.buf_size, int) or self.buf_size <= 0
                                           or self.buf_size > QMP_INT_MAX):
             raise BadInput(f"buf_size={self.buf_size} must be a positive number of bytes "
@@ -120,6 +117,14 @@ def check_speed(speed: Any, name: str = "speed", zero: str = "unlimited") -> int
     if speed > QMP_INT_MAX:
         raise BadInput(f"{name}={speed} is above QEMU's largest integer ({QMP_INT_MAX})")
     return speed
+
+
+def check_granularity(g: Any) -> int:
+    """A mirror's dirty-bitmap granularity: a power of two from 512 B to 64 MiB."""
+    if isinstance(g, bool) or not isinstance(g, int) or g < MIN_GRANULARITY \
+            or g > MAX_GRANULARITY or g & (g - 1):
+        raise BadInput(f"granularity={g!r} must be a power of two from 512 B to 64 MiB")
+    return g
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ EXPERIMENT = {"01_mirror_basic": ex.mirror_basic, "02_mirror_nfs_outage": ex.mir
               "10_consistency": ex.consistency_study,
               "11_active_mirror": ex.convergence_pressure,
               "12_snapshot_methods": ex.snapshot_methods, "13_scenarios": ex.scenario,
-              "14_storage_migration": ex.storage_migration}
+              "14_storage_migration": ex.storage_migration, "15_workloads": ex.workload_cost}
 OPTION_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunOptions)}
 
 
@@ -82,6 +82,11 @@ def test_declared_types_check_values_before_anything_runs() -> None:
                           "after_ready_s": 1, "target_format": "raw"})
     for bad, msg in (({"granularity": "big"}, "should be Optional\\[int\\]"),
                      ({"speed": 1.5}, "should be int"), ({"speed": True}, "should be int"),
-                     ({"speed": None}, "should be int"), ({"sync": 3}, "should be str")):
+                     ({"speed": None}, "should be int"), ({"sync": ["full"]}, "should be str"),
+                     ({"sync": 3}, "sync='3' is not one of")):
         with pytest.raises(BadInput, match=msg):
             check_parameters(nb, bad)
+    # a number where text is declared is its text: "-p speeds 4194304" is a list of one
+    given = {"speeds": 4194304, "profiles": "bursty"}
+    check_parameters(NOTEBOOKS / "15_workloads.ipynb", given)
+    assert given == {"speeds": "4194304", "profiles": "bursty"}

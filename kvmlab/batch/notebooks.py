@@ -198,7 +198,8 @@ def check_parameters(notebook: str | Path, params: dict[str, Any]) -> None:
     """Reject names the notebook's parameters cell does not define, values whose type
     does not match the declared one, and values kvmlab knows to be wrong
     (:func:`~kvmlab.experiments.checks.check_values`), before anything runs.  A decimal
-    number (``10.0``) given for a parameter declared ``str`` becomes its text, in *params*."""
+    number (``10.0``, ``65536``) given for a parameter declared ``str`` becomes its text, in
+    *params*."""
     known = notebook_parameters(notebook)
     unknown = sorted(set(params) - set(known))
     if unknown:
@@ -212,9 +213,10 @@ def check_parameters(notebook: str | Path, params: dict[str, Any]) -> None:
                 _FLOAT.fullmatch(value.strip()):
             # YAML 1.1 reads "1e308" (no dot) as text: for a float parameter it is a number
             params[name] = value = float(value)
-        if type_name == "str" and isinstance(value, float):
-            # "-p qemu 10.0" and "--grid qemu=system,10.0": YAML read a version number
-            # where the notebook declares text; the notebook gets the text
+        if type_name == "str" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            # "-p qemu 10.0", "--grid qemu=system,10.0", "-p speeds 4194304": YAML read a
+            # number where the notebook declares text (a version, a list of one); the
+            # notebook gets the text
             params[name] = value = str(value)
         if not _type_ok(value, type_name, default):
             shown = type_name if type_name != "None" else type(default).__name__

@@ -19,6 +19,7 @@ C3     :func:`convergence_pressure` a guest outpacing the copy: background vs ac
 C1     :func:`snapshot_methods`    mirror vs backup vs external snapshot, each quiesced 3 ways
 --     :func:`scenario`            one row of the scenario catalogue (tp-qemu/iotest cases)
 --     :func:`storage_migration`   a busy VM and its disks moved to a second QEMU (NBD + migrate)
+--     :func:`workload_cost`       a fio profile's cost to the mirror, and the mirror's to it
 =====  ==========================  ===============================================
 """
 
@@ -34,6 +35,7 @@ from kvmlab.experiments.scenarios import SCENARIOS, scenario
 from kvmlab.experiments.shallow import shallow_existing
 from kvmlab.experiments.snapshot_methods import METHODS, QUIESCE, snapshot_methods
 from kvmlab.experiments.target_faults import FAULTS, target_fault
+from kvmlab.experiments.workloads import workload_cost
 
 #: the seed's conclusion for each experiment, as the summary notebook prints it
 SEED_CONCLUSIONS = {
@@ -54,4 +56,5 @@ __all__ = ["ExperimentResult", "LabRun", "verify_image", "mirror_basic", "mirror
            "commit_stopped",
            "pivot", "double_pivot", "remove_source", "shallow_existing", "SEED_CONCLUSIONS",
            "target_fault", "FAULTS", "consistency_study", "CUTS", "convergence_pressure",
-           "snapshot_methods", "METHODS", "QUIESCE", "scenario", "SCENARIOS", "storage_migration"]
+           "snapshot_methods", "METHODS", "QUIESCE", "scenario", "SCENARIOS", "storage_migration",
+           "workload_cost"]

@@ -211,31 +211,50 @@ def failure(events: pd.DataFrame) -> str | None:
     return None
 
 
+def _between(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float] | None:
+    """What fio did between two of its cumulative status lines: ``seconds``, and per
+    direction ``_iops``, ``_bw`` (bytes/s), ``_bytes`` and the ``_p50_us``/``_p99_us`` of
+    every completion in between; None if *b* is not later than *a*."""
+    dt = (float(b.get("ms", 0)) - float(a.get("ms", 0))) / 1000
+    if dt <= 0:
+        return None
+    out = {"seconds": dt}
+    for d, name in (("r", "read"), ("w", "write")):
+        first = parse_buckets(a.get(f"{d}_lat", "-"))
+        delta = {k: n - first.get(k, 0) for k, n in parse_buckets(b.get(f"{d}_lat", "-")).items()}
+        nbytes = float(int(b.get(f"{d}_bytes", 0)) - int(a.get(f"{d}_bytes", 0)))
+        out[f"{name}_iops"] = (int(b.get(f"{d}_ios", 0)) - int(a.get(f"{d}_ios", 0))) / dt
+        out[f"{name}_bytes"] = nbytes
+        out[f"{name}_bw"] = nbytes / dt
+        out[f"{name}_p50_us"] = percentile(delta, 0.50)
+        out[f"{name}_p99_us"] = percentile(delta, 0.99)
+    return out
+
+
 def guest_io(events: pd.DataFrame) -> pd.DataFrame:
     """The guest's fio results as per-second rows (:data:`COLUMNS`), from the run's
     ``fio_status`` events: each row is what happened between two status lines, stamped
     with the later one's host time ``t``."""
     rows = _records(events, STATUS)
-    out: list[dict[str, Any]] = []
+    out = []
     for a, b in zip(rows, rows[1:]):
-        dt = (float(b.get("ms", 0)) - float(a.get("ms", 0))) / 1000
-        if dt <= 0:
-            continue
-        row: dict[str, Any] = {"t": b["t"], "guest_ms": int(b.get("ms", 0))}
-        for d, name in (("r", "read"), ("w", "write")):
-            ios = int(b.get(f"{d}_ios", 0)) - int(a.get(f"{d}_ios", 0))
-            nbytes = int(b.get(f"{d}_bytes", 0)) - int(a.get(f"{d}_bytes", 0))
-            before = parse_buckets(a.get(f"{d}_lat", "-"))
-            delta = {k: n - before.get(k, 0)
-                     for k, n in parse_buckets(b.get(f"{d}_lat", "-")).items()}
-            row[f"{name}_iops"] = ios / dt
-            row[f"{name}_bw"] = nbytes / dt
-            row[f"{name}_p50_us"] = percentile(delta, 0.50)
-            row[f"{name}_p99_us"] = percentile(delta, 0.99)
-        out.append(row)
+        between = _between(a, b)
+        if between is not None:
+            out.append({**between, "t": b["t"], "guest_ms": int(b.get("ms", 0))})
     df = pd.DataFrame(out, columns=COLUMNS)
     return df.astype({c: "float64" for c in COLUMNS if c != "guest_ms"}).astype(
         {"guest_ms": "int64"})
+
+
+def window(events: pd.DataFrame, t0: float, t1: float) -> dict[str, float]:
+    """What the guest's fio did between host times *t0* and *t1*, from the cumulative lines
+    last seen at or before each (see :func:`_between`: the window's percentiles are those
+    of every completion in it, not a mean of seconds).  Empty without two such lines."""
+    rows = [r for r in _records(events, STATUS) if r["t"] <= t1]
+    before = [r for r in rows if r["t"] <= t0]
+    if not before or rows[-1] is before[-1]:
+        return {}
+    return _between(before[-1], rows[-1]) or {}
 
 
 #: the file a run keeps its guest_io rows in

@@ -15,7 +15,9 @@ from kvmlab import experiments as ex
 from kvmlab.errors import BadInput, KvmlabError
 from kvmlab.experiments import ExperimentResult, scenarios
 from kvmlab.experiments.consistency import SEED_CACHES
+from kvmlab.guest import fio
 from kvmlab.lab.notebook import run_experiment
+from kvmlab.model import check_granularity, check_speed
 from kvmlab.store.runs import load_run
 
 #: the seed's experiments as the suite runs them: name -> (experiment, variant)
@@ -174,3 +176,51 @@ def rate_fidelity(result: ExperimentResult) -> dict[str, Any]:
     rate = copied / ttr if copied and ttr else s.get("mean_copy_rate")
     return {"speed": speed, "copy_rate": rate, "ready": ttr is not None,
             "rate_over_speed": rate / speed if rate and speed else None}
+
+
+#: the workload table's columns (:func:`kvmlab.experiments.workload_cost`'s verdict)
+WORKLOAD_COLUMNS = ["profile", "granularity", "speed", "outcome", "predictor_diverging_s",
+                    "guest_written_mib", "recopied_mib", "write_amplification",
+                    "iops_before", "iops_during", "write_p50_ms_before", "write_p50_ms_during",
+                    "write_p99_ms_before", "write_p99_ms_during", "pass"]
+
+
+def workload_grid(namespace: Mapping[str, Any], profiles: str, granularities: str,
+                  speeds: str, **overrides: Any) -> list[ExperimentResult]:
+    """Run :func:`~kvmlab.experiments.workload_cost` for every profile x granularity x speed
+    (space-separated lists), each a sub-run of the notebook's run; every value is checked
+    first, so a bad one runs nothing."""
+    names = chosen_names(profiles.replace(" ", ","), fio.PROFILES, "profile")
+    try:
+        grans = [int(g) for g in granularities.split()]
+        limits = [int(s) for s in speeds.split()]
+    except ValueError:
+        raise BadInput(f"granularities={granularities!r} and speeds={speeds!r} must be "
+                       "integers (bytes, bytes/s) separated by spaces") from None
+    for g in grans:
+        check_granularity(g)
+    for s in limits:
+        check_speed(s)
+    return [run_experiment(ex.workload_cost, namespace, many=True, profile=p, granularity=g,
+                           speed=s, **overrides)
+            for p in names for g in grans for s in limits]
+
+
+def workload_rows(results: Iterable[ExperimentResult] | str | Path) -> pd.DataFrame:
+    """The workload table: a row per :func:`~kvmlab.experiments.workload_cost` run, from
+    *results* or from every such run recorded under a folder (a sweep's)."""
+    if isinstance(results, (str, Path)):
+        verdicts = []
+        for meta_file in sorted(Path(results).rglob("run.json")):
+            try:
+                data = load_run(meta_file.parent)
+            except KvmlabError:
+                continue
+            if data.meta.get("experiment") == "workload_cost" and data.meta.get("verdict"):
+                verdicts.append(data.meta["verdict"])
+    else:
+        verdicts = [r.verdict for r in results]
+    rows = pd.DataFrame([{c: v.get(c) for c in WORKLOAD_COLUMNS} for v in verdicts],
+                        columns=WORKLOAD_COLUMNS)
+    return rows.sort_values(["profile", "granularity", "speed"], kind="stable",
+                            ignore_index=True)
