@@ -16,7 +16,8 @@
 # # Where mirrors struggle, by access pattern
 #
 # The guest runs fio (Debian's 3.33, from its tools disk) with one of five profiles on a 16 MiB file
-# of the disk being mirrored, at the same rate each (`rate_kib_s`): 1 MiB sequential writes, 4 KiB
+# of the disk being mirrored (written whole first, as a database's preallocated file; nothing else
+# in the guest writes), at the same rate each (`rate_kib_s`): 1 MiB sequential writes, 4 KiB
 # random writes, 4 KiB random I/O with 70 % reads, a database's 8 KiB random writes each followed by
 # fsync, and bursts of 64 KiB writes (2 s on, 3 s off). After `baseline_s` seconds without a mirror,
 # `drive-mirror` starts with a bitmap `granularity` and a `speed` limit; kvmlab waits for READY at most

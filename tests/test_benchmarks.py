@@ -20,7 +20,7 @@ PARTS = {
     "libvirt-shm": ("sample_cost", "recording_overhead", "trace"),
     "runs": ("throughput", "end_to_end", "sweep", "live_plot", "qemu_builds", "memory",
              "predictor", "boot"),
-    "verdicts": ("convergence", "seed"),
+    "verdicts": ("convergence", "seed", "real_size"),
 }
 
 
@@ -31,6 +31,12 @@ def _check(b: dict[str, Any]) -> None:
     if "memory" in b:
         mem = b["memory"]
         assert mem["rows"] == 18000 and mem["all_rows_kept_rss_growth_mb"] > 0
+        assert "panel_rss_growth_mb_per_hour" in mem
+    if "real_size" in b:
+        rs = b["real_size"]
+        assert len(rs["disk_limit_mib_s"]) == 2 and min(rs["disk_limit_mib_s"]) > 0
+        assert rs["mirror_default_mib_s"] > 0 and rs["ratio_best_over_disk_limit"] > 0
+        assert rs["dashboard_s"] > 0 and rs["recorder_rss_peak_growth_mib"] >= 0
     if "qemu_builds" in b:
         assert b["qemu_builds"]["all_passed"] is True
         assert b["qemu_builds"]["ratio_watch_cpu"] > 0

@@ -119,3 +119,46 @@ def test_fio_failing_in_the_guest_is_said_with_its_words() -> None:
     assert fio.failure(_guest_events((fio.DONE, {"rc": 0}),
                                      (fio.ERROR, {"error": "mount", "dev": "/dev/vdb"}))) is None
     assert fio.guest_io(pd.DataFrame()).empty
+
+
+def test_a_window_of_the_recorded_run_is_every_completion_in_it() -> None:
+    """The window's percentiles are those of all its completions (bucket deltas of two
+    cumulative lines), not a mean of seconds; its IOPS the recorded rate."""
+    events = pd.read_parquet(DATA / "rand-write-4k-1m-events.parquet")
+    status = events[events["name"] == fio.STATUS]
+    t0, t1 = float(status["t"].iloc[10]), float(status["t"].iloc[70])
+    w = fio.window(events, t0 + 0.01, t1 + 0.01)
+    assert w["seconds"] == pytest.approx(60, abs=0.2)
+    assert w["write_iops"] == pytest.approx(256, rel=0.01) and w["read_iops"] == 0
+    assert w["write_bytes"] == pytest.approx(60 * 256 * 4096, rel=0.01)
+    per_second = fio.guest_io(events)
+    inside = per_second[(per_second["t"] > t0 + 0.01) & (per_second["t"] <= t1 + 0.01)]
+    assert len(inside) == 60
+    assert inside["write_p99_us"].min() <= w["write_p99_us"] <= inside["write_p99_us"].max()
+    assert fio.window(events, 0.0, 0.5) == {}                       # before fio said anything
+    assert fio.window(events, t0 + 0.01, t0 + 0.02) == {}           # one line: no window
+
+
+@pytest.mark.parametrize("kw,words", [
+    ({"profile": "oltp"}, "profile='oltp' is not one of"),
+    ({"granularity": 3000}, "granularity=3000 must be a power of two"),
+    ({"speed": -1}, "speed=-1 must be a non-negative integer"),
+    ({"fio_mib": 60}, "leave no room on a 64 MiB disk"),
+    ({"rate_kib_s": 1}, "workload rate 1 must be"),
+])
+def test_workload_cost_says_a_bad_value_before_anything_exists(kw: dict, words: str,
+                                                                tmp_path: Path) -> None:
+    from kvmlab.experiments import workload_cost
+    with pytest.raises(BadInput, match=words):
+        workload_cost(**kw, options=RunOptions(runs_dir=tmp_path / "runs"))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_notebooks_grid_is_checked_whole_before_a_run() -> None:
+    from kvmlab.lab import suites
+    for profiles, grans, speeds, words in (("bursty oltp", "65536", "0", "unknown profile oltp"),
+                                           ("bursty", "65536 100000", "0", "power of two"),
+                                           ("bursty", "64k", "0", "must be integers"),
+                                           ("bursty", "65536", "-5", "non-negative")):
+        with pytest.raises(BadInput, match=words):
+            suites.workload_grid({}, profiles, grans, speeds)

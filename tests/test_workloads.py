@@ -85,3 +85,25 @@ def test_a_job_file_fio_refuses_fails_the_run_with_fios_words(tmp_path: Path) ->
     (meta_file,) = (tmp_path / "runs").glob("*/run.json")
     meta = json.loads(meta_file.read_text())
     assert meta["status"] == "error" and "sideways" in meta["fio"]["error"], meta["fio"]
+
+
+def test_the_workloads_notebook_tabulates_a_profiles_cost(tmp_path: Path) -> None:
+    """``15_workloads`` with one cell of its grid: 4 KiB random writes against a 64 KiB
+    granularity at 32 MiB/s.  The mirror gets READY; each write dirtied a whole 64 KiB
+    cluster, so the job copied again several times what fio wrote (well above 1, at most
+    the 16 of clusters hit once each); fio's IOPS held at its rate before and during."""
+    out = tmp_path / "w"
+    res = subprocess.run([sys.executable, "-m", "kvmlab", "run",
+                          str(NB.parent / "15_workloads.ipynb"), "-p", "profiles",
+                          "rand-write-4k", "-p", "granularities", "65536", "-p", "speeds",
+                          "33554432", "-p", "accel", "tcg", "-p", "baseline_s", "3",
+                          "-p", "after_ready_s", "4", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    (row,) = pd.read_csv(out / "workloads.csv").to_dict("records")
+    assert row["pass"] and row["outcome"].startswith("READY in"), row
+    assert 2 <= row["write_amplification"] <= 16, row
+    assert row["iops_before"] == pytest.approx(64, rel=0.2), row
+    assert row["iops_during"] == pytest.approx(64, rel=0.2), row
+    assert row["write_p99_ms_during"] >= row["write_p50_ms_during"] > 0
+    assert "READY in" in (out / "15_workloads.html").read_text()

@@ -5,7 +5,8 @@ from a log's 1 MiB appends: each write marks a whole *granularity*-sized cluster
 so the mirror copies again far more than the guest wrote.  The steps:
 
 1. a VM whose guest runs a fio profile (:data:`kvmlab.guest.fio.PROFILES`) at
-   ``rate_kib_s`` on a file of the disk, beside a light file-operations workload;
+   ``rate_kib_s`` on a file of the disk written whole beforehand (after one round of
+   the guest's file operations, so nothing else writes);
 2. ``baseline_s`` seconds of fio with no mirror: the guest's latency to compare with;
 3. ``drive-mirror`` with ``granularity`` and a ``speed`` limit; wait for READY at most
    ``ready_timeout`` s, while the convergence predictor (:mod:`kvmlab.live.predictor`)
@@ -73,8 +74,8 @@ def workload_cost(*, profile: str = "rand-write-4k", rate_kib_s: int = fio.DEFAU
         make_guest_disk(source, image_mib, "qcow2", fill_mib)
         target = lab.workdir / "mirror.qcow2"
         rec.track("mirror", target)
-        # the file operations stay light (they only keep the manifest going): fio is the load
-        with busy_vm(lab, source, Workload(dd_kib=64, rate_kib_s=32), label="source") as vm:
+        # one round of file operations (busy_vm waits for the first): then fio alone writes
+        with busy_vm(lab, source, Workload(dd_kib=64, rounds=1), label="source") as vm:
             vm.wait_guest("fio_status", timeout=60)
             time.sleep(baseline_s)
             rec.mark(marks.MIRROR_START, job=vm.disk_id, target=str(target))

@@ -36,9 +36,12 @@ FILES = "files"
 DEFAULT_RATE_KIB_S = 256
 #: the size of fio's file in the guest (MiB), on the disk being mirrored
 DEFAULT_SIZE_MIB = 16
-#: what every job runs with: its file in /mnt/fio, past the page cache, until the VM stops
-_COMMON = ("directory=/mnt/fio\nfilename=fio.dat\nsize={size}m\ndirect=1\nioengine=psync\n"
-           "time_based=1\nruntime=86400\ngroup_reporting=1\n")
+#: what every job runs with: its file in /mnt/fio, past the page cache, until the VM stops;
+#: the file is written whole before the job (overwrite=1), as a database's or a log's
+#: preallocated file, so the mirror sees the profile's writes and not the file system
+#: allocating blocks (an extent conversion, a journal commit, per first write)
+_COMMON = ("directory=/mnt/fio\nfilename=fio.dat\nsize={size}m\noverwrite=1\ndirect=1\n"
+           "ioengine=psync\ntime_based=1\nruntime=86400\ngroup_reporting=1\n")
 
 #: profile -> (what it is, its job options; {rate} is the profile's rate in KiB/s)
 PROFILES: dict[str, tuple[str, str]] = {
