@@ -48,6 +48,7 @@ verify: bool = True                 # boot each copy and check the guest's synce
 sample_interval: float = 0.1        # seconds between query-block-jobs samples
 cache: str = "none"                 # the seed's cache mode
 accel: str = "auto"                 # auto: KVM only if a guest really boots under it, else TCG
+workload: str = "files"             # what the guest does: "files" (its file operations), or fio beside them (a profile "name[:KiB/s]" or a .fio job file; see 15_workloads)
 qemu: str = "system"                # QEMU build: "system", an installed one ("10.0", see kvmlab qemu list) or a binary's path
 backend: str = "qmp"               # "qmp" (kvmlab launches QEMU) or "libvirt" (a transient domain)
 libvirt_uri: str = "qemu:///system"

@@ -48,6 +48,7 @@ workload_rate_kib_s: float = 80
 seed: int = 1                       # for the random cut moments and the cuts' order
 sample_interval: float = 0.1
 accel: str = "auto"
+workload: str = "files"             # what the guest does: "files" (its file operations), or fio beside them (a profile "name[:KiB/s]" or a .fio job file; see 15_workloads)
 qemu: str = "system"                # QEMU build: "system", an installed one ("10.0", see kvmlab qemu list) or a binary's path
 backend: str = "qmp"               # "qmp" (kvmlab launches QEMU) or "libvirt" (a transient domain)
 libvirt_uri: str = "qemu:///system"

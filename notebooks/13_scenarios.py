@@ -59,6 +59,7 @@ verify: bool = True                 # boot each copy and check the guest's synce
 sample_interval: float = 0.1        # seconds between query-block-jobs samples
 cache: str = "none"                 # the seed's cache mode
 accel: str = "auto"                 # auto: KVM only if a guest really boots under it, else TCG
+workload: str = "files"             # what the guest does: "files" (its file operations), or fio beside them (a profile "name[:KiB/s]" or a .fio job file; see 15_workloads)
 run_path: Optional[str] = None      # kvmlab run sets it, None for data/runs/<run-id>
 
 # %%

@@ -54,6 +54,7 @@ migrate_timeout: float = 120.0      # the migration must end by then (else it is
 sample_interval: float = 0.1        # seconds between query-block-jobs and query-migrate samples
 cache: str = "none"                 # the seed's cache mode
 accel: str = "auto"                 # auto: KVM only if a guest really boots under it, else TCG
+workload: str = "files"             # what the guest does: "files" (its file operations), or fio beside them (a profile "name[:KiB/s]" or a .fio job file; see 15_workloads)
 qemu: str = "system"                # QEMU build: "system", an installed one ("10.0", see kvmlab qemu list) or a binary's path
 run_path: Optional[str] = None      # kvmlab run sets it, None for data/runs/<run-id>
 
