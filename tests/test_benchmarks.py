@@ -35,6 +35,7 @@ def _check(b: dict[str, Any]) -> None:
     if "real_size" in b:
         rs = b["real_size"]
         assert len(rs["disk_limit_mib_s"]) == 2 and min(rs["disk_limit_mib_s"]) > 0
+        assert min(rs["disk_copy_limit_mib_s"]) > 0 and rs["qemu_img_convert_mib_s"] > 0
         assert rs["mirror_default_mib_s"] > 0 and rs["ratio_best_over_disk_limit"] > 0
         assert rs["dashboard_s"] > 0 and rs["recorder_rss_peak_growth_mib"] >= 0
     if "qemu_builds" in b:
@@ -44,6 +45,7 @@ def _check(b: dict[str, Any]) -> None:
         bt = b["boot"]
         assert bt["to_init_skipped_s"] > 0 and bt["to_ready_run_s"] > bt["to_init_run_s"]
         assert bt["ratio_to_ready_skipped_over_run"] > 0
+        assert bt["ratio_to_ready_tools_over_skipped"] > 0 and bt["to_ready_tools_s"] > 0
     if "live_plot" in b:
         assert b["live_plot"]["ipympl_over_png"] > 0
     if "trace" in b:

@@ -162,3 +162,35 @@ def test_the_notebooks_grid_is_checked_whole_before_a_run() -> None:
                                            ("bursty", "65536", "-5", "non-negative")):
         with pytest.raises(BadInput, match=words):
             suites.workload_grid({}, profiles, grans, speeds)
+
+
+WORKLOAD_RUNS = DATA.parent / "workloads"
+
+
+def test_the_workload_tables_rows_are_what_their_recorded_runs_show() -> None:
+    """Three runs of the workloads sweep (tests/data/workloads, recorded 2026-12-02 on QEMU
+    7.2): each verdict's fio figures are the window between the mirror's start and the
+    cancel, recomputed here from the run's own events; its re-copy is the job's length
+    growth in its samples; the run's guest_io.parquet is its events read per second."""
+    from kvmlab import marks
+    from kvmlab.lab import suites
+    from kvmlab.store.runs import load_run
+    table = suites.workload_rows(WORKLOAD_RUNS)
+    assert list(table["profile"]) == ["db-like", "rand-write-4k", "seq-write-1m"]
+    for meta_file in sorted(WORKLOAD_RUNS.glob("*/run.json")):
+        run = load_run(meta_file.parent)
+        v = run.verdict
+        assert v is not None
+        ev = run.events
+        a = float(ev.loc[ev["name"] == marks.MIRROR_START, "t"].iloc[0])
+        b = float(ev.loc[ev["name"] == marks.CANCEL, "t"].iloc[0])
+        during = fio.window(ev, a, b)
+        assert round(during["write_iops"], 1) == pytest.approx(v["iops_during"], abs=0.11)
+        assert during["write_bytes"] / 2**20 == pytest.approx(v["guest_written_mib"], abs=0.01)
+        js = run.samples[run.samples["t"] <= b]
+        grown = (int(js["len"].iloc[-1]) - int(js["len"].iloc[0])) / 2**20
+        assert grown == pytest.approx(v["recopied_mib"], abs=0.01)
+        assert v["write_amplification"] == pytest.approx(grown / v["guest_written_mib"], abs=0.06)
+        pd.testing.assert_frame_equal(run.guest_io, fio.guest_io(ev))
+        # the predictor spoke on the two that never got READY, and only there
+        assert (v["predictor_diverging_s"] is None) == v["ready"], v

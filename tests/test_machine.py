@@ -50,10 +50,10 @@ def test_launch_boot_and_shutdown(disk: Path) -> None:
     assert vm.exitcode == 0
 
 
-def test_fio_runs_in_the_guest_from_its_tools_disk(disk: Path) -> None:
+def test_the_guest_mounts_its_tools_disk_found_by_its_serial(disk: Path) -> None:
     """The guest mounts the read-only tools disk (found by its serial, after the VM's own
-    disks) and runs Debian's fio from it, through the loader and the ~80 MiB of libraries
-    fio links: the same version as the host's."""
+    disks) and says the fio it holds: the host's version (fio itself runs from it, through
+    the loader and the ~80 MiB of libraries it links, in tests/test_workloads.py)."""
     host = subprocess.run(["fio", "--version"], capture_output=True, text=True,
                           check=True).stdout.strip()
     vm = Machine(disk, accel="tcg", tools=True)

@@ -59,8 +59,7 @@ if [ "$P_tools" = 1 ]; then
   done
   mkdir -p /tools
   if [ -n "$tdev" ] && mount -t ext4 -o ro "$tdev" /tools; then
-    say tools fio=$(/tools/lib64/ld-linux-x86-64.so.2 --library-path "$(cat /tools/libpath)" \
-      /tools/usr/bin/fio --version 2>&1 | tr ' ' _) dev=$tdev t=$(now)
+    say tools fio=$(tr ' ' _ < /tools/version) dev=$tdev t=$(now)
   else say error=tools dev=$tdev t=$(now); fi
 fi
 # the guest agent, when the host gave the VM its virtio-serial port (kvmlab.qga=1)
