@@ -62,7 +62,7 @@ def test_a_fio_profile_runs_in_the_notebook_and_its_seconds_are_in_the_run(tmp_p
     out = tmp_path / "r"
     res = subprocess.run([sys.executable, "-m", "kvmlab", "run", str(NB), "-p", "workload",
                           "rand-write-4k", "-p", "image_mib", "48", "-p", "fill_mib", "8",
-                          "-p", "accel", "tcg", "-p", "after_ready_s", "6", "--out", str(out)],
+                          "-p", "accel", "tcg", "-p", "after_ready_s", "8", "--out", str(out)],
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     meta = json.loads((out / "run.json").read_text())
@@ -102,7 +102,8 @@ def test_the_workloads_notebook_tabulates_a_profiles_cost(tmp_path: Path) -> Non
     assert res.returncode == 0, res.stdout + res.stderr
     (row,) = pd.read_csv(out / "workloads.csv").to_dict("records")
     assert row["pass"] and row["outcome"].startswith("READY in"), row
-    assert 2 <= row["write_amplification"] <= 16, row
+    # (fio's seconds are counted whole at the window's edges: a little over 16 may show)
+    assert 4 <= row["write_amplification"] <= 24, row
     assert row["iops_before"] == pytest.approx(64, rel=0.2), row
     assert row["iops_during"] == pytest.approx(64, rel=0.2), row
     assert row["write_p99_ms_during"] >= row["write_p50_ms_during"] > 0

@@ -197,8 +197,12 @@ class LabRun:
                        name=f"kvmlab-{label}", **kwargs)
 
     def note_machine(self, vm: Machine, label: str) -> None:
-        """Attach the recorder to *vm* and remember its accel/guest in run.json."""
+        """Attach the recorder to *vm* and remember its accel/guest in run.json; a VM that
+        runs fio is returned once fio reports its first second (what follows happens under
+        its load), or its failure is raised (:func:`wait_fio`)."""
         self.recorder.attach_machine(vm, label)
+        if vm.fio is not None:
+            wait_fio(vm)
         machines = self.extra.setdefault("machines", {})
         machines[label] = {"accel": vm.accel, "command": vm.command, "backend": self.options.backend,
                            "kernel": vm.guest.kernel_version, "cache": vm.drives[0].cache
@@ -283,6 +287,30 @@ def unchanged(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Same size and content in two :func:`snapshot_image` results."""
     return bool(a["exists"] and b["exists"] and a["sha256"] == b["sha256"]
                 and a["apparent"] == b["apparent"])
+
+
+def wait_fio(vm: Machine, timeout: float = 90) -> None:
+    """Wait until the guest's fio prints its first second of results.
+
+    :raise GuestFailed: fio could not start or exited (a job file it refused), with its
+        words, or the VM stopped first.
+    :raise WaitTimeout: no word from fio within *timeout* s.
+    """
+    assert vm.fio is not None
+    deadline = time.monotonic() + timeout
+    while True:
+        records = vm.console.records.snapshot()
+        why = fio.failure_of((r.name, r.data) for r in records)
+        if why is not None:
+            raise GuestFailed(f"fio in the guest failed ({vm.fio.name}): {why}")
+        if any(r.name == "fio_status" for r in records):
+            return
+        if not vm.running:
+            raise GuestFailed(f"the VM stopped before its fio ({vm.fio.name}) started")
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(f"fio ({vm.fio.name}) said nothing in the guest within "
+                              f"{timeout:g} s")
+        time.sleep(0.1)
 
 
 @contextmanager

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,15 +204,22 @@ def _records(events: pd.DataFrame, *names: str) -> list[dict[str, Any]]:
     return rows
 
 
-def failure(events: pd.DataFrame) -> str | None:
-    """Why fio failed in the guest (it could not start, or exited non-zero, with the
-    start of what it printed), or None."""
-    for data in _records(events, DONE, ERROR):
-        if data["name"] == ERROR and data.get("error") == "fio":
+def failure_of(lines: Iterable[tuple[str, Mapping[str, Any]]]) -> str | None:
+    """Why fio failed in the guest, from its console lines as (name, data) (``fio_done``
+    with a non-zero exit and the start of what fio printed, or ``error=fio``: it could not
+    start), or None."""
+    for name, data in lines:
+        if name == "error" and data.get("error") == "fio":
             return str(data.get("why", "fio did not start"))
-        if data["name"] == DONE and data.get("rc") not in (0, None):
+        if name == "fio_done" and data.get("rc") not in (0, None):
             return f"exit {data.get('rc')}: {data.get('why', '')}".rstrip(": ")
     return None
+
+
+def failure(events: pd.DataFrame) -> str | None:
+    """:func:`failure_of` on a run's recorded events."""
+    return failure_of((str(d["name"]).removeprefix("guest_"), d)
+                      for d in _records(events, DONE, ERROR))
 
 
 def _between(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float] | None:
