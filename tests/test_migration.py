@@ -147,7 +147,10 @@ def test_disks_that_never_get_ready_end_the_flow_with_the_predictors_word(
     assert not res.passed and v["outcome"] == "disks never READY", v
     assert v["not_ready_job"] == "drive0" and "drive0 never READY" in v["reason"]
     assert v["migration_status"] == "not started" and v["source_survives"]
-    assert v["disk_outlook"] and "ETA" in v["disk_outlook"], v["disk_outlook"]
+    # the predictor's last phrase: an ETA, or (over a link this slow, beside other work,
+    # its window may see no step of the copy) "stalled"
+    assert any(w in str(v["disk_outlook"]) for w in ("ETA", "stalled", "will not converge")), \
+        v["disk_outlook"]
     run = load_run(res.run_path)
     names = list(run.events["name"])
     assert "disks_not_ready" in names and "migrate" not in names
