@@ -568,8 +568,9 @@ class MirrorPanels(w.VBox):
 
     def close(self) -> None:
         """Close every panel (each saves its running job's run), the others before the one
-        that owns the VM, which then stops it."""
-        for p in reversed(self.panels):
+        that owns the VM, which then stops it.  (A row refused in its constructor, before it
+        had panels, is closed too when ipywidgets collects it.)"""
+        for p in reversed(getattr(self, "panels", [])):
             p.close()
         if MirrorPanel.current is self:
             MirrorPanel.current = None
