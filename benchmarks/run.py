@@ -875,7 +875,7 @@ class _RssPeak:
     what it was when the block began."""
 
     def __init__(self) -> None:
-        self.start = self.peak = _rss_mib()
+        self.start = self.peak = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 

@@ -32,14 +32,11 @@ from kvmlab.experiments.common import ExperimentResult, LabRun, busy_vm
 from kvmlab.experiments.options import DEFAULT_OPTIONS, RunOptions
 from kvmlab.guest import fio
 from kvmlab.guest.workload import Workload
+from kvmlab.live.jobs import Job
 from kvmlab.live.predictor import Predictor
 from kvmlab.model import check_granularity, check_speed
 from kvmlab.qemu.images import make_guest_disk
 from kvmlab.units import MIB
-
-#: the granularities the notebook compares (bytes): QEMU's default for a 64 KiB-cluster
-#: qcow2, and the largest a mirror's buffer makes sense with
-GRANULARITIES = (64 * 1024, 1024 * 1024)
 
 
 def workload_cost(*, profile: str = "rand-write-4k", rate_kib_s: int = fio.DEFAULT_RATE_KIB_S,
@@ -63,12 +60,11 @@ def workload_cost(*, profile: str = "rand-write-4k", rate_kib_s: int = fio.DEFAU
     if fio_mib + fill_mib + 8 > image_mib:
         raise BadInput(f"fio_mib={fio_mib} and fill_mib={fill_mib} leave no room on a "
                        f"{image_mib} MiB disk")
-    job_spec = f"{profile}:{rate_kib_s}"
-    fio.profile(profile, rate_kib_s, fio_mib)          # a bad rate: said now, nothing made
     params = dict(locals())
-    options = options.replace(workload=job_spec)
+    job = fio.profile(profile, rate_kib_s, fio_mib)    # a bad rate: said now, nothing made
+    options = options.replace(workload=f"{profile}:{rate_kib_s}")     # recorded in run.json
     with LabRun("workload_cost", params, options) as lab:
-        lab.fio = fio.profile(profile, rate_kib_s, fio_mib)
+        lab.fio = job                                  # the options' job, on fio_mib MiB
         rec = lab.recorder
         source = lab.workdir / "disk.qcow2"
         make_guest_disk(source, image_mib, "qcow2", fill_mib)
@@ -79,22 +75,23 @@ def workload_cost(*, profile: str = "rand-write-4k", rate_kib_s: int = fio.DEFAU
             time.sleep(baseline_s)             # fio runs (busy_vm waited for its first second)
             rec.mark(marks.MIRROR_START, job=vm.disk_id, target=str(target))
             t_start = time.monotonic()
-            job = vm.mirror(vm.disk_id, target, "qcow2", speed=speed, granularity=granularity)
-            ready_s, diverging_s, last = _wait(lab, job, ready_timeout)
+            mirror = vm.mirror(vm.disk_id, target, "qcow2", speed=speed,
+                               granularity=granularity)
+            ready_s, diverging_s, last = _wait(lab, mirror, ready_timeout)
             if ready_s is not None:
-                rec.mark(marks.READY_SEEN, job=job.id)
+                rec.mark(marks.READY_SEEN, job=mirror.id)
                 time.sleep(after_ready_s)
             t_end = time.monotonic()
-            rec.mark(marks.CANCEL, job=job.id, reason="ready" if ready_s is not None
+            rec.mark(marks.CANCEL, job=mirror.id, reason="ready" if ready_s is not None
                      else "not ready in time")
-            job.cancel(force=ready_s is None)
-            outcome = job.wait_done(60)
-        lab.verdict = _verdict(lab, job.id, t_start, t_end, ready_s, diverging_s, last,
+            mirror.cancel(force=ready_s is None)
+            outcome = mirror.wait_done(60)
+        lab.verdict = _verdict(lab, mirror.id, t_start, t_end, ready_s, diverging_s, last,
                                outcome.event, outcome.ok, ready_timeout)
     return lab.result()
 
 
-def _wait(lab: LabRun, job: Any, timeout: float) -> tuple[float | None, float | None, str]:
+def _wait(lab: LabRun, job: Job, timeout: float) -> tuple[float | None, float | None, str]:
     """Wait for READY up to *timeout* s, with the predictor watching; returns the seconds to
     READY (None: not ready), when the predictor first said "will not converge" (None:
     never), and its last phrase."""

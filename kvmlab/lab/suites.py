@@ -134,26 +134,34 @@ def scenario_rows(results: Mapping[str, ExperimentResult]) -> pd.DataFrame:
                         columns=scenarios.COLUMNS)
 
 
-def scenario_results_in(folder: str | Path) -> dict[str, list[dict[str, ExperimentResult]]]:
-    """Every scenario run recorded under *folder* (a sweep's folder, or a notebook run's),
-    by QEMU build, as a list of repetitions (``{scenario: result}`` each): the table of a
-    sweep whose points ran the scenarios side by side."""
-    found: dict[str, list[dict[str, ExperimentResult]]] = {}
+def results_in(folder: str | Path, experiment: str) -> list[ExperimentResult]:
+    """Every finished run of *experiment* recorded under *folder* (a sweep's folder, or a
+    notebook run's) that has a verdict, in folder order; unreadable runs are left out."""
+    found = []
     for meta_file in sorted(Path(folder).rglob("run.json")):
         try:
             data = load_run(meta_file.parent)
         except KvmlabError:
             continue
-        if data.meta.get("experiment") != "scenario" or not data.meta.get("verdict"):
-            continue
-        verdict = data.meta["verdict"]
-        build = str((data.meta.get("params") or {}).get("qemu", "system"))
+        if data.meta.get("experiment") == experiment and data.meta.get("verdict"):
+            found.append(ExperimentResult(meta_file.parent, data.meta["verdict"], data))
+    return found
+
+
+def scenario_results_in(folder: str | Path) -> dict[str, list[dict[str, ExperimentResult]]]:
+    """Every scenario run recorded under *folder* (a sweep's folder, or a notebook run's),
+    by QEMU build, as a list of repetitions (``{scenario: result}`` each): the table of a
+    sweep whose points ran the scenarios side by side."""
+    found: dict[str, list[dict[str, ExperimentResult]]] = {}
+    for result in results_in(folder, "scenario"):
+        name = result.verdict["scenario"]
+        build = str((result.data.meta.get("params") or {}).get("qemu", "system"))
         reps = found.setdefault(build, [])
-        slot = next((r for r in reps if verdict["scenario"] not in r), None)
+        slot = next((r for r in reps if name not in r), None)
         if slot is None:
             slot = {}
             reps.append(slot)
-        slot[verdict["scenario"]] = ExperimentResult(meta_file.parent, verdict, data)
+        slot[name] = result
     return found
 
 
@@ -210,16 +218,8 @@ def workload_rows(results: Iterable[ExperimentResult] | str | Path) -> pd.DataFr
     """The workload table: a row per :func:`~kvmlab.experiments.workload_cost` run, from
     *results* or from every such run recorded under a folder (a sweep's)."""
     if isinstance(results, (str, Path)):
-        verdicts = []
-        for meta_file in sorted(Path(results).rglob("run.json")):
-            try:
-                data = load_run(meta_file.parent)
-            except KvmlabError:
-                continue
-            if data.meta.get("experiment") == "workload_cost" and data.meta.get("verdict"):
-                verdicts.append(data.meta["verdict"])
-    else:
-        verdicts = [r.verdict for r in results]
+        results = results_in(results, "workload_cost")
+    verdicts = [r.verdict for r in results]
     rows = pd.DataFrame([{c: v.get(c) for c in WORKLOAD_COLUMNS} for v in verdicts],
                         columns=WORKLOAD_COLUMNS)
     return rows.sort_values(["profile", "granularity", "speed"], kind="stable",
