@@ -46,6 +46,7 @@ def _check(b: dict[str, Any]) -> None:
         assert bt["to_init_skipped_s"] > 0 and bt["to_ready_run_s"] > bt["to_init_run_s"]
         assert bt["ratio_to_ready_skipped_over_run"] > 0
         assert bt["ratio_to_ready_tools_over_skipped"] > 0 and bt["to_ready_tools_s"] > 0
+        assert bt["pvh"] is True and bt["ratio_to_ready_skipped_over_bzimage"] > 0
     if "live_plot" in b:
         assert b["live_plot"]["ipympl_over_png"] > 0
     if "trace" in b:
@@ -85,6 +86,7 @@ def test_the_parts_cover_every_benchmark() -> None:
     assert sorted(names) == sorted(mod.TARGETS) and len(set(names)) == len(names)
 
 
+@pytest.mark.long(1.5)
 @pytest.mark.qemu
 @pytest.mark.parametrize("part", [
     pytest.param("libvirt-shm", marks=pytest.mark.xdist_group("libvirt")), "runs", "verdicts"])

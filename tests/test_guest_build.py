@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kvmlab.errors import GuestBuildError
-from kvmlab.guest.build import Guest, build_guest, load_guest
+from kvmlab.guest.build import Guest, build_guest, has_pvh_entry, load_guest
 from kvmlab.vm.machine import Machine
 
 pytestmark = pytest.mark.qemu  # integration: real QEMU and the guest
@@ -36,6 +36,10 @@ def test_built_guest_has_init_busybox_and_ordered_modules(guest: Guest) -> None:
     assert pos["virtio_ring"] < pos["virtio"] < pos["virtio_pci"] < pos["virtio_blk"]
     assert pos["virtio_pci_modern_dev"] < pos["virtio_pci"]
     assert guest.kernel_version.endswith("cloud-amd64")
+    # Debian's kernel has a PVH entry: every VM boots its ELF image, unpacked from the bzImage
+    assert guest.info["pvh"] is True and guest.kernel.name == "vmlinux"
+    assert has_pvh_entry(guest.kernel.read_bytes())
+    assert guest.kernel.stat().st_size > 2 * (guest.kernel.parent / "vmlinuz").stat().st_size
 
 
 def test_build_is_idempotent(guest: Guest) -> None:
@@ -46,9 +50,11 @@ def test_build_is_idempotent(guest: Guest) -> None:
 
 def test_user_kernel_without_modules(guest: Guest, tmp_path: Path) -> None:
     out = tmp_path / "g"
-    g = build_guest(out, kernel=guest.kernel)
-    assert g.info["kernel_source"] == str(guest.kernel) and g.info["modules"] == []
-    assert load_guest(out).kernel.read_bytes() == guest.kernel.read_bytes()
+    bzimage = guest.kernel.parent / "vmlinuz"
+    g = build_guest(out, kernel=bzimage)
+    assert g.info["kernel_source"] == str(bzimage) and g.info["modules"] == []
+    assert (out / "vmlinuz").read_bytes() == bzimage.read_bytes()
+    assert load_guest(out).kernel.read_bytes() == guest.kernel.read_bytes()     # its ELF
     with Machine(None, guest=g, accel="tcg") as vm:  # it boots; without virtio, no disk
         assert vm.wait_guest("boot", timeout=60).data["mode"] == "idle"
 
@@ -70,5 +76,5 @@ def test_stale_guest_is_rebuilt(guest: Guest, tmp_path: Path) -> None:
     from kvmlab.errors import GuestNotBuilt
     with pytest.raises(GuestNotBuilt, match="out of date"):
         load_guest(stale)
-    rebuilt = build_guest(stale, kernel=guest.kernel)
+    rebuilt = build_guest(stale, kernel=guest.kernel.parent / "vmlinuz")
     assert rebuilt.info["init_sha256"] != "0" * 64

@@ -385,7 +385,8 @@ def test_a_guest_whose_files_changed_is_refused(guest: Guest, tmp_path: Path) ->
         build_guest(d)                                     # not silently replaced
     # the kernel, the initramfs and, where fio was installed, the tools disk
     assert set(guest.info["files_sha256"]) == (           # type: ignore[arg-type]
-        {"vmlinuz", "initrd.img"} | ({"tools.img"} if guest.info.get("fio") else set()))
+        {"vmlinuz", "initrd.img"} | ({"vmlinux"} if guest.info.get("pvh") else set())
+        | ({"tools.img"} if guest.info.get("fio") else set()))
     assert load_guest(guest.kernel.parent).info == guest.info
 
 
