@@ -9,7 +9,7 @@ PY      := $(VENV)/bin/python
 APT_PKGS := qemu-system-x86 qemu-utils qemu-block-extra busybox-static cpio e2fsprogs poppler-utils \
             kmod util-linux procps apt \
             libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config gcc \
-            nfs-ganesha nfs-ganesha-vfs rpcbind qemu-guest-agent chromium acl nbdkit fio
+            nfs-ganesha nfs-ganesha-vfs rpcbind qemu-guest-agent chromium acl nbdkit fio lz4 zstd
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
@@ -85,26 +85,16 @@ lint: venv
 check: lint
 	KVMLAB_TIER=pure $(PY) -m pytest -m "not qemu" -q -p no:cacheprovider --durations=5 $(PYTEST_ARGS)
 
-# the integration tier in two passes.  Tests whose verdict rests on timing (a stall, a
-# rate, an outage window, the predictor: marked `timing`) run one after another, alone on
-# the host: beside a second TCG guest on 2 cores they flip now and then.  The rest run in
-# WORKERS pytest-xdist workers (most of their time is spent waiting on guests and limits);
-# tests that share a host-wide resource run in one worker per resource (--dist loadgroup,
-# their xdist_group marks: the one NFS server; libvirtd and /dev/shm).  WORKERS=0: serial.
+# the integration tier: two pytest sessions side by side (tools/integration.sh says why).
+# Tests whose verdict rests on timing (a stall, a rate, an outage window, the predictor:
+# marked `timing`) and tests of the host's one NFS server (marked `nfs`) run one after
+# another at normal priority; the rest run beside them in WORKERS pytest-xdist workers at
+# the lowest CPU priority, so they take only the CPU the timing tests leave.  Tests that
+# share libvirtd and /dev/shm run in one worker (--dist loadgroup, xdist_group("libvirt")).
+# WORKERS=0: the rest in one process; APART=1: the timing tests after the rest.
 WORKERS ?= 2
-XDIST = $(if $(filter-out 0,$(WORKERS)),-n $(WORKERS) --dist loadgroup,)
-# with PYTEST_ARGS choosing a subset, a pass that it leaves empty (pytest's exit 5) is fine;
-# the whole tier must run tests in both passes
-SUBSET = $(if $(strip $(PYTEST_ARGS)),yes,)
 integration: setup venv-libvirt libvirtd qemu-builds
-	@a=0; b=0; \
-	echo "kvmlab: integration tier, pass 1 of 2: tests in $(WORKERS) workers"; \
-	$(PY) -m pytest -m "qemu and not timing" -v $(XDIST) --durations=10 $(PYTEST_ARGS) || a=$$?; \
-	echo "kvmlab: integration tier, pass 2 of 2: timing-bound tests, one at a time"; \
-	$(PY) -m pytest -m "qemu and timing" -v --durations=10 $(PYTEST_ARGS) || b=$$?; \
-	if [ -n "$(SUBSET)" ] && [ $$a = 5 ] && [ $$b != 5 ]; then a=0; fi; \
-	if [ -n "$(SUBSET)" ] && [ $$b = 5 ] && [ $$a != 5 ]; then b=0; fi; \
-	if [ $$a != 0 ]; then exit $$a; fi; exit $$b
+	@tools/integration.sh $(PY) $(WORKERS) $(PYTEST_ARGS)
 
 test: check integration
 

@@ -117,10 +117,17 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A pure test (not marked ``qemu``) must not ask for the guest."""
+    """A pure test (not marked ``qemu``) must not ask for the guest.  Tests marked ``long``
+    come first, the longest first (``long(minutes)``): pytest-xdist hands tests out in this
+    order, and a test of minutes handed out last would end the run alone on one worker."""
     for item in items:
         if item.get_closest_marker("qemu") is None and "guest" in getattr(item, "fixturenames", ()):
             raise pytest.UsageError(f"{item.nodeid} uses the guest but is not marked qemu")
+    def minutes(item: pytest.Item) -> float:
+        mark = item.get_closest_marker("long")
+        return 0.0 if mark is None else float(mark.args[0]) if mark.args else 1.0
+
+    items.sort(key=minutes, reverse=True)
 
 
 @pytest.fixture(autouse=True)

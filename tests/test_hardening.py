@@ -219,7 +219,7 @@ def test_notebook_kernels_listen_on_no_tcp_port(tmp_path: Path,
 
 
 @pytest.mark.qemu
-@pytest.mark.xdist_group("nfs")
+@pytest.mark.nfs
 def test_nfs_stack_is_loopback_only_and_refuses_other_users(scratch: Path) -> None:
     from kvmlab.faults import NfsServer
     scratch.chmod(0o755)
@@ -262,7 +262,7 @@ def test_qemu_and_the_nbd_daemon_listen_on_no_network_port(scratch: Path) -> Non
 
 
 @pytest.mark.qemu
-@pytest.mark.xdist_group("nfs")
+@pytest.mark.nfs
 def test_a_killed_owner_leaves_no_nfs_daemon(scratch: Path) -> None:
     """kill -9 of the process that started the NFS stack: ganesha dies with it
     (pdeathsig), and so does rpcbind, although it runs as its own user (which clears a

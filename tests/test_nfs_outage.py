@@ -17,7 +17,7 @@ from kvmlab.experiments.options import RunOptions
 from kvmlab.faults import NfsServer
 
 # integration: real QEMU and the guest; one NFS server per host: these run in one worker
-pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("nfs")]
+pytestmark = [pytest.mark.qemu, pytest.mark.nfs]
 
 
 def _ganesha_running() -> bool:

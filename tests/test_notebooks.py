@@ -38,7 +38,7 @@ def test_experiment_notebook(name: str, expected: int, tmp_path: Path) -> None:
 
 
 @pytest.mark.timing
-@pytest.mark.xdist_group("nfs")
+@pytest.mark.nfs
 def test_nfs_outage_notebook(tmp_path: Path) -> None:
     out = run_notebook(NOTEBOOKS / "02_mirror_nfs_outage.ipynb",
                        {"outage": "freeze", "outage_s": 3.0, "fill_mib": 16, "accel": "tcg"},
@@ -63,6 +63,7 @@ def test_target_faults_notebook(tmp_path: Path) -> None:
     assert "2 of 2 cases recovered" in (out / "09_target_faults.html").read_text()
 
 
+@pytest.mark.long
 def test_qemu_versions_notebook(tmp_path: Path) -> None:
     """The version comparison at small size, once on each build: a pivot (the seed's other
     experiments on both builds are kvmlab seed's test), a fault and the throttled mirror.

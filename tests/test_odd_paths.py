@@ -55,7 +55,7 @@ def test_e1_with_odd_scratch_and_run_folder(odd_scratch: Path, odd_opts: RunOpti
     assert not any(odd_scratch.iterdir())              # scratch images removed
 
 
-@pytest.mark.xdist_group("nfs")
+@pytest.mark.nfs
 def test_e2_nfs_export_in_an_odd_folder(odd_scratch: Path, odd_opts: RunOptions) -> None:
     r = mirror_nfs_outage(outage="stop", on_target_error="report", outage_after_s=1.5,
                           outage_s=3.0, fill_mib=8, options=odd_opts)

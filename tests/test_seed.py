@@ -41,6 +41,7 @@ def _lock_is_free() -> bool:
         os.close(fd)
 
 
+@pytest.mark.long(4)
 @pytest.mark.skipif("10.0" not in builds.names(), reason="make qemu-builds installs 10.0")
 def test_seed_on_two_builds_writes_the_lab_note(tmp_path: Path) -> None:
     out = tmp_path / "seed"
@@ -132,7 +133,7 @@ def test_seed_bad_input_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.xdist_group("nfs")
+@pytest.mark.nfs
 def test_seed_interrupted_stops_every_run_and_resumes(tmp_path: Path) -> None:
     """Ctrl-C mid-suite: one line, exit 130, no QEMU or NFS server left (the autouse
     fixture checks QEMU and temp dirs), the NFS lock free; the same command resumes."""

@@ -34,6 +34,7 @@ def test_snapshot_methods_bad_input(opts: RunOptions) -> None:
     assert opts.runs_dir is not None and list(opts.runs_dir.iterdir()) == []
 
 
+@pytest.mark.long
 def test_snapshot_methods_notebook(tmp_path: Path) -> None:
     """Backup and external snapshot (the mirror runs in kvmlab seed's test, both builds):
     a frozen point in time keeps every finished operation and nothing after it."""

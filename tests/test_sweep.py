@@ -103,6 +103,7 @@ def _overlapped(folder: Path) -> bool:
     return any(b[0] < a[1] for a, b in zip(spans, spans[1:]))
 
 
+@pytest.mark.long
 @pytest.mark.qemu
 def test_sweep_two_workers_failing_point_resume_and_report(tmp_path: Path) -> None:
     """>= 4 points against real QEMU with 2 workers, one failing point, then a resume."""
@@ -183,6 +184,7 @@ def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
                 and not list(p.rglob("run.json"))]
 
 
+@pytest.mark.long
 @pytest.mark.qemu
 def test_dask_local_cluster(tmp_path: Path) -> None:
     from distributed import Client, LocalCluster
@@ -200,6 +202,7 @@ def test_dask_local_cluster(tmp_path: Path) -> None:
     assert meta["sessions"][0]["dask"] is not None
 
 
+@pytest.mark.long
 @pytest.mark.qemu
 def test_kill_9_then_resume_at_once_runs_no_point_twice(tmp_path: Path) -> None:
     """The sweep dies with SIGKILL mid-run and the same command is run again at once:
