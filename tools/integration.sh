@@ -2,17 +2,18 @@
 # The integration tier (make integration): two pytest sessions side by side.
 #
 #   [alone] tests whose verdict rests on timing (marked `timing`: a stall, a rate, an outage
-#           window, the predictor) and tests of the host's one NFS server (marked `nfs`),
-#           one after another at normal CPU priority;
-#   [rest]  every other integration test in WORKERS pytest-xdist workers at the lowest CPU
-#           and I/O priority (nice 19, ionice best-effort 7): they take only the CPU the
-#           timing tests leave (a timing test's guest uses about a third of the 2 cores;
-#           the rest are bound by the CPU their TCG guests need, not by waiting).
+#           window, the predictor, the panel's refresh) and tests of the host's one NFS
+#           server (marked `nfs`), one after another at normal priority;
+#   [rest]  every other integration test in WORKERS pytest-xdist workers, at idle CPU
+#           priority: they take only the CPU the [alone] tests leave (those use about a
+#           third of the 2 cores; the rest are bound by the CPU their TCG guests need).
 #
-# Beside a second TCG guest at the same priority a timing verdict flips now and then; at
-# nice 19 against nice 0 the kernel gives the timing test's QEMU the CPU whenever it wants
-# it.  libvirtd starts its domains' QEMUs itself, so it is reniced to 19 for the run (and
-# back to its own priority after), or its guests would compete at full weight.
+# Beside a second TCG guest at the same priority a timing verdict flips now and then.  So
+# [rest] runs in a cpu cgroup of its own marked cpu.idle (its processes and all they start,
+# whatever session they open: nice alone would not do, since the kernel's autogroups give
+# each new session, such as every Jupyter kernel, its own full share), and libvirt's
+# `machine` cgroup, where libvirtd puts its domains' QEMUs, is marked idle for the run too
+# (restored after).  Without a writable cgroup (not root), [rest] runs at nice 19.
 #
 # usage: tools/integration.sh PYTHON WORKERS [pytest args...]
 #   WORKERS=0: [rest] in one process.  APART=1: [alone] after [rest], not beside it.
@@ -24,23 +25,41 @@ shift 2
 subset=$([ $# -gt 0 ] && echo yes || true)
 xdist=()
 [ "$workers" != 0 ] && xdist=(-n "$workers" --dist loadgroup)
-sudo=$([ "$(id -u)" = 0 ] || echo sudo)
 
-# libvirtd's priority, restored on every exit
-declare -A niced=()
-restore() {
-    for pid in "${!niced[@]}"; do $sudo renice -n "${niced[$pid]}" -p "$pid" >/dev/null 2>&1; done
+# [rest]'s idle cgroup (v1's cpu hierarchy or v2's), and libvirt's machine cgroup marked idle
+cgroup=
+machine_idle=
+cleanup() {
+    if [ -n "$cgroup" ]; then
+        # (the leak checks stop what tests leave; anything else goes back to the root)
+        while read -r pid; do echo "$pid" > "${cgroup%/*}/cgroup.procs"; done \
+            < "$cgroup/cgroup.procs" 2>/dev/null
+        rmdir "$cgroup" 2>/dev/null
+    fi
+    [ -n "$machine_idle" ] && echo 0 > "$machine_idle" 2>/dev/null
+    return 0
 }
-trap restore EXIT
+trap cleanup EXIT
 trap 'trap - TERM; kill -TERM 0' TERM
 if [ -z "${APART:-}" ]; then
-    for pid in $(pgrep -x 'libvirtd|virtqemud'); do
-        old=$(ps -o ni= -p "$pid" | tr -d ' ')
-        if [ -n "$old" ] && $sudo renice -n 19 -p "$pid" >/dev/null 2>&1; then niced[$pid]=$old; fi
+    for base in /sys/fs/cgroup/cpu /sys/fs/cgroup; do
+        [ -w "$base/cgroup.procs" ] && mkdir "$base/kvmlab-rest-$$" 2>/dev/null || continue
+        if echo 1 > "$base/kvmlab-rest-$$/cpu.idle" 2>/dev/null; then
+            cgroup=$base/kvmlab-rest-$$
+            for m in "$base/machine/cpu.idle" "$base/machine.slice/cpu.idle"; do
+                if [ -w "$m" ] && [ "$(cat "$m")" = 0 ] && echo 1 > "$m" 2>/dev/null; then
+                    machine_idle=$m
+                    break
+                fi
+            done
+            break
+        fi
+        rmdir "$base/kvmlab-rest-$$"
     done
 fi
 
 rest() {
+    [ -n "$cgroup" ] && echo "$BASHPID" > "$cgroup/cgroup.procs"
     nice -n 19 ionice -c 2 -n 7 "$py" -m pytest -m "qemu and not timing and not nfs" -v \
         "${xdist[@]}" --durations=10 "$@" 2>&1 | sed -u 's/^/[rest]  /'
     return "${PIPESTATUS[0]}"
@@ -57,8 +76,10 @@ if [ -n "${APART:-}" ]; then
     rest "$@"; a=$?
     alone "$@"; b=$?
 else
+    how="nice 19 (no writable cpu cgroup)"
+    [ -n "$cgroup" ] && how="idle CPU priority (cgroup $cgroup)"
     echo "kvmlab: integration tier: timing and NFS tests one at a time [alone], beside the" \
-         "rest in $workers workers at the lowest priority [rest]"
+         "rest in $workers workers at $how [rest]"
     rest "$@" & p_rest=$!
     alone "$@" & p_alone=$!
     wait "$p_rest"; a=$?
