@@ -89,10 +89,12 @@ check: lint
 # Tests whose verdict rests on timing (a stall, a rate, an outage window, the predictor:
 # marked `timing`) and tests of the host's one NFS server (marked `nfs`) run one after
 # another at normal priority; the rest run beside them in WORKERS pytest-xdist workers at
-# the lowest CPU priority, so they take only the CPU the timing tests leave.  Tests that
-# share libvirtd and /dev/shm run in one worker (--dist loadgroup, xdist_group("libvirt")).
-# WORKERS=0: the rest in one process; APART=1: the timing tests after the rest.
-WORKERS ?= 2
+# idle CPU priority, so they take only the CPU the timing tests leave (3 workers on 2 cores:
+# with 2, the CPU sat at 40-60 % in the last minutes, while the rest waited on limits and
+# outages).  Tests that share libvirtd and /dev/shm run in one worker (--dist loadgroup,
+# xdist_group("libvirt")).  WORKERS=0: the rest in one process; APART=1: the timing tests
+# after the rest.
+WORKERS ?= 3
 integration: setup venv-libvirt libvirtd qemu-builds
 	@tools/integration.sh $(PY) $(WORKERS) $(PYTEST_ARGS)
 
