@@ -41,13 +41,24 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'trap - TERM; kill -TERM 0' TERM
+machine_cgroups() { echo "$1/machine/cpu.idle" "$1/machine.slice/cpu.idle"; }
 if [ -z "${APART:-}" ]; then
     for base in /sys/fs/cgroup/cpu /sys/fs/cgroup; do
-        [ -w "$base/cgroup.procs" ] && mkdir "$base/kvmlab-rest-$$" 2>/dev/null || continue
+        [ -w "$base/cgroup.procs" ] || continue
+        # a run killed before its cleanup left its cgroup (named kvmlab-rest-PID, with -m
+        # when it marked libvirt's idle): gone once its processes are, libvirt's set back
+        for stale in "$base"/kvmlab-rest-*; do
+            pid=${stale##*/kvmlab-rest-}
+            [ -d "$stale" ] && ! kill -0 "${pid%-m}" 2>/dev/null && rmdir "$stale" 2>/dev/null \
+                && case "$pid" in *-m) for m in $(machine_cgroups "$base"); do
+                       [ -w "$m" ] && echo 0 > "$m"; done;; esac
+        done
+        mkdir "$base/kvmlab-rest-$$" 2>/dev/null || continue
         if echo 1 > "$base/kvmlab-rest-$$/cpu.idle" 2>/dev/null; then
             cgroup=$base/kvmlab-rest-$$
-            for m in "$base/machine/cpu.idle" "$base/machine.slice/cpu.idle"; do
-                if [ -w "$m" ] && [ "$(cat "$m")" = 0 ] && echo 1 > "$m" 2>/dev/null; then
+            for m in $(machine_cgroups "$base"); do
+                if [ -w "$m" ] && [ "$(cat "$m")" = 0 ] && mv "$cgroup" "$cgroup-m" \
+                        && cgroup=$cgroup-m && echo 1 > "$m" 2>/dev/null; then
                     machine_idle=$m
                     break
                 fi

@@ -1,0 +1,63 @@
+"""tools/integration.sh, the integration tier's runner, with a stand-in for Python that
+says what it was asked and where it runs (pure: no test runs)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "tools" / "integration.sh"
+
+
+def _fake_python(tmp_path: Path, exits: dict[str, int]) -> Path:
+    """A 'python' that prints its arguments, its cpu cgroup and its nice value, and exits
+    with exits['rest'] or exits['alone'] by the session its -m expression names."""
+    fake = tmp_path / "python"
+    fake.write_text(f"""#!/bin/sh
+echo "args: $*"
+grep -E ':cpu[,:]|^0::' /proc/self/cgroup | head -1
+echo "nice: $(ps -o ni= -p $$ | tr -d ' ')"
+case "$*" in *"not timing and not nfs"*) exit {exits['rest']};; *) exit {exits['alone']};; esac
+""")
+    fake.chmod(0o755)
+    return fake
+
+
+def _run(fake: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(SCRIPT), str(fake), *args], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **env})
+
+
+def test_two_sessions_side_by_side_with_the_rest_below_the_timing_tests(tmp_path: Path) -> None:
+    res = _run(_fake_python(tmp_path, {"rest": 0, "alone": 0}), "3")
+    assert res.returncode == 0, res.stdout + res.stderr
+    rest = [ln for ln in res.stdout.splitlines() if ln.startswith("[rest]")]
+    alone = [ln for ln in res.stdout.splitlines() if ln.startswith("[alone]")]
+    assert any('-m qemu and not timing and not nfs -v -n 3 --dist loadgroup' in ln for ln in rest)
+    assert any('-m qemu and (timing or nfs) -v --durations' in ln for ln in alone)
+    assert "[rest]  nice: 19" in rest and "[alone] nice: 0" in alone
+    idle = "idle CPU priority (cgroup " in res.stdout
+    assert idle or "nice 19 (no writable cpu cgroup)" in res.stdout
+    if idle:            # [rest] ran in its own cgroup, and it is gone after
+        cgroup = res.stdout.split("(cgroup ", 1)[1].split(")", 1)[0]
+        assert any(ln.endswith(cgroup.split("/sys/fs/cgroup/cpu", 1)[-1]) for ln in rest)
+        assert not Path(cgroup).exists()
+    assert "kvmlab: integration tier took" in res.stdout
+
+
+@pytest.mark.parametrize("rest,alone,subset,code", [
+    (0, 1, False, 1),        # a failure in either session fails the tier
+    (1, 0, False, 1),
+    (5, 0, False, 5),        # the whole tier must run tests in both sessions
+    (5, 0, True, 0),         # a subset may leave one empty
+    (5, 5, True, 5),         # but not both
+])
+def test_the_exit_code(tmp_path: Path, rest: int, alone: int, subset: bool, code: int) -> None:
+    fake = _fake_python(tmp_path, {"rest": rest, "alone": alone})
+    res = _run(fake, "0", *(["-k", "mirror"] if subset else []), APART="1")
+    assert res.returncode == code, res.stdout + res.stderr
+    assert "then timing and NFS tests alone" in res.stdout
