@@ -85,16 +85,17 @@ lint: venv
 check: lint
 	KVMLAB_TIER=pure $(PY) -m pytest -m "not qemu" -q -p no:cacheprovider --durations=5 $(PYTEST_ARGS)
 
-# the integration tier: two pytest sessions side by side (tools/integration.sh says why).
-# Tests whose verdict rests on timing (a stall, a rate, an outage window, the predictor:
-# marked `timing`) and tests of the host's one NFS server (marked `nfs`) run one after
-# another at normal priority; the rest run beside them in WORKERS pytest-xdist workers at
-# idle CPU priority, so they take only the CPU the timing tests leave (3 workers on 2 cores:
-# with 2, the CPU sat at 40-60 % in the last minutes, while the rest waited on limits and
-# outages).  Tests that share libvirtd and /dev/shm run in one worker (--dist loadgroup,
-# xdist_group("libvirt")).  WORKERS=0: the rest in one process; APART=1: the timing tests
-# after the rest.
-WORKERS ?= 3
+# the integration tier: two pytest sessions (tools/integration.sh).  Tests whose verdict
+# rests on timing (a stall, a rate, an outage window, the predictor: marked `timing`) and
+# tests of the host's one NFS server (marked `nfs`) run one after another at normal
+# priority [alone]; the rest run in WORKERS pytest-xdist workers [rest] (tests that share
+# libvirtd and /dev/shm in one worker: --dist loadgroup, xdist_group("libvirt")).
+# APART=1 (the default): [alone] after [rest].  APART= : side by side, [rest] in an idle
+# cpu cgroup; 0.49-0.56x of the serial tier's time, but a timing verdict still flips now and
+# then beside it (the README's Tests section has the runs).  WORKERS=0: [rest] in one process.
+WORKERS ?= 2
+APART ?= 1
+export APART
 integration: setup venv-libvirt libvirtd qemu-builds
 	@tools/integration.sh $(PY) $(WORKERS) $(PYTEST_ARGS)
 

@@ -33,7 +33,7 @@ def _run(fake: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]
 
 
 def test_two_sessions_side_by_side_with_the_rest_below_the_timing_tests(tmp_path: Path) -> None:
-    res = _run(_fake_python(tmp_path, {"rest": 0, "alone": 0}), "3")
+    res = _run(_fake_python(tmp_path, {"rest": 0, "alone": 0}), "3", APART="")
     assert res.returncode == 0, res.stdout + res.stderr
     rest = [ln for ln in res.stdout.splitlines() if ln.startswith("[rest]")]
     alone = [ln for ln in res.stdout.splitlines() if ln.startswith("[alone]")]

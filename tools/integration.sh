@@ -16,7 +16,9 @@
 # (restored after).  Without a writable cgroup (not root), [rest] runs at nice 19.
 #
 # usage: tools/integration.sh PYTHON WORKERS [pytest args...]
-#   WORKERS=0: [rest] in one process.  APART=1: [alone] after [rest], not beside it.
+#   WORKERS=0: [rest] in one process.  APART=1: [alone] after [rest], not beside it (what
+#   make integration does unless told otherwise: beside [rest], even in its idle cgroup, a
+#   timing verdict still flips now and then, so side by side is for a quicker local run).
 #   With pytest args choosing a subset, a session they leave empty (pytest's exit 5) is
 #   fine; the whole tier must run tests in both.
 set -uo pipefail
