@@ -123,6 +123,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("qemu") is None and "guest" in getattr(item, "fixturenames", ()):
             raise pytest.UsageError(f"{item.nodeid} uses the guest but is not marked qemu")
+
     def minutes(item: pytest.Item) -> float:
         mark = item.get_closest_marker("long")
         return 0.0 if mark is None else float(mark.args[0]) if mark.args else 1.0

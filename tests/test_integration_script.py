@@ -61,3 +61,4 @@ def test_the_exit_code(tmp_path: Path, rest: int, alone: int, subset: bool, code
     res = _run(fake, "0", *(["-k", "mirror"] if subset else []), APART="1")
     assert res.returncode == code, res.stdout + res.stderr
     assert "then timing and NFS tests alone" in res.stdout
+    assert "[rest]  nice: 0" in res.stdout          # alone on the host: not lowered

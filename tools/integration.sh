@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# The integration tier (make integration): two pytest sessions side by side.
+# The integration tier (make integration): two pytest sessions, one after the other
+# (APART=1, what make integration does) or side by side (APART empty).
 #
 #   [alone] tests whose verdict rests on timing (marked `timing`: a stall, a rate, an outage
 #           window, the predictor, the panel's refresh) and tests of the host's one NFS
 #           server (marked `nfs`), one after another at normal priority;
-#   [rest]  every other integration test in WORKERS pytest-xdist workers, at idle CPU
-#           priority: they take only the CPU the [alone] tests leave (those use about a
-#           third of the 2 cores; the rest are bound by the CPU their TCG guests need).
+#   [rest]  every other integration test in WORKERS pytest-xdist workers; side by side at
+#           idle CPU priority: they take only the CPU the [alone] tests leave (those use
+#           about a third of the 2 cores; the rest are bound by the CPU their TCG guests need).
 #
-# Beside a second TCG guest at the same priority a timing verdict flips now and then.  So
+# Side by side: beside a second TCG guest at the same priority a timing verdict flips now and then.  So
 # [rest] runs in a cpu cgroup of its own marked cpu.idle (its processes and all they start,
 # whatever session they open: nice alone would not do, since the kernel's autogroups give
 # each new session, such as every Jupyter kernel, its own full share), and libvirt's
@@ -71,9 +72,12 @@ if [ -z "${APART:-}" ]; then
     done
 fi
 
+# side by side, [rest] also at the lowest nice and I/O priority (alone on the host: as is)
+lowered=()
+[ -z "${APART:-}" ] && lowered=(nice -n 19 ionice -c 2 -n 7)
 rest() {
     [ -n "$cgroup" ] && echo "$BASHPID" > "$cgroup/cgroup.procs"
-    nice -n 19 ionice -c 2 -n 7 "$py" -m pytest -m "qemu and not timing and not nfs" -v \
+    "${lowered[@]}" "$py" -m pytest -m "qemu and not timing and not nfs" -v \
         "${xdist[@]}" --durations=10 "$@" 2>&1 | sed -u 's/^/[rest]  /'
     return "${PIPESTATUS[0]}"
 }
