@@ -116,13 +116,18 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.hookimpl(tryfirst=True)             # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A pure test (not marked ``qemu``) must not ask for the guest.  Tests marked ``long``
-    come first, the longest first (``long(minutes)``): pytest-xdist hands tests out in this
-    order, and a test of minutes handed out last would end the run alone on one worker."""
+    """A pure test (not marked ``qemu``) must not ask for the guest.  Tests of the host's
+    one NFS server (marked ``nfs``) share one xdist group: one worker runs them, one after
+    another.  Tests marked ``long`` come first, the longest first (``long(minutes)``):
+    pytest-xdist hands tests out in this order, and a test of minutes handed out last would
+    end the run alone on one worker."""
     for item in items:
         if item.get_closest_marker("qemu") is None and "guest" in getattr(item, "fixturenames", ()):
             raise pytest.UsageError(f"{item.nodeid} uses the guest but is not marked qemu")
+        if item.get_closest_marker("nfs") is not None:
+            item.add_marker(pytest.mark.xdist_group("nfs"))
 
     def minutes(item: pytest.Item) -> float:
         mark = item.get_closest_marker("long")

@@ -288,7 +288,9 @@ def test_the_onset_interval_holds_the_true_stop_at_any_phase(qemu: str, opts: Ru
     rate-limited job's cycle of request batches and sleeps, each timed by this test's own
     clock.  Every time, the reported onset interval (last request answered .. first left
     unanswered) holds the true stop, and it is no wider than the job's longest gap between
-    request batches plus 20 ms."""
+    request batches plus the target's answer time.  That answer takes 3-4 ms on an idle host
+    and up to 30 ms beside the suite's other workers (a request that went out that long
+    before the stop can be left unanswered): ANSWER, 50 ms, is allowed for it."""
     import os
     import signal
     import time
@@ -298,6 +300,7 @@ def test_the_onset_interval_holds_the_true_stop_at_any_phase(qemu: str, opts: Ru
     from kvmlab.faults import NbdServer
     from kvmlab.qemu import images as qimages
 
+    ANSWER = 0.05
     stops: list[tuple[float, float]] = []
     with LabRun("onset_phases", {}, opts.replace(qemu=qemu)) as lab:
         rec = lab.recorder
@@ -335,10 +338,10 @@ def test_the_onset_interval_holds_the_true_stop_at_any_phase(qemu: str, opts: Ru
     for before, after in stops:
         row = target_rows.iloc[int(np.argmin(np.abs(target_rows["onset"].to_numpy() - after)))]
         lo, hi = float(row["last_completed"]), float(row["onset_latest"])
-        assert lo <= after and hi >= before, (lo, hi, before, after)     # it holds the stop
+        assert lo <= after and hi >= before - ANSWER, (lo, hi, before, after)  # holds the stop
         recent = issues[(issues >= before - 2.0) & (issues <= before)]
         gap = float(np.diff(recent).max()) if len(recent) > 1 else 0.0
         assert row["onset_width"] == pytest.approx(hi - lo, abs=1e-5)
-        assert hi - lo <= gap + 0.02, (hi - lo, gap)
+        assert hi - lo <= gap + ANSWER, (hi - lo, gap)
         widths.append(round(hi - lo, 3))
     print(f"onset interval widths on {qemu}: {widths} s")

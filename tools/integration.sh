@@ -3,8 +3,9 @@
 # (APART=1, what make integration does) or side by side (APART empty).
 #
 #   [alone] tests whose verdict rests on timing (marked `timing`: a stall, a rate, an outage
-#           window, the predictor, the panel's refresh) and tests of the host's one NFS
-#           server (marked `nfs`), one after another at normal priority;
+#           window, the predictor, the panel's refresh), one after another at normal
+#           priority; side by side also the tests of the host's one NFS server (marked `nfs`),
+#           which apart run in [rest], in one worker;
 #   [rest]  every other integration test in WORKERS pytest-xdist workers; side by side at
 #           idle CPU priority: they take only the CPU the [alone] tests leave (those use
 #           about a third of the 2 cores; the rest are bound by the CPU their TCG guests need).
@@ -75,21 +76,25 @@ fi
 # side by side, [rest] also at the lowest nice and I/O priority (alone on the host: as is)
 lowered=()
 [ -z "${APART:-}" ] && lowered=(nice -n 19 ionice -c 2 -n 7)
+# apart, the NFS tests that are not timing tests run in [rest] too (in one worker, their
+# xdist group: tests/conftest.py); side by side they stay in [alone], away from [rest]'s
+rest_m="qemu and not timing and not nfs" alone_m="qemu and (timing or nfs)"
+[ -n "${APART:-}" ] && rest_m="qemu and not timing" alone_m="qemu and timing"
 rest() {
     [ -n "$cgroup" ] && echo "$BASHPID" > "$cgroup/cgroup.procs"
-    "${lowered[@]}" "$py" -m pytest -m "qemu and not timing and not nfs" -v \
+    "${lowered[@]}" "$py" -m pytest -m "$rest_m" -v \
         "${xdist[@]}" --durations=10 "$@" 2>&1 | sed -u 's/^/[rest]  /'
     return "${PIPESTATUS[0]}"
 }
 alone() {
-    "$py" -m pytest -m "qemu and (timing or nfs)" -v --durations=10 "$@" 2>&1 \
+    "$py" -m pytest -m "$alone_m" -v --durations=10 "$@" 2>&1 \
         | sed -u 's/^/[alone] /'
     return "${PIPESTATUS[0]}"
 }
 
 start=$(date +%s)
 if [ -n "${APART:-}" ]; then
-    echo "kvmlab: integration tier: the rest in $workers workers, then timing and NFS tests alone"
+    echo "kvmlab: integration tier: the rest in $workers workers, then timing tests alone"
     rest "$@"; a=$?
     alone "$@"; b=$?
 else
