@@ -93,7 +93,7 @@ check: lint
 # APART=1 (the default): [alone] after [rest].  APART= : side by side, [rest] in an idle
 # cpu cgroup; 0.49-0.56x of the serial tier's time, but a timing verdict still flips now and
 # then beside it (the README's Tests section has the runs).  WORKERS=0: [rest] in one process.
-WORKERS ?= 2
+WORKERS ?= 3
 APART ?= 1
 export APART
 integration: setup venv-libvirt libvirtd qemu-builds

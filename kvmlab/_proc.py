@@ -51,6 +51,17 @@ def run_rc(cmd: Sequence[str | Path], timeout: float = 600,
     return proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
 
 
+def alive(pid: int) -> bool:
+    """Is there a process *pid* (ours or another user's)?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _start_ticks(pid: int) -> int | None:
     """When *pid* started (clock ticks since boot; None: no such process)."""
     try:

@@ -101,9 +101,9 @@ def check_owned_dir(path: Path, what: str = "folder", *, private: bool = True) -
         raise Untrusted(f"{what} {path} is not ours to trust: {why}")
 
 
-def read_owned(path: Path, limit: int = READ_LIMIT) -> str:
-    """The text of *path*, opened without following a symlink, if it is a regular file
-    owned by us that neither group nor others may write.
+def open_owned(path: Path) -> int:
+    """A read-only fd of *path*, opened without following a symlink, if it is a regular
+    file owned by us that neither group nor others may write (the caller closes it).
 
     :raise Untrusted: anything else (a symlink, another user's file, a FIFO...).
     :raise FileNotFoundError: no such file.
@@ -114,15 +114,22 @@ def read_owned(path: Path, limit: int = READ_LIMIT) -> str:
         if isinstance(err, FileNotFoundError):
             raise
         raise Untrusted(f"{path} is not ours to trust: {err.strerror}") from err
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
-            raise Untrusted(f"{path} is not ours to trust (uid {st.st_uid}, "
-                            f"mode {stat.S_IMODE(st.st_mode):04o})")
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            return fh.read(limit).decode("utf-8", errors="replace")
-    finally:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
         os.close(fd)
+        raise Untrusted(f"{path} is not ours to trust (uid {st.st_uid}, "
+                        f"mode {stat.S_IMODE(st.st_mode):04o})")
+    return fd
+
+
+def read_owned(path: Path, limit: int = READ_LIMIT) -> str:
+    """The text of *path* if :func:`open_owned` trusts it.
+
+    :raise Untrusted: anything else (a symlink, another user's file, a FIFO...).
+    :raise FileNotFoundError: no such file.
+    """
+    with os.fdopen(open_owned(path), "rb") as fh:
+        return fh.read(limit).decode("utf-8", errors="replace")
 
 
 def private_dir(path: Path, what: str = "folder") -> Path:

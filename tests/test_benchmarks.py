@@ -47,6 +47,8 @@ def _check(b: dict[str, Any]) -> None:
         assert bt["ratio_to_ready_skipped_over_run"] > 0
         assert bt["ratio_to_ready_tools_over_skipped"] > 0 and bt["to_ready_tools_s"] > 0
         assert bt["pvh"] is True and bt["ratio_to_ready_skipped_over_bzimage"] > 0
+        assert bt["ratio_to_ready_resumed_over_skipped"] > 0
+        assert bt["qemu_cpu_to_ready_resumed_s"] > 0 and bt["qemu_cpu_to_ready_skipped_s"] > 0
     if "live_plot" in b:
         assert b["live_plot"]["ipympl_over_png"] > 0
     if "trace" in b:

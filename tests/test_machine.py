@@ -424,3 +424,38 @@ def test_a_guest_that_never_boots_is_reported_with_qemus_exit(guest: Guest, disk
         vm.shutdown()
 
     assert "QEMU exited" in msg and "the guest never booted" in msg, msg
+
+
+def test_a_vm_resumes_its_shapes_saved_boot_with_its_own_parameters(scratch: Path) -> None:
+    """Two workload VMs of one shape on disks of their own: the second (at least) resumes
+    the saved boot; each guest runs its own parameters on its own disk and writes its own
+    random data (a seed each)."""
+    from kvmlab.guest.workload import Workload
+    sums, resumed = [], []
+    for k in range(2):
+        d = scratch / f"w{k}.qcow2"
+        images.make_guest_disk(d, 32, fill_mib=0)
+        with Machine(d, accel="tcg", mode="workload",
+                     workload=Workload(dd_kib=64 * (k + 1), rate_kib_s=512)) as vm:
+            op = vm.wait_ops(1, "dd", after=0.0, timeout=60)[0]
+            resumed.append(vm.resumed_from)
+            assert "-incoming" in vm.command or vm.resumed_from is None
+        assert int(op.data["size"]) == 64 * 1024 * (k + 1)      # its own parameters
+        sums.append(op.data["sha256"])
+    assert resumed[1] is not None and resumed[1].is_file()
+    assert sums[0] != sums[1]
+
+
+def test_a_damaged_saved_boot_is_booted_past_and_removed(disk: Path, scratch: Path) -> None:
+    with Machine(disk, accel="tcg") as vm:
+        vm.wait_guest("ready", timeout=60)
+    state = vm.resumed_from
+    assert state is not None
+    state.write_bytes(state.read_bytes()[: 1 << 20])           # cut short
+    with Machine(disk, accel="tcg") as vm:
+        vm.wait_guest("ready", timeout=60)                      # booted instead
+        assert vm.resumed_from is None and "-incoming" not in vm.command
+    assert not state.exists()
+    with Machine(disk, accel="tcg", saved_boot=False) as vm:   # and never when asked not to
+        vm.wait_guest("ready", timeout=60)
+        assert vm.resumed_from is None

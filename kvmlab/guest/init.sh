@@ -17,9 +17,23 @@ say() { echo "KVMLAB $*" > /dev/console; }
 now() { cut -d' ' -f1 /proc/uptime; }
 halt_now() { sync; umount /mnt 2>/dev/null; poweroff -f; }
 
+# kvmlab.snap=1: the host saves this VM here, before any driver has seen a disk, and
+# resumes copies of it; each copy gets its parameters (and a random seed) as one line
+# on the console.  Otherwise the parameters are the kernel command line's.
+params=$(cat /proc/cmdline)
+case " $params " in
+  *" kvmlab.snap=1 "*)
+    stty -echo < /dev/console 2>/dev/null
+    say snap t=$(now)
+    read -r params < /dev/console
+    for x in $params; do
+      case "$x" in kvmlab.seed=*) echo "${x#*=}" > /dev/urandom;; esac
+    done;;
+esac
+
 # Parameters: kvmlab.key=value -> P_key
 P_mode=idle; P_qga=0; P_dd_kib=1024; P_pause_ms=500; P_rounds=0; P_duration_s=0; P_max_files=0; P_then_pause_ms=0; P_change_after_s=0; P_style=seed; P_blocks=4; P_poweroff=0; P_dev=/dev/vda; P_data=; P_ram_tick_kib=0; P_ram_set_mib=32; P_tools=0; P_fio=0
-for x in $(cat /proc/cmdline); do
+for x in $params; do
   case "$x" in
     kvmlab.*=*) k=${x#kvmlab.}; k=${k%%=*}; v=${x#*=}
       case "$k" in *[!a-z_]*) continue;; esac

@@ -23,16 +23,6 @@ from kvmlab.store import runs
 log = logging.getLogger(__name__)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _unmount_below(folder: Path) -> None:
     """Lazily unmount every mount point inside *folder* (deepest first)."""
     try:
@@ -99,7 +89,7 @@ def reap_stale_tmpdirs() -> list[Path]:
     removed = []
     for d in _candidates():
         owner = _owner(d)
-        if owner is not None and not _alive(owner):
+        if owner is not None and not _proc.alive(owner):
             _mark_run_killed(d)
             _run_on_reap(d)
             _unmount_below(d)            # a fault's tmpfs left mounted by the killed owner

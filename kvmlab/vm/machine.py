@@ -16,19 +16,29 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import IO, Any, Self
 
 from kvmlab import _proc, paths, trust
 from kvmlab._proc import qemu_opt
 from kvmlab.backends.base import Backend
 from kvmlab.backends.qmp import QMPBackend
-from kvmlab.errors import BadInput, GuestFailed, LaunchError, StateError, Untrusted, WaitTimeout
+from kvmlab.errors import (
+    BackendError,
+    BadInput,
+    GuestFailed,
+    KvmlabError,
+    LaunchError,
+    StateError,
+    Untrusted,
+    WaitTimeout,
+)
 from kvmlab.events import Record
 from kvmlab.guest.build import TOOLS_SERIAL, Guest, load_guest
 from kvmlab.guest.console import Console
@@ -41,7 +51,7 @@ from kvmlab.qemu.builds import QemuBuild
 from kvmlab.qemu.trace import TraceSpec, strip_stamps
 from kvmlab.qemu.trace import check as check_trace
 from kvmlab.store.tmpdirs import owned_tmpdir
-from kvmlab.vm import qemu_probe
+from kvmlab.vm import qemu_probe, saved
 from kvmlab.vm.agent import PORT_NAME as AGENT_PORT
 from kvmlab.vm.agent import GuestAgent
 
@@ -52,6 +62,16 @@ GUEST_MODES = ("idle", "workload", "verify")
 #: 2.4 s boot) for what the guest never uses; skipped with initcall_blacklist=
 SKIPPED_INITCALLS = ("crypto_kdf108_init", "init_kprobe_trace", "cubictcp_register")
 QEMU_BINARY = "qemu-system-x86_64"
+#: shapes whose boot could not be saved in this process: they boot (said once, in the log)
+_UNSAVABLE: set[str] = set()
+
+
+class _ResumeFailed(LaunchError):
+    """A saved boot did not resume (launch() then boots the VM)."""
+
+    def __init__(self, state: Path, message: str) -> None:
+        super().__init__(message)
+        self.state = state
 
 
 #: a drive's discard modes (QEMU's ``-drive discard=``)
@@ -180,6 +200,9 @@ class Machine:
     :param die_with_parent: QEMU gets SIGKILL if the thread that launched it dies
         (``setpriv --pdeathsig``), so even a ``kill -9`` of Python leaves no VM
         behind.  Launch from a thread that outlives the VM, or pass False.
+    :param saved_boot: under TCG, resume the guest's boot saved for this VM's shape (saving it
+        first when there is none) instead of booting (:mod:`kvmlab.vm.saved`); False
+        boots.  Not with *extra_args* (they may ask for their own start).
     """
 
     def __init__(self, disk: str | Path | Drive | None = None, *, mode: str = "idle",
@@ -191,7 +214,7 @@ class Machine:
                  extra_args: Sequence[str] = (), boot_timeout: float = 60,
                  die_with_parent: bool = True, agent: bool = False,
                  trace: TraceSpec | None = None, tools: bool = False,
-                 fio: FioJob | None = None) -> None:
+                 fio: FioJob | None = None, saved_boot: bool = True) -> None:
         if mode not in GUEST_MODES:
             raise BadInput(f"mode={mode!r} is not one of {', '.join(GUEST_MODES)}")
         if accel not in ACCELS:
@@ -257,6 +280,10 @@ class Machine:
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self.exitcode: int | None = None
         self.command: list[str] = []
+        self.saved_boot = saved_boot
+        #: the saved boot this VM resumed from (None: it booted)
+        self.resumed_from: Path | None = None
+        self._stdin: IO[bytes] | None = None
 
     # -- lifecycle ----------------------------------------------------------------
     def __enter__(self) -> Self:
@@ -315,12 +342,13 @@ class Machine:
             args.append("kvmlab.fio=1")
         return " ".join(args)
 
-    def _command(self, accel: str, qmp_sock: Path, manifest_file: Path | None) -> list[str]:
+    def _command(self, accel: str, qmp_sock: Path, manifest_file: Path | None, *,
+                 trace: bool = True, append: str | None = None) -> list[str]:
         cmd = [self.qemu, *self.build.emulator_args(), "-name", self.name, "-accel", accel,
                "-m", str(self.memory_mib),
                "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none",
                "-no-reboot", "-kernel", str(self.guest.kernel), "-initrd", str(self.guest.initrd),
-               "-append", self.kernel_cmdline(),
+               "-append", self.kernel_cmdline() if append is None else append,
                "-chardev", f"socket,id=qmp0,path={qemu_opt(qmp_sock)}",
                "-mon", "chardev=qmp0,mode=control",
                "-chardev", "stdio,id=ser0,signal=off", "-serial", "chardev:ser0"]
@@ -339,7 +367,7 @@ class Machine:
             cmd += ["-fw_cfg", f"name=opt/kvmlab/manifest,file={qemu_opt(manifest_file)}"]
         if self._fio_file is not None:
             cmd += ["-fw_cfg", f"name=opt/kvmlab/fio,file={qemu_opt(self._fio_file)}"]
-        if self.trace is not None:
+        if self.trace is not None and trace:
             cmd += self.trace.qemu_args()
         return cmd + self.extra_args
 
@@ -361,6 +389,14 @@ class Machine:
             self._pre_launch()
             self._launch()
             self._post_launch()
+        except _ResumeFailed as err:
+            # a saved boot that does not resume (damaged, or from another QEMU): it goes,
+            # and this VM boots (the next VM of its shape saves it again)
+            log.warning("%s; booting instead", err)
+            err.state.unlink(missing_ok=True)
+            self.shutdown(hard=True)
+            self.saved_boot, self.resumed_from, self._launched = False, None, False
+            self.launch()
         except BaseException as err:
             output = self._stderr_text()
             code = self._proc.poll() if self._proc else None
@@ -395,25 +431,144 @@ class Machine:
         self._qmp = QMPBackend.listen(qmp_sock)
         self._qmp.lost_reason = self._death_cause
         self.command = self._command(self._accel_wanted, qmp_sock, self._manifest_file)
-        prefix: list[str] = []
-        if self.die_with_parent:
-            prefix = [_proc.which("setpriv"), "--pdeathsig", "KILL", "--"]
+        state = self._saved_state()
+        if state is not None:
+            self.command += ["-incoming", f"fd:{state}"]
         errlog = open(tmp / "qemu.err", "wb")
         try:
-            self._proc = subprocess.Popen(prefix + self.command, stdin=subprocess.DEVNULL,
-                                          stdout=subprocess.PIPE, stderr=errlog,
-                                          start_new_session=True, env=self.build.env())
+            self._proc = subprocess.Popen(
+                self._prefix() + self.command, stdout=subprocess.PIPE, stderr=errlog,
+                stdin=subprocess.DEVNULL if state is None else subprocess.PIPE,
+                pass_fds=() if state is None else (state,), start_new_session=True,
+                env=self.build.env())
         finally:
             errlog.close()
+            if state is not None:
+                os.close(state)
+        self._stdin = self._proc.stdin
         self._finalizer = weakref.finalize(self, _reap, self._proc, self._tmpdir)
         assert self._proc.stdout is not None
         self._attach(Console(self._proc.stdout, self.console_log), self._qmp)
 
+    def _prefix(self) -> list[str]:
+        return [_proc.which("setpriv"), "--pdeathsig", "KILL", "--"] if self.die_with_parent \
+            else []
+
+    def _saved_state(self) -> int | None:
+        """An fd of the boot saved for this VM's shape (saved now if there is none), or None:
+        the VM boots (not TCG, extra arguments, turned off, or the save failed)."""
+        if not (self.saved_boot and saved.enabled() and self._accel_wanted == "tcg"
+                and not self.extra_args):
+            return None
+        assert self._tmpdir is not None
+        shape = self._command("tcg", Path(self._tmpdir) / "qmp.sock", self._manifest_file,
+                              trace=False)
+        key = saved.shape(shape, build=f"{self.qemu} {self.build.version}",
+                          guest=self.guest.info)
+        fd = saved.open_saved(key)
+        if fd is None and key not in _UNSAVABLE:
+            try:
+                self._save(key)
+            except (KvmlabError, OSError) as err:
+                _UNSAVABLE.add(key)
+                log.warning("booting %s: its boot could not be saved: %s", self.name, err)
+            fd = saved.open_saved(key)
+        if fd is not None:
+            self.resumed_from = saved.path_of(key)
+        return fd
+
+    def _save(self, key: str) -> None:
+        """Boot this VM's shape once with init stopping before any driver has seen a disk
+        (``kvmlab.snap=1``) and save that moment as *key*'s state (QEMU's migration stream
+        to a file).  That QEMU is gone when this returns, whatever happens."""
+        assert self._tmpdir is not None
+        sock = Path(self._tmpdir) / "saver.sock"
+        qmp = QMPBackend.listen(sock)
+        cmd = self._command("tcg", sock, self._manifest_file, trace=False,
+                            append=f"{self.kernel_cmdline()} {saved.SNAP_PARAM}")
+        proc: subprocess.Popen[bytes] | None = None
+        console: Console | None = None
+        fd: int | None = None
+        part: Path | None = None
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+
+        def gone() -> str | None:
+            code = proc.poll() if proc is not None else None
+            return None if code is None else "the QEMU saving the boot " + exit_text(code)
+        try:
+            proc = subprocess.Popen(self._prefix() + cmd, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                    start_new_session=True, env=self.build.env())
+            assert proc.stdout is not None
+            console = Console(proc.stdout)
+            qmp.accept(30, gone)
+            console.records.wait(saved.SNAP_RECORD, timeout=self.boot_timeout, abort=gone)
+            qmp.execute("stop")
+            fd, part = saved.new_file(key)
+            # the stream comes over a unix socket in our private dir into that file
+            listener.bind(str(Path(self._tmpdir) / "save.sock"))
+            listener.listen(1)
+            listener.settimeout(30)
+            qmp.execute("migrate", {"uri": f"unix:{Path(self._tmpdir) / 'save.sock'}"})
+            conn, _ = listener.accept()
+            with conn, open(fd, "wb", closefd=False) as out:
+                conn.settimeout(60)
+                shutil.copyfileobj(conn.makefile("rb"), out, 1 << 20)
+            deadline = time.monotonic() + 30
+            while (status := qmp.execute("query-migrate").get("status")) in \
+                    ("setup", "active", "device", None):
+                if time.monotonic() > deadline:
+                    raise WaitTimeout("saving the booted guest took over 60 s")
+                time.sleep(0.05)
+            if status != "completed":
+                raise LaunchError(f"saving the booted guest: migration {status}")
+            os.close(fd)
+            fd = None
+            saved.publish(part, key)
+            part = None
+        finally:
+            listener.close()
+            qmp.close()
+            if proc is not None:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait(10)
+                if proc.stdout is not None:
+                    proc.stdout.close()
+            if console is not None:
+                console.join()
+            if fd is not None:
+                os.close(fd)
+            if part is not None:
+                part.unlink(missing_ok=True)
+
     def _post_launch(self) -> None:
-        """Accept QEMU's QMP connection."""
+        """Accept QEMU's QMP connection; a resumed VM is continued and given its
+        parameters (with a seed of its own) on the console."""
         assert self._qmp is not None
-        self._qmp.accept(30, self._exit_reason)
+        try:
+            self._qmp.accept(30, self._exit_reason)
+        except LaunchError as err:            # QEMU refused the stream and exited
+            if self.resumed_from is None:
+                raise
+            raise _ResumeFailed(self.resumed_from,
+                                f"resuming {self.resumed_from.name}: {err}") from err
         self.accel = self._accel_wanted
+        if self.resumed_from is not None:
+            state = self.resumed_from
+            deadline = time.monotonic() + 60
+            try:
+                while (status := self._qmp.execute("query-migrate").get("status")) \
+                        != "completed":
+                    if status == "failed" or time.monotonic() > deadline:
+                        raise _ResumeFailed(state, f"resuming {state.name}: {status}")
+                    time.sleep(0.02)
+            except BackendError as err:           # QEMU refused the stream and exited
+                raise _ResumeFailed(state, f"resuming {state.name}: {err}") from err
+            self._qmp.execute("cont")
+            assert self._stdin is not None
+            self._stdin.write(f"{self.kernel_cmdline()} {saved.seed_param()}\n".encode())
+            self._stdin.flush()
 
     def _attach(self, console: Console, backend: Backend) -> None:
         """The launched VM's serial console and backend (for launcher hooks)."""
@@ -515,6 +670,12 @@ class Machine:
             self._console.join()
         if self._proc is not None and self._proc.stdout:
             self._proc.stdout.close()
+        if self._stdin is not None:
+            try:
+                self._stdin.close()
+            except OSError:                 # QEMU gone: the pipe's buffer had no reader
+                pass
+            self._stdin = None
         if self._tmpdir:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
         if self._finalizer is not None:
