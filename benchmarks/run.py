@@ -813,13 +813,14 @@ def bench_boot(tmp: Path, smoke: bool) -> dict[str, Any]:
     images.make_guest_disk(disk, 32, fill_mib=0)
     guest = load_guest()
     bzimage = dataclasses.replace(guest, kernel=guest.kernel.parent / "vmlinuz")
-    boot = {"mode": "idle", "name": "kvmlab-bench-boot", "saved_boot": False}
+    name = "kvmlab-bench-boot"
     variants: dict[str, Callable[[], Machine]] = {
-        "skipped": lambda: Machine(disk, **boot),
-        "run": lambda: _WithCryptoSelfTests(disk, **boot),
-        "tools": lambda: Machine(disk, tools=True, **boot),
-        "bzimage": lambda: Machine(disk, guest=bzimage, **boot),
-        "resumed": lambda: Machine(disk, mode="idle", name="kvmlab-bench-boot")}
+        "skipped": lambda: Machine(disk, mode="idle", name=name, saved_boot=False),
+        "run": lambda: _WithCryptoSelfTests(disk, mode="idle", name=name, saved_boot=False),
+        "tools": lambda: Machine(disk, mode="idle", name=name, tools=True, saved_boot=False),
+        "bzimage": lambda: Machine(disk, mode="idle", name=name, guest=bzimage,
+                                   saved_boot=False),
+        "resumed": lambda: Machine(disk, mode="idle", name=name)}
     with Machine(disk, mode="idle", name="kvmlab-bench-boot") as first:   # saved once here
         first.wait_guest("ready", timeout=60)
     times: dict[str, dict[str, list[float]]] = {v: {"init": [], "ready": [], "cpu": []}
