@@ -86,13 +86,13 @@ check: lint
 	KVMLAB_TIER=pure $(PY) -m pytest -m "not qemu" -q -p no:cacheprovider --durations=5 $(PYTEST_ARGS)
 
 # the integration tier: two pytest sessions (tools/integration.sh).  Tests whose verdict
-# rests on timing (a stall, a rate, an outage window, the predictor: marked `timing`) and
-# tests of the host's one NFS server (marked `nfs`) run one after another at normal
-# priority [alone]; the rest run in WORKERS pytest-xdist workers [rest] (tests that share
-# libvirtd and /dev/shm in one worker: --dist loadgroup, xdist_group("libvirt")).
+# rests on timing (a stall, a rate, an outage window, the predictor: marked `timing`) run
+# one after another at normal priority [alone]; the rest run in WORKERS pytest-xdist
+# workers [rest] (tests that share libvirtd and /dev/shm in one worker, and those of the
+# host's one NFS server in another: --dist loadgroup, xdist groups).
 # APART=1 (the default): [alone] after [rest].  APART= : side by side, [rest] in an idle
-# cpu cgroup; 0.49-0.56x of the serial tier's time, but a timing verdict still flips now and
-# then beside it (the README's Tests section has the runs).  WORKERS=0: [rest] in one process.
+# cpu cgroup (the NFS tests then in [alone]), but a timing verdict still flips now and then
+# beside it (the README's Tests section has the runs).  WORKERS=0: [rest] in one process.
 WORKERS ?= 3
 APART ?= 1
 export APART

@@ -129,6 +129,7 @@ def test_qmp_public_path_when_qemu_qmp_is_untested(disk: Path,
     _gone(vm, pid, tmp)
 
 
+@pytest.mark.timing            # paced samples at 100 Hz: alone on the host
 def test_job_sampler_paths(disk: Path) -> None:
     """The recorder's in-loop sampler against a real QEMU: paced samples; a busy id-less
     slot falls back to qemu.qmp's normal path; a failing callback is reported and
@@ -150,6 +151,7 @@ def test_job_sampler_paths(disk: Path) -> None:
 
     with Machine(disk, accel="tcg") as vm:
         pid, tmp = vm.pid, vm.tmpdir
+        vm.wait_guest("ready", timeout=60)       # a guest at rest: QEMU answers at once
         be = vm.backend
         qmp, aio = be._qmp, be._aio  # type: ignore[attr-defined]
         job = vm.mirror("drive0", tmp / "t.qcow2", speed=64 * 1024, buf_size=64 * 1024)

@@ -32,6 +32,7 @@ import json
 import logging
 import re
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from typing import Any
@@ -53,6 +54,8 @@ except ImportError:  # pragma: no cover - reported when the backend is used
 
 _loop_lock = threading.Lock()
 _loop_started = False
+#: how long a pivot libvirt says is "not ready" yet is asked again (seconds)
+PIVOT_WAIT_S = 10.0
 
 
 def _ensure_event_loop() -> None:
@@ -324,8 +327,18 @@ class LibvirtBackend:
 
     def job_complete(self, job_id: str) -> None:
         if job_id in self._targets():
-            self._call("blockJobAbort(pivot)", self.dom.blockJobAbort, job_id,
-                       libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+            # libvirt takes in QEMU's READY a moment after the event has come: until then
+            # it refuses the pivot ("not ready for pivot yet"), so that is asked again
+            deadline = time.monotonic() + PIVOT_WAIT_S
+            while True:
+                try:
+                    self._call("blockJobAbort(pivot)", self.dom.blockJobAbort, job_id,
+                               libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+                    return
+                except BackendError as err:
+                    if "not ready for pivot" not in str(err) or time.monotonic() > deadline:
+                        raise
+                time.sleep(0.05)
         else:
             self.qmp("block-job-complete", {"device": self._qemu_job_id(job_id)})
 
