@@ -93,6 +93,7 @@ check: lint
 # APART=1 (the default): [alone] after [rest].  APART= : side by side, [rest] in an idle
 # cpu cgroup (the NFS tests then in [alone]), but a timing verdict still flips now and then
 # beside it (the README's Tests section has the runs).  WORKERS=0: [rest] in one process.
+# ALONE_WORKERS=2: [alone]'s timing tests two at a time (an experiment; see the README).
 WORKERS ?= 3
 APART ?= 1
 export APART

@@ -64,3 +64,12 @@ def test_the_exit_code(tmp_path: Path, rest: int, alone: int, subset: bool, code
     assert "[rest]  nice: 0" in res.stdout          # alone on the host: not lowered
     # apart, the NFS tests run in [rest] (their xdist group), the timing tests alone
     assert "-m qemu and not timing -v" in res.stdout and "-m qemu and timing -v" in res.stdout
+
+
+def test_alone_two_at_a_time_when_asked(tmp_path: Path) -> None:
+    res = _run(_fake_python(tmp_path, {"rest": 0, "alone": 0}), "2", APART="1",
+               ALONE_WORKERS="2")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "-m qemu and timing -v -n 2 --dist loadgroup" in res.stdout
+    res = _run(_fake_python(tmp_path, {"rest": 0, "alone": 0}), "2", APART="1")
+    assert "-m qemu and timing -v --durations" in res.stdout

@@ -86,8 +86,12 @@ rest() {
         "${xdist[@]}" --durations=10 "$@" 2>&1 | sed -u 's/^/[rest]  /'
     return "${PIPESTATUS[0]}"
 }
+# ALONE_WORKERS=2: [alone]'s timing tests two at a time (an experiment: each uses about a
+# third of the 2 cores, so two leave room; the NFS ones stay in one worker, their group)
+alone_xdist=()
+[ "${ALONE_WORKERS:-1}" -gt 1 ] && alone_xdist=(-n "$ALONE_WORKERS" --dist loadgroup)
 alone() {
-    "$py" -m pytest -m "$alone_m" -v --durations=10 "$@" 2>&1 \
+    "$py" -m pytest -m "$alone_m" -v "${alone_xdist[@]}" --durations=10 "$@" 2>&1 \
         | sed -u 's/^/[alone] /'
     return "${PIPESTATUS[0]}"
 }
