@@ -518,7 +518,7 @@ class Machine:
             while (status := qmp.execute("query-migrate").get("status")) in \
                     ("setup", "active", "device", None):
                 if time.monotonic() > deadline:
-                    raise WaitTimeout("saving the booted guest took over 60 s")
+                    raise WaitTimeout("saving the booted guest took over 30 s")
                 time.sleep(0.05)
             if status != "completed":
                 raise LaunchError(f"saving the booted guest: migration {status}")
