@@ -114,6 +114,9 @@ def test_qmp_public_path_when_qemu_qmp_is_untested(disk: Path,
     errors: list[str] = []
     with Machine(disk, accel="tcg") as vm:
         pid, tmp = vm.pid, vm.tmpdir
+        # a guest at rest: a resumed one loads its drivers and mounts its disk first, and
+        # QEMU answers late while it does (14 of 25 samples came in 0.5 s once)
+        vm.wait_guest("ready", timeout=60)
         qmp = vm.backend._qmp  # type: ignore[attr-defined]
         sent: list[dict[str, object]] = []
         hook = qmp._cb_outbound
