@@ -806,7 +806,7 @@ def bench_boot(tmp: Path, smoke: bool) -> dict[str, Any]:
     skipped / run and tools / skipped; and the kernel booted as the bzImage against its
     ELF image through the PVH entry (what every VM boots, when the kernel has one): skipped /
     bzimage; and what a VM pays instead when it resumes its shape's saved boot
-    (:mod:`kvmlab.vm.saved`, the default under TCG): resumed / skipped, the CPU time of
+    (:mod:`kvmlab.vm.saved`, opt-in): resumed / skipped, the CPU time of
     QEMU to ready too (the boots' own, and the resumes')."""
     reps = 1 if smoke else 9
     disk = tmp / "boot.qcow2"
@@ -820,8 +820,8 @@ def bench_boot(tmp: Path, smoke: bool) -> dict[str, Any]:
         "tools": lambda: Machine(disk, mode="idle", name=name, tools=True, saved_boot=False),
         "bzimage": lambda: Machine(disk, mode="idle", name=name, guest=bzimage,
                                    saved_boot=False),
-        "resumed": lambda: Machine(disk, mode="idle", name=name)}
-    with Machine(disk, mode="idle", name="kvmlab-bench-boot") as first:   # saved once here
+        "resumed": lambda: Machine(disk, mode="idle", name=name, saved_boot=True)}
+    with Machine(disk, mode="idle", name=name, saved_boot=True) as first:   # saved once here
         first.wait_guest("ready", timeout=60)
     times: dict[str, dict[str, list[float]]] = {v: {"init": [], "ready": [], "cpu": []}
                                                 for v in variants}

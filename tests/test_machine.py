@@ -440,7 +440,7 @@ def test_a_vm_resumes_its_shapes_saved_boot_with_its_own_parameters(scratch: Pat
     for k in range(2):
         d = scratch / f"w{k}.qcow2"
         images.make_guest_disk(d, 32, fill_mib=0)
-        with Machine(d, accel="tcg", mode="workload",
+        with Machine(d, accel="tcg", mode="workload", saved_boot=True,
                      workload=Workload(dd_kib=64 * (k + 1), rate_kib_s=512)) as vm:
             op = vm.wait_ops(1, "dd", after=0.0, timeout=60)[0]
             resumed.append(vm.resumed_from)
@@ -453,14 +453,14 @@ def test_a_vm_resumes_its_shapes_saved_boot_with_its_own_parameters(scratch: Pat
 
 def test_a_damaged_saved_boot_is_booted_past_and_removed(disk: Path, scratch: Path) -> None:
     # a shape of this test's own (320 MiB): other workers' VMs resume theirs meanwhile
-    with Machine(disk, accel="tcg", memory_mib=320) as vm:
+    with Machine(disk, accel="tcg", memory_mib=320, saved_boot=True) as vm:
         vm.wait_guest("ready", timeout=60)
     state = vm.resumed_from
     assert state is not None
     cut = state.with_name(state.name + ".cut")
     cut.write_bytes(state.read_bytes()[: 1 << 20])             # cut short
     cut.replace(state)
-    with Machine(disk, accel="tcg", memory_mib=320) as vm:
+    with Machine(disk, accel="tcg", memory_mib=320, saved_boot=True) as vm:
         vm.wait_guest("ready", timeout=60)                      # booted instead
         assert vm.resumed_from is None and "-incoming" not in vm.command
     assert not state.exists()

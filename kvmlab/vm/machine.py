@@ -202,7 +202,8 @@ class Machine:
         behind.  Launch from a thread that outlives the VM, or pass False.
     :param saved_boot: under TCG, resume the guest's boot saved for this VM's shape (saving it
         first when there is none) instead of booting (:mod:`kvmlab.vm.saved`); False
-        boots.  Not with *extra_args* (they may ask for their own start).
+        boots; None: as ``KVMLAB_SAVED_GUESTS`` says (off unless 1).  Not with
+        *extra_args* (they may ask for their own start).
     """
 
     def __init__(self, disk: str | Path | Drive | None = None, *, mode: str = "idle",
@@ -214,7 +215,7 @@ class Machine:
                  extra_args: Sequence[str] = (), boot_timeout: float = 60,
                  die_with_parent: bool = True, agent: bool = False,
                  trace: TraceSpec | None = None, tools: bool = False,
-                 fio: FioJob | None = None, saved_boot: bool = True) -> None:
+                 fio: FioJob | None = None, saved_boot: bool | None = None) -> None:
         if mode not in GUEST_MODES:
             raise BadInput(f"mode={mode!r} is not one of {', '.join(GUEST_MODES)}")
         if accel not in ACCELS:
@@ -457,8 +458,8 @@ class Machine:
     def _saved_state(self) -> int | None:
         """An fd of the boot saved for this VM's shape (saved now if there is none), or None:
         the VM boots (not TCG, extra arguments, turned off, or the save failed)."""
-        if not (self.saved_boot and saved.enabled() and self._accel_wanted == "tcg"
-                and not self.extra_args):
+        wanted = saved.enabled() if self.saved_boot is None else self.saved_boot
+        if not (wanted and self._accel_wanted == "tcg" and not self.extra_args):
             return None
         assert self._tmpdir is not None
         shape = self._command("tcg", Path(self._tmpdir) / "qmp.sock", self._manifest_file,
