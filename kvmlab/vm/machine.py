@@ -568,8 +568,11 @@ class Machine:
                 raise _ResumeFailed(state, f"resuming {state.name}: {err}") from err
             self._qmp.execute("cont")
             assert self._stdin is not None
-            self._stdin.write(f"{self.kernel_cmdline()} {saved.seed_param()}\n".encode())
-            self._stdin.flush()
+            try:
+                self._stdin.write(f"{self.kernel_cmdline()} {saved.seed_param()}\n".encode())
+                self._stdin.flush()
+            except OSError as err:                # QEMU died after cont: boot instead
+                raise _ResumeFailed(state, f"resuming {state.name}: {err}") from err
 
     def _attach(self, console: Console, backend: Backend) -> None:
         """The launched VM's serial console and backend (for launcher hooks)."""
