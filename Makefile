@@ -85,15 +85,17 @@ lint: venv
 check: lint
 	KVMLAB_TIER=pure $(PY) -m pytest -m "not qemu" -q -p no:cacheprovider --durations=5 $(PYTEST_ARGS)
 
-# the integration tier: two pytest sessions (tools/integration.sh).  Tests whose verdict
-# rests on timing (a stall, a rate, an outage window, the predictor: marked `timing`) run
-# one after another at normal priority [alone]; the rest run in WORKERS pytest-xdist
-# workers [rest] (tests that share libvirtd and /dev/shm in one worker, and those of the
-# host's one NFS server in another: --dist loadgroup, xdist groups).
-# APART=1 (the default): [alone] after [rest].  APART= : side by side, [rest] in an idle
-# cpu cgroup (the NFS tests then in [alone]), but a timing verdict still flips now and then
-# beside it (the README's Tests section has the runs).  WORKERS=0: [rest] in one process.
-# ALONE_WORKERS=2: [alone]'s timing tests two at a time (an experiment; see the README).
+# the integration tier (tools/integration.sh).  Every test not marked `timing` runs in
+# WORKERS pytest-xdist workers [rest] (tests that share libvirtd and /dev/shm in one worker,
+# and those of the host's one NFS server in another: --dist loadgroup, xdist groups).  Then
+# the tests whose verdict rests on timing (a stall, a rate, an outage window, the predictor:
+# marked `timing`), ALONE_WORKERS (default 2) at a time [alone], and last, one at a time, the
+# timing tests also marked `solo` [solo]: their verdict rests on how fast the guest's TCG
+# vCPU writes, or on the sampler's pace.
+# APART=1 (the default): as above.  APART= : [alone] side by side with [rest], one at a
+# time, [rest] in an idle cpu cgroup (the NFS tests then in [alone]), but a timing verdict
+# still flips now and then beside it (the README's Tests section has the runs).
+# WORKERS=0: [rest] in one process.
 WORKERS ?= 3
 APART ?= 1
 export APART

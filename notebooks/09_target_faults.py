@@ -25,7 +25,7 @@
 # | `nbd_down` | the same daemon killed; a new one starts on the same image after `fault_s` | a new mirror onto the image (`mode=existing`) |
 # | `eio` | QEMU's `blkdebug` makes the target's first write fail with EIO | `block-job-resume` (policy `stop`) or a new mirror onto the plain image |
 # | `enospc` | the target sits on a small tmpfs and runs out of space | grow the tmpfs, then resume (policy `enospc`/`stop`) or mirror again |
-# | `throttle` | `block-job-set-speed` drops to `throttle_speed` for `fault_s` | none |
+# | `throttle` | `block-job-set-speed` drops to `throttle_speed` for `fault_s`; QEMU's first sleep at the new limit also pays for what it sent at the old one in its current 100 ms slice (from 8 MiB/s to 256 KiB/s up to about 4 s), so a short window can read `stalled` | none |
 # | `nbdkit_delay` | the export behind nbdkit (the field's tool for storage faults): its `delay` filter makes every write `delay_ms` late, the whole copy | none |
 # | `nbdkit_error` | nbdkit's `error` filter fails a share `error_rate` of the writes with EIO, switched on for the window (at least until QEMU has seen one) | as `eio` |
 # | `nbdkit_rate` | nbdkit's `rate` filter caps the link to `throttle_speed` for `fault_s` (set while it runs, through its rate file) | none |

@@ -126,6 +126,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("qemu") is None and "guest" in getattr(item, "fixturenames", ()):
             raise pytest.UsageError(f"{item.nodeid} uses the guest but is not marked qemu")
+        if item.get_closest_marker("solo") is not None and item.get_closest_marker("timing") is None:
+            raise pytest.UsageError(f"{item.nodeid} is marked solo but not timing")
         if item.get_closest_marker("nfs") is not None:
             item.add_marker(pytest.mark.xdist_group("nfs"))
 

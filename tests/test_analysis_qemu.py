@@ -46,6 +46,7 @@ def test_stall_made_with_set_speed_is_found_within_0_3_s(scratch: Path, tmp_path
     assert analysis.convergence(f["samples"], f["events"])["verdict"] == "converged"
 
 
+@pytest.mark.solo
 def test_guest_faster_than_limit_diverges_then_converges(scratch: Path, tmp_path: Path) -> None:
     images.make_guest_disk(scratch / "disk.qcow2", 128)
     wl = Workload(dd_kib=512, rate_kib_s=2048, max_files=16)

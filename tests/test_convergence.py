@@ -197,6 +197,7 @@ def test_a_switch_qemu_7_2_cannot_make_is_one_line_before_anything_is_created(
 
 
 @pytest.mark.timing
+@pytest.mark.solo
 @pytest.mark.qemu
 def test_a_diverging_job_switched_live_on_qemu_10_converges(opts: RunOptions) -> None:
     r = ex.convergence_pressure(copy_mode="background", switch_when="diverging",
@@ -296,6 +297,7 @@ def test_an_alarm_counts_against_the_conditions_in_force_when_it_was_made() -> N
 
 
 @pytest.mark.timing
+@pytest.mark.solo
 @pytest.mark.qemu
 def test_raising_the_limit_on_the_verdict_converges_and_is_no_false_alarm(
         opts: RunOptions) -> None:

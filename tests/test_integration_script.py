@@ -15,13 +15,15 @@ SCRIPT = ROOT / "tools" / "integration.sh"
 
 def _fake_python(tmp_path: Path, exits: dict[str, int]) -> Path:
     """A 'python' that prints its arguments, its cpu cgroup and its nice value, and exits
-    with exits['rest'] or exits['alone'] by the session its -m expression names."""
+    with exits['rest'], exits['solo'] (as [alone] if not given) or exits['alone'] by the session its
+    -m expression names."""
     fake = tmp_path / "python"
     fake.write_text(f"""#!/bin/sh
 echo "args: $*"
 grep -E ':cpu[,:]|^0::' /proc/self/cgroup | head -1
 echo "nice: $(ps -o ni= -p $$ | tr -d ' ')"
-case "$*" in *"not timing"*) exit {exits['rest']};; *) exit {exits['alone']};; esac
+case "$*" in *"not timing"*) exit {exits['rest']};; *"qemu and solo"*) exit {exits.get('solo', exits['alone'])};;
+  *) exit {exits['alone']};; esac
 """)
     fake.chmod(0o755)
     return fake
@@ -60,16 +62,37 @@ def test_the_exit_code(tmp_path: Path, rest: int, alone: int, subset: bool, code
     fake = _fake_python(tmp_path, {"rest": rest, "alone": alone})
     res = _run(fake, "0", *(["-k", "mirror"] if subset else []), APART="1")
     assert res.returncode == code, res.stdout + res.stderr
-    assert "then timing tests alone" in res.stdout
+    assert "then timing tests 2 at a time, then the solo ones alone" in res.stdout
     assert "[rest]  nice: 0" in res.stdout          # alone on the host: not lowered
-    # apart, the NFS tests run in [rest] (their xdist group), the timing tests alone
-    assert "-m qemu and not timing -v" in res.stdout and "-m qemu and timing -v" in res.stdout
+    # apart, the NFS tests run in [rest] (their xdist group), the timing tests after it,
+    # the solo ones last, one at a time
+    assert "-m qemu and not timing -v" in res.stdout
+    assert "-m qemu and timing and not solo -v -n 2 --dist loadgroup" in res.stdout
+    assert "[solo]  args: -m pytest -m qemu and solo -v" in res.stdout
 
 
-def test_alone_two_at_a_time_when_asked(tmp_path: Path) -> None:
+@pytest.mark.parametrize("alone,solo,code", [
+    (0, 1, 1),               # a solo test's failure is the tier's
+    (1, 0, 1),
+    (5, 0, 0),               # [alone] or [solo] may be empty, not both
+    (0, 5, 0),
+    (5, 5, 5),
+    (5, 1, 1),
+])
+def test_solo_is_the_second_half_of_alone(tmp_path: Path, alone: int, solo: int,
+                                         code: int) -> None:
+    fake = _fake_python(tmp_path, {"rest": 0, "alone": alone, "solo": solo})
+    res = _run(fake, "2", APART="1")
+    assert res.returncode == code, res.stdout + res.stderr
+    assert f"[alone] exit {alone if alone != 5 else solo}" in res.stdout or code != 0
+
+
+def test_alone_workers_one_at_a_time_or_refused(tmp_path: Path) -> None:
     res = _run(_fake_python(tmp_path, {"rest": 0, "alone": 0}), "2", APART="1",
-               ALONE_WORKERS="2")
+               ALONE_WORKERS="1")
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "-m qemu and timing -v -n 2 --dist loadgroup" in res.stdout
-    res = _run(_fake_python(tmp_path, {"rest": 0, "alone": 0}), "2", APART="1")
-    assert "-m qemu and timing -v --durations" in res.stdout
+    assert "-m qemu and timing and not solo -v --durations" in res.stdout
+    res = _run(_fake_python(tmp_path, {"rest": 0, "alone": 0}), "2", APART="1",
+               ALONE_WORKERS="two")
+    assert res.returncode == 2
+    assert "ALONE_WORKERS=two must be 1 to 9" in res.stderr and "args:" not in res.stdout

@@ -133,6 +133,7 @@ def test_qmp_public_path_when_qemu_qmp_is_untested(disk: Path,
 
 
 @pytest.mark.timing            # paced samples at 100 Hz: alone on the host
+@pytest.mark.solo
 def test_job_sampler_paths(disk: Path) -> None:
     """The recorder's in-loop sampler against a real QEMU: paced samples; a busy id-less
     slot falls back to qemu.qmp's normal path; a failing callback is reported and

@@ -95,6 +95,7 @@ def test_qemu_versions_notebook(tmp_path: Path) -> None:
 
 
 @pytest.mark.timing
+@pytest.mark.solo
 def test_active_mirror_notebook_on_qemu_7_2(tmp_path: Path) -> None:
     """Under the same pressure onto a slow target (an NBD export taking 2 MiB/s; a 0.75 MiB/s
     limit; the guest asked for 3 MiB/s), background gives up on the predictor's verdict and

@@ -26,6 +26,7 @@ MIB = 1024 * 1024
 
 @pytest.mark.qemu
 @pytest.mark.timing
+@pytest.mark.solo
 def test_sustains_100_hz_and_records_all_streams(scratch: Path, tmp_path: Path) -> None:
     src = scratch / "disk.qcow2"
     images.make_guest_disk(src, 64, fill_mib=16)

@@ -105,9 +105,9 @@ def test_a_killed_savers_part_goes_a_live_ones_stays(data: Path) -> None:
     assert not gone.exists() and kept.exists() and part.exists()
 
 
-def test_on_by_environment_only(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_on_unless_the_environment_says_0(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KVMLAB_SAVED_GUESTS", raising=False)
-    assert not saved.enabled()
+    assert saved.enabled()
     monkeypatch.setenv("KVMLAB_SAVED_GUESTS", "0")
     assert not saved.enabled()
     monkeypatch.setenv("KVMLAB_SAVED_GUESTS", "1")

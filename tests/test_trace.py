@@ -249,6 +249,7 @@ def test_a_trace_file_that_cannot_be_created_fails_the_start(scratch: Path) -> N
 
 
 @pytest.mark.timing
+@pytest.mark.solo
 @pytest.mark.qemu
 @pytest.mark.parametrize("qemu", ["system", "10.0"])
 def test_speed_limit_below_the_guests_rate_is_dirtying(qemu: str, opts: RunOptions) -> None:

@@ -3,9 +3,12 @@
 # (APART=1, what make integration does) or side by side (APART empty).
 #
 #   [alone] tests whose verdict rests on timing (marked `timing`: a stall, a rate, an outage
-#           window, the predictor, the panel's refresh), one after another at normal
-#           priority; side by side also the tests of the host's one NFS server (marked `nfs`),
-#           which apart run in [rest], in one worker;
+#           window, the predictor, the panel's refresh) at normal priority; side by side also
+#           the tests of the host's one NFS server (marked `nfs`), which apart run in [rest],
+#           in one worker.  Apart, ALONE_WORKERS (default 2) of them at a time, and after
+#           them, one at a time [solo], those also marked `solo`: their verdict rests on how
+#           fast the guest's TCG vCPU writes, against a limit (beside a second timing test
+#           the guest's rate fell below the copy's);
 #   [rest]  every other integration test in WORKERS pytest-xdist workers; side by side at
 #           idle CPU priority: they take only the CPU the [alone] tests leave (those use
 #           about a third of the 2 cores; the rest are bound by the CPU their TCG guests need).
@@ -79,28 +82,48 @@ lowered=()
 # apart, the NFS tests that are not timing tests run in [rest] too (in one worker, their
 # xdist group: tests/conftest.py); side by side they stay in [alone], away from [rest]'s
 rest_m="qemu and not timing and not nfs" alone_m="qemu and (timing or nfs)"
-[ -n "${APART:-}" ] && rest_m="qemu and not timing" alone_m="qemu and timing"
+[ -n "${APART:-}" ] && rest_m="qemu and not timing" alone_m="qemu and timing and not solo"
 rest() {
     [ -n "$cgroup" ] && echo "$BASHPID" > "$cgroup/cgroup.procs"
     "${lowered[@]}" "$py" -m pytest -m "$rest_m" -v \
         "${xdist[@]}" --durations=10 "$@" 2>&1 | sed -u 's/^/[rest]  /'
     return "${PIPESTATUS[0]}"
 }
-# ALONE_WORKERS=2: [alone]'s timing tests two at a time (an experiment: each uses about a
-# third of the 2 cores, so two leave room; the NFS ones stay in one worker, their group)
+# apart, [alone]'s timing tests ALONE_WORKERS at a time (each uses about a third of the
+# 2 cores, so two leave room; the NFS ones stay in one worker, their group); side by side,
+# beside [rest], one at a time
+alone_workers=1
+if [ -n "${APART:-}" ]; then
+    alone_workers=${ALONE_WORKERS:-2}
+    case "$alone_workers" in
+        [1-9]) ;;
+        *) echo "kvmlab: ALONE_WORKERS=$alone_workers must be 1 to 9" >&2; exit 2;;
+    esac
+fi
 alone_xdist=()
-[ "${ALONE_WORKERS:-1}" -gt 1 ] && alone_xdist=(-n "$ALONE_WORKERS" --dist loadgroup)
+[ "$alone_workers" -gt 1 ] && alone_xdist=(-n "$alone_workers" --dist loadgroup)
 alone() {
     "$py" -m pytest -m "$alone_m" -v "${alone_xdist[@]}" --durations=10 "$@" 2>&1 \
         | sed -u 's/^/[alone] /'
     return "${PIPESTATUS[0]}"
 }
+solo() {
+    "$py" -m pytest -m "qemu and solo" -v --durations=10 "$@" 2>&1 | sed -u 's/^/[solo]  /'
+    return "${PIPESTATUS[0]}"
+}
 
 start=$(date +%s)
 if [ -n "${APART:-}" ]; then
-    echo "kvmlab: integration tier: the rest in $workers workers, then timing tests alone"
+    echo "kvmlab: integration tier: the rest in $workers workers, then timing tests" \
+         "$alone_workers at a time, then the solo ones alone"
     rest "$@"; a=$?
     alone "$@"; b=$?
+    solo "$@"; c=$?
+    # [solo] is [alone]'s second half: a failure in either is [alone]'s, and [alone] ran
+    # no test only if neither did
+    if [ "$b" = 5 ]; then b=$c
+    elif [ "$b" = 0 ] && [ "$c" != 5 ]; then b=$c
+    fi
 else
     how="nice 19 (no writable cpu cgroup)"
     [ -n "$cgroup" ] && how="idle CPU priority (cgroup $cgroup)"
@@ -111,7 +134,8 @@ else
     wait "$p_rest"; a=$?
     wait "$p_alone"; b=$?
 fi
-echo "kvmlab: integration tier took $(( $(date +%s) - start )) s ([rest] exit $a, [alone] exit $b)"
+echo "kvmlab: integration tier took $(( $(date +%s) - start )) s ([rest] exit $a, [alone]" \
+     "exit $b${c:+, [solo] exit $c})"
 if [ -n "$subset" ] && [ "$a" = 5 ] && [ "$b" != 5 ]; then a=0; fi
 if [ -n "$subset" ] && [ "$b" = 5 ] && [ "$a" != 5 ]; then b=0; fi
 [ "$a" != 0 ] && exit "$a"

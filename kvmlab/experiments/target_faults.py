@@ -20,6 +20,12 @@ reported in it, the recovery steps (``block-job-resume`` for a job paused on
 the error, a new mirror onto the same, repaired target for a failed one), and,
 once the job is ready and cancelled, boots the copy to check every synced
 operation.
+
+A dropped limit is paid backwards: QEMU's rate limiter keeps the bytes sent at the old
+speed in its current 100 ms slice, so the first sleep at the new speed lasts up to
+(those bytes) / (new speed).  From 8 MiB/s to 256 KiB/s that sleep took 3 s in 2 of 8
+recorded runs: a 3 s ``throttle`` window is then rightly judged ``stalled``, not
+``slowed``.
 """
 
 from __future__ import annotations

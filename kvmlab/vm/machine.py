@@ -202,7 +202,7 @@ class Machine:
         behind.  Launch from a thread that outlives the VM, or pass False.
     :param saved_boot: under TCG, resume the guest's boot saved for this VM's shape (saving it
         first when there is none) instead of booting (:mod:`kvmlab.vm.saved`); False
-        boots; None: as ``KVMLAB_SAVED_GUESTS`` says (off unless 1).  Not with
+        boots; None: as ``KVMLAB_SAVED_GUESTS`` says (on unless 0).  Not with
         *extra_args* (they may ask for their own start).
     """
 

@@ -13,9 +13,9 @@ the accelerator, the kernel's own parameters, and the devices (``-device``, ``-o
 driver has opened a disk when the state is saved, and block backends are not part of it.
 
 The files live in ``data/guest/saved`` (private); one is trusted only if it is a regular
-file of ours (owner, mode, no symlink).  It is opt-in (``KVMLAB_SAVED_GUESTS=1``, or
-``Machine(saved_boot=True)``): with it on for the whole suite, a timing verdict (the
-throttled target's ``slowed``) came out ``stalled`` in 2 of 4 runs, not yet understood.
+file of ours (owner, mode, no symlink).  A new guest build removes them with the old
+guest.  On by default; ``KVMLAB_SAVED_GUESTS=0`` (or ``Machine(saved_boot=False)``) boots
+every VM.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ _ANY_VALUE = {"-drive", "-blockdev", "-name", "-kernel", "-initrd"}
 
 
 def enabled() -> bool:
-    """Saved guests are used when ``KVMLAB_SAVED_GUESTS=1`` (a VM may also ask for them)."""
-    return os.environ.get("KVMLAB_SAVED_GUESTS", "0") == "1"
+    """Saved guests are used unless ``KVMLAB_SAVED_GUESTS=0`` (a VM may also say)."""
+    return os.environ.get("KVMLAB_SAVED_GUESTS", "1") != "0"
 
 
 def folder() -> Path:
