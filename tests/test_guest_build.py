@@ -69,7 +69,7 @@ def test_stale_guest_is_rebuilt(guest: Guest, tmp_path: Path) -> None:
     import json
     import shutil
     stale = tmp_path / "g"
-    shutil.copytree(guest.kernel.parent, stale)
+    shutil.copytree(guest.kernel.parent, stale, ignore=shutil.ignore_patterns("saved"))
     meta = json.loads((stale / "guest.json").read_text())
     meta["init_sha256"] = "0" * 64
     (stale / "guest.json").write_text(json.dumps(meta))
