@@ -241,11 +241,17 @@ def test_qemu_killed_by_sigkill(disk: Path) -> None:
     with Machine(disk, accel="tcg") as vm:
         pid, tmp = vm.pid, vm.tmpdir
         vm.wait_guest("boot", timeout=60)
+        assert vm.died() is None
         vm.kill(signal.SIGKILL)
         with pytest.raises(KvmlabError):
             for _ in range(50):  # a QMP command soon fails (it does not hang)
                 vm.backend.block_jobs()
                 time.sleep(0.1)
+        # one line, for a wait that must not go on (a migration's): how, and QEMU's last word
+        vm.wait_exit(5)               # (its monitor closes a moment before it is reaped)
+        died = vm.died()
+        assert died is not None and died.startswith("QEMU exited: killed by signal 9 (SIGKILL)")
+        assert "\n" not in died
     _gone(vm, pid, tmp)
     assert vm.exitcode == -signal.SIGKILL
 

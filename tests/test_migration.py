@@ -161,9 +161,11 @@ def test_disks_that_never_get_ready_end_the_flow_with_the_predictors_word(
 def test_write_errors_on_the_link_are_retried_under_ignore(opts: RunOptions) -> None:
     """A fifth of the writes on the NBD link fail (nbdkit's error filter): with
     ``on-target-error=ignore`` QEMU reports each and copies the area again, and the
-    destination still verifies after the handover."""
+    destination still verifies after the handover.  On QEMU 10.0: 7.2 aborted at the end of
+    the migration in 4 of 20 runs (``bdrv_co_write_req_prepare``: a write to a node the
+    migration had made inactive); 10.0.2 in none of 15."""
     res = storage_migration(link_error_rate=0.2, on_target_error="ignore", after_s=0.5,
-                            ready_s=0.5, options=opts)
+                            ready_s=0.5, options=opts.replace(qemu="10.0"))
     v = res.verdict
     assert res.passed and v["verify_pass"], v
     assert v["job_error_events"] >= 1 and v["error_actions"] == ["ignore"], v

@@ -114,11 +114,11 @@ def test_target_fault(fault: str, policy: str, behaviour: str, steps: list[str],
                       opts: RunOptions) -> None:
     # Under the throttle the guest writes below the limit, or its backlog ("dirtying")
     # would be the cause the window is found with.  QEMU's rate limiter does not forget
-    # the bytes sent at the old speed in the current 100 ms slice (up to about 1.25 MiB
-    # at 8 MiB/s): the first sleep after the drop pays for them at the new speed.  At
-    # 256 KiB/s that sleep was 3 s in 2 of 8 runs, longer than half a 3 s window, and the
-    # job was rightly judged stalled; at 1 MiB/s it lasts at most about 1.25 s, under
-    # half of a 4 s window.
+    # the bytes sent at the old speed in the current 100 ms slice (at 8 MiB/s a slice's
+    # 0.8 MiB and the requests then in flight, 256 KiB each): the first sleep after the
+    # drop pays for them at the new speed.  At 256 KiB/s that sleep was 3 s (768 KiB) in
+    # 2 of 24 runs, longer than half a 3 s window, and the job was rightly judged stalled;
+    # at 1 MiB/s it lasts about 1 s at most, under half of a 4 s window.
     throttle = {"workload_rate_kib_s": 64, "throttle_speed": 1 << 20, "fault_s": 4.0} \
         if fault == "throttle" else {"fault_s": 3.0}
     r = target_fault(fault=fault, on_target_error=policy, fault_after_s=1.0,

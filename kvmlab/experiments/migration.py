@@ -34,7 +34,7 @@ from typing import Any
 import pandas as pd
 
 from kvmlab import marks
-from kvmlab.errors import BackendError, BadInput, WaitTimeout
+from kvmlab.errors import BackendError, BadInput, ConnectionLost, WaitTimeout
 from kvmlab.experiments.common import (
     ExperimentResult,
     LabRun,
@@ -561,6 +561,9 @@ def _wait_migration(src: Machine, timeout: float, series: _MigrationSeries, rec:
     deadline = time.monotonic() + timeout
     said = False
     while time.monotonic() < deadline:
+        died = src.died()
+        if died:        # no status will come: QEMU 7.2 aborts here now and then (README)
+            raise ConnectionLost(f"the source's QEMU died during the migration: {died}")
         status, outlook = series.latest()
         if outlook is not None and outlook.state == "diverging" and not said:
             said = True

@@ -23,8 +23,8 @@ operation.
 
 A dropped limit is paid backwards: QEMU's rate limiter keeps the bytes sent at the old
 speed in its current 100 ms slice, so the first sleep at the new speed lasts up to
-(those bytes) / (new speed).  From 8 MiB/s to 256 KiB/s that sleep took 3 s in 2 of 8
-recorded runs: a 3 s ``throttle`` window is then rightly judged ``stalled``, not
+(those bytes) / (new speed).  From 8 MiB/s to 256 KiB/s that sleep took 3 s (768 KiB)
+in 2 of 24 runs: a 3 s ``throttle`` window is then rightly judged ``stalled``, not
 ``slowed``.
 """
 

@@ -626,6 +626,15 @@ class Machine:
         except subprocess.TimeoutExpired:
             return "QMP connection lost while QEMU still runs"
 
+    def died(self) -> str | None:
+        """If QEMU was launched and has exited: how, with the last line it wrote to stderr
+        (an assertion, say), as one line; else None."""
+        if self._proc is None or self._proc.poll() is None:
+            return None
+        last = next((ln.strip() for ln in reversed(self._stderr_text().splitlines())
+                     if ln.strip()), "")
+        return exit_text(self._proc.returncode) + (f" ({last})" if last else "")
+
     def _stderr_text(self) -> str:
         if self._tmpdir and (Path(self._tmpdir) / "qemu.err").exists():
             return strip_stamps((Path(self._tmpdir) / "qemu.err").read_text(errors="replace"))
