@@ -322,6 +322,9 @@ def _run_local(todo: list[Point], spec: SweepSpec, folder: Path, workers: int, b
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
+    # a point of an earlier sweep killed with SIGKILL ends on its own (SIGTERM, its
+    # pdeathsig), maybe before it could remove its VM's temp dir: gone now that its owner is
+    reap_stale_tmpdirs()
     return results
 
 
