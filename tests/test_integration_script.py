@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,15 +16,17 @@ SCRIPT = ROOT / "tools" / "integration.sh"
 
 def _fake_python(tmp_path: Path, exits: dict[str, int]) -> Path:
     """A 'python' that prints its arguments, its cpu cgroup and its nice value, and exits
-    with exits['rest'], exits['solo'] (as [alone] if not given) or exits['alone'] by the session its
-    -m expression names."""
+    with exits['rest'], exits['solo'] (as [alone] if not given) or exits['alone'] by the
+    session its -m expression names; a failing one prints a pytest summary line first."""
     fake = tmp_path / "python"
     fake.write_text(f"""#!/bin/sh
 echo "args: $*"
+case "$*" in *"not timing"*) s=rest e={exits['rest']};; *"qemu and solo"*) s=solo
+  e={exits.get('solo', exits['alone'])};; *) s=alone e={exits['alone']};; esac
+[ "$e" = 1 ] && echo "FAILED tests/test_$s.py::test_it - AssertionError: $s broke"
 grep -E ':cpu[,:]|^0::' /proc/self/cgroup | head -1
 echo "nice: $(ps -o ni= -p $$ | tr -d ' ')"
-case "$*" in *"not timing"*) exit {exits['rest']};; *"qemu and solo"*) exit {exits.get('solo', exits['alone'])};;
-  *) exit {exits['alone']};; esac
+exit "$e"
 """)
     fake.chmod(0o755)
     return fake
@@ -86,6 +89,21 @@ def test_solo_is_the_second_half_of_alone(tmp_path: Path, alone: int, solo: int,
     assert res.returncode == code, res.stdout + res.stderr
     # the tier's line gives [alone]'s combined code (the tier's exit here) and [solo]'s own
     assert f"[alone] exit {code}, [solo] exit {solo})" in res.stdout, res.stdout
+
+
+def test_what_failed_is_repeated_at_the_end(tmp_path: Path) -> None:
+    """A log's tail (all CI shows) names every failed test, whichever session it was in;
+    a green tier adds nothing, and the runner's temp file is gone after either."""
+    before = set(Path(tempfile.gettempdir()).glob("kvmlab-integration.*"))
+    res = _run(_fake_python(tmp_path, {"rest": 1, "alone": 0, "solo": 1}), "2", APART="1")
+    assert res.returncode == 1, res.stdout + res.stderr
+    tail = res.stdout.split("kvmlab: integration tier took", 1)[1].splitlines()
+    assert tail[1:] == ["kvmlab: what failed:",
+                        "[rest]  FAILED tests/test_rest.py::test_it - AssertionError: rest broke",
+                        "[solo]  FAILED tests/test_solo.py::test_it - AssertionError: solo broke"]
+    res = _run(_fake_python(tmp_path, {"rest": 0, "alone": 0}), "2", APART="1")
+    assert res.returncode == 0 and "what failed" not in res.stdout
+    assert set(Path(tempfile.gettempdir()).glob("kvmlab-integration.*")) == before
 
 
 def test_alone_workers_one_at_a_time_or_refused(tmp_path: Path) -> None:

@@ -26,6 +26,8 @@
 #   timing verdict still flips now and then, so side by side is for a quicker local run).
 #   With pytest args choosing a subset, a session they leave empty (pytest's exit 5) is
 #   fine; the whole tier must run tests in both.
+#   At the end, every session's FAILED and ERROR summary lines again, under "kvmlab: what
+#   failed:" (a CI log shows only its tail).
 set -uo pipefail
 py=$1 workers=$2
 shift 2
@@ -36,7 +38,10 @@ xdist=()
 # [rest]'s idle cgroup (v1's cpu hierarchy or v2's), and libvirt's machine cgroup marked idle
 cgroup=
 machine_idle=
+# each session's output, kept to repeat what failed at the end (CI shows only the tail)
+summary=$(mktemp -t kvmlab-integration.XXXXXX) || exit 2
 cleanup() {
+    rm -f "$summary"
     if [ -n "$cgroup" ]; then
         # (the leak checks stop what tests leave; anything else goes back to the root)
         while read -r pid; do echo "$pid" > "${cgroup%/*}/cgroup.procs"; done \
@@ -86,7 +91,7 @@ rest_m="qemu and not timing and not nfs" alone_m="qemu and (timing or nfs)"
 rest() {
     [ -n "$cgroup" ] && echo "$BASHPID" > "$cgroup/cgroup.procs"
     "${lowered[@]}" "$py" -m pytest -m "$rest_m" -v \
-        "${xdist[@]}" --durations=10 "$@" 2>&1 | sed -u 's/^/[rest]  /'
+        "${xdist[@]}" --durations=10 "$@" 2>&1 | sed -u 's/^/[rest]  /' | tee -a "$summary"
     return "${PIPESTATUS[0]}"
 }
 # apart, [alone]'s timing tests ALONE_WORKERS at a time (each uses about a third of the
@@ -104,11 +109,12 @@ alone_xdist=()
 [ "$alone_workers" -gt 1 ] && alone_xdist=(-n "$alone_workers" --dist loadgroup)
 alone() {
     "$py" -m pytest -m "$alone_m" -v "${alone_xdist[@]}" --durations=10 "$@" 2>&1 \
-        | sed -u 's/^/[alone] /'
+        | sed -u 's/^/[alone] /' | tee -a "$summary"
     return "${PIPESTATUS[0]}"
 }
 solo() {
-    "$py" -m pytest -m "qemu and solo" -v --durations=10 "$@" 2>&1 | sed -u 's/^/[solo]  /'
+    "$py" -m pytest -m "qemu and solo" -v --durations=10 "$@" 2>&1 \
+        | sed -u 's/^/[solo]  /' | tee -a "$summary"
     return "${PIPESTATUS[0]}"
 }
 
@@ -136,6 +142,9 @@ else
 fi
 echo "kvmlab: integration tier took $(( $(date +%s) - start )) s ([rest] exit $a, [alone]" \
      "exit $b${c:+, [solo] exit $c})"
+# what failed, again at the end: the sessions' own summaries scroll out of a log's tail
+failed=$(grep -E '^\[(rest|alone|solo)\] +(FAILED|ERROR) ' "$summary" | cut -c1-300)
+[ -n "$failed" ] && printf 'kvmlab: what failed:\n%s\n' "$failed"
 if [ -n "$subset" ] && [ "$a" = 5 ] && [ "$b" != 5 ]; then a=0; fi
 if [ -n "$subset" ] && [ "$b" = 5 ] && [ "$a" != 5 ]; then b=0; fi
 [ "$a" != 0 ] && exit "$a"
