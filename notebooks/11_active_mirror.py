@@ -27,6 +27,11 @@
 # gives up on that verdict instead of waiting for a timeout. The guest times every `dd` (with
 # its fsync), before and during the mirror: that is the cost of the active mode.
 #
+# In write-blocking mode QEMU counts each mirrored guest write in both of its counters, so the
+# copied bytes grow even while the background copy waits (a limit's first burst is slept off
+# for seconds). The predictor knows the mode and judges such a job by its backlog alone: one
+# that holds still is "stalled", one that grows "will not converge".
+#
 # With `slow_target_bps` the target is a *slow target*: an NBD export of `qemu-storage-daemon`
 # whose writes pass a throttle group. In the active mode every guest write waits for it, so
 # the guest's achieved write rate is bounded by what the target takes.
@@ -113,7 +118,7 @@ display(table)
 fig, axes = plt.subplots(len(results), 1, figsize=(10, 3 * len(results)), squeeze=False)
 for ax, (mode, r) in zip(axes[:, 0], results.items()):
     plots.convergence(r.data.samples, r.data.events, ax=ax)
-    pred = converge.predict(r.data.samples)
+    pred = converge.predict(r.data.samples, events=r.data.events)
     said = converge.first_verdict(pred)
     if said is not None:
         ax.axvline(said, color="tab:red", linestyle="--", linewidth=1)

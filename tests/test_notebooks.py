@@ -102,10 +102,13 @@ def test_active_mirror_notebook_on_qemu_7_2(tmp_path: Path) -> None:
     write-blocking converges, every guest write paying for the target; the live switch is
     left out on 7.2 with one line saying which QEMU has it.
 
-    The limit sits between what the guest writes in the two modes (the guest's writes count
-    against it in write-blocking): its TCG vCPU makes 1.1 MiB/s of the 3 asked in
-    background and 0.42 MiB/s in write-blocking.  At the notebook's 1 MiB/s the predictor
-    took 55 s to say "will not converge" (copy 0.87 MiB/s) and once not within the 60 s."""
+    The limit sits between what the guest writes in the two modes: its TCG vCPU makes
+    1.1 MiB/s of the 3 asked in background and 0.42 MiB/s in write-blocking.  At the
+    notebook's 1 MiB/s the predictor took 55 s to say "will not converge" (copy 0.87 MiB/s)
+    and once not within the 60 s.  The write-blocking job copies 16 MiB in its first burst
+    and sleeps about 21 s to pay for it, while the guest's mirrored writes move both of
+    QEMU's counters: the predictor, told the mode, calls that "stalled", not diverging
+    (``converge-write-blocking-debt`` in tests/data/runs)."""
     out = run_notebook(NOTEBOOKS / "11_active_mirror.ipynb",
                        {"accel": "tcg", "slow_target_bps": 2 << 20, "image_mib": 32,
                         "speed": 768 << 10, "ready_timeout": 120.0,

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from kvmlab import marks
-from kvmlab.analysis.series import job_samples, time_of
+from kvmlab.analysis.series import event_data, job_samples, time_of
 from kvmlab.live.predictor import STATES, Outlook, Predictor, RamPredictor, ram_outlook
 from kvmlab.store.runs import load_run, read_migration
 from kvmlab.units import MIB
@@ -34,7 +34,10 @@ def predict(samples: pd.DataFrame, job: str | None = None, events: pd.DataFrame 
     live."""
     s = job_samples(samples, job)
     p = Predictor(**kw)
-    switches = condition_changes(events, str(s["job"].iloc[0]) if len(s) else job)
+    job_id = str(s["job"].iloc[0]) if len(s) else job
+    switches = condition_changes(events, job_id)
+    modes = copy_modes(events, job_id)
+    active = False
     rows = []
     cols = ("t", "offset", "len", "ready", "paused", "status", "speed")
     frame = s.assign(speed=s["speed"] if "speed" in s else 0)
@@ -44,9 +47,11 @@ def predict(samples: pd.DataFrame, job: str | None = None, events: pd.DataFrame 
         if switches and float(t) >= switches[0]:
             switches.pop(0)
             p.reset()
+        while modes and float(t) >= modes[0][0]:
+            active = modes.pop(0)[1] == "write-blocking"
         rows.append(p.add(float(t), int(off), int(ln), ready=bool(ready is True),
                           paused=bool(paused is True), status=str(status),
-                          speed=0 if pd.isna(speed) else int(speed)).as_dict())
+                          speed=0 if pd.isna(speed) else int(speed), active=active).as_dict())
     return pd.DataFrame(rows, columns=[*Outlook.__dataclass_fields__, "net_rate"])
 
 
@@ -61,6 +66,19 @@ def condition_changes(events: pd.DataFrame | None, job: str | None, *,
     if job is not None and "job" in ev:
         ev = ev[ev["job"].isna() | (ev["job"] == job)]
     return sorted(ev["t"].astype(float))
+
+
+def copy_modes(events: pd.DataFrame | None, job: str | None) -> list[tuple[float, str]]:
+    """When *job* began to copy in each mode: its start's mode (``mirror_start``, which
+    says it) and every live switch (``copy_mode``), in order; a start that does not say
+    is ``background``, QEMU's default."""
+    if events is None or not len(events):
+        return []
+    ev = events[events["name"].isin([marks.MIRROR_START, marks.COPY_MODE])]
+    if job is not None and "job" in ev:
+        ev = ev[ev["job"].isna() | (ev["job"] == job)]
+    return sorted((float(e["t"]), str(event_data(e).get("copy_mode") or "background"))
+                  for _, e in ev.iterrows())
 
 
 def alarms(pred: pd.DataFrame) -> list[float]:

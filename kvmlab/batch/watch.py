@@ -21,6 +21,7 @@ from typing import Any
 
 from kvmlab import marks, rates
 from kvmlab.analysis.converge import Predictor
+from kvmlab.analysis.series import event_data
 from kvmlab.units import MIB
 
 #: steps too routine to be worth a log line
@@ -69,6 +70,8 @@ class JobView:
     ended: str | None = None               #: the event that ended it (completed...)
     #: will it converge? fed every sample (see :mod:`kvmlab.analysis.converge`)
     predictor: Predictor = field(default_factory=Predictor)
+    #: it copies in write-blocking mode (its start's or switch's mark says so)
+    active: bool = False
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
@@ -76,7 +79,7 @@ class JobView:
             self.predictor.add(float(row["t"]), int(row["offset"]), int(row["len"]),
                                ready=bool(row.get("ready")), paused=bool(row.get("paused")),
                                status=str(row.get("status") or "running"),
-                               speed=int(row.get("speed") or 0))
+                               speed=int(row.get("speed") or 0), active=self.active)
 
     def rate(self, window: float = 1.0) -> float | None:
         """Bytes/s copied over the last *window* seconds of samples (None: less than half a
@@ -126,6 +129,7 @@ class RunWatcher:
         self.every = every
         self._journals: dict[Path, tuple[Journal, Journal]] = {}
         self.jobs: dict[str, JobView] = {}
+        self._active: dict[str, bool] = {}      #: job -> copies in write-blocking mode
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -137,21 +141,39 @@ class RunWatcher:
                 if run != self.folder:
                     self._log(f"run {run.name}")
                 self.jobs.clear()                # a new run: its own jobs
+                self._active.clear()
 
     def poll(self) -> None:
         """Read what is new; log steps and job events."""
         self._discover()
         for run, (samples, events) in self._journals.items():
-            for row in samples.read():
+            rows, evs = samples.read(), events.read()
+            for ev in evs:          # a job's mode first: the rows read with its mark follow it
+                if ev.get("name") in (marks.MIRROR_START, *marks.CONDITION_CHANGES) \
+                        and ev.get("job"):
+                    self._condition(str(ev["job"]), ev)
+            for row in rows:
                 job = str(row.get("job") or "?")
-                self.jobs.setdefault(job, JobView(job)).add(row)
-            for ev in events.read():
+                self.jobs.setdefault(job, JobView(job, active=self._active.get(job, False))).add(row)
+            for ev in evs:
                 if ev.get("name") in JOB_ENDS and ev.get("job") in self.jobs:
                     self.jobs[str(ev["job"])].ended = marks.LABELS.get(ev["name"], ev["name"])
                 line = event_line(ev)
                 if line:
                     prefix = f"[{run.name}] " if run != self.folder else ""
                     self._log(prefix + line)
+
+    def _condition(self, job: str, ev: dict[str, Any]) -> None:
+        """A job's start or a change of its conditions: its copy mode from the mark, and
+        after a change a fresh predictor (as :meth:`kvmlab.live.jobs.Job.wait_ready`)."""
+        mode = event_data(ev).get("copy_mode")
+        if ev.get("name") == marks.MIRROR_START or mode:
+            self._active[job] = mode == "write-blocking"
+        view = self.jobs.get(job)
+        if view is not None:
+            view.active = self._active.get(job, False)
+            if ev.get("name") in marks.CONDITION_CHANGES:
+                view.predictor.reset()
 
     def line(self) -> str:
         parts = []

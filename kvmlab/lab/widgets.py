@@ -443,9 +443,11 @@ class MirrorPanel(w.VBox):
         dirty = float(r["dirty_rate"].iloc[-1]) if r is not None and len(r) else 0.0
         if info is None:
             return
+        job = self.session.job if self.session is not None else None
         out = self._predictor.add(time.monotonic(), info.offset, info.len, ready=info.ready,
                                   paused=info.paused, status=info.status,
-                                  speed=info.speed)
+                                  speed=info.speed, active=job is not None
+                                  and job.copy_mode == "write-blocking")
         self.outlook = out
         self.numbers.value = (
             f"offset {info.offset / MIB:.1f} / len {info.len / MIB:.1f} MiB &nbsp;|&nbsp; "

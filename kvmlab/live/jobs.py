@@ -236,7 +236,8 @@ class Job:
                 moved_at, last_offset = now, info.offset
             self.outlook = out = pred.add(now - t0, info.offset, info.len, ready=info.ready,
                                           paused=info.paused, status=info.status,
-                                          speed=info.speed)
+                                          speed=info.speed,
+                                          active=self.copy_mode == "write-blocking")
             if stall_timeout is not None and now - moved_at >= stall_timeout:
                 raise JobStalled(f"{self.id}: no progress for {now - moved_at:.0f} s "
                                  f"({info.offset / 2**20:.1f} of {info.len / 2**20:.1f} MiB "

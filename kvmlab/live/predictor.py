@@ -162,9 +162,18 @@ class Predictor:
         self.first_seen: dict[str, float] = {}
 
     def add(self, t: float, offset: int, length: int, *, ready: bool = False,
-            paused: bool = False, status: str = "running", speed: int = 0) -> Outlook:
-        """One sample of the job (*speed*: its limit, bytes/s, 0 for none); returns the
-        outlook after it."""
+            paused: bool = False, status: str = "running", speed: int = 0,
+            active: bool = False) -> Outlook:
+        """One sample of the job (*speed*: its limit, bytes/s, 0 for none; *active*: it
+        copies in ``write-blocking`` mode); returns the outlook after it.
+
+        In write-blocking mode QEMU counts every guest write in both counters as it
+        mirrors it (``offset`` and ``len`` grow together), so the offset advances while
+        the background copy waits: for a rate limit's debt (a first burst it sleeps
+        off), or for a slow target.  The guest cannot add to the backlog then; only the
+        remaining bytes' fall is the copy's progress.  A backlog that holds still is
+        ``stalled``, and one that grows (a failed target write dirties its area again)
+        is ``diverging``."""
         if self._first is None:
             self._first = t
         self._speed = int(speed or 0)
@@ -193,6 +202,10 @@ class Predictor:
             state = "unknown"
         elif offset - off0 < self.progress:
             state = "stalled"
+        elif active:
+            state = self._active_state(remaining, len0 - off0)
+            if state == "converging" and remaining > 0 and copy - dirty > 0:
+                eta = remaining / (copy - dirty) + self._step_gap()
         elif (stuck := self._will_not_finish(t, remaining, copy)) is not None:
             # the guest keeps the job copying at its limit and the backlog does not fall:
             # whatever it copies is dirtied again, so READY never comes (or, near zero
@@ -268,6 +281,18 @@ class Predictor:
         if self._hover_t is None:
             self._hover_t = t
         return "hovering" if t - self._hover_t >= self.hover_limit else None
+
+    def _active_state(self, remaining: int, before: int) -> str:
+        """A write-blocking job's state from its backlog alone (*before*: the remaining
+        bytes at the window's start): ``diverging`` when it grew over the long window,
+        ``stalled`` when it fell by less than :attr:`progress` over the short one."""
+        rows = self._long
+        if len(rows) >= 2 and rows[-1][0] - rows[0][0] >= self._long_span() * 0.95 \
+                and remaining - (rows[0][2] - rows[0][1]) >= self.progress:
+            return "diverging"
+        if remaining < self.progress or before - remaining >= self.progress:
+            return "converging"            # about to be ready, or the backlog falls
+        return "stalled"
 
     def _step_gap(self) -> float:
         """A rate-limited mirror copies in steps seconds apart; the last step comes one
