@@ -69,9 +69,12 @@ def _check(b: dict[str, Any]) -> None:
     if "convergence" in b:
         c = b["convergence"]
         assert c["runs"] == c["sweep_points"] == 1 and c["converged"] + c["diverged"] == 1
-        # (at smoke size the write-blocking job may hold every guest write)
-        assert {c["slow_target_background"]["converged"],
-                c["slow_target_write-blocking"]["converged"]} <= {True, False}
+        # (at smoke size the write-blocking job may hold every guest write; QEMU 7.2 may
+        # abort on the forced cancel of a job held by the slow target: said, with how)
+        for mode in ("background", "write-blocking"):
+            pair = c[f"slow_target_{mode}"]
+            assert pair.get("converged") in (True, False) or \
+                "connection lost" in pair["qemu_died"] and "QEMU exited" in pair["qemu_died"]
     if "seed" in b:
         sd = b["seed"]
         assert sd["runs"] == 2 and sd["failed"] == 0 and sd["wall_s"] > 0

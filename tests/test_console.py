@@ -93,3 +93,63 @@ def test_line_cut_off_at_exit_is_not_a_record() -> None:
     con.join()
     assert [r.name for r in con.records.snapshot()] == ["op", "begin"]
     assert con.lines[-1][1] == "KVMLAB begin op=d"
+
+
+def _exited_vm(stream: "object") -> "tuple[object, object]":
+    """A Machine whose QEMU has exited (a real process that ran and ended) and whose
+    console reads *stream*: what a wait sees when the verify guest powers off."""
+    import subprocess
+
+    from kvmlab.guest.console import Console
+    from kvmlab.vm.machine import Machine
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    vm = Machine()
+    console = Console(stream)  # type: ignore[arg-type]
+    vm._proc, vm._console = proc, console    # (a test may look inside)
+    return vm, console
+
+
+def test_a_verdict_written_as_qemu_exits_is_still_found() -> None:
+    """The verify guest prints its verdict and powers off at once, so QEMU can be gone
+    before the console's reader has the line.  A wait that sees QEMU exited first lets
+    the reader reach the end of the stream: the verdict is found, not "QEMU exited"."""
+    import os
+    import threading
+
+    r, w = os.pipe()
+    vm, _ = _exited_vm(os.fdopen(r, "rb"))
+
+    def guest() -> None:
+        os.write(w, b"KVMLAB verdict=pass checked=3 bad=0 t=9.1\n")
+        os.close(w)
+
+    threading.Timer(1.2, guest).start()          # after the wait has seen QEMU exited
+    rec = vm.wait_guest("verdict", timeout=10)   # type: ignore[attr-defined]
+    assert rec.data == {"verdict": "pass", "checked": 3, "bad": 0, "t": 9.1}
+
+
+def test_no_verdict_when_qemu_exits_is_one_line_at_once() -> None:
+    """The other outcome: the stream ends with no verdict (at once: the reason, with the
+    guest's last words), or never ends (after the drain time: the same reason)."""
+    import os
+    import time
+
+    from kvmlab.errors import WaitTimeout
+    from kvmlab.vm.machine import CONSOLE_DRAIN_S
+
+    r, w = os.pipe()
+    os.write(w, b"KVMLAB ready t=5.46\n")
+    os.close(w)
+    vm, console = _exited_vm(os.fdopen(r, "rb"))
+    t0 = time.monotonic()
+    with pytest.raises(WaitTimeout, match=r"verdict: QEMU exited with code 0; .*ready t=5.46"):
+        vm.wait_guest("verdict", timeout=30)     # type: ignore[attr-defined]
+    assert time.monotonic() - t0 < CONSOLE_DRAIN_S
+    r, w = os.pipe()                             # a writer that stays: no end of stream
+    vm, _ = _exited_vm(os.fdopen(r, "rb"))
+    t0 = time.monotonic()
+    with pytest.raises(WaitTimeout, match="QEMU exited with code 0"):
+        vm.wait_guest("verdict", timeout=30)     # type: ignore[attr-defined]
+    assert CONSOLE_DRAIN_S <= time.monotonic() - t0 < CONSOLE_DRAIN_S + 2
+    os.close(w)

@@ -243,10 +243,12 @@ def test_qemu_killed_by_sigkill(disk: Path) -> None:
         vm.wait_guest("boot", timeout=60)
         assert vm.died() is None
         vm.kill(signal.SIGKILL)
-        with pytest.raises(KvmlabError):
-            for _ in range(50):  # a QMP command soon fails (it does not hang)
+        with pytest.raises(KvmlabError) as lost:
+            for _ in range(50):  # a QMP command soon fails (it does not hang), saying why
                 vm.backend.block_jobs()
                 time.sleep(0.1)
+        assert "connection lost" in str(lost.value)
+        assert "QEMU exited: killed by signal 9 (SIGKILL)" in str(lost.value)
         # one line, for a wait that must not go on (a migration's): how, and QEMU's last word
         vm.wait_exit(5)               # (its monitor closes a moment before it is reaped)
         died = vm.died()

@@ -137,8 +137,21 @@ class QMPBackend:
             raise BackendError(f"{cmd}: {err}", command={"execute": cmd, "arguments": args},
                                reply=str(err)) from err
         except (QMPError, asyncio.CancelledError, EOFError, OSError) as err:
-            raise BackendError(f"{cmd}: connection lost ({err.__class__.__name__})",
+            why = self._lost_why()
+            raise BackendError(f"{cmd}: connection lost ({err.__class__.__name__})"
+                               + (f": {why}" if why else ""),
                                command={"execute": cmd, "arguments": args}) from err
+
+    def _lost_why(self) -> str | None:
+        """Why the connection went (QEMU's exit and last words, from :attr:`lost_reason`),
+        or None when nobody can say."""
+        if self.lost_reason is None:
+            return None
+        try:
+            return self.lost_reason()
+        except Exception:  # noqa: BLE001 - the cause is a courtesy; the error stands
+            log.debug("lost_reason failed", exc_info=True)
+            return None
 
     def block_jobs(self) -> list[JobInfo]:
         return [JobInfo.from_qmp(d) for d in self.execute("query-block-jobs")]

@@ -155,6 +155,9 @@ def guest_dev(index: int) -> str:
 BLOCKDEV_CACHE = {"none": True, "writeback": False}
 
 TMP_PREFIX = "kvmlab-vm-"
+#: seconds a wait on the console gives its reader, once QEMU has exited, to deliver the
+#: last lines before it says QEMU exited
+CONSOLE_DRAIN_S = 2.0
 
 
 def exit_text(returncode: int) -> str:
@@ -270,6 +273,7 @@ class Machine:
                            "'kvmlab guest build --force'")
         self._agent: GuestAgent | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._exit_seen: float | None = None   #: when a wait first saw QEMU gone
         self._tmpdir: str | None = None
         self._backend: Backend | None = None
         self._qmp: QMPBackend | None = None
@@ -592,6 +596,14 @@ class Machine:
                 return None
         if code is None:
             return None
+        if self._console is not None and not self._console.records.closed:
+            # QEMU is gone but its last console lines (a verify guest's verdict, written
+            # just before it powered off) may still be on their way to the reader: give
+            # it up to CONSOLE_DRAIN_S to reach the end of the stream, so that a wait
+            # finds them before it gives up
+            self._exit_seen = self._exit_seen or time.monotonic()
+            if time.monotonic() - self._exit_seen < CONSOLE_DRAIN_S:
+                return None
         return exit_text(code) + self._console_tail()
 
     def _console_tail(self, lines: int = 3) -> str:
@@ -617,14 +629,16 @@ class Machine:
         return check
 
     def _death_cause(self) -> str | None:
-        """Why the monitor went away: QEMU's exit (waited for up to 1 s, as the socket
-        closes a moment before the process is reaped), else None."""
+        """Why the monitor went away: QEMU's exit with its last stderr line (:meth:`died`;
+        waited for up to 1 s, as the socket closes a moment before the process is reaped),
+        else None."""
         if self._proc is None:
             return None
         try:
-            return exit_text(self._proc.wait(1.0))
+            self._proc.wait(1.0)
         except subprocess.TimeoutExpired:
             return "QMP connection lost while QEMU still runs"
+        return self.died()
 
     def died(self) -> str | None:
         """If QEMU was launched and has exited: how, with the last line it wrote to stderr
