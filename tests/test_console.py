@@ -100,11 +100,14 @@ def _exited_vm(stream: "object") -> "tuple[object, object]":
     console reads *stream*: what a wait sees when the verify guest powers off."""
     import subprocess
 
+    from pathlib import Path
+
+    from kvmlab.guest.build import Guest
     from kvmlab.guest.console import Console
     from kvmlab.vm.machine import Machine
     proc = subprocess.Popen(["true"])
     proc.wait()
-    vm = Machine()
+    vm = Machine(guest=Guest(Path("vmlinuz"), Path("initrd.img"), {}))   # never booted
     console = Console(stream)  # type: ignore[arg-type]
     vm._proc, vm._console = proc, console    # (a test may look inside)
     return vm, console
