@@ -99,7 +99,6 @@ def _exited_vm(stream: "object") -> "tuple[object, object]":
     """A Machine whose QEMU has exited (a real process that ran and ended) and whose
     console reads *stream*: what a wait sees when the verify guest powers off."""
     import subprocess
-
     from pathlib import Path
 
     from kvmlab.guest.build import Guest
