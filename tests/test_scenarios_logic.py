@@ -228,3 +228,23 @@ def test_a_cancel_lands_a_moment_after_it_is_sent() -> None:
     assert m.dirs == {"/wl/d1"} and not in_flight
     m, in_flight = synced_manifest(_VM(recs), until=2.0, settled=2.5)
     assert not m.dirs and m.unknown == {"/wl/d1"} and len(in_flight) == 1
+
+
+def test_a_write_repeated_after_a_reboot_is_in_flight_until_its_own_op_line() -> None:
+    """After a reboot the guest's workload counts from 1 again: its dd of w1.bin cut short
+    is in flight, although the same (op, path, n) was confirmed before the reboot (the
+    copy holds new, old or torn data there); once confirmed, the new data is expected."""
+    from kvmlab.events import Record
+
+    def rec(name: str, mono: float, **data: Any) -> Record:
+        return Record(name, {"n": 1, "t": mono, **data}, mono)
+
+    recs = [rec("begin", 1.0, op="dd", path="/wl/w1.bin"),
+            rec("op", 1.1, op="dd", path="/wl/w1.bin", sha256="a" * 64),
+            Record("boot", {"t": 2.0}, 2.0),                             # the reboot
+            rec("begin", 3.0, op="dd", path="/wl/w1.bin"),
+            rec("op", 4.0, op="dd", path="/wl/w1.bin", sha256="c" * 64)]
+    m, in_flight = synced_manifest(_VM(recs), until=3.5)
+    assert m.unknown == {"/wl/w1.bin"} and not m.files and len(in_flight) == 1
+    m, in_flight = synced_manifest(_VM(recs), until=4.5)
+    assert m.files == {"/wl/w1.bin": "c" * 64} and not in_flight and not m.unknown

@@ -259,9 +259,16 @@ def synced_manifest(vm: Machine, base: Manifest | None = None, until: float | No
                if {"op", "path", "n", "t"} <= set(r.data) and r.data.get("disk", "vda") == disk]
     before = [r for r in records if until is None or r.mono < until]
     done = [dict(r.data) for r in before if r.name == "op" and "sha256" in r.data]
-    begun = [dict(r.data) for r in before if r.name == "begin"]
-    confirmed = {(o["op"], o["path"], o.get("n")) for o in done}
-    in_flight = [b for b in begun if (b["op"], b["path"], b.get("n")) not in confirmed]
+    # a begin is confirmed by the next op line of the same operation, not by any: after a
+    # reboot the workload counts from 1 again and repeats earlier (op, path, n) triples
+    pending: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in before:
+        key = (r.data["op"], r.data["path"], r.data.get("n"))
+        if r.name == "begin":
+            pending[key] = dict(r.data)
+        elif r.name == "op":
+            pending.pop(key, None)
+    in_flight = list(pending.values())
     if until is not None and settled is not None:
         in_flight += [dict(r.data) for r in records
                       if r.name == "begin" and until <= r.mono < settled]

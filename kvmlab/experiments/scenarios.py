@@ -141,8 +141,11 @@ class _Ctx:
         if not self.verify:
             return {"copy_verifies": None}
         got = verify_image(self.lab, target, manifest)
-        return {"copy_verifies": got["verify_pass"], "checked": got["checked"],
-                "bad": got["bad"]}
+        out = {"copy_verifies": got["verify_pass"], "checked": got["checked"],
+               "bad": got["bad"]}
+        if got["bad_items"]:            # which paths, so a failed verdict says where
+            out["bad_items"] = got["bad_items"][:5]
+        return out
 
 
 
