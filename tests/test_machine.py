@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kvmlab import paths
-from kvmlab.errors import BadInput, GuestNotBuilt, KvmlabError, LaunchError
+from kvmlab.errors import BadInput, ConnectionLost, GuestNotBuilt, LaunchError
 from kvmlab.guest.build import Guest
 from kvmlab.qemu import images
 from kvmlab.store.tmpdirs import reap_stale_tmpdirs
@@ -243,7 +243,7 @@ def test_qemu_killed_by_sigkill(disk: Path) -> None:
         vm.wait_guest("boot", timeout=60)
         assert vm.died() is None
         vm.kill(signal.SIGKILL)
-        with pytest.raises(KvmlabError) as lost:
+        with pytest.raises(ConnectionLost) as lost:
             for _ in range(50):  # a QMP command soon fails (it does not hang), saying why
                 vm.backend.block_jobs()
                 time.sleep(0.1)
@@ -358,8 +358,6 @@ def test_waits_fail_at_once_when_qemu_dies(disk: Path) -> None:
     """QEMU killed during wait_ready (and wait_done): the wait ends within a second with
     the real cause, not after its timeout with 'connection lost'."""
     import threading
-
-    from kvmlab.errors import ConnectionLost
 
     with Machine(disk, accel="tcg") as vm:
         pid, tmp = vm.pid, vm.tmpdir

@@ -16,7 +16,7 @@ from qemu.qmp.qmp_client import ExecuteError
 from kvmlab._aio import LoopThread
 from kvmlab.backends.base import JobsCallback
 from kvmlab.backends.qmp_client import JobSampler, LazyLogQMPClient
-from kvmlab.errors import BackendError, LaunchError, StateError
+from kvmlab.errors import BackendError, ConnectionLost, LaunchError, StateError
 from kvmlab.events import Record, RecordLog
 from kvmlab.model import DriveInfo, JobInfo, MirrorSpec
 
@@ -127,7 +127,8 @@ class QMPBackend:
 
     # -- commands -----------------------------------------------------------------
     def execute(self, cmd: str, args: dict[str, Any] | None = None, timeout: float = 60) -> Any:
-        """Run one QMP command; QMP errors become BackendError (one line)."""
+        """Run one QMP command; QMP errors become BackendError (one line), a monitor gone
+        ConnectionLost (saying how QEMU died, when it did)."""
         if self._closed:
             raise StateError(f"QMP connection closed; cannot run {cmd}")
         try:
@@ -138,9 +139,9 @@ class QMPBackend:
                                reply=str(err)) from err
         except (QMPError, asyncio.CancelledError, EOFError, OSError) as err:
             why = self._lost_why()
-            raise BackendError(f"{cmd}: connection lost ({err.__class__.__name__})"
-                               + (f": {why}" if why else ""),
-                               command={"execute": cmd, "arguments": args}) from err
+            raise ConnectionLost(f"{cmd}: connection lost ({err.__class__.__name__})"
+                                 + (f": {why}" if why else ""),
+                                 command={"execute": cmd, "arguments": args}) from err
 
     def _lost_why(self) -> str | None:
         """Why the connection went (QEMU's exit and last words, from :attr:`lost_reason`),
