@@ -112,7 +112,7 @@ def _wait(lab: LabRun, job: Job, timeout: float) -> tuple[float | None, float | 
             raise JobError(f"{job.id}: gone before READY")
         out = pred.add(time.monotonic() - t0, info.offset, info.len, ready=info.ready,
                        paused=info.paused, status=info.status, speed=info.speed,
-                       active=job.copy_mode == "write-blocking")
+                       active=job.active)
         text = out.text()
         if out.state == "diverging" and diverging_s is None:
             diverging_s = time.monotonic() - t0

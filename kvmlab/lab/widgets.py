@@ -446,8 +446,7 @@ class MirrorPanel(w.VBox):
         job = self.session.job if self.session is not None else None
         out = self._predictor.add(time.monotonic(), info.offset, info.len, ready=info.ready,
                                   paused=info.paused, status=info.status,
-                                  speed=info.speed, active=job is not None
-                                  and job.copy_mode == "write-blocking")
+                                  speed=info.speed, active=job is not None and job.active)
         self.outlook = out
         self.numbers.value = (
             f"offset {info.offset / MIB:.1f} / len {info.len / MIB:.1f} MiB &nbsp;|&nbsp; "

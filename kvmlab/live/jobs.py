@@ -163,6 +163,13 @@ class Job:
         return self._event(END_EVENTS)
 
     @property
+    def active(self) -> bool:
+        """The job copies in write-blocking mode now (every guest write waits for the
+        target), so its backlog, not its offset, says how it fares (the predictor's
+        ``active``)."""
+        return self.copy_mode == "write-blocking"
+
+    @property
     def is_ready(self) -> bool:
         """Ready per the READY event (or ``ready`` in query-block-jobs) and not ended."""
         if self.ended is not None:
@@ -237,14 +244,14 @@ class Job:
             self.outlook = out = pred.add(now - t0, info.offset, info.len, ready=info.ready,
                                           paused=info.paused, status=info.status,
                                           speed=info.speed,
-                                          active=self.copy_mode == "write-blocking")
+                                          active=self.active)
             if stall_timeout is not None and now - moved_at >= stall_timeout:
                 raise JobStalled(f"{self.id}: no progress for {now - moved_at:.0f} s "
                                  f"({info.offset / 2**20:.1f} of {info.len / 2**20:.1f} MiB "
                                  "copied); gave up (stall_timeout)")
             if out.state != "diverging":
                 continue
-            if switch_when and self.switched_at is None and self.copy_mode != "write-blocking":
+            if switch_when and self.switched_at is None and not self.active:
                 self.change(copy_mode="write-blocking")      # resets pred (next sample)
                 self.switched_at = now
                 if mark is not None:

@@ -246,15 +246,18 @@ class Predictor:
         typical = gaps[len(gaps) // 2] if gaps else 0.0
         return max(self.long_window, 3 * self.patience * typical)
 
+    def _long_full(self) -> bool:
+        """The long window holds (nearly) its whole span: enough to judge a trend by."""
+        rows = self._long
+        return len(rows) >= 2 and rows[-1][0] - rows[0][0] >= self._long_span() * 0.95
+
     def busy_share(self) -> float | None:
         """How busy the job was over the long window: bytes copied per second as a share of
         its speed limit (None: no limit, or the window is not yet full)."""
         rows = self._long
-        if not self._speed or len(rows) < 2:
+        if not self._speed or not self._long_full():
             return None
         span = rows[-1][0] - rows[0][0]
-        if span < self._long_span() * 0.95:
-            return None
         copy = rates.latest([r[0] for r in rows], [r[1] for r in rows], span) or 0.0
         return max(0.0, copy) / self._speed
 
@@ -262,10 +265,9 @@ class Predictor:
         """``diverging``: over the long window the backlog did not fall, and the job copied
         at its limit (under a speed limit) or, without one, the backlog stayed large;
         ``hovering``: without a limit, near zero for the hover limit; else None."""
-        rows = self._long
-        span = rows[-1][0] - rows[0][0] if len(rows) >= 2 else 0.0
-        if span < self._long_span() * 0.95:
+        if not self._long_full():
             return None
+        rows = self._long
         copied = rows[-1][1] - rows[0][1]
         fell = (rows[0][2] - rows[0][1]) - (rows[-1][2] - rows[-1][1])
         if fell > self.fall * copied:
@@ -287,8 +289,7 @@ class Predictor:
         bytes at the window's start): ``diverging`` when it grew over the long window,
         ``stalled`` when it fell by less than :attr:`progress` over the short one."""
         rows = self._long
-        if len(rows) >= 2 and rows[-1][0] - rows[0][0] >= self._long_span() * 0.95 \
-                and remaining - (rows[0][2] - rows[0][1]) >= self.progress:
+        if self._long_full() and remaining - (rows[0][2] - rows[0][1]) >= self.progress:
             return "diverging"
         if remaining < self.progress or before - remaining >= self.progress:
             return "converging"            # about to be ready, or the backlog falls

@@ -420,6 +420,7 @@ class Machine:
 
     def _pre_launch(self) -> None:
         """Choose the accelerator, make the private temp dir, write the manifest."""
+        self._exit_seen = None                 # (the console drain's clock is per launch)
         self._accel_wanted = self._resolve_accel()
         if self.trace is not None:
             self.trace.create()
