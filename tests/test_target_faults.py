@@ -142,9 +142,13 @@ def test_target_fault(fault: str, policy: str, behaviour: str, steps: list[str],
     mid = causes.cause_at(held, (w["start"] + w["end"]) / 2)
     if fault == "nbd_suspend":
         assert mid == "target", held
-        # the stop (marked right after the SIGSTOP) lies in the onset interval
+        # the stop (marked right after the SIGSTOP) lies in the onset interval.  A request
+        # that went out just before the stop is left unanswered too, and beside another
+        # timing test the target took up to 30 ms to answer: the interval's end (the last
+        # such request plus the slowest answer of the 2 s before) may fall that much short;
+        # 50 ms, as in test_trace's onset test (one run: 26 ms after 2 idle seconds)
         lo, hi = causes.outage_onset_interval(held)
-        assert lo - 0.02 <= w["start"] <= hi + 0.02, (lo, hi, w["start"])
+        assert lo - 0.02 <= w["start"] <= hi + 0.05, (lo, hi, w["start"])
     elif fault == "throttle":
         assert mid == "throttled", held
     elif behaviour == "paused":                   # stopped by on-target-error
