@@ -193,7 +193,9 @@ def test_nbdkit_faults_are_found_with_their_cause(fault: str, policy: str,
         # each 256 KiB write waits half a second for the link: the target, answering slowly
         assert v["behaviour"] == "slowed" and "target" in found, (v, held)
         # 5 s at 512 KiB/s, plus the filter's 2 s burst and a moment to read its new rate
-        assert v["fault_bytes_copied_in_window"] <= 5 * (512 << 10) + (3 << 20), v
+        # (under [rest]'s load that moment let 6.5 MiB through in one run of 7); a rate never
+        # applied would let the rest of the 16 MiB through
+        assert v["fault_bytes_copied_in_window"] <= 5 * (512 << 10) + (5 << 20), v
         assert (inside.loc[inside["cause"] == "target", "latency_ms"] >= 250).all(), held
     else:
         assert v["error_events"] >= 1 and v["error_actions"] == [policy], v
