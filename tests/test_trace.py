@@ -281,7 +281,10 @@ def test_throttle_on_qemu_10_is_throttled(opts: RunOptions) -> None:
     assert json.loads((r.run_path / "run.json").read_text())["params"]["trace"] == "default"
 
 
+# solo: beside a second timing test an answer took over 50 ms and the interval came out
+# 179 ms wide against the 127 ms gap + 50 ms allowed (97d8304's run)
 @pytest.mark.timing
+@pytest.mark.solo
 @pytest.mark.qemu
 @pytest.mark.parametrize("qemu", ["system", "10.0"])
 def test_the_onset_interval_holds_the_true_stop_at_any_phase(qemu: str, opts: RunOptions) -> None:
