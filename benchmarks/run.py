@@ -385,7 +385,7 @@ BUFFER_GRID = [(buf, gran) for buf in (1 * MIB, 8 * MIB, 32 * MIB) for gran in (
 
 def bench_throughput(tmp: Path, smoke: bool) -> dict[str, Any]:
     reps = 1 if smoke else 3
-    fill = 48 if smoke else 1024
+    fill = 16 if smoke else 1024
     src = tmp / "big.qcow2"
     images.make_guest_disk(src, fill + fill // 2 + 16, fill_mib=fill)
     convert = []
@@ -401,7 +401,8 @@ def bench_throughput(tmp: Path, smoke: bool) -> dict[str, Any]:
     with Machine(src) as vm:
         vm.wait_guest("ready", timeout=120)
         search = {}
-        for buf, gran in BUFFER_GRID:  # the buffers sweep's grid, one run each, to pick from
+        # the buffers sweep's grid, one run each, to pick from (smoke: its first two)
+        for buf, gran in BUFFER_GRID[:2] if smoke else BUFFER_GRID:
             search[(buf, gran)] = _fresh_mirror(vm, tmp / "t.qcow2", buf_size=buf,
                                                 granularity=gran)
         best = min(search, key=lambda k: search[k])
@@ -730,7 +731,8 @@ def bench_predictor(tmp: Path, smoke: bool) -> dict[str, Any]:
     the sets again is ``python benchmarks/predictor.py record <set>`` (about 10 min each)."""
     import predictor as held
     out: dict[str, Any] = {}
-    for name in held.SETS:
+    # smoke: the tuning set, scored with today's settings and with the patience setting
+    for name in ("tuning",) if smoke else held.SETS:
         if not any(held.folder(name).rglob("run.json")):
             out[name] = "not recorded"
             continue
@@ -748,7 +750,7 @@ def bench_predictor(tmp: Path, smoke: bool) -> dict[str, Any]:
                 f"{r.qemu} {r.workload_kib} KiB at {r.workload_rate_kib_s:g} KiB/s, limit "
                 f"{int(str(r.speed)) // 1024} KiB/s": _scored(r) for r in table.itertuples()}
     for patience in ((2.0,) if smoke else (0.5, 2.0)):
-        for name in ("development", "evaluation"):
+        for name in ("tuning",) if smoke else ("development", "evaluation"):
             if any(held.folder(name).rglob("run.json")):
                 s = held.score(name, patience=patience)[1]
                 out[f"{name}_patience_{patience:g}"] = {k: s[k] for k in (
@@ -1071,7 +1073,7 @@ def bench_memory(tmp: Path, smoke: bool) -> dict[str, Any]:
     takes rows), against the same feed with every row kept, as the recorder held them
     before its live window; and a 1-hour run at 10 Hz with the panel's live plot redrawn
     from the recorder's live window every 10 s of the run (``panel_*``)."""
-    hours = 0.05 if smoke else 1.0
+    hours = 0.02 if smoke else 1.0
     out: dict[str, Any] = {"hours": hours, "hz": 100, "rows": int(hours * 3600 * 100)}
     for name, hz in (("window", 100), ("all_rows_kept", 100), ("panel", 10)):
         rows = int(hours * 3600 * hz)

@@ -30,7 +30,7 @@ def _check(b: dict[str, Any]) -> None:
         assert b["predictor"]["tuning"]["runs"] == 16
     if "memory" in b:
         mem = b["memory"]
-        assert mem["rows"] == 18000 and mem["all_rows_kept_rss_growth_mb"] > 0
+        assert mem["rows"] == 7200 and mem["all_rows_kept_rss_growth_mb"] > 0
         assert "panel_rss_growth_mb_per_hour" in mem
     if "real_size" in b:
         rs = b["real_size"]

@@ -4,12 +4,14 @@ why, sweep axes with units and an "unlimited" speed.  On runs recorded from real
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
 
 from kvmlab import plots  # noqa: E402
 from kvmlab.store.runs import load_run  # noqa: E402
@@ -87,3 +89,41 @@ def test_live_plot_keeps_the_users_zoom_across_refreshes() -> None:
     assert live.ax.get_xlim() == (2.0, 4.0) and live.zoomed
     assert live.value[:4] == b"\x89PNG"
     live.close()
+
+
+def test_a_notebook_shows_the_dashboard_it_saved_without_drawing_it_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under the inline backend (papermill, nbconvert) show_run displays dashboard.png as
+    written (the inline backend would render the same 100 dpi trimmed PNG again); under
+    any other backend (ipympl's interactive figure, a script) it draws the figure."""
+    import shutil
+    from types import SimpleNamespace
+
+    from kvmlab.lab import notebook
+
+    shutil.copytree(DATA / "stall-set-speed", tmp_path / "r")
+    result: Any = SimpleNamespace(data=load_run(tmp_path / "r"))
+    drawn: list[object] = []
+    shown: list[object] = []
+    real = plots.dashboard
+
+    def counted(*args: object, **kw: object) -> object:
+        drawn.append(args)
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(plots, "dashboard", counted)
+    monkeypatch.setattr(notebook, "_display", shown.append)
+    monkeypatch.setattr(matplotlib, "get_backend",
+                        lambda: "module://matplotlib_inline.backend_inline")
+    notebook.show_run(result)
+    images: list[Any] = [o for o in shown if type(o).__name__ == "Image"]
+    assert len(drawn) == 1 and len(images) == 1
+    assert images[0].data == (tmp_path / "r" / "dashboard.png").read_bytes()
+    assert not plt.get_fignums()
+
+    monkeypatch.setattr(matplotlib, "get_backend", lambda: "agg")
+    drawn.clear()
+    shown.clear()
+    notebook.show_run(result)
+    assert len(drawn) == 2 and not [o for o in shown if type(o).__name__ == "Image"]
+    plt.close("all")

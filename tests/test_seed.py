@@ -41,17 +41,17 @@ def _lock_is_free() -> bool:
         os.close(fd)
 
 
-@pytest.mark.long(4)
+@pytest.mark.long(1.5)
 @pytest.mark.skipif("10.0" not in builds.names(), reason="make qemu-builds installs 10.0")
 def test_seed_on_two_builds_writes_the_lab_note(tmp_path: Path) -> None:
     out = tmp_path / "seed"
     # a case for each way the note shows a claim: a copy with its dashboard (E1), a pivot
-    # and its display (E4, E4b: a claim the seed's build saw otherwise), a question of
-    # kvmlab's own with a table and a chart per build (Q4: the mirror beside backup).  Each
-    # other case (E6, the consistency study...) runs in its own experiment's test, and every
-    # claim's judge on recorded runs of the whole suite on both builds in the pure tier
+    # and its display (E4, E4b: a claim the seed's build saw otherwise).  Each other case
+    # (E6, the consistency study, the snapshot methods...) runs in its own experiment's test,
+    # and every claim's judge and kvmlab's own questions (Q4 with a table and a chart per
+    # build) are read on recorded runs of the whole suite on both builds in the pure tier
     # (tests/test_labnote.py).
-    cases = ["E1", "E4 paused", "E4 running", "S mirror", "S backup"]
+    cases = ["E1", "E4 paused", "E4 running"]
     assert set(cases) <= set(SEED_SUITE)
     asked = labnote.claims_for(cases)
     res = subprocess.run([*KVMLAB, "seed", "--qemu", "system,10.0", "--workers", "2",
@@ -61,19 +61,18 @@ def test_seed_on_two_builds_writes_the_lab_note(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     # it talks: what it runs, then a verdict per build
     n_seed = len([c for c in asked if not c.own])
-    assert "kvmlab seed: 10 runs (5 cases on system (QEMU 7.2" in res.stderr
+    assert "kvmlab seed: 6 runs (3 cases on system (QEMU 7.2" in res.stderr
     assert "QEMU 10.0: " in res.stderr and f"of the seed's {n_seed} claims agree" in res.stderr
-    assert "kvmlab's own questions: " in res.stderr
+    assert "kvmlab's own questions" not in res.stderr        # none asked
     assert f"lab note: {out / 'labnote.html'}" in res.stdout
     points = [json.loads(p.read_text()) for p in out.glob("points/*/point.json")]
-    assert len(points) == 10 and all(p["status"] == "done" for p in points)
+    assert len(points) == 6 and all(p["status"] == "done" for p in points)
 
     soup = BeautifulSoup((out / "labnote.html").read_text(), "html.parser")
     assert not soup.select(".jp-InputArea, .input_area, pre code")       # no code
     claims = soup.select("section.claim")
     assert len(claims) == n_seed
-    own = soup.select("section.question")          # kvmlab's own, apart from the seed's
-    assert len(own) == len([c for c in asked if c.own])
+    assert not [c for c in asked if c.own] and not soup.select("section.question")
     by_key = {c.h2.get_text().split(". ", 1)[1].split(":")[0]: c for c in claims}
     assert set(by_key) == {c.key for c in asked if not c.own}
     for key, sec in by_key.items():
@@ -96,17 +95,12 @@ def test_seed_on_two_builds_writes_the_lab_note(tmp_path: Path) -> None:
     no_samples = [li for li in soup.select("section.claim li")
                   if "ended before the first sample" in li.get_text()]
     assert len(imgs) + len(no_samples) == 2 * 3
-    # kvmlab's own questions; Q4 with the snapshot methods' table and chart per build
-    q4 = next(q for q in own if q.h2.get_text().split(". ", 1)[1].startswith("Q4"))
-    assert len(q4.select("figure img")) == 2 and len(q4.select("table")) == 2
-    q4_text = q4.select_one(".verdict").get_text(" ")
-    assert "mirror" in q4_text and "backup" in q4_text and "What the numbers recommend" in q4_text
-    assert "snapshot 0 of" not in q4_text and "snapshot 1 of" not in q4_text
     summary = soup.select_one("section.summary table").get_text(" ")
     assert "E4b" in summary and "not reproduced" in summary
 
     text = subprocess.run(["pdftotext", str(tmp_path / "note.pdf"), "-"], capture_output=True,
                           text=True, check=True).stdout
+    text = " ".join(text.split())               # the PDF's lines wrap where its layout does
     assert "Is a mirror a good snapshot of a running VM?" in text and "E4b: after complete" in text
 
 

@@ -14,8 +14,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import matplotlib.pyplot as plt
 import pandas as pd
+from IPython.display import Image
 from IPython.display import display as _display
 
 from kvmlab import analysis, plots
@@ -73,8 +75,13 @@ def show_run(result: ExperimentResult, log: bool = False) -> None:
     print("accelerator:", run.meta.get("accel"), "| guest kernel:", run.meta.get("guest_kernel"))
     display(pd.Series(analysis.summarize(run), name="value", dtype=object).to_frame())
     plots.save_all(run, log=log)
-    plots.dashboard(run, log=log)
-    plt.show()
+    if "inline" in matplotlib.get_backend():
+        # the inline backend would draw the dashboard again, into the PNG save_all has just
+        # written (the same 100 dpi, trimmed): shown from the file, it is drawn once
+        display(Image(filename=str(run.path / "dashboard.png")))
+    else:                                    # an interactive figure (ipympl), a script
+        plots.dashboard(run, log=log)
+        plt.show()
 
 
 def show_progress(run: RunData, rows: int = 20) -> None:
