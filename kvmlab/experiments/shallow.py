@@ -103,6 +103,7 @@ def shallow_existing(*, image_mib: int = 64, base_fill_mib: int = 24, pre_writes
             rec.mark(marks.CANCEL, job="drive0")
             vm.hmp("block_job_cancel drive0")
             shallow = job.wait_done(60)
+            t_settled = time.monotonic()      # the job ended: the cut took effect before this
             shallow_ttr = ready.mono - t0
             # the three side by side, each cancelled at ready, in a rotating order (the
             # seed's copy above ran on past ready, so its bytes are not comparable)
@@ -122,7 +123,9 @@ def shallow_existing(*, image_mib: int = 64, base_fill_mib: int = 24, pre_writes
         per_rep = table.pivot(index="rep", columns="variant", values="ready_s")
         time_ratios = (per_rep["full"] / per_rep["-n"]).dropna()
         bytes_rep = table.pivot(index="rep", columns="variant", values="bytes")
-        manifest, in_flight = synced_manifest(vm, base_manifest, until=t_cut)
+        # an operation begun between the cancel and the job's end may be in the copy or not
+        manifest, in_flight = synced_manifest(vm, base_manifest, until=t_cut,
+                                              settled=t_settled)
         checked = verify_image(lab, tgt, manifest)
         n_bytes = med_bytes["-n"]
         bytes_ratio = full_bytes / n_bytes if n_bytes else None
