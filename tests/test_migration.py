@@ -35,7 +35,10 @@ def test_a_busy_vm_and_its_disks_move_to_a_second_qemu(opts: RunOptions) -> None
     run = load_run(res.run_path)
     series = pd.read_parquet(res.run_path / MIGRATION_FILE)
     assert len(series) >= 2 and series["status"].iloc[-1] == "completed"
-    assert series["ram_transferred"].is_monotonic_increasing
+    # (a sample taken while the migration was still in setup has no RAM figures yet: seen
+    # with six of these tests at once on 2 cores)
+    ram = series["ram_transferred"]
+    assert ram.notna().sum() >= 2 and ram.dropna().is_monotonic_increasing
     names = list(run.events["name"])
     # the mirrors started at one point (the source stopped around the starts: a stop and a
     # cont before migrate); the destination continues after the handover
