@@ -349,7 +349,7 @@ def bench_recording_overhead(tmp: Path, smoke: bool) -> dict[str, Any]:
     watch shows most here: the worst case."""
     reps = 1 if smoke else 25
     fill = 16 if smoke else 1024
-    ram = owned_tmpdir("kvmlab-bench-", Path("/dev/shm"))     # reaped if we are killed
+    ram = owned_tmpdir("kvmlab-bench-", paths.ram_dir())     # reaped if we are killed
     configs = ["none", "10hz", "100hz", "cpu_100hz", "none_again"]
     times: dict[str, list[float]] = {key: [] for key in configs}
     try:
@@ -604,7 +604,7 @@ def bench_trace(tmp: Path, smoke: bool) -> dict[str, Any]:
     # per rep no longer spans the 3 % the target is about
     reps = 1 if smoke else 25
     fill = 16 if smoke else 2048
-    ram = owned_tmpdir("kvmlab-bench-", Path("/dev/shm"))
+    ram = owned_tmpdir("kvmlab-bench-", paths.ram_dir())
     times: dict[str, list[float]] = {"off": [], "on": []}
     out: dict[str, Any] = {}
     try:

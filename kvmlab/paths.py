@@ -1,4 +1,4 @@
-"""Where kvmlab keeps its files: the data folder, the guest, runs, scratch images."""
+"""Where kvmlab keeps its files: the data folder, the guest, runs, scratch images, RAM."""
 
 from __future__ import annotations
 
@@ -36,3 +36,11 @@ def scratch_dir() -> Path:
     """
     env = os.environ.get("KVMLAB_SCRATCH")
     return Path(env).resolve() if env else data_dir() / "scratch"
+
+
+def ram_dir() -> Path:
+    """Where kvmlab makes its owned dirs in RAM (the benchmarks' images, E6's moved source),
+    which the reaper also searches: ``/dev/shm``.  ``$KVMLAB_RAM`` overrides (a test
+    session gives each worker its own, so that one worker's reaper never sees another's)."""
+    env = os.environ.get("KVMLAB_RAM")
+    return Path(env).resolve() if env else Path("/dev/shm")

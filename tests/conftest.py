@@ -40,9 +40,11 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 SESSION_TOKEN = f"KVMLAB_TEST_SESSION={uuid.uuid4().hex}"
 os.environ["KVMLAB_TEST_SESSION"] = SESSION_TOKEN.split("=", 1)[1]
 
-# Each test session (each xdist worker is one) has a temp dir and a scratch folder of its
-# own: its leak check, its reaper and the tests that look for leftovers there see only what
-# this session made, not another worker's or another kvmlab's on the same machine.
+# Each test session (each xdist worker is one) has a temp dir, a RAM dir and a scratch
+# folder of its own: its leak check, its reaper and the tests that look for leftovers there
+# see only what this session made, not another worker's or another kvmlab's on the same
+# machine (a kvmlab run in one worker reaps the dirs of a benchmark another worker's test
+# has just killed, before that test can see them left behind).
 # (The temp dir is sticky and open to all, like /tmp: the tests of what another local user
 # can plant there need that.)  Tests importing this module again reuse the session's.
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
@@ -55,8 +57,11 @@ if os.environ.get("KVMLAB_TEST_TMP_PID") != str(os.getpid()):
     tempfile.tempdir = None                 # gettempdir() reads TMPDIR again
     _scratch = paths.data_dir() / "scratch" / f"tests-{WORKER}-{os.getpid()}"
     os.environ["KVMLAB_SCRATCH"] = str(_scratch)
+    _ram = paths.ram_dir() / f"kvmlabtests-{WORKER}-{os.getpid()}"
+    _ram.mkdir(mode=0o700)
+    os.environ["KVMLAB_RAM"] = str(_ram)
     os.environ["KVMLAB_TEST_TMP_PID"] = str(os.getpid())
-    _WORKER_DIRS += [_tmp, _scratch]
+    _WORKER_DIRS += [_tmp, _scratch, _ram]
 
 
 #: the programs kvmlab starts: QEMU, and the fault injectors' daemons

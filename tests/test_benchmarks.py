@@ -14,8 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 # The smoke in three parts, so that the suite's workers share it.  The part with libvirt
-# and /dev/shm runs in the worker of the libvirt tests (their leak check counts every
-# kvmlab domain of the host) beside the kill test below, which watches /dev/shm.
+# runs in the worker of the libvirt tests (their leak check counts every kvmlab domain of
+# the host).
 PARTS = {
     "libvirt-shm": ("sample_cost", "recording_overhead", "trace"),
     "runs": ("throughput", "end_to_end", "sweep", "live_plot", "qemu_builds", "memory",
@@ -124,16 +124,18 @@ def _cmdlines_with(text: str) -> list[int]:
 
 
 @pytest.mark.qemu
-@pytest.mark.xdist_group("libvirt")
 def test_killed_benchmark_leaves_its_ram_dir_to_be_reaped(tmp_path: Path) -> None:
     """kill -9 of a benchmark while its QEMU runs from RAM: the QEMU dies with it, and the
-    /dev/shm dir it could not remove is reaped by the next kvmlab run (here: the call)."""
+    RAM dir it could not remove is reaped by the next kvmlab run (here: the call).  The
+    RAM dir is this worker's own, in /dev/shm (conftest): another worker's kvmlab run
+    cannot reap it first."""
     import signal
     import time
 
     from kvmlab import paths
     from kvmlab.store.tmpdirs import reap_stale_tmpdirs
-    shm = Path("/dev/shm")
+    shm = paths.ram_dir()
+    assert shm.parent == Path("/dev/shm") and shm.is_dir()
     before = set(shm.glob("kvmlab-bench-*"))
     scratch_before = set(paths.scratch_dir().glob("bench-*"))
     child = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke",

@@ -16,7 +16,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from kvmlab import trust
+from kvmlab import paths, trust
 from kvmlab.errors import Untrusted
 from kvmlab.store.runs import RunDir, mark_killed
 from kvmlab.store.tmpdirs import OWNER, RUN_FOLDER, owned_tmpdir, reap_stale_tmpdirs
@@ -105,6 +105,24 @@ def test_the_reaper_still_reaps_what_a_killed_run_of_ours_left(tmp_path: Path) -
     (d / OWNER).write_text(f"{dead_pid()}\n")
     assert d in reap_stale_tmpdirs()
     assert proof.exists() and not d.exists()
+
+
+def test_the_reaper_searches_the_ram_dir_it_is_given_and_no_other(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``$KVMLAB_RAM`` moves the RAM dir: a killed owner's dir there is reaped, and one in
+    another RAM dir (another worker's, another kvmlab's) is not looked at."""
+    mine, other = tmp_path / "ram-mine", tmp_path / "ram-other"
+    mine.mkdir(mode=0o700)
+    other.mkdir(mode=0o700)
+    monkeypatch.setenv("KVMLAB_RAM", str(other))
+    theirs = owned_tmpdir("kvmlab-bench-", paths.ram_dir())
+    monkeypatch.setenv("KVMLAB_RAM", str(mine))
+    ours = owned_tmpdir("kvmlab-bench-", paths.ram_dir())
+    for d in (theirs, ours):
+        (d / OWNER).write_text(f"{dead_pid()}\n")
+    reaped = reap_stale_tmpdirs()
+    assert ours.parent == mine and ours in reaped and theirs not in reaped
+    assert not ours.exists() and theirs.exists()
 
 
 def test_trust_refuses_symlinks_and_other_users_files(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from kvmlab import analysis
+from kvmlab import analysis, paths
 from kvmlab import experiments as ex
 from kvmlab.errors import BadInput, KvmlabError
 from kvmlab.experiments import ExperimentResult, scenarios
@@ -31,9 +31,9 @@ SEED_SUITE: dict[str, tuple[Callable[..., ExperimentResult], dict[str, Any]]] = 
     "E4 paused": (ex.pivot, {"paused": True}),
     "E4 running": (ex.pivot, {"paused": False}),
     "E5": (ex.double_pivot, {}),
-    # the seed moved the old image to another file system: tmpfs here
-    "E6": (ex.remove_source, {"action": "move", **({"move_to": "/dev/shm"}
-                                                   if Path("/dev/shm").is_dir() else {})}),
+    # the seed moved the old image to another file system: tmpfs here (the RAM dir)
+    "E6": (ex.remove_source, {"action": "move", **({"move_to": str(paths.ram_dir())}
+                                                   if paths.ram_dir().is_dir() else {})}),
     "E7": (ex.shallow_existing, {}),
     # the consistency study for conclusions 2 and 3, one run per cache mode (so they run
     # side by side), each cutting `trials` copies with each cut (10 in kvmlab seed), interleaved

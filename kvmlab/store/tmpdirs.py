@@ -34,8 +34,6 @@ def _unmount_below(folder: Path) -> None:
         _proc.run_rc(["umount", "-l", m], timeout=30)
 
 
-#: besides the temp dir, where kvmlab makes owned dirs (the benchmarks' RAM disk)
-REAPED_PARENTS = (Path("/dev/shm"),)
 #: a command (JSON argv, never a shell line) the reaper runs before removing a dir: how to
 #: stop what its killed owner had started outside its own process tree (a libvirt domain)
 ON_REAP = "on-reap.json"
@@ -45,9 +43,9 @@ RUN_FOLDER = "run-folder"
 
 
 def _candidates() -> list[Path]:
-    """kvmlab-* dirs in the system's temp dirs; any dir in kvmlab's own scratch folder
-    (only if that folder is ours: :mod:`kvmlab.trust`)."""
-    found = [d for parent in (Path(tempfile.gettempdir()), *REAPED_PARENTS)
+    """kvmlab-* dirs in the temp dir and in the RAM dir (:func:`kvmlab.paths.ram_dir`); any
+    dir in kvmlab's own scratch folder (only if that folder is ours: :mod:`kvmlab.trust`)."""
+    found = [d for parent in (Path(tempfile.gettempdir()), paths.ram_dir())
              for d in parent.glob("kvmlab-*")]
     scratch = paths.scratch_dir()
     if scratch.is_dir():
@@ -146,7 +144,7 @@ def disown(folder: Path) -> None:
 
 def owned_tmpdir(prefix: str = "kvmlab-tmp-", parent: Path | None = None,
                  mode: int = 0o700) -> Path:
-    """A new temp dir (in the temp dir, or *parent*: one of the reaped parents) with
+    """A new temp dir (in the temp dir, or *parent*: the RAM dir, :func:`paths.ram_dir`) with
     ``owner.pid``, so that :func:`reap_stale_tmpdirs` removes it if we are killed; stale
     ones of killed runs are reaped first."""
     reap_stale_tmpdirs()
