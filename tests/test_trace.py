@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 
 from kvmlab import analysis, plots  # noqa: E402
 from kvmlab import experiments as ex  # noqa: E402
-from kvmlab.analysis import causes
+from kvmlab.analysis import causes, series
 from kvmlab.errors import BadInput  # noqa: E402
 from kvmlab.experiments.options import RunOptions  # noqa: E402
 from kvmlab.live import record
@@ -145,6 +145,35 @@ def test_recorded_throttle_on_qemu_10_is_throttled() -> None:
     w, held = _window_cause(run, "throttle")
     assert causes.cause_at(held, (w["start"] + w["end"]) / 2) == "throttled"
     assert not (held["cause"] == "target").any()
+
+
+def test_a_momentary_dip_of_len_is_not_a_guest_keeping_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recorded live (10.0, beside a second run): as the limit dropped, one sample's len
+    fell by two 256 KiB batches (their dirty bits cleared, not yet in flight) and rose
+    again.  Read raw, the backlog then did not fall below that sample for 2.1 s while the
+    copy advanced, and the window was judged ``dirtying``; the backlog without the dip
+    falls with every batch, and the window is the limit's."""
+    run = load_run(RUNS / "trace-throttle-10.0-len-dip")
+    js = series.job_samples(run.samples, "drive0")
+    ln = js["len"].to_numpy(dtype="int64")
+    dips = np.flatnonzero(ln < np.maximum.accumulate(ln))
+    assert len(dips) and (np.maximum.accumulate(ln)[dips] - ln[dips]).max() == 2 * 262144
+    w, held = _window_cause(run, "throttle")
+    assert causes.cause_at(held, (w["start"] + w["end"]) / 2) == "throttled", held
+    assert not (held["cause"] == "dirtying").any(), held
+    # the other outcome, on the same run: the dip read as it is
+    monkeypatch.setattr(series, "backlog",
+                        lambda j: (j["len"] - j["offset"]).to_numpy(dtype="int64"))
+    assert causes.cause_at(causes.classify(run), (w["start"] + w["end"]) / 2) == "dirtying"
+
+
+def test_the_backlog_keeps_lens_running_maximum_per_run_of_the_offset() -> None:
+    js = pd.DataFrame({"offset": [0, 100, 200, 300, 0, 50, 60],
+                       "len": [1000, 1000, 800, 1100, 500, 400, 900]})
+    # 800 is a dip (the job's total does not fall); the job runs again at offset 0 with its
+    # own, lower len, and its own dip
+    assert series.backlog(js).tolist() == [1000, 900, 800, 800, 500, 450, 840]
+    assert series.backlog(js.iloc[:0]).tolist() == []
 
 
 def test_a_target_answering_slowly_is_the_target_with_its_answer_time() -> None:

@@ -251,13 +251,14 @@ class JobTrace:
 
 
 def _backlog_periods(js: pd.DataFrame, min_duration: float, threshold: int) -> list[tuple[float, float]]:
-    """Stretches before READY of at least *min_duration* s in which len - offset did not
-    fall by *threshold* bytes while the offset advanced (the guest keeps up with the copy)."""
+    """Stretches before READY of at least *min_duration* s in which the backlog
+    (:func:`series.backlog`) did not fall by *threshold* bytes while the offset advanced
+    (the guest keeps up with the copy)."""
     if js.empty:
         return []
     t = js["t"].to_numpy(dtype="float64")
     off = js["offset"].to_numpy(dtype="int64")
-    rem = (js["len"] - js["offset"]).to_numpy(dtype="int64")
+    rem = series.backlog(js)
     ok = (~series.is_paused(js) & (js["status"] == "running")
           & ~js["ready"].fillna(False).astype(bool)).to_numpy() & (rem > 0)
     return [(float(t[i]), float(t[j]))

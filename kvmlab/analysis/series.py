@@ -89,6 +89,24 @@ def remaining(samples: pd.DataFrame, job: str | None = None) -> pd.Series:
                      index=s["t"].to_numpy(), name="remaining")
 
 
+def backlog(js: pd.DataFrame) -> np.ndarray:
+    """Bytes left to copy (len - offset) at each sample of one job (:func:`job_samples`),
+    len's momentary dips taken out.
+
+    While a job runs, its len (the bytes copied plus those dirty or in flight) never truly
+    falls: QEMU clears a batch's dirty bits before the batch is in flight, and a sample
+    taken in between (10.0 can sleep for its speed limit there) counts the batch nowhere.
+    Read as it is, such a dip makes the backlog seem to rise again by a batch afterwards,
+    as if the guest were keeping up.  So len is taken as its running maximum; a job run
+    again under the same id starts its offset again, and each run of the offset keeps its
+    own maximum."""
+    off = js["offset"].to_numpy(dtype="int64")
+    run = np.concatenate([[0], np.cumsum(np.diff(off) < 0)]) if len(off) else off
+    top = pd.Series(js["len"].to_numpy(dtype="int64")).groupby(run).cummax()
+    out: np.ndarray = top.to_numpy(dtype="int64") - off
+    return out
+
+
 def rates(samples: pd.DataFrame, job: str | None = None, window: float = 2.0) -> pd.DataFrame:
     """Copy rate (d offset/dt) and dirtying rate (d len/dt), bytes/s, each averaged over
     the trailing *window* seconds.
