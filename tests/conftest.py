@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,6 +120,26 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     for folder in [*_SHIMS, *_WORKER_DIRS]:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+#: where a failed test's run folders are kept (its temp dir goes with its session)
+FAILED_RUNS = paths.data_dir() / "test-artifacts" / "failed-runs"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A test that failed with recorded runs keeps them (consoles, samples, trace) in
+    :data:`FAILED_RUNS`, and its report says where: a flake seen once can be read later."""
+    outcome = yield
+    report = outcome.get_result()
+    runs = getattr(item, "funcargs", {}).get("runs")
+    if report.when != "call" or not report.failed or not isinstance(runs, Path) \
+            or not runs.is_dir() or not any(runs.iterdir()):
+        return
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in item.name)[:80]
+    dest = FAILED_RUNS / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{uuid.uuid4().hex[:6]}"
+    shutil.copytree(runs, dest, ignore=shutil.ignore_patterns("*.qcow2", "*.raw", "*.img"))
+    report.sections.append(("kept runs", f"this test's run folders: {dest}"))
 
 
 @pytest.hookimpl(tryfirst=True)             # before pytest-xdist reads the groups
