@@ -252,8 +252,8 @@ class JobTrace:
 
 def _backlog_periods(js: pd.DataFrame, min_duration: float, threshold: int) -> list[tuple[float, float]]:
     """Stretches before READY of at least *min_duration* s in which the backlog
-    (:func:`series.backlog`) did not fall by *threshold* bytes while the offset advanced
-    (the guest keeps up with the copy)."""
+    (:func:`series.backlog`, len's momentary dips taken out) did not fall by *threshold*
+    bytes while the offset advanced (the guest keeps up with the copy)."""
     if js.empty:
         return []
     t = js["t"].to_numpy(dtype="float64")

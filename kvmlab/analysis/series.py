@@ -89,21 +89,28 @@ def remaining(samples: pd.DataFrame, job: str | None = None) -> pd.Series:
                      index=s["t"].to_numpy(), name="remaining")
 
 
-def backlog(js: pd.DataFrame) -> np.ndarray:
+def backlog(js: pd.DataFrame, window: float = 1.0) -> np.ndarray:
     """Bytes left to copy (len - offset) at each sample of one job (:func:`job_samples`),
     len's momentary dips taken out.
 
-    While a job runs, its len (the bytes copied plus those dirty or in flight) never truly
-    falls: QEMU clears a batch's dirty bits before the batch is in flight, and a sample
-    taken in between (10.0 can sleep for its speed limit there) counts the batch nowhere.
-    Read as it is, such a dip makes the backlog seem to rise again by a batch afterwards,
-    as if the guest were keeping up.  So len is taken as its running maximum; a job run
-    again under the same id starts its offset again, and each run of the offset keeps its
-    own maximum."""
+    QEMU clears a batch's dirty bits before the batch is in flight, and a sample taken in
+    between (10.0 can sleep for its speed limit there) counts the batch nowhere: len dips
+    by a batch for a moment.  Read as it is, the backlog then seems to rise again by a
+    batch, as if the guest were keeping up.  len can also fall for good (in write-blocking
+    mode the guest's own writes copy dirty chunks), so it is read as its maximum over the
+    trailing *window* seconds only: a dip shorter than that is gone, a lasting fall shows
+    *window* s late.  A job run again under the same id starts its offset again, and each
+    run of the offset is read on its own."""
+    t = js["t"].to_numpy(dtype="float64")
     off = js["offset"].to_numpy(dtype="int64")
+    ln = js["len"].to_numpy(dtype="int64")
     run = np.concatenate([[0], np.cumsum(np.diff(off) < 0)]) if len(off) else off
-    top = pd.Series(js["len"].to_numpy(dtype="int64")).groupby(run).cummax()
-    out: np.ndarray = top.to_numpy(dtype="int64") - off
+    top = np.empty_like(ln)
+    for r in np.unique(run):
+        m = run == r
+        top[m] = pd.Series(ln[m], index=pd.to_timedelta(t[m], unit="s")).rolling(
+            pd.Timedelta(seconds=window)).max().to_numpy(dtype="int64")
+    out: np.ndarray = top - off
     return out
 
 
