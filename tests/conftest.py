@@ -138,7 +138,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         return
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in item.name)[:80]
     dest = FAILED_RUNS / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{uuid.uuid4().hex[:6]}"
-    shutil.copytree(runs, dest, ignore=shutil.ignore_patterns("*.qcow2", "*.raw", "*.img"))
+    try:
+        shutil.copytree(runs, dest, ignore=shutil.ignore_patterns("*.qcow2", "*.raw", "*.img"))
+    except OSError as err:              # a full disk must not hide the test's own failure
+        shutil.rmtree(dest, ignore_errors=True)
+        report.sections.append(("kept runs", f"not kept: {err}"))
+        return
     report.sections.append(("kept runs", f"this test's run folders: {dest}"))
 
 
