@@ -49,7 +49,7 @@ from kvmlab.experiments.options import DEFAULT_OPTIONS, RunOptions
 from kvmlab.faults import NbdkitProxy
 from kvmlab.guest.workload import Manifest, Workload
 from kvmlab.live.jobs import Job
-from kvmlab.live.predictor import Outlook, RamPredictor, ram_outlook
+from kvmlab.live.predictor import RamPredictor, ram_outlook
 from kvmlab.model import COPY_MODES, ERROR_POLICIES_TARGET, check_speed
 from kvmlab.qemu import images
 from kvmlab.qemu.images import make_guest_disk
@@ -556,20 +556,21 @@ def _migrate(src: Machine, dst: Machine, max_bandwidth: int, downtime_limit_ms: 
 
 def _wait_migration(src: Machine, timeout: float, series: _MigrationSeries, rec: Any) -> str:
     """The source's migration status once it ends: ``completed``, ``failed``, ``cancelled``
-    (or ``timed out``: then cancelled), from *series*' samples; the RAM predictor's "will
-    not converge" marked (``ram_diverging``) when it is first said."""
+    (or ``timed out``: then cancelled), from its ``MIGRATION`` events; the RAM predictor's
+    "will not converge" marked (``ram_diverging``) when it is first said."""
     deadline = time.monotonic() + timeout
     said = False
     while time.monotonic() < deadline:
         died = src.died()
-        if died:        # no status will come: QEMU 7.2 aborts here now and then (README)
+        if died:        # no status will come from a QEMU that is gone
             raise ConnectionLost(f"the source's QEMU died during the migration: {died}")
-        status, outlook = series.latest()
+        outlook = series.ram.last
         if outlook is not None and outlook.state == "diverging" and not said:
             said = True
             rec.mark(marks.RAM_DIVERGING, text=outlook.text(),
                      dirty_rate=outlook.dirty_rate, transfer_rate=outlook.copy_rate)
-        if status in ("completed", "failed", "cancelled"):
+        status = series.ended()
+        if status is not None:
             return status
         time.sleep(0.05)
     src.qmp("migrate_cancel")
@@ -578,7 +579,16 @@ def _wait_migration(src: Machine, timeout: float, series: _MigrationSeries, rec:
 
 class _MigrationSeries:
     """``query-migrate`` on the source every *interval* s, on a thread of its own: the
-    migration's time series beside the block jobs (``migration.parquet``)."""
+    migration's time series beside the block jobs (``migration.parquet``).
+
+    The series starts at the source's first ``MIGRATION`` event after it was made, and the
+    migration's end is read from those events, never from ``query-migrate``: a source that
+    was itself started from a migration stream (every VM kvmlab resumes from a saved
+    state) answers ``completed``, its incoming migration's status, until the outgoing one
+    has set itself up.  Read as the end, that handed over while the source's guest still
+    ran, and the destination's disks missed what it wrote from then on."""
+
+    ENDS = ("completed", "failed", "cancelled")
 
     COLUMNS = ("status", "total-time", "expected-downtime", "downtime", "setup-time")
     RAM = ("transferred", "remaining", "total", "dirty-pages-rate", "mbps", "dirty-sync-count",
@@ -586,6 +596,7 @@ class _MigrationSeries:
 
     def __init__(self, vm: Machine, now: Any, interval: float) -> None:
         self.vm, self.now, self.interval = vm, now, max(interval, 0.05)
+        self.since = len(vm.backend.events)          # events of this migration only
         self.rows: list[dict[str, Any]] = []
         self.ram = RamPredictor()
         self._lock = threading.Lock()
@@ -605,7 +616,21 @@ class _MigrationSeries:
         while not self._stop.wait(self.interval):
             self._sample()
 
+    def _event(self, statuses: tuple[str, ...] | None = None) -> str | None:
+        """The status of this migration's first ``MIGRATION`` event (of *statuses*), if any."""
+        for rec in self.vm.backend.events.snapshot(self.since):
+            status = rec.data.get("status")
+            if rec.name == "MIGRATION" and (statuses is None or status in statuses):
+                return str(status)
+        return None
+
+    def ended(self) -> str | None:
+        """``completed``, ``failed`` or ``cancelled`` once the source says so; else None."""
+        return self._event(self.ENDS)
+
     def _sample(self) -> None:
+        if self._event() is None:            # not begun: the status is an older one's
+            return
         try:
             info = self.vm.qmp("query-migrate")
         except Exception:  # noqa: BLE001 - a sample lost is a gap, not a failure
@@ -616,11 +641,6 @@ class _MigrationSeries:
         outlook = ram_outlook(self.ram, row)
         with self._lock:
             self.rows.append({**row, "ram_state": outlook.state})
-
-    def latest(self) -> tuple[str, Outlook | None]:
-        """The last sample's status and the RAM predictor's outlook then."""
-        with self._lock:
-            return (str(self.rows[-1].get("status") or "") if self.rows else "", self.ram.last)
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
