@@ -585,8 +585,8 @@ class _MigrationSeries:
     migration's end is read from those events, never from ``query-migrate``: a source that
     was itself started from a migration stream (every VM kvmlab resumes from a saved
     state) answers ``completed``, its incoming migration's status, until the outgoing one
-    has set itself up.  Read as the end, that handed over while the source's guest still
-    ran, and the destination's disks missed what it wrote from then on."""
+    has set itself up.  Read as the end, that would hand over while the source's guest
+    still runs, and the destination's disks would miss what it writes from then on."""
 
     ENDS = ("completed", "failed", "cancelled")
 
