@@ -10,6 +10,9 @@ APT_PKGS := qemu-system-x86 qemu-utils qemu-block-extra busybox-static cpio e2fs
             kmod util-linux procps apt \
             libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config gcc \
             nfs-ganesha nfs-ganesha-vfs rpcbind qemu-guest-agent chromium acl nbdkit fio lz4 zstd
+# what the pure tier's own tests run besides Python: the PDF's printer and reader, nbdkit's
+# command line (no QEMU among them)
+PURE_APT := chromium poppler-utils nbdkit
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
@@ -20,9 +23,10 @@ all: demo
 setup: apt venv venv-libvirt guest
 
 # Debian packages: install only those missing.  As root directly, otherwise through sudo.
-# (pyapt: only what the virtualenv needs, for `make check` on a machine without QEMU)
+# (pyapt: only what the virtualenv and the pure tier need, for `make check` on a machine
+# without QEMU)
 apt: APT_WANT = $(APT_PKGS)
-pyapt: APT_WANT =
+pyapt: APT_WANT = $(PURE_APT)
 apt pyapt:
 	@missing=""; for p in $(APT_WANT); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
