@@ -412,3 +412,26 @@ def test_the_command_never_compiles_jsonschemas_iri_grammar(tmp_path: Path) -> N
                 if line.startswith("import time:")}
     # (a blocked import is still listed, with nothing below it: lark never loads)
     assert {"nbformat", "jsonschema"} <= imported and "lark" not in imported
+
+
+def test_seed_bad_input_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
+    """Every bad ``kvmlab seed`` argument is one line, exit 2, before anything is made: no
+    QEMU is needed to say so (in the pure tier QEMU's programs are failing shims).  The
+    entry point itself (``python -m kvmlab seed``) is the test above's."""
+    out = tmp_path / "seed"
+    cases = [
+        (["--qemu", "system,nope"], "is not a QEMU build here"),
+        (["--qemu", "system,system"], "names a build twice"),
+        (["--only", "E9"], "unknown seed case E9"),
+        (["--workers", "0"], "workers=0 must be at least 1"),
+        (["--accel", "hvf"], "accel='hvf' is not one of auto, kvm, tcg"),
+        (["--pdf", "/proc/note.pdf"], "cannot write /proc/note.pdf"),
+        (["--pdf", str(tmp_path / "note.html")], "must end in .pdf"),
+    ]
+    for args, message in cases:
+        res = CliRunner().invoke(main, ["seed", "--out", str(out), *args])
+        assert res.exit_code == 2, (args, res.output)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("kvmlab: error: ") and message in lines[0]
+        assert not res.stdout and not out.exists()
+    assert list(tmp_path.iterdir()) == []
