@@ -55,10 +55,11 @@ def test_a_scenario_of_each_kind_runs_and_is_judged(name: str, kind: str,
     assert res.passed, v
     assert v["ready"] and v["job_end"] == "BLOCK_JOB_COMPLETED"
     # the paths checked are those the guest had synced by the cut and not begun again;
-    # the reboot cuts its workload short: under load it got to 4 (the rebooted guest's
-    # first dd was in flight at the cut)
+    # the reboot cuts its workload short, by as much as the host's load lets the rebooted
+    # guest begin again before the cut (4 paths in one full run, 2 in another): the copy
+    # must verify on at least one, never vacuously
     assert v["copy_verifies"] is True and v["bad"] == 0
-    assert v["checked"] >= (3 if kind == "lifecycle" else 5)
+    assert v["checked"] >= (1 if kind == "lifecycle" else 5)
     if kind == "lifecycle":
         assert v["rebooted"] and v["reset_at"] == "ready" and v["guest_ops_after_action"] >= 1
         assert v["guest_shutdown_said"]            # the guest's own shutdown -r ran
