@@ -242,11 +242,27 @@ def _between(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float] | None:
     return out
 
 
+def _intact(rec: Mapping[str, Any]) -> bool:
+    """Does a status record read back whole?  The guest's console is shared: another
+    writer's text can run into a line's last field (a run's ``w_lat`` ended in
+    ``194Formatting``)."""
+    try:
+        for d in ("r", "w"):
+            parse_buckets(rec.get(f"{d}_lat", "-"))
+            int(rec.get(f"{d}_bytes", 0))
+            int(rec.get(f"{d}_ios", 0))
+        float(rec.get("ms", 0))
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def guest_io(events: pd.DataFrame) -> pd.DataFrame:
     """The guest's fio results as per-second rows (:data:`COLUMNS`), from the run's
     ``fio_status`` events: each row is what happened between two status lines, stamped
-    with the later one's host time ``t``."""
-    rows = _records(events, STATUS)
+    with the later one's host time ``t``.  A damaged line is left out: the lines are
+    cumulative, so the row after it spans its second too."""
+    rows = [r for r in _records(events, STATUS) if _intact(r)]
     out = []
     for a, b in zip(rows, rows[1:]):
         between = _between(a, b)
