@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
@@ -25,9 +26,10 @@ from pathlib import Path
 
 import pytest
 
-from kvmlab import paths
+from kvmlab import _proc, paths
 from kvmlab.experiments.options import RunOptions
 from kvmlab.guest.build import Guest, build_guest
+from kvmlab.store.tmpdirs import reap_stale_tmpdirs
 
 # A suite started in the background of a shell without job control inherits SIGINT ignored,
 # and so would every kvmlab the tests start: their Ctrl-C tests would then see no Ctrl-C.
@@ -50,7 +52,64 @@ os.environ["KVMLAB_TEST_SESSION"] = SESSION_TOKEN.split("=", 1)[1]
 # can plant there need that.)  Tests importing this module again reuse the session's.
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
 _WORKER_DIRS: list[Path] = []
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+
+def reap_dead_sessions(tmp: Path, ram: Path, scratch: Path) -> list[Path]:
+    """Remove the dirs of test sessions killed outright (SIGKILL: no teardown ran; a
+    SIGTERM stops a session as Ctrl-C does, with its teardown): those in *tmp*, *ram* and
+    *scratch* named for a process that is gone, real dirs (not links) owned by this user.
+    What kvmlab left in them goes first, by kvmlab's own reaper (a VM dir's libvirt
+    domain, a fault's mount); a dir with a mount still below it is left alone.
+    Returns what it removed."""
+    uid = os.getuid()
+    stale: dict[str, list[Path]] = {}
+    for parent, prefix in ((tmp, "kvmlabtests-"), (ram, "kvmlabtests-"), (scratch, "tests-")):
+        for d in parent.glob(f"{prefix}*-*"):
+            pid = d.name.rpartition("-")[2]
+            try:
+                st = d.lstat()
+            except OSError:
+                continue
+            if pid.isdigit() and stat.S_ISDIR(st.st_mode) and st.st_uid == uid \
+                    and not _proc.alive(int(pid)):
+                stale.setdefault(d.name.removeprefix(prefix), []).append(d)
+    removed = []
+    saved_env = {k: os.environ.get(k) for k in ("TMPDIR", "KVMLAB_RAM", "KVMLAB_SCRATCH")}
+    try:
+        for session, dirs in stale.items():
+            os.environ["TMPDIR"] = str(tmp / f"kvmlabtests-{session}")
+            os.environ["KVMLAB_RAM"] = str(ram / f"kvmlabtests-{session}")
+            os.environ["KVMLAB_SCRATCH"] = str(scratch / f"tests-{session}")
+            tempfile.tempdir = None
+            reap_stale_tmpdirs()
+            mounts = Path("/proc/mounts").read_text().split()
+            for d in dirs:
+                if not any(m.startswith(f"{d}/") for m in mounts):
+                    shutil.rmtree(d, ignore_errors=True)
+                    removed.append(d)
+    finally:
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        tempfile.tempdir = None
+    return removed
+
+
 if os.environ.get("KVMLAB_TEST_TMP_PID") != str(os.getpid()):
+    # a SIGTERM (a CI's timeout, the integration script's own TERM) tears down as Ctrl-C
+    # does: every fixture's VM stopped, this session's dirs removed (pytest_unconfigure)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        try:
+            signal.signal(signal.SIGTERM, _stop_on_sigterm)
+        except ValueError:                  # not the main thread: left as it is
+            pass
+    reap_dead_sessions(Path(tempfile.gettempdir()), paths.ram_dir(), paths.data_dir() / "scratch")
     _tmp = Path(tempfile.gettempdir()) / f"kvmlabtests-{WORKER}-{os.getpid()}"
     _tmp.mkdir()
     _tmp.chmod(0o1777)

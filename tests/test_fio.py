@@ -122,8 +122,8 @@ def test_fio_failing_in_the_guest_is_said_with_its_words() -> None:
 
 
 def test_a_status_line_another_writer_ran_into_is_left_out() -> None:
-    """The guest's console is shared: in one run a line's ``w_lat`` ended in
-    ``194Formatting`` and the notebook failed.  That line is left out; the next row spans
+    """A damaged line: in one run a line's ``w_lat`` ended in ``194Formatting`` (QEMU's
+    stdout then shared the console's stream) and the notebook failed.  That line is left out; the next row spans
     its two seconds (the lines are cumulative), so the bytes written are unchanged."""
     events = pd.read_parquet(DATA / "rand-write-4k-1m-events.parquet")
     whole = fio.guest_io(events)

@@ -50,6 +50,25 @@ def test_launch_boot_and_shutdown(disk: Path) -> None:
     assert vm.exitcode == 0
 
 
+def test_qemus_own_output_stays_out_of_the_guests_console(disk: Path, scratch: Path) -> None:
+    """QEMU prints ``Formatting '...'`` to its stdout when ``drive-mirror`` creates the
+    target.  That text once ran into a guest line on a shared stream (a fio field read
+    ``194Formatting``): the console is a socket of its own, so it has none of it."""
+    log = scratch / "console.log"
+    target = scratch / "made-by-qemu.qcow2"
+    with Machine(disk, accel="tcg", console_log=log) as vm:
+        vm.wait_guest("ready", timeout=60)
+        job = vm.mirror(vm.disk_id, target, "qcow2", mode="absolute-paths")
+        job.wait_ready(60)
+        job.cancel()
+        job.wait_done(30)
+        said = [text for _, text in vm.console.lines]
+    assert target.exists()                      # QEMU created it, and so printed the notice
+    assert said and any("KVMLAB" in t for t in said)
+    assert not [t for t in said if "Formatting" in t]
+    assert "Formatting" not in log.read_text()
+
+
 def test_the_guest_mounts_its_tools_disk_found_by_its_serial(disk: Path) -> None:
     """The guest mounts the read-only tools disk (found by its serial, after the VM's own
     disks) and says the fio it holds: the host's version (fio itself runs from it, through

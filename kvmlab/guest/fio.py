@@ -243,9 +243,10 @@ def _between(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float] | None:
 
 
 def _intact(rec: Mapping[str, Any]) -> bool:
-    """Does a status record read back whole?  The guest's console is shared: another
-    writer's text can run into a line's last field (a run's ``w_lat`` ended in
-    ``194Formatting``)."""
+    """Does a status record read back whole?  A serial line can arrive damaged: QEMU's
+    stdout once shared the console's stream and its ``Formatting '...'`` notice ran into a
+    line's last field (``w_lat`` read ``194Formatting``).  The console has its own socket
+    now (:mod:`kvmlab.vm.machine`); a line still damaged some other way is left out."""
     try:
         for d in ("r", "w"):
             parse_buckets(rec.get(f"{d}_lat", "-"))

@@ -171,6 +171,47 @@ def exit_text(returncode: int) -> str:
     return f"QEMU exited with code {returncode}"
 
 
+def _serial_path(qmp_sock: Path) -> Path:
+    """Where a VM's serial console socket is, beside its QMP socket (in its private dir)."""
+    return qmp_sock.with_name(f"{qmp_sock.stem}-serial.sock")
+
+
+def _serial_listener(path: Path) -> socket.socket:
+    """Bind *path* for QEMU's serial chardev to connect to (it does so as it starts, before
+    the guest runs: nothing the guest prints is lost before :func:`_accept_serial`).
+
+    The console is a socket of its own, not QEMU's stdout: QEMU prints to its stdout too
+    (``Formatting '...'`` when ``drive-mirror`` or a snapshot creates an image), and on a
+    shared stream that text ran into the middle of a guest line (a fio status line read
+    ``w_lat=194Formatting``; a ``KVMLAB`` record's checksum could be cut the same way)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        sock.listen(1)
+        sock.settimeout(0.1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _accept_serial(listener: socket.socket, timeout: float,
+                   abort: Callable[[], str | None]) -> socket.socket:
+    """QEMU's serial connection on *listener*; give up early when *abort* gives a reason."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            why = abort()
+            if why or time.monotonic() > deadline:
+                raise LaunchError(f"the serial console was not connected: "
+                                  f"{why or 'timed out'}") from None
+            continue
+        conn.setblocking(True)
+        return conn
+
+
 def _reap(proc: subprocess.Popen[bytes] | None, tmpdir: str | None) -> None:
     """Finalizer: kill QEMU and remove the temp dir (runs at GC or interpreter exit)."""
     if proc is not None and proc.poll() is None:
@@ -288,6 +329,10 @@ class Machine:
         self.saved_boot = saved_boot
         #: the saved boot this VM resumed from (None: it booted)
         self.resumed_from: Path | None = None
+        #: the serial console's socket, and its two ends as files (the guest's input and
+        #: output: a resumed guest is given its parameters on the console)
+        self._serial: socket.socket | None = None
+        self._serial_in: IO[bytes] | None = None
         self._stdin: IO[bytes] | None = None
 
     # -- lifecycle ----------------------------------------------------------------
@@ -356,7 +401,8 @@ class Machine:
                "-append", self.kernel_cmdline() if append is None else append,
                "-chardev", f"socket,id=qmp0,path={qemu_opt(qmp_sock)}",
                "-mon", "chardev=qmp0,mode=control",
-               "-chardev", "stdio,id=ser0,signal=off", "-serial", "chardev:ser0"]
+               "-chardev", f"socket,id=ser0,path={qemu_opt(_serial_path(qmp_sock))}",
+               "-serial", "chardev:ser0"]
         for i, d in enumerate(self.drives):
             cmd += d.qemu_args(i)
         if self.with_agent:
@@ -430,7 +476,7 @@ class Machine:
         self._fio_file = self.fio.write(tmp / "job.fio") if self.fio else None
 
     def _launch(self) -> None:
-        """Bind the QMP socket, start QEMU with its console on a pipe."""
+        """Bind the QMP and serial sockets, start QEMU, take its serial connection."""
         assert self._tmpdir is not None
         tmp = Path(self._tmpdir)
         qmp_sock = tmp / "qmp.sock"
@@ -440,21 +486,26 @@ class Machine:
         state = self._saved_state()
         if state is not None:
             self.command += ["-incoming", f"fd:{state}"]
-        errlog = open(tmp / "qemu.err", "wb")
+        listener = _serial_listener(_serial_path(qmp_sock))
         try:
-            self._proc = subprocess.Popen(
-                self._prefix() + self.command, stdout=subprocess.PIPE, stderr=errlog,
-                stdin=subprocess.DEVNULL if state is None else subprocess.PIPE,
-                pass_fds=() if state is None else (state,), start_new_session=True,
-                env=self.build.env())
+            errlog = open(tmp / "qemu.err", "wb")
+            try:
+                # (QEMU's stdout has only notices such as "Formatting '...'": not kept)
+                self._proc = subprocess.Popen(
+                    self._prefix() + self.command, stdout=subprocess.DEVNULL, stderr=errlog,
+                    stdin=subprocess.DEVNULL, pass_fds=() if state is None else (state,),
+                    start_new_session=True, env=self.build.env())
+            finally:
+                errlog.close()
+                if state is not None:
+                    os.close(state)
+            self._finalizer = weakref.finalize(self, _reap, self._proc, self._tmpdir)
+            self._serial = _accept_serial(listener, 30, self._exit_reason)
         finally:
-            errlog.close()
-            if state is not None:
-                os.close(state)
-        self._stdin = self._proc.stdin
-        self._finalizer = weakref.finalize(self, _reap, self._proc, self._tmpdir)
-        assert self._proc.stdout is not None
-        self._attach(Console(self._proc.stdout, self.console_log), self._qmp)
+            listener.close()
+        self._stdin = self._serial.makefile("wb")
+        self._serial_in = self._serial.makefile("rb")
+        self._attach(Console(self._serial_in, self.console_log), self._qmp)
 
     def _prefix(self) -> list[str]:
         return [_proc.which("setpriv"), "--pdeathsig", "KILL", "--"] if self.die_with_parent \
@@ -490,6 +541,9 @@ class Machine:
         assert self._tmpdir is not None
         sock = Path(self._tmpdir) / "saver.sock"
         qmp = QMPBackend.listen(sock)
+        serial_listener: socket.socket | None = None
+        serial: socket.socket | None = None
+        serial_in: IO[bytes] | None = None
         cmd = self._command("tcg", sock, self._manifest_file, trace=False,
                             append=f"{self.kernel_cmdline()} {saved.SNAP_PARAM}")
         proc: subprocess.Popen[bytes] | None = None
@@ -502,11 +556,13 @@ class Machine:
             code = proc.poll() if proc is not None else None
             return None if code is None else "the QEMU saving the boot " + exit_text(code)
         try:
+            serial_listener = _serial_listener(_serial_path(sock))
             proc = subprocess.Popen(self._prefix() + cmd, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                     start_new_session=True, env=self.build.env())
-            assert proc.stdout is not None
-            console = Console(proc.stdout)
+            serial = _accept_serial(serial_listener, 30, gone)
+            serial_in = serial.makefile("rb")
+            console = Console(serial_in)
             qmp.accept(30, gone)
             console.records.wait(saved.SNAP_RECORD, timeout=self.boot_timeout, abort=gone)
             qmp.execute("stop")
@@ -539,10 +595,11 @@ class Machine:
                 if proc.poll() is None:
                     proc.kill()
                 proc.wait(10)
-                if proc.stdout is not None:
-                    proc.stdout.close()
             if console is not None:
                 console.join()
+            for end in (serial_in, serial, serial_listener):
+                if end is not None:
+                    end.close()
             if fd is not None:
                 os.close(fd)
             if part is not None:
@@ -696,14 +753,15 @@ class Machine:
             self._agent = None
         if self._console is not None:
             self._console.join()
-        if self._proc is not None and self._proc.stdout:
-            self._proc.stdout.close()
-        if self._stdin is not None:
-            try:
-                self._stdin.close()
-            except OSError:                 # QEMU gone: the pipe's buffer had no reader
-                pass
-            self._stdin = None
+        for end in (self._stdin, self._serial_in, self._serial):
+            if end is not None:
+                try:
+                    end.close()
+                except OSError:             # QEMU gone: the buffer had no reader
+                    pass
+        self._stdin = self._serial_in = self._serial = None
+        if self._qmp is not None and self._qmp is not self._backend:
+            self._qmp.close()               # launched no further than its listening socket
         if self._tmpdir:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
         if self._finalizer is not None:
