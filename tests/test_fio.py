@@ -121,10 +121,11 @@ def test_fio_failing_in_the_guest_is_said_with_its_words() -> None:
     assert fio.guest_io(pd.DataFrame()).empty
 
 
-def test_a_status_line_another_writer_ran_into_is_left_out() -> None:
+def test_a_status_line_another_writer_ran_into_is_left_out(caplog: pytest.LogCaptureFixture) -> None:
     """A damaged line: in one run a line's ``w_lat`` ended in ``194Formatting`` (QEMU's
-    stdout then shared the console's stream) and the notebook failed.  That line is left out; the next row spans
-    its two seconds (the lines are cumulative), so the bytes written are unchanged."""
+    stdout then shared the console's stream) and the notebook failed.  That line is left
+    out, and said so; the next row spans its two seconds (the lines are cumulative), so the
+    bytes written are unchanged.  A window ending past it reads the line before."""
     events = pd.read_parquet(DATA / "rand-write-4k-1m-events.parquet")
     whole = fio.guest_io(events)
     i = events.index[events["name"] == fio.STATUS][5]
@@ -132,8 +133,14 @@ def test_a_status_line_another_writer_ran_into_is_left_out() -> None:
     rec["w_lat"] = str(rec["w_lat"]) + "Formatting"
     damaged = events.copy()
     damaged.at[i, "data"] = json.dumps(rec)
-    io = fio.guest_io(damaged)
+    with caplog.at_level("WARNING", logger="kvmlab.guest.fio"):
+        io = fio.guest_io(damaged)
     assert len(io) == len(whole) - 1
+    assert io.attrs["damaged_lines"] == 1 and whole.attrs["damaged_lines"] == 0
+    assert "1 of fio's" in caplog.text and "left out" in caplog.text
+    t = float(events.at[i, "t"])
+    t0 = float(events.loc[events["name"] == fio.STATUS, "t"].iloc[0])
+    assert fio.window(damaged, t0, t + 0.01) == fio.window(events, t0, t - 0.01)
 
     def written(df: pd.DataFrame) -> float:     # after the first row (its span is unknown)
         return float((df["write_bw"] * df["guest_ms"].diff() / 1000).iloc[1:].sum())

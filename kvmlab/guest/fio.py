@@ -19,6 +19,7 @@ the difference of two lines' buckets.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -29,6 +30,8 @@ from typing import Any
 import pandas as pd
 
 from kvmlab.errors import BadInput
+
+log = logging.getLogger(__name__)
 
 #: the workload that runs no fio: the guest's file operations alone
 FILES = "files"
@@ -262,23 +265,30 @@ def guest_io(events: pd.DataFrame) -> pd.DataFrame:
     """The guest's fio results as per-second rows (:data:`COLUMNS`), from the run's
     ``fio_status`` events: each row is what happened between two status lines, stamped
     with the later one's host time ``t``.  A damaged line is left out: the lines are
-    cumulative, so the row after it spans its second too."""
-    rows = [r for r in _records(events, STATUS) if _intact(r)]
+    cumulative, so the row after it spans its second too; how many were left out is in the
+    frame's ``attrs["damaged_lines"]``, and said as a warning."""
+    status = _records(events, STATUS)
+    rows = [r for r in status if _intact(r)]
+    if len(rows) < len(status):
+        log.warning("%d of fio's %d status lines arrived damaged and were left out (the "
+                    "row after each spans its second too)", len(status) - len(rows), len(status))
     out = []
     for a, b in zip(rows, rows[1:]):
         between = _between(a, b)
         if between is not None:
             out.append({**between, "t": b["t"], "guest_ms": int(b.get("ms", 0))})
     df = pd.DataFrame(out, columns=COLUMNS)
-    return df.astype({c: "float64" for c in COLUMNS if c != "guest_ms"}).astype(
+    df = df.astype({c: "float64" for c in COLUMNS if c != "guest_ms"}).astype(
         {"guest_ms": "int64"})
+    df.attrs["damaged_lines"] = len(status) - len(rows)
+    return df
 
 
 def window(events: pd.DataFrame, t0: float, t1: float) -> dict[str, float]:
     """What the guest's fio did between host times *t0* and *t1*, from the cumulative lines
     last seen at or before each (see :func:`_between`: the window's percentiles are those
     of every completion in it, not a mean of seconds).  Empty without two such lines."""
-    rows = [r for r in _records(events, STATUS) if r["t"] <= t1]
+    rows = [r for r in _records(events, STATUS) if r["t"] <= t1 and _intact(r)]
     before = [r for r in rows if r["t"] <= t0]
     if not before or rows[-1] is before[-1]:
         return {}
