@@ -235,6 +235,13 @@ def verify_image(lab: LabRun, image: Path, manifest: Manifest, *, label: str = "
             "manifest_entries": len(manifest), "in_flight_found": states}
 
 
+#: how late a line the guest wrote may reach the host (the serial port under TCG, QEMU's
+#: chardev, the reader thread), on a host busy with three test workers: in one run the
+#: guest's lines arrived 20-50 ms behind its own clock, and a ``begin`` it wrote before a
+#: cancel landed arrived 14 ms after the job's end
+CONSOLE_LAG_S = 0.25
+
+
 def synced_manifest(vm: Machine, base: Manifest | None = None, until: float | None = None,
                     *, disk: str = "vda", absent_from: float | None = None,
                     settled: float | None = None) -> tuple[Manifest, list[dict[str, Any]]]:
@@ -249,7 +256,9 @@ def synced_manifest(vm: Machine, base: Manifest | None = None, until: float | No
 
     *settled* (host time): when the cut took effect (the job's end arrived); a cancel sent
     at *until* lands a moment later, so an operation the guest began between the two may
-    be in the copy or not: its path is in flight too.
+    be in the copy or not: its path is in flight too.  So is one whose ``begin`` line
+    arrived up to :data:`CONSOLE_LAG_S` after the cut (*settled*, else *until*): the guest
+    may have begun it before, its line still on the way.
 
     *absent_from* (host time): a copy known to be cut before it (the guest was stopped
     from *until* to *absent_from*) must not hold any path the guest first touched after
@@ -269,9 +278,10 @@ def synced_manifest(vm: Machine, base: Manifest | None = None, until: float | No
         elif r.name == "op":
             pending.pop(key, None)
     in_flight = list(pending.values())
-    if until is not None and settled is not None:
+    if until is not None:
+        end = (until if settled is None else settled) + CONSOLE_LAG_S
         in_flight += [dict(r.data) for r in records
-                      if r.name == "begin" and until <= r.mono < settled]
+                      if r.name == "begin" and until <= r.mono < end]
     manifest = Manifest.from_ops(done, base=base, in_flight=in_flight)
     if absent_from is not None:
         seen = {str(r.data["path"]) for r in records if r.mono < absent_from}
