@@ -242,6 +242,13 @@ def verify_image(lab: LabRun, image: Path, manifest: Manifest, *, label: str = "
 CONSOLE_LAG_S = 0.25
 
 
+def surely_after_cut(until: float, resumed: float) -> float:
+    """From when a ``begin`` line the host receives is surely of an operation begun after a
+    cut made with the VM stopped from *until* to *resumed*: a line the guest wrote before
+    the stop may arrive up to :data:`CONSOLE_LAG_S` after it."""
+    return max(resumed, until + CONSOLE_LAG_S)
+
+
 def synced_manifest(vm: Machine, base: Manifest | None = None, until: float | None = None,
                     *, disk: str = "vda", absent_from: float | None = None,
                     settled: float | None = None) -> tuple[Manifest, list[dict[str, Any]]]:
@@ -262,7 +269,8 @@ def synced_manifest(vm: Machine, base: Manifest | None = None, until: float | No
 
     *absent_from* (host time): a copy known to be cut before it (the guest was stopped
     from *until* to *absent_from*) must not hold any path the guest first touched after
-    it: such paths are expected gone, so the check bounds the cut from both sides.
+    it (its ``begin`` line arriving from :func:`surely_after_cut` on): such paths are
+    expected gone, so the check bounds the cut from both sides.
     """
     records = [r for r in vm.console.records.snapshot()
                if {"op", "path", "n", "t"} <= set(r.data) and r.data.get("disk", "vda") == disk]
@@ -284,10 +292,11 @@ def synced_manifest(vm: Machine, base: Manifest | None = None, until: float | No
                       if r.name == "begin" and until <= r.mono < end]
     manifest = Manifest.from_ops(done, base=base, in_flight=in_flight)
     if absent_from is not None:
-        seen = {str(r.data["path"]) for r in records if r.mono < absent_from}
+        after = absent_from if until is None else surely_after_cut(until, absent_from)
+        seen = {str(r.data["path"]) for r in records if r.mono < after}
         seen |= set(manifest.files) | manifest.dirs | manifest.unknown
         for r in records:
-            if r.mono >= absent_from and r.name == "begin" and str(r.data["path"]) not in seen:
+            if r.mono >= after and r.name == "begin" and str(r.data["path"]) not in seen:
                 manifest.gone.add(str(r.data["path"]))
     return manifest, in_flight
 
@@ -424,7 +433,7 @@ def fault_behaviour(effect: dict[str, Any], steps: list[dict[str, Any]],
 
 def wait_begun_on_all(vm: Machine, disks: int, since: float, timeout: float) -> None:
     """Wait until the guest has begun a new operation on each of its first *disks* disks
-    after host time *since*."""
+    after host time *since* (after a stopped cut: :func:`surely_after_cut`)."""
     want = {guest_dev(i) for i in range(disks)}
     deadline = time.monotonic() + timeout
     while True:

@@ -41,6 +41,7 @@ from kvmlab.experiments.common import (
     busy_vm,
     cut_at_ready,
     start_together,
+    surely_after_cut,
     synced_manifest,
     verify_image,
     wait_begun_on_all,
@@ -277,7 +278,8 @@ class _Flow:
             # libvirt will not migrate to its own host: every disk cut at one point instead
             self.t_cut, self.t_switch, outcomes = cut_at_ready(lab, src, jobs)
             if len(jobs) > 1:
-                wait_begun_on_all(src, len(jobs), self.t_switch, timeout=30)
+                wait_begun_on_all(src, len(jobs), surely_after_cut(self.t_cut, self.t_switch),
+                                  timeout=30)
             return {**v, "outcome": "mirrored and cut", "migration_status": "not run (libvirt)",
                     "jobs_completed": all(o.event == marks.BLOCK_JOB_COMPLETED and o.ok
                                           for o in outcomes),

@@ -25,6 +25,7 @@ from kvmlab.experiments.common import (
     LabRun,
     cut_at_ready,
     start_together,
+    surely_after_cut,
     synced_manifest,
     verify_image,
     wait_begun_on_all,
@@ -113,7 +114,7 @@ def e1_steps(lab: LabRun, *, image_mib: int, fill_mib: int, disk_format: str,
             time.sleep(after_ready_s)             # guest keeps writing while in sync
             t_cut, t_resume, outcomes = cut_at_ready(lab, vm, jobs)
             if len(jobs) > 1:         # writes after the cut, on every disk: none may be there
-                wait_begun_on_all(vm, len(jobs), t_resume, timeout=30)
+                wait_begun_on_all(vm, len(jobs), surely_after_cut(t_cut, t_resume), timeout=30)
         ops = vm.guest_ops()
     verdict: dict[str, Any]
     if None in readies:
