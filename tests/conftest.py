@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from kvmlab import _proc, paths
+from kvmlab.errors import KvmlabError
 from kvmlab.experiments.options import RunOptions
 from kvmlab.guest.build import Guest, build_guest
 from kvmlab.store.tmpdirs import reap_stale_tmpdirs
@@ -85,8 +86,11 @@ def reap_dead_sessions(tmp: Path, ram: Path, scratch: Path) -> list[Path]:
             os.environ["KVMLAB_RAM"] = str(ram / f"kvmlabtests-{session}")
             os.environ["KVMLAB_SCRATCH"] = str(scratch / f"tests-{session}")
             tempfile.tempdir = None
-            reap_stale_tmpdirs()
-            mounts = Path("/proc/mounts").read_text().split()
+            try:        # (another worker may be reaping the same dirs: best effort)
+                reap_stale_tmpdirs()
+                mounts = Path("/proc/mounts").read_text().split()
+            except (OSError, KvmlabError):
+                continue
             for d in dirs:
                 if not any(m.startswith(f"{d}/") for m in mounts):
                     shutil.rmtree(d, ignore_errors=True)
