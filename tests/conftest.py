@@ -79,29 +79,17 @@ def reap_dead_sessions(tmp: Path, ram: Path, scratch: Path) -> list[Path]:
                     and not _proc.alive(int(pid)):
                 stale.setdefault(d.name.removeprefix(prefix), []).append(d)
     removed = []
-    saved_env = {k: os.environ.get(k) for k in ("TMPDIR", "KVMLAB_RAM", "KVMLAB_SCRATCH")}
-    try:
-        for session, dirs in stale.items():
-            os.environ["TMPDIR"] = str(tmp / f"kvmlabtests-{session}")
-            os.environ["KVMLAB_RAM"] = str(ram / f"kvmlabtests-{session}")
-            os.environ["KVMLAB_SCRATCH"] = str(scratch / f"tests-{session}")
-            tempfile.tempdir = None
-            try:        # (another worker may be reaping the same dirs: best effort)
-                reap_stale_tmpdirs()
-                mounts = Path("/proc/mounts").read_text().split()
-            except (OSError, KvmlabError):
-                continue
-            for d in dirs:
-                if not any(m.startswith(f"{d}/") for m in mounts):
-                    shutil.rmtree(d, ignore_errors=True)
-                    removed.append(d)
-    finally:
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        tempfile.tempdir = None
+    for session, dirs in stale.items():
+        try:            # (another worker may be reaping the same dirs: best effort)
+            reap_stale_tmpdirs(tmp=tmp / f"kvmlabtests-{session}", ram=ram / f"kvmlabtests-{session}",
+                               scratch=scratch / f"tests-{session}")
+            mounts = Path("/proc/mounts").read_text().split()
+        except (OSError, KvmlabError):
+            continue
+        for d in dirs:
+            if not any(m.startswith(f"{d}/") for m in mounts):
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(d)
     return removed
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -125,6 +126,26 @@ def test_the_reaper_searches_the_ram_dir_it_is_given_and_no_other(
     assert not ours.exists() and theirs.exists()
 
 
+
+
+def test_the_reaper_searches_the_folders_it_is_passed_instead(tmp_path: Path) -> None:
+    """Folders passed to the reaper replace the temp, RAM and scratch dirs it would search
+    (a test session reaping a killed session's folders): a killed owner's dir in each is
+    reaped, and one in the usual temp dir is not looked at."""
+    tmp, ram, scratch = (tmp_path / n for n in ("tmp", "ram", "scratch"))
+    for d in (tmp, ram, scratch):
+        d.mkdir(mode=0o700)
+    inside = [owned_tmpdir("kvmlab-vm-", tmp), owned_tmpdir("kvmlab-bench-", ram),
+              owned_tmpdir("bench-", scratch)]
+    usual = owned_tmpdir("kvmlab-vm-")
+    for d in (*inside, usual):
+        (d / OWNER).write_text(f"{dead_pid()}\n")
+    try:
+        reaped = reap_stale_tmpdirs(tmp=tmp, ram=ram, scratch=scratch)
+        assert sorted(reaped) == sorted(inside) and not any(d.exists() for d in inside)
+        assert usual.exists()
+    finally:
+        shutil.rmtree(usual, ignore_errors=True)
 def test_trust_refuses_symlinks_and_other_users_files(tmp_path: Path) -> None:
     mine = tmp_path / "mine"
     mine.write_text("42\n")

@@ -42,12 +42,10 @@ OWNER = "owner.pid"
 RUN_FOLDER = "run-folder"
 
 
-def _candidates() -> list[Path]:
-    """kvmlab-* dirs in the temp dir and in the RAM dir (:func:`kvmlab.paths.ram_dir`); any
-    dir in kvmlab's own scratch folder (only if that folder is ours: :mod:`kvmlab.trust`)."""
-    found = [d for parent in (Path(tempfile.gettempdir()), paths.ram_dir())
-             for d in parent.glob("kvmlab-*")]
-    scratch = paths.scratch_dir()
+def _candidates(tmp: Path, ram: Path, scratch: Path) -> list[Path]:
+    """kvmlab-* dirs in *tmp* and in *ram*; any dir in the scratch folder *scratch* (only if
+    that folder is ours: :mod:`kvmlab.trust`)."""
+    found = [d for parent in (tmp, ram) for d in parent.glob("kvmlab-*")]
     if scratch.is_dir():
         if trust.owned_dir(scratch, private=False):
             found += list(scratch.iterdir())
@@ -74,7 +72,8 @@ def _owner(folder: Path) -> int | None:
         return None
 
 
-def reap_stale_tmpdirs() -> list[Path]:
+def reap_stale_tmpdirs(tmp: Path | None = None, ram: Path | None = None,
+                       scratch: Path | None = None) -> list[Path]:
     """Remove kvmlab's owned dirs (VMs, faults, the benchmarks' RAM and scratch dirs,
     experiments' scratch images) whose owning process is gone (it was killed).
 
@@ -82,10 +81,13 @@ def reap_stale_tmpdirs() -> list[Path]:
     what it started elsewhere is stopped by the dir's ``on-reap.json``.  The next launch
     removes what was left.  Only private dirs of ours are touched, and only files of ours
     in them are read (see :mod:`kvmlab.trust`): a dir another user made is left alone.
-    Returns what it removed.
+    It searches the temp dir, the RAM dir (:func:`kvmlab.paths.ram_dir`) and kvmlab's
+    scratch folder (:func:`kvmlab.paths.scratch_dir`), or the folders given instead (a
+    test session reaping another, killed session's folders).  Returns what it removed.
     """
     removed = []
-    for d in _candidates():
+    for d in _candidates(tmp or Path(tempfile.gettempdir()), ram or paths.ram_dir(),
+                         scratch or paths.scratch_dir()):
         owner = _owner(d)
         if owner is not None and not _proc.alive(owner):
             _mark_run_killed(d)
