@@ -126,8 +126,6 @@ def test_the_reaper_searches_the_ram_dir_it_is_given_and_no_other(
     assert not ours.exists() and theirs.exists()
 
 
-
-
 def test_the_reaper_searches_the_folders_it_is_passed_instead(tmp_path: Path) -> None:
     """Folders passed to the reaper replace the temp, RAM and scratch dirs it would search
     (a test session reaping a killed session's folders): a killed owner's dir in each is
@@ -146,6 +144,8 @@ def test_the_reaper_searches_the_folders_it_is_passed_instead(tmp_path: Path) ->
         assert usual.exists()
     finally:
         shutil.rmtree(usual, ignore_errors=True)
+
+
 def test_trust_refuses_symlinks_and_other_users_files(tmp_path: Path) -> None:
     mine = tmp_path / "mine"
     mine.write_text("42\n")
